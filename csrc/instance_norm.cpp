@@ -1,0 +1,294 @@
+// CPU kernels of i2i_fast::instance_norm_fwd / instance_norm_bwd.
+// NCHW: one task per (n, c) plane, contiguous inner loops. channels_last: one task per
+// (n, block of kCB channels), the inner loop runs over channels (unit stride).
+// Statistics are two-pass (mean, then centered squares) in fp32/fp64; loops are written so the
+// compiler vectorizes them (omp simd); the activation is a template constant.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "instance_norm.h"
+#include "norm_math.h"
+
+namespace i2i {
+namespace {
+
+constexpr int64_t kCB = 16;  // channels per channels_last task: one 64-byte line of fp32
+
+template <class F>
+void with_act(int64_t act, F&& f) {
+  switch (act) {
+    case kRelu: return f(std::integral_constant<int, kRelu>());
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>());
+    case kTanh: return f(std::integral_constant<int, kTanh>());
+    default: return f(std::integral_constant<int, kNone>());
+  }
+}
+
+// Per-task view of the arguments; pointers are null where an optional input is absent.
+template <typename T, typename acc_t>
+struct Args {
+  const T* x; const T* g; const T* res; T* out;
+  const acc_t* w; const acc_t* b;
+  acc_t* mean; acc_t* var;  // (N, C): written by fwd (input stats), read by bwd
+  const acc_t* rmean; const acc_t* rvar;  // (C,) running stats used instead of input stats
+  acc_t* sums;  // bwd: (N, C, 2) per-plane sum(dz), sum(dz * xhat)
+  int64_t N, C, HW;
+  acc_t eps, slope;
+  bool input_stats;
+  acc_t wt(int64_t c) const { return w ? w[c] : acc_t(1); }
+  acc_t bs(int64_t c) const { return b ? b[c] : acc_t(0); }
+};
+
+// ---- forward ----
+template <typename T, typename acc_t, int ACT>
+void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
+  const int64_t c = p % a.C, HW = a.HW;
+  const T* x = a.x + p * HW;
+  acc_t mean, var;
+  if (a.input_stats) {
+    acc_t s = 0, m2 = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < HW; ++i) s += static_cast<acc_t>(x[i]);
+    mean = s / HW;
+#pragma omp simd reduction(+ : m2)
+    for (int64_t i = 0; i < HW; ++i) {
+      acc_t d = static_cast<acc_t>(x[i]) - mean;
+      m2 += d * d;
+    }
+    var = m2 / HW;
+    a.mean[p] = mean;
+    a.var[p] = var;
+  } else {
+    mean = a.rmean[c];
+    var = a.rvar[c];
+  }
+  const acc_t scale = a.wt(c) / std::sqrt(var + a.eps), shift = a.bs(c) - mean * scale;
+  T* y = a.out + p * HW;
+  const T* r = a.res ? a.res + p * HW : nullptr;
+#pragma omp simd
+  for (int64_t i = 0; i < HW; ++i) {
+    acc_t o = act_fwd<acc_t>(static_cast<acc_t>(x[i]) * scale + shift, ACT, a.slope);
+    y[i] = static_cast<T>(r ? o + static_cast<acc_t>(r[i]) : o);
+  }
+}
+
+template <typename T, typename acc_t, int ACT>
+void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
+  const int64_t C = a.C, HW = a.HW, cw = std::min(kCB, C - c0);
+  const int64_t base = n * HW * C + c0;
+  acc_t mean[kCB], var[kCB], scale[kCB], shift[kCB];
+  if (a.input_stats) {
+    acc_t s[kCB] = {0}, m2[kCB] = {0};
+    for (int64_t i = 0; i < HW; ++i) {
+      const T* x = a.x + base + i * C;
+#pragma omp simd
+      for (int64_t k = 0; k < cw; ++k) s[k] += static_cast<acc_t>(x[k]);
+    }
+    for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / HW;
+    for (int64_t i = 0; i < HW; ++i) {
+      const T* x = a.x + base + i * C;
+#pragma omp simd
+      for (int64_t k = 0; k < cw; ++k) {
+        acc_t d = static_cast<acc_t>(x[k]) - mean[k];
+        m2[k] += d * d;
+      }
+    }
+    for (int64_t k = 0; k < cw; ++k) {
+      var[k] = m2[k] / HW;
+      a.mean[n * C + c0 + k] = mean[k];
+      a.var[n * C + c0 + k] = var[k];
+    }
+  } else {
+    for (int64_t k = 0; k < cw; ++k) mean[k] = a.rmean[c0 + k], var[k] = a.rvar[c0 + k];
+  }
+  for (int64_t k = 0; k < cw; ++k) {
+    scale[k] = a.wt(c0 + k) / std::sqrt(var[k] + a.eps);
+    shift[k] = a.bs(c0 + k) - mean[k] * scale[k];
+  }
+  for (int64_t i = 0; i < HW; ++i) {
+    const int64_t o = base + i * C;
+#pragma omp simd
+    for (int64_t k = 0; k < cw; ++k) {
+      acc_t v = act_fwd<acc_t>(static_cast<acc_t>(a.x[o + k]) * scale[k] + shift[k], ACT, a.slope);
+      a.out[o + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
+    }
+  }
+}
+
+// ---- backward ----
+// gx = rstd * w * (dz - mean(dz) - xhat * mean(dz * xhat)) with input statistics,
+// gx = rstd * w * dz with running statistics; sums feed the weight/bias gradients.
+template <typename T, typename acc_t, int ACT>
+void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
+  const int64_t c = p % a.C, HW = a.HW;
+  const T* x = a.x + p * HW;
+  const T* g = a.g + p * HW;
+  const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
+  const acc_t w = a.wt(c), b = a.bs(c);
+  acc_t s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < HW; ++i) {
+    acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
+    acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
+    s1 += dz;
+    s2 += dz * xh;
+  }
+  a.sums[2 * p] = s1;
+  a.sums[2 * p + 1] = s2;
+  const acc_t k = rstd * w, m1 = a.input_stats ? s1 / HW : acc_t(0),
+              m2 = a.input_stats ? s2 / HW : acc_t(0);
+  T* gx = a.out + p * HW;
+#pragma omp simd
+  for (int64_t i = 0; i < HW; ++i) {
+    acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
+    acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
+    gx[i] = static_cast<T>(k * (dz - m1 - xh * m2));
+  }
+}
+
+template <typename T, typename acc_t, int ACT>
+void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
+  const int64_t C = a.C, HW = a.HW, cw = std::min(kCB, C - c0);
+  const int64_t base = n * HW * C + c0;
+  acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB], s1[kCB] = {0}, s2[kCB] = {0};
+  for (int64_t k = 0; k < cw; ++k) {
+    mean[k] = a.mean[n * C + c0 + k];
+    rstd[k] = acc_t(1) / std::sqrt(a.var[n * C + c0 + k] + a.eps);
+    w[k] = a.wt(c0 + k);
+    b[k] = a.bs(c0 + k);
+  }
+  for (int64_t i = 0; i < HW; ++i) {
+    const int64_t o = base + i * C;
+#pragma omp simd
+    for (int64_t k = 0; k < cw; ++k) {
+      acc_t xh = (static_cast<acc_t>(a.x[o + k]) - mean[k]) * rstd[k];
+      acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o + k]), xh, w[k], b[k], ACT, a.slope);
+      s1[k] += dz;
+      s2[k] += dz * xh;
+    }
+  }
+  acc_t kk[kCB], m1[kCB], m2[kCB];
+  for (int64_t k = 0; k < cw; ++k) {
+    const int64_t p = n * C + c0 + k;
+    a.sums[2 * p] = s1[k];
+    a.sums[2 * p + 1] = s2[k];
+    kk[k] = rstd[k] * w[k];
+    m1[k] = a.input_stats ? s1[k] / HW : acc_t(0);
+    m2[k] = a.input_stats ? s2[k] / HW : acc_t(0);
+  }
+  for (int64_t i = 0; i < HW; ++i) {
+    const int64_t o = base + i * C;
+#pragma omp simd
+    for (int64_t k = 0; k < cw; ++k) {
+      acc_t xh = (static_cast<acc_t>(a.x[o + k]) - mean[k]) * rstd[k];
+      acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o + k]), xh, w[k], b[k], ACT, a.slope);
+      a.out[o + k] = static_cast<T>(kk[k] * (dz - m1[k] - xh * m2[k]));
+    }
+  }
+}
+
+// Runs fn over every task (a plane, or a channel block in channels_last) in parallel.
+template <class Fn>
+void for_tasks(const NormShape& s, Fn&& fn) {
+  const int64_t blocks = s.channels_last ? (s.C + kCB - 1) / kCB : s.C;
+  const int64_t per_task = s.channels_last ? s.HW * kCB : s.HW;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(per_task, 1));
+  at::parallel_for(0, s.N * blocks, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) fn(t / blocks, (t % blocks) * (s.channels_last ? kCB : 1), t);
+  });
+}
+
+template <typename T>
+using acc_of = at::opmath_type<T>;
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
+    const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    double eps, int64_t act, double slope) {
+  const NormShape s = norm_shape(x_in);
+  check_act(act, eps);
+  const at::Tensor x = in_layout(x_in, s);
+  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
+  const at::Tensor res = same_as_x(residual, x, s, "residual");
+  const at::Tensor rm = channel_param(running_mean, x, "running_mean");
+  const at::Tensor rv = channel_param(running_var, x, "running_var");
+  TORCH_CHECK(rm.defined() == rv.defined(), "i2i_fast instance_norm: running_mean and running_var go together");
+  const bool input_stats = !rm.defined();
+  at::Tensor y = at::empty_like(x, s.format());
+  at::Tensor mean = at::empty({s.N, s.C}, x.options().dtype(stats_dtype(x)));
+  at::Tensor var = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_fwd_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    Args<scalar_t, acc_t> a{x.data_ptr<scalar_t>(), nullptr,
+                            res.defined() ? res.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+                            w.defined() ? w.data_ptr<acc_t>() : nullptr,
+                            b.defined() ? b.data_ptr<acc_t>() : nullptr,
+                            mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+                            input_stats ? nullptr : rm.data_ptr<acc_t>(),
+                            input_stats ? nullptr : rv.data_ptr<acc_t>(), nullptr,
+                            s.N, s.C, s.HW, acc_t(eps), acc_t(slope), input_stats};
+    with_act(act, [&](auto A) {
+      for_tasks(s, [&](int64_t n, int64_t c, int64_t p) {
+        if (s.channels_last) fwd_nhwc<scalar_t, acc_t, decltype(A)::value>(a, n, c);
+        else fwd_nchw<scalar_t, acc_t, decltype(A)::value>(a, p);
+      });
+    });
+  });
+  if (!input_stats) {  // report the statistics that were used
+    mean.copy_(rm.unsqueeze(0).expand({s.N, s.C}));
+    var.copy_(rv.unsqueeze(0).expand({s.N, s.C}));
+  }
+  return {y, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean_in,
+    const at::Tensor& var_in, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, double eps, int64_t act, double slope,
+    bool input_stats) {
+  const NormShape s = norm_shape(x_in);
+  check_act(act, eps);
+  const at::Tensor x = in_layout(x_in, s);
+  const at::Tensor g = same_as_x(grad, x, s, "grad");
+  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
+  const auto sd = stats_dtype(x);
+  TORCH_CHECK(mean_in.numel() == s.N * s.C && var_in.numel() == s.N * s.C,
+              "i2i_fast instance_norm_bwd: mean/var must have N*C elements");
+  const at::Tensor mean = mean_in.to(sd).contiguous(), var = var_in.to(sd).contiguous();
+  at::Tensor gx = at::empty_like(x, s.format());
+  at::Tensor sums = at::empty({s.N, s.C, 2}, x.options().dtype(sd));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_bwd_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    Args<scalar_t, acc_t> a{x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), nullptr,
+                            gx.data_ptr<scalar_t>(),
+                            w.defined() ? w.data_ptr<acc_t>() : nullptr,
+                            b.defined() ? b.data_ptr<acc_t>() : nullptr,
+                            const_cast<acc_t*>(mean.data_ptr<acc_t>()),
+                            const_cast<acc_t*>(var.data_ptr<acc_t>()), nullptr, nullptr,
+                            sums.data_ptr<acc_t>(), s.N, s.C, s.HW, acc_t(eps), acc_t(slope),
+                            input_stats};
+    with_act(act, [&](auto A) {
+      for_tasks(s, [&](int64_t n, int64_t c, int64_t p) {
+        if (s.channels_last) bwd_nhwc<scalar_t, acc_t, decltype(A)::value>(a, n, c);
+        else bwd_nchw<scalar_t, acc_t, decltype(A)::value>(a, p);
+      });
+    });
+  });
+  // Weight/bias gradients: per-plane sums reduced over the batch in a fixed order.
+  at::Tensor gsum = s.N > 0 ? sums.sum(0) : at::zeros({s.C, 2}, sums.options());
+  return {gx, gsum.select(1, 1).contiguous(), gsum.select(1, 0).contiguous()};
+}
+
+TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
+  m.impl("instance_norm_fwd", &instance_norm_fwd_cpu);
+  m.impl("instance_norm_bwd", &instance_norm_bwd_cpu);
+}
+
+}  // namespace i2i

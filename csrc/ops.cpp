@@ -1,0 +1,36 @@
+// The one schema file: every i2i_fast operator is declared here. CPU kernels register in
+// csrc/<op>.cpp, CUDA kernels in kernels/<op>.cu, autograd and fake tensors in Python
+// (i2i_fast/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(i2i_fast, m) {
+  // Instance norm with fused epilogue: out = act(((x - mean) * rstd) * w + b) + residual.
+  // Statistics come from x per (n, c) plane (biased variance), or from running_mean/var (C,)
+  // when those are given (eval mode). Returns (out, mean, var) with mean/var of shape (N, C) in
+  // fp32 (fp64 for fp64 x). act: 0 none, 1 relu, 2 leaky_relu(slope), 3 tanh.
+  m.def(
+      "instance_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "Tensor? running_mean, Tensor? running_var, float eps, int act, float slope) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Gradient of instance_norm_fwd w.r.t. x, weight and bias (the latter two always (C,), in the
+  // stats dtype, reduced without atomics). input_stats=False: mean/var were running stats.
+  m.def(
+      "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, float eps, int act, float slope, bool input_stats) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+#ifndef I2I_FAST_WITH_CUDA
+#define I2I_FAST_WITH_CUDA 0
+#endif
+
+// A plain extension module: importing it registers the operators above. WITH_CUDA tells
+// Python whether kernels/*.cu were compiled in.
+static struct PyModuleDef i2i_fast_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&i2i_fast_module);
+  if (m != nullptr) PyModule_AddIntConstant(m, "WITH_CUDA", I2I_FAST_WITH_CUDA);
+  return m;
+}

@@ -1,0 +1,96 @@
+"""Functional forms of the i2i_fast ops. Each validates its arguments (clear errors naming the
+argument), picks the backend (i2i_fast.backends(), I2I_FAST_BACKEND) and runs the fused op."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backend, _ops
+from .reference import ACTIVATIONS
+
+__all__ = ["instance_norm"]
+
+
+def _act_code(activation) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+def _check_channel(name: str, t: Optional[Tensor], x: Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor or None, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {t.dtype}")
+    if t.numel() != x.shape[1]:
+        raise ValueError(f"{name} must have {x.shape[1]} elements (one per channel of input), "
+                         f"got shape {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
+
+
+def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
+                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, *, activation: Optional[str] = None,
+                  negative_slope: float = 0.2, residual: Optional[Tensor] = None) -> Tensor:
+    """torch.nn.functional.instance_norm with a fused epilogue:
+    ``out = activation(instance_norm(input) * weight + bias) + residual``.
+
+    Same arguments and running-statistics semantics as torch's (running stats are updated in
+    place when given and use_input_stats is True; used instead of the input's statistics when
+    use_input_stats is False). input: (N, C, H, W), NCHW or channels_last.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"instance_norm expects a 4D input (N, C, H, W), got {input.dim()}D "
+                         f"with shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point, got {input.dtype}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    act = _act_code(activation)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_channel(name, t, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if residual is not None:
+        if not isinstance(residual, Tensor) or residual.shape != input.shape:
+            raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got "
+                             f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+        if residual.device != input.device or residual.dtype != input.dtype:
+            raise ValueError(f"residual ({residual.dtype} on {residual.device}) must match input "
+                             f"({input.dtype} on {input.device})")
+    if use_input_stats:
+        if input.shape[2] * input.shape[3] == 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size "
+                             f"{list(input.shape)}")
+        stats = (None, None)
+    else:
+        if running_mean is None:
+            raise ValueError("use_input_stats=False needs running_mean and running_var")
+        stats = (running_mean, running_var)
+    backend = _backend.select(input.device)
+    out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
+                                            float(eps), act, float(negative_slope))
+    if use_input_stats and running_mean is not None:
+        _update_running_stats(running_mean, running_var, mean, var, momentum,
+                              input.shape[2] * input.shape[3])
+    return out
+
+
+def _update_running_stats(running_mean, running_var, mean, var, momentum, hw):
+    # torch: per-(n, c) batch-norm update of the repeated running stats, then the mean over n
+    # (aten instance_norm); the running variance takes the unbiased variance.
+    with torch.no_grad():
+        m = float(momentum)
+        rm = m * mean + (1 - m) * running_mean.to(mean.dtype)
+        rv = m * var * (hw / (hw - 1)) + (1 - m) * running_var.to(var.dtype)
+        running_mean.copy_(rm.mean(0))
+        running_var.copy_(rv.mean(0))

@@ -1,0 +1,210 @@
+"""Triton instance norm: one program per (n, c) plane, looping over H*W in BLOCK chunks;
+two-pass statistics in fp32 (fp64 for fp64 inputs); the epilogue (activation, residual) is
+fused. Strides make NCHW and channels_last work without a copy."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .._backend import triton_interpret
+
+
+@triton.jit
+def _tanh(z):
+    # tanh without libdevice, so the kernel also runs under the interpreter
+    return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr, slope):
+    if ACT == 1:
+        z = tl.where(z < 0, 0.0, z)
+    elif ACT == 2:
+        z = tl.where(z < 0, z * slope, z)
+    elif ACT == 3:
+        z = _tanh(z)
+    return z
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr, slope):
+    if ACT == 1:
+        d = tl.where(z <= 0, 0.0, 1.0)
+    elif ACT == 2:
+        d = tl.where(z > 0, 1.0, slope)
+    elif ACT == 3:
+        t = _tanh(z)
+        d = 1.0 - t * t
+    else:
+        d = tl.full(z.shape, 1.0, z.dtype)
+    return d
+
+
+@triton.jit
+def _plane(pid, C, sN, sC):
+    n = pid // C
+    c = pid % C
+    return c, n.to(tl.int64) * sN + c.to(tl.int64) * sC
+
+
+@triton.jit
+def _channel(P, c, HAS: tl.constexpr, default, ACC: tl.constexpr):
+    if HAS:
+        v = tl.load(P + c).to(ACC)
+    else:
+        v = tl.full((), default, ACC)
+    return v
+
+
+@triton.jit
+def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, slope,
+                             HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
+                             INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    c, base = _plane(pid, C, sN, sC)
+    offs = tl.arange(0, BLOCK)
+    if INPUT_STATS:
+        acc = tl.zeros([BLOCK], ACC)
+        for s0 in range(0, HW, BLOCK):
+            idx = s0 + offs
+            acc += tl.load(X + base + idx.to(tl.int64) * sS, mask=idx < HW, other=0.0).to(ACC)
+        mean = tl.sum(acc, 0) / HW
+        acc = tl.zeros([BLOCK], ACC)
+        for s0 in range(0, HW, BLOCK):
+            idx = s0 + offs
+            m = idx < HW
+            x = tl.load(X + base + idx.to(tl.int64) * sS, mask=m, other=0.0).to(ACC)
+            d = tl.where(m, x - mean, 0.0)
+            acc += d * d
+        var = tl.sum(acc, 0) / HW
+        tl.store(MEAN + pid, mean)
+        tl.store(VAR + pid, var)
+    else:
+        mean = tl.load(RM + c).to(ACC)
+        var = tl.load(RV + c).to(ACC)
+    scale = _channel(W, c, HAS_W, 1.0, ACC) / tl.sqrt(var + eps)
+    shift = _channel(B, c, HAS_B, 0.0, ACC) - mean * scale
+    for s0 in range(0, HW, BLOCK):
+        idx = s0 + offs
+        m = idx < HW
+        off = base + idx.to(tl.int64) * sS
+        x = tl.load(X + off, mask=m, other=0.0).to(ACC)
+        y = _act(x * scale + shift, ACT, slope)
+        if HAS_R:
+            y += tl.load(R + off, mask=m, other=0.0).to(ACC)
+        tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, eps, slope,
+                             HAS_W: tl.constexpr, HAS_B: tl.constexpr, INPUT_STATS: tl.constexpr,
+                             ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    c, base = _plane(pid, C, sN, sC)
+    offs = tl.arange(0, BLOCK)
+    mean = tl.load(MEAN + pid).to(ACC)
+    rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + eps)
+    w = _channel(W, c, HAS_W, 1.0, ACC)
+    b = _channel(B, c, HAS_B, 0.0, ACC)
+    a1 = tl.zeros([BLOCK], ACC)
+    a2 = tl.zeros([BLOCK], ACC)
+    for s0 in range(0, HW, BLOCK):
+        idx = s0 + offs
+        m = idx < HW
+        off = base + idx.to(tl.int64) * sS
+        xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
+        dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
+        dz = tl.where(m, dz, 0.0)
+        a1 += dz
+        a2 += dz * xh
+    s1 = tl.sum(a1, 0)
+    s2 = tl.sum(a2, 0)
+    tl.store(SUMS + 2 * pid, s1)
+    tl.store(SUMS + 2 * pid + 1, s2)
+    if INPUT_STATS:
+        m1 = s1 / HW
+        m2 = s2 / HW
+    else:
+        m1 = 0.0
+        m2 = 0.0
+    k = rstd * w
+    for s0 in range(0, HW, BLOCK):
+        idx = s0 + offs
+        m = idx < HW
+        off = base + idx.to(tl.int64) * sS
+        xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
+        dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
+        tl.store(GX + off, (k * (dz - m1 - xh * m2)).to(GX.dtype.element_ty), mask=m)
+
+
+def _layout(x: torch.Tensor):
+    """x in a layout the kernels read directly, and its (sN, sC, sS) element strides."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        fmt = torch.channels_last
+    else:
+        fmt, x = torch.contiguous_format, x.contiguous()
+    n, c, h, w = x.shape
+    return x, fmt, (x.stride(0), x.stride(1), x.stride(3))
+
+
+def _acc(x):
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def _block(hw):
+    return min(triton.next_power_of_2(max(hw, 1)), 4096 if triton_interpret() else 1024)
+
+
+def _channel_arg(t, x):
+    return x if t is None else t.reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+
+
+@triton_op("i2i_fast::triton_instance_norm_fwd", mutates_args=())
+def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                      running_var: Optional[torch.Tensor], eps: float, act: int,
+                      slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, fmt, (sN, sC, sS) = _layout(x)
+    n, c, h, w = x.shape
+    sd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = torch.empty_like(x, memory_format=fmt)
+    mean = x.new_empty((n, c), dtype=sd)
+    var = x.new_empty((n, c), dtype=sd)
+    r = residual.contiguous(memory_format=fmt) if residual is not None else x
+    stats = running_mean is None
+    if x.numel() > 0:
+        wrap_triton(instance_norm_fwd_kernel)[(n * c,)](
+            x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
+            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, eps, slope,
+            HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
+            INPUT_STATS=stats, ACT=act, ACC=_acc(x), BLOCK=_block(h * w))
+    if not stats:
+        mean.copy_(running_mean.reshape(1, c).expand(n, c))
+        var.copy_(running_var.reshape(1, c).expand(n, c))
+    return y, mean, var
+
+
+@triton_op("i2i_fast::triton_instance_norm_bwd", mutates_args=())
+def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                      weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                      act: int, slope: float,
+                      input_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, fmt, (sN, sC, sS) = _layout(x)
+    n, c, h, w = x.shape
+    sd = mean.dtype
+    g = grad.contiguous(memory_format=fmt)
+    gx = torch.empty_like(x, memory_format=fmt)
+    sums = x.new_zeros((n, c, 2), dtype=sd)
+    if x.numel() > 0:
+        wrap_triton(instance_norm_bwd_kernel)[(n * c,)](
+            g, x, gx, _channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(),
+            var.contiguous(), sums, c, h * w, sN, sC, sS, eps, slope,
+            HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
+            ACC=_acc(x), BLOCK=_block(h * w))
+    gsum = sums.sum(0)  # weight/bias gradients: deterministic reduction over the batch
+    return gx, gsum[:, 1].contiguous(), gsum[:, 0].contiguous()
