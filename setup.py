@@ -85,7 +85,11 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
     os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
 os.environ.setdefault("MAX_JOBS", str(max(1, min(os.cpu_count() or 1, 4))))
 
-cxx_flags = ["-O3", "-fopenmp-simd"]  # the C++ standard is torch's choice (C++20 from 2.14)
+# The C++ standard is torch's choice (C++20 from 2.14). The CPU kernels are built for the
+# machine that installs them (a source build); I2I_FAST_NATIVE=0 builds portable code.
+cxx_flags = ["-O3", "-fopenmp-simd"]
+if os.environ.get("I2I_FAST_NATIVE", "1") != "0":
+    cxx_flags.append("-march=native")
 sources = sorted(glob.glob("csrc/*.cpp"))
 if with_cuda:
     sources += sorted(glob.glob("kernels/*.cu"))

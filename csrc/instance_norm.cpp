@@ -18,6 +18,37 @@ namespace {
 
 constexpr int64_t kCB = 16;  // channels per channels_last task: one 64-byte line of fp32
 
+// Two-level summation: vectorized partial sums over blocks of kSumBlock elements, block totals
+// added sequentially. Keeps fp32 rounding error of a 256x256 plane near torch's cascade sum.
+constexpr int64_t kSumBlock = 512;
+
+// t1 += sum f1(i), t2 += sum f2(i) over i in [0, n); f(i, a, b) adds its terms to a and b.
+template <typename acc_t, class F>
+inline void plane_sum2(int64_t n, acc_t& t1, acc_t& t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+    const int64_t i1 = std::min(n, i0 + kSumBlock);
+    acc_t a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = i0; i < i1; ++i) f(i, a, b);
+    t1 += a;
+    t2 += b;
+  }
+}
+
+// channels_last: per-channel sums over n rows of cw channels; f(i, k, a, b) adds to a and b.
+template <typename acc_t, class F>
+inline void rows_sum2(int64_t n, int64_t cw, acc_t* t1, acc_t* t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock / kCB) {
+    const int64_t i1 = std::min(n, i0 + kSumBlock / kCB);
+    acc_t a[kCB] = {0}, b[kCB] = {0};
+    for (int64_t i = i0; i < i1; ++i) {
+#pragma omp simd
+      for (int64_t k = 0; k < cw; ++k) f(i, k, a[k], b[k]);
+    }
+    for (int64_t k = 0; k < cw; ++k) t1[k] += a[k], t2[k] += b[k];
+  }
+}
+
 template <class F>
 void with_act(int64_t act, F&& f) {
   switch (act) {
@@ -50,15 +81,13 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const T* x = a.x + p * HW;
   acc_t mean, var;
   if (a.input_stats) {
-    acc_t s = 0, m2 = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < HW; ++i) s += static_cast<acc_t>(x[i]);
+    acc_t s = 0, m2 = 0, unused = 0;
+    plane_sum2(HW, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
     mean = s / HW;
-#pragma omp simd reduction(+ : m2)
-    for (int64_t i = 0; i < HW; ++i) {
-      acc_t d = static_cast<acc_t>(x[i]) - mean;
-      m2 += d * d;
-    }
+    plane_sum2(HW, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
+      const acc_t d = static_cast<acc_t>(x[i]) - mean;
+      a += d * d;
+    });
     var = m2 / HW;
     a.mean[p] = mean;
     a.var[p] = var;
@@ -66,12 +95,13 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
     mean = a.rmean[c];
     var = a.rvar[c];
   }
-  const acc_t scale = a.wt(c) / std::sqrt(var + a.eps), shift = a.bs(c) - mean * scale;
+  // (x - mean) * scale + b, not x * scale + shift: a constant plane gives exactly b, as torch.
+  const acc_t scale = a.wt(c) / std::sqrt(var + a.eps), shift = a.bs(c);
   T* y = a.out + p * HW;
   const T* r = a.res ? a.res + p * HW : nullptr;
 #pragma omp simd
   for (int64_t i = 0; i < HW; ++i) {
-    acc_t o = act_fwd<acc_t>(static_cast<acc_t>(x[i]) * scale + shift, ACT, a.slope);
+    acc_t o = act_fwd<acc_t>((static_cast<acc_t>(x[i]) - mean) * scale + shift, ACT, a.slope);
     y[i] = static_cast<T>(r ? o + static_cast<acc_t>(r[i]) : o);
   }
 }
@@ -82,21 +112,16 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   const int64_t base = n * HW * C + c0;
   acc_t mean[kCB], var[kCB], scale[kCB], shift[kCB];
   if (a.input_stats) {
-    acc_t s[kCB] = {0}, m2[kCB] = {0};
-    for (int64_t i = 0; i < HW; ++i) {
-      const T* x = a.x + base + i * C;
-#pragma omp simd
-      for (int64_t k = 0; k < cw; ++k) s[k] += static_cast<acc_t>(x[k]);
-    }
+    acc_t s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
+    const T* x = a.x + base;
+    rows_sum2(HW, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+      u += static_cast<acc_t>(x[i * C + k]);
+    });
     for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / HW;
-    for (int64_t i = 0; i < HW; ++i) {
-      const T* x = a.x + base + i * C;
-#pragma omp simd
-      for (int64_t k = 0; k < cw; ++k) {
-        acc_t d = static_cast<acc_t>(x[k]) - mean[k];
-        m2[k] += d * d;
-      }
-    }
+    rows_sum2(HW, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+      const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
+      u += d * d;
+    });
     for (int64_t k = 0; k < cw; ++k) {
       var[k] = m2[k] / HW;
       a.mean[n * C + c0 + k] = mean[k];
@@ -107,13 +132,14 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   }
   for (int64_t k = 0; k < cw; ++k) {
     scale[k] = a.wt(c0 + k) / std::sqrt(var[k] + a.eps);
-    shift[k] = a.bs(c0 + k) - mean[k] * scale[k];
+    shift[k] = a.bs(c0 + k);
   }
   for (int64_t i = 0; i < HW; ++i) {
     const int64_t o = base + i * C;
 #pragma omp simd
     for (int64_t k = 0; k < cw; ++k) {
-      acc_t v = act_fwd<acc_t>(static_cast<acc_t>(a.x[o + k]) * scale[k] + shift[k], ACT, a.slope);
+      acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT,
+                                   a.slope);
       a.out[o + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
     }
   }
@@ -130,13 +156,12 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
   const acc_t w = a.wt(c), b = a.bs(c);
   acc_t s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t i = 0; i < HW; ++i) {
-    acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
-    acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
-    s1 += dz;
-    s2 += dz * xh;
-  }
+  plane_sum2(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
+    const acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
+    const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
+    u += dz;
+    v += dz * xh;
+  });
   a.sums[2 * p] = s1;
   a.sums[2 * p + 1] = s2;
   const acc_t k = rstd * w, m1 = a.input_stats ? s1 / HW : acc_t(0),
@@ -161,16 +186,13 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     w[k] = a.wt(c0 + k);
     b[k] = a.bs(c0 + k);
   }
-  for (int64_t i = 0; i < HW; ++i) {
-    const int64_t o = base + i * C;
-#pragma omp simd
-    for (int64_t k = 0; k < cw; ++k) {
-      acc_t xh = (static_cast<acc_t>(a.x[o + k]) - mean[k]) * rstd[k];
-      acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o + k]), xh, w[k], b[k], ACT, a.slope);
-      s1[k] += dz;
-      s2[k] += dz * xh;
-    }
-  }
+  rows_sum2(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
+    const int64_t o = base + i * C + k;
+    const acc_t xh = (static_cast<acc_t>(a.x[o]) - mean[k]) * rstd[k];
+    const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o]), xh, w[k], b[k], ACT, a.slope);
+    u += dz;
+    v += dz * xh;
+  });
   acc_t kk[kCB], m1[kCB], m2[kCB];
   for (int64_t k = 0; k < cw; ++k) {
     const int64_t p = n * C + c0 + k;
@@ -259,9 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
   const at::Tensor g = same_as_x(grad, x, s, "grad");
   const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
   const auto sd = stats_dtype(x);
-  TORCH_CHECK(mean_in.numel() == s.N * s.C && var_in.numel() == s.N * s.C,
-              "i2i_fast instance_norm_bwd: mean/var must have N*C elements");
-  const at::Tensor mean = mean_in.to(sd).contiguous(), var = var_in.to(sd).contiguous();
+  const at::Tensor mean = saved_stats(mean_in, x, s, "mean"), var = saved_stats(var_in, x, s, "var");
   at::Tensor gx = at::empty_like(x, s.format());
   at::Tensor sums = at::empty({s.N, s.C, 2}, x.options().dtype(sd));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_bwd_cpu", [&] {
@@ -283,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
   });
   // Weight/bias gradients: per-plane sums reduced over the batch in a fixed order.
   at::Tensor gsum = s.N > 0 ? sums.sum(0) : at::zeros({s.C, 2}, sums.options());
-  return {gx, gsum.select(1, 1).contiguous(), gsum.select(1, 0).contiguous()};
+  return {gx, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};  // clones: outputs must not alias
 }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {

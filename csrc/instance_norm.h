@@ -58,6 +58,16 @@ inline at::Tensor same_as_x(const c10::optional<at::Tensor>& t, const at::Tensor
   return in_layout(*t, s);
 }
 
+// Saved (N, C) statistics handed to the backward, in the stats dtype.
+inline at::Tensor saved_stats(const at::Tensor& t, const at::Tensor& x, const NormShape& s,
+                              const char* name) {
+  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast instance_norm_bwd: ", name, " must have N*C = ",
+              s.N * s.C, " elements, got ", t.numel());
+  TORCH_CHECK(t.device() == x.device(), "i2i_fast instance_norm_bwd: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  return t.to(stats_dtype(x)).contiguous();
+}
+
 inline void check_act(int64_t act, double eps) {
   TORCH_CHECK(act >= 0 && act <= 3, "i2i_fast instance_norm: unknown activation code ", act);
   TORCH_CHECK(eps >= 0, "i2i_fast instance_norm: eps must be >= 0, got ", eps);

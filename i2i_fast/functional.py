@@ -79,7 +79,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     backend = _backend.select(input.device)
     out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
                                             float(eps), act, float(negative_slope))
-    if use_input_stats and running_mean is not None:
+    if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
         _update_running_stats(running_mean, running_var, mean, var, momentum,
                               input.shape[2] * input.shape[3])
     return out

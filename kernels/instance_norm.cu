@@ -15,6 +15,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "../csrc/instance_norm.h"
 #include "../csrc/norm_math.h"
 
@@ -125,8 +127,18 @@ __device__ Welford<acc_t> chunk_welford(const Params<T, acc_t>& a, const Tile<P>
   visit<P, VEC>(t, s0, s1, [&](int64_t o) {
     acc_t v[VEC];
     load<VEC>(a.x + o, v);
+    if (VEC == 1) {
+      w.push(v[0]);
+    } else {  // one Chan merge (one division) per 16-byte pack instead of one per element
+      Welford<acc_t> pk;
+      pk.n = acc_t(VEC);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) w.push(v[i]);
+      for (int i = 0; i < VEC; ++i) pk.mean += v[i];
+      pk.mean *= acc_t(1) / acc_t(VEC);  // exact: VEC is a power of two
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) pk.m2 += (v[i] - pk.mean) * (v[i] - pk.mean);
+      w.merge(pk);
+    }
   });
   return block_reduce<P>(w);
 }
@@ -167,14 +179,14 @@ __global__ void __launch_bounds__(kThreads) fwd_apply_kernel(Params<T, acc_t> a)
   }
   if (!t.valid) return;
   const acc_t w = a.w ? a.w[t.c] : acc_t(1), b = a.b ? a.b[t.c] : acc_t(0);
-  const acc_t scale = w / sqrt(var + a.eps), shift = b - mean * scale;
+  const acc_t scale = w / sqrt(var + a.eps);  // (x - mean) * scale + b: exact b on constant planes
   visit<P, VEC>(t, s0, s1, [&](int64_t o) {
     acc_t v[VEC], r[VEC];
     load<VEC>(a.x + o, v);
     if (a.res) load<VEC>(a.res + o, r);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      v[i] = act_fwd<acc_t>(v[i] * scale + shift, a.act, a.slope);
+      v[i] = act_fwd<acc_t>((v[i] - mean) * scale + b, a.act, a.slope);
       if (a.res) v[i] += r[i];
     }
     store<VEC>(a.out + o, v);
@@ -265,10 +277,12 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
 // ---- host side ----
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-int sm_count() {  // of the current device (ATen/cuda/CUDAContext.h would pull in cuSPARSE headers)
-  int dev = 0, n = 0;
+int sm_count() {  // of the current device, cached (ATen/cuda/CUDAContext.h pulls in cuSPARSE)
+  static int cache[64] = {0};
+  int dev = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  int& n = cache[dev & 63];
+  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
   return n;
 }
 
@@ -292,7 +306,7 @@ void launch(Params<T, acc_t>& a, const NormShape& s, int state_size, at::Tensor&
   a.chunk = chunk;
   a.S = int(S);
   a.split = S > 1;
-  if (a.split) {
+  if (a.split && state_size > 0) {
     part_buf = at::empty({tiles * P * S * state_size}, like.options());
     a.part = part_buf.data_ptr<acc_t>();
   }
@@ -337,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
       a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
       a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
       at::Tensor part;
-      launch(a, s, 3, part, mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+      launch(a, s, input_stats ? 3 : 0, part, mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split && input_stats) {
           fwd_stats_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -350,6 +364,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
   if (!input_stats) {  // report the statistics that were used
     mean.copy_(rm.unsqueeze(0).expand({s.N, s.C}));
     var.copy_(rv.unsqueeze(0).expand({s.N, s.C}));
+  } else if (s.HW == 0) {  // empty planes: 0/0, as the CPU kernel
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return {y, mean, var};
 }
@@ -366,11 +383,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
   const at::Tensor g = same_as_x(grad, x, s, "grad");
   const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
   const auto sd = stats_dtype(x);
-  TORCH_CHECK(mean_in.numel() == s.N * s.C && var_in.numel() == s.N * s.C,
-              "i2i_fast instance_norm_bwd: mean/var must have N*C elements");
-  const at::Tensor mean = mean_in.to(sd).contiguous(), var = var_in.to(sd).contiguous();
+  const at::Tensor mean = saved_stats(mean_in, x, s, "mean"), var = saved_stats(var_in, x, s, "var");
   at::Tensor gx = at::empty_like(x, s.format());
-  at::Tensor sums = at::zeros({s.N, s.C, 2}, x.options().dtype(sd));
+  // every plane writes its sums, except when H*W == 0
+  at::Tensor sums = (s.HW > 0 ? at::empty({s.N, s.C, 2}, x.options().dtype(sd))
+                              : at::zeros({s.N, s.C, 2}, x.options().dtype(sd)));
   if (x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_bwd_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -398,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
   }
   // Weight/bias gradients: per-plane sums reduced over the batch by a deterministic torch sum.
   const at::Tensor gsum = sums.sum(0);
-  return {gx, gsum.select(1, 1).contiguous(), gsum.select(1, 0).contiguous()};
+  return {gx, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};  // clones: outputs must not alias
 }
 
 }  // namespace

@@ -88,13 +88,13 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
         mean = tl.load(RM + c).to(ACC)
         var = tl.load(RV + c).to(ACC)
     scale = _channel(W, c, HAS_W, 1.0, ACC) / tl.sqrt(var + eps)
-    shift = _channel(B, c, HAS_B, 0.0, ACC) - mean * scale
+    shift = _channel(B, c, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
         m = idx < HW
         off = base + idx.to(tl.int64) * sS
         x = tl.load(X + off, mask=m, other=0.0).to(ACC)
-        y = _act(x * scale + shift, ACT, slope)
+        y = _act((x - mean) * scale + shift, ACT, slope)
         if HAS_R:
             y += tl.load(R + off, mask=m, other=0.0).to(ACC)
         tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
@@ -207,4 +207,4 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
             ACC=_acc(x), BLOCK=_block(h * w))
     gsum = sums.sum(0)  # weight/bias gradients: deterministic reduction over the batch
-    return gx, gsum[:, 1].contiguous(), gsum[:, 0].contiguous()
+    return gx, gsum[:, 1].clone(), gsum[:, 0].clone()  # outputs must not alias each other

@@ -1,0 +1,576 @@
+"""The main job: ``python -m i2i_fast.bench`` (console script ``i2i-fast-bench``).
+
+For every op in the registry (OPS) and every shape/dtype it first checks parity of the fused
+op against eager PyTorch on the same inputs (forward output and input gradients), then times
+forward, backward and forward+backward of ours / eager / torch.compile(eager), and prints and
+writes (results.json, results.md, speedup.png when matplotlib is importable) the table.
+
+The timing helpers (measure, copy_bandwidth_gbps, machine_info, Case, summarize) are shared
+with the pytest-benchmark suite in benchmarks/, so both report the same numbers.
+Timing: CUDA events around each call after warm-up, inputs rotated over a footprint larger
+than L2; CPU: time.perf_counter after warm-up. The statistic is always the median.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import _backend
+
+MODES = ("fwd", "bwd", "fwdbwd")
+IMPLS = ("ours", "eager", "compile")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Parity of ours vs eager PyTorch on the same inputs: (atol, rtol). rtol for bf16/fp16 is one
+# unit in the last place (two independently rounded results may differ by one ulp).
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 2 ** -6), torch.float16: (1e-2, 2 ** -9)}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def full_shapes() -> bool:
+    """I2I_FAST_BENCH_FULL=1: the CUDA shape list on CPU too."""
+    return os.environ.get("I2I_FAST_BENCH_FULL", "0") == "1"
+
+
+def default_dtypes(device) -> list:
+    return ["fp32", "bf16"] if torch.device(device).type == "cuda" else ["fp32"]
+
+
+# ------------------------------------------------------------------------------ timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    times_ms: list
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms)
+
+
+def measure(run: Callable, device, *, setup: Optional[Callable[[], tuple]] = None,
+            budget_s: float = 0.5, warmup: int = 3, min_reps: int = 5, max_reps: int = 500) -> Timing:
+    """Times run(*setup()) after `warmup` calls; as many calls as fit in budget_s (within
+    [min_reps, max_reps]), one sample per call; setup() is not timed. CUDA: an event pair
+    around each call on the current stream; CPU: time.perf_counter."""
+    device = torch.device(device)
+    setup = setup or tuple
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        run(*setup())
+    synchronize(device)
+    per_call = (time.perf_counter() - t0) / max(warmup, 1)
+    reps = int(min(max_reps, max(min_reps, budget_s / max(per_call, 1e-6))))
+    if device.type == "cuda":
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+        for start, end in ev:
+            args = setup()
+            start.record()
+            run(*args)
+            end.record()
+        torch.cuda.synchronize(device)
+        return Timing([start.elapsed_time(end) for start, end in ev])
+    times = []
+    for _ in range(reps):
+        args = setup()
+        t = time.perf_counter()
+        run(*args)
+        times.append((time.perf_counter() - t) * 1e3)
+    return Timing(times)
+
+
+def pedantic_args(run: Callable, device, setup: Optional[Callable[[], tuple]] = None) -> dict:
+    """target/setup for pytest-benchmark's pedantic(): a wall-clock timer needs the device
+    synchronized after the target and after the (untimed) setup."""
+    device = torch.device(device)
+    setup = setup or tuple
+
+    def target(*args):
+        run(*args)
+        synchronize(device)
+
+    def pre():
+        args = setup()
+        synchronize(device)
+        return args, {}
+    return {"target": target, "setup": pre}
+
+
+_COPY_BW: dict = {}
+
+
+def copy_bandwidth_gbps(device) -> Optional[float]:
+    """Device-to-device copy bandwidth (read + write bytes / time) of a 256 MiB tensor, measured
+    once per process; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    key = str(device)
+    if key not in _COPY_BW:
+        n = (256 << 20) // 4
+        src = torch.ones(n, device=device)
+        dst = torch.empty_like(src)
+        t = measure(lambda: dst.copy_(src), device, budget_s=0.3, warmup=5, min_reps=20)
+        _COPY_BW[key] = 2 * src.nbytes / (t.median_ms * 1e-3) / 1e9
+        del src, dst
+    return _COPY_BW[key]
+
+
+# ------------------------------------------------------------------------- machine info
+def _triton_version() -> Optional[str]:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:  # noqa: BLE001 - optional
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvml_info(index: int) -> dict:
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            h = None
+            props = torch.cuda.get_device_properties(index)
+            if hasattr(props, "pci_bus_id"):  # CUDA_VISIBLE_DEVICES may renumber devices
+                try:
+                    h = pynvml.nvmlDeviceGetHandleByPciBusId(
+                        f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
+                except Exception:  # noqa: BLE001
+                    h = None
+            if h is None:
+                h = pynvml.nvmlDeviceGetHandleByIndex(index)
+
+            def s(v):
+                return v.decode() if isinstance(v, bytes) else v
+            return {
+                "gpu_name": s(pynvml.nvmlDeviceGetName(h)),
+                "driver": s(pynvml.nvmlSystemGetDriverVersion()),
+                "gpu_memory_total_gib": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2 ** 30, 2),
+                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                "sm_clock_now_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+            }
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as e:  # noqa: BLE001 - nvidia-ml-py is optional
+        return {"nvml": f"unavailable: {type(e).__name__}: {e}"}
+
+
+def machine_info(device=None) -> dict:
+    """Device, library versions and kernel backends: JSON-serializable."""
+    device = torch.device(device or default_device())
+    info = {"device": str(device), "torch": torch.__version__, "triton": _triton_version(),
+            "python": platform.python_version(),
+            "i2i_fast_backends": {k: v[0] for k, v in _backend.backends().items()}}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        p = torch.cuda.get_device_properties(index)
+        info.update({"gpu_name": p.name, "gpu_sm_count": p.multi_processor_count,
+                     "gpu_capability": f"{p.major}.{p.minor}", "gpu_memory_total_gib":
+                     round(p.total_memory / 2 ** 30, 2), "cuda": torch.version.cuda})
+        info.update(_nvml_info(index))
+    else:
+        info.update({"cpu_model": _cpu_model(), "torch_num_threads": torch.get_num_threads(),
+                     "cpu_count": os.cpu_count()})
+    return info
+
+
+# ---------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Op:
+    """One benchmarked op. build(shape, dtype, device) -> (ours, eager baseline) modules with
+    the same parameters; make_inputs(shape, dtype, device, generator) -> tuple of input tensors
+    (those with requires_grad get gradients checked and timed); moved(shape, dtype) -> bytes that
+    must move per mode; shapes (CUDA) and cpu_shapes as in DESIGN.md section 6."""
+    name: str
+    build: Callable
+    make_inputs: Callable
+    moved: Callable
+    shapes: tuple
+    cpu_shapes: tuple
+
+
+def _in_build(shape, dtype, device):
+    from .nn import InstanceNorm2d
+    c = shape[1]
+    ours = InstanceNorm2d(c, activation="relu")
+    eager = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU())
+    return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+
+
+def _in_inputs(shape, dtype, device, gen):
+    # Generated on CPU (same values on every device). Pre-activation values within 0.01 sigma
+    # of the ReLU kink are moved to +-0.05 sigma: there, rounding differences between two
+    # correct implementations flip the ReLU mask and the whole plane's gradient would differ.
+    x = torch.randn(shape, generator=gen).to(dtype).double()
+    mean = x.mean((2, 3), keepdim=True)
+    std = x.std((2, 3), unbiased=False, keepdim=True)
+    z = (x - mean) / std
+    x = torch.where(z.abs() < 0.01, mean + torch.where(z < 0, -0.05, 0.05) * std, x)
+    return (x.to(device=device, dtype=dtype).requires_grad_(),)
+
+
+def _elementwise_bytes(reads_fwd, reads_bwd):
+    # fwd: read x, write y; bwd: read x and grad, write grad_x
+    def moved(shape, dtype):
+        nb = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        f, b = (reads_fwd + 1) * nb, (reads_bwd + 1) * nb
+        return {"fwd": f, "bwd": b, "fwdbwd": f + b}
+    return moved
+
+
+OPS = {
+    "instance_norm": Op(
+        name="instance_norm", build=_in_build, make_inputs=_in_inputs,
+        moved=_elementwise_bytes(1, 2),
+        shapes=((1, 256, 64, 64), (1, 64, 256, 256), (8, 256, 64, 64)),
+        cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128))),
+}
+
+
+def shapes_for(op: str, device, quick: bool = False) -> tuple:
+    """The DESIGN.md shapes on CUDA; the small CPU list with --quick or on CPU (unless
+    I2I_FAST_BENCH_FULL=1)."""
+    small = quick or (torch.device(device).type == "cpu" and not full_shapes())
+    return OPS[op].cpu_shapes if small else OPS[op].shapes
+
+
+# -------------------------------------------------------------------------------- cases
+def _raise_recompile_limit(n=64):
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per case
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), n))
+
+
+class Case:
+    """One (op, shape, dtype, device): modules, rotating input sets, the compiled baseline
+    (compiled and warmed up once) and cached timings per (impl, mode)."""
+
+    def __init__(self, op: Op, shape, dtype, device, *, quick=False, seed=0):
+        self.op, self.shape, self.dtype = op, tuple(shape), dtype
+        self.device = torch.device(device)
+        self.quick = quick
+        self.ours, self.eager = op.build(self.shape, dtype, self.device)
+        self.moved = op.moved(self.shape, dtype)
+        try:
+            self.backend = _backend.select(self.device)
+        except Exception as e:  # noqa: BLE001 - reported, the op itself will raise
+            self.backend = f"error: {e}"
+        # Inputs rotate over > 4x L2 on CUDA, so every call reads from DRAM.
+        sets = 1
+        if self.device.type == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(self.device), "L2_cache_size", 50 << 20)
+            sets = max(1, min(64, math.ceil(4 * l2 / self.moved["fwdbwd"])))
+        gen = torch.Generator().manual_seed(seed)
+        self.inputs = [op.make_inputs(self.shape, dtype, self.device, gen) for _ in range(sets)]
+        with torch.no_grad():
+            out = self.eager(*self.inputs[0])
+        self.grads = [torch.randn(out.shape, generator=gen).to(device=self.device, dtype=out.dtype)
+                      for _ in range(sets)]
+        self._compiled = None
+        self.compile_error: Optional[str] = None
+        self.compile_s: Optional[float] = None
+        self._timings: dict = {}
+        self._parity = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.op.name} {'x'.join(map(str, self.shape))} {DTYPE_NAMES.get(self.dtype, self.dtype)}"
+
+    def compiled(self):
+        """torch.compile of the eager baseline, compiled and warmed up (fwd+bwd) on first use;
+        None when compiling failed (reason in compile_error)."""
+        if self._compiled is None and self.compile_error is None:
+            _raise_recompile_limit()
+            t0 = time.perf_counter()
+            try:
+                m = torch.compile(self.eager, dynamic=False)
+                self._fwdbwd(m, self.inputs[0], self.grads[0])
+                self._fwdbwd(m, self.inputs[0], self.grads[0])
+                synchronize(self.device)
+                self._compiled = m
+            except Exception as e:  # noqa: BLE001 - recorded, not fatal
+                msg = str(e).strip().splitlines()
+                self.compile_error = f"{type(e).__name__}: {msg[0][:200] if msg else ''}"
+            self.compile_s = time.perf_counter() - t0
+        return self._compiled
+
+    def module(self, impl: str):
+        return {"ours": lambda: self.ours, "eager": lambda: self.eager, "compile": self.compiled}[impl]()
+
+    @staticmethod
+    def _fwdbwd(m, inp, g):
+        out = m(*inp)
+        return out, torch.autograd.grad(out, [t for t in inp if t.requires_grad], g)
+
+    def fn(self, impl: str, mode: str):
+        """(run, setup) for measure(): run(*setup()) runs `mode` of `impl` on the next input set
+        (inputs rotate); for "bwd" the untimed setup runs the forward, run the backward."""
+        m = self.module(impl)
+        if m is None:
+            raise RuntimeError(f"torch.compile failed: {self.compile_error}")
+        sets = list(zip(self.inputs, self.grads))
+        i = [0]
+
+        def next_set():
+            i[0] = (i[0] + 1) % len(sets)
+            return sets[i[0]]
+        if mode == "fwd":
+            return (lambda inp, g: m(*inp)), next_set
+        if mode == "fwdbwd":
+            return (lambda inp, g: self._fwdbwd(m, inp, g)), next_set
+        if mode == "bwd":
+            def forward():
+                inp, g = next_set()
+                return m(*inp), [t for t in inp if t.requires_grad], g
+            return (lambda out, diff, g: torch.autograd.grad(out, diff, g)), forward
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    def parity(self):
+        """(ok, detail): ours vs eager forward output and input gradients, same inputs, cached."""
+        if self._parity is None:
+            inp, g = self.inputs[0], self.grads[0]
+            yo, go = self._fwdbwd(self.ours, inp, g)
+            ye, ge = self._fwdbwd(self.eager, inp, g)
+            atol, rtol = TOL.get(self.dtype, (1e-4, 1e-4))
+            ok, parts = True, []
+            for name, a, b in [("out", yo, ye)] + [(f"grad{k}", a, b) for k, (a, b) in enumerate(zip(go, ge))]:
+                a, b = a.detach().float(), b.detach().float()
+                good = a.shape == b.shape and bool(torch.isclose(a, b, rtol, atol, equal_nan=True).all())
+                err = (a - b).abs().nan_to_num(float("inf")).max().item() if a.shape == b.shape else float("inf")
+                ok &= good
+                parts.append(f"{name} max|d|={err:.2e}")
+            self._parity = (ok, f"{', '.join(parts)} (atol={atol:g}, rtol={rtol:g})")
+        return self._parity
+
+    def timing(self, impl: str, mode: str) -> Optional[Timing]:
+        """Median-based timing of (impl, mode), measured once per case; None if compile failed."""
+        k = (impl, mode)
+        if k not in self._timings:
+            if impl == "compile" and self.compiled() is None:
+                return None
+            if self.device.type == "cuda":
+                kw = dict(budget_s=0.1 if self.quick else 0.3, warmup=10, min_reps=20, max_reps=1000)
+            else:
+                kw = dict(budget_s=0.2 if self.quick else 0.6, warmup=2, min_reps=3 if self.quick else 5,
+                          max_reps=200)
+            run, setup = self.fn(impl, mode)
+            self._timings[k] = measure(run, self.device, setup=setup, **kw)
+        return self._timings[k]
+
+
+_CASES: dict = {}
+
+
+def get_case(op: str, shape, dtype, device, *, quick=False) -> Case:
+    """The Case for these arguments, built once per process (so torch.compile runs once)."""
+    key = (op, tuple(shape), dtype, str(torch.device(device)), quick)
+    if key not in _CASES:
+        _CASES[key] = Case(OPS[op], shape, dtype, device, quick=quick)
+    return _CASES[key]
+
+
+def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
+    """time_ms (median), GB/s, % of copy bandwidth (CUDA) of (impl, mode); for impl="ours"
+    also the baselines' medians and the speedups, all measured in this process."""
+    t = case.timing(impl, mode)
+    d = {"op": case.op.name, "shape": list(case.shape), "dtype": DTYPE_NAMES.get(case.dtype, str(case.dtype)),
+         "device": str(case.device), "mode": mode, "impl": impl, "backend": case.backend,
+         "bytes": case.moved[mode], "rotating_sets": len(case.inputs),
+         "time_ms": None, "gbps": None}
+    if t is not None:
+        d.update(time_ms=t.median_ms, min_ms=t.min_ms, reps=len(t.times_ms),
+                 gbps=case.moved[mode] / (t.median_ms * 1e-3) / 1e9)
+        bw = copy_bandwidth_gbps(case.device)
+        if bw:
+            d.update(copy_bw_gbps=bw, pct_of_copy_bw=100.0 * d["gbps"] / bw)
+    if impl in ("ours", "compile"):
+        d["compile"] = "ok" if case.compiled() is not None else f"failed: {case.compile_error}"
+        d["compile_s"] = case.compile_s
+    if impl == "ours" and t is not None:
+        for base in ("eager", "compile"):
+            tb = case.timing(base, mode)
+            d[f"{base}_ms"] = tb.median_ms if tb else None
+            d[f"speedup_vs_{base}"] = tb.median_ms / t.median_ms if tb else None
+    return d
+
+
+# ---------------------------------------------------------------------------------- CLI
+COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("mode", "mode"), ("pass", "pass"),
+           ("time_ms", "ours ms"), ("eager_ms", "eager ms"), ("compile_ms", "compile ms"),
+           ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"), ("gbps", "GB/s"),
+           ("pct_of_copy_bw", "% copy BW")]
+
+
+def _cell(key, row):
+    v = row.get(key)
+    if key == "shape":
+        return "x".join(map(str, v))
+    if key == "pass":
+        return "PASS" if v else "FAIL"
+    if key == "compile_ms" and v is None and str(row.get("compile", "")).startswith("failed"):
+        return "failed"
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if key.startswith("speedup"):
+            return f"{v:.2f}x"
+        return f"{v:.3f}" if key.endswith("_ms") else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(rows, markdown=False) -> str:
+    cols = [c for c in COLUMNS if c[0] != "pct_of_copy_bw" or any(r.get(c[0]) is not None for r in rows)]
+    cells = [[h for _, h in cols]] + [[_cell(k, r) for k, _ in cols] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
+        return "\n".join(lines)
+    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i >= 4 else c.ljust(w[i]) for i, c in enumerate(r))
+                     for r in cells)
+
+
+def _progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + msg)
+    else:
+        sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _plot(rows, path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - optional
+        return False
+    rows = [r for r in rows if r.get("speedup_vs_eager")]
+    if not rows:
+        return False
+    labels = [f"{r['op']} {_cell('shape', r)} {r['dtype']} {r['mode']}" for r in rows]
+    ys = range(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    ax.barh([y - 0.2 for y in ys], [r["speedup_vs_eager"] for r in rows], 0.4, label="vs eager")
+    ax.barh([y + 0.2 for y in ys], [r.get("speedup_vs_compile") or 0 for r in rows], 0.4,
+            label="vs torch.compile")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(list(ys), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup (x)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=default_device())
+    p.add_argument("--dtype", default=None,
+                   help="comma list of fp32,bf16,fp16 (default: fp32 on CPU, fp32,bf16 on CUDA)")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
+    p.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke run)")
+    p.add_argument("--out", default="bench_results", help="output folder (default: bench_results/)")
+    a = p.parse_args(argv)
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    dtypes = a.dtype.split(",") if a.dtype else default_dtypes(a.device)
+    ops = [o.strip() for o in a.ops.split(",") if o.strip()]
+    for name, known, what in [(d, DTYPES, "dtype") for d in dtypes] + [(o, OPS, "op") for o in ops]:
+        if name not in known:
+            p.error(f"unknown {what} {name!r}; choose from {', '.join(known)}")
+    device = torch.device(a.device)
+    info = machine_info(device)
+    print(f"i2i_fast.bench on {info.get('gpu_name') or info.get('cpu_model')} "
+          f"(torch {info['torch']}, triton {info['triton']}"
+          + ("" if device.type == "cuda" else f", {info['torch_num_threads']} threads") + ")")
+
+    cases = [get_case(o, shape, DTYPES[d], device, quick=a.quick)
+             for o in ops for shape in shapes_for(o, device, a.quick) for d in dtypes]
+
+    failed = 0
+    for c in cases:  # parity first
+        ok, detail = c.parity()
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {c.key:<32} [{c.backend}] {detail}")
+
+    rows = []
+    steps = len(cases) * len(MODES) * len(IMPLS)
+    t0 = time.perf_counter()
+    for ci, c in enumerate(cases):
+        for mi, mode in enumerate(MODES):
+            for ii, impl in enumerate(("eager", "compile", "ours")):
+                k = (ci * len(MODES) + mi) * len(IMPLS) + ii + 1
+                what = "compiling + timing" if impl == "compile" and c._compiled is None else "timing"
+                _progress(f"[{k}/{steps}] {what} {c.key} {mode} {impl} ({time.perf_counter() - t0:.0f}s)")
+                c.timing(impl, mode)
+            rows.append(dict(summarize(c, mode), **{"pass": c.parity()[0], "parity": c.parity()[1]}))
+    _progress(f"done in {time.perf_counter() - t0:.0f}s")
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    for c in cases:
+        if c.compile_error:
+            print(f"note: torch.compile failed for {c.key}: {c.compile_error}")
+
+    print(format_table(rows))
+    os.makedirs(a.out, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv),
+            "machine": info, "copy_bw_gbps": copy_bandwidth_gbps(device)}
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(dict(meta, results=rows), f, indent=1)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(f"# i2i_fast benchmark ({stamp})\n\n")
+        f.write("".join(f"- {k}: {v}\n" for k, v in info.items()))
+        f.write("\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time.\n\n")
+        f.write(format_table(rows, markdown=True) + "\n")
+    plotted = _plot(rows, os.path.join(a.out, "speedup.png"))
+    print(f"wrote {a.out}/results.json, results.md" + (", speedup.png" if plotted else ""))
+    if failed:
+        print(f"{failed} parity check(s) FAILED", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine (torch + triton + pytest-benchmark + nvidia-ml-py
+# preinstalled, no network): build, import, tests, compute-sanitizer memcheck, benchmarks,
+# main job. Every step runs under `timeout`, logs to $OUT/<step>.log and appends its exit
+# code to $OUT/steps.txt; a failing step does not stop the next one. The whole run stays
+# within GPU_VALIDATE_BUDGET_S seconds (default 560, i.e. under 10 minutes).
+#
+#   OUT=/some/dir bash scripts/gpu_validate.sh      # default OUT=./gpu_out
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+PY="${PYTHON:-python}"
+BUDGET="${GPU_VALIDATE_BUDGET_S:-560}"
+START=$(date +%s)
+STEPS="$OUT/steps.txt"
+: > "$STEPS"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+
+# step NAME MAX_SECONDS CMD... : runs CMD with timeout min(MAX_SECONDS, time left).
+step() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) - 15 ))
+  local t=$(( cap < left ? cap : left ))
+  if (( t < 10 )); then
+    printf '%-10s rc=skip (out of time)\n' "$name" | tee -a "$STEPS"
+    return
+  fi
+  echo "=== $name (timeout ${t}s): $*"
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$t" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local note=""
+  (( rc == 124 || rc == 137 )) && note=" TIMEOUT"
+  printf '%-10s rc=%-3s %4ss%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" | tee -a "$STEPS"
+  tail -n 12 "$OUT/$name.log"
+}
+
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  git rev-parse HEAD 2>/dev/null && git status --short 2>/dev/null
+  nvidia-smi 2>&1 | head -20
+  "$PY" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1
+  "$PY" -c 'import triton; print("triton", triton.__version__)' 2>&1
+  command -v nvcc && nvcc --version | tail -2
+} > "$OUT/env.txt" 2>&1
+
+step build 300 echo would-build
+step import 60 "$PY" -c 'import i2i_fast; print(i2i_fast.backends())'
+step tests 180 sh -c "exit 3"
+
+# memcheck: fused instance norm fwd+bwd on CUDA; NCHW and channels_last, odd sizes, batch 1
+# with a large map (split-plane path), fp32 and bf16, affine + residual, running stats.
+cat > "$OUT/memcheck_in.py" <<'EOF'
+import torch
+import i2i_fast
+from i2i_fast import functional as F
+
+print(i2i_fast.backends())
+torch.manual_seed(0)
+cases = [  # shape, channels_last, affine+residual, running stats (eval)
+    ((2, 3, 7, 9), False, False, False),
+    ((1, 64, 256, 256), False, False, False),   # batch 1, large map: split path, vectorized
+    ((1, 32, 97, 101), False, True, False),     # split path, odd H*W (scalar loads)
+    ((2, 96, 33, 31), True, False, False),      # channels_last, C not a multiple of 32
+    ((1, 64, 128, 128), True, True, False),     # channels_last, split path
+    ((2, 40, 17, 19), False, True, True),       # running statistics (eval)
+]
+for shape, cl, affine, eval_stats in cases:
+    for dtype in (torch.float32, torch.bfloat16):
+        c = shape[1]
+        x = torch.randn(shape, device="cuda", dtype=dtype)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w = torch.rand(c, device="cuda", dtype=dtype, requires_grad=True) if affine else None
+        b = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True) if affine else None
+        res = torch.randn_like(x) if affine else None
+        rm = torch.randn(c, device="cuda") if eval_stats else None
+        rv = torch.rand(c, device="cuda") + 0.5 if eval_stats else None
+        y = F.instance_norm(x, rm, rv, w, b, use_input_stats=not eval_stats,
+                            activation="relu", residual=res)
+        y.backward(torch.randn_like(y))
+        torch.cuda.synchronize()
+        ref = torch.relu(torch.nn.functional.instance_norm(
+            x.detach().float(), rm, rv, None if w is None else w.detach().float(),
+            None if b is None else b.detach().float(), use_input_stats=not eval_stats))
+        if res is not None:
+            ref = ref + res.float()
+        print(f"{str(shape):18} cl={cl:d} affine={affine:d} eval={eval_stats:d} {str(dtype):15} "
+              f"max|y-ref|={(y.float() - ref).abs().max().item():.2e} "
+              f"grad finite={bool(x.grad.isfinite().all())}", flush=True)
+print("memcheck snippet done")
+EOF
+SANITIZER="$(command -v compute-sanitizer || true)"
+if [[ -n "$SANITIZER" ]]; then
+  # no caching allocator: every tensor is its own cudaMalloc, so out-of-bounds accesses show
+  step memcheck 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
+    --error-exitcode 86 --print-limit 20 "$PY" "$OUT/memcheck_in.py"
+else
+  printf '%-10s rc=skip (compute-sanitizer not on PATH)\n' memcheck | tee -a "$STEPS"
+fi
+
+step bench 200 "$PY" -m pytest benchmarks/ --benchmark-only -q --benchmark-json="$OUT/bench.json"
+step bench_main 180 "$PY" -m i2i_fast.bench --out "$OUT/bench_main"
+
+# results not already written under $OUT
+[[ -d bench_results ]] && cp -r bench_results "$OUT/bench_results_default"
+ls -la "$OUT" > "$OUT/files.txt" 2>&1
+echo "=== steps ($(( $(date +%s) - START ))s total), results in $OUT"
+cat "$STEPS"
+! grep -qv ' rc=0 \| rc=skip' "$STEPS"

@@ -1,0 +1,48 @@
+import os
+
+import pytest
+
+# Without a GPU the Triton backend runs on CPU tensors through the interpreter, which must be
+# switched on before triton is first imported.
+try:
+    import ctypes
+    ctypes.CDLL("libcuda.so.1")
+    _has_driver = True
+except OSError:
+    _has_driver = False
+if not _has_driver:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+import i2i_fast  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+# Absolute slack of the parity rule (DESIGN.md section 5).
+ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def cpu_backends():
+    """Backends that execute on CPU tensors here (triton through the interpreter)."""
+    names = [b for b in ("cpu", "reference") if i2i_fast.backends()[b][0]]
+    if os.environ.get("TRITON_INTERPRET") == "1" and i2i_fast.backends()["triton"][0]:
+        names.insert(1, "triton")
+    return names
+
+
+def cuda_backends():
+    return [b for b in ("cuda", "triton") if HAS_CUDA and i2i_fast.backends()[b][0]]
+
+
+def assert_parity(ours, same, ref64, dtype, what=""):
+    """|ours - ref64| <= 2 * |torch_same_dtype - ref64| + atol, as per-tensor maxima."""
+    ours, same, ref64 = (t.detach().double().cpu() for t in (ours, same, ref64))
+    assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    nan = torch.isnan(ref64)
+    assert torch.equal(torch.isnan(ours), nan), f"{what}: NaN pattern differs from the reference"
+    err = (ours - ref64)[~nan].abs().max().item() if (~nan).any() else 0.0
+    base = (same - ref64)[~nan].abs().max().item() if (~nan).any() else 0.0
+    bound = 2 * base + ATOL[dtype]
+    assert err <= bound, f"{what}: max error {err:.3g} > bound {bound:.3g} (torch {dtype} error {base:.3g})"

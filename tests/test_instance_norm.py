@@ -1,0 +1,504 @@
+"""InstanceNorm2d / functional.instance_norm: parity with torch and the float64 reference on
+every backend that runs here, gradients, running stats, drop-in compatibility, compile,
+determinism and bad input."""
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import i2i_fast
+from i2i_fast import functional as F
+from i2i_fast import reference
+
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
+
+ACTS = [None, "relu", "leaky_relu", "tanh"]
+
+
+def torch_chain(x, weight, bias, residual, act, slope=0.2, running=None, use_input_stats=True):
+    """The unfused original: torch instance norm, then activation, then residual add."""
+    rm, rv = running if running is not None else (None, None)
+    y = TF.instance_norm(x, rm, rv, weight, bias, use_input_stats=use_input_stats)
+    y = {None: lambda t: t, "relu": torch.relu, "tanh": torch.tanh,
+         "leaky_relu": lambda t: TF.leaky_relu(t, slope)}[act](y)
+    return y if residual is None else y + residual
+
+
+def make_inputs(shape, dtype, device, affine, residual, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5)
+    w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5 if affine else None
+    b = torch.randn(shape[1], generator=g, dtype=torch.float64) if affine else None
+    r = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
+    gy = torch.randn(shape, generator=g, dtype=torch.float64)
+    return x, w, b, r, gy
+
+
+def run_case(fn, x, w, b, r, gy, dtype, device, channels_last=False):
+    """Casts the float64 masters to dtype/device, runs fn forward+backward, returns out and grads."""
+    def prep(t, layout=False):
+        if t is None:
+            return None
+        t = t.to(device=device, dtype=dtype)
+        if layout and channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t.requires_grad_()
+    xs, ws, bs, rs = prep(x, True), prep(w), prep(b), prep(r, True)
+    out = fn(xs, ws, bs, rs)
+    out.backward(gy.to(device=device, dtype=dtype))
+    grads = [t.grad for t in (xs, ws, bs, rs) if t is not None]
+    return out, grads
+
+
+def check_all(shape, dtype, device, backend, affine, act, residual, channels_last=False):
+    x, w, b, r, gy = make_inputs(shape, dtype, device, affine, residual)
+
+    def ours(xs, ws, bs, rs):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(xs, weight=ws, bias=bs, activation=act, residual=rs)
+
+    def theirs(xs, ws, bs, rs):
+        return torch_chain(xs, ws, bs, rs, act)
+
+    def ref(xs, ws, bs, rs):
+        return reference.instance_norm_fwd(xs, ws, bs, rs, None, None, 1e-5,
+                                           reference.ACTIVATIONS[act], 0.2)[0]
+    o, go = run_case(ours, x, w, b, r, gy, dtype, device, channels_last)
+    t, gt = run_case(theirs, x, w, b, r, gy, dtype, device, channels_last)
+    f, gf = run_case(ref, x, w, b, r, gy, torch.float64, "cpu")
+    assert o.dtype == dtype and o.shape == x.shape
+    if channels_last:
+        assert o.is_contiguous(memory_format=torch.channels_last), "channels_last output lost its layout"
+    assert_parity(o, t, f, dtype, f"{backend} out")
+    for name, a, bb, c in zip(["x", "weight", "bias", "residual"][: len(go)], go, gt, gf):
+        assert_parity(a, bb, c, dtype, f"{backend} grad {name}")
+
+
+# ------------------------------------------------------------------ parity on CPU tensors
+SHAPES = [(2, 3, 5, 7), (1, 1, 1, 7), (3, 2, 5, 3), (1, 4, 13, 11), (2, 5, 63, 65)]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_parity_cpu_shapes(backend, shape, dtype):
+    if backend == "triton" and shape[2] * shape[3] > 1000:
+        pytest.skip("interpreter: small shapes only")
+    check_all(shape, dtype, "cpu", backend, affine=True, act="relu", residual=False)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("affine,act,residual",
+                         [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_parity_cpu_options(backend, affine, act, residual, channels_last):
+    check_all((2, 19, 6, 5), torch.float32, "cpu", backend, affine, act, residual, channels_last)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_parity_reference_model_shape(backend):
+    """CycleGAN's first IN at 256x256 (batch 1, 64 channels)."""
+    check_all((1, 64, 256, 256), torch.float32, "cpu", backend, affine=False, act="relu", residual=False)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_non_contiguous_view(backend):
+    base = torch.randn(2, 6, 9, 10, dtype=torch.float64)
+    x = base[:, ::2, 1:8, ::3]  # strided view, neither NCHW nor channels_last contiguous
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    with i2i_fast.use_backend(backend):
+        y = F.instance_norm(x, activation="leaky_relu")
+    torch.testing.assert_close(y, torch_chain(x, None, None, None, "leaky_relu"))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_zero_variance_and_nan(backend):
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 1] = 3.0
+    with i2i_fast.use_backend(backend):
+        y = F.instance_norm(x, weight=torch.ones(2), bias=torch.tensor([0.5, -2.0]))
+    assert torch.equal(y[0, 0], torch.full((4, 4), 0.5)) and torch.equal(y[0, 1], torch.full((4, 4), -2.0))
+    x[0, 0, 1, 1] = float("nan")
+    with i2i_fast.use_backend(backend):
+        y = F.instance_norm(x)
+    ref = TF.instance_norm(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 5)], ids=["N=0", "H=0"])
+def test_empty_input(backend, shape):
+    x = torch.randn(shape, requires_grad=True)
+    with i2i_fast.use_backend(backend):
+        y = F.instance_norm(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    m, t = i2i_fast.InstanceNorm2d(3, track_running_stats=True), torch.nn.InstanceNorm2d(3, track_running_stats=True)
+    with i2i_fast.use_backend(backend):
+        m(x.detach())
+    t(x.detach())
+    torch.testing.assert_close(m.running_mean, t.running_mean, equal_nan=True)
+    torch.testing.assert_close(m.running_var, t.running_var, equal_nan=True)
+
+
+# ------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck(backend, act):
+    shape = (2, 2, 3, 2) if backend == "triton" else (2, 3, 4, 5)  # the interpreter is slow
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(shape[1], dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    r = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b, r):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(x, weight=w, bias=b, activation=act, residual=r)
+    torch.autograd.gradcheck(f, (x, w, b, r))
+    if act in (None, "tanh"):  # relu kinks make finite differences of 2nd order unreliable
+        torch.autograd.gradgradcheck(f, (x, w, b, r))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_gradcheck_eval_running_stats(backend):
+    x = torch.randn((2, 3, 2, 2) if backend == "triton" else (2, 3, 4, 5), dtype=torch.float64,
+                    requires_grad=True)
+    w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+
+    def f(x, w, b):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(x, rm, rv, w, b, use_input_stats=False, activation="tanh")
+    torch.autograd.gradcheck(f, (x, w, b))
+    torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_wgan_gp_double_backward_through_module():
+    """WGAN-GP: gradient of the input-gradient norm through an InstanceNorm (CycleGAN D)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).double()
+    ours = torch.nn.Sequential(conv, i2i_fast.InstanceNorm2d(4, affine=True, activation="leaky_relu")).double()
+    orig = torch.nn.Sequential(copy.deepcopy(conv), torch.nn.InstanceNorm2d(4, affine=True),
+                               torch.nn.LeakyReLU(0.2)).double()
+    orig[1].load_state_dict(ours[1].state_dict())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gps = []
+    for m in (ours, orig):
+        xi = x.clone().requires_grad_()
+        g, = torch.autograd.grad(m(xi).sum(), xi, create_graph=True)
+        gp = ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+        m.zero_grad()
+        gp.backward()
+        gps.append((gp.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(gps[0][0], gps[1][0])
+    for a, b in zip(gps[0][1], gps[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ module drop-in
+FLAGS = list(itertools.product([False, True], [False, True]))
+
+
+@pytest.mark.parametrize("affine,track", FLAGS)
+def test_state_dict_interchange(affine, track):
+    theirs = torch.nn.InstanceNorm2d(8, affine=affine, track_running_stats=track)
+    ours = i2i_fast.InstanceNorm2d(8, affine=affine, track_running_stats=track, activation="relu")
+    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
+    if affine:
+        with torch.no_grad():
+            theirs.weight.uniform_()
+            theirs.bias.normal_()
+    ours.load_state_dict(theirs.state_dict())  # strict
+    theirs2 = torch.nn.InstanceNorm2d(8, affine=affine, track_running_stats=track)
+    theirs2.load_state_dict(ours.state_dict())
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("affine,track", FLAGS)
+@pytest.mark.parametrize("momentum", [0.1, None, 0.5])
+def test_module_train_eval_matches_torch(backend, affine, track, momentum):
+    torch.manual_seed(1)
+    theirs = torch.nn.InstanceNorm2d(5, momentum=momentum, affine=affine, track_running_stats=track)
+    if affine:
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.normal_()
+    ours = i2i_fast.InstanceNorm2d(5, momentum=momentum, affine=affine, track_running_stats=track)
+    ours.load_state_dict(theirs.state_dict())
+    with i2i_fast.use_backend(backend):
+        for step in range(3):  # train: running stats follow torch's update exactly
+            x = torch.randn(3, 5, 6, 7) * (step + 1) + step
+            torch.testing.assert_close(ours(x), theirs(x))
+            for k, v in theirs.state_dict().items():
+                torch.testing.assert_close(ours.state_dict()[k], v, msg=f"buffer {k} at step {step}")
+        ours.eval()
+        theirs.eval()
+        x = torch.randn(2, 5, 4, 4, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        yo, yt = ours(x), theirs(x2)
+        torch.testing.assert_close(yo, yt)
+        yo.sum().backward()
+        yt.sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_unbatched_and_residual_module(backend):
+    m = i2i_fast.InstanceNorm2d(3, affine=True, activation="relu")
+    x, r = torch.randn(3, 5, 6), torch.randn(3, 5, 6)
+    with i2i_fast.use_backend(backend):
+        y = m(x, residual=r)
+    expected = torch.relu(TF.instance_norm(x[None], weight=m.weight, bias=m.bias))[0] + r
+    torch.testing.assert_close(y, expected)
+
+
+def test_module_repr_and_flags():
+    m = i2i_fast.InstanceNorm2d(4, activation="leaky_relu", negative_slope=0.1)
+    assert "activation='leaky_relu'" in repr(m) and "negative_slope=0.1" in repr(m)
+    with pytest.raises(ValueError, match="activation"):
+        i2i_fast.InstanceNorm2d(4, activation="gelu")
+    with pytest.raises(ValueError, match="eps"):
+        i2i_fast.InstanceNorm2d(4, eps=-1.0)
+
+
+def test_hw1_train_raises_like_torch():
+    x = torch.randn(2, 3, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        torch.nn.InstanceNorm2d(3)(x)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        i2i_fast.InstanceNorm2d(3)(x)
+    m = i2i_fast.InstanceNorm2d(3, track_running_stats=True).eval()  # eval: running stats, fine
+    torch.testing.assert_close(m(x), torch.nn.InstanceNorm2d(3, track_running_stats=True).eval()(x))
+
+
+# ------------------------------------------------------------------ determinism
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_bitwise_deterministic(backend, channels_last):
+    shape = (3, 20, 17, 9) if backend != "triton" else (2, 5, 6, 7)
+    x, w, b, r, gy = make_inputs(shape, torch.float32, "cpu", True, True)
+
+    def fn(xs, ws, bs, rs):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="leaky_relu")
+    o1, g1 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
+    o2, g2 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
+    assert torch.equal(o1, o2)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+# ------------------------------------------------------------------ custom-op machinery
+def _op_args(dtype=torch.float32, channels_last=False, running=False):
+    x = torch.randn(2, 3, 5, 4, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.rand(3, dtype=dtype, requires_grad=True)
+    b = torch.randn(3, dtype=dtype, requires_grad=True)
+    r = torch.randn(2, 3, 5, 4, dtype=dtype, requires_grad=True)
+    rm, rv = (torch.randn(3), torch.rand(3) + 0.5) if running else (None, None)
+    return (x.requires_grad_(), w, b, r, rm, rv, 1e-5, 2, 0.2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("running", [False, True])
+def test_opcheck_cpp(channels_last, running):
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    args = _op_args(channels_last=channels_last, running=running)
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default, args)
+    x = args[0].detach()
+    _, mean, var = torch.ops.i2i_fast.instance_norm_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default,
+                          (torch.randn_like(x), x, mean, var, args[1].detach(), args[2].detach(),
+                           1e-5, 2, 0.2, not running))
+
+
+@pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
+def test_opcheck_triton():
+    dev = "cuda" if HAS_CUDA else "cpu"
+    args = tuple(a.to(dev).detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                 for a in _op_args())
+    # Under the CPU interpreter, fake-tensor tracing would hand meta tensors to the interpreter.
+    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
+    torch.library.opcheck(torch.ops.i2i_fast.triton_instance_norm_fwd.default, args, test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
+                              i2i_fast.InstanceNorm2d(8, affine=True, track_running_stats=True,
+                                                      activation="relu"))
+    ref_net = copy.deepcopy(net)
+    x = torch.randn(2, 3, 10, 10)
+    with i2i_fast.use_backend(backend):
+        compiled = torch.compile(net, fullgraph=True)
+        y = compiled(x)
+        y.sum().backward()
+        y_ref = ref_net(x)
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    for (k, p), q in zip(net.named_parameters(), ref_net.parameters()):
+        # inductor reorders the reference backend's math: allow rounding-level differences
+        # (the conv bias gradient is zero up to rounding: IN removes per-channel constants)
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=k)
+    torch.testing.assert_close(net[1].running_mean, ref_net[1].running_mean)
+    torch.testing.assert_close(net[1].running_var, ref_net[1].running_var)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_bad_input(backend):
+    x = torch.randn(2, 3, 4, 4)
+    with i2i_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="4D input"):
+            F.instance_norm(torch.randn(3, 4, 4))
+        with pytest.raises(ValueError, match="floating point"):
+            F.instance_norm(torch.ones(2, 3, 4, 4, dtype=torch.int64))
+        with pytest.raises(ValueError, match="floating point"):
+            F.instance_norm(torch.ones(2, 3, 4, 4, dtype=torch.bool))
+        with pytest.raises(ValueError, match="weight must have 3 elements"):
+            F.instance_norm(x, weight=torch.ones(4))
+        with pytest.raises(ValueError, match="bias must have 3 elements"):
+            F.instance_norm(x, weight=torch.ones(3), bias=torch.ones(2))
+        with pytest.raises(ValueError, match="weight must be floating point"):
+            F.instance_norm(x, weight=torch.ones(3, dtype=torch.int32))
+        with pytest.raises(ValueError, match="eps"):
+            F.instance_norm(x, eps=-1e-5)
+        with pytest.raises(ValueError, match="activation"):
+            F.instance_norm(x, activation="swish")
+        with pytest.raises(ValueError, match="residual"):
+            F.instance_norm(x, residual=torch.randn(2, 3, 4, 5))
+        with pytest.raises(ValueError, match="residual"):
+            F.instance_norm(x, residual=torch.randn(2, 3, 4, 4, dtype=torch.float64))
+        with pytest.raises(ValueError, match="running_mean and running_var"):
+            F.instance_norm(x, running_mean=torch.zeros(3))
+        with pytest.raises(ValueError, match="use_input_stats=False"):
+            F.instance_norm(x, use_input_stats=False)
+        with pytest.raises(TypeError, match="input must be a Tensor"):
+            F.instance_norm([[1.0]])
+    with pytest.raises(ValueError, match="expected input's size at dim=1"):
+        i2i_fast.InstanceNorm2d(4, affine=True)(x)
+    with pytest.raises(ValueError, match="expected 3D or 4D input"):
+        i2i_fast.InstanceNorm2d(3)(torch.randn(3, 4))
+
+
+@requires_cuda
+def test_device_mismatch():
+    x = torch.randn(2, 3, 4, 4, device="cuda")
+    with pytest.raises(ValueError, match="weight is on cpu"):
+        F.instance_norm(x, weight=torch.ones(3))
+    with pytest.raises(ValueError, match="residual"):
+        F.instance_norm(x, residual=torch.randn(2, 3, 4, 4))
+
+
+def test_cpp_op_checks_its_own_arguments():
+    """The raw op (callable without the Python wrapper) rejects bad input instead of crashing."""
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    op = torch.ops.i2i_fast.instance_norm_fwd
+    with pytest.raises(RuntimeError, match="rank 4"):
+        op(torch.randn(3, 4, 4), None, None, None, None, None, 1e-5, 0, 0.2)
+    with pytest.raises(RuntimeError, match="weight must have 3 elements"):
+        op(torch.randn(2, 3, 4, 4), torch.ones(5), None, None, None, None, 1e-5, 0, 0.2)
+    with pytest.raises(RuntimeError, match="activation"):
+        op(torch.randn(2, 3, 4, 4), None, None, None, None, None, 1e-5, 7, 0.2)
+    with pytest.raises(RuntimeError, match="floating point"):
+        op(torch.ones(2, 3, 4, 4, dtype=torch.int32), None, None, None, None, None, 1e-5, 0, 0.2)
+
+
+# ------------------------------------------------------------------ backends
+def test_backends_report_and_forcing(monkeypatch):
+    info = i2i_fast.backends()
+    assert set(info) == {"cuda", "triton", "cpu", "reference"}
+    assert all(isinstance(ok, bool) and isinstance(why, str) and why for ok, why in info.values())
+    assert info["reference"][0]
+    x = torch.randn(1, 2, 3, 3)
+    if not HAS_CUDA:
+        assert not info["cuda"][0]
+        monkeypatch.setenv("I2I_FAST_BACKEND", "cuda")
+        with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable"):
+            F.instance_norm(x)
+    monkeypatch.setenv("I2I_FAST_BACKEND", "reference")
+    torch.testing.assert_close(F.instance_norm(x), TF.instance_norm(x))
+    monkeypatch.setenv("I2I_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="I2I_FAST_BACKEND"):
+        F.instance_norm(x)
+    with pytest.raises(ValueError, match="unknown backend"):
+        with i2i_fast.use_backend("bogus"):
+            pass
+
+
+def test_default_backend_on_cpu():
+    from i2i_fast import _backend
+    expected = "cpu" if i2i_fast.backends()["cpu"][0] else "reference"
+    assert _backend.select(torch.device("cpu")) == expected
+
+
+# ------------------------------------------------------------------ CUDA (lent GPU only)
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 7), (1, 37, 63, 65), (4, 64, 32, 32),
+                                   (1, 8, 256, 256), (2, 3, 1023, 3)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_parity_cuda(backend, dtype, shape, channels_last):
+    check_all(shape, dtype, "cuda", backend, True, "leaky_relu", True, channels_last)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("affine,act,residual",
+                         [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])])
+def test_parity_cuda_options(backend, affine, act, residual):
+    check_all((1, 16, 128, 128), torch.float32, "cuda", backend, affine, act, residual)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("shape", [(1, 64, 256, 256), (1, 256, 64, 64), (8, 256, 64, 64)], ids=str)
+def test_parity_cuda_reference_shapes(backend, shape):
+    check_all(shape, torch.float32, "cuda", backend, False, "relu", False)
+    check_all(shape, torch.bfloat16, "cuda", backend, False, "relu", False, channels_last=True)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+def test_cuda_deterministic_and_module(backend):
+    x, w, b, r, gy = make_inputs((1, 32, 256, 256), torch.float32, "cuda", True, True)
+
+    def fn(xs, ws, bs, rs):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="relu")
+    o1, g1 = run_case(fn, x, w, b, r, gy, torch.float32, "cuda")
+    o2, g2 = run_case(fn, x, w, b, r, gy, torch.float32, "cuda")
+    assert torch.equal(o1, o2) and all(torch.equal(a, c) for a, c in zip(g1, g2))
+    theirs = torch.nn.InstanceNorm2d(32, affine=True, track_running_stats=True).cuda()
+    ours = i2i_fast.InstanceNorm2d(32, affine=True, track_running_stats=True).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    xx = torch.randn(2, 32, 16, 16, device="cuda")
+    with i2i_fast.use_backend(backend):
+        torch.testing.assert_close(ours(xx), theirs(xx))
+        torch.testing.assert_close(ours.running_var, theirs.running_var)
+        ours.eval(), theirs.eval()
+        torch.testing.assert_close(ours(xx), theirs(xx))
+
+
+@requires_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_cuda_second_device():
+    x = torch.randn(2, 3, 8, 8, device="cuda:1")
+    torch.testing.assert_close(F.instance_norm(x, activation="relu"), torch.relu(TF.instance_norm(x)))
+
+
+@requires_cuda
+def test_cuda_compile_fullgraph():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), i2i_fast.InstanceNorm2d(8, activation="relu")).cuda()
+    x = torch.randn(2, 3, 32, 32, device="cuda")
+    y = torch.compile(net, fullgraph=True)(x)
+    torch.testing.assert_close(y, torch.relu(TF.instance_norm(net[0](x))))
