@@ -59,20 +59,13 @@ void with_act(int64_t act, F&& f) {
   }
 }
 
-// Per-task view of the arguments; pointers are null where an optional input is absent.
 template <typename T, typename acc_t>
-struct Args {
-  const T* x; const T* g; const T* res; T* out;
-  const acc_t* w; const acc_t* b;
-  acc_t* mean; acc_t* var;  // (N, C): written by fwd (input stats), read by bwd
-  const acc_t* rmean; const acc_t* rvar;  // (C,) running stats used instead of input stats
-  acc_t* sums;  // bwd: (N, C, 2) per-plane sum(dz), sum(dz * xhat)
-  int64_t N, C, HW;
-  acc_t eps, slope;
-  bool input_stats;
-  acc_t wt(int64_t c) const { return w ? w[c] : acc_t(1); }
-  acc_t bs(int64_t c) const { return b ? b[c] : acc_t(0); }
-};
+using Args = NormArgs<T, acc_t>;
+
+template <typename T, typename acc_t>
+inline acc_t weight_of(const Args<T, acc_t>& a, int64_t c) { return a.w ? a.w[c] : acc_t(1); }
+template <typename T, typename acc_t>
+inline acc_t bias_of(const Args<T, acc_t>& a, int64_t c) { return a.b ? a.b[c] : acc_t(0); }
 
 // ---- forward ----
 template <typename T, typename acc_t, int ACT>
@@ -96,7 +89,7 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
     var = a.rvar[c];
   }
   // (x - mean) * scale + b, not x * scale + shift: a constant plane gives exactly b, as torch.
-  const acc_t scale = a.wt(c) / std::sqrt(var + a.eps), shift = a.bs(c);
+  const acc_t scale = weight_of(a, c) / std::sqrt(var + a.eps), shift = bias_of(a, c);
   T* y = a.out + p * HW;
   const T* r = a.res ? a.res + p * HW : nullptr;
 #pragma omp simd
@@ -131,8 +124,8 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     for (int64_t k = 0; k < cw; ++k) mean[k] = a.rmean[c0 + k], var[k] = a.rvar[c0 + k];
   }
   for (int64_t k = 0; k < cw; ++k) {
-    scale[k] = a.wt(c0 + k) / std::sqrt(var[k] + a.eps);
-    shift[k] = a.bs(c0 + k);
+    scale[k] = weight_of(a, c0 + k) / std::sqrt(var[k] + a.eps);
+    shift[k] = bias_of(a, c0 + k);
   }
   for (int64_t i = 0; i < HW; ++i) {
     const int64_t o = base + i * C;
@@ -154,7 +147,7 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const T* x = a.x + p * HW;
   const T* g = a.g + p * HW;
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
-  const acc_t w = a.wt(c), b = a.bs(c);
+  const acc_t w = weight_of(a, c), b = bias_of(a, c);
   acc_t s1 = 0, s2 = 0;
   plane_sum2(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
     const acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
@@ -183,8 +176,8 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   for (int64_t k = 0; k < cw; ++k) {
     mean[k] = a.mean[n * C + c0 + k];
     rstd[k] = acc_t(1) / std::sqrt(a.var[n * C + c0 + k] + a.eps);
-    w[k] = a.wt(c0 + k);
-    b[k] = a.bs(c0 + k);
+    w[k] = weight_of(a, c0 + k);
+    b[k] = bias_of(a, c0 + k);
   }
   rows_sum2(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
     const int64_t o = base + i * C + k;
@@ -227,83 +220,53 @@ void for_tasks(const NormShape& s, Fn&& fn) {
 template <typename T>
 using acc_of = at::opmath_type<T>;
 
+// Runs kernel<T, acc_t, ACT>(args, n, c0, plane) over every task of io.
+template <template <typename, typename, int> class K>
+void run_tasks(const NormIO& io) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "i2i_fast_instance_norm_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const Args<scalar_t, acc_t> a = io.args<scalar_t, acc_t>();
+    with_act(io.act, [&](auto A) {
+      for_tasks(io.s, [&](int64_t n, int64_t c, int64_t p) {
+        K<scalar_t, acc_t, decltype(A)::value>::run(a, io.s.channels_last, n, c, p);
+      });
+    });
+  });
+}
+
+template <typename T, typename acc_t, int ACT>
+struct Fwd {
+  static void run(const Args<T, acc_t>& a, bool cl, int64_t n, int64_t c, int64_t p) {
+    cl ? fwd_nhwc<T, acc_t, ACT>(a, n, c) : fwd_nchw<T, acc_t, ACT>(a, p);
+  }
+};
+
+template <typename T, typename acc_t, int ACT>
+struct Bwd {
+  static void run(const Args<T, acc_t>& a, bool cl, int64_t n, int64_t c, int64_t p) {
+    cl ? bwd_nhwc<T, acc_t, ACT>(a, n, c) : bwd_nchw<T, acc_t, ACT>(a, p);
+  }
+};
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
-    const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     double eps, int64_t act, double slope) {
-  const NormShape s = norm_shape(x_in);
-  check_act(act, eps);
-  const at::Tensor x = in_layout(x_in, s);
-  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
-  const at::Tensor res = same_as_x(residual, x, s, "residual");
-  const at::Tensor rm = channel_param(running_mean, x, "running_mean");
-  const at::Tensor rv = channel_param(running_var, x, "running_var");
-  TORCH_CHECK(rm.defined() == rv.defined(), "i2i_fast instance_norm: running_mean and running_var go together");
-  const bool input_stats = !rm.defined();
-  at::Tensor y = at::empty_like(x, s.format());
-  at::Tensor mean = at::empty({s.N, s.C}, x.options().dtype(stats_dtype(x)));
-  at::Tensor var = at::empty_like(mean);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_fwd_cpu", [&] {
-    using acc_t = acc_of<scalar_t>;
-    Args<scalar_t, acc_t> a{x.data_ptr<scalar_t>(), nullptr,
-                            res.defined() ? res.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
-                            w.defined() ? w.data_ptr<acc_t>() : nullptr,
-                            b.defined() ? b.data_ptr<acc_t>() : nullptr,
-                            mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
-                            input_stats ? nullptr : rm.data_ptr<acc_t>(),
-                            input_stats ? nullptr : rv.data_ptr<acc_t>(), nullptr,
-                            s.N, s.C, s.HW, acc_t(eps), acc_t(slope), input_stats};
-    with_act(act, [&](auto A) {
-      for_tasks(s, [&](int64_t n, int64_t c, int64_t p) {
-        if (s.channels_last) fwd_nhwc<scalar_t, acc_t, decltype(A)::value>(a, n, c);
-        else fwd_nchw<scalar_t, acc_t, decltype(A)::value>(a, p);
-      });
-    });
-  });
-  if (!input_stats) {  // report the statistics that were used
-    mean.copy_(rm.unsqueeze(0).expand({s.N, s.C}));
-    var.copy_(rv.unsqueeze(0).expand({s.N, s.C}));
-  }
-  return {y, mean, var};
+  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+  run_tasks<Fwd>(io);
+  return finish_fwd(io);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
-    const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean_in,
-    const at::Tensor& var_in, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, double eps, int64_t act, double slope,
-    bool input_stats) {
-  const NormShape s = norm_shape(x_in);
-  check_act(act, eps);
-  const at::Tensor x = in_layout(x_in, s);
-  const at::Tensor g = same_as_x(grad, x, s, "grad");
-  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
-  const auto sd = stats_dtype(x);
-  const at::Tensor mean = saved_stats(mean_in, x, s, "mean"), var = saved_stats(var_in, x, s, "var");
-  at::Tensor gx = at::empty_like(x, s.format());
-  at::Tensor sums = at::empty({s.N, s.C, 2}, x.options().dtype(sd));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_bwd_cpu", [&] {
-    using acc_t = acc_of<scalar_t>;
-    Args<scalar_t, acc_t> a{x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), nullptr,
-                            gx.data_ptr<scalar_t>(),
-                            w.defined() ? w.data_ptr<acc_t>() : nullptr,
-                            b.defined() ? b.data_ptr<acc_t>() : nullptr,
-                            const_cast<acc_t*>(mean.data_ptr<acc_t>()),
-                            const_cast<acc_t*>(var.data_ptr<acc_t>()), nullptr, nullptr,
-                            sums.data_ptr<acc_t>(), s.N, s.C, s.HW, acc_t(eps), acc_t(slope),
-                            input_stats};
-    with_act(act, [&](auto A) {
-      for_tasks(s, [&](int64_t n, int64_t c, int64_t p) {
-        if (s.channels_last) bwd_nhwc<scalar_t, acc_t, decltype(A)::value>(a, n, c);
-        else bwd_nchw<scalar_t, acc_t, decltype(A)::value>(a, p);
-      });
-    });
-  });
-  // Weight/bias gradients: per-plane sums reduced over the batch in a fixed order.
-  at::Tensor gsum = s.N > 0 ? sums.sum(0) : at::zeros({s.C, 2}, sums.options());
-  return {gx, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};  // clones: outputs must not alias
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+    int64_t act, double slope, bool input_stats) {
+  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
+  run_tasks<Bwd>(io);
+  return finish_bwd(io);
 }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <limits>
+#include <tuple>
+
 namespace i2i {
 
 struct NormShape {
@@ -71,6 +74,115 @@ inline at::Tensor saved_stats(const at::Tensor& t, const at::Tensor& x, const No
 inline void check_act(int64_t act, double eps) {
   TORCH_CHECK(act >= 0 && act <= 3, "i2i_fast instance_norm: unknown activation code ", act);
   TORCH_CHECK(eps >= 0, "i2i_fast instance_norm: eps must be >= 0, got ", eps);
+}
+
+// What a kernel sees: raw pointers (null where an optional input is absent) and sizes.
+template <typename T, typename acc_t>
+struct NormArgs {
+  const T* x; const T* g; const T* res; T* out;  // g: incoming gradient (bwd); out: y or grad x
+  const acc_t* w; const acc_t* b;                 // (C,) affine, or null
+  const acc_t* rmean; const acc_t* rvar;          // (C,) running stats used instead of input stats
+  acc_t* mean; acc_t* var;                        // (N, C): written by fwd, read by bwd
+  acc_t* sums;                                    // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
+  acc_t* part;                                    // CUDA split path: per-chunk partial states
+  int64_t N, C, HW, chunk;
+  int S, act;
+  acc_t eps, slope;
+  bool input_stats, split;
+};
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Validated arguments of instance_norm_fwd / instance_norm_bwd in the layout and dtypes the
+// kernels read, with the outputs allocated; shared by the CPU and CUDA implementations.
+struct NormIO {
+  NormShape s;
+  at::Tensor x, g, res, w, b, rm, rv, out, mean, var, sums;
+  double eps, slope;
+  int64_t act;
+  bool input_stats;
+
+  template <typename T, typename acc_t>
+  NormArgs<T, acc_t> args() const {
+    NormArgs<T, acc_t> a{};
+    a.x = x.data_ptr<T>(), a.g = ptr_or_null<T>(g), a.res = ptr_or_null<T>(res);
+    a.out = out.data_ptr<T>();
+    a.w = ptr_or_null<acc_t>(w), a.b = ptr_or_null<acc_t>(b);
+    a.rmean = ptr_or_null<acc_t>(rm), a.rvar = ptr_or_null<acc_t>(rv);
+    a.mean = mean.data_ptr<acc_t>(), a.var = var.data_ptr<acc_t>(), a.sums = ptr_or_null<acc_t>(sums);
+    a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
+    a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
+    return a;
+  }
+};
+
+inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& running_mean,
+                       const c10::optional<at::Tensor>& running_var, double eps, int64_t act,
+                       double slope) {
+  NormIO io;
+  io.s = norm_shape(x_in);
+  check_act(act, eps);
+  io.x = in_layout(x_in, io.s);
+  io.w = channel_param(weight, io.x, "weight");
+  io.b = channel_param(bias, io.x, "bias");
+  io.res = same_as_x(residual, io.x, io.s, "residual");
+  io.rm = channel_param(running_mean, io.x, "running_mean");
+  io.rv = channel_param(running_var, io.x, "running_var");
+  TORCH_CHECK(io.rm.defined() == io.rv.defined(),
+              "i2i_fast instance_norm: running_mean and running_var go together");
+  io.input_stats = !io.rm.defined();
+  io.out = at::empty_like(io.x, io.s.format());
+  io.mean = at::empty({io.s.N, io.s.C}, io.x.options().dtype(stats_dtype(io.x)));
+  io.var = at::empty_like(io.mean);
+  io.eps = eps, io.slope = slope, io.act = act;
+  return io;
+}
+
+// (out, mean, var) after the kernels ran: eval mode reports the running stats it used; empty
+// planes report 0/0 = NaN statistics on every device.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_fwd(NormIO& io) {
+  if (!io.input_stats) {
+    io.mean.copy_(io.rm.unsqueeze(0).expand({io.s.N, io.s.C}));
+    io.var.copy_(io.rv.unsqueeze(0).expand({io.s.N, io.s.C}));
+  } else if (io.s.HW == 0) {
+    io.mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    io.var.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  return {io.out, io.mean, io.var};
+}
+
+inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean,
+                       const at::Tensor& var, const c10::optional<at::Tensor>& weight,
+                       const c10::optional<at::Tensor>& bias, double eps, int64_t act,
+                       double slope, bool input_stats) {
+  NormIO io;
+  io.s = norm_shape(x_in);
+  check_act(act, eps);
+  io.x = in_layout(x_in, io.s);
+  io.g = same_as_x(grad, io.x, io.s, "grad");
+  io.w = channel_param(weight, io.x, "weight");
+  io.b = channel_param(bias, io.x, "bias");
+  io.mean = saved_stats(mean, io.x, io.s, "mean");
+  io.var = saved_stats(var, io.x, io.s, "var");
+  io.out = at::empty_like(io.x, io.s.format());
+  // every plane writes its sums, except when H*W == 0
+  const auto opt = io.x.options().dtype(stats_dtype(io.x));
+  io.sums = io.s.HW > 0 ? at::empty({io.s.N, io.s.C, 2}, opt) : at::zeros({io.s.N, io.s.C, 2}, opt);
+  io.eps = eps, io.slope = slope, io.act = act, io.input_stats = input_stats;
+  return io;
+}
+
+// (grad x, grad weight, grad bias): weight/bias gradients are the per-plane sums reduced over
+// the batch by a deterministic torch sum (no atomics); clones because outputs must not alias.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_bwd(NormIO& io) {
+  const at::Tensor gsum = io.sums.sum(0);
+  return {io.out, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};
 }
 
 }  // namespace i2i

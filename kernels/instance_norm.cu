@@ -15,7 +15,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
 
 #include "../csrc/instance_norm.h"
 #include "../csrc/norm_math.h"
@@ -26,18 +25,7 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T, typename acc_t>
-struct Params {
-  const T* x; const T* g; const T* res; T* out;
-  const acc_t* w; const acc_t* b;
-  const acc_t* rmean; const acc_t* rvar;  // (C,) running stats, or null
-  acc_t* mean; acc_t* var;                // (N, C)
-  acc_t* part;                            // split: partial state per (plane, chunk)
-  acc_t* sums;                            // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
-  int64_t N, C, HW, chunk;
-  int S, act;
-  acc_t eps, slope;
-  bool input_stats, split;
-};
+using Params = NormArgs<T, acc_t>;
 
 // The planes a thread works on: plane index n*C + c, its first element and the H*W stride.
 template <int P>
@@ -213,20 +201,32 @@ __device__ PlaneStats<T, acc_t> plane_stats(const Params<T, acc_t>& a, const Til
   return ps;
 }
 
+// Calls f(offset, xhat[VEC], dz[VEC]) for this thread's packs of [s0, s1): the normalized
+// input and dL/dz (through the activation) recomputed from x and the incoming gradient.
+template <int P, int VEC, typename T, typename acc_t, class F>
+__device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P>& t,
+                                         const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1,
+                                         F&& f) {
+  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
+    acc_t xh[VEC], dz[VEC];
+    load<VEC>(a.x + o, xh);
+    load<VEC>(a.g + o, dz);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      xh[i] = (xh[i] - ps.mean) * ps.rstd;
+      dz[i] = ps.dz(dz[i], xh[i], a);
+    }
+    f(o, xh, dz);
+  });
+}
+
 template <int P, int VEC, typename T, typename acc_t>
 __device__ Sums<acc_t> chunk_sums(const Params<T, acc_t>& a, const Tile<P>& t,
                                   const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1) {
   Sums<acc_t> s;
-  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
-    acc_t v[VEC], g[VEC];
-    load<VEC>(a.x + o, v);
-    load<VEC>(a.g + o, g);
+  visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const acc_t xh = (v[i] - ps.mean) * ps.rstd, dz = ps.dz(g[i], xh, a);
-      s.a += dz;
-      s.b += dz * xh;
-    }
+    for (int i = 0; i < VEC; ++i) s.a += dz[i], s.b += dz[i] * xh[i];
   });
   return block_reduce<P>(s);
 }
@@ -261,15 +261,10 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
   const acc_t k = ps.rstd * ps.w;
   const acc_t m1 = a.input_stats ? s.a / acc_t(a.HW) : acc_t(0);
   const acc_t m2 = a.input_stats ? s.b / acc_t(a.HW) : acc_t(0);
-  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
-    acc_t v[VEC], g[VEC];
-    load<VEC>(a.x + o, v);
-    load<VEC>(a.g + o, g);
+  visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t o, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
+    acc_t v[VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const acc_t xh = (v[i] - ps.mean) * ps.rstd;
-      v[i] = k * (ps.dz(g[i], xh, a) - m1 - xh * m2);
-    }
+    for (int i = 0; i < VEC; ++i) v[i] = k * (dz[i] - m1 - xh[i] * m2);
     store<VEC>(a.out + o, v);
   });
 }
@@ -318,41 +313,18 @@ void launch(Params<T, acc_t>& a, const NormShape& s, int state_size, at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
-    const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     double eps, int64_t act, double slope) {
-  const NormShape s = norm_shape(x_in);
-  check_act(act, eps);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = in_layout(x_in, s);
-  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
-  const at::Tensor res = same_as_x(residual, x, s, "residual");
-  const at::Tensor rm = channel_param(running_mean, x, "running_mean");
-  const at::Tensor rv = channel_param(running_var, x, "running_var");
-  TORCH_CHECK(rm.defined() == rv.defined(), "i2i_fast instance_norm: running_mean and running_var go together");
-  const bool input_stats = !rm.defined();
-  at::Tensor y = at::empty_like(x, s.format());
-  at::Tensor mean = at::empty({s.N, s.C}, x.options().dtype(stats_dtype(x)));
-  at::Tensor var = at::empty_like(mean);
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_fwd_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      Params<scalar_t, acc_t> a{};
-      a.x = x.data_ptr<scalar_t>();
-      a.res = res.defined() ? res.data_ptr<scalar_t>() : nullptr;
-      a.out = y.data_ptr<scalar_t>();
-      a.w = w.defined() ? w.data_ptr<acc_t>() : nullptr;
-      a.b = b.defined() ? b.data_ptr<acc_t>() : nullptr;
-      a.rmean = input_stats ? nullptr : rm.data_ptr<acc_t>();
-      a.rvar = input_stats ? nullptr : rv.data_ptr<acc_t>();
-      a.mean = mean.data_ptr<acc_t>();
-      a.var = var.data_ptr<acc_t>();
-      a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
-      a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
+  const c10::cuda::CUDAGuard guard(x.device());
+  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+  if (io.x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_fwd_cuda", [&] {
+      Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      launch(a, s, input_stats ? 3 : 0, part, mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
-        if (a.split && input_stats) {
+      launch(a, io.s, io.input_stats ? 3 : 0, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+        if (a.split && a.input_stats) {
           fwd_stats_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
@@ -361,49 +333,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
       });
     });
   }
-  if (!input_stats) {  // report the statistics that were used
-    mean.copy_(rm.unsqueeze(0).expand({s.N, s.C}));
-    var.copy_(rv.unsqueeze(0).expand({s.N, s.C}));
-  } else if (s.HW == 0) {  // empty planes: 0/0, as the CPU kernel
-    mean.fill_(std::numeric_limits<double>::quiet_NaN());
-    var.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  return {y, mean, var};
+  return finish_fwd(io);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
-    const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean_in,
-    const at::Tensor& var_in, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, double eps, int64_t act, double slope,
-    bool input_stats) {
-  const NormShape s = norm_shape(x_in);
-  check_act(act, eps);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = in_layout(x_in, s);
-  const at::Tensor g = same_as_x(grad, x, s, "grad");
-  const at::Tensor w = channel_param(weight, x, "weight"), b = channel_param(bias, x, "bias");
-  const auto sd = stats_dtype(x);
-  const at::Tensor mean = saved_stats(mean_in, x, s, "mean"), var = saved_stats(var_in, x, s, "var");
-  at::Tensor gx = at::empty_like(x, s.format());
-  // every plane writes its sums, except when H*W == 0
-  at::Tensor sums = (s.HW > 0 ? at::empty({s.N, s.C, 2}, x.options().dtype(sd))
-                              : at::zeros({s.N, s.C, 2}, x.options().dtype(sd)));
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_bwd_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      Params<scalar_t, acc_t> a{};
-      a.x = x.data_ptr<scalar_t>();
-      a.g = g.data_ptr<scalar_t>();
-      a.out = gx.data_ptr<scalar_t>();
-      a.w = w.defined() ? w.data_ptr<acc_t>() : nullptr;
-      a.b = b.defined() ? b.data_ptr<acc_t>() : nullptr;
-      a.mean = const_cast<acc_t*>(mean.data_ptr<acc_t>());
-      a.var = const_cast<acc_t*>(var.data_ptr<acc_t>());
-      a.sums = sums.data_ptr<acc_t>();
-      a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
-      a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+    int64_t act, double slope, bool input_stats) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
+  if (io.x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_bwd_cuda", [&] {
+      Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      launch(a, s, 2, part, sums, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+      launch(a, io.s, 2, part, io.sums, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split) {
           bwd_sums_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -413,9 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
       });
     });
   }
-  // Weight/bias gradients: per-plane sums reduced over the batch by a deterministic torch sum.
-  const at::Tensor gsum = sums.sum(0);
-  return {gx, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};  // clones: outputs must not alias
+  return finish_bwd(io);
 }
 
 }  // namespace

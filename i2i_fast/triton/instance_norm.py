@@ -61,6 +61,14 @@ def _channel(P, c, HAS: tl.constexpr, default, ACC: tl.constexpr):
 
 
 @triton.jit
+def _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.constexpr):
+    """Normalized input and dL/dz (through the activation), recomputed from x and the gradient."""
+    xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
+    dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
+    return xh, tl.where(m, dz, 0.0)
+
+
+@triton.jit
 def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, slope,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                              INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
@@ -116,10 +124,7 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
         m = idx < HW
-        off = base + idx.to(tl.int64) * sS
-        xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
-        dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
-        dz = tl.where(m, dz, 0.0)
+        xh, dz = _xhat_dz(X, G, base + idx.to(tl.int64) * sS, m, mean, rstd, w, b, slope, ACT, ACC)
         a1 += dz
         a2 += dz * xh
     s1 = tl.sum(a1, 0)
@@ -137,8 +142,7 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
         idx = s0 + offs
         m = idx < HW
         off = base + idx.to(tl.int64) * sS
-        xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
-        dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
+        xh, dz = _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT, ACC)
         tl.store(GX + off, (k * (dz - m1 - xh * m2)).to(GX.dtype.element_ty), mask=m)
 
 
