@@ -505,6 +505,33 @@ def _plot(rows, path) -> bool:
     return True
 
 
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def readme_block(paths) -> str:
+    """The README results section: one table per committed results.json, device named."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        m = d["machine"]
+        dev = m.get("gpu_name") or f"{m.get('cpu_model')}, {m.get('torch_num_threads')} threads (CPU)"
+        parts.append(f"**{dev}**, torch {m.get('torch')}, {d['timestamp'][:10]} "
+                     f"(`{os.path.relpath(path)}`)\n\n" + format_table(d["results"], markdown=True))
+    return "\n\n".join(parts)
+
+
+def update_readme(paths, readme="README.md") -> None:
+    """Rewrites the block between the results markers of README.md from results files, so no
+    number in the README is one that a committed result file does not contain."""
+    with open(readme) as f:
+        text = f.read()
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(readme, "w") as f:
+        f.write(head + README_BEGIN + "\n" + readme_block(paths) + "\n" + README_END + tail)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m i2i_fast.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=default_device())
@@ -513,7 +540,12 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke run)")
     p.add_argument("--out", default="bench_results", help="output folder (default: bench_results/)")
+    p.add_argument("--readme", nargs="+", metavar="RESULTS_JSON",
+                   help="only regenerate README.md's results table from these results files")
     a = p.parse_args(argv)
+    if a.readme:
+        update_readme(a.readme)
+        return 0
 
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")

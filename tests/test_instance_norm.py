@@ -502,3 +502,31 @@ def test_cuda_compile_fullgraph():
     x = torch.randn(2, 3, 32, 32, device="cuda")
     y = torch.compile(net, fullgraph=True)(x)
     torch.testing.assert_close(y, torch.relu(TF.instance_norm(net[0](x))))
+
+
+def test_import_without_extension_falls_back():
+    """`import i2i_fast` never fails because the extension is missing: it warns and falls back."""
+    import subprocess
+    import sys
+    code = """
+import sys, warnings
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "i2i_fast._C":
+            raise ImportError("simulated: not built")
+sys.meta_path.insert(0, Block())
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import i2i_fast
+import torch
+from i2i_fast import functional as F
+assert any("i2i_fast._C" in str(x.message) for x in w), [str(x.message) for x in w]
+ok, why = i2i_fast.backends()["cpu"]
+assert not ok and "not importable" in why, why
+x = torch.randn(2, 3, 4, 4)
+torch.testing.assert_close(F.instance_norm(x, activation="relu"),
+                           torch.relu(torch.nn.functional.instance_norm(x)))
+print("fallback ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "fallback ok" in r.stdout, r.stderr[-2000:]
