@@ -60,6 +60,8 @@ def _in_backward_with(bwd):
 def _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats):
     rm, rv = (None, None) if input_stats else (mean[0], var[0])
     inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+    if not inputs:  # only the residual needs a gradient (it is gy)
+        return None, None, None
     with torch.enable_grad():
         y, _, _ = reference.instance_norm_fwd(x, weight, bias, None, rm, rv, eps, act, slope)
         grads = iter(torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True))

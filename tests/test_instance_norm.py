@@ -177,6 +177,16 @@ def test_gradcheck_eval_running_stats(backend):
     torch.autograd.gradgradcheck(f, (x, w, b))
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_create_graph_residual_only(backend):
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    r = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    with i2i_fast.use_backend(backend):
+        y = F.instance_norm(x, residual=r)
+    g, = torch.autograd.grad((y * y).sum(), r, create_graph=True)
+    torch.testing.assert_close(g, 2 * y)
+
+
 def test_wgan_gp_double_backward_through_module():
     """WGAN-GP: gradient of the input-gradient norm through an InstanceNorm (CycleGAN D)."""
     torch.manual_seed(0)
