@@ -47,7 +47,7 @@ step() {
 
 step build 300 "$PY" -m pip install --no-build-isolation --no-deps -e .
 step import 60 "$PY" -c 'import i2i_fast; print(i2i_fast.backends())'
-step tests 180 env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -x -q --junitxml="$OUT/junit.xml"
+step tests 240 env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -x -q --junitxml="$OUT/junit.xml"
 
 # memcheck: fused instance norm fwd+bwd on CUDA; NCHW and channels_last, odd sizes, batch 1
 # with a large map (split-plane path), fp32 and bf16, affine + residual, running stats.
@@ -93,6 +93,9 @@ for shape, cl, affine, eval_stats in cases:
 print("memcheck snippet done")
 EOF
 SANITIZER="$(command -v compute-sanitizer || true)"
+for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do  # often not on PATH
+  [[ -z "$SANITIZER" && -n "$d" && -x "$d/bin/compute-sanitizer" ]] && SANITIZER="$d/bin/compute-sanitizer"
+done
 if [[ -n "$SANITIZER" ]]; then
   # no caching allocator: every tensor is its own cudaMalloc, so out-of-bounds accesses show
   step memcheck 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
