@@ -7,10 +7,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _ops
+from . import _backend, _ops, reference
 from .reference import ACTIVATIONS
 
-__all__ = ["instance_norm"]
+__all__ = ["instance_norm", "iln", "adalin", "layer_norm", "adain"]
 
 
 def _act_code(activation) -> int:
@@ -33,6 +33,104 @@ def _check_channel(name: str, t: Optional[Tensor], x: Tensor) -> None:
         raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
 
 
+def _check_input(input, residual):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"expects a 4D input (N, C, H, W), got {input.dim()}D with shape "
+                         f"{tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point, got {input.dtype}")
+    if residual is not None:
+        if not isinstance(residual, Tensor) or residual.shape != input.shape:
+            raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got "
+                             f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+        if residual.device != input.device or residual.dtype != input.dtype:
+            raise ValueError(f"residual ({residual.dtype} on {residual.device}) must match input "
+                             f"({input.dtype} on {input.device})")
+
+
+def _check_param(name, t, x, numels):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {t.dtype}")
+    if t.numel() not in numels:
+        raise ValueError(f"{name} must have {' or '.join(map(str, numels))} elements for input "
+                         f"of shape {tuple(x.shape)}, got shape {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
+
+
+def _check_eps(eps):
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+# The four norms below run the reference math (reference.py) on every backend for now; the
+# fused kernels (one general normalization kernel family) are the next step.
+def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
+        activation: Optional[str] = None, negative_slope: float = 0.2,
+        residual: Optional[Tensor] = None) -> Tensor:
+    """U-GAT-IT ILN: rho * IN(x) + (1 - rho) * LN(x) (unbiased variances), * gamma + beta;
+    rho, gamma, beta per channel ((1, C, 1, 1) or (C,))."""
+    _check_input(input, residual)
+    _check_eps(eps)
+    c = input.shape[1]
+    for name, t in (("rho", rho), ("gamma", gamma), ("beta", beta)):
+        _check_param(name, t, input, (c,))
+    return reference.lin_fwd(input, rho, gamma, beta, float(eps), _act_code(activation),
+                             float(negative_slope), residual)
+
+
+def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
+           activation: Optional[str] = None, negative_slope: float = 0.2,
+           residual: Optional[Tensor] = None) -> Tensor:
+    """U-GAT-IT adaILN: as iln with per-sample gamma, beta of shape (N, C)."""
+    _check_input(input, residual)
+    _check_eps(eps)
+    n, c = input.shape[:2]
+    _check_param("rho", rho, input, (c,))
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        _check_param(name, t, input, (n * c,))
+        if t.dim() != 2:
+            raise ValueError(f"{name} must have shape (N, C) = {(n, c)}, got {tuple(t.shape)}")
+    return reference.lin_fwd(input, rho, gamma, beta, float(eps), _act_code(activation),
+                             float(negative_slope), residual)
+
+
+def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Tensor] = None,
+               eps: float = 1e-5, *, activation: Optional[str] = None,
+               negative_slope: float = 0.2, residual: Optional[Tensor] = None) -> Tensor:
+    """MUNIT/UNIT LayerNorm: (x - mean) / (std + eps) per sample over (C, H, W), unbiased std,
+    eps outside the square root; optional per-channel gamma, beta (C,)."""
+    _check_input(input, residual)
+    _check_eps(eps)
+    if (gamma is None) != (beta is None):
+        raise ValueError("gamma and beta must be given together")
+    if gamma is not None:
+        for name, t in (("gamma", gamma), ("beta", beta)):
+            _check_param(name, t, input, (input.shape[1],))
+    return reference.layer_norm_fwd(input, gamma, beta, float(eps), _act_code(activation),
+                                    float(negative_slope), residual)
+
+
+def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
+          activation: Optional[str] = None, negative_slope: float = 0.2,
+          residual: Optional[Tensor] = None) -> Tensor:
+    """MUNIT AdaptiveInstanceNorm2d: instance norm with per-(n, c) weight, bias (N*C,)."""
+    _check_input(input, residual)
+    _check_eps(eps)
+    nc = input.shape[0] * input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        _check_param(name, t, input, (nc,))
+    if input.shape[2] * input.shape[3] == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{list(input.shape)}")
+    return reference.adain_fwd(input, weight, bias, float(eps), _act_code(activation),
+                               float(negative_slope), residual)
+
+
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
@@ -45,28 +143,14 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     place when given and use_input_stats is True; used instead of the input's statistics when
     use_input_stats is False). input: (N, C, H, W), NCHW or channels_last.
     """
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"instance_norm expects a 4D input (N, C, H, W), got {input.dim()}D "
-                         f"with shape {tuple(input.shape)}")
-    if not input.is_floating_point():
-        raise ValueError(f"input must be floating point, got {input.dtype}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _check_input(input, residual)
+    _check_eps(eps)
     act = _act_code(activation)
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         _check_channel(name, t, input)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    if residual is not None:
-        if not isinstance(residual, Tensor) or residual.shape != input.shape:
-            raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got "
-                             f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
-        if residual.device != input.device or residual.dtype != input.dtype:
-            raise ValueError(f"residual ({residual.dtype} on {residual.device}) must match input "
-                             f"({input.dtype} on {input.device})")
     if use_input_stats:
         if input.shape[2] * input.shape[3] == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size "

@@ -10,7 +10,7 @@ from torch import Tensor
 from . import functional as F
 from .reference import ACTIVATIONS
 
-__all__ = ["InstanceNorm2d"]
+__all__ = ["InstanceNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN"]
 
 
 class InstanceNorm2d(torch.nn.InstanceNorm2d):
@@ -54,3 +54,105 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
             if self.activation == "leaky_relu":
                 s += f", negative_slope={self.negative_slope}"
         return s
+
+
+class _Fused(torch.nn.Module):
+    """Keyword-only fusion options shared by the norm modules."""
+
+    def _init_fusion(self, activation, negative_slope, eps):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.activation = None if activation == "none" else activation
+        self.negative_slope = negative_slope
+
+    def _fusion(self) -> dict:
+        return {"activation": self.activation, "negative_slope": self.negative_slope}
+
+    def _fusion_repr(self) -> str:
+        if self.activation is None:
+            return ""
+        s = f", activation={self.activation!r}"
+        return s + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
+
+
+class ILN(_Fused):
+    """U-GAT-IT ILN: parameters rho (init 0), gamma (1), beta (0), each (1, C, 1, 1)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self._init_fusion(activation, negative_slope, eps)
+        self.num_features, self.eps = num_features, eps
+        self.rho = torch.nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.gamma = torch.nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.beta = torch.nn.Parameter(torch.zeros(1, num_features, 1, 1))
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        return F.iln(input, self.rho, self.gamma, self.beta, self.eps, residual=residual, **self._fusion())
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}" + self._fusion_repr()
+
+
+class AdaLIN(_Fused):
+    """U-GAT-IT adaILN: parameter rho (1, C, 1, 1) init 0.9; forward(x, gamma, beta) with
+    per-sample gamma, beta of shape (N, C). rho is a plain parameter (RhoClipper works)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self._init_fusion(activation, negative_slope, eps)
+        self.num_features, self.eps = num_features, eps
+        self.rho = torch.nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
+
+    def forward(self, input: Tensor, gamma: Tensor, beta: Tensor,
+                residual: Optional[Tensor] = None) -> Tensor:
+        return F.adalin(input, self.rho, gamma, beta, self.eps, residual=residual, **self._fusion())
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}" + self._fusion_repr()
+
+
+class LayerNorm(_Fused):
+    """MUNIT/UNIT LayerNorm: gamma (C,) ~ U[0, 1), beta (C,) = 0 when affine."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, *,
+                 activation: Optional[str] = None, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self._init_fusion(activation, negative_slope, eps)
+        self.num_features, self.eps, self.affine = num_features, eps, affine
+        if affine:
+            self.gamma = torch.nn.Parameter(torch.empty(num_features).uniform_())
+            self.beta = torch.nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        g, b = (self.gamma, self.beta) if self.affine else (None, None)
+        return F.layer_norm(input, g, b, self.eps, residual=residual, **self._fusion())
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}" + self._fusion_repr()
+
+
+class AdaIN(_Fused):
+    """MUNIT AdaptiveInstanceNorm2d: weight and bias (N*C,) are assigned (by the style MLP)
+    before forward; the running_mean/var buffers are kept for checkpoints but never used."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 activation: Optional[str] = None, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self._init_fusion(activation, negative_slope, eps)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight: Optional[Tensor] = None
+        self.bias: Optional[Tensor] = None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        if self.weight is None or self.bias is None:
+            raise RuntimeError("AdaIN: assign weight and bias (N*C elements each) before calling it")
+        return F.adain(input, self.weight, self.bias, self.eps, residual=residual, **self._fusion())
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}" + self._fusion_repr()

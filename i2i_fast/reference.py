@@ -46,3 +46,47 @@ def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps,
     if residual is not None:
         y = y + residual.to(sd)
     return y.to(x.dtype), mean.detach().clone(), var.detach().clone()
+
+
+def _epilogue(y, act, slope, residual):
+    y = activation(y, act, slope)
+    return y if residual is None else y + residual.to(y.dtype)
+
+
+def lin_fwd(x, rho, gamma, beta, eps, act, slope, residual):
+    """U-GAT-IT ILN / adaILN: rho * IN(x) + (1 - rho) * LN(x), both with UNBIASED variance
+    and eps inside the square root, then gamma * out + beta. rho: (1, C, 1, 1) or (C,);
+    gamma/beta: per channel ((1, C, 1, 1) or (C,), ILN) or per sample ((N, C), adaILN)."""
+    sd = stats_dtype(x)
+    xf = x.to(sd)
+    n, c = x.shape[:2]
+    in_mean, in_var = xf.mean((2, 3), keepdim=True), xf.var((2, 3), keepdim=True)
+    ln_mean, ln_var = xf.mean((1, 2, 3), keepdim=True), xf.var((1, 2, 3), keepdim=True)
+    r = rho.to(sd).reshape(1, c, 1, 1)
+    y = r * ((xf - in_mean) / torch.sqrt(in_var + eps)) + (1 - r) * ((xf - ln_mean) / torch.sqrt(ln_var + eps))
+    shape = (n, c, 1, 1) if gamma.dim() == 2 and gamma.shape[0] == n and gamma.numel() == n * c else (1, c, 1, 1)
+    y = y * gamma.to(sd).reshape(shape) + beta.to(sd).reshape(shape)
+    return _epilogue(y, act, slope, residual).to(x.dtype)
+
+
+def layer_norm_fwd(x, gamma, beta, eps, act, slope, residual):
+    """MUNIT/UNIT LayerNorm: (x - mean) / (std + eps) over (C, H, W) per sample, UNBIASED std,
+    eps OUTSIDE the square root; then per-channel gamma, beta (None: no affine)."""
+    sd = stats_dtype(x)
+    xf = x.to(sd)
+    flat = xf.reshape(x.shape[0], -1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    y = (xf - flat.mean(1).reshape(shape)) / (flat.std(1).reshape(shape) + eps)
+    if gamma is not None:
+        pshape = (1, -1) + (1,) * (x.dim() - 2)
+        y = y * gamma.to(sd).reshape(pshape) + beta.to(sd).reshape(pshape)
+    return _epilogue(y, act, slope, residual).to(x.dtype)
+
+
+def adain_fwd(x, weight, bias, eps, act, slope, residual):
+    """MUNIT AdaptiveInstanceNorm2d: instance norm (biased variance, eps inside the square
+    root) with a per-(n, c) affine: weight, bias of N*C elements."""
+    n, c = x.shape[:2]
+    y, _, _ = instance_norm_fwd(x.to(stats_dtype(x)), None, None, None, None, None, eps, 0, 0.0)
+    y = y * weight.to(y.dtype).reshape(n, c, 1, 1) + bias.to(y.dtype).reshape(n, c, 1, 1)
+    return _epilogue(y, act, slope, residual).to(x.dtype)
