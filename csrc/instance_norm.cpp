@@ -63,9 +63,13 @@ template <typename T, typename acc_t>
 using Args = NormArgs<T, acc_t>;
 
 template <typename T, typename acc_t>
-inline acc_t weight_of(const Args<T, acc_t>& a, int64_t c) { return a.w ? a.w[c] : acc_t(1); }
+inline acc_t weight_of(const Args<T, acc_t>& a, int64_t p, int64_t c) {
+  return a.w ? a.w[a.affine_index(p, c)] : acc_t(1);
+}
 template <typename T, typename acc_t>
-inline acc_t bias_of(const Args<T, acc_t>& a, int64_t c) { return a.b ? a.b[c] : acc_t(0); }
+inline acc_t bias_of(const Args<T, acc_t>& a, int64_t p, int64_t c) {
+  return a.b ? a.b[a.affine_index(p, c)] : acc_t(0);
+}
 
 // ---- forward ----
 template <typename T, typename acc_t, int ACT>
@@ -89,7 +93,7 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
     var = a.rvar[c];
   }
   // (x - mean) * scale + b, not x * scale + shift: a constant plane gives exactly b, as torch.
-  const acc_t scale = weight_of(a, c) / std::sqrt(var + a.eps), shift = bias_of(a, c);
+  const acc_t scale = weight_of(a, p, c) / std::sqrt(var + a.eps), shift = bias_of(a, p, c);
   T* y = a.out + p * HW;
   const T* r = a.res ? a.res + p * HW : nullptr;
 #pragma omp simd
@@ -124,8 +128,8 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     for (int64_t k = 0; k < cw; ++k) mean[k] = a.rmean[c0 + k], var[k] = a.rvar[c0 + k];
   }
   for (int64_t k = 0; k < cw; ++k) {
-    scale[k] = weight_of(a, c0 + k) / std::sqrt(var[k] + a.eps);
-    shift[k] = bias_of(a, c0 + k);
+    scale[k] = weight_of(a, n * C + c0 + k, c0 + k) / std::sqrt(var[k] + a.eps);
+    shift[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
   for (int64_t i = 0; i < HW; ++i) {
     const int64_t o = base + i * C;
@@ -147,7 +151,7 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const T* x = a.x + p * HW;
   const T* g = a.g + p * HW;
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
-  const acc_t w = weight_of(a, c), b = bias_of(a, c);
+  const acc_t w = weight_of(a, p, c), b = bias_of(a, p, c);
   acc_t s1 = 0, s2 = 0;
   plane_sum2(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
     const acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
@@ -176,8 +180,8 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   for (int64_t k = 0; k < cw; ++k) {
     mean[k] = a.mean[n * C + c0 + k];
     rstd[k] = acc_t(1) / std::sqrt(a.var[n * C + c0 + k] + a.eps);
-    w[k] = weight_of(a, c0 + k);
-    b[k] = bias_of(a, c0 + k);
+    w[k] = weight_of(a, n * C + c0 + k, c0 + k);
+    b[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
   rows_sum2(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
     const int64_t o = base + i * C + k;

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include "norm_math.h"
+
 #include <limits>
 #include <tuple>
 
@@ -51,6 +53,19 @@ inline at::Tensor channel_param(const c10::optional<at::Tensor>& p, const at::Te
   return p->reshape({-1}).to(stats_dtype(x)).contiguous();
 }
 
+// Affine weight or bias: per channel (C elements) or per (n, c) plane (N*C, as MUNIT's AdaIN).
+inline at::Tensor affine_param(const c10::optional<at::Tensor>& p, const at::Tensor& x,
+                               const char* name) {
+  if (!p.has_value() || !p->defined()) return at::Tensor();
+  const int64_t c = x.size(1), nc = x.size(0) * x.size(1);
+  TORCH_CHECK(p->numel() == c || p->numel() == nc, "i2i_fast instance_norm: ", name, " must have ",
+              c, " (per channel) or ", nc, " (per sample and channel) elements, got shape ",
+              p->sizes());
+  TORCH_CHECK(p->device() == x.device(), "i2i_fast instance_norm: ", name, " is on ", p->device(),
+              " but x is on ", x.device());
+  return p->reshape({-1}).to(stats_dtype(x)).contiguous();
+}
+
 inline at::Tensor same_as_x(const c10::optional<at::Tensor>& t, const at::Tensor& x,
                             const NormShape& s, const char* name) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
@@ -80,7 +95,7 @@ inline void check_act(int64_t act, double eps) {
 template <typename T, typename acc_t>
 struct NormArgs {
   const T* x; const T* g; const T* res; T* out;  // g: incoming gradient (bwd); out: y or grad x
-  const acc_t* w; const acc_t* b;                 // (C,) affine, or null
+  const acc_t* w; const acc_t* b;                 // affine, or null: (C,) or (N*C,) if per_plane
   const acc_t* rmean; const acc_t* rvar;          // (C,) running stats used instead of input stats
   acc_t* mean; acc_t* var;                        // (N, C): written by fwd, read by bwd
   acc_t* sums;                                    // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
@@ -88,7 +103,9 @@ struct NormArgs {
   int64_t N, C, HW, chunk;
   int S, act;
   acc_t eps, slope;
-  bool input_stats, split;
+  bool input_stats, split, per_plane;
+  // index of plane (n, c) = n*C + c in w and b
+  I2I_HD int64_t affine_index(int64_t plane, int64_t c) const { return per_plane ? plane : c; }
 };
 
 template <typename T>
@@ -105,6 +122,11 @@ struct NormIO {
   int64_t act;
   bool input_stats;
 
+  // weight/bias hold one value per plane (N*C) rather than per channel
+  bool per_plane() const {
+    return (w.defined() && w.numel() != s.C) || (b.defined() && b.numel() != s.C);
+  }
+
   template <typename T, typename acc_t>
   NormArgs<T, acc_t> args() const {
     NormArgs<T, acc_t> a{};
@@ -115,6 +137,7 @@ struct NormIO {
     a.mean = mean.data_ptr<acc_t>(), a.var = var.data_ptr<acc_t>(), a.sums = ptr_or_null<acc_t>(sums);
     a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
     a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
+    a.per_plane = per_plane();
     return a;
   }
 };
@@ -129,8 +152,10 @@ inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& 
   io.s = norm_shape(x_in);
   check_act(act, eps);
   io.x = in_layout(x_in, io.s);
-  io.w = channel_param(weight, io.x, "weight");
-  io.b = channel_param(bias, io.x, "bias");
+  io.w = affine_param(weight, io.x, "weight");
+  io.b = affine_param(bias, io.x, "bias");
+  TORCH_CHECK(!io.w.defined() || !io.b.defined() || io.w.numel() == io.b.numel(),
+              "i2i_fast instance_norm: weight and bias must have the same number of elements");
   io.res = same_as_x(residual, io.x, io.s, "residual");
   io.rm = channel_param(running_mean, io.x, "running_mean");
   io.rv = channel_param(running_var, io.x, "running_var");
@@ -166,8 +191,10 @@ inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at:
   check_act(act, eps);
   io.x = in_layout(x_in, io.s);
   io.g = same_as_x(grad, io.x, io.s, "grad");
-  io.w = channel_param(weight, io.x, "weight");
-  io.b = channel_param(bias, io.x, "bias");
+  io.w = affine_param(weight, io.x, "weight");
+  io.b = affine_param(bias, io.x, "bias");
+  TORCH_CHECK(!io.w.defined() || !io.b.defined() || io.w.numel() == io.b.numel(),
+              "i2i_fast instance_norm: weight and bias must have the same number of elements");
   io.mean = saved_stats(mean, io.x, io.s, "mean");
   io.var = saved_stats(var, io.x, io.s, "var");
   io.out = at::empty_like(io.x, io.s.format());
@@ -181,6 +208,8 @@ inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at:
 // (grad x, grad weight, grad bias): weight/bias gradients are the per-plane sums reduced over
 // the batch by a deterministic torch sum (no atomics); clones because outputs must not alias.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_bwd(NormIO& io) {
+  if (io.per_plane())  // per-plane affine: its gradients are the per-plane sums themselves
+    return {io.out, io.sums.select(2, 1).reshape({-1}).clone(), io.sums.select(2, 0).reshape({-1}).clone()};
   const at::Tensor gsum = io.sums.sum(0);
   return {io.out, gsum.select(1, 1).clone(), gsum.select(1, 0).clone()};
 }

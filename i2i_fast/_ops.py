@@ -26,8 +26,10 @@ def _in_fwd_fake(x, weight, bias, residual, running_mean, running_var, eps, act,
 
 def _in_bwd_fake(grad, x, mean, var, weight, bias, eps, act, slope, input_stats):
     c = x.shape[1]
+    # per-(n, c) affine (AdaIN) gets per-plane gradients, per-channel affine per-channel ones
+    k = next((t.numel() for t in (weight, bias) if t is not None and t.numel() != c), c)
     sd = reference.stats_dtype(x)
-    return torch.empty_like(x, memory_format=_fmt(x)), x.new_empty((c,), dtype=sd), x.new_empty((c,), dtype=sd)
+    return torch.empty_like(x, memory_format=_fmt(x)), x.new_empty((k,), dtype=sd), x.new_empty((k,), dtype=sd)
 
 
 def _in_setup(ctx, inputs, output):

@@ -38,10 +38,10 @@ def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps,
         mean = running_mean.to(sd).reshape(1, c).expand(n, c)
         var = running_var.to(sd).reshape(1, c).expand(n, c)
     y = (xf - mean[:, :, None, None]) / torch.sqrt(var[:, :, None, None] + eps)
-    if weight is not None:
-        y = y * weight.to(sd).reshape(1, c, 1, 1)
+    if weight is not None:  # per channel (C,) or per (n, c) plane (N*C,)
+        y = y * weight.to(sd).reshape(-1, c, 1, 1)
     if bias is not None:
-        y = y + bias.to(sd).reshape(1, c, 1, 1)
+        y = y + bias.to(sd).reshape(-1, c, 1, 1)
     y = activation(y, act, slope)
     if residual is not None:
         y = y + residual.to(sd)
@@ -49,6 +49,7 @@ def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps,
 
 
 def _epilogue(y, act, slope, residual):
+    # the norms below are written in the stats dtype; activation, then residual
     y = activation(y, act, slope)
     return y if residual is None else y + residual.to(y.dtype)
 
@@ -83,10 +84,3 @@ def layer_norm_fwd(x, gamma, beta, eps, act, slope, residual):
     return _epilogue(y, act, slope, residual).to(x.dtype)
 
 
-def adain_fwd(x, weight, bias, eps, act, slope, residual):
-    """MUNIT AdaptiveInstanceNorm2d: instance norm (biased variance, eps inside the square
-    root) with a per-(n, c) affine: weight, bias of N*C elements."""
-    n, c = x.shape[:2]
-    y, _, _ = instance_norm_fwd(x.to(stats_dtype(x)), None, None, None, None, None, eps, 0, 0.0)
-    y = y * weight.to(y.dtype).reshape(n, c, 1, 1) + bias.to(y.dtype).reshape(n, c, 1, 1)
-    return _epilogue(y, act, slope, residual).to(x.dtype)

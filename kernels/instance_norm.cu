@@ -166,7 +166,8 @@ __global__ void __launch_bounds__(kThreads) fwd_apply_kernel(Params<T, acc_t> a)
     if (t.valid && t.l == 0 && blockIdx.y == 0) a.mean[t.plane] = mean, a.var[t.plane] = var;
   }
   if (!t.valid) return;
-  const acc_t w = a.w ? a.w[t.c] : acc_t(1), b = a.b ? a.b[t.c] : acc_t(0);
+  const int64_t ai = a.affine_index(t.plane, t.c);
+  const acc_t w = a.w ? a.w[ai] : acc_t(1), b = a.b ? a.b[ai] : acc_t(0);
   const acc_t scale = w / sqrt(var + a.eps);  // (x - mean) * scale + b: exact b on constant planes
   visit<P, VEC>(t, s0, s1, [&](int64_t o) {
     acc_t v[VEC], r[VEC];
@@ -196,8 +197,8 @@ __device__ PlaneStats<T, acc_t> plane_stats(const Params<T, acc_t>& a, const Til
   if (!t.valid) return ps;
   ps.mean = a.mean[t.plane];
   ps.rstd = acc_t(1) / sqrt(a.var[t.plane] + a.eps);
-  if (a.w) ps.w = a.w[t.c];
-  if (a.b) ps.b = a.b[t.c];
+  if (a.w) ps.w = a.w[a.affine_index(t.plane, t.c)];
+  if (a.b) ps.b = a.b[a.affine_index(t.plane, t.c)];
   return ps;
 }
 

@@ -414,7 +414,7 @@ def test_cpp_op_checks_its_own_arguments():
     op = torch.ops.i2i_fast.instance_norm_fwd
     with pytest.raises(RuntimeError, match="rank 4"):
         op(torch.randn(3, 4, 4), None, None, None, None, None, 1e-5, 0, 0.2)
-    with pytest.raises(RuntimeError, match="weight must have 3 elements"):
+    with pytest.raises(RuntimeError, match="weight must have 3 "):
         op(torch.randn(2, 3, 4, 4), torch.ones(5), None, None, None, None, 1e-5, 0, 0.2)
     with pytest.raises(RuntimeError, match="activation"):
         op(torch.randn(2, 3, 4, 4), None, None, None, None, None, 1e-5, 7, 0.2)

@@ -7,6 +7,8 @@ import torch.nn.functional as TF
 import i2i_fast
 from i2i_fast import functional as F
 
+from conftest import cpu_backends
+
 
 # ---- the originals, written out from REFERENCE_MODELS.md ----
 def orig_lin(x, rho, gamma, beta, eps=1e-5, per_sample=False):
@@ -84,16 +86,57 @@ def test_layer_norm_matches_munit(shape):
     torch.testing.assert_close(plain(x), orig_munit_ln(x, ones, 0 * ones))
 
 
-@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:], ids=str)
-def test_adain_matches_munit(shape):
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:] + [(3, 5, 7, 4)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_adain_matches_munit(backend, shape, channels_last):
+    """AdaIN runs the fused instance-norm kernels with a per-(n, c) affine."""
     torch.manual_seed(2)
     n, c = shape[:2]
     x = torch.randn(shape, dtype=torch.float64)
-    m = i2i_fast.AdaIN(c).double()
-    m.weight, m.bias = torch.rand(n * c, dtype=torch.float64) + 0.5, torch.randn(n * c, dtype=torch.float64)
-    expected = orig_adain(x, m.weight, m.bias, m.running_mean.clone(), m.running_var.clone())
-    torch.testing.assert_close(m(x), expected)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    m = i2i_fast.AdaIN(c, activation="relu").double()
+    w = (torch.rand(n * c, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(n * c, dtype=torch.float64, requires_grad=True)
+    m.weight, m.bias = w, b
+    with i2i_fast.use_backend(backend):
+        y = m(x)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    expected = torch.relu(orig_adain(x2, w2, b2, m.running_mean.clone(), m.running_var.clone()))
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    y.backward(g)
+    expected.backward(g)
+    for a, e in ((x, x2), (w, w2), (b, b2)):
+        torch.testing.assert_close(a.grad, e.grad)
     assert torch.all(m.running_mean == 0) and torch.all(m.running_var == 1)  # never updated
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_adain_gradcheck(backend):
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        with i2i_fast.use_backend(backend):
+            return F.adain(x, w, b, activation="tanh")
+    torch.autograd.gradcheck(f, (x, w, b))
+    torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_opcheck_per_plane_affine():
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    w, b = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default,
+                          (x, w, b, None, None, None, 1e-5, 1, 0.2))
+    with pytest.raises(RuntimeError, match="same number of elements"):
+        torch.ops.i2i_fast.instance_norm_fwd(x.detach(), torch.ones(3), torch.ones(6), None, None,
+                                             None, 1e-5, 0, 0.2)
 
 
 def test_state_dict_layouts():
@@ -159,3 +202,26 @@ def test_compile_fullgraph():
                             i2i_fast.ILN(4))
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("shape", [(1, 256, 64, 64), (4, 64, 33, 31), (1, 16, 256, 256)], ids=str)
+def test_adain_cuda(backend, shape):
+    if not i2i_fast.backends()[backend][0]:
+        pytest.skip(i2i_fast.backends()[backend][1])
+    n, c = shape[:2]
+    x = torch.randn(shape, device="cuda", requires_grad=True)
+    w = (torch.rand(n * c, device="cuda") + 0.5).requires_grad_()
+    b = torch.randn(n * c, device="cuda", requires_grad=True)
+    with i2i_fast.use_backend(backend):
+        y = F.adain(x, w, b, activation="relu")
+    x2, w2, b2 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    e = torch.relu(orig_adain(x2, w2, b2, torch.zeros(c, device="cuda", dtype=torch.float64),
+                              torch.ones(c, device="cuda", dtype=torch.float64)))
+    g = torch.randn_like(y)
+    y.backward(g)
+    e.backward(g.double())
+    torch.testing.assert_close(y.double(), e, atol=1e-4, rtol=1e-4)
+    for a, r in ((x, x2), (w, w2), (b, b2)):
+        torch.testing.assert_close(a.grad.double(), r.grad, atol=1e-3, rtol=1e-3)

@@ -53,6 +53,7 @@ def _plane(pid, C, sN, sC):
 
 @triton.jit
 def _channel(P, c, HAS: tl.constexpr, default, ACC: tl.constexpr):
+    # c: the channel, or the plane for a per-(n, c) affine
     if HAS:
         v = tl.load(P + c).to(ACC)
     else:
@@ -72,7 +73,7 @@ def _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.c
 def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, slope,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                              INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                             BLOCK: tl.constexpr):
+                             PER_PLANE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
     offs = tl.arange(0, BLOCK)
@@ -95,8 +96,9 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
     else:
         mean = tl.load(RM + c).to(ACC)
         var = tl.load(RV + c).to(ACC)
-    scale = _channel(W, c, HAS_W, 1.0, ACC) / tl.sqrt(var + eps)
-    shift = _channel(B, c, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
+    ai = pid if PER_PLANE else c
+    scale = _channel(W, ai, HAS_W, 1.0, ACC) / tl.sqrt(var + eps)
+    shift = _channel(B, ai, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
         m = idx < HW
@@ -111,14 +113,16 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
 @triton.jit
 def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, eps, slope,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, INPUT_STATS: tl.constexpr,
-                             ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                             ACT: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr,
+                             BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
     offs = tl.arange(0, BLOCK)
     mean = tl.load(MEAN + pid).to(ACC)
     rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + eps)
-    w = _channel(W, c, HAS_W, 1.0, ACC)
-    b = _channel(B, c, HAS_B, 0.0, ACC)
+    ai = pid if PER_PLANE else c
+    w = _channel(W, ai, HAS_W, 1.0, ACC)
+    b = _channel(B, ai, HAS_B, 0.0, ACC)
     a1 = tl.zeros([BLOCK], ACC)
     a2 = tl.zeros([BLOCK], ACC)
     for s0 in range(0, HW, BLOCK):
@@ -164,6 +168,11 @@ def _block(hw):
     return min(triton.next_power_of_2(max(hw, 1)), 4096 if triton_interpret() else 1024)
 
 
+def _per_plane(weight, bias, c):
+    """weight/bias hold one value per (n, c) plane (MUNIT AdaIN) instead of per channel."""
+    return any(t is not None and t.numel() != c for t in (weight, bias))
+
+
 def _channel_arg(t, x):
     return x if t is None else t.reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
 
@@ -186,7 +195,8 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
             x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
             _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, eps, slope,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
-            INPUT_STATS=stats, ACT=act, ACC=_acc(x), BLOCK=_block(h * w))
+            INPUT_STATS=stats, ACT=act, ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c),
+            BLOCK=_block(h * w))
     if not stats:
         mean.copy_(running_mean.reshape(1, c).expand(n, c))
         var.copy_(running_var.reshape(1, c).expand(n, c))
@@ -209,6 +219,8 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
             g, x, gx, _channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(),
             var.contiguous(), sums, c, h * w, sN, sC, sS, eps, slope,
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
-            ACC=_acc(x), BLOCK=_block(h * w))
+            ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), BLOCK=_block(h * w))
+    if _per_plane(weight, bias, c):  # per-plane affine: its gradients are the plane sums
+        return gx, sums[:, :, 1].reshape(-1).clone(), sums[:, :, 0].reshape(-1).clone()
     gsum = sums.sum(0)  # weight/bias gradients: deterministic reduction over the batch
     return gx, gsum[:, 1].clone(), gsum[:, 0].clone()  # outputs must not alias each other
