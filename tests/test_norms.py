@@ -225,3 +225,18 @@ def test_adain_cuda(backend, shape):
     torch.testing.assert_close(y.double(), e, atol=1e-4, rtol=1e-4)
     for a, r in ((x, x2), (w, w2), (b, b2)):
         torch.testing.assert_close(a.grad.double(), r.grad, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_adain_bitwise_deterministic(backend):
+    torch.manual_seed(4)
+    x0, w0, b0 = torch.randn(3, 6, 9, 7), torch.rand(18) + 0.5, torch.randn(18)
+    g = torch.randn(3, 6, 9, 7)
+    runs = []
+    for _ in range(2):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        with i2i_fast.use_backend(backend):
+            y = F.adain(x, w, b, activation="leaky_relu")
+        y.backward(g)
+        runs.append((y, x.grad, w.grad, b.grad))
+    assert all(torch.equal(a, c) for a, c in zip(*runs))
