@@ -97,6 +97,15 @@ def test_parity_cpu_options(backend, affine, act, residual, channels_last):
     check_all((2, 19, 6, 5), torch.float32, "cpu", backend, affine, act, residual, channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_parity_cpu_half(dtype, channels_last):
+    """fp16/bf16 on CPU: the fp32 kernels on upcast copies, rounded once."""
+    # 32 channels: the weight/bias gradients' final rounding to fp16/bf16 is compared over
+    # enough elements that torch's own rounding error is representative
+    check_all((2, 32, 9, 11), dtype, "cpu", "cpu", True, "tanh", True, channels_last)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_parity_reference_model_shape(backend):
     """CycleGAN's first IN at 256x256 (batch 1, 64 channels)."""
