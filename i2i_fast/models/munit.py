@@ -94,6 +94,22 @@ def _activation(name):
     raise ValueError(f"Unsupported activation: {name}")
 
 
+def _norm(kind, dim, table):
+    """The norm layer named by MUNIT's `norm` option ("none": no layer)."""
+    if kind == "none":
+        return None
+    if kind not in table:
+        raise ValueError(f"Unsupported normalization: {kind}")
+    return table[kind](dim)
+
+
+def _norm_act(block, x):
+    """A block's optional norm, then its optional activation."""
+    if block.norm is not None:
+        x = block.norm(x)
+    return x if block.activation is None else block.activation(x)
+
+
 class Conv2dBlock(nn.Module):
     """pad (reflect / replicate / zero), conv (bias, padding 0), [norm: bn, in, ln, adain],
     [activation: relu, lrelu(0.2), prelu, selu, tanh]."""
@@ -110,28 +126,13 @@ class Conv2dBlock(nn.Module):
             self.pad = nn.ZeroPad2d(padding)
         else:
             raise ValueError(f"Unsupported padding type: {pad_type}")
-        if norm == "bn":
-            self.norm = nn.BatchNorm2d(output_dim)
-        elif norm == "in":
-            self.norm = nn.InstanceNorm2d(output_dim)
-        elif norm == "ln":
-            self.norm = LayerNorm(output_dim)
-        elif norm == "adain":
-            self.norm = AdaptiveInstanceNorm2d(output_dim)
-        elif norm == "none":
-            self.norm = None
-        else:
-            raise ValueError(f"Unsupported normalization: {norm}")
+        self.norm = _norm(norm, output_dim, {"bn": nn.BatchNorm2d, "in": nn.InstanceNorm2d,
+                                             "ln": LayerNorm, "adain": AdaptiveInstanceNorm2d})
         self.activation = _activation(activation)
         self.conv = nn.Conv2d(input_dim, output_dim, kernel_size, stride, bias=self.use_bias)
 
     def forward(self, x):
-        x = self.conv(self.pad(x))
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _norm_act(self, self.conv(self.pad(x)))
 
 
 class LinearBlock(nn.Module):
@@ -140,25 +141,12 @@ class LinearBlock(nn.Module):
     def __init__(self, input_dim, output_dim, norm="none", activation="relu"):
         super().__init__()
         self.fc = nn.Linear(input_dim, output_dim, bias=True)
-        if norm == "bn":
-            self.norm = nn.BatchNorm1d(output_dim)
-        elif norm == "in":
-            self.norm = nn.InstanceNorm1d(output_dim)
-        elif norm == "ln":
-            self.norm = LayerNorm(output_dim)
-        elif norm == "none":
-            self.norm = None
-        else:
-            raise ValueError(f"Unsupported normalization: {norm}")
+        self.norm = _norm(norm, output_dim, {"bn": nn.BatchNorm1d, "in": nn.InstanceNorm1d,
+                                             "ln": LayerNorm})
         self.activation = _activation(activation)
 
     def forward(self, x):
-        out = self.fc(x)
-        if self.norm is not None:
-            out = self.norm(out)
-        if self.activation is not None:
-            out = self.activation(out)
-        return out
+        return _norm_act(self, self.fc(x))
 
 
 class ResBlock(nn.Module):
