@@ -10,54 +10,14 @@
 
 #include <type_traits>
 
+#include "cpu_loops.h"
 #include "instance_norm.h"
 #include "norm_math.h"
 
 namespace i2i {
 namespace {
 
-constexpr int64_t kCB = 16;  // channels per channels_last task: one 64-byte line of fp32
-
-// Two-level summation: vectorized partial sums over blocks of kSumBlock elements, block totals
-// added sequentially. Keeps fp32 rounding error of a 256x256 plane near torch's cascade sum.
-constexpr int64_t kSumBlock = 512;
-
-// t1 += sum f1(i), t2 += sum f2(i) over i in [0, n); f(i, a, b) adds its terms to a and b.
-template <typename acc_t, class F>
-inline void plane_sum2(int64_t n, acc_t& t1, acc_t& t2, F&& f) {
-  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
-    const int64_t i1 = std::min(n, i0 + kSumBlock);
-    acc_t a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t i = i0; i < i1; ++i) f(i, a, b);
-    t1 += a;
-    t2 += b;
-  }
-}
-
-// channels_last: per-channel sums over n rows of cw channels; f(i, k, a, b) adds to a and b.
-template <typename acc_t, class F>
-inline void rows_sum2(int64_t n, int64_t cw, acc_t* t1, acc_t* t2, F&& f) {
-  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock / kCB) {
-    const int64_t i1 = std::min(n, i0 + kSumBlock / kCB);
-    acc_t a[kCB] = {0}, b[kCB] = {0};
-    for (int64_t i = i0; i < i1; ++i) {
-#pragma omp simd
-      for (int64_t k = 0; k < cw; ++k) f(i, k, a[k], b[k]);
-    }
-    for (int64_t k = 0; k < cw; ++k) t1[k] += a[k], t2[k] += b[k];
-  }
-}
-
-template <class F>
-void with_act(int64_t act, F&& f) {
-  switch (act) {
-    case kRelu: return f(std::integral_constant<int, kRelu>());
-    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>());
-    case kTanh: return f(std::integral_constant<int, kTanh>());
-    default: return f(std::integral_constant<int, kNone>());
-  }
-}
+using namespace cpu;
 
 template <typename T, typename acc_t>
 using Args = NormArgs<T, acc_t>;
@@ -78,14 +38,7 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const T* x = a.x + p * HW;
   acc_t mean, var;
   if (a.input_stats) {
-    acc_t s = 0, m2 = 0, unused = 0;
-    plane_sum2(HW, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
-    mean = s / HW;
-    plane_sum2(HW, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
-      const acc_t d = static_cast<acc_t>(x[i]) - mean;
-      a += d * d;
-    });
-    var = m2 / HW;
+    plane_stats(x, HW, mean, var);
     a.mean[p] = mean;
     a.var[p] = var;
   } else {
@@ -109,18 +62,8 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   const int64_t base = n * HW * C + c0;
   acc_t mean[kCB], var[kCB], scale[kCB], shift[kCB];
   if (a.input_stats) {
-    acc_t s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
-    const T* x = a.x + base;
-    rows_sum2(HW, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
-      u += static_cast<acc_t>(x[i * C + k]);
-    });
-    for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / HW;
-    rows_sum2(HW, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
-      const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
-      u += d * d;
-    });
+    block_stats(a.x + base, HW, C, cw, mean, var);
     for (int64_t k = 0; k < cw; ++k) {
-      var[k] = m2[k] / HW;
       a.mean[n * C + c0 + k] = mean[k];
       a.var[n * C + c0 + k] = var[k];
     }
@@ -210,17 +153,6 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   }
 }
 
-// Runs fn over every task (a plane, or a channel block in channels_last) in parallel.
-template <class Fn>
-void for_tasks(const NormShape& s, Fn&& fn) {
-  const int64_t blocks = s.channels_last ? (s.C + kCB - 1) / kCB : s.C;
-  const int64_t per_task = s.channels_last ? s.HW * kCB : s.HW;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(per_task, 1));
-  at::parallel_for(0, s.N * blocks, grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; ++t) fn(t / blocks, (t % blocks) * (s.channels_last ? kCB : 1), t);
-  });
-}
-
 template <typename T>
 using acc_of = at::opmath_type<T>;
 
@@ -231,7 +163,7 @@ void run_tasks(const NormIO& io) {
     using acc_t = acc_of<scalar_t>;
     const Args<scalar_t, acc_t> a = io.args<scalar_t, acc_t>();
     with_act(io.act, [&](auto A) {
-      for_tasks(io.s, [&](int64_t n, int64_t c, int64_t p) {
+      for_tasks(io.s.N, io.s.C, io.s.channels_last, io.s.HW, [&](int64_t n, int64_t c, int64_t p) {
         K<scalar_t, acc_t, decltype(A)::value>::run(a, io.s.channels_last, n, c, p);
       });
     });

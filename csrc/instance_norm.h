@@ -22,10 +22,10 @@ struct NormShape {
 };
 
 inline NormShape norm_shape(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "i2i_fast instance_norm: expected x of rank 4 (N, C, H, W), got rank ",
+  TORCH_CHECK(x.dim() == 4, "i2i_fast norm: expected x of rank 4 (N, C, H, W), got rank ",
               x.dim());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "i2i_fast instance_norm: x must be floating point, got ", x.scalar_type());
+              "i2i_fast norm: x must be floating point, got ", x.scalar_type());
   NormShape s{x.size(0), x.size(1), x.size(2) * x.size(3), false};
   s.channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   return s;

@@ -65,4 +65,20 @@ I2I_HD acc_t norm_dz(acc_t gy, acc_t xhat, acc_t w, acc_t b, int act, acc_t slop
   return act == kNone ? gy : gy * act_grad(xhat * w + b, act, slope);
 }
 
+// Reflection padding by p (< n): padded index o in [0, n + 2p) reads input index
+// reflect_index(o - p, n).
+I2I_HD long long reflect_index(long long t, long long n) {
+  return t < 0 ? -t : (t >= n ? 2 * (n - 1) - t : t);
+}
+
+// The padded indices that read input index i: i + p, plus up to two mirrors. Writes them to o
+// in a fixed order and returns how many (the pad backward is this gather: no atomics).
+I2I_HD int mirror_sources(long long i, long long n, long long p, long long* o) {
+  int k = 0;
+  o[k++] = i + p;
+  if (i >= 1 && i <= p) o[k++] = p - i;
+  if (i <= n - 2 && i >= n - 1 - p) o[k++] = 2 * (n - 1) + p - i;
+  return k;
+}
+
 }  // namespace i2i

@@ -19,6 +19,26 @@ TORCH_LIBRARY(i2i_fast, m) {
       "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, int act, float slope, bool input_stats) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, any norm with an
+  // output pad): stats -> per-plane (scale, shift) computed in Python -> apply (csrc/norm.h).
+  // Mean and biased variance of every (n, c) plane, (N, C) in fp32 (fp64 for fp64 x).
+  m.def("norm_stats(Tensor x) -> (Tensor, Tensor)");
+  // out = reflection_pad(act((x - mean) * scale + shift) + residual, pad); mean/scale/shift
+  // (N, C). Output (N, C, H + 2 pad, W + 2 pad) in x's memory format.
+  m.def(
+      "norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor? residual, int act, "
+      "float slope, int pad) -> Tensor");
+  // Backward, pass 1: per-plane (sum dz, sum dz * (x - mean)) as (N, C, 2), dz = dL/dz with
+  // the padded gradient folded back (no atomics).
+  m.def(
+      "norm_apply_sums(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, int act, "
+      "float slope, int pad) -> Tensor");
+  // Backward, pass 2: grad x = scale * dz + c0 + c1 * (x - mean), c0/c1 (N, C) from the
+  // coefficients' own backward.
+  m.def(
+      "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
+      "Tensor c1, int act, float slope, int pad) -> Tensor");
 }
 
 #ifndef I2I_FAST_WITH_CUDA

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _ops, reference
+from . import _backend, _norm, _ops, reference
 from .reference import ACTIVATIONS
 
 __all__ = ["instance_norm", "iln", "adalin", "layer_norm", "adain"]
@@ -67,26 +67,35 @@ def _check_eps(eps):
         raise ValueError(f"eps must be >= 0, got {eps}")
 
 
-# iln, adalin and layer_norm run the reference math (reference.py) on every backend for now;
-# their fused kernels (one general normalization kernel family) are the next step. adain runs
-# the fused instance-norm kernels.
+def _check_out_pad(out_pad, x) -> int:
+    if isinstance(out_pad, bool) or not isinstance(out_pad, int) or out_pad < 0:
+        raise ValueError(f"out_pad must be an int >= 0, got {out_pad!r}")
+    if out_pad and not (out_pad < x.shape[2] and out_pad < x.shape[3]):
+        raise ValueError(f"out_pad ({out_pad}) must be smaller than the input's H and W for "
+                         f"reflection padding, got input of shape {tuple(x.shape)}")
+    return out_pad
+
+
+# iln, adalin, layer_norm (and instance_norm / adain with an output pad) run the plane-affine
+# normalization family (_norm.py): plane statistics -> per-plane scale/shift -> one fused apply.
 def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
         activation: Optional[str] = None, negative_slope: float = 0.2,
-        residual: Optional[Tensor] = None) -> Tensor:
+        residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
     """U-GAT-IT ILN: rho * IN(x) + (1 - rho) * LN(x) (unbiased variances), * gamma + beta;
-    rho, gamma, beta per channel ((1, C, 1, 1) or (C,))."""
+    rho, gamma, beta per channel ((1, C, 1, 1) or (C,)). Then activation, residual add and a
+    reflection pad of the output by out_pad."""
     _check_input(input, residual)
     _check_eps(eps)
     c = input.shape[1]
     for name, t in (("rho", rho), ("gamma", gamma), ("beta", beta)):
         _check_param(name, t, input, (c,))
-    return reference.lin_fwd(input, rho, gamma, beta, float(eps), _act_code(activation),
-                             float(negative_slope), residual)
+    return _norm.plane_norm(_norm.LIN, input, rho, gamma, beta, residual, float(eps),
+                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
 def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
            activation: Optional[str] = None, negative_slope: float = 0.2,
-           residual: Optional[Tensor] = None) -> Tensor:
+           residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
     """U-GAT-IT adaILN: as iln with per-sample gamma, beta of shape (N, C)."""
     _check_input(input, residual)
     _check_eps(eps)
@@ -96,13 +105,14 @@ def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float =
         _check_param(name, t, input, (n * c,))
         if t.dim() != 2:
             raise ValueError(f"{name} must have shape (N, C) = {(n, c)}, got {tuple(t.shape)}")
-    return reference.lin_fwd(input, rho, gamma, beta, float(eps), _act_code(activation),
-                             float(negative_slope), residual)
+    return _norm.plane_norm(_norm.LIN, input, rho, gamma, beta, residual, float(eps),
+                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
 def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Tensor] = None,
                eps: float = 1e-5, *, activation: Optional[str] = None,
-               negative_slope: float = 0.2, residual: Optional[Tensor] = None) -> Tensor:
+               negative_slope: float = 0.2, residual: Optional[Tensor] = None,
+               out_pad: int = 0) -> Tensor:
     """MUNIT/UNIT LayerNorm: (x - mean) / (std + eps) per sample over (C, H, W), unbiased std,
     eps outside the square root; optional per-channel gamma, beta (C,)."""
     _check_input(input, residual)
@@ -112,13 +122,13 @@ def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Ten
     if gamma is not None:
         for name, t in (("gamma", gamma), ("beta", beta)):
             _check_param(name, t, input, (input.shape[1],))
-    return reference.layer_norm_fwd(input, gamma, beta, float(eps), _act_code(activation),
-                                    float(negative_slope), residual)
+    return _norm.plane_norm(_norm.LN, input, None, gamma, beta, residual, float(eps),
+                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
 def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
           activation: Optional[str] = None, negative_slope: float = 0.2,
-          residual: Optional[Tensor] = None) -> Tensor:
+          residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
     """MUNIT AdaptiveInstanceNorm2d: instance norm with per-(n, c) weight, bias (N*C,)."""
     _check_input(input, residual)
     _check_eps(eps)
@@ -128,19 +138,24 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
     if input.shape[2] * input.shape[3] == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
+    act, pad = _act_code(activation), _check_out_pad(out_pad, input)
+    if pad:
+        return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+                                float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
     backend = _backend.select(input.device)
     return _ops.instance_norm_fwd(backend, input, weight, bias, residual, None, None, float(eps),
-                                  _act_code(activation), float(negative_slope))[0]
+                                  act, float(negative_slope))[0]
 
 
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5, *, activation: Optional[str] = None,
-                  negative_slope: float = 0.2, residual: Optional[Tensor] = None) -> Tensor:
+                  negative_slope: float = 0.2, residual: Optional[Tensor] = None,
+                  out_pad: int = 0) -> Tensor:
     """torch.nn.functional.instance_norm with a fused epilogue:
-    ``out = activation(instance_norm(input) * weight + bias) + residual``.
+    ``out = reflection_pad(activation(instance_norm(input) * weight + bias) + residual, out_pad)``.
 
     Same arguments and running-statistics semantics as torch's (running stats are updated in
     place when given and use_input_stats is True; used instead of the input's statistics when
@@ -163,6 +178,17 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         if running_mean is None:
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
+    pad = _check_out_pad(out_pad, input)
+    if pad:
+        out = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+                               float(negative_slope), pad, None if use_input_stats else stats)
+        if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
+            with torch.no_grad():
+                xf = input.detach().to(reference.stats_dtype(input))
+                _update_running_stats(running_mean, running_var, xf.mean((2, 3)),
+                                      xf.var((2, 3), unbiased=False), momentum,
+                                      input.shape[2] * input.shape[3])
+        return out
     backend = _backend.select(input.device)
     out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
                                             float(eps), act, float(negative_slope))

@@ -24,7 +24,8 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = False, track_running_stats: bool = False, device=None, dtype=None,
-                 *, activation: Optional[str] = None, negative_slope: float = 0.2) -> None:
+                 *, activation: Optional[str] = None, negative_slope: float = 0.2,
+                 out_pad: int = 0) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
         if not eps >= 0:
@@ -32,6 +33,7 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.activation = None if activation == "none" else activation
         self.negative_slope = negative_slope
+        self.out_pad = _check_pad(out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
@@ -45,45 +47,55 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
             input, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats,
             self.momentum if self.momentum is not None else 0.0, self.eps,
-            activation=self.activation, negative_slope=self.negative_slope, residual=residual)
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+            out_pad=self.out_pad)
 
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.activation is not None:
-            s += f", activation={self.activation!r}"
-            if self.activation == "leaky_relu":
-                s += f", negative_slope={self.negative_slope}"
-        return s
+        return super().extra_repr() + _fusion_repr(self)
+
+
+def _check_pad(out_pad) -> int:
+    if isinstance(out_pad, bool) or not isinstance(out_pad, int) or out_pad < 0:
+        raise ValueError(f"out_pad must be an int >= 0, got {out_pad!r}")
+    return out_pad
+
+
+def _fusion_repr(m) -> str:
+    s = ""
+    if m.activation is not None:
+        s += f", activation={m.activation!r}"
+        if m.activation == "leaky_relu":
+            s += f", negative_slope={m.negative_slope}"
+    return s + (f", out_pad={m.out_pad}" if m.out_pad else "")
 
 
 class _Fused(torch.nn.Module):
     """Keyword-only fusion options shared by the norm modules."""
 
-    def _init_fusion(self, activation, negative_slope, eps):
+    def _init_fusion(self, activation, negative_slope, eps, out_pad=0):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.activation = None if activation == "none" else activation
         self.negative_slope = negative_slope
+        self.out_pad = _check_pad(out_pad)
 
     def _fusion(self) -> dict:
-        return {"activation": self.activation, "negative_slope": self.negative_slope}
+        return {"activation": self.activation, "negative_slope": self.negative_slope,
+                "out_pad": self.out_pad}
 
     def _fusion_repr(self) -> str:
-        if self.activation is None:
-            return ""
-        s = f", activation={self.activation!r}"
-        return s + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
+        return _fusion_repr(self)
 
 
 class ILN(_Fused):
     """U-GAT-IT ILN: parameters rho (init 0), gamma (1), beta (0), each (1, C, 1, 1)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
-                 negative_slope: float = 0.2) -> None:
+                 negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps)
+        self._init_fusion(activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
         self.rho = torch.nn.Parameter(torch.zeros(1, num_features, 1, 1))
         self.gamma = torch.nn.Parameter(torch.ones(1, num_features, 1, 1))
@@ -101,9 +113,9 @@ class AdaLIN(_Fused):
     per-sample gamma, beta of shape (N, C). rho is a plain parameter (RhoClipper works)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
-                 negative_slope: float = 0.2) -> None:
+                 negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps)
+        self._init_fusion(activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
         self.rho = torch.nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
 
@@ -119,9 +131,9 @@ class LayerNorm(_Fused):
     """MUNIT/UNIT LayerNorm: gamma (C,) ~ U[0, 1), beta (C,) = 0 when affine."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, *,
-                 activation: Optional[str] = None, negative_slope: float = 0.2) -> None:
+                 activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps)
+        self._init_fusion(activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.affine = num_features, eps, affine
         if affine:
             self.gamma = torch.nn.Parameter(torch.empty(num_features).uniform_())
@@ -140,9 +152,9 @@ class AdaIN(_Fused):
     before forward; the running_mean/var buffers are kept for checkpoints but never used."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
-                 activation: Optional[str] = None, negative_slope: float = 0.2) -> None:
+                 activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps)
+        self._init_fusion(activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight: Optional[Tensor] = None
         self.bias: Optional[Tensor] = None

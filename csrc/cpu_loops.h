@@ -1,0 +1,101 @@
+// CPU loop helpers shared by the normalization kernels (csrc/instance_norm.cpp, csrc/norm.cpp):
+// blocked two-level sums that vectorize, the activation as a template constant, the task
+// split (a plane in NCHW, a block of kCB channels of one sample in channels_last).
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "norm_math.h"
+
+namespace i2i {
+namespace cpu {
+
+constexpr int64_t kCB = 16;  // channels per channels_last task: one 64-byte line of fp32
+
+// Two-level summation: vectorized partial sums over blocks of kSumBlock elements, block totals
+// added sequentially. Keeps fp32 rounding error of a 256x256 plane near torch's cascade sum.
+constexpr int64_t kSumBlock = 512;
+
+// t1 += sum f1(i), t2 += sum f2(i) over i in [0, n); f(i, a, b) adds its terms to a and b.
+template <typename acc_t, class F>
+inline void plane_sum2(int64_t n, acc_t& t1, acc_t& t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+    const int64_t i1 = std::min(n, i0 + kSumBlock);
+    acc_t a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = i0; i < i1; ++i) f(i, a, b);
+    t1 += a;
+    t2 += b;
+  }
+}
+
+// channels_last: per-channel sums over n rows of cw channels; f(i, k, a, b) adds to a and b.
+template <typename acc_t, class F>
+inline void rows_sum2(int64_t n, int64_t cw, acc_t* t1, acc_t* t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock / kCB) {
+    const int64_t i1 = std::min(n, i0 + kSumBlock / kCB);
+    acc_t a[kCB] = {0}, b[kCB] = {0};
+    for (int64_t i = i0; i < i1; ++i) {
+#pragma omp simd
+      for (int64_t k = 0; k < cw; ++k) f(i, k, a[k], b[k]);
+    }
+    for (int64_t k = 0; k < cw; ++k) t1[k] += a[k], t2[k] += b[k];
+  }
+}
+
+template <class F>
+void with_act(int64_t act, F&& f) {
+  switch (act) {
+    case kRelu: return f(std::integral_constant<int, kRelu>());
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>());
+    case kTanh: return f(std::integral_constant<int, kTanh>());
+    default: return f(std::integral_constant<int, kNone>());
+  }
+}
+
+// Runs fn(n, c0, task) over every task (a plane, or a channel block in channels_last) in
+// parallel; per_plane: elements one task touches per channel.
+template <class Fn>
+void for_tasks(int64_t N, int64_t C, bool channels_last, int64_t per_plane, Fn&& fn) {
+  const int64_t blocks = channels_last ? (C + kCB - 1) / kCB : C;
+  const int64_t per_task = channels_last ? per_plane * kCB : per_plane;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(per_task, 1));
+  at::parallel_for(0, N * blocks, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) fn(t / blocks, (t % blocks) * (channels_last ? kCB : 1), t);
+  });
+}
+
+// Two-pass mean and biased variance of one NCHW plane of n elements.
+template <typename T, typename acc_t>
+inline void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& var) {
+  acc_t s = 0, m2 = 0, unused = 0;
+  plane_sum2(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
+  mean = s / n;
+  const acc_t m = mean;
+  plane_sum2(n, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
+    const acc_t d = static_cast<acc_t>(x[i]) - m;
+    a += d * d;
+  });
+  var = m2 / n;
+}
+
+// The same for cw (<= kCB) channels of a channels_last sample: x points at its first channel,
+// rows of C elements, n rows.
+template <typename T, typename acc_t>
+inline void block_stats(const T* x, int64_t n, int64_t C, int64_t cw, acc_t* mean, acc_t* var) {
+  acc_t s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
+  rows_sum2(n, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+    u += static_cast<acc_t>(x[i * C + k]);
+  });
+  for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / n;
+  rows_sum2(n, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+    const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
+    u += d * d;
+  });
+  for (int64_t k = 0; k < cw; ++k) var[k] = m2[k] / n;
+}
+
+}  // namespace cpu
+}  // namespace i2i

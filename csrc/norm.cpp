@@ -1,0 +1,287 @@
+// CPU kernels of the plane-affine normalization ops (schemas in csrc/ops.cpp, host prep in
+// csrc/norm.h): norm_stats, norm_apply, norm_apply_sums, norm_apply_bwd.
+// Tasks as in instance_norm.cpp: one NCHW plane (loops vectorized along H*W) or kCB channels of
+// one channels_last sample (loops vectorized along channels). The output pad is written by
+// filling the border from the interior just written (cache-hot); its backward first folds the
+// padded gradient into a per-task buffer (a gather: each pixel sums its mirror sources in a
+// fixed order), so the sums and the input gradient read an unpadded gradient.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu_loops.h"
+#include "norm.h"
+
+namespace i2i {
+namespace {
+
+using namespace cpu;
+
+template <typename T, typename acc_t>
+using PA = PlaneArgs<T, acc_t>;
+
+// Calls f(i, k) for pixel i < n and channel k < cw: one NCHW plane (cw == 1) vectorized along
+// i, or a channels_last block vectorized along k.
+template <bool CL, class F>
+inline void each(int64_t n, int64_t cw, F&& f) {
+  if (!CL) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) f(i, int64_t(0));
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
+      for (int64_t k = 0; k < cw; ++k) f(i, k);
+    }
+  }
+}
+
+// t1[k] += sum_i, t2[k] += sum_i of what f(i, k, a, b) adds to a and b (two-level sums).
+template <bool CL, typename acc_t, class F>
+inline void sum2(int64_t n, int64_t cw, acc_t* t1, acc_t* t2, F&& f) {
+  if (!CL) plane_sum2(n, t1[0], t2[0], [&](int64_t i, acc_t& a, acc_t& b) { f(i, int64_t(0), a, b); });
+  else rows_sum2(n, cw, t1, t2, f);
+}
+
+// Where a task's data lives: element (pixel i, channel k) of x is x[xb + i * pix + k], of the
+// padded output out[ob + (padded pixel) * pix + k].
+struct Task {
+  int64_t n, c0, cw, pix, xb, ob, Ho, Wo;
+  template <bool CL, typename T, typename acc_t>
+  static Task make(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+    Task t;
+    t.n = n, t.c0 = c0, t.cw = CL ? std::min(kCB, a.C - c0) : 1, t.pix = CL ? a.C : 1;
+    t.Ho = a.H + 2 * a.pad, t.Wo = a.W + 2 * a.pad;
+    t.xb = CL ? n * a.HW * a.C + c0 : (n * a.C + c0) * a.HW;
+    t.ob = CL ? n * t.Ho * t.Wo * a.C + c0 : (n * a.C + c0) * t.Ho * t.Wo;
+    return t;
+  }
+  int64_t plane(int64_t C, int64_t k) const { return n * C + c0 + k; }
+};
+
+template <typename T, typename acc_t, bool CL>
+void stats_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+  const Task t = Task::make<CL>(a, n, c0);
+  acc_t m[kCB], v[kCB];
+  if (CL) block_stats(a.x + t.xb, a.HW, a.C, t.cw, m, v);
+  else plane_stats(a.x + t.xb, a.HW, m[0], v[0]);
+  for (int64_t k = 0; k < t.cw; ++k) a.stat_mean[t.plane(a.C, k)] = m[k], a.stat_var[t.plane(a.C, k)] = v[k];
+}
+
+// Border of a reflection-padded map whose interior is written: copy each border pixel (cw
+// channels) from its mirror inside. Rows first, then full rows, so corners mirror twice.
+template <typename T>
+void fill_pad(T* y, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw) {
+  const int64_t Wo = W + 2 * P;
+  auto cp = [&](int64_t r, int64_t c, int64_t sr, int64_t sc) {
+    T* d = y + (r * Wo + c) * pix;
+    const T* s = y + (sr * Wo + sc) * pix;
+    for (int64_t k = 0; k < cw; ++k) d[k] = s[k];
+  };
+  for (int64_t r = P; r < H + P; ++r)
+    for (int64_t j = 0; j < P; ++j) cp(r, j, r, 2 * P - j), cp(r, W + P + j, r, W + P - 2 - j);
+  for (int64_t j = 0; j < P; ++j)
+    for (int64_t c = 0; c < Wo; ++c) cp(j, c, 2 * P - j, c), cp(H + P + j, c, H + P - 2 - j, c);
+}
+
+template <typename T, typename acc_t, int ACT, bool CL>
+void apply_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+  const Task t = Task::make<CL>(a, n, c0);
+  acc_t m[kCB], sc[kCB], sh[kCB];
+  for (int64_t k = 0; k < t.cw; ++k) {
+    const int64_t p = t.plane(a.C, k);
+    m[k] = a.mean[p], sc[k] = a.scale[p], sh[k] = a.shift[p];
+  }
+  const int64_t P = a.pad, rows = P ? a.H : 1, cols = P ? a.W : a.HW;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t xo = t.xb + r * cols * t.pix;
+    const T* x = a.x + xo;
+    const T* res = a.res ? a.res + xo : nullptr;
+    T* y = a.out + t.ob + ((r + P) * t.Wo + P) * t.pix;
+    each<CL>(cols, t.cw, [&](int64_t i, int64_t k) {
+      const int64_t o = i * t.pix + k;
+      // (x - mean) * scale + shift: a constant plane gives exactly shift, as torch
+      const acc_t v = act_fwd<acc_t>((static_cast<acc_t>(x[o]) - m[k]) * sc[k] + sh[k], ACT, a.slope);
+      y[o] = static_cast<T>(res ? v + static_cast<acc_t>(res[o]) : v);
+    });
+  }
+  if (P) fill_pad(a.out + t.ob, a.H, a.W, P, t.pix, t.cw);
+}
+
+// The task's unpadded output gradient: a.g itself (pixel stride pix) or, with a pad, folded
+// into buf (pixel stride cw).
+template <typename T, typename acc_t>
+const T* task_grad(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf, int64_t& gpix) {
+  static_assert(std::is_same<T, acc_t>::value, "CPU kernels run in fp32/fp64");
+  const int64_t P = a.pad;
+  if (P == 0) {
+    gpix = t.pix;
+    return a.g + t.xb;
+  }
+  gpix = t.cw;
+  buf.assign(a.HW * t.cw, T(0));
+  const T* g = a.g + t.ob;
+  long long rs[3], cs[3];
+  for (int64_t i = 0; i < a.H; ++i) {
+    const int nr = mirror_sources(i, a.H, P, rs);
+    for (int64_t j = 0; j < a.W; ++j) {
+      const int nc = mirror_sources(j, a.W, P, cs);
+      T* d = buf.data() + (i * a.W + j) * t.cw;
+      for (int u = 0; u < nr; ++u)
+        for (int v = 0; v < nc; ++v) {
+          const T* s = g + (rs[u] * t.Wo + cs[v]) * t.pix;
+          for (int64_t k = 0; k < t.cw; ++k) d[k] += s[k];
+        }
+    }
+  }
+  return buf.data();
+}
+
+// Shared by the two backward tasks: the plane constants and dL/dz at (i, k).
+template <typename T, typename acc_t, int ACT>
+struct Dz {
+  acc_t m[kCB], sc[kCB], sh[kCB];
+  const T* x;
+  const T* g;
+  int64_t pix, gpix;
+  acc_t slope;
+  Dz(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf) {
+    for (int64_t k = 0; k < t.cw; ++k) {
+      const int64_t p = t.plane(a.C, k);
+      m[k] = a.mean[p], sc[k] = a.scale[p], sh[k] = a.shift[p];
+    }
+    x = a.x + t.xb, pix = t.pix, slope = a.slope;
+    g = task_grad(a, t, buf, gpix);
+  }
+  // returns dz, sets d = x - mean
+  acc_t operator()(int64_t i, int64_t k, acc_t& d) const {
+    d = static_cast<acc_t>(x[i * pix + k]) - m[k];
+    return norm_dz<acc_t>(static_cast<acc_t>(g[i * gpix + k]), d, sc[k], sh[k], ACT, slope);
+  }
+};
+
+template <typename T, typename acc_t, int ACT, bool CL>
+void sums_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+  const Task t = Task::make<CL>(a, n, c0);
+  std::vector<T> buf;
+  const Dz<T, acc_t, ACT> dz(a, t, buf);
+  acc_t s1[kCB] = {0}, s2[kCB] = {0};
+  sum2<CL>(a.HW, t.cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
+    acc_t d;
+    const acc_t z = dz(i, k, d);
+    u += z;
+    v += z * d;
+  });
+  for (int64_t k = 0; k < t.cw; ++k) {
+    const int64_t p = t.plane(a.C, k);
+    a.sums[2 * p] = s1[k], a.sums[2 * p + 1] = s2[k];
+  }
+}
+
+template <typename T, typename acc_t, int ACT, bool CL>
+void bwd_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+  const Task t = Task::make<CL>(a, n, c0);
+  std::vector<T> buf;
+  const Dz<T, acc_t, ACT> dz(a, t, buf);
+  acc_t c0k[kCB], c1k[kCB];
+  for (int64_t k = 0; k < t.cw; ++k) c0k[k] = a.c0[t.plane(a.C, k)], c1k[k] = a.c1[t.plane(a.C, k)];
+  T* gx = a.out + t.xb;
+  each<CL>(a.HW, t.cw, [&](int64_t i, int64_t k) {
+    acc_t d;
+    const acc_t z = dz(i, k, d);
+    gx[i * t.pix + k] = static_cast<T>(dz.sc[k] * z + c0k[k] + c1k[k] * d);
+  });
+}
+
+// Runs K<T, acc_t, ACT, CL>::run(args, n, c0) over every task of io.
+template <template <typename, typename, int, bool> class K>
+void run(const PlaneIO& io) {
+  AT_DISPATCH_FLOATING_TYPES(io.x.scalar_type(), "i2i_fast_norm_cpu", [&] {
+    const PA<scalar_t, scalar_t> a = io.args<scalar_t, scalar_t>();
+    with_act(io.act, [&](auto A) {
+      const int64_t per_plane = (io.H + 2 * io.pad) * (io.W + 2 * io.pad);
+      for_tasks(io.s.N, io.s.C, io.s.channels_last, per_plane, [&](int64_t n, int64_t c0, int64_t) {
+        if (io.s.channels_last) K<scalar_t, scalar_t, decltype(A)::value, true>::run(a, n, c0);
+        else K<scalar_t, scalar_t, decltype(A)::value, false>::run(a, n, c0);
+      });
+    });
+  });
+}
+
+#define I2I_TASK(Name, fn)                                                   \
+  template <typename T, typename acc_t, int ACT, bool CL>                    \
+  struct Name {                                                              \
+    static void run(const PA<T, acc_t>& a, int64_t n, int64_t c0) {          \
+      fn<T, acc_t, ACT, CL>(a, n, c0);                                       \
+    }                                                                        \
+  };
+template <typename T, typename acc_t, int, bool CL>
+void stats_any(const PA<T, acc_t>& a, int64_t n, int64_t c0) { stats_task<T, acc_t, CL>(a, n, c0); }
+I2I_TASK(Stats, stats_any)
+I2I_TASK(Apply, apply_task)
+I2I_TASK(SumsK, sums_task)
+I2I_TASK(Bwd, bwd_task)
+#undef I2I_TASK
+
+// fp16/bf16 run the fp32 kernels on upcast copies (see instance_norm.cpp).
+bool is_half(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+at::Tensor up(const at::Tensor& t) { return t.to(at::kFloat); }
+
+std::tuple<at::Tensor, at::Tensor> norm_stats_cpu(const at::Tensor& x) {
+  if (is_half(x)) return norm_stats_cpu(up(x));
+  PlaneIO io = prep_stats(x);
+  if (io.x.numel() > 0) run<Stats>(io);
+  return finish_stats(io);
+}
+
+at::Tensor norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                          const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
+                          int64_t act, double slope, int64_t pad) {
+  if (is_half(x)) {
+    TORCH_CHECK(!residual.has_value() || residual->scalar_type() == x.scalar_type(),
+                "i2i_fast norm: residual must match x's device and dtype");
+    c10::optional<at::Tensor> r = residual.has_value() ? c10::optional<at::Tensor>(up(*residual)) : residual;
+    return norm_apply_cpu(up(x), mean, scale, shift, r, act, slope, pad).to(x.scalar_type());
+  }
+  PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
+  if (io.out.numel() > 0) run<Apply>(io);
+  return io.out;
+}
+
+at::Tensor norm_apply_sums_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                               const at::Tensor& scale, const at::Tensor& shift, int64_t act,
+                               double slope, int64_t pad) {
+  if (is_half(x)) {
+    TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast norm: grad must match x's device and dtype");
+    return norm_apply_sums_cpu(up(grad), up(x), mean, scale, shift, act, slope, pad);
+  }
+  PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
+  if (io.x.numel() > 0) run<SumsK>(io);
+  return io.sums;
+}
+
+at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                              const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
+                              const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
+  if (is_half(x)) {
+    TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast norm: grad must match x's device and dtype");
+    return norm_apply_bwd_cpu(up(grad), up(x), mean, scale, shift, c0, c1, act, slope, pad).to(x.scalar_type());
+  }
+  PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
+  if (io.x.numel() > 0) run<Bwd>(io);
+  return io.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
+  m.impl("norm_stats", &norm_stats_cpu);
+  m.impl("norm_apply", &norm_apply_cpu);
+  m.impl("norm_apply_sums", &norm_apply_sums_cpu);
+  m.impl("norm_apply_bwd", &norm_apply_bwd_cpu);
+}
+
+}  // namespace i2i

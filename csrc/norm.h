@@ -1,0 +1,140 @@
+// Host-side argument prep of the plane-affine normalization ops shared by the CPU
+// (csrc/norm.cpp) and CUDA (kernels/norm.cu) implementations:
+//   norm_stats(x)                       -> per-plane mean, biased variance (N, C)
+//   norm_apply(x, mean, scale, shift)   -> pad(act((x - mean) * scale + shift) + residual, p)
+//   norm_apply_sums / norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
+// Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, IN/AdaIN with an output pad) is
+// "stats -> per-plane (scale, shift) -> apply"; only the small (N, C) coefficient math differs
+// (i2i_fast/_norm.py). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
+#pragma once
+#include "instance_norm.h"
+
+namespace i2i {
+
+template <typename T, typename acc_t>
+struct PlaneArgs {
+  const T* x; const T* g; const T* res; T* out;    // g: gradient of the (padded) output
+  const acc_t *mean, *scale, *shift, *c0, *c1;     // (N, C) per plane
+  acc_t *stat_mean, *stat_var, *sums;              // outputs: (N, C), (N, C), (N, C, 2)
+  acc_t* part;                                     // CUDA: per-chunk partial states
+  int64_t N, C, H, W, HW, pad, chunk;
+  int S, act;
+  acc_t slope;
+  bool split;
+};
+
+struct PlaneIO {
+  NormShape s;
+  int64_t H = 0, W = 0, pad = 0, act = 0;
+  double slope = 0;
+  at::Tensor x, g, res, mean, scale, shift, c0, c1, out, stat_var, sums;
+
+  template <typename T, typename acc_t>
+  PlaneArgs<T, acc_t> args() const {
+    PlaneArgs<T, acc_t> a{};
+    a.x = x.data_ptr<T>(), a.g = ptr_or_null<T>(g), a.res = ptr_or_null<T>(res);
+    a.out = ptr_or_null<T>(out);
+    a.mean = ptr_or_null<acc_t>(mean), a.scale = ptr_or_null<acc_t>(scale);
+    a.shift = ptr_or_null<acc_t>(shift), a.c0 = ptr_or_null<acc_t>(c0), a.c1 = ptr_or_null<acc_t>(c1);
+    a.stat_mean = ptr_or_null<acc_t>(mean), a.stat_var = ptr_or_null<acc_t>(stat_var);
+    a.sums = ptr_or_null<acc_t>(sums);
+    a.N = s.N, a.C = s.C, a.H = H, a.W = W, a.HW = s.HW, a.pad = pad;
+    a.act = int(act), a.slope = acc_t(slope);
+    return a;
+  }
+  std::vector<int64_t> padded_sizes() const { return {s.N, s.C, H + 2 * pad, W + 2 * pad}; }
+};
+
+inline at::Tensor plane_param(const at::Tensor& t, const at::Tensor& x, const NormShape& s,
+                              const char* name) {
+  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast norm: ", name, " must have N*C = ", s.N * s.C,
+              " elements, got shape ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "i2i_fast norm: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "i2i_fast norm: ", name,
+              " must be floating point, got ", t.scalar_type());
+  return t.to(stats_dtype(x)).contiguous();
+}
+
+inline PlaneIO prep_plane(const at::Tensor& x_in, int64_t act, double slope, int64_t pad) {
+  PlaneIO io;
+  io.s = norm_shape(x_in);
+  check_act(act, 0.0);
+  io.H = x_in.size(2), io.W = x_in.size(3), io.pad = pad, io.act = act, io.slope = slope;
+  TORCH_CHECK(pad >= 0, "i2i_fast norm: out_pad must be >= 0, got ", pad);
+  TORCH_CHECK(pad == 0 || (pad < io.H && pad < io.W), "i2i_fast norm: out_pad (", pad,
+              ") must be smaller than the input's H and W for reflection padding, got input of "
+              "shape ", x_in.sizes());
+  io.x = in_layout(x_in, io.s);
+  return io;
+}
+
+inline PlaneIO prep_stats(const at::Tensor& x) {
+  PlaneIO io = prep_plane(x, 0, 0.0, 0);
+  const auto opt = io.x.options().dtype(stats_dtype(io.x));
+  io.mean = at::empty({io.s.N, io.s.C}, opt);
+  io.stat_var = at::empty({io.s.N, io.s.C}, opt);
+  return io;
+}
+
+inline void set_coefs(PlaneIO& io, const at::Tensor& mean, const at::Tensor& scale,
+                      const at::Tensor& shift) {
+  io.mean = plane_param(mean, io.x, io.s, "mean");
+  io.scale = plane_param(scale, io.x, io.s, "scale");
+  io.shift = plane_param(shift, io.x, io.s, "shift");
+}
+
+inline PlaneIO prep_apply(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                          const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
+                          int64_t act, double slope, int64_t pad) {
+  PlaneIO io = prep_plane(x, act, slope, pad);
+  set_coefs(io, mean, scale, shift);
+  io.res = same_as_x(residual, io.x, io.s, "residual");
+  io.out = at::empty(io.padded_sizes(), io.x.options().memory_format(io.s.format()));
+  return io;
+}
+
+// Backward ops: grad has the padded output's shape.
+inline PlaneIO prep_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                         const at::Tensor& scale, const at::Tensor& shift, int64_t act,
+                         double slope, int64_t pad) {
+  PlaneIO io = prep_plane(x, act, slope, pad);
+  set_coefs(io, mean, scale, shift);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(io.padded_sizes()), "i2i_fast norm: grad must have "
+              "the output's shape ", at::IntArrayRef(io.padded_sizes()), ", got ", grad.sizes());
+  TORCH_CHECK(grad.device() == io.x.device() && grad.scalar_type() == io.x.scalar_type(),
+              "i2i_fast norm: grad must match x's device and dtype");
+  io.g = grad.contiguous(io.s.format());
+  return io;
+}
+
+inline PlaneIO prep_sums(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                         const at::Tensor& scale, const at::Tensor& shift, int64_t act,
+                         double slope, int64_t pad) {
+  PlaneIO io = prep_grad(grad, x, mean, scale, shift, act, slope, pad);
+  const auto opt = io.x.options().dtype(stats_dtype(io.x));
+  io.sums = io.s.HW > 0 ? at::empty({io.s.N, io.s.C, 2}, opt) : at::zeros({io.s.N, io.s.C, 2}, opt);
+  return io;
+}
+
+inline PlaneIO prep_apply_bwd(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                              const at::Tensor& scale, const at::Tensor& shift,
+                              const at::Tensor& c0, const at::Tensor& c1, int64_t act,
+                              double slope, int64_t pad) {
+  PlaneIO io = prep_grad(grad, x, mean, scale, shift, act, slope, pad);
+  io.c0 = plane_param(c0, io.x, io.s, "c0");
+  io.c1 = plane_param(c1, io.x, io.s, "c1");
+  io.out = at::empty_like(io.x, io.s.format());
+  return io;
+}
+
+// Empty planes: 0/0 statistics are NaN on every device.
+inline std::tuple<at::Tensor, at::Tensor> finish_stats(PlaneIO& io) {
+  if (io.s.HW == 0) {
+    io.mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    io.stat_var.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  return {io.mean, io.stat_var};
+}
+
+}  // namespace i2i

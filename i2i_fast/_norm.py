@@ -1,0 +1,245 @@
+"""The plane-affine normalization family: ILN, AdaLIN, MUNIT LayerNorm, and instance norm / AdaIN
+with an output pad. Each is
+
+    mean, var    = norm_stats(x)                        # per (n, c) plane, fp32, one kernel
+    scale, shift = coefs(kind, mean, var, params)       # (N, C) math, here in torch
+    out          = norm_apply(x, mean, scale, shift, residual, act, slope, pad)
+
+so ``out = pad(act(scale * (x - mean) + shift) + residual)``. LN statistics are the Chan merge
+of the plane statistics over channels, so a batch-1 sample's reduction is spread over all its
+planes (every block), never one block. Backward: norm_apply_sums gives per plane
+S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns (S1, S2) into the gradients of
+the parameters and of the plane statistics, which give
+``grad x = scale * dz + c0 + c1 * (x - mean)`` (norm_apply_bwd). Only x and the (N, C)
+statistics and coefficients are saved for backward.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backend, reference
+
+IN, LIN, LN = 0, 1, 2  # kinds: instance norm (biased), U-GAT-IT ILN/adaILN, MUNIT LayerNorm
+
+
+def _unbias(n: int) -> float:
+    # n / (n - 1); one element: torch.var gives NaN, so do we (0 * nan)
+    return n / (n - 1) if n > 1 else math.nan
+
+
+def _rows(p: Optional[Tensor], c: int, sd) -> Optional[Tensor]:
+    """A per-channel ((C,), (1, C, 1, 1)) or per-sample ((N, C)) parameter as (1|N, C)."""
+    return None if p is None else p.to(sd).reshape(-1, c)
+
+
+def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: float):
+    """(scale, shift, aux) of every plane; mean/var: plane statistics (biased variance)."""
+    n, c = mean.shape
+    sd = mean.dtype
+    g, b = _rows(gamma, c, sd), _rows(beta, c, sd)
+    if kind == IN:
+        r = torch.rsqrt(var + eps)
+        scale = r if g is None else r * g
+        shift = torch.zeros_like(mean) if b is None else b.expand(n, c)
+        return scale, shift, (r,)
+    m_ln = mean.mean(1, keepdim=True)
+    dm = mean - m_ln
+    m2 = (var.sum(1, keepdim=True) + (dm * dm).sum(1, keepdim=True)) * hw  # Chan merge
+    v_ln = m2 * (_unbias(c * hw) / (c * hw))
+    if kind == LIN:
+        rh = _rows(rho, c, sd)
+        r_in = torch.rsqrt(var * _unbias(hw) + eps)
+        r_ln = torch.rsqrt(v_ln + eps)
+        k = rh * r_in + (1 - rh) * r_ln
+        scale = g * k
+        shift = b + g * (1 - rh) * r_ln * dm
+        return scale, shift, (dm, rh, r_in, r_ln, k)
+    std = torch.sqrt(v_ln)
+    r = 1 / (std + eps)
+    scale = r.expand(n, c) if g is None else g * r
+    shift = scale * dm if b is None else b + scale * dm
+    return scale, shift, (dm, std, r)
+
+
+def _param_grad(d: Tensor, p: Optional[Tensor]) -> Optional[Tensor]:
+    if p is None:
+        return None
+    if p.numel() != d.numel():  # per-channel parameter used by every sample
+        d = d.sum(0)
+    return d.reshape(p.shape).to(p.dtype)
+
+
+def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s2):
+    """Gradients (dmean, dvar, drho, dgamma, dbeta) of sum(dz * (scale * (x - mean) + shift))
+    given s1 = sum dz, s2 = sum dz * (x - mean) per plane (mean's direct use included)."""
+    n, c = mean.shape
+    sd = mean.dtype
+    g = _rows(gamma, c, sd)
+    one = torch.ones((), dtype=sd, device=mean.device)
+    gg = one if g is None else g
+    drho = dg = None
+    if kind == IN:
+        (r,) = aux
+        dvar = s2 * gg * (-0.5) * r ** 3
+        dmean = -scale * s1
+        dg = s2 * r
+    elif kind == LIN:
+        dm, rh, r_in, r_ln, k = aux
+        dg = s2 * k + s1 * (1 - rh) * r_ln * dm
+        drho = gg * s2 * (r_in - r_ln) - gg * s1 * r_ln * dm
+        dk = gg * s2
+        t = s1 * gg * (1 - rh) * r_ln  # d shift / d mean_plane part
+        dr_ln = (dk * (1 - rh) + s1 * gg * (1 - rh) * dm).sum(1, keepdim=True)
+        dvar = dk * rh * (-0.5) * r_in ** 3 * _unbias(hw)
+        dm2 = dr_ln * (-0.5) * r_ln ** 3 * (_unbias(c * hw) / (c * hw))
+        dvar = dvar + dm2 * hw
+        dmean = t - t.sum(1, keepdim=True) / c + dm2 * 2 * hw * dm - scale * s1
+    else:
+        dm, std, r = aux
+        dg = s2 * r + s1 * r * dm
+        t = s1 * gg * r
+        dr = (gg * s2 + gg * s1 * dm).sum(1, keepdim=True)
+        dm2 = -dr * r * r / (2 * std) * (_unbias(c * hw) / (c * hw))
+        dvar = dm2 * hw
+        dmean = t - t.sum(1, keepdim=True) / c + dm2 * 2 * hw * dm - scale * s1
+    dvar = dvar.expand(n, c)
+    return dmean, dvar, drho, dg, s1
+
+
+# --------------------------------------------------------------------------- kernels per backend
+def _fmt(x: Tensor):
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _fake_stats(x):
+    n, c = x.shape[:2]
+    sd = reference.stats_dtype(x)
+    return x.new_empty((n, c), dtype=sd), x.new_empty((n, c), dtype=sd)
+
+
+def _fake_apply(x, mean, scale, shift, residual, act, slope, pad):
+    n, c, h, w = x.shape
+    return x.new_empty((n, c, h + 2 * pad, w + 2 * pad)).contiguous(memory_format=_fmt(x))
+
+
+def _fake_sums(grad, x, mean, scale, shift, act, slope, pad):
+    return x.new_empty((x.shape[0], x.shape[1], 2), dtype=reference.stats_dtype(x))
+
+
+def _fake_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad):
+    return torch.empty_like(x, memory_format=_fmt(x))
+
+
+_OPS = {}
+if _backend._C is not None:
+    for _name, _fake in (("norm_stats", _fake_stats), ("norm_apply", _fake_apply),
+                         ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
+        torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
+    _c = torch.ops.i2i_fast
+    _OPS["cpu"] = _OPS["cuda"] = (_c.norm_stats, _c.norm_apply, _c.norm_apply_sums, _c.norm_apply_bwd)
+if _backend._triton_error is None:
+    from .triton import norm as _tn  # registers i2i_fast::triton_norm_*
+    _t = torch.ops.i2i_fast
+    _OPS["triton"] = (_t.triton_norm_stats, _t.triton_norm_apply, _t.triton_norm_apply_sums,
+                      _t.triton_norm_apply_bwd)
+
+
+def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
+    """The family's oracle: the originals' formulas (reference.py), then the output pad."""
+    if kind == LIN:
+        y = reference.lin_fwd(x, rho, gamma, beta, eps, act, slope, residual)
+    elif kind == LN:
+        y = reference.layer_norm_fwd(x, gamma, beta, eps, act, slope, residual)
+    else:
+        rm, rv = running if running is not None else (None, None)
+        y = reference.instance_norm_fwd(x, gamma, beta, residual, rm, rv, eps, act, slope)[0]
+    return reference.reflection_pad_out(y, pad)
+
+
+class _PlaneNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rho, gamma, beta, residual, rmean, rvar, kind, eps, act, slope, pad, backend):
+        stats, apply, _, _ = _OPS[backend]
+        n, c, h, w = x.shape
+        if rmean is None:
+            mean, var = stats(x)
+        else:  # eval-mode instance norm: running statistics are constants
+            sd = reference.stats_dtype(x)
+            mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
+            var = rvar.to(sd).reshape(1, c).expand(n, c).contiguous()
+        scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
+        out = apply(x, mean, scale, shift, residual, act, slope, pad)
+        ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
+        ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, mean, var, scale, shift, rho, gamma, beta = ctx.saved_tensors
+        kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
+        need = ctx.needs_input_grad
+        none = (None,) * 8
+        if torch.is_grad_enabled():  # create_graph: differentiate the reference formula
+            return _double_backward(ctx, gy) + none
+        _, _, sums_op, bwd_op = _OPS[backend]
+        n, c, h, w = x.shape
+        hw = h * w
+        gx = drho = dg = db = gres = None
+        if any(need[:4]):
+            sums = sums_op(gy, x, mean, scale, shift, act, slope, pad)
+            s1, s2 = sums[..., 0], sums[..., 1]
+            _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
+            dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
+                                                       scale, aux, s1, s2)
+            if need[0]:
+                if input_stats:
+                    c0, c1 = dmean / hw, dvar * (2.0 / hw)
+                else:
+                    c0 = c1 = torch.zeros_like(mean)
+                gx = bwd_op(gy, x, mean, scale, shift, c0, c1, act, slope, pad)
+        if has_res and need[4]:
+            if pad == 0:
+                gres = gy
+            else:  # fold the padded gradient: bwd with scale 1, no activation, no stats terms
+                ones, zeros = torch.ones_like(mean), torch.zeros_like(mean)
+                gres = bwd_op(gy, x, zeros, ones, zeros, zeros, zeros, 0, 0.0, pad)
+        return (gx, _param_grad(drho, rho) if need[1] else None,
+                _param_grad(dg, gamma) if need[2] else None,
+                _param_grad(db, beta) if need[3] else None, gres) + none
+
+
+def _double_backward(ctx, gy):
+    x, mean, var, scale, shift, rho, gamma, beta = ctx.saved_tensors
+    kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
+    ts = (x, rho, gamma, beta)
+    inputs = [t for t in ts if t is not None and t.requires_grad]
+    grads = {}
+    if inputs:
+        with torch.enable_grad():
+            running = None if input_stats else (rmean, rvar)
+            y = reference_norm(kind, x, rho, gamma, beta, None, eps, act, slope, pad, running)
+            got = torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True)
+        grads = {id(t): g for t, g in zip(inputs, got)}
+    out = [grads.get(id(t)) if t is not None else None for t in ts]
+    out = [torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g
+           for g, t in zip(out, ts)]
+    gres = None
+    if has_res:
+        gres = gy if pad == 0 else torch.ops.aten.reflection_pad2d_backward(gy, x, [pad] * 4)
+    return tuple(out) + (gres,)
+
+
+def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
+    """The family's entry point (arguments validated by functional.py)."""
+    backend = _backend.select(x.device)
+    if backend == "reference":
+        return reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
+    rm, rv = running if running is not None else (None, None)
+    return _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),
+                            float(slope), int(pad), backend)
