@@ -255,12 +255,52 @@ def _elementwise_bytes(reads_fwd, reads_bwd):
     return moved
 
 
+def _family_build(kind):
+    """Ours vs the original module (U-GAT-IT adaILN/ILN, MUNIT LayerNorm as written in
+    i2i_fast.models), ours loaded from the original's state_dict."""
+    def build(shape, dtype, device):
+        from . import nn as fused
+        from .models import munit, ugatit
+        c = shape[1]
+        eager = {"adalin": ugatit.adaILN, "iln": ugatit.ILN, "layer_norm": munit.LayerNorm}[kind](c)
+        ours = {"adalin": fused.AdaLIN, "iln": fused.ILN, "layer_norm": fused.LayerNorm}[kind](c)
+        with torch.no_grad():
+            for p in eager.parameters():  # away from the init so every term matters
+                p.uniform_(0.2, 0.8)
+        ours.load_state_dict(eager.state_dict())
+        return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+    return build
+
+
+def _adalin_inputs(shape, dtype, device, gen):
+    n, c = shape[:2]
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    g = (torch.rand(n, c, generator=gen) + 0.5).to(device=device, dtype=dtype).requires_grad_()
+    b = torch.randn(n, c, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    return x, g, b
+
+
+def _x_inputs(shape, dtype, device, gen):
+    return (torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(),)
+
+
+_NORM_SHAPES = ((1, 256, 64, 64), (1, 128, 128, 128), (1, 64, 256, 256), (8, 256, 64, 64))
+
 OPS = {
     "instance_norm": Op(
         name="instance_norm", build=_in_build, make_inputs=_in_inputs,
         moved=_elementwise_bytes(1, 2),
         shapes=((1, 256, 64, 64), (1, 64, 256, 256), (8, 256, 64, 64)),
         cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128))),
+    "adalin": Op(
+        name="adalin", build=_family_build("adalin"), make_inputs=_adalin_inputs,
+        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
+    "iln": Op(
+        name="iln", build=_family_build("iln"), make_inputs=_x_inputs,
+        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
+    "layer_norm": Op(
+        name="layer_norm", build=_family_build("layer_norm"), make_inputs=_x_inputs,
+        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
 }
 
 

@@ -18,11 +18,12 @@
 
 #include "../csrc/instance_norm.h"
 #include "../csrc/norm_math.h"
+#include "reduce.cuh"
 
 namespace i2i {
 namespace {
 
-constexpr int kThreads = 256;
+using namespace gpu;
 
 template <typename T, typename acc_t>
 using Params = NormArgs<T, acc_t>;
@@ -80,31 +81,6 @@ __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
 #pragma unroll
   for (int i = 0; i < VEC; ++i) k.v[i] = static_cast<T>(v[i]);
   *reinterpret_cast<Pack<T, VEC>*>(p) = k;
-}
-
-template <typename acc_t>
-struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
-  acc_t a = 0, b = 0;
-  __device__ void merge(const Sums& o) { a += o.a; b += o.b; }
-};
-
-// Merge each plane lane's state over its L spatial lanes in a fixed tree; every thread
-// gets the total of its plane.
-template <int P, class St>
-__device__ St block_reduce(const St& v) {
-  constexpr int L = kThreads / P;
-  __shared__ alignas(16) unsigned char raw[kThreads * sizeof(St)];
-  St* sm = reinterpret_cast<St*>(raw);
-  sm[threadIdx.x] = v;
-  __syncthreads();
-  const int l = threadIdx.x / P;
-  for (int off = L / 2; off > 0; off >>= 1) {
-    if (l < off) sm[threadIdx.x].merge(sm[threadIdx.x + off * P]);
-    __syncthreads();
-  }
-  St r = sm[threadIdx.x % P];
-  __syncthreads();
-  return r;
 }
 
 // ---- forward ----
@@ -272,15 +248,6 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
 
 // ---- host side ----
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-int sm_count() {  // of the current device, cached (ATen/cuda/CUDAContext.h pulls in cuSPARSE)
-  static int cache[64] = {0};
-  int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  int& n = cache[dev & 63];
-  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
-}
 
 // Picks the tile width, vector width and plane split; launches pass 1 (only when split) and
 // pass 2 of the given kernel pair.

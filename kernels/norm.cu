@@ -1,0 +1,284 @@
+// CUDA kernels of the plane-affine normalization ops (schemas in csrc/ops.cpp, host prep in
+// csrc/norm.h): norm_stats, norm_apply, norm_apply_sums, norm_apply_bwd.
+//
+// The reductions (stats, sums) give each (n, c) plane S blocks when the planes alone cannot
+// fill the GPU (batch 1, large maps): per-chunk partial states merged in a fixed order by a
+// second small kernel; a block reduces in a fixed tree (reduce.cuh). No atomics anywhere, so
+// results are bitwise reproducible. The elementwise passes (apply, bwd) give every plane
+// enough blocks to cover it. The output pad is a mirrored read in apply and a fixed-order
+// gather of the mirror sources (norm_math.h mirror_sources) in the backward passes.
+// Layout: NCHW; channels_last inputs are run on an NCHW copy (a channels_last tile path like
+// instance_norm.cu's is future work).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../csrc/norm.h"
+#include "../csrc/norm_math.h"
+#include "reduce.cuh"
+
+namespace i2i {
+namespace {
+
+using namespace gpu;
+
+template <typename T, typename acc_t>
+using PA = PlaneArgs<T, acc_t>;
+
+// ---- statistics ----
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) stats_kernel(PA<T, acc_t> a) {
+  const int64_t p = blockIdx.x, s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
+  const T* x = a.x + p * a.HW;
+  Welford<acc_t> w;
+  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) w.push(static_cast<acc_t>(x[i]));
+  w = block_reduce<1>(w);
+  if (threadIdx.x != 0) return;
+  if (a.split) {
+    acc_t* q = a.part + (p * a.S + blockIdx.y) * 3;
+    q[0] = w.mean, q[1] = w.m2, q[2] = w.n;
+  } else {
+    a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
+  }
+}
+
+template <typename T, typename acc_t>
+__global__ void stats_merge_kernel(PA<T, acc_t> a) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= a.N * a.C) return;
+  Welford<acc_t> w;
+  for (int j = 0; j < a.S; ++j) {
+    const acc_t* q = a.part + (p * a.S + j) * 3;
+    Welford<acc_t> o;
+    o.mean = q[0], o.m2 = q[1], o.n = q[2];
+    w.merge(o);
+  }
+  a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
+}
+
+// ---- apply ----
+template <bool PAD, typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) apply_kernel(PA<T, acc_t> a) {
+  const int64_t p = blockIdx.x, Wo = a.W + 2 * a.pad, HWo = (a.H + 2 * a.pad) * Wo;
+  const acc_t m = a.mean[p], sc = a.scale[p], sh = a.shift[p];
+  const T* x = a.x + p * a.HW;
+  const T* r = a.res ? a.res + p * a.HW : nullptr;
+  T* y = a.out + p * HWo;
+  const int64_t e = min((int64_t(blockIdx.y) + 1) * a.chunk, HWo);
+  for (int64_t o = blockIdx.y * a.chunk + threadIdx.x; o < e; o += kThreads) {
+    const int64_t i = PAD ? reflect_index(o / Wo - a.pad, a.H) * a.W + reflect_index(o % Wo - a.pad, a.W) : o;
+    acc_t v = act_fwd<acc_t>((static_cast<acc_t>(x[i]) - m) * sc + sh, a.act, a.slope);
+    if (r) v += static_cast<acc_t>(r[i]);
+    y[o] = static_cast<T>(v);
+  }
+}
+
+// ---- backward ----
+// Gradient of the unpadded output at pixel i of a plane whose padded gradient starts at g.
+template <bool PAD, typename T, typename acc_t>
+__device__ __forceinline__ acc_t grad_at(const PA<T, acc_t>& a, const T* g, int64_t i) {
+  if (!PAD) return static_cast<acc_t>(g[i]);
+  const int64_t Wo = a.W + 2 * a.pad;
+  long long rs[3], cs[3];
+  const int nr = mirror_sources(i / a.W, a.H, a.pad, rs), nc = mirror_sources(i % a.W, a.W, a.pad, cs);
+  acc_t s = 0;
+  for (int u = 0; u < nr; ++u)
+    for (int v = 0; v < nc; ++v) s += static_cast<acc_t>(g[rs[u] * Wo + cs[v]]);
+  return s;
+}
+
+template <typename T, typename acc_t>
+struct PlaneCoef {
+  acc_t m, sc, sh;
+  __device__ PlaneCoef(const PA<T, acc_t>& a, int64_t p) : m(a.mean[p]), sc(a.scale[p]), sh(a.shift[p]) {}
+};
+
+template <bool PAD, typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) sums_kernel(PA<T, acc_t> a) {
+  const int64_t p = blockIdx.x, s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
+  const int64_t HWo = (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
+  const PlaneCoef<T, acc_t> k(a, p);
+  const T* x = a.x + p * a.HW;
+  const T* g = a.g + p * HWo;
+  Sums<acc_t> s;
+  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) {
+    const acc_t d = static_cast<acc_t>(x[i]) - k.m;
+    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, g, i), d, k.sc, k.sh, a.act, a.slope);
+    s.a += dz, s.b += dz * d;
+  }
+  s = block_reduce<1>(s);
+  if (threadIdx.x != 0) return;
+  acc_t* q = a.split ? a.part + (p * a.S + blockIdx.y) * 2 : a.sums + 2 * p;
+  q[0] = s.a, q[1] = s.b;
+}
+
+template <typename T, typename acc_t>
+__global__ void sums_merge_kernel(PA<T, acc_t> a) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= a.N * a.C) return;
+  acc_t s1 = 0, s2 = 0;
+  for (int j = 0; j < a.S; ++j) s1 += a.part[(p * a.S + j) * 2], s2 += a.part[(p * a.S + j) * 2 + 1];
+  a.sums[2 * p] = s1, a.sums[2 * p + 1] = s2;
+}
+
+template <bool PAD, typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
+  const int64_t p = blockIdx.x, HWo = (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
+  const PlaneCoef<T, acc_t> k(a, p);
+  const acc_t c0 = a.c0[p], c1 = a.c1[p];
+  const T* x = a.x + p * a.HW;
+  const T* g = a.g + p * HWo;
+  T* gx = a.out + p * a.HW;
+  const int64_t e = min((int64_t(blockIdx.y) + 1) * a.chunk, a.HW);
+  for (int64_t i = blockIdx.y * a.chunk + threadIdx.x; i < e; i += kThreads) {
+    const acc_t d = static_cast<acc_t>(x[i]) - k.m;
+    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, g, i), d, k.sc, k.sh, a.act, a.slope);
+    gx[i] = static_cast<T>(k.sc * dz + c0 + c1 * d);
+  }
+}
+
+// ---- host side ----
+// Grid of a per-plane reduction: S chunks per plane when the planes cannot fill the GPU.
+template <typename T, typename acc_t>
+dim3 reduction_grid(PA<T, acc_t>& a, int state, at::Tensor& part, const at::Tensor& like) {
+  const int64_t planes = a.N * a.C, target = int64_t(sm_count()) * 4;
+  int64_t S = 1;
+  if (planes < target) S = std::max<int64_t>(1, std::min((target + planes - 1) / planes, a.HW / (kThreads * 8)));
+  a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
+  S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
+  a.S = int(S), a.split = S > 1;
+  if (a.split) {
+    part = at::empty({planes * S * state}, like.options());
+    a.part = part.data_ptr<acc_t>();
+  }
+  return dim3(static_cast<unsigned>(planes), static_cast<unsigned>(S));
+}
+
+// Grid of an elementwise pass over n elements per plane: blocks of >= 8 elements per thread.
+template <typename T, typename acc_t>
+dim3 elementwise_grid(PA<T, acc_t>& a, int64_t n) {
+  int64_t chunk = int64_t(kThreads) * 8;
+  if ((n + chunk - 1) / chunk > 65535) chunk = (n + 65534) / 65535;
+  a.chunk = chunk;
+  return dim3(static_cast<unsigned>(a.N * a.C), static_cast<unsigned>(std::max<int64_t>(1, (n + chunk - 1) / chunk)));
+}
+
+unsigned merge_blocks(int64_t planes) { return static_cast<unsigned>((planes + kThreads - 1) / kThreads); }
+
+// The NCHW copy the kernels read, and whether the output must go back to channels_last.
+bool to_nchw(PlaneIO& io) {
+  if (!io.s.channels_last) return false;
+  io.x = io.x.contiguous();
+  if (io.res.defined()) io.res = io.res.contiguous();
+  if (io.g.defined()) io.g = io.g.contiguous();
+  if (io.out.defined()) io.out = at::empty(io.out.sizes(), io.out.options().memory_format(at::MemoryFormat::Contiguous));
+  io.s.channels_last = false;
+  return true;
+}
+
+at::Tensor back(const at::Tensor& t, bool cl) {
+  return cl ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+}
+
+template <class F>
+void dispatch(const PlaneIO& io, const char* name, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "i2i_fast_norm_cuda", [&] {
+    f(io.args<scalar_t, at::opmath_type<scalar_t>>());
+  });
+}
+
+template <class F>
+void with_pad(int64_t pad, F&& f) {
+  if (pad) f(std::true_type());
+  else f(std::false_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  PlaneIO io = prep_stats(x);
+  to_nchw(io);
+  if (io.x.numel() > 0) {
+    cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+    dispatch(io, "norm_stats", [&](auto a) {
+      at::Tensor part;
+      const dim3 grid = reduction_grid(a, 3, part, io.mean);
+      stats_kernel<<<grid, kThreads, 0, st>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (a.split) {
+        stats_merge_kernel<<<merge_blocks(a.N * a.C), kThreads, 0, st>>>(a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  return finish_stats(io);
+}
+
+at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                           const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
+                           int64_t act, double slope, int64_t pad) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
+  const bool cl = to_nchw(io);
+  if (io.out.numel() > 0) {
+    cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+    dispatch(io, "norm_apply", [&](auto a) {
+      const dim3 grid = elementwise_grid(a, (a.H + 2 * pad) * (a.W + 2 * pad));
+      with_pad(pad, [&](auto P) { apply_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return back(io.out, cl);
+}
+
+at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                const at::Tensor& scale, const at::Tensor& shift, int64_t act,
+                                double slope, int64_t pad) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
+  to_nchw(io);
+  if (io.x.numel() > 0) {
+    cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+    dispatch(io, "norm_apply_sums", [&](auto a) {
+      at::Tensor part;
+      const dim3 grid = reduction_grid(a, 2, part, io.sums);
+      with_pad(pad, [&](auto P) { sums_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (a.split) {
+        sums_merge_kernel<<<merge_blocks(a.N * a.C), kThreads, 0, st>>>(a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  return io.sums;
+}
+
+at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                               const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
+                               const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
+  const bool cl = to_nchw(io);
+  if (io.x.numel() > 0) {
+    cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+    dispatch(io, "norm_apply_bwd", [&](auto a) {
+      const dim3 grid = elementwise_grid(a, a.HW);
+      with_pad(pad, [&](auto P) { bwd_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return back(io.out, cl);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m) {
+  m.impl("norm_stats", &norm_stats_cuda);
+  m.impl("norm_apply", &norm_apply_cuda);
+  m.impl("norm_apply_sums", &norm_apply_sums_cuda);
+  m.impl("norm_apply_bwd", &norm_apply_bwd_cuda);
+}
+
+}  // namespace i2i

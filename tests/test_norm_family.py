@@ -1,0 +1,302 @@
+"""The fused normalization family (ILN, AdaLIN, MUNIT LayerNorm, AdaIN and InstanceNorm with the
+output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
+test_norms.py) under the DESIGN section 5 rule, every epilogue combination, gradients of every
+input, opcheck, compile, determinism, saved memory and bad input."""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import i2i_fast
+from i2i_fast import functional as F
+
+from conftest import ATOL, assert_parity, cpu_backends
+from test_norms import orig_adain, orig_lin, orig_munit_ln
+
+NORMS = ["iln", "adalin", "layer_norm", "adain", "instance_norm"]
+ACTS = {None: lambda z: z, "relu": torch.relu, "leaky_relu": lambda z: TF.leaky_relu(z, 0.2),
+        "tanh": torch.tanh}
+
+
+def make_params(norm, n, c, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rho = torch.rand(1, c, 1, 1, generator=g, dtype=dtype)
+    if norm == "adalin":
+        shape = (n, c)
+    elif norm == "adain":
+        shape = (n * c,)
+    elif norm == "layer_norm":
+        shape = (c,)
+    else:
+        shape = (1, c, 1, 1) if norm == "iln" else (c,)
+    gamma = torch.rand(shape, generator=g, dtype=dtype) + 0.5
+    beta = torch.randn(shape, generator=g, dtype=dtype)
+    return rho, gamma, beta
+
+
+def ours(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
+    kw = dict(activation=act, residual=res, out_pad=pad)
+    if norm == "iln":
+        return F.iln(x, rho, gamma, beta, **kw)
+    if norm == "adalin":
+        return F.adalin(x, rho, gamma, beta, **kw)
+    if norm == "layer_norm":
+        return F.layer_norm(x, gamma, beta, **kw)
+    if norm == "adain":
+        return F.adain(x, gamma, beta, **kw)
+    return F.instance_norm(x, weight=gamma, bias=beta, **kw)
+
+
+def original(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
+    """The unfused sequence of the original code: norm, activation, residual add, ReflectionPad2d."""
+    c = x.shape[1]
+    if norm in ("iln", "adalin"):
+        y = orig_lin(x, rho, gamma, beta, per_sample=norm == "adalin")
+    elif norm == "layer_norm":
+        y = orig_munit_ln(x, gamma, beta)
+    elif norm == "adain":
+        y = orig_adain(x, gamma, beta, torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype))
+    else:
+        y = TF.instance_norm(x, weight=gamma, bias=beta)
+    y = ACTS[act](y)
+    if res is not None:
+        y = y + res
+    return TF.pad(y, (pad,) * 4, mode="reflect") if pad else y
+
+
+def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels_last=False, seed=0):
+    """Forward and every gradient: ours(dtype) vs original(float64), slack from original(dtype)."""
+    torch.manual_seed(seed)
+    n, c = shape[:2]
+    x64 = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
+    r64 = torch.randn(shape, dtype=torch.float64) if with_res else None
+    p64 = make_params(norm, n, c, seed=seed)
+    results = {}
+    for tag, dt in (("ref", torch.float64), ("same", dtype), ("ours", dtype)):
+        x = x64.to(dt)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        r = r64.to(dt).requires_grad_() if with_res else None
+        # parameters stay fp32 for half inputs (as modules keep them)
+        pdt = dt if dt in (torch.float64, torch.float32) else torch.float32
+        rho, gamma, beta = (t.to(pdt).requires_grad_() for t in p64)
+        if tag == "ours":
+            with i2i_fast.use_backend(backend):
+                y = ours(norm, x, rho, gamma, beta, act, r, pad)
+        else:
+            y = original(norm, x, rho, gamma, beta, act, r, pad)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dt)
+        leaves = [t for t in (x, rho, gamma, beta, r) if t is not None]
+        grads = torch.autograd.grad(y, leaves, gy, allow_unused=True)
+        results[tag] = (y, grads, x)
+    y, grads, x = results["ours"]
+    if channels_last and pad == 0:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.shape == (n, c, shape[2] + 2 * pad, shape[3] + 2 * pad)
+    assert_parity(y, results["same"][0], results["ref"][0], dtype, f"{norm} out")
+    names = ["x", "rho", "gamma", "beta", "residual"]
+    for name, o, s, r in zip(names, grads, results["same"][1], results["ref"][1]):
+        if r is None:  # rho of a norm without rho
+            assert o is None or not o.abs().sum(), f"{norm} grad {name}: expected none"
+            continue
+        assert o is not None, f"{norm} grad {name} missing"
+        assert_parity(o, s, r, dtype, f"{norm} grad {name}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("pad", [0, 1])
+@pytest.mark.parametrize("with_res", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_epilogue_matrix(norm, act, with_res, pad, backend):
+    check(norm, backend, (2, 4, 5, 6), torch.float32, act, with_res, pad)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape", [(1, 3, 7, 1), (3, 2, 2, 2), (1, 5, 63, 65), (2, 1, 9, 4)], ids=str)
+@pytest.mark.parametrize("norm", ["iln", "adalin", "layer_norm"])
+def test_odd_shapes(norm, shape, backend):
+    if backend == "triton" and shape[2] * shape[3] > 1024:
+        pytest.skip("interpreter: small shapes only")
+    check(norm, backend, shape, torch.float32, "tanh", True, 1 if min(shape[2:]) > 1 else 0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("pad", [0, 2])
+@pytest.mark.parametrize("norm", NORMS)
+def test_channels_last(norm, pad, backend):
+    check(norm, backend, (2, 19, 6, 5), torch.float32, "leaky_relu", True, pad, channels_last=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+def test_half_cpu(norm, dtype):
+    check(norm, "cpu" if i2i_fast.backends()["cpu"][0] else "reference", (2, 8, 9, 7), dtype,
+          "relu", True, 1)
+
+
+def test_batch1_large_map_accuracy():
+    """(1, 64, 64, 64) U-GAT-IT decoder-like shape: LN statistics merged over planes."""
+    for norm in ("adalin", "layer_norm"):
+        check(norm, cpu_backends()[0], (1, 64, 64, 64), torch.float32, "relu", False, 1)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("rho_val", [0.0, 1.0, 0.37])
+def test_rho_extremes(backend, rho_val):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 4, 5)
+    g, b = torch.rand(2, 3) + 0.5, torch.randn(2, 3)
+    rho = torch.full((1, 3, 1, 1), rho_val)
+    with i2i_fast.use_backend(backend):
+        y = F.adalin(x, rho, g, b)
+    e = orig_lin(x.double(), rho.double(), g.double(), b.double(), per_sample=True)
+    s = orig_lin(x, rho, g, b, per_sample=True)
+    assert_parity(y, s, e, torch.float32, f"adalin rho={rho_val}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_tiny_maps_unbiased(backend):
+    """H*W = 1: U-GAT-IT's unbiased IN variance is 0/0 = NaN (as torch.var); MUNIT LN over C*H*W
+    = 3 elements is finite. H*W = 2 is where biased and unbiased differ most."""
+    x = torch.randn(2, 3, 1, 1, dtype=torch.float64)
+    rho, g, b = make_params("iln", 2, 3)
+    with i2i_fast.use_backend(backend):
+        y = F.iln(x, rho, g, b)
+        z = F.layer_norm(x, g.reshape(3), b.reshape(3))
+    assert torch.isnan(y).all() and torch.isnan(orig_lin(x, rho, g, b)).all()
+    torch.testing.assert_close(z, orig_munit_ln(x, g.reshape(3), b.reshape(3)))
+    check("iln", backend, (2, 3, 2, 1), torch.float32, "relu", True, 0)
+    check("layer_norm", backend, (1, 1, 1, 2), torch.float32, None, False, 0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("norm", NORMS)
+def test_gradcheck(norm, backend):
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    rho, gamma, beta = (t.requires_grad_() for t in make_params(norm, 2, 3))
+
+    def f(x, rho, gamma, beta, r):
+        with i2i_fast.use_backend(backend):
+            return ours(norm, x, rho, gamma, beta, "tanh", r, 1)
+    torch.autograd.gradcheck(f, (x, rho, gamma, beta, r))
+    if backend == "cpu":  # double backward (WGAN-GP through a discriminator) differentiates the reference
+        torch.autograd.gradgradcheck(f, (x, rho, gamma, beta, r))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("norm", NORMS)
+def test_bitwise_deterministic(norm, backend):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(8)
+        x = torch.randn(2, 5, 9, 7, requires_grad=True)
+        r = torch.randn(2, 5, 9, 7, requires_grad=True)
+        rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, 2, 5))
+        with i2i_fast.use_backend(backend):
+            y = ours(norm, x, rho, gamma, beta, "leaky_relu", r, 2)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(9)))
+        runs.append([y] + [t.grad for t in (x, rho, gamma, beta, r)])
+    for a, b in zip(*runs):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_opcheck_ops():
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    ops = torch.ops.i2i_fast
+    x = torch.randn(2, 3, 5, 4)
+    mean, var = ops.norm_stats(x)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(var, x.var((2, 3), unbiased=False))
+    scale, shift = torch.rand(2, 3) + 0.5, torch.randn(2, 3)
+    c0, c1 = torch.randn(2, 3), torch.randn(2, 3)
+    g = torch.randn(2, 3, 7, 6)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    for xx in (x, xl):
+        torch.library.opcheck(ops.norm_stats.default, (xx,))
+        torch.library.opcheck(ops.norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), 2, 0.2, 1))
+        torch.library.opcheck(ops.norm_apply_sums.default, (g, xx, mean, scale, shift, 1, 0.2, 1))
+        torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, 3, 0.2, 1))
+    if i2i_fast.backends()["triton"][0]:
+        torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
+                              test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="out_pad"):
+        ops.norm_apply(x, mean, scale, shift, None, 0, 0.0, 4)
+    with pytest.raises(RuntimeError, match="N\\*C = 6"):
+        ops.norm_apply(x, mean[:1], scale, shift, None, 0, 0.0, 0)
+    with pytest.raises(RuntimeError, match="grad must have the output's shape"):
+        ops.norm_apply_sums(x, x, mean, scale, shift, 0, 0.0, 1)
+
+
+def test_saved_for_backward_is_x_plus_stats():
+    """Memory: the autograd graph keeps x and (N, C) statistics/coefficients, nothing as large
+    as the output or an intermediate."""
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    rho, g, b = (t.float().requires_grad_() for t in make_params("adalin", 2, 8))
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with i2i_fast.use_backend("cpu"):
+            F.adalin(x, rho, g, b, activation="relu", out_pad=1)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0] is x
+    assert sum(t.numel() for t in saved if t is not x) <= 8 * 2 * 8
+
+
+def test_modules_out_pad_and_compile():
+    torch._dynamo.reset()
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), i2i_fast.ILN(4, activation="relu", out_pad=1),
+                            torch.nn.Conv2d(4, 4, 3), i2i_fast.LayerNorm(4, out_pad=2),
+                            i2i_fast.InstanceNorm2d(4, affine=True, activation="tanh", out_pad=1))
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    assert "out_pad=1" in repr(m[1]) and "out_pad=2" in repr(m[3])
+    y = m(x)
+    yc = torch.compile(m, fullgraph=True)(x)
+    torch.testing.assert_close(yc, y, atol=1e-5, rtol=1e-5)
+    g1 = torch.autograd.grad(y.sum(), x)[0]
+    g2 = torch.autograd.grad(yc.sum(), x)[0]
+    torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
+
+
+def test_instance_norm_out_pad_running_stats():
+    """StarGAN-style IN (affine, running stats) with an output pad: train updates the buffers as
+    torch does, eval uses them."""
+    torch.manual_seed(10)
+    ours_m = i2i_fast.InstanceNorm2d(3, affine=True, track_running_stats=True, out_pad=1)
+    ref_m = torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
+    x = torch.randn(2, 3, 6, 5)
+    torch.testing.assert_close(ours_m(x), TF.pad(ref_m(x), (1,) * 4, mode="reflect"))
+    torch.testing.assert_close(ours_m.running_mean, ref_m.running_mean)
+    torch.testing.assert_close(ours_m.running_var, ref_m.running_var)
+    ours_m.eval(), ref_m.eval()
+    xe = torch.randn(2, 3, 6, 5, requires_grad=True)
+    xe2 = xe.detach().clone().requires_grad_()
+    y, e = ours_m(xe), TF.pad(ref_m(xe2), (1,) * 4, mode="reflect")
+    torch.testing.assert_close(y, e)
+    gy = torch.randn_like(y)
+    y.backward(gy), e.backward(gy)
+    torch.testing.assert_close(xe.grad, xe2.grad)
+    torch.testing.assert_close(ours_m.weight.grad, ref_m.weight.grad)
+
+
+def test_bad_out_pad():
+    x = torch.randn(2, 3, 4, 6)
+    rho, g, b = make_params("iln", 2, 3, torch.float32)
+    with pytest.raises(ValueError, match="out_pad"):
+        F.iln(x, rho, g, b, out_pad=4)
+    with pytest.raises(ValueError, match="out_pad"):
+        F.layer_norm(x, out_pad=-1)
+    with pytest.raises(ValueError, match="out_pad"):
+        F.instance_norm(x, out_pad=True)
+    with pytest.raises(ValueError, match="out_pad"):
+        i2i_fast.AdaLIN(3, out_pad=1.5)
+    with pytest.raises(ValueError, match="residual"):
+        F.adalin(x, rho, torch.ones(2, 3), torch.zeros(2, 3), residual=torch.randn(2, 3, 4, 5))
