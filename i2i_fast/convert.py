@@ -525,9 +525,13 @@ class _Planner:
         self.plan.change(self.path.get(id(m), ""), what, fn, _BLOCK)
 
 
-def _analyse(model: nn.Module) -> Plan:
+def _check_module(model):
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert/plan expect a torch.nn.Module, got {type(model).__name__}")
+
+
+def _analyse(model: nn.Module) -> Plan:
+    _check_module(model)
     pl = _Planner(model)
     pl.norms()
     pl.chains()
@@ -556,6 +560,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     docstring). Parameters and buffers are the same objects (inplace=True) or copies
     (inplace=False) on the same device and dtype; state_dict keys and values are unchanged.
     Logs a summary (logger "i2i_fast.convert"; the details at DEBUG). Idempotent."""
+    _check_module(model)
     if not inplace:
         model = _deepcopy(model)
     pl = _analyse(model)
