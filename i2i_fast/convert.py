@@ -248,6 +248,7 @@ class Plan:
     changes: list = field(default_factory=list)
     left_alone: list = field(default_factory=list)
     _apply: list = field(default_factory=list, repr=False)
+    root: Optional[nn.Module] = field(default=None, repr=False)   # set when the model itself is swapped
 
     def change(self, path, what, fn: Callable[[], None], order: int):
         self.changes.append((path or "<model>", what))
@@ -304,7 +305,9 @@ class _Planner:
             if kind is None:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     self.plan.leave(p, f"{type(m).__name__}: no fused kernel for batch norm")
-                elif _looks_like_norm(m) and not isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
+                elif isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
+                    self.plan.leave(p, f"{type(m).__name__}: only 2-D instance norm is fused")
+                elif _looks_like_norm(m):
                     self.plan.leave(p, f"{type(m).__name__}: unknown norm layer")
                 continue
             if kind == "ln" and not self._ln_is_4d(m):
@@ -313,6 +316,11 @@ class _Planner:
             self.kind[id(m)] = kind
         # swap at every place a module is registered (shared modules stay shared)
         new = {}
+        if self.kind.get(id(self.model)) not in (None, "fused"):   # the model is one norm
+            def root():
+                self.plan.root = _swap(self.model, self.kind[id(self.model)])
+            self.plan.change("", f"swap: {type(self.model).__name__} -> i2i_fast {self._target(self.model)} "
+                             "(a new module is returned, even with inplace=True)", root, _SWAP)
         for parent in self.model.modules():
             for name, m in parent._modules.items():
                 if m is not None and self.kind.get(id(m)) not in (None, "fused"):
@@ -559,6 +567,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     norm+activation, norm+pad+conv, pad+conv and residual-add patterns fused (see the module
     docstring). Parameters and buffers are the same objects (inplace=True) or copies
     (inplace=False) on the same device and dtype; state_dict keys and values are unchanged.
+    A model that is itself a single norm layer is returned as a new module.
     Logs a summary (logger "i2i_fast.convert"; the details at DEBUG). Idempotent."""
     _check_module(model)
     if not inplace:
@@ -566,6 +575,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     pl = _analyse(model)
     for _, _, fn in sorted(pl._apply, key=lambda t: (t[0], t[1])):
         fn()
+    if pl.root is not None:
+        model = pl.root
     log.info("i2i_fast.convert(%s): %s", type(model).__name__, pl.summary())
     for p, w in pl.changes:
         log.debug("  changed %s: %s", p, w)

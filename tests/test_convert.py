@@ -326,6 +326,14 @@ def test_unknown_layers_left_alone():
     assert "left alone" in str(pl) and "MyNorm" in str(pl)
 
 
+def test_single_norm_model_and_1d_norm():
+    n = nn.InstanceNorm2d(4, affine=True, track_running_stats=True).double()
+    c = i2i_fast.convert(n, inplace=True)
+    assert isinstance(c, i2i_fast.InstanceNorm2d) and c.weight is n.weight and c.running_mean is n.running_mean
+    assert c.affine and c.track_running_stats and c.momentum == n.momentum
+    assert "only 2-D" in dict(i2i_fast.plan(nn.Sequential(nn.InstanceNorm1d(4))).left_alone)["0"]
+
+
 def test_look_alike_with_wrong_shapes_is_not_swapped():
     bad = ugatit.ILN(4)
     bad.gamma = nn.Parameter(torch.ones(4))          # not (1, C, 1, 1): not U-GAT-IT's ILN
