@@ -438,6 +438,14 @@ def test_munit_after_forward_and_layer_norm_in_linear_block():
     assert "fused LayerNorm is 4-D only" in dict(i2i_fast.plan(blk).left_alone)["norm"]
 
 
+def test_training_flags_preserved():
+    for name in ("cyclegan_resnet", "ugatit_gen_light", "munit_adaingen"):
+        c = i2i_fast.convert(build(name).eval())
+        assert not any(m.training for m in c.modules()), name
+        c = i2i_fast.convert(build(name))
+        assert all(m.training for m in c.modules()), name
+
+
 def test_dtype_preserved():
     c = i2i_fast.convert(build("stargan_gen", torch.float64))
     assert all(t.dtype == F64 for t in c.state_dict().values() if t.is_floating_point())
