@@ -455,7 +455,7 @@ class _Planner:
             norm = parent._modules[name]
             norm.activation = kind
             norm.negative_slope = slope
-            aparent._modules[aname] = Folded(repr(amod), name)
+            aparent._modules[aname] = Folded(repr(amod), name).train(amod.training)
         what = f"fold: {type(amod).__name__}" + (f"({slope})" if kind == "leaky_relu" else "") + " into the norm"
         self.plan.change(self._child_path(parent, name), what, fn, _EDIT)
 
@@ -464,7 +464,7 @@ class _Planner:
 
         def fn():
             parent._modules[name].out_pad = p
-            pparent._modules[pname] = Folded(repr(pmod), name)
+            pparent._modules[pname] = Folded(repr(pmod), name).train(pmod.training)
         self.plan.change(self._child_path(parent, name), f"out_pad: norm writes its output reflection-padded by {p}",
                          fn, _EDIT)
 
@@ -477,7 +477,8 @@ class _Planner:
                                  stride=conv.stride, padding=p, bias=conv.bias is not None)
             names = ("weight", "bias") if conv.bias is not None else ("weight",)
             cparent._modules[cname] = _carry(conv, new, names)
-            parent._modules[name] = Folded(repr(parent._modules[name]), cname)
+            pad = parent._modules[name]
+            parent._modules[name] = Folded(repr(pad), cname).train(pad.training)
         self.plan.change(self._child_path(cparent, cname),
                          f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d", fn, _EDIT)
 
