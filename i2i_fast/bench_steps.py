@@ -259,13 +259,60 @@ def time_step(runner: Runner, budget_s=2.0, warmup=2):
     return t, peak
 
 
+def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
+    """Times the variants of one family in alternation (step of each, repeated `reps` times)
+    so that they share the same background load; each variant's first step is checked against
+    the original eager one first. Per variant: median wall ms and median CPU ms of this process
+    (time.process_time: all threads; on a shared machine it moves less than wall time when
+    other processes compete for the cores)."""
+    import time
+    runners = {v: Runner(family, v, device, small) for v in variants}
+    first = {v: r.run() for v, r in runners.items()}       # parity, warm-up, compilation
+    ref = first.get("eager")
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    for _ in range(reps):
+        for v, r in runners.items():
+            bench.synchronize(r.device)
+            w, c = time.perf_counter(), time.process_time()
+            r.run()
+            bench.synchronize(r.device)
+            wall[v].append((time.perf_counter() - w) * 1e3)
+            cpu[v].append((time.process_time() - c) * 1e3)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {}
+    for v, r in runners.items():
+        ok, detail = compare_losses(ref, first[v]) if ref is not None and v != "eager" else (True, "reference")
+        out[v] = {"family": family, "variant": v, "config": r.what, "ms": med(wall[v]), "min_ms": min(wall[v]),
+                  "cpu_ms": med(cpu[v]), "reps": reps, "parity": ok, "parity_detail": detail}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m i2i_fast.bench_steps", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=bench.default_device())
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant")
+    p.add_argument("--interleave", type=int, default=0, metavar="REPS",
+                   help="time the variants in alternation, REPS steps each (shared, noisy machines)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.interleave:
+        print(f"training steps on {a.device} ({torch.get_num_threads()} threads), variants interleaved, "
+              f"{a.interleave} steps each; median wall ms, min wall ms, median process CPU ms")
+        failed = 0
+        for fam in a.families.split(","):
+            res = interleaved(fam, a.device, a.variants.split(","), a.interleave)
+            e = res.get("eager")
+            for v, r in res.items():
+                failed += not r["parity"]
+                x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
+                print(f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
+                      f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
+        return 1 if failed else 0
     print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
     print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9}  parity")
     failed = 0
