@@ -377,7 +377,9 @@ class _Planner:
         if _is_plain_sequential(m):
             out = []
             for name, c in m._modules.items():
-                if _is_plain_sequential(c) or _is_conv2dblock(c):
+                # a hooked container stays opaque: fusions across its boundary (out_pad)
+                # would change the output its hooks see; its inside is a chain of its own
+                if (_is_plain_sequential(c) or _is_conv2dblock(c)) and not _has_hooks(c):
                     out += self.chain(c, seen)
                 else:
                     out.append((m, name, c))
