@@ -17,7 +17,7 @@ import i2i_fast
 from i2i_fast.convert import Folded, FusedResidualBlock, FusedResnetAdaILNBlock
 from i2i_fast.models import cyclegan, munit, stargan, ugatit, unit
 
-from conftest import HAS_CUDA, assert_parity, requires_cuda
+from conftest import assert_parity, requires_cuda
 
 F64 = torch.float64
 HAS_RPCONV = hasattr(i2i_fast, "ReflectionPadConv2d")
