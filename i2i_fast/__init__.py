@@ -5,3 +5,8 @@ from .nn import ILN, AdaIN, AdaLIN, InstanceNorm2d, LayerNorm
 
 __all__ = ["backends", "use_backend", "functional", "models", "InstanceNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN"]
 __version__ = "0.1.0"
+
+# convert(model) / plan(model): rewire the original models onto the fused modules
+from .convert import convert, plan  # noqa: E402
+
+__all__ += ["convert", "plan"]

@@ -1,0 +1,50 @@
+"""Whole training steps (G and D forward, backward, Adam) of the reference models: original eager,
+converted eager (i2i_fast.convert), original torch.compile, converted torch.compile.
+
+Families (i2i_fast.bench_steps): CycleGAN ResNet-9 + 70x70 PatchGAN, U-GAT-IT light, StarGAN,
+pix2pix U-Net-256, MUNIT. DESIGN.md sizes on CUDA; narrower nets and smaller images on CPU.
+Every variant first runs one step from the same weights, data and noise as the original eager
+model and must give the same losses (rtol 1e-3); then its steps are timed. extra_info: median
+ms per step, speedup vs original eager (measured in this session), peak memory (CUDA:
+torch.cuda.max_memory_allocated, MiB; CPU: not measured). The compiled variants compile on
+their first step (minutes on a 2-core CPU); I2I_FAST_BENCH_STEPS_COMPILE=0 skips them.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from i2i_fast import bench, bench_steps
+
+from conftest import bench_devices
+
+_EAGER: dict = {}
+
+
+def _skip_compile(variant):
+    return "compile" in variant and os.environ.get("I2I_FAST_BENCH_STEPS_COMPILE", "1") == "0"
+
+
+@pytest.mark.parametrize("variant", bench_steps.VARIANTS)
+@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+@pytest.mark.parametrize("device", bench_devices())
+def test_training_step(benchmark, device, family, variant):
+    if _skip_compile(variant):
+        pytest.skip("I2I_FAST_BENCH_STEPS_COMPILE=0")
+    benchmark.group = f"step {family} {device}"
+    key = (device, family)
+    if key not in _EAGER:
+        _EAGER[key] = bench_steps.run_variant(family, "eager", device, budget_s=1.0)
+    ref = _EAGER[key]
+    runner = bench_steps.Runner(family, variant, device)
+    res = ref if variant == "eager" else bench_steps.run_variant(family, variant, device, ref["losses"],
+                                                                 budget_s=1.0, runner=runner)
+    assert res["parity"], f"{family} {variant}: {res['parity_detail']}"
+    res["speedup_vs_eager"] = ref["ms"] / res["ms"]
+    res["peak_mib"] = res["peak_mib"] if res["peak_mib"] is not None else "not measured (CPU)"
+    benchmark.extra_info.update(res)
+
+    if variant == "eager":
+        runner.run()
+    benchmark.pedantic(**bench.pedantic_args(runner.run, device), rounds=3, warmup_rounds=1, iterations=1)

@@ -1,0 +1,332 @@
+"""Whole training steps (G and D: forward, backward, optimizer) of the reference models, for the
+benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench_steps``) and the example
+(examples/train_compare.py).
+
+Variants of one family, all from the same initial weights and data:
+  eager             the original modules (i2i_fast.models)
+  converted         i2i_fast.convert(...) of them
+  compile           torch.compile of the original modules
+  converted+compile torch.compile of the converted modules
+Sizes: the DESIGN.md shapes on CUDA; on CPU narrower nets and smaller images (``small``), so a
+step takes tens of milliseconds to a second. Peak memory is torch.cuda.max_memory_allocated on
+CUDA; on CPU it is not measured (None).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import bench
+from .convert import convert
+from .models import cyclegan, munit, stargan, ugatit
+
+VARIANTS = ("eager", "converted", "compile", "converted+compile")
+
+
+@dataclass
+class Family:
+    """nets: modules from one init; data: tensors; step(nets, opts, data) -> dict of losses;
+    opts(nets) -> optimizers; what: the configuration in words."""
+    nets: list
+    data: tuple
+    step: Callable
+    opts: Callable
+    what: str
+
+
+def _adam(params, lr=2e-4, **kw):
+    return torch.optim.Adam(list(params), lr=lr, betas=(0.5, 0.999), **kw)
+
+
+def _img(shape, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) * 2 - 1).to(device)
+
+
+def cyclegan_family(device, small):
+    ngf, size = (8, 64) if small else (64, 256)
+    nets = [cyclegan.define_G(3, 3, ngf, "resnet_9blocks", norm="instance") for _ in range(2)]
+    nets += [cyclegan.define_D(3, ngf, "basic", norm="instance") for _ in range(2)]
+
+    def opts(n):
+        return (_adam(list(n[0].parameters()) + list(n[1].parameters())),
+                _adam(list(n[2].parameters()) + list(n[3].parameters())))
+
+    def step(n, o, d):
+        return cyclegan.training_step(*n, *d, *o)
+    data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
+    return Family(nets, data, step, opts, f"ResNet-9 ngf={ngf} + 70x70 PatchGAN, 1x3x{size}x{size}")
+
+
+def ugatit_family(device, small):
+    ngf, size, nl = (8, 64, (6, 5)) if small else (64, 256, (7, 5))
+    nets = [ugatit.ResnetGenerator(3, 3, ngf=ngf, n_blocks=4, img_size=size, light=True) for _ in range(2)]
+    nets += [ugatit.Discriminator(3, ngf, n_layers=k) for k in (nl[0], nl[0], nl[1], nl[1])]
+
+    def opts(n):
+        return (_adam([p for g in n[:2] for p in g.parameters()], lr=1e-4, weight_decay=1e-4),
+                _adam([p for g in n[2:] for p in g.parameters()], lr=1e-4, weight_decay=1e-4))
+
+    def step(n, o, d):
+        return ugatit.training_step(*n, *d, o[0], o[1])
+    data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
+    return Family(nets, data, step, opts, f"light, ngf={ngf}, 4 res blocks, D layers {nl}, 1x3x{size}x{size}")
+
+
+def stargan_family(device, small):
+    dim, size, batch, c_dim = (8, 64, 2, 5) if small else (64, 128, 16, 5)
+    nets = [stargan.Generator(dim, c_dim, 6), stargan.Discriminator(size, dim, c_dim, 6)]
+
+    def opts(n):
+        return _adam(n[0].parameters(), lr=1e-4), _adam(n[1].parameters(), lr=1e-4)
+
+    def step(n, o, d):
+        """Solver.train(): D step (WGAN-GP + classification), then G step (every step here)."""
+        G, D = n
+        x, c_org, c_trg = d
+        out_src, out_cls = D(x)
+        d_real = -out_src.mean()
+        d_cls = stargan.classification_loss(out_cls, c_org)
+        x_fake = G(x, c_trg)
+        out_src, _ = D(x_fake.detach())
+        d_fake = out_src.mean()
+        alpha = torch.rand(x.size(0), 1, 1, 1, device=x.device)
+        x_hat = (alpha * x.data + (1 - alpha) * x_fake.data).requires_grad_(True)
+        out_src, _ = D(x_hat)
+        d_gp = stargan.gradient_penalty(out_src, x_hat)
+        d_loss = d_real + d_fake + d_cls + 10 * d_gp
+        o[1].zero_grad(), o[0].zero_grad()
+        d_loss.backward()
+        o[1].step()
+        x_fake = G(x, c_trg)
+        out_src, out_cls = D(x_fake)
+        g_loss = -out_src.mean() + stargan.classification_loss(out_cls, c_trg) \
+            + 10 * torch.mean(torch.abs(x - G(x_fake, c_org)))
+        o[1].zero_grad(), o[0].zero_grad()
+        g_loss.backward()
+        o[0].step()
+        return {"D": d_loss.detach(), "G": g_loss.detach()}
+    g = torch.Generator().manual_seed(3)
+    data = (_img((batch, 3, size, size), device, 1), torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device),
+            torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device))
+    return Family(nets, data, step, opts, f"conv_dim={dim}, 6 res blocks, {batch}x3x{size}x{size}")
+
+
+def pix2pix_family(device, small):
+    ngf = 8 if small else 64
+    nets = [cyclegan.define_G(3, 3, ngf, "unet_256", norm="batch", use_dropout=True),
+            cyclegan.define_D(6, ngf, "basic", norm="batch")]
+
+    def opts(n):
+        return _adam(n[0].parameters()), _adam(n[1].parameters())
+
+    def step(n, o, d):
+        """Pix2PixModel.optimize_parameters(): vanilla GAN on cat(A, B), L1 x 100."""
+        G, D = n
+        A, B = d
+        gan = nn.functional.binary_cross_entropy_with_logits
+        fake = G(A)
+        for p in D.parameters():
+            p.requires_grad_(True)
+        o[1].zero_grad()
+        pf, pr = D(torch.cat([A, fake.detach()], 1)), D(torch.cat([A, B], 1))
+        d_loss = 0.5 * (gan(pf, torch.zeros_like(pf)) + gan(pr, torch.ones_like(pr)))
+        d_loss.backward()
+        o[1].step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        o[0].zero_grad()
+        pf = D(torch.cat([A, fake], 1))
+        g_loss = gan(pf, torch.ones_like(pf)) + 100 * nn.functional.l1_loss(fake, B)
+        g_loss.backward()
+        o[0].step()
+        return {"D": d_loss.detach(), "G": g_loss.detach()}
+    data = (_img((1, 3, 256, 256), device, 1), _img((1, 3, 256, 256), device, 2))
+    return Family(nets, data, step, opts, f"U-Net-256 ngf={ngf} + PatchGAN, BatchNorm, 1x3x256x256")
+
+
+def munit_family(device, small):
+    dim, size, mlp = (8, 64, 32) if small else (64, 256, 256)
+    gen = dict(dim=dim, style_dim=8, n_downsample=2, n_res=4, activ="relu", pad_type="reflect", mlp_dim=mlp)
+    dis = dict(n_layer=4, gan_type="lsgan", dim=dim, norm="none", activ="lrelu", num_scales=3, pad_type="reflect")
+    nets = [munit.AdaINGen(3, gen), munit.AdaINGen(3, gen), munit.MsImageDis(3, dis), munit.MsImageDis(3, dis)]
+
+    def opts(n):
+        return (_adam(list(n[0].parameters()) + list(n[1].parameters()), lr=1e-4, weight_decay=1e-4),
+                _adam(list(n[2].parameters()) + list(n[3].parameters()), lr=1e-4, weight_decay=1e-4))
+
+    def step(n, o, d):
+        """MUNIT_Trainer: dis_update then gen_update (recon x10, style/content recon x1, GAN x1)."""
+        gen_a, gen_b, dis_a, dis_b = n
+        x_a, x_b = d
+        l1 = nn.functional.l1_loss
+        s_a = torch.randn(x_a.size(0), 8, 1, 1, device=x_a.device)
+        s_b = torch.randn(x_a.size(0), 8, 1, 1, device=x_a.device)
+        o[1].zero_grad()
+        c_a, _ = gen_a.encode(x_a)
+        c_b, _ = gen_b.encode(x_b)
+        x_ba, x_ab = gen_a.decode(c_b, s_a), gen_b.decode(c_a, s_b)
+        d_loss = dis_a.calc_dis_loss(x_ba.detach(), x_a) + dis_b.calc_dis_loss(x_ab.detach(), x_b)
+        d_loss.backward()
+        o[1].step()
+        o[0].zero_grad()
+        c_a, s_a_prime = gen_a.encode(x_a)
+        c_b, s_b_prime = gen_b.encode(x_b)
+        x_a_recon, x_b_recon = gen_a.decode(c_a, s_a_prime), gen_b.decode(c_b, s_b_prime)
+        x_ba, x_ab = gen_a.decode(c_b, s_a), gen_b.decode(c_a, s_b)
+        c_b_recon, s_a_recon = gen_a.encode(x_ba)
+        c_a_recon, s_b_recon = gen_b.encode(x_ab)
+        g_loss = (dis_a.calc_gen_loss(x_ba) + dis_b.calc_gen_loss(x_ab)
+                  + 10 * (l1(x_a_recon, x_a) + l1(x_b_recon, x_b))
+                  + l1(s_a_recon, s_a) + l1(s_b_recon, s_b) + l1(c_a_recon, c_a) + l1(c_b_recon, c_b))
+        g_loss.backward()
+        o[0].step()
+        return {"D": d_loss.detach(), "G": g_loss.detach()}
+    data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
+    return Family(nets, data, step, opts, f"AdaINGen dim={dim} + 3-scale MsImageDis, 1x3x{size}x{size}")
+
+
+FAMILIES = {"cyclegan": cyclegan_family, "ugatit": ugatit_family, "stargan": stargan_family,
+            "pix2pix": pix2pix_family, "munit": munit_family}
+
+
+def build(family: str, variant: str, device, small=None, seed=0):
+    """(nets, opts, step, data, what) of one variant; the same weights for every variant."""
+    device = torch.device(device)
+    small = device.type == "cpu" if small is None else small
+    torch.manual_seed(seed)
+    fam = FAMILIES[family](device, small)
+    nets = [copy.deepcopy(n).to(device) for n in fam.nets]
+    if "converted" in variant:
+        nets = [convert(n, inplace=True) for n in nets]
+    if "compile" in variant:
+        nets = [torch.compile(n) for n in nets]
+    return nets, fam.opts(nets), fam.step, fam.data, fam.what
+
+
+class Runner:
+    """One (family, variant): run() does one training step (seeded, so every variant draws the
+    same noise)."""
+
+    def __init__(self, family, variant, device, small=None):
+        self.family, self.variant, self.device = family, variant, torch.device(device)
+        self.nets, self.opts, self.step, self.data, self.what = build(family, variant, device, small)
+        self.n = 0
+
+    def run(self):
+        torch.manual_seed(1000 + self.n)
+        self.n += 1
+        return self.step(self.nets, self.opts, self.data)
+
+
+def compare_losses(ref: dict, got: dict, rtol=1e-3, atol=1e-5):
+    """(ok, detail): the first step's losses of a variant vs the original eager ones (same
+    weights, data and noise)."""
+    bad = {k: (float(ref[k]), float(got[k])) for k in ref
+           if abs(float(ref[k]) - float(got[k])) > rtol * abs(float(ref[k])) + atol}
+    return not bad, ("first-step losses match" if not bad else f"first-step losses differ: {bad}")
+
+
+def run_variant(family, variant, device, ref_losses=None, budget_s=2.0, small=None, runner=None):
+    """Builds the variant (or takes `runner`), runs its first step (parity vs ref_losses, also
+    the warm-up and, for compiled variants, the compilation), then times it. Returns a dict."""
+    r = runner or Runner(family, variant, device, small)
+    losses = r.run()
+    ok, detail = compare_losses(ref_losses, losses) if ref_losses is not None else (True, "reference")
+    t, peak = time_step(r, budget_s)
+    return {"family": family, "variant": variant, "config": r.what, "device": str(r.device),
+            "ms": t.median_ms, "min_ms": t.min_ms, "reps": len(t.times_ms), "peak_mib": peak,
+            "parity": ok, "parity_detail": detail, "losses": {k: float(v) for k, v in losses.items()}}
+
+
+def time_step(runner: Runner, budget_s=2.0, warmup=2):
+    """Median ms per step (bench.measure) and peak memory (CUDA: max_memory_allocated over a
+    step, MiB; CPU: None, not measured)."""
+    t = bench.measure(runner.run, runner.device, budget_s=budget_s, warmup=warmup, min_reps=3, max_reps=50)
+    peak = None
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        runner.run()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    return t, peak
+
+
+def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
+    """Times the variants of one family in alternation (step of each, repeated `reps` times)
+    so that they share the same background load; each variant's first step is checked against
+    the original eager one first. Per variant: median wall ms and median CPU ms of this process
+    (time.process_time: all threads; on a shared machine it moves less than wall time when
+    other processes compete for the cores)."""
+    import time
+    runners = {v: Runner(family, v, device, small) for v in variants}
+    first = {v: r.run() for v, r in runners.items()}       # parity, warm-up, compilation
+    ref = first.get("eager")
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    for _ in range(reps):
+        for v, r in runners.items():
+            bench.synchronize(r.device)
+            w, c = time.perf_counter(), time.process_time()
+            r.run()
+            bench.synchronize(r.device)
+            wall[v].append((time.perf_counter() - w) * 1e3)
+            cpu[v].append((time.process_time() - c) * 1e3)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {}
+    for v, r in runners.items():
+        ok, detail = compare_losses(ref, first[v]) if ref is not None and v != "eager" else (True, "reference")
+        out[v] = {"family": family, "variant": v, "config": r.what, "ms": med(wall[v]), "min_ms": min(wall[v]),
+                  "cpu_ms": med(cpu[v]), "reps": reps, "parity": ok, "parity_detail": detail}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench_steps", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=bench.default_device())
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant")
+    p.add_argument("--interleave", type=int, default=0, metavar="REPS",
+                   help="time the variants in alternation, REPS steps each (shared, noisy machines)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.interleave:
+        print(f"training steps on {a.device} ({torch.get_num_threads()} threads), variants interleaved, "
+              f"{a.interleave} steps each; median wall ms, min wall ms, median process CPU ms")
+        failed = 0
+        for fam in a.families.split(","):
+            res = interleaved(fam, a.device, a.variants.split(","), a.interleave)
+            e = res.get("eager")
+            for v, r in res.items():
+                failed += not r["parity"]
+                x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
+                print(f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
+                      f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
+        return 1 if failed else 0
+    print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
+    print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9}  parity")
+    failed = 0
+    for fam in a.families.split(","):
+        ref = run_variant(fam, "eager", a.device, budget_s=a.budget)
+        for var in a.variants.split(","):
+            res = ref if var == "eager" else run_variant(fam, var, a.device, ref["losses"], a.budget)
+            failed += not res["parity"]
+            peak = "n/m" if res["peak_mib"] is None else f"{res['peak_mib']:.0f}"
+            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9}  "
+                  f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
+    return 1 if failed else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""i2i_fast.convert / plan on the reference networks (i2i_fast.models, the "original" models).
+
+Parity rule (DESIGN.md section 5): the unconverted model in float64 is the reference; in float64
+the converted model must match it within atol 1e-10 (errors are ~1e-15). Tiny widths and 32x32
+images keep the file fast on a 2-core CPU.
+"""
+import copy
+import logging
+import os
+import socket
+
+import pytest
+import torch
+from torch import nn
+
+import i2i_fast
+from i2i_fast.convert import Folded, FusedResidualBlock, FusedResnetAdaILNBlock
+from i2i_fast.models import cyclegan, munit, stargan, ugatit, unit
+
+from conftest import assert_parity, requires_cuda
+
+F64 = torch.float64
+HAS_RPCONV = hasattr(i2i_fast, "ReflectionPadConv2d")
+HAS_OUT_PAD = "out_pad" in i2i_fast.InstanceNorm2d.__init__.__code__.co_varnames
+MUNIT_GEN = dict(dim=4, style_dim=8, n_downsample=2, n_res=2, activ="relu", pad_type="reflect", mlp_dim=8)
+MUNIT_DIS = dict(n_layer=3, gan_type="lsgan", dim=4, norm="in", activ="lrelu", num_scales=2, pad_type="reflect")
+
+
+def _img(*shape, seed=1, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g, dtype=F64) * 2 - 1).to(dtype)
+
+
+def _resnet_g(norm="instance", **kw):
+    """CycleGAN ResnetGenerator as define_G builds it, with 2 blocks and ngf 4."""
+    return cyclegan.init_weights(cyclegan.ResnetGenerator(3, 3, 4, cyclegan.get_norm_layer(norm), n_blocks=2, **kw))
+
+
+# name -> (builder, inputs); every builder seeds itself, so two calls give the same weights
+FAMILIES = {
+    "cyclegan_resnet": (lambda: _resnet_g(), lambda: (_img(2, 3, 32, 32),)),
+    "cyclegan_resnet_dropout": (lambda: _resnet_g(use_dropout=True), lambda: (_img(2, 3, 32, 32),)),
+    "cyclegan_unet": (lambda: cyclegan.init_weights(cyclegan.UnetGenerator(
+        3, 3, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True)),
+        lambda: (_img(2, 3, 64, 64),)),
+    "cyclegan_nlayer": (lambda: cyclegan.define_D(3, 4, "basic", norm="instance"), lambda: (_img(2, 3, 32, 32),)),
+    "cyclegan_pixel": (lambda: cyclegan.define_D(3, 4, "pixel", norm="instance"), lambda: (_img(2, 3, 16, 16),)),
+    "ugatit_gen_light": (lambda: ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=2, img_size=32, light=True),
+                         lambda: (_img(2, 3, 32, 32),)),
+    "ugatit_dis": (lambda: ugatit.Discriminator(3, 4, n_layers=5), lambda: (_img(2, 3, 32, 32),)),
+    "stargan_gen": (lambda: stargan.Generator(conv_dim=4, c_dim=3, repeat_num=2),
+                    lambda: (_img(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]], dtype=F64))),
+    "stargan_dis": (lambda: stargan.Discriminator(image_size=32, conv_dim=4, c_dim=3, repeat_num=5),
+                    lambda: (_img(2, 3, 32, 32),)),
+    "unit_encoder": (lambda: unit.Encoder(dim=4, shared_block=unit.ResidualBlock(16)), lambda: (_img(2, 3, 32, 32),)),
+    "unit_generator": (lambda: unit.Generator(dim=4, shared_block=unit.ResidualBlock(16)),
+                       lambda: (_img(2, 16, 8, 8),)),
+    "munit_adaingen": (lambda: munit.AdaINGen(3, MUNIT_GEN), lambda: (_img(2, 3, 32, 32),)),
+    "munit_vaegen": (lambda: munit.VAEGen(3, MUNIT_GEN), lambda: (_img(2, 3, 32, 32),)),
+    "munit_dis": (lambda: munit.MsImageDis(3, MUNIT_DIS), lambda: (_img(2, 3, 32, 32),)),
+}
+
+
+def build(name, dtype=F64):
+    torch.manual_seed(0)
+    return FAMILIES[name][0]().to(dtype)
+
+
+def flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)]
+
+
+def fwd_bwd(model, inputs, seed=5):
+    """Outputs, input gradients and parameter gradients of sum_i <out_i, w_i> (w fixed)."""
+    model.zero_grad(set_to_none=True)
+    dtype = next(model.parameters()).dtype
+    inputs = [t.detach().to(dtype).requires_grad_() if t.is_floating_point() else t for t in inputs]
+    torch.manual_seed(seed)                  # dropout / reparameterisation noise
+    outs = flat(model(*inputs))
+    g = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=F64).to(o)).sum() for o in outs)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return outs, [t.grad for t in inputs if t.requires_grad], grads
+
+
+def check_parity(ours, same, ref, dtype, what):
+    """assert_parity on each output/gradient; `same` is the unconverted model in `dtype`."""
+    (o1, i1, p1), (o2, i2, p2), (o3, i3, p3) = ours, same, ref
+    assert len(o1) == len(o3) and set(p1) == set(p3)
+    for k, (a, b, c) in enumerate(zip(o1, o2, o3)):
+        assert_parity(a, b, c, dtype, f"{what} output {k}")
+    for k, (a, b, c) in enumerate(zip(i1, i2, i3)):
+        assert_parity(a, b, c, dtype, f"{what} grad input {k}")
+    for n in p3:
+        assert (p1[n] is None) == (p3[n] is None), f"{what}: grad of {n} is None on one side only"
+        if p3[n] is not None:
+            assert_parity(p1[n], p2[n], p3[n], dtype, f"{what} grad {n}")
+
+
+def assert_same_state(a, b, what="", exact=True):
+    """Same keys; same values (exact) or within the parity rule (b is the reference)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb), f"{what}: state_dict keys differ"
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, f"{what}: {k} dtype differs"
+        if exact or not sa[k].is_floating_point():
+            assert torch.equal(sa[k], sb[k]), f"{what}: {k} differs"
+        else:
+            assert_parity(sa[k], sb[k], sb[k], sa[k].dtype, f"{what}: {k}")
+
+
+# ------------------------------------------------------------------------ parity, fp64
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_parity_float64(name):
+    ref = build(name)
+    conv = i2i_fast.convert(ref)
+    assert conv is not ref
+    assert_same_state(conv, ref, name)
+    inputs = FAMILIES[name][1]()
+    r = fwd_bwd(ref, inputs)
+    check_parity(fwd_bwd(conv, inputs), r, r, F64, name)
+    assert_same_state(conv, ref, f"{name} after a training-mode forward", exact=False)   # running stats
+    conv.eval(), ref.eval()
+    if name not in ("unit_encoder", "munit_vaegen"):   # eval still samples noise there: fine too
+        r = fwd_bwd(ref, inputs)
+        check_parity(fwd_bwd(conv, inputs), r, r, F64, f"{name} eval")
+
+
+def test_what_convert_fuses_per_family():
+    counts = {name: i2i_fast.plan(build(name)).counts() for name in FAMILIES}
+    # CycleGAN ResNet, 2 blocks: 9 IN swapped, 7 ReLU folded, 2 residual adds
+    assert counts["cyclegan_resnet"] == {"swap": 9, "fold": 7, "residual": 2, **_pad_counts("cyclegan_resnet")}
+    assert counts["ugatit_gen_light"]["swap"] == 4 + 7 + 2          # adaILN, IN (3 + 2 blocks x 2), ILN
+    assert counts["ugatit_gen_light"]["residual"] == 4
+    assert counts["stargan_gen"] == {"swap": 9, "fold": 7, "residual": 2}   # zero padding only
+    assert "swap" not in counts["stargan_dis"] and "swap" not in counts["ugatit_dis"]
+    assert counts["munit_adaingen"]["residual"] == 4 and counts["munit_adaingen"]["swap"] == 7 + 4 + 2   # IN, AdaIN, LN
+    assert counts["munit_dis"]["fold"] == 2 * 2                       # 'in' + lrelu, 2 per scale
+    assert counts["unit_encoder"]["residual"] == 4                    # 3 blocks + the shared one
+    c = i2i_fast.convert(build("munit_adaingen"))
+    assert type(c.dec.model[0].model[0].model[0].norm).__name__ == "AdaptiveInstanceNorm2d"
+    assert isinstance(c.dec.model[0].model[0].model[0].norm, i2i_fast.AdaIN)
+    assert isinstance(c.dec.model[0].model[0], FusedResidualBlock)
+    u = i2i_fast.convert(build("ugatit_gen_light"))
+    assert isinstance(u.UpBlock1_1, FusedResnetAdaILNBlock) and isinstance(u.UpBlock2[3], i2i_fast.ILN)
+    assert u.UpBlock2[3].activation == "relu" and isinstance(u.UpBlock2[4], Folded)
+
+
+def _pad_counts(name):
+    pl = i2i_fast.plan(build(name))
+    return {k: v for k, v in pl.counts().items() if k in ("pad+conv", "out_pad")}
+
+
+# ------------------------------------------------------------------- Triton, fp32
+
+@pytest.mark.parametrize("name,shape", [("cyclegan_resnet", (1, 3, 16, 16)), ("ugatit_gen_light", (1, 3, 16, 16))])
+def test_family_parity_triton(name, shape):
+    if not i2i_fast.backends()["triton"][0]:
+        pytest.skip(f"triton backend unavailable: {i2i_fast.backends()['triton'][1]}")
+    torch.manual_seed(0)
+    if name == "cyclegan_resnet":
+        ref32 = cyclegan.define_G(3, 3, 2, "resnet_6blocks", norm="instance")
+    else:
+        ref32 = ugatit.ResnetGenerator(3, 3, ngf=2, n_blocks=1, img_size=16, light=True)
+    ref64 = copy.deepcopy(ref32).double()
+    conv = i2i_fast.convert(ref32)
+    inputs = (_img(*shape, dtype=torch.float32),)
+    with i2i_fast.use_backend("triton"):
+        ours = fwd_bwd(conv, inputs)
+    check_parity(ours, fwd_bwd(ref32, inputs), fwd_bwd(ref64, inputs), torch.float32, f"{name} triton")
+
+
+# ------------------------------------------------------------- whole training steps
+
+def _adam(params, lr=2e-4, **kw):
+    return torch.optim.Adam(list(params), lr=lr, betas=(0.5, 0.999), **kw)
+
+
+def _cyclegan_nets():
+    torch.manual_seed(0)
+    nets = [cyclegan.define_G(3, 3, 4, "resnet_6blocks", norm="instance") for _ in range(2)]
+    nets += [cyclegan.define_D(3, 4, "n_layers", n_layers_D=2, norm="instance") for _ in range(2)]
+    return [n.double() for n in nets]
+
+
+def _cyclegan_step(nets, A, B):
+    G_A, G_B, D_A, D_B = nets
+    opt_G = _adam(list(G_A.parameters()) + list(G_B.parameters()))
+    opt_D = _adam(list(D_A.parameters()) + list(D_B.parameters()))
+    return cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, opt_G, opt_D)
+
+
+def test_cyclegan_training_step_matches():
+    ref = _cyclegan_nets()
+    conv = [i2i_fast.convert(n) for n in ref]
+    A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
+    lr_, lc = _cyclegan_step(ref, A, B), _cyclegan_step(conv, A, B)
+    for k in lr_:
+        assert_parity(lc[k], lr_[k], lr_[k], F64, f"loss {k}")
+    for r, c in zip(ref, conv):
+        for (k, a), b in zip(c.state_dict().items(), r.state_dict().values()):
+            assert_parity(a, b, b, F64, f"after the step: {k}")
+
+
+def test_ugatit_training_step_matches():
+    def nets():
+        torch.manual_seed(0)
+        gens = [ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=1, img_size=32, light=True) for _ in range(2)]
+        dis = [ugatit.Discriminator(3, 4, n_layers=n) for n in (5, 5, 3, 3)]
+        return [m.double() for m in gens + dis]
+
+    def step(ms, A, B):
+        G_opt = _adam([p for g in ms[:2] for p in g.parameters()], lr=1e-3, weight_decay=1e-4)
+        D_opt = _adam([p for d in ms[2:] for p in d.parameters()], lr=1e-4, weight_decay=1e-4)
+        return ugatit.training_step(*ms, A, B, G_opt, D_opt)
+
+    ref = nets()
+    conv = [i2i_fast.convert(m) for m in ref]
+    A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
+    lr_, lc = step(ref, A, B), step(conv, A, B)
+    for k in lr_:
+        assert_parity(lc[k], lr_[k], lr_[k], F64, f"loss {k}")
+    for r, c in zip(ref, conv):
+        for (k, a), b in zip(c.state_dict().items(), r.state_dict().values()):
+            assert_parity(a, b, b, F64, f"after the step: {k}")
+
+
+# --------------------------------------------------------------------- torch.compile
+
+def _check_compiled(name, backend):
+    torch._dynamo.reset()
+    conv = i2i_fast.convert(build(name, torch.float32))
+    compiled = torch.compile(conv, fullgraph=True, dynamic=False, backend=backend)
+    inputs = FAMILIES[name][1]()
+    eager = fwd_bwd(conv, inputs)
+    got = fwd_bwd(compiled, inputs)
+    for a, b in zip(got[0] + got[1] + list(got[2].values()), eager[0] + eager[1] + list(eager[2].values())):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen"])
+def test_compile_converted_fullgraph(name):
+    """fullgraph=True capture + AOT autograd of the converted models (custom ops' fake and
+    autograd formulas, FusedResidualBlock, MUNIT's AdaIN assignment). aot_eager skips
+    inductor's code generation, which takes minutes on the 2-core CI machine."""
+    _check_compiled(name, "aot_eager")
+
+
+def test_compile_converted_inductor():
+    """The default inductor backend, end to end, on the smallest converted model."""
+    _check_compiled("cyclegan_pixel", "inductor")
+
+
+# ------------------------------------------------------------------------------- DDP
+
+def _ddp_worker(rank, port, path):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        nets = [i2i_fast.convert(n) for n in _cyclegan_nets()]
+        ddp = [nn.parallel.DistributedDataParallel(n) for n in nets]
+        A, B = _img(2, 3, 32, 32, seed=2), _img(2, 3, 32, 32, seed=3)
+        _cyclegan_step(ddp, A[rank:rank + 1], B[rank:rank + 1])    # half the batch per process
+        if rank == 0:
+            torch.save([n.state_dict() for n in nets], path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gloo_two_processes(tmp_path):
+    """One CycleGAN step of converted nets under DDP (2 processes, batch 1 each) equals the
+    single-process step on batch 2: instance norm is per sample and every loss is a mean."""
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_ddp_worker, args=(port, path), nprocs=2, start_method="spawn")
+    got = torch.load(path)
+    nets = [i2i_fast.convert(n) for n in _cyclegan_nets()]
+    _cyclegan_step(nets, _img(2, 3, 32, 32, seed=2), _img(2, 3, 32, 32, seed=3))
+    for n, sd in zip(nets, got):
+        for k, v in n.state_dict().items():
+            torch.testing.assert_close(sd[k], v, atol=1e-12, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+# ------------------------------------------------------------------ convert semantics
+
+class MyNorm(nn.Module):
+    def forward(self, x):
+        return x / x.abs().amax((2, 3), keepdim=True)
+
+
+class ResnetBlock(nn.Module):
+    """A user's block with the CycleGAN name but another structure: must be left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.InstanceNorm2d(4)
+
+    def forward(self, x):
+        return x * self.b(self.a(x))
+
+
+def test_unknown_layers_left_alone():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MyNorm(), nn.ReLU(), nn.GroupNorm(2, 4), nn.ReLU(),
+                      ResnetBlock(), nn.InstanceNorm2d(4), nn.SiLU()).double()
+    pl = i2i_fast.plan(m)
+    alone = dict(pl.left_alone)
+    assert "unknown norm layer" in alone["1"] and "unknown norm layer" in alone["3"]
+    assert "not the known residual structure" in alone["5"]
+    assert {p for p, _ in pl.changes} == {"5.b", "6"}          # IN swapped, SiLU not foldable
+    c = i2i_fast.convert(m)
+    assert type(c[1]) is MyNorm and type(c[3]) is nn.GroupNorm and type(c[2]) is nn.ReLU
+    assert type(c[7]) is nn.SiLU and c[6].activation is None
+    x = _img(2, 3, 8, 8)
+    r = fwd_bwd(m, (x,))
+    check_parity(fwd_bwd(c, (x,)), r, r, F64, "custom layers")
+    assert "left alone" in str(pl) and "MyNorm" in str(pl)
+
+
+def test_single_norm_model_and_1d_norm():
+    n = nn.InstanceNorm2d(4, affine=True, track_running_stats=True).double()
+    c = i2i_fast.convert(n, inplace=True)
+    assert isinstance(c, i2i_fast.InstanceNorm2d) and c.weight is n.weight and c.running_mean is n.running_mean
+    assert c.affine and c.track_running_stats and c.momentum == n.momentum
+    assert "only 2-D" in dict(i2i_fast.plan(nn.Sequential(nn.InstanceNorm1d(4))).left_alone)["0"]
+
+
+def test_look_alike_with_wrong_shapes_is_not_swapped():
+    bad = ugatit.ILN(4)
+    bad.gamma = nn.Parameter(torch.ones(4))          # not (1, C, 1, 1): not U-GAT-IT's ILN
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), bad)
+    assert i2i_fast.plan(m).changes == []
+    assert "unknown norm layer" in dict(i2i_fast.plan(m).left_alone)["1"]
+
+
+def test_convert_twice_is_a_noop():
+    for name in ("cyclegan_resnet_dropout", "ugatit_gen_light", "munit_adaingen", "stargan_gen"):
+        c = i2i_fast.convert(build(name))
+        assert i2i_fast.plan(c).changes == [], name
+        c2 = i2i_fast.convert(c)
+        assert repr(c2) == repr(c) and list(c2.state_dict()) == list(c.state_dict())
+
+
+def test_pix2pix_batchnorm_only_pad_conv():
+    torch.manual_seed(0)
+    for g in (cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True),
+              _resnet_g("batch", use_dropout=True),
+              cyclegan.define_D(6, 4, "basic", norm="batch")):
+        pl = i2i_fast.plan(g)
+        kinds = set(pl.counts())
+        assert kinds <= {"pad+conv"}, pl
+        assert ("pad+conv" in kinds) == (HAS_RPCONV and isinstance(g, cyclegan.ResnetGenerator))
+        assert any("batch norm" in w for _, w in pl.left_alone)
+        if isinstance(g, cyclegan.ResnetGenerator):   # residual ends in BatchNorm: add not fused
+            assert any("does not end in a fusible norm" in w for _, w in pl.left_alone)
+
+
+def test_load_original_checkpoint():
+    for name in ("stargan_gen", "ugatit_gen_light", "munit_adaingen"):
+        orig = build(name)
+        torch.manual_seed(123)
+        conv = i2i_fast.convert(FAMILIES[name][0]().double())          # other weights
+        conv.load_state_dict(orig.state_dict())                         # strict
+        orig.eval(), conv.eval()
+        inputs = FAMILIES[name][1]()
+        r = fwd_bwd(orig, inputs)
+        check_parity(fwd_bwd(conv, inputs), r, r, F64, f"{name} loaded")
+        orig.load_state_dict(conv.state_dict())                         # and back
+
+
+def test_inplace_keeps_parameter_objects_and_optimizer():
+    m = build("cyclegan_resnet")
+    params = [id(p) for p in m.parameters()]
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    assert i2i_fast.convert(m, inplace=True) is m
+    assert [id(p) for p in m.parameters()] == params
+    assert isinstance(m.model[10], FusedResidualBlock)
+    before = copy.deepcopy(m.state_dict())
+    fwd_bwd(m, FAMILIES["cyclegan_resnet"][1]())
+    opt.step()
+    assert not torch.equal(before["model.1.weight"], m.model[1].weight)
+
+
+def test_hooks_block_fusion_but_keep_working():
+    m = build("cyclegan_resnet")
+    seen = []
+    m.model[2].register_forward_hook(lambda mod, i, o: seen.append(o.detach().clone()))
+    m.model[10].register_forward_hook(lambda mod, i, o: None)
+    c = i2i_fast.convert(m)
+    assert isinstance(c.model[2], i2i_fast.InstanceNorm2d) and c.model[2].activation is None
+    assert type(c.model[3]) is nn.ReLU                     # not folded: the hook sees the norm output
+    assert type(c.model[10]).__name__ == "ResnetBlock"     # hooked block not replaced
+    assert isinstance(c.model[11], FusedResidualBlock)
+    x = FAMILIES["cyclegan_resnet"][1]()[0]
+    with torch.no_grad():
+        m(x), c(x)
+    assert len(seen) == 2 and (seen[0] < 0).any()
+    assert_parity(seen[1], seen[0], seen[0], F64, "hook output")
+
+
+def test_shared_modules_stay_shared():
+    torch.manual_seed(0)
+    shared = unit.ResidualBlock(16)
+    pair = nn.ModuleDict({"E1": unit.Encoder(dim=4, shared_block=shared), "E2": unit.Encoder(dim=4, shared_block=shared)})
+    c = i2i_fast.convert(pair.double())
+    assert c["E1"].shared_block is c["E2"].shared_block
+    assert isinstance(c["E1"].shared_block, FusedResidualBlock)
+    assert list(c.state_dict()) == list(pair.state_dict())
+
+
+def test_plan_changes_nothing_and_convert_logs(caplog):
+    m = build("ugatit_gen_light")
+    text = repr(m)
+    pl = i2i_fast.plan(m)
+    assert repr(m) == text and pl.changes and "changes:" in str(pl)
+    with caplog.at_level(logging.INFO, logger="i2i_fast.convert"):
+        i2i_fast.convert(m)
+    assert any("i2i_fast.convert(ResnetGenerator)" in r.getMessage() for r in caplog.records)
+    with pytest.raises(TypeError):
+        i2i_fast.convert(lambda x: x)
+
+
+def test_munit_after_forward_and_layer_norm_in_linear_block():
+    g = build("munit_adaingen")
+    g(FAMILIES["munit_adaingen"][1]()[0])       # AdaIN layers now hold non-leaf weight/bias
+    c = i2i_fast.convert(g)
+    assert c.get_num_adain_params(c.dec) == g.get_num_adain_params(g.dec)
+    blk = munit.LinearBlock(4, 4, norm="ln")
+    assert "fused LayerNorm is 4-D only" in dict(i2i_fast.plan(blk).left_alone)["norm"]
+
+
+def test_training_flags_preserved():
+    for name in ("cyclegan_resnet", "ugatit_gen_light", "munit_adaingen"):
+        c = i2i_fast.convert(build(name).eval())
+        assert not any(m.training for m in c.modules()), name
+        c = i2i_fast.convert(build(name))
+        assert all(m.training for m in c.modules()), name
+
+
+def test_dtype_preserved():
+    c = i2i_fast.convert(build("stargan_gen", torch.float64))
+    assert all(t.dtype == F64 for t in c.state_dict().values() if t.is_floating_point())
+
+
+@requires_cuda
+def test_cuda_device_and_parity():
+    ref = build("cyclegan_resnet", torch.float32).cuda()
+    conv = i2i_fast.convert(ref)
+    assert all(t.is_cuda for t in conv.state_dict().values())
+    inputs = (_img(2, 3, 32, 32, dtype=torch.float32).cuda(),)
+    ref64 = copy.deepcopy(ref).double()
+    check_parity(fwd_bwd(conv, inputs), fwd_bwd(ref, inputs), fwd_bwd(ref64, [t.double() for t in inputs]),
+                 torch.float32, "cuda")
+
+
+# ----------------------------------------- fusions that need features from other branches
+
+@pytest.mark.skipif(not HAS_RPCONV, reason="i2i_fast.ReflectionPadConv2d not in this build (branch pad)")
+def test_pad_conv_fusion():
+    for name in ("cyclegan_resnet", "ugatit_gen_light", "munit_vaegen", "unit_generator"):
+        pl = i2i_fast.plan(build(name))
+        assert pl.counts()["pad+conv"] > 0, name
+        c = i2i_fast.convert(build(name))
+        rp = [m for m in c.modules() if isinstance(m, i2i_fast.ReflectionPadConv2d)]
+        assert rp and all(isinstance(m.weight, nn.Parameter) for m in rp)
+    c = i2i_fast.convert(build("cyclegan_resnet"))
+    assert isinstance(c.model[1], i2i_fast.ReflectionPadConv2d) and isinstance(c.model[0], Folded)
+    # U-GAT-IT's spectral-norm discriminator convs are left alone
+    assert "pad+conv" not in i2i_fast.plan(build("ugatit_dis")).counts()
+
+
+@pytest.mark.skipif(not HAS_OUT_PAD, reason="i2i_fast norms have no out_pad option in this build (lead's branch)")
+def test_out_pad_fusion():
+    c = i2i_fast.convert(build("cyclegan_resnet"))
+    blk = c.model[10].conv_block            # pad, conv, IN(relu, out_pad=1), Folded, Folded, conv, IN
+    assert blk[2].out_pad == 1 and isinstance(blk[4], Folded) and type(blk[5]) is nn.Conv2d
+    u = i2i_fast.convert(build("ugatit_gen_light"))
+    assert u.UpBlock1_1.norm1.out_pad == 1 and isinstance(u.UpBlock1_1.pad2, Folded)
+    # dropout between norm and pad: no out_pad (the padded border would get its own mask)
+    d = i2i_fast.convert(build("cyclegan_resnet_dropout"))
+    assert getattr(d.model[10].conv_block[2], "out_pad", 0) == 0
