@@ -2,6 +2,8 @@
 (torch.ops.i2i_fast.*) and the Triton ops, and the per-backend call of each op."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _backend, reference
@@ -191,6 +193,20 @@ def reflection_pad2d(backend: str, x: torch.Tensor, pad: list) -> torch.Tensor:
 # with cudnn.deterministic. When the border is most of the output (tiny maps), path "pad"
 # materializes the padded input instead (deterministic pad backward). padding == 0: "conv".
 PAD_CONV_BORDER_MAX = 0.5  # border outputs / all outputs above which path "pad" is used
+PAD_CONV_PATHS = ("border", "pad")
+_pad_conv_forced = [None]
+
+
+@contextlib.contextmanager
+def pad_conv_force(path):
+    """Force reflection_pad_conv2d's path ("border" or "pad"; None = automatic) in a block."""
+    if path is not None and path not in PAD_CONV_PATHS:
+        raise ValueError(f"path must be one of {PAD_CONV_PATHS} or None, got {path!r}")
+    prev, _pad_conv_forced[0] = _pad_conv_forced[0], path
+    try:
+        yield
+    finally:
+        _pad_conv_forced[0] = prev
 
 
 def _cdiv(a, b):
@@ -206,12 +222,19 @@ def _axis_bands(n, k, p, s):
     return n_out, lo, hi
 
 
-def pad_conv_path(h, w, kh, kw, p, s) -> str:
-    """The path reflection_pad_conv2d takes for an (h, w) input: "conv" (no padding), "border"
-    (zero-padded aten conv + border strips) or "pad" (padded copy; when the border is more than
-    PAD_CONV_BORDER_MAX of the output)."""
+def pad_conv_path(h, w, kh, kw, p, s, device_type="cuda") -> str:
+    """The path reflection_pad_conv2d takes for an (h, w) input on a device type:
+    "conv" (padding 0); "border" (zero-padded aten conv + border strips, no padded copy; the
+    CUDA default); "pad" (padded copy by the i2i_fast pad kernel + aten conv, its backward the
+    gather pad backward). "pad" is the CPU default: on CPU the strips' small oneDNN calls cost
+    more than the padded copy saves (measured, see README); on CUDA it is used only when the
+    border is more than PAD_CONV_BORDER_MAX of the output (tiny maps). pad_conv_force overrides."""
     if p == 0:
         return "conv"
+    if _pad_conv_forced[0] is not None:
+        return _pad_conv_forced[0]
+    if device_type != "cuda":
+        return "pad"
     ho, lo_h, hi_h = _axis_bands(h, kh, p, s)
     wo, lo_w, hi_w = _axis_bands(w, kw, p, s)
     border = 1 - (hi_h - lo_h) * (hi_w - lo_w) / max(ho * wo, 1)
@@ -303,7 +326,7 @@ def _pad_conv_impl(x, weight, bias, padding, stride):
     p, s = int(padding), int(stride)
     kh, kw = weight.shape[2:]
     h, w = x.shape[2:]
-    path = pad_conv_path(h, w, kh, kw, p, s)
+    path = pad_conv_path(h, w, kh, kw, p, s, x.device.type)
     with _CudnnDeterministic(x.device):
         if path == "pad":
             xp = torch.ops.i2i_fast.reflection_pad2d_fwd(x, [p] * 4)
@@ -323,7 +346,7 @@ def _pad_conv_bwd_impl(grad, x, weight, padding, stride, mask):
     need_x, need_w, need_b = (bool(m) for m in mask)
     kh, kw = weight.shape[2:]
     h, w = x.shape[2:]
-    path = pad_conv_path(h, w, kh, kw, p, s)
+    path = pad_conv_path(h, w, kh, kw, p, s, x.device.type)
     bias_sizes = [weight.shape[0]] if need_b else None
     grad = grad.contiguous(memory_format=_fmt(x))
     with _CudnnDeterministic(x.device):

@@ -170,8 +170,9 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     initialization and state_dict, so checkpoints of either load unchanged) whose forward runs
     i2i_fast.functional.reflection_pad_conv2d. groups=1, dilation=1, square padding/stride. The
     path taken per input size (``pad_conv_path``): "border" = zero-padded aten convolution
-    (cuDNN / mkldnn) + border outputs recomputed from thin reflect-padded strips; "pad" = padded
-    copy (tiny maps, where the border is most of the output); "conv" = padding 0; "reference"
+    (cuDNN) + border outputs recomputed from thin reflect-padded strips (CUDA default); "pad" =
+    i2i_fast's padded copy + aten conv, deterministic gather backward (CPU default, where it
+    measured faster; on CUDA only for tiny maps); "conv" = padding 0; "reference"
     = the unfused torch layers (reference backend). ``last_path`` and the repr show the last one.
     """
 
@@ -189,7 +190,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         if _backend._C is None or _backend.select(input.device) == "reference":
             return "reference"
         return _ops.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
-                                  self.padding[0], self.stride[0])
+                                  self.padding[0], self.stride[0], input.device.type)
 
     def forward(self, input: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():
