@@ -262,6 +262,16 @@ def _strips(h, w, kh, kw, p, s):
     return [r for r in regions if r[1] > r[0] and r[3] > r[2]]
 
 
+def _pad_kernels(device):
+    """(fwd, bwd) pad ops for tensors on `device`: the C++ kernels (CPU; CUDA when built),
+    else the Triton ones."""
+    if device.type == "cuda" and not (_backend._C is not None and _backend._C.WITH_CUDA):
+        if "triton" not in _PAD_OPS:
+            raise RuntimeError("i2i_fast reflection_pad_conv2d on CUDA needs the CUDA kernels or triton")
+        return _PAD_OPS["triton"]
+    return torch.ops.i2i_fast.reflection_pad2d_fwd, torch.ops.i2i_fast.reflection_pad2d_bwd
+
+
 class _Strip:
     """One border region: its outputs, the reflect-padded input window read as a pad of a slice
     of x, and the mask of the ring (padded positions that are not x)."""
@@ -288,7 +298,7 @@ class _Strip:
     def input(self, x):
         a, e, _, _, cr = self.rows
         ca, ce, _, _, cc = self.cols
-        xp = torch.ops.i2i_fast.reflection_pad2d_fwd(x[:, :, a:e, ca:ce], self.pad)
+        xp = _pad_kernels(x.device)[0](x[:, :, a:e, ca:ce], self.pad)
         return xp[:, :, cr:cr + self.r[1] - self.r[0], cc:cc + self.c[1] - self.c[0]]
 
     def fold(self, gx, g_strip):
@@ -297,7 +307,7 @@ class _Strip:
         ca, ce, _, _, cc = self.cols
         lr, lc = self.r[1] - self.r[0], self.c[1] - self.c[0]
         full = torch.nn.functional.pad(g_strip, (cc, self.full[1] - cc - lc, cr, self.full[0] - cr - lr))
-        gx[:, :, a:e, ca:ce] += torch.ops.i2i_fast.reflection_pad2d_bwd(full.contiguous(), self.pad)
+        gx[:, :, a:e, ca:ce] += _pad_kernels(gx.device)[1](full.contiguous(), self.pad)
 
 
 class _CudnnDeterministic:
@@ -329,7 +339,7 @@ def _pad_conv_impl(x, weight, bias, padding, stride):
     path = pad_conv_path(h, w, kh, kw, p, s, x.device.type)
     with _CudnnDeterministic(x.device):
         if path == "pad":
-            xp = torch.ops.i2i_fast.reflection_pad2d_fwd(x, [p] * 4)
+            xp = _pad_kernels(x.device)[0](x, [p] * 4)
             y = torch.ops.aten.convolution(xp, weight, bias, [s, s], [0, 0], [1, 1], False, [0, 0], 1)
             return y.contiguous(memory_format=_fmt(x))
         y = torch.ops.aten.convolution(x, weight, bias, [s, s], [p, p], [1, 1], False, [0, 0], 1)
@@ -351,10 +361,10 @@ def _pad_conv_bwd_impl(grad, x, weight, padding, stride, mask):
     grad = grad.contiguous(memory_format=_fmt(x))
     with _CudnnDeterministic(x.device):
         if path == "pad":
-            xp = torch.ops.i2i_fast.reflection_pad2d_fwd(x, [p] * 4)
+            xp = _pad_kernels(x.device)[0](x, [p] * 4)
             gxp, gw, gb = torch.ops.aten.convolution_backward(
                 grad, xp, weight, bias_sizes, [s, s], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b])
-            gx = torch.ops.i2i_fast.reflection_pad2d_bwd(gxp, [p] * 4) if need_x else None
+            gx = _pad_kernels(x.device)[1](gxp, [p] * 4) if need_x else None
         else:
             gx, gw, gb = torch.ops.aten.convolution_backward(
                 grad, x, weight, bias_sizes, [s, s], [p, p], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b])
@@ -405,7 +415,7 @@ def _pad_conv_backward(ctx, gy):
 
 def _pad_conv_double_backward(gy, x, weight, has_bias, p, s, mask):
     with torch.enable_grad():
-        xp = reflection_pad2d("cpu" if x.device.type == "cpu" else "cuda", x, [p] * 4) if p else x
+        xp = reflection_pad2d(_backend.select(x.device), x, [p] * 4) if p else x
         bias = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None
         y = torch.nn.functional.conv2d(xp, weight, bias, s)
         wanted = [t for t, m in zip((x, weight, bias), mask) if m]

@@ -246,6 +246,11 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     weight and bias; deterministic (cuDNN in deterministic mode, gather-based pad backward)."""
     padding = _int_arg("padding", padding, 0)
     stride = _int_arg("stride", stride, 1)
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        # autocast does not reach custom ops: cast as it casts conv2d's arguments
+        dt = torch.get_autocast_dtype(input.device.type)
+        input, weight = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t for t in (input, weight))
+        bias = bias.to(dt) if isinstance(bias, Tensor) and bias.is_floating_point() else bias
     if isinstance(input, Tensor) and input.dim() == 3:
         return reflection_pad_conv2d(input.unsqueeze(0), weight, bias, padding, stride).squeeze(0)
     _check_padded_input(input, [padding] * 4)

@@ -553,3 +553,20 @@ def test_conv_cuda_deterministic_mode_and_tf32():
     ref = nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect").cuda()
     ref.load_state_dict(m.state_dict())
     torch.testing.assert_close(m(x), ref(x), rtol=2e-3, atol=2e-3)  # TF32 as torch allows it
+
+
+@requires_cpp
+def test_conv_autocast_cpu_bf16():
+    """Under autocast the module computes in the autocast dtype, as nn.Conv2d does."""
+    torch.manual_seed(0)
+    m = i2i_fast.ReflectionPadConv2d(4, 5, 3, padding=1)
+    ref = nn.Conv2d(4, 5, 3, padding=1, padding_mode="reflect")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 4, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yr = m(x), ref(x)
+        y2 = i2i_fast.ReflectionPadConv2d(5, 3, 3, padding=1)(yr)  # bf16 input, fp32 weight
+    assert y.dtype == yr.dtype == y2.dtype == torch.bfloat16
+    torch.testing.assert_close(y, yr, rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == torch.float32
