@@ -190,6 +190,8 @@ def test_pad_compile_fullgraph(backend):
     with i2i_fast.use_backend(backend):
         out = torch.compile(fn, fullgraph=True)(x)
         out.backward()
+        # an input that needs no gradient
+        torch.testing.assert_close(torch.compile(fn, fullgraph=True)(x.detach()), out.detach())
     x2 = x.detach().clone().requires_grad_()
     TF.pad(x2 * 2, (1, 2, 3, 1), mode="reflect").square().sum().backward()
     torch.testing.assert_close(out, TF.pad(x.detach() * 2, (1, 2, 3, 1), mode="reflect").square().sum())
@@ -430,7 +432,7 @@ def test_conv_compile_fullgraph(backend):
     ref = nn.Sequential(nn.Conv2d(3, 6, 7, padding=3, padding_mode="reflect"), nn.ReLU(),
                         nn.Conv2d(6, 4, 3, stride=2, padding=1, padding_mode="reflect"))
     ref.load_state_dict(net.state_dict())
-    x = torch.randn(2, 3, 12, 11)
+    x = torch.randn(2, 3, 12, 11)  # the input needs no gradient, the weights do
     with i2i_fast.use_backend(backend):
         y = torch.compile(net, fullgraph=True)(x)
     y.square().sum().backward()
@@ -570,3 +572,38 @@ def test_conv_autocast_cpu_bf16():
     torch.testing.assert_close(y, yr, rtol=2e-2, atol=2e-2)
     y.float().sum().backward()
     assert m.weight.grad.dtype == torch.float32
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[7]], ids=[CONV_IDS[0], CONV_IDS[2], CONV_IDS[7]])
+def test_conv_raw_op_matches_reference(path, case):
+    """The custom op pair itself (the CUDA route; CPU's "pad" path is a composition around it)."""
+    _, _, k, s, p, _, bias = case
+    x, w, b, gy = _conv_masters(case)
+    with _ops.pad_conv_force(path):
+        y = torch.ops.i2i_fast.reflection_pad_conv2d(x, w, b, p, s)
+        gx, gw, gb = torch.ops.i2i_fast.reflection_pad_conv2d_bwd(gy, x, w, p, s, [True, True, bias])
+    r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
+    for name, a, c in zip(["out", "grad x", "grad weight", "grad bias"], [y, gx, gw] + ([gb] if bias else []), r):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12, msg=name)
+    if not bias:
+        assert gb.numel() == 0
+
+
+@requires_cpp
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_conv_compile_fullgraph_border_op(x_grad):
+    """The custom-op route (CUDA's default, forced here on CPU) under torch.compile."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    m = i2i_fast.ReflectionPadConv2d(3, 4, 3, padding=1)
+    ref = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 10, 9, requires_grad=x_grad)
+    with _ops.pad_conv_force("border"):
+        y = torch.compile(m, fullgraph=True)(x)
+        y.square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(m.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
