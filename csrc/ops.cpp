@@ -39,6 +39,22 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
+  // ---- reflection pad (issue #4) ----
+  // out = x reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
+  // >= 0 and < the size of its axis); NCHW or channels_last, the output keeps the layout.
+  m.def("reflection_pad2d_fwd(Tensor x, int[4] pad) -> Tensor");
+  // Gradient of reflection_pad2d_fwd: grad (N, C, H+top+bottom, W+left+right) -> (N, C, H, W).
+  // A gather (each input pixel sums the <= 3x3 padded positions that read it), no atomics.
+  m.def("reflection_pad2d_bwd(Tensor grad, int[4] pad) -> Tensor");
+  // conv2d(reflection_pad2d(x, padding), weight, bias, stride) without the padded copy:
+  // zero-padded aten convolution (cuDNN / mkldnn) whose border outputs are recomputed from thin
+  // reflect-padded strips. Implemented in Python (i2i_fast/_ops.py) for CPU and CUDA.
+  m.def("reflection_pad_conv2d(Tensor x, Tensor weight, Tensor? bias, int padding, int stride) -> Tensor");
+  // Gradients (x, weight, bias) of reflection_pad_conv2d; mask says which are wanted (the
+  // others come back as empty tensors).
+  m.def("reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
+        "bool[3] mask) -> (Tensor, Tensor, Tensor)");
+  // ---- end reflection pad ----
 }
 
 #ifndef I2I_FAST_WITH_CUDA

@@ -304,6 +304,83 @@ OPS = {
 }
 
 
+# ---- reflection pad (issue #4) ----
+# reflection_pad2d shapes are (N, C, H, W, pad); reflection_pad_conv2d shapes are
+# (N, C_in, H, W, C_out, kernel, stride, padding): the (pad, conv) pairs of the reference models.
+class _ReflectionPad(nn.Module):
+    def __init__(self, pad):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        from .functional import reflection_pad2d
+        return reflection_pad2d(x, self.pad)
+
+
+def _pad_build(shape, dtype, device):
+    p = shape[4]
+    return _ReflectionPad(p).to(device), nn.ReflectionPad2d(p).to(device)
+
+
+def _pad_inputs(shape, dtype, device, gen):
+    return (torch.randn(shape[:4], generator=gen).to(device=device, dtype=dtype).requires_grad_(),)
+
+
+def _pad_moved(shape, dtype):
+    n, c, h, w, p = shape
+    e = torch.empty((), dtype=dtype).element_size()
+    small, big = n * c * h * w * e, n * c * (h + 2 * p) * (w + 2 * p) * e
+    return {"fwd": small + big, "bwd": big + small, "fwdbwd": 2 * (small + big)}
+
+
+def _pad_conv_build(shape, dtype, device):
+    from .nn import ReflectionPadConv2d
+    n, ci, h, w, co, k, s, p = shape
+    ours = ReflectionPadConv2d(ci, co, k, stride=s, padding=p)
+    eager = nn.Sequential(nn.ReflectionPad2d(p), nn.Conv2d(ci, co, k, stride=s))
+    eager[1].load_state_dict(ours.state_dict())
+    return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+
+
+def _pad_conv_inputs(shape, dtype, device, gen):
+    return (torch.randn(shape[:4], generator=gen).to(device=device, dtype=dtype).requires_grad_(),)
+
+
+def _pad_conv_moved(shape, dtype):
+    # compulsory traffic: x, weight, output (fwd); grad out, x, weight, grad x, grad weight (bwd)
+    n, ci, h, w, co, k, s, p = shape
+    e = torch.empty((), dtype=dtype).element_size()
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    x, wt, y = n * ci * h * w * e, co * ci * k * k * e, n * co * ho * wo * e
+    return {"fwd": x + wt + y, "bwd": y + 2 * x + 2 * wt, "fwdbwd": 2 * x + 3 * wt + 2 * y + x}
+
+
+def padded_bytes(shape, dtype) -> int:
+    """Bytes of the padded input that eager ReflectionPad2d -> Conv2d materializes per pass
+    (forward: the padded copy; backward: its gradient)."""
+    n, ci, h, w, co, k, s, p = shape
+    return n * ci * (h + 2 * p) * (w + 2 * p) * torch.empty((), dtype=dtype).element_size()
+
+
+OPS["reflection_pad2d"] = Op(
+    name="reflection_pad2d", build=_pad_build, make_inputs=_pad_inputs, moved=_pad_moved,
+    shapes=((1, 64, 256, 256, 3), (1, 256, 64, 64, 1), (8, 256, 64, 64, 1)),
+    cpu_shapes=((1, 256, 64, 64, 1), (1, 64, 128, 128, 3)))
+OPS["reflection_pad_conv2d"] = Op(
+    name="reflection_pad_conv2d", build=_pad_conv_build, make_inputs=_pad_conv_inputs,
+    moved=_pad_conv_moved,
+    shapes=((1, 3, 256, 256, 64, 7, 1, 3),      # CycleGAN / U-GAT-IT stem
+            (1, 256, 64, 64, 256, 3, 1, 1),     # ResNet block, batch 1
+            (8, 256, 64, 64, 256, 3, 1, 1),     # ResNet block, batch 8
+            (1, 64, 256, 256, 3, 7, 1, 3),      # head 7x7 64 -> 3
+            (1, 64, 256, 256, 128, 3, 2, 1),    # U-GAT-IT downsampling (reflect 1, stride 2)
+            (1, 128, 256, 256, 64, 5, 1, 2)),   # MUNIT 5x5 upsampling conv
+    cpu_shapes=((1, 3, 128, 128, 32, 7, 1, 3),
+                (1, 64, 64, 64, 64, 3, 1, 1),
+                (1, 32, 64, 64, 64, 3, 2, 1)))
+# ---- end reflection pad ----
+
+
 def shapes_for(op: str, device, quick: bool = False) -> tuple:
     """The DESIGN.md shapes on CUDA; the small CPU list with --quick or on CPU (unless
     I2I_FAST_BENCH_FULL=1)."""

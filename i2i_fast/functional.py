@@ -207,3 +207,99 @@ def _update_running_stats(running_mean, running_var, mean, var, momentum, hw):
         rv = m * var * (hw / (hw - 1)) + (1 - m) * running_var.to(var.dtype)
         running_mean.copy_(rm.mean(0))
         running_var.copy_(rv.mean(0))
+
+
+# ---------------------------------------------------------------- reflection pad (issue #4)
+__all__ += ["reflection_pad2d", "reflection_pad_conv2d"]
+
+
+def _pad4(pad):
+    if isinstance(pad, bool) or not isinstance(pad, (int, tuple, list)):
+        raise TypeError(f"pad must be an int or a 4-tuple (left, right, top, bottom), got {type(pad).__name__}")
+    if isinstance(pad, int):
+        pad = (pad,) * 4
+    if len(pad) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pad):
+        raise ValueError(f"pad must be an int or 4 ints (left, right, top, bottom), got {pad!r}")
+    if min(pad) < 0:
+        raise ValueError(f"pad must be >= 0, got {tuple(pad)}")
+    return list(pad)
+
+
+def _check_padded_input(input, pad, name="input"):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"expects a 4D {name} (N, C, H, W) or 3D (C, H, W), got {input.dim()}D "
+                         f"with shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {input.dtype}")
+    h, w = input.shape[2:]
+    l, r, t, b = pad
+    if max(l, r) >= w or max(t, b) >= h:
+        raise ValueError(f"pad {tuple(pad)} (left, right, top, bottom) must be smaller than the "
+                         f"{name} size (H, W) = {(h, w)} (reflection padding)")
+
+
+def reflection_pad2d(input: Tensor, pad) -> Tensor:
+    """F.pad(input, pad, mode="reflect") for 4D (N, C, H, W) or 3D (C, H, W) input; pad is an int
+    or (left, right, top, bottom), each >= 0 and < the size of its axis. The backward is a
+    gather (no atomics): bitwise deterministic, allowed under
+    torch.use_deterministic_algorithms(True). NCHW or channels_last (kept); fp16/bf16 on CPU too."""
+    pad = _pad4(pad)
+    if isinstance(input, Tensor) and input.dim() == 3:
+        return reflection_pad2d(input.unsqueeze(0), pad).squeeze(0)
+    _check_padded_input(input, pad)
+    return _ops.reflection_pad2d(_backend.select(input.device), input, pad)
+
+
+def _int_arg(name, v, lo):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"{name} must be one int (the same for H and W), got {tuple(v)}")
+        v = v[0]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                          padding: int = 0, stride: int = 1) -> Tensor:
+    """conv2d(reflection_pad2d(input, padding), weight, bias, stride) (groups 1, dilation 1)
+    without materializing the padded input: = nn.Sequential(nn.ReflectionPad2d(padding),
+    nn.Conv2d(..., padding=0)) = nn.Conv2d(..., padding_mode="reflect"). Gradients for input,
+    weight and bias; deterministic (cuDNN in deterministic mode, gather-based pad backward)."""
+    padding = _int_arg("padding", padding, 0)
+    stride = _int_arg("stride", stride, 1)
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        # autocast does not reach custom ops: cast as it casts conv2d's arguments
+        dt = torch.get_autocast_dtype(input.device.type)
+        input, weight = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t for t in (input, weight))
+        bias = bias.to(dt) if isinstance(bias, Tensor) and bias.is_floating_point() else bias
+    if isinstance(input, Tensor) and input.dim() == 3:
+        return reflection_pad_conv2d(input.unsqueeze(0), weight, bias, padding, stride).squeeze(0)
+    _check_padded_input(input, [padding] * 4)
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4D (out_channels, in_channels, kH, kW), got shape {tuple(weight.shape)}")
+    if weight.dtype != input.dtype or weight.device != input.device:
+        raise ValueError(f"weight ({weight.dtype} on {weight.device}) must match input "
+                         f"({input.dtype} on {input.device})")
+    if weight.shape[1] != input.shape[1]:
+        raise ValueError(f"weight expects {weight.shape[1]} input channels (groups=1), input has "
+                         f"{input.shape[1]}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != input.dtype or bias.device != input.device:
+            raise ValueError(f"bias ({bias.dtype} on {bias.device}) must match input "
+                             f"({input.dtype} on {input.device})")
+    h, w = input.shape[2:]
+    if h + 2 * padding < weight.shape[2] or w + 2 * padding < weight.shape[3]:
+        raise ValueError(f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the "
+                         f"kernel {tuple(weight.shape[2:])}")
+    return _ops.reflection_pad_conv2d(_backend.select(input.device), input, weight, bias, padding, stride)

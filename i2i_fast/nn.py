@@ -168,3 +168,46 @@ class AdaIN(_Fused):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}" + self._fusion_repr()
+
+
+# ---------------------------------------------------------------- reflection pad (issue #4)
+__all__ += ["ReflectionPadConv2d"]
+
+
+class ReflectionPadConv2d(torch.nn.Conv2d):
+    """nn.Sequential(nn.ReflectionPad2d(padding), nn.Conv2d(in, out, k, stride, bias=bias)) as
+    one layer that never materializes the padded input.
+
+    It is an nn.Conv2d with padding_mode="reflect" (same parameters weight/bias, same
+    initialization and state_dict, so checkpoints of either load unchanged) whose forward runs
+    i2i_fast.functional.reflection_pad_conv2d. groups=1, dilation=1, square padding/stride. The
+    path taken per input size (``pad_conv_path``): "border" = zero-padded aten convolution
+    (cuDNN) + border outputs recomputed from thin reflect-padded strips (CUDA default); "pad" =
+    i2i_fast's padded copy + aten conv, deterministic gather backward (CPU default, where it
+    measured faster; on CUDA only for tiny maps); "conv" = padding 0; "reference"
+    = the unfused torch layers (reference backend). ``last_path`` and the repr show the last one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, device=None, dtype=None) -> None:
+        padding = F._int_arg("padding", padding, 0)
+        stride = F._int_arg("stride", stride, 1)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         bias=bias, padding_mode="reflect", device=device, dtype=dtype)
+        self.last_path: Optional[str] = None
+
+    def path_for(self, input: Tensor) -> str:
+        """The path forward(input) takes on this device and backend."""
+        from . import _backend, _ops
+        if _backend._C is None or _backend.select(input.device) == "reference":
+            return "reference"
+        return _ops.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
+                                  self.padding[0], self.stride[0], input.device.type)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling():
+            self.last_path = self.path_for(input)
+        return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", path={self.last_path or 'auto'}"

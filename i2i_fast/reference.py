@@ -84,8 +84,20 @@ def layer_norm_fwd(x, gamma, beta, eps, act, slope, residual):
     return _epilogue(y, act, slope, residual).to(x.dtype)
 
 
+# ---------------------------------------------------------------- reflection pad (issue #4)
+def reflection_pad2d_fwd(x, pad):
+    """x (N, C, H, W) reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""
+    return F.pad(x, tuple(pad), mode="reflect")
+
+
+def reflection_pad_conv2d(x, weight, bias, padding, stride):
+    """conv2d(reflection_pad2d(x, padding), weight, bias, stride): the unfused original
+    nn.Sequential(nn.ReflectionPad2d(padding), nn.Conv2d(..., padding=0))."""
+    if padding:
+        x = F.pad(x, (padding,) * 4, mode="reflect")
+    return F.conv2d(x, weight, bias, stride)
 
 
 def reflection_pad_out(y, pad):
     """The norms' fused output pad: reflection padding by `pad` on each side of H and W."""
-    return y if pad == 0 else F.pad(y, (pad, pad, pad, pad), mode="reflect")
+    return y if pad == 0 else reflection_pad2d_fwd(y, (pad,) * 4)

@@ -1,0 +1,144 @@
+// CPU kernels of i2i_fast::reflection_pad2d_fwd / reflection_pad2d_bwd.
+// Forward: a copy, one task per output row (NCHW: left mirror, memcpy of the row, right mirror)
+// or per output pixel (channels_last: memcpy of its C channels).
+// Backward: a gather, no atomics. Each input pixel sums the <= 3 x <= 3 padded positions that
+// read it (reflect_dst), in a fixed order, in fp32 (fp64 for fp64): bitwise deterministic and
+// independent of the thread count. NCHW: one task per input row, the row accumulator is
+// vectorized along W; channels_last: one task per input pixel, vectorized along C.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "reflection_pad.h"
+
+namespace i2i {
+namespace {
+
+constexpr int64_t kGrainBytes = 32768;
+
+template <typename T>
+void fwd_nchw(const T* x, T* y, const PadGeom& g) {
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W;
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * Wo));
+  at::parallel_for(0, g.N * g.C * Ho, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t plane = row / Ho, oh = row % Ho;
+      const T* src = x + (plane * H + reflect_src(oh, H, g.t)) * W;
+      T* dst = y + row * Wo;
+      for (int64_t j = 0; j < g.l; ++j) dst[j] = src[g.l - j];
+      std::memcpy(dst + g.l, src, sizeof(T) * W);
+      for (int64_t j = 0; j < g.r; ++j) dst[g.l + W + j] = src[W - 2 - j];
+    }
+  });
+}
+
+template <typename T>
+void fwd_nhwc(const T* x, T* y, const PadGeom& g) {
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), C = g.C;
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * std::max<int64_t>(C, 1)));
+  at::parallel_for(0, g.N * Ho * Wo, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t n = p / (Ho * Wo), oh = (p / Wo) % Ho, ow = p % Wo;
+      const int64_t ih = reflect_src(oh, g.H, g.t), iw = reflect_src(ow, g.W, g.l);
+      std::memcpy(y + p * C, x + ((n * g.H + ih) * g.W + iw) * C, sizeof(T) * C);
+    }
+  });
+}
+
+template <typename T, typename acc_t>
+void bwd_nchw(const T* gy, T* gx, const PadGeom& g) {
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W, l = g.l, r = g.r;
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * Wo * 2));
+  at::parallel_for(0, g.N * g.C * H, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<acc_t> acc(W);
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t plane = row / H, ih = row % H;
+      int64_t rows[3];
+      const int nr = reflect_dst(ih, H, g.t, g.b, rows);
+      for (int k = 0; k < nr; ++k) {
+        const T* src = gy + (plane * Ho + rows[k]) * Wo;
+        // order per element: center, leading mirror, trailing mirror (as reflect_dst)
+        if (k == 0) {
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) acc[j] = static_cast<acc_t>(src[l + j]);
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) acc[j] += static_cast<acc_t>(src[l + j]);
+        }
+        for (int64_t j = 1; j <= l; ++j) acc[j] += static_cast<acc_t>(src[l - j]);
+        for (int64_t j = W - 1 - r; j <= W - 2; ++j) acc[j] += static_cast<acc_t>(src[l + 2 * (W - 1) - j]);
+      }
+      T* dst = gx + row * W;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) dst[j] = static_cast<T>(acc[j]);
+    }
+  });
+}
+
+template <typename T, typename acc_t>
+void bwd_nhwc(const T* gy, T* gx, const PadGeom& g) {
+  const int64_t Wo = g.Wo(), H = g.H, W = g.W, C = g.C;
+  const int64_t Ho = g.Ho();
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * std::max<int64_t>(C, 1) * 2));
+  at::parallel_for(0, g.N * H * W, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<acc_t> acc(C);
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t n = p / (H * W), ih = (p / W) % H, iw = p % W;
+      int64_t rows[3], cols[3];
+      const int nr = reflect_dst(ih, H, g.t, g.b, rows), nc = reflect_dst(iw, W, g.l, g.r, cols);
+      for (int a = 0; a < nr; ++a) {
+        for (int b = 0; b < nc; ++b) {
+          const T* src = gy + ((n * Ho + rows[a]) * Wo + cols[b]) * C;
+          if (a == 0 && b == 0) {
+#pragma omp simd
+            for (int64_t k = 0; k < C; ++k) acc[k] = static_cast<acc_t>(src[k]);
+          } else {
+#pragma omp simd
+            for (int64_t k = 0; k < C; ++k) acc[k] += static_cast<acc_t>(src[k]);
+          }
+        }
+      }
+      T* dst = gx + p * C;
+#pragma omp simd
+      for (int64_t k = 0; k < C; ++k) dst[k] = static_cast<T>(acc[k]);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor reflection_pad2d_fwd_cpu(const at::Tensor& x_in, at::IntArrayRef pad) {
+  const PadGeom g = pad_geom(x_in, pad, "i2i_fast reflection_pad2d");
+  const at::Tensor x = x_in.contiguous(g.format());
+  at::Tensor y = at::empty({g.N, g.C, g.Ho(), g.Wo()}, x.options().memory_format(g.format()));
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "i2i_fast_reflection_pad2d_fwd_cpu", [&] {
+    g.channels_last ? fwd_nhwc(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g)
+                    : fwd_nchw(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g);
+  });
+  return y;
+}
+
+at::Tensor reflection_pad2d_bwd_cpu(const at::Tensor& grad_in, at::IntArrayRef pad) {
+  const PadGeom g = pad_geom_bwd(grad_in, pad, "i2i_fast reflection_pad2d_bwd");
+  const at::Tensor gy = grad_in.contiguous(g.format());
+  at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, gy.options().memory_format(g.format()));
+  if (gx.numel() == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "i2i_fast_reflection_pad2d_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    g.channels_last ? bwd_nhwc<scalar_t, acc_t>(gy.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), g)
+                    : bwd_nchw<scalar_t, acc_t>(gy.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), g);
+  });
+  return gx;
+}
+
+TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
+  m.impl("reflection_pad2d_fwd", &reflection_pad2d_fwd_cpu);
+  m.impl("reflection_pad2d_bwd", &reflection_pad2d_bwd_cpu);
+}
+
+}  // namespace i2i

@@ -1,0 +1,609 @@
+"""reflection_pad2d and ReflectionPadConv2d / functional.reflection_pad_conv2d (issue #4):
+parity with torch and the float64 reference on every backend that runs here, gradients,
+double backward, determinism (also under torch.use_deterministic_algorithms(True)), opcheck,
+torch.compile(fullgraph=True), state_dict interchange with nn.Conv2d, bad input."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as TF
+
+import i2i_fast
+from i2i_fast import _ops, reference
+from i2i_fast import functional as F
+
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
+
+HAS_CPP = i2i_fast.backends()["cpu"][0]
+requires_cpp = pytest.mark.skipif(not HAS_CPP, reason="extension not built")
+CONV_PATHS = ["border", "pad"]
+
+
+@contextlib.contextmanager
+def deterministic_mode():
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def _master(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def _prep(t, dtype, device="cpu", channels_last=False):
+    t = t.to(device=device, dtype=dtype)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_()
+
+
+# =================================================================== reflection_pad2d
+PAD_CASES = [  # (shape, pad as (left, right, top, bottom))
+    ((2, 3, 5, 7), (2, 3, 1, 4)),
+    ((1, 1, 1, 7), (6, 0, 0, 0)),        # H = 1: no vertical padding possible
+    ((1, 2, 3, 3), (2, 2, 2, 2)),        # every pixel has 3 sources per axis (both mirrors)
+    ((3, 4, 13, 11), (1, 1, 1, 1)),
+    ((1, 5, 63, 65), (3, 3, 3, 3)),
+    ((2, 3, 6, 5), (0, 0, 0, 0)),
+]
+
+
+def _pad_case(backend, shape, pad, dtype, channels_last, seed=0):
+    x64, = (_master(shape, seed),)
+    out_shape = (shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1])
+    gy64 = _master(out_shape, seed + 1)
+    res = {}
+    for name, dt in (("ours", dtype), ("torch", dtype), ("ref", torch.float64)):
+        x = _prep(x64, dt, channels_last=channels_last)
+        if name == "ours":
+            with i2i_fast.use_backend(backend):
+                y = F.reflection_pad2d(x, pad)
+        elif name == "torch":
+            y = TF.pad(x, pad, mode="reflect")
+        else:
+            y = reference.reflection_pad2d_fwd(x, pad)
+        y.backward(gy64.to(dt).contiguous(memory_format=torch.channels_last) if channels_last else gy64.to(dt))
+        res[name] = (y, x.grad)
+    return res
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape,pad", PAD_CASES, ids=lambda v: "x".join(map(str, v)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_pad_parity(backend, shape, pad, dtype):
+    if backend == "triton" and shape[2] * shape[3] > 1000:
+        pytest.skip("interpreter: small shapes only")
+    r = _pad_case(backend, shape, pad, dtype, False)
+    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    assert yo.dtype == dtype and yo.shape == yt.shape
+    assert torch.equal(yo, yt), "forward is a copy: must equal torch exactly"
+    assert_parity(go, gt, gr, dtype, f"{backend} grad x")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_pad_channels_last_and_half(backend, dtype):
+    if backend == "reference" and dtype != torch.float32:
+        pytest.skip("reference = torch")
+    r = _pad_case(backend, (2, 16, 7, 9), (2, 1, 3, 2), dtype, True)
+    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    assert yo.is_contiguous(memory_format=torch.channels_last), "channels_last output lost its layout"
+    assert go.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(yo, yt)
+    assert_parity(go, gt, gr, dtype, f"{backend} grad x")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_pad_half_nchw_sums_in_fp32(dtype):
+    """fp16/bf16 on CPU: sources summed in fp32, rounded once (torch: per-add rounding)."""
+    r = _pad_case("cpu", (2, 3, 9, 8), (3, 3, 3, 3), dtype, False)
+    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    assert torch.equal(yo, yt)
+    assert_parity(go, gt, gr, dtype, "cpu grad x")
+    # each pixel's <= 3x3 sources are summed in fp32 (exact here) and rounded once
+    gy = _master((2, 3, 15, 14), 1).to(dtype)
+    exact = torch.ops.aten.reflection_pad2d_backward(gy.double(), torch.empty(2, 3, 9, 8, dtype=torch.float64),
+                                                     [3, 3, 3, 3])
+    assert torch.equal(go, exact.to(dtype))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_pad_int_pad_unbatched_and_views(backend):
+    x = _master((3, 6, 7), 3).requires_grad_()
+    with i2i_fast.use_backend(backend):
+        y = F.reflection_pad2d(x, 2)
+    torch.testing.assert_close(y, TF.pad(x, (2, 2, 2, 2), mode="reflect"), rtol=0, atol=0)
+    base = _master((2, 6, 9, 10), 4)
+    v = base[:, ::2, 1:8, ::3]  # neither NCHW- nor channels_last-contiguous
+    with i2i_fast.use_backend(backend):
+        y = F.reflection_pad2d(v, (1, 2, 3, 0))
+    assert torch.equal(y, TF.pad(v, (1, 2, 3, 0), mode="reflect"))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_pad_gradcheck(backend):
+    # the interpreter runs one kernel per gradcheck column: a tiny input there
+    x = _master((1, 1, 4, 5) if backend == "triton" else (2, 2, 4, 5), 5).requires_grad_()
+
+    def fn(t):
+        with i2i_fast.use_backend(backend):
+            return F.reflection_pad2d(t, (3, 2, 1, 3))
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends() if b != "reference"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_bitwise_deterministic(backend, channels_last):
+    shape = (3, 8, 17, 9) if backend != "triton" else (2, 3, 6, 7)
+    runs = []
+    for _ in range(2):
+        with deterministic_mode():
+            r = _pad_case(backend, shape, (2, 3, 4, 1), torch.float32, channels_last)
+        runs.append(r["ours"])
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@requires_cpp
+def test_pad_backends_agree_bitwise():
+    """Every backend sums a pixel's sources in the same order: identical gradients."""
+    g = _master((2, 3, 11, 12), 7).float()
+    outs = {b: _ops._PAD_OPS[b][1](g, [3, 2, 4, 1]) for b in _ops._PAD_OPS if b in cpu_backends()}
+    first = next(iter(outs.values()))
+    for b, o in outs.items():
+        assert torch.equal(o, first), b
+
+
+@requires_cpp
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_opcheck_cpp(channels_last):
+    x = _master((2, 3, 5, 6), 8).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.i2i_fast.reflection_pad2d_fwd.default, (x.requires_grad_(), [2, 1, 3, 4]))
+    g = _master((2, 3, 12, 9), 9).float().requires_grad_()
+    torch.library.opcheck(torch.ops.i2i_fast.reflection_pad2d_bwd.default, (g, [2, 1, 3, 4]))
+
+
+@pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
+def test_pad_opcheck_triton():
+    dev = "cuda" if HAS_CUDA else "cpu"
+    x = _master((2, 3, 5, 6), 10).float().to(dev).requires_grad_()
+    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
+    torch.library.opcheck(torch.ops.i2i_fast.triton_reflection_pad2d_fwd.default, (x, [2, 1, 3, 4]), test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_pad_compile_fullgraph(backend):
+    if backend == "cpu" and not HAS_CPP:
+        pytest.skip("extension not built")
+    torch._dynamo.reset()
+    x = _master((2, 3, 8, 9), 11).float().requires_grad_()
+
+    def fn(t):
+        return F.reflection_pad2d(t * 2, (1, 2, 3, 1)).square().sum()
+    with i2i_fast.use_backend(backend):
+        out = torch.compile(fn, fullgraph=True)(x)
+        out.backward()
+        # an input that needs no gradient
+        torch.testing.assert_close(torch.compile(fn, fullgraph=True)(x.detach()), out.detach())
+    x2 = x.detach().clone().requires_grad_()
+    TF.pad(x2 * 2, (1, 2, 3, 1), mode="reflect").square().sum().backward()
+    torch.testing.assert_close(out, TF.pad(x.detach() * 2, (1, 2, 3, 1), mode="reflect").square().sum())
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_pad_bad_input(backend):
+    x = torch.randn(2, 3, 4, 5)
+    with i2i_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="smaller than the input size"):
+            F.reflection_pad2d(x, (5, 0, 0, 0))           # left >= W
+        with pytest.raises(ValueError, match="smaller than the input size"):
+            F.reflection_pad2d(x, (0, 0, 0, 4))           # bottom >= H
+        with pytest.raises(ValueError, match="pad must be >= 0"):
+            F.reflection_pad2d(x, (-1, 0, 0, 0))
+        with pytest.raises(ValueError, match="4 ints"):
+            F.reflection_pad2d(x, (1, 1))
+        with pytest.raises(TypeError, match="pad must be an int"):
+            F.reflection_pad2d(x, 1.5)
+        with pytest.raises(ValueError, match="4D input"):
+            F.reflection_pad2d(torch.randn(4, 5), 1)
+        with pytest.raises(ValueError, match="floating point"):
+            F.reflection_pad2d(torch.ones(2, 3, 4, 5, dtype=torch.int64), 1)
+        with pytest.raises(ValueError, match="floating point"):
+            F.reflection_pad2d(torch.ones(2, 3, 4, 5, dtype=torch.bool), 1)
+        with pytest.raises(TypeError, match="input must be a Tensor"):
+            F.reflection_pad2d([[1.0]], 1)
+
+
+@requires_cpp
+def test_pad_cpp_op_checks_its_own_arguments():
+    fwd, bwd = torch.ops.i2i_fast.reflection_pad2d_fwd, torch.ops.i2i_fast.reflection_pad2d_bwd
+    with pytest.raises(RuntimeError, match="rank 4"):
+        fwd(torch.randn(3, 4, 4), [1, 1, 1, 1])
+    with pytest.raises(RuntimeError, match="must be < the input width"):
+        fwd(torch.randn(1, 1, 4, 4), [4, 0, 0, 0])
+    with pytest.raises(RuntimeError, match="must be >= 0"):
+        fwd(torch.randn(1, 1, 4, 4), [0, -1, 0, 0])
+    with pytest.raises(RuntimeError, match="floating point"):
+        fwd(torch.ones(1, 1, 4, 4, dtype=torch.int32), [1, 1, 1, 1])
+    with pytest.raises(RuntimeError, match="smaller than pad"):
+        bwd(torch.randn(1, 1, 3, 3), [2, 2, 0, 0])
+
+
+# =================================================================== ReflectionPadConv2d
+# (in, out, kernel, stride, padding, (H, W), bias): the shapes of issue #4, small spatial sizes
+CONV_CASES = [
+    (3, 5, 7, 1, 3, (12, 13), True),     # CycleGAN / U-GAT-IT stem and head
+    (4, 4, 3, 1, 1, (9, 10), True),      # ResNet block
+    (4, 6, 3, 2, 1, (11, 12), False),    # U-GAT-IT downsampling (stride 2, reflect 1)
+    (3, 4, 4, 2, 1, (10, 9), True),      # U-GAT-IT discriminator 4x4 stride 2
+    (4, 3, 4, 1, 1, (8, 8), True),       # 4x4 stride 1 (discriminator tail)
+    (3, 4, 5, 1, 2, (10, 11), True),     # MUNIT 5x5 upsampling conv
+    (2, 3, 3, 1, 2, (7, 6), False),      # padding > kernel // 2
+    (2, 3, 7, 2, 3, (5, 6), True),       # border covers everything
+    (1, 2, 3, 1, 1, (2, 3), True),       # tiny
+]
+CONV_IDS = [f"k{k}s{s}p{p}_{h}x{w}{'_b' if b else ''}" for _, _, k, s, p, (h, w), b in CONV_CASES]
+
+
+def _conv_masters(case, n=2, seed=0):
+    cin, cout, k, s, p, (h, w), bias = case
+    x = _master((n, cin, h, w), seed)
+    wt = _master((cout, cin, k, k), seed + 1) * 0.3
+    b = _master((cout,), seed + 2) if bias else None
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    gy = _master((n, cout, ho, wo), seed + 3)
+    return x, wt, b, gy
+
+
+def _run_conv(fn, x64, w64, b64, gy64, dtype, device="cpu", channels_last=False):
+    x = _prep(x64, dtype, device, channels_last)
+    w = _prep(w64, dtype, device)
+    b = _prep(b64, dtype, device) if b64 is not None else None
+    y = fn(x, w, b)
+    y.backward(gy64.to(device=device, dtype=dtype))
+    return [y, x.grad, w.grad] + ([b.grad] if b is not None else [])
+
+
+def _seq_conv(p, s):
+    """The unfused original: nn.ReflectionPad2d(p) -> conv2d(padding=0)."""
+    return lambda x, w, b: TF.conv2d(TF.pad(x, (p,) * 4, mode="reflect"), w, b, s)
+
+
+def _check_conv(case, dtype, backend="cpu", path=None, channels_last=False, device="cpu", n=2):
+    _, _, k, s, p, _, _ = case
+    x, w, b, gy = _conv_masters(case, n)
+
+    def ours(xs, ws, bs):
+        with i2i_fast.use_backend(backend), _ops.pad_conv_force(path):
+            return F.reflection_pad_conv2d(xs, ws, bs, p, s)
+    o = _run_conv(ours, x, w, b, gy, dtype, device, channels_last)
+    t = _run_conv(_seq_conv(p, s), x, w, b, gy, dtype, device, channels_last)
+    r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
+    assert o[0].dtype == dtype and o[0].shape == r[0].shape
+    if channels_last:
+        assert o[0].is_contiguous(memory_format=torch.channels_last)
+        assert o[1].is_contiguous(memory_format=torch.channels_last)
+    for name, a, bb, c in zip(["out", "grad x", "grad weight", "grad bias"], o, t, r):
+        assert_parity(a, bb, c, dtype, f"{backend}/{path} {name}")
+    return o
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv_parity_fp64_exact_paths(case, path):
+    """float64: each path matches the unfused Sequential(ReflectionPad2d, Conv2d) to rounding."""
+    _, _, k, s, p, _, _ = case
+    x, w, b, gy = _conv_masters(case)
+
+    def ours(xs, ws, bs):
+        with _ops.pad_conv_force(path):
+            return F.reflection_pad_conv2d(xs, ws, bs, p, s)
+    o = _run_conv(ours, x, w, b, gy, torch.float64)
+    r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
+    for name, a, c in zip(["out", "grad x", "grad weight", "grad bias"], o, r):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("backend,path", [("cpu", "border"), ("cpu", "pad"), ("cpu", None), ("reference", None)])
+@pytest.mark.parametrize("case", CONV_CASES[:6], ids=CONV_IDS[:6])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_conv_parity_fp32(backend, path, case, channels_last):
+    if backend == "cpu" and not HAS_CPP:
+        pytest.skip("extension not built")
+    _check_conv(case, torch.float32, backend, path, channels_last)
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_conv_parity_half_cpu(path, dtype):
+    try:
+        TF.conv2d(torch.ones(1, 1, 3, 3, dtype=dtype), torch.ones(1, 1, 3, 3, dtype=dtype)).sum().item()
+    except RuntimeError as e:
+        pytest.skip(f"torch has no CPU {dtype} conv here: {e}")
+    _check_conv((8, 8, 3, 1, 1, (10, 11), True), dtype, "cpu", path)
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+def test_conv_reference_model_shape(path):
+    """The CycleGAN stem at 256x256 (7x7, reflect 3), output channels cut to 8 for speed."""
+    _check_conv((3, 8, 7, 1, 3, (256, 256), True), torch.float32, "cpu", path, n=1)
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+def test_conv_gradcheck(path):
+    x, w, b, _ = _conv_masters((2, 3, 3, 2, 2, (6, 7), True), n=1)
+    args = tuple(t.requires_grad_() for t in (x, w, b))
+
+    def fn(xs, ws, bs):
+        with _ops.pad_conv_force(path):
+            return F.reflection_pad_conv2d(xs, ws, bs, 2, 2)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=True)
+
+
+def test_conv_same_as_padding_mode_reflect_module():
+    torch.manual_seed(0)
+    ours = i2i_fast.ReflectionPadConv2d(3, 5, 3, stride=2, padding=1)
+    ref = nn.Conv2d(3, 5, 3, stride=2, padding=1, padding_mode="reflect")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 17, 16)
+    torch.testing.assert_close(ours(x), ref(x))
+    seq = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, 5, 3, stride=2))
+    seq[1].load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), seq(x))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_state_dict_interchange(bias):
+    ours = i2i_fast.ReflectionPadConv2d(4, 6, 7, padding=3, bias=bias)
+    plain = nn.Conv2d(4, 6, 7, bias=bias)
+    assert list(ours.state_dict()) == list(plain.state_dict()) == (["weight", "bias"] if bias else ["weight"])
+    plain.load_state_dict(ours.state_dict())
+    ours2 = i2i_fast.ReflectionPadConv2d(4, 6, 7, padding=3, bias=bias)
+    ours2.load_state_dict(plain.state_dict())
+    assert torch.equal(ours2.weight, ours.weight)
+    # the fused converter's key mapping: Sequential(pad, conv) keys "1.weight" -> "weight"
+    seq = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(4, 6, 7, bias=bias))
+    ours2.load_state_dict({k.split(".", 1)[1]: v for k, v in seq.state_dict().items()})
+
+
+def test_conv_module_repr_and_path():
+    m = i2i_fast.ReflectionPadConv2d(3, 4, 3, padding=1)
+    assert "path=auto" in repr(m)
+    m(torch.randn(1, 3, 8, 8))
+    expected = "pad" if HAS_CPP else "reference"
+    assert m.last_path == expected and f"path={expected}" in repr(m)
+    with _ops.pad_conv_force("border"):
+        assert m.path_for(torch.randn(1, 3, 8, 8)) == ("border" if HAS_CPP else "reference")
+    assert _ops.pad_conv_path(64, 64, 3, 3, 1, 1, "cuda") == "border"
+    assert _ops.pad_conv_path(4, 4, 7, 7, 3, 1, "cuda") == "pad"   # border is most of the output
+    assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, "cpu") == "conv"
+    m0 = i2i_fast.ReflectionPadConv2d(3, 4, 1)  # padding 0: a plain convolution
+    x = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(m0(x), TF.conv2d(x, m0.weight, m0.bias))
+    assert m0.last_path == ("conv" if HAS_CPP else "reference")
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_conv_bitwise_deterministic(path, channels_last):
+    case = (6, 7, 3, 1, 1, (13, 12), True)
+    runs = []
+    for _ in range(2):
+        with deterministic_mode():
+            runs.append(_check_conv(case, torch.float32, "cpu", path, channels_last))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+def test_conv_opcheck(path):
+    x, w, b, gy = (t.float() for t in _conv_masters((3, 4, 3, 2, 1, (9, 8), True)))
+    with _ops.pad_conv_force(path):
+        torch.library.opcheck(torch.ops.i2i_fast.reflection_pad_conv2d.default,
+                              (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 2))
+        for mask in ([True, True, True], [False, True, False], [True, False, False]):
+            torch.library.opcheck(torch.ops.i2i_fast.reflection_pad_conv2d_bwd.default,
+                                  (gy, x.detach(), w.detach(), 1, 2, mask))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_conv_compile_fullgraph(backend):
+    if backend == "cpu" and not HAS_CPP:
+        pytest.skip("extension not built")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = nn.Sequential(i2i_fast.ReflectionPadConv2d(3, 6, 7, padding=3), nn.ReLU(),
+                        i2i_fast.ReflectionPadConv2d(6, 4, 3, stride=2, padding=1))
+    ref = nn.Sequential(nn.Conv2d(3, 6, 7, padding=3, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(6, 4, 3, stride=2, padding=1, padding_mode="reflect"))
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 12, 11)  # the input needs no gradient, the weights do
+    with i2i_fast.use_backend(backend):
+        y = torch.compile(net, fullgraph=True)(x)
+    y.square().sum().backward()
+    yr = ref(x)
+    yr.square().sum().backward()
+    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-5)
+    for (k, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=k)
+
+
+@requires_cpp
+def test_conv_unbatched_and_no_grad_inputs():
+    m = i2i_fast.ReflectionPadConv2d(2, 3, 3, padding=1)
+    x = torch.randn(2, 6, 5)
+    torch.testing.assert_close(m(x), nn.functional.conv2d(TF.pad(x[None], (1,) * 4, mode="reflect"), m.weight, m.bias)[0])
+    xg = torch.randn(1, 2, 6, 5, requires_grad=True)
+    with torch.no_grad():
+        m.weight.requires_grad_(False)
+    y = m(xg)
+    y.sum().backward()  # only x needs a gradient
+    assert xg.grad is not None and m.weight.grad is None and m.bias.grad is not None
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_conv_bad_input(backend):
+    x = torch.randn(2, 3, 4, 5)
+    w = torch.randn(4, 3, 3, 3)
+    with i2i_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="smaller than the input size"):
+            F.reflection_pad_conv2d(x, w, None, 4)          # padding >= H
+        with pytest.raises(ValueError, match="4D input"):
+            F.reflection_pad_conv2d(torch.randn(3, 4), w, None, 1)
+        with pytest.raises(ValueError, match="input must be floating point"):
+            F.reflection_pad_conv2d(x.long(), w, None, 1)
+        with pytest.raises(ValueError, match="weight .* must match input"):
+            F.reflection_pad_conv2d(x, w.double(), None, 1)
+        with pytest.raises(ValueError, match="weight must be 4D"):
+            F.reflection_pad_conv2d(x, torch.randn(4, 27), None, 1)
+        with pytest.raises(ValueError, match="input channels"):
+            F.reflection_pad_conv2d(x, torch.randn(4, 2, 3, 3), None, 1)
+        with pytest.raises(ValueError, match="bias must have shape"):
+            F.reflection_pad_conv2d(x, w, torch.randn(3), 1)
+        with pytest.raises(ValueError, match="bias .* must match input"):
+            F.reflection_pad_conv2d(x, w, torch.randn(4, dtype=torch.float64), 1)
+        with pytest.raises(ValueError, match="stride must be >= 1"):
+            F.reflection_pad_conv2d(x, w, None, 1, 0)
+        with pytest.raises(ValueError, match="padding must be >= 0"):
+            F.reflection_pad_conv2d(x, w, None, -1)
+        with pytest.raises(ValueError, match="padding must be one int"):
+            F.reflection_pad_conv2d(x, w, None, (1, 2))
+        with pytest.raises(ValueError, match="smaller than the kernel"):
+            F.reflection_pad_conv2d(x, torch.randn(4, 3, 7, 7), None, 1)
+    with pytest.raises(ValueError, match="stride must be one int"):
+        i2i_fast.ReflectionPadConv2d(3, 4, 3, stride=(1, 2), padding=1)
+
+
+# =================================================================== CUDA (lent GPU only)
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_parity_cuda(backend, dtype, channels_last):
+    for shape, pad in [((2, 16, 7, 9), (2, 1, 3, 2)), ((1, 64, 256, 256), (3, 3, 3, 3)), ((1, 3, 3, 3), (2, 2, 2, 2))]:
+        x64 = _master(shape, 0)
+        gy64 = _master((shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1]), 1)
+        outs = []
+        for dev, dt, impl in (("cuda", dtype, "ours"), ("cuda", dtype, "torch"), ("cpu", torch.float64, "torch")):
+            x = _prep(x64, dt, dev, channels_last)
+            with i2i_fast.use_backend(backend):
+                y = F.reflection_pad2d(x, pad) if impl == "ours" else TF.pad(x, pad, mode="reflect")
+            y.backward(gy64.to(device=dev, dtype=dt))
+            outs.append((y, x.grad))
+        assert torch.equal(outs[0][0], outs[1][0])
+        if channels_last:
+            assert outs[0][0].is_contiguous(memory_format=torch.channels_last)
+        assert_parity(outs[0][1], outs[1][1], outs[2][1], dtype, f"{backend} grad x")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", cuda_backends())
+def test_pad_cuda_deterministic_mode(backend):
+    """torch's CUDA reflection-pad backward raises under deterministic algorithms; ours runs
+    and gives bitwise-identical gradients."""
+    x = torch.randn(2, 32, 64, 64, device="cuda", requires_grad=True)
+    gy = torch.randn(2, 32, 70, 70, device="cuda")
+    grads = []
+    with deterministic_mode(), i2i_fast.use_backend(backend):
+        for _ in range(2):
+            (g,) = torch.autograd.grad(F.reflection_pad2d(x, 3), x, gy)
+            grads.append(g)
+    assert torch.equal(grads[0], grads[1])
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_conv_parity_cuda(path, dtype, channels_last):
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 parity vs float64 without TF32 rounding
+    try:
+        for case in CONV_CASES[:6] + [(64, 64, 3, 1, 1, (64, 64), True), (3, 64, 7, 1, 3, (256, 256), True)]:
+            _check_conv(case, dtype, "cuda", path, channels_last, device="cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+@requires_cuda
+def test_conv_cuda_deterministic_mode_and_tf32():
+    m = i2i_fast.ReflectionPadConv2d(64, 64, 3, padding=1).cuda()
+    x = torch.randn(4, 64, 32, 32, device="cuda", requires_grad=True)
+    runs = []
+    with deterministic_mode():
+        for _ in range(2):
+            y = m(x)
+            runs.append([y] + list(torch.autograd.grad(y.square().sum(), [x, m.weight, m.bias])))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert m.last_path == "border"
+    ref = nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect").cuda()
+    ref.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x), ref(x), rtol=2e-3, atol=2e-3)  # TF32 as torch allows it
+
+
+@requires_cpp
+def test_conv_autocast_cpu_bf16():
+    """Under autocast the module computes in the autocast dtype, as nn.Conv2d does."""
+    torch.manual_seed(0)
+    m = i2i_fast.ReflectionPadConv2d(4, 5, 3, padding=1)
+    ref = nn.Conv2d(4, 5, 3, padding=1, padding_mode="reflect")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 4, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yr = m(x), ref(x)
+        y2 = i2i_fast.ReflectionPadConv2d(5, 3, 3, padding=1)(yr)  # bf16 input, fp32 weight
+    assert y.dtype == yr.dtype == y2.dtype == torch.bfloat16
+    torch.testing.assert_close(y, yr, rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == torch.float32
+
+
+@requires_cpp
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[7]], ids=[CONV_IDS[0], CONV_IDS[2], CONV_IDS[7]])
+def test_conv_raw_op_matches_reference(path, case):
+    """The custom op pair itself (the CUDA route; CPU's "pad" path is a composition around it)."""
+    _, _, k, s, p, _, bias = case
+    x, w, b, gy = _conv_masters(case)
+    with _ops.pad_conv_force(path):
+        y = torch.ops.i2i_fast.reflection_pad_conv2d(x, w, b, p, s)
+        gx, gw, gb = torch.ops.i2i_fast.reflection_pad_conv2d_bwd(gy, x, w, p, s, [True, True, bias])
+    r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
+    for name, a, c in zip(["out", "grad x", "grad weight", "grad bias"], [y, gx, gw] + ([gb] if bias else []), r):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12, msg=name)
+    if not bias:
+        assert gb.numel() == 0
+
+
+@requires_cpp
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_conv_compile_fullgraph_border_op(x_grad):
+    """The custom-op route (CUDA's default, forced here on CPU) under torch.compile."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    m = i2i_fast.ReflectionPadConv2d(3, 4, 3, padding=1)
+    ref = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 10, 9, requires_grad=x_grad)
+    with _ops.pad_conv_force("border"):
+        y = torch.compile(m, fullgraph=True)(x)
+        y.square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(m.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
