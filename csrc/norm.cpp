@@ -121,11 +121,11 @@ const T* task_grad(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf, in
   gpix = t.cw;
   buf.assign(a.HW * t.cw, T(0));
   const T* g = a.g + t.ob;
-  long long rs[3], cs[3];
+  int64_t rs[3], cs[3];
   for (int64_t i = 0; i < a.H; ++i) {
-    const int nr = mirror_sources(i, a.H, P, rs);
+    const int nr = reflect_dst(i, a.H, P, P, rs);
     for (int64_t j = 0; j < a.W; ++j) {
-      const int nc = mirror_sources(j, a.W, P, cs);
+      const int nc = reflect_dst(j, a.W, P, P, cs);
       T* d = buf.data() + (i * a.W + j) * t.cw;
       for (int u = 0; u < nr; ++u)
         for (int v = 0; v < nc; ++v) {

@@ -2,6 +2,7 @@
 // the fused epilogue (activation) with its derivative. Header-only, host+device.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define I2I_HD __host__ __device__ __forceinline__
@@ -65,19 +66,23 @@ I2I_HD acc_t norm_dz(acc_t gy, acc_t xhat, acc_t w, acc_t b, int act, acc_t slop
   return act == kNone ? gy : gy * act_grad(xhat * w + b, act, slope);
 }
 
-// Reflection padding by p (< n): padded index o in [0, n + 2p) reads input index
-// reflect_index(o - p, n).
-I2I_HD long long reflect_index(long long t, long long n) {
-  return t < 0 ? -t : (t >= n ? 2 * (n - 1) - t : t);
+// Reflection padding of an axis of size n by `before` / `after` (each < n), shared by the pad
+// kernels and the norms' output pad. Input index read by padded position o:
+I2I_HD int64_t reflect_src(int64_t o, int64_t n, int64_t before) {
+  int64_t i = o - before;
+  if (i < 0) i = -i;
+  if (i >= n) i = 2 * (n - 1) - i;
+  return i;
 }
 
-// The padded indices that read input index i: i + p, plus up to two mirrors. Writes them to o
-// in a fixed order and returns how many (the pad backward is this gather: no atomics).
-I2I_HD int mirror_sources(long long i, long long n, long long p, long long* o) {
+// The padded positions that read input index i (at most 3: itself, its mirror in the leading
+// pad, its mirror in the trailing pad), in a fixed order so every backend sums them alike
+// (the pad backward is this gather: no atomics).
+I2I_HD int reflect_dst(int64_t i, int64_t n, int64_t before, int64_t after, int64_t* o) {
   int k = 0;
-  o[k++] = i + p;
-  if (i >= 1 && i <= p) o[k++] = p - i;
-  if (i <= n - 2 && i >= n - 1 - p) o[k++] = 2 * (n - 1) + p - i;
+  o[k++] = i + before;
+  if (i >= 1 && i <= before) o[k++] = before - i;
+  if (i <= n - 2 && n - 1 - i <= after) o[k++] = before + 2 * (n - 1) - i;
   return k;
 }
 

@@ -6,37 +6,15 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define I2I_PAD_HD __host__ __device__ __forceinline__
-#else
-#define I2I_PAD_HD inline
-#endif
+#include "norm_math.h"
 
 namespace i2i {
-
-// Input index read by padded position o along an axis of size n with `before` padding.
-I2I_PAD_HD int64_t reflect_src(int64_t o, int64_t n, int64_t before) {
-  int64_t i = o - before;
-  if (i < 0) i = -i;
-  if (i >= n) i = 2 * (n - 1) - i;
-  return i;
-}
-
-// The padded positions that read input index i (at most 3: itself, its mirror in the leading
-// pad, its mirror in the trailing pad), in a fixed order so every backend sums them alike.
-I2I_PAD_HD int reflect_dst(int64_t i, int64_t n, int64_t before, int64_t after, int64_t* o) {
-  int k = 0;
-  o[k++] = i + before;
-  if (i >= 1 && i <= before) o[k++] = before - i;
-  if (i <= n - 2 && n - 1 - i <= after) o[k++] = before + 2 * (n - 1) - i;
-  return k;
-}
 
 struct PadGeom {
   int64_t N, C, H, W, l, r, t, b;
   bool channels_last;
-  I2I_PAD_HD int64_t Ho() const { return H + t + b; }
-  I2I_PAD_HD int64_t Wo() const { return W + l + r; }
+  I2I_HD int64_t Ho() const { return H + t + b; }
+  I2I_HD int64_t Wo() const { return W + l + r; }
   at::MemoryFormat format() const {
     return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   }

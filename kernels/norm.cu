@@ -6,7 +6,7 @@
 // second small kernel; a block reduces in a fixed tree (reduce.cuh). No atomics anywhere, so
 // results are bitwise reproducible. The elementwise passes (apply, bwd) give every plane
 // enough blocks to cover it. The output pad is a mirrored read in apply and a fixed-order
-// gather of the mirror sources (norm_math.h mirror_sources) in the backward passes.
+// gather of the mirror sources (norm_math.h reflect_dst) in the backward passes.
 // Layout: NCHW; channels_last inputs are run on an NCHW copy (a channels_last tile path like
 // instance_norm.cu's is future work).
 #include <ATen/Dispatch.h>
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(PA<T, acc_t> a) {
   T* y = a.out + p * HWo;
   const int64_t e = min((int64_t(blockIdx.y) + 1) * a.chunk, HWo);
   for (int64_t o = blockIdx.y * a.chunk + threadIdx.x; o < e; o += kThreads) {
-    const int64_t i = PAD ? reflect_index(o / Wo - a.pad, a.H) * a.W + reflect_index(o % Wo - a.pad, a.W) : o;
+    const int64_t i = PAD ? reflect_src(o / Wo, a.H, a.pad) * a.W + reflect_src(o % Wo, a.W, a.pad) : o;
     acc_t v = act_fwd<acc_t>((static_cast<acc_t>(x[i]) - m) * sc + sh, a.act, a.slope);
     if (r) v += static_cast<acc_t>(r[i]);
     y[o] = static_cast<T>(v);
@@ -82,8 +82,8 @@ template <bool PAD, typename T, typename acc_t>
 __device__ __forceinline__ acc_t grad_at(const PA<T, acc_t>& a, const T* g, int64_t i) {
   if (!PAD) return static_cast<acc_t>(g[i]);
   const int64_t Wo = a.W + 2 * a.pad;
-  long long rs[3], cs[3];
-  const int nr = mirror_sources(i / a.W, a.H, a.pad, rs), nc = mirror_sources(i % a.W, a.W, a.pad, cs);
+  int64_t rs[3], cs[3];
+  const int nr = reflect_dst(i / a.W, a.H, a.pad, a.pad, rs), nc = reflect_dst(i % a.W, a.W, a.pad, a.pad, cs);
   acc_t s = 0;
   for (int u = 0; u < nr; ++u)
     for (int v = 0; v < nc; ++v) s += static_cast<acc_t>(g[rs[u] * Wo + cs[v]]);
