@@ -14,6 +14,8 @@ namespace {
 
 constexpr int64_t kLossChunk = 4096;
 
+// The chunk sum is accumulated in double (vectorized lanes of ~256 elements each would
+// otherwise lose a few fp32 ulps against torch's cascade sum); elementwise math in acc_t.
 template <typename T, typename acc_t, int KIND>
 acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool none) {
   const T* x = static_cast<const T*>(e.x);
@@ -21,13 +23,13 @@ acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool 
   T* g = static_cast<T*>(e.g);
   T* o = static_cast<T*>(e.out);
   const acc_t a = acc_t(e.a), scale = acc_t(e.scale), w = acc_t(e.w);
-  acc_t s = 0;
+  double s = 0;
   if (need_grad || none) {
 #pragma omp simd reduction(+ : s)
     for (int64_t i = i0; i < i1; ++i) {
       acc_t v, d;
       loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
-      s += v;
+      s += double(v);
       if (need_grad) g[i] = static_cast<T>(d * scale);
       if (none) o[i] = static_cast<T>(v * w);
     }
@@ -36,10 +38,10 @@ acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool 
     for (int64_t i = i0; i < i1; ++i) {
       acc_t v, d;
       loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
-      s += v;
+      s += double(v);
     }
   }
-  return s * scale;
+  return acc_t(s * e.scale);
 }
 
 template <typename T, typename acc_t>

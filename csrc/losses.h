@@ -167,6 +167,11 @@ struct ScaleTerm {
   double sign;
 };
 
+inline at::Tensor as_grad(const at::Tensor& g, const at::Device& dev, at::ScalarType dtype) {
+  if (g.device() == dev && g.scalar_type() == dtype && g.is_contiguous()) return g;
+  return g.to(dev, dtype).contiguous();
+}
+
 struct ScaleIO {
   std::vector<at::Tensor> saved, go, out;
   std::vector<ScaleTerm> terms;
@@ -194,10 +199,10 @@ inline ScaleIO prep_scale(const at::TensorList grad_outs, const at::TensorList s
     for (size_t t = 0; t < saved.size(); ++t) {
       TORCH_CHECK(grad_outs[t].sizes() == saved[t].sizes(), "i2i_fast loss_bwd: grad_outs[", t,
                   "] has shape ", grad_outs[t].sizes(), ", expected ", saved[t].sizes());
-      io.go.push_back(grad_outs[t].to(dev, io.dtype).contiguous());
+      io.go.push_back(as_grad(grad_outs[t], dev, io.dtype));
     }
   } else {
-    io.go.push_back(grad_outs[0].to(dev, io.dtype).contiguous());
+    io.go.push_back(as_grad(grad_outs[0], dev, io.dtype));
   }
   int64_t c = 0;
   for (size_t k = 0; k < index.size(); ++k) {

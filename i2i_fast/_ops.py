@@ -160,7 +160,7 @@ def _loss_backward_with(bwd):
         res = bwd([g for g in grad_outs], saved, index, sign) if index else []
         it = iter(res)
         gx = [next(it) if need[t] else None for t in range(nx)]
-        gy = [next(it) if need[nx + t] else None for t in range(nx)] if has_y else None
+        gy = [next(it) if need[nx + t] else None for t in range(nx)] if has_y else []
         return gx, gy, None, None, None, None, None
     return backward
 

@@ -215,6 +215,8 @@ def _common(name, ts):
             raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {ts[0].device}; "
                              "all terms must be on one device")
     dtype = ts[0].dtype
+    if all(t.dtype == dtype for t in ts):
+        return ts
     for t in ts[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return [t if t.dtype == dtype else t.to(dtype) for t in ts]
