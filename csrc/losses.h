@@ -10,6 +10,7 @@
 // a fixed slot and the partials are added in chunk order: bitwise deterministic, no atomics.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <cmath>
 #include <vector>
@@ -94,6 +95,14 @@ struct LossIO {
 
 // Chunks of `chunk` elements per term; an empty term still gets one (empty) chunk so that a
 // mean over zero elements gives 0 * (w / 0) = NaN, as torch.
+// Output like t (contiguous). CPU: allocated without a dispatcher round trip (a batch-1 call
+// allocates one gradient per term; at::empty_like costs ~2 us each there).
+inline at::Tensor new_like(const at::Tensor& t) {
+  if (t.device().is_cpu())
+    return at::detail::empty_cpu(t.sizes(), t.scalar_type(), false, at::MemoryFormat::Contiguous);
+  return at::empty(t.sizes(), t.options(), at::MemoryFormat::Contiguous);
+}
+
 inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::ArrayRef<double> params,
                         at::ArrayRef<double> weights, int64_t kind, int64_t reduction,
                         bool need_grad, int64_t chunk) {
@@ -132,11 +141,11 @@ inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::Arra
     e.x = io.x[t].data_ptr();
     e.y = io.y.empty() ? nullptr : io.y[t].data_ptr();
     if (need_grad) {
-      io.g.push_back(at::empty_like(io.x[t]));
+      io.g.push_back(new_like(io.x[t]));
       e.g = io.g.back().data_ptr();
     }
     if (reduction == kReduceNone) {
-      io.out.push_back(at::empty_like(io.x[t]));
+      io.out.push_back(new_like(io.x[t]));
       e.out = io.out.back().data_ptr();
     }
     e.a = params[t];
@@ -148,7 +157,9 @@ inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::Arra
     io.terms.push_back(e);
   }
   io.nchunks = c;
-  if (reduction != kReduceNone) io.loss = at::empty({}, opt);
+  if (reduction != kReduceNone)
+    io.loss = opt.device().is_cpu() ? at::detail::empty_cpu({}, io.dtype, false, at::MemoryFormat::Contiguous)
+                                    : at::empty({}, opt);
   return io;
 }
 
@@ -208,7 +219,7 @@ inline ScaleIO prep_scale(const at::TensorList grad_outs, const at::TensorList s
   for (size_t k = 0; k < index.size(); ++k) {
     const int64_t i = index[k];
     TORCH_CHECK(i >= 0 && i < int64_t(saved.size()), "i2i_fast loss_bwd: index ", i, " out of range");
-    io.out.push_back(at::empty_like(io.saved[i]));
+    io.out.push_back(new_like(io.saved[i]));
     ScaleTerm e{};
     e.s = io.saved[i].data_ptr();
     e.go = io.per_elem ? io.go[i].data_ptr() : io.go[0].data_ptr();

@@ -177,36 +177,63 @@ def _loss_setup(ctx, inputs, output):
 
 
 if _backend._C is not None:
+    # the C++ op's autograd formula is a C++ node (csrc/losses.cpp, Autograd key)
     torch.library.register_fake("i2i_fast::loss_fwd")(_loss_fwd_fake)
     torch.library.register_fake("i2i_fast::loss_bwd")(_loss_bwd_fake)
-    torch.library.register_autograd("i2i_fast::loss_fwd",
-                                    _loss_backward_with(torch.ops.i2i_fast.loss_bwd),
-                                    setup_context=_loss_setup)
 if _TRITON_LOSS is not None:
     torch.library.register_autograd("i2i_fast::triton_loss_fwd",
                                     _loss_backward_with(_TRITON_LOSS.loss_bwd),
                                     setup_context=_loss_setup)
 
 
-def _loss_function(fwd, bwd):
+USE_CPP_AUTOGRAD = True  # False: the Python autograd.Function below (kept for comparison)
+FAST_EAGER = True  # False: always call through the dispatcher (profilers then see every op)
+
+
+def _below_autograd(op):
+    """Eager calls of a C++ op from inside our autograd.Function skip the dispatcher's
+    Autograd key (torch.library's Python autograd kernel costs ~20 us per call on CPU, more
+    than the whole fused loss at batch 1) by redispatching straight to the backend key.
+    Under torch.compile the plain op is traced instead."""
+    keys = {"cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
+            "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)}
+
+    def call(first, *args):
+        if FAST_EAGER and not torch.compiler.is_compiling():
+            ks = keys.get(first.device.type)
+            if ks is not None:
+                return op.redispatch(ks, *args)
+        return op(*args)
+    return call
+
+
+def _loss_function(fwd, bwd, fast=False):
     """autograd.Function around loss_fwd (the lean path: no torch.library autograd wrapper).
     Tensors come flat: x[0..nx), then y. Backward scales the saved gradients (loss_bwd); under
     create_graph it differentiates the reference formula instead, so double backward works."""
+    if fast:
+        fwd_call, bwd_call = _below_autograd(fwd), _below_autograd(bwd)
+        fwd = lambda x, *a: fwd_call(x[0], x, *a)  # noqa: E731
+        bwd = lambda go, saved, *a: bwd_call(saved[0], go, saved, *a)  # noqa: E731
+
     class LossFn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, nx, has_y, params, weights, kind, reduction, *tensors):
             x, y = list(tensors[:nx]), list(tensors[nx:]) if has_y else []
             need = [bool(n) for n in ctx.needs_input_grad[6:]]
             outs, grads = fwd(x, y, params, weights, kind, reduction, any(need))
-            ctx.save_for_backward(*grads, *tensors)
+            ctx.save_for_backward(*grads)
+            # the inputs are only read again by a create_graph backward (double backward): kept
+            # as plain references, which costs nothing per call (save_for_backward of every
+            # term would add ~2 us per term to the batch-1 step)
+            ctx.inputs = tensors
             ctx.cfg = (nx, has_y, params, weights, kind, reduction, need, len(grads))
             return tuple(outs)
 
         @staticmethod
         def backward(ctx, *grad_outs):
             nx, has_y, params, weights, kind, reduction, need, ng = ctx.cfg
-            saved = ctx.saved_tensors
-            grads, tensors = list(saved[:ng]), saved[ng:]
+            grads, tensors = list(ctx.saved_tensors), ctx.inputs
             if torch.is_grad_enabled():  # create_graph=True: differentiable reference math
                 inputs = [t for t, n in zip(tensors, need) if n]
                 with torch.enable_grad():
@@ -225,7 +252,8 @@ def _loss_function(fwd, bwd):
 
 _LOSS_FN = {}
 if _backend._C is not None:
-    _LOSS_FN["cpu"] = _LOSS_FN["cuda"] = _loss_function(torch.ops.i2i_fast.loss_fwd, torch.ops.i2i_fast.loss_bwd)
+    _LOSS_FN["cpu"] = _LOSS_FN["cuda"] = _loss_function(torch.ops.i2i_fast.loss_fwd.default,
+                                                        torch.ops.i2i_fast.loss_bwd.default, fast=True)
 if _TRITON_LOSS is not None:
     _LOSS_FN["triton"] = _loss_function(torch.ops.i2i_fast.triton_loss_fwd, torch.ops.i2i_fast.triton_loss_bwd)
 
@@ -234,5 +262,8 @@ def loss(backend: str, x, y, params, weights, kind, reduction):
     """Runs the fused loss on `backend`: list of outputs ([loss] or per-term for none)."""
     if backend == "reference":
         return reference.loss_value(list(x), list(y), list(params), list(weights), kind, reduction)
+    if backend in ("cpu", "cuda") and USE_CPP_AUTOGRAD:
+        # the C++ op with its C++ autograd node: no Python in forward or backward
+        return torch.ops.i2i_fast.loss_fwd.default(x, y, params, weights, kind, reduction, False)[0]
     return list(_LOSS_FN[backend].apply(len(x), bool(y), list(params), list(weights), kind,
                                         reduction, *x, *y))

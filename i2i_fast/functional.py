@@ -208,14 +208,16 @@ def _as_terms(name, value):
 def _common(name, ts):
     """Checks dtype (floating) and device of the terms; promotes mixed float dtypes (a
     differentiable cast) so one launch sees one dtype."""
+    dev, dtype = ts[0].device, ts[0].dtype
+    same = True
     for i, t in enumerate(ts):
         if not t.is_floating_point():
             raise TypeError(f"{name}[{i}] must be floating point, got {t.dtype}")
-        if t.device != ts[0].device:
-            raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {ts[0].device}; "
+        if t.device != dev:
+            raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {dev}; "
                              "all terms must be on one device")
-    dtype = ts[0].dtype
-    if all(t.dtype == dtype for t in ts):
+        same = same and t.dtype == dtype
+    if same:
         return ts
     for t in ts[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
