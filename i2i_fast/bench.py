@@ -770,7 +770,7 @@ def main(argv=None) -> int:
     # losses (issue #5): kernel launches of one forward+backward, ours / eager / compiled
     for c in cases:
         if c.op.name in LOSS_OPS:
-            n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() else None)
+            n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
                  for impl in IMPLS}
             kind = "CUDA kernels" if c.device.type == "cuda" else "CPU top-level ops"
             print(f"launches fwd+bwd {c.key:<28} ours {n['ours']}  eager {n['eager']}  compile {n['compile']} ({kind})")
