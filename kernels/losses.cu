@@ -7,6 +7,7 @@
 // elements, the batch-1 PatchGAN case) run as ONE block that walks the chunks in order and
 // adds the partials in a register: one launch, no workspace. Larger calls use one block per
 // chunk and a second tiny launch (1 block) adds the partials in chunk order. No atomics.
+// __grid_constant__: the table is indexed by term in place (no per-thread copy of the table).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -58,7 +59,7 @@ __device__ __forceinline__ int term_of(const Table<Term>& tab, int64_t c) {
 // one_block: a single block adds the partials in order and writes the loss.
 template <typename T, typename acc_t, int KIND>
 __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
-    const Table<LossTerm> tab, int64_t nchunks, acc_t* partial, T* loss, bool need_grad,
+    const __grid_constant__ Table<LossTerm> tab, int64_t nchunks, acc_t* partial, T* loss, bool need_grad,
     bool none, bool one_block) {
   acc_t run = 0;
   for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
@@ -96,7 +97,7 @@ __global__ void __launch_bounds__(kLossThreads) loss_sum_kernel(const acc_t* par
 }
 
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kLossThreads) loss_bwd_kernel(const Table<ScaleTerm> tab, int64_t nchunks,
+__global__ void __launch_bounds__(kLossThreads) loss_bwd_kernel(const __grid_constant__ Table<ScaleTerm> tab, int64_t nchunks,
                                                                 bool per_elem) {
   const int64_t c = blockIdx.x;
   if (c >= nchunks) return;
