@@ -149,7 +149,9 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
                              at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>,
                              int64_t, int64_t, bool)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [outs, grads] = op.call(x, y, params, weights, kind, reduction, need_grad || any);
+    // need_grad: asked for by the caller, or some input needs a gradient and grad mode was on
+    // at the call (loss_fwd_autograd); under no_grad no gradient is written
+    auto [outs, grads] = op.call(x, y, params, weights, kind, reduction, need_grad);
     variable_list saved(grads.begin(), grads.end());
     saved.insert(saved.end(), x.begin(), x.end());
     saved.insert(saved.end(), y.begin(), y.end());
@@ -222,7 +224,12 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
     at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
     int64_t kind, int64_t reduction, bool need_grad) {
-  const variable_list r = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad);
+  bool any = false;
+  if (at::GradMode::is_enabled()) {
+    for (const auto& t : x) any |= t.requires_grad();
+    for (const auto& t : y) any |= t.requires_grad();
+  }
+  const variable_list r = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any);
   const size_t nouts = reduction == kReduceNone ? x.size() : 1;
   return {std::vector<at::Tensor>(r.begin(), r.begin() + nouts),
           std::vector<at::Tensor>(r.begin() + nouts, r.end())};
