@@ -17,32 +17,34 @@ constexpr int64_t kLossChunk = 4096;
 
 // The chunk sum is accumulated in double (vectorized lanes of ~256 elements each would
 // otherwise lose a few fp32 ulps against torch's cascade sum); elementwise math in acc_t.
-template <typename T, typename acc_t, int KIND>
-acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool none) {
+// y (L1 only), the gradient and the elementwise output are template switches, so every loop
+// is branch-free and vectorizes.
+template <typename T, typename acc_t, int KIND, bool GRAD, bool NONE>
+acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1) {
+  constexpr bool HAS_Y = KIND == kAbs;
   const T* x = static_cast<const T*>(e.x);
   const T* y = static_cast<const T*>(e.y);
   T* g = static_cast<T*>(e.g);
   T* o = static_cast<T*>(e.out);
   const acc_t a = acc_t(e.a), scale = acc_t(e.scale), w = acc_t(e.w);
   double s = 0;
-  if (need_grad || none) {
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = i0; i < i1; ++i) {
-      acc_t v, d;
-      loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
-      s += double(v);
-      if (need_grad) g[i] = static_cast<T>(d * scale);
-      if (none) o[i] = static_cast<T>(v * w);
-    }
-  } else {
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = i0; i < i1; ++i) {
-      acc_t v, d;
-      loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
-      s += double(v);
-    }
+  for (int64_t i = i0; i < i1; ++i) {
+    acc_t v, d;
+    loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), HAS_Y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
+    s += double(v);
+    if constexpr (GRAD) g[i] = static_cast<T>(d * scale);
+    if constexpr (NONE) o[i] = static_cast<T>(v * w);
   }
   return acc_t(s * e.scale);
+}
+
+template <typename T, typename acc_t, int KIND>
+acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool none) {
+  if (need_grad) return none ? fwd_chunk<T, acc_t, KIND, true, true>(e, i0, i1)
+                             : fwd_chunk<T, acc_t, KIND, true, false>(e, i0, i1);
+  return none ? fwd_chunk<T, acc_t, KIND, false, true>(e, i0, i1)
+              : fwd_chunk<T, acc_t, KIND, false, false>(e, i0, i1);
 }
 
 template <typename T, typename acc_t>
