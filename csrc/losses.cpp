@@ -168,6 +168,8 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     ctx->saved_data["need"] = need;
     ctx->saved_data["any"] = any;
     ctx->mark_non_differentiable(grads);
+    // the gradient outputs never receive a gradient: do not let autograd fill zeros for them
+    ctx->set_materialize_grads(false);
     variable_list res(outs.begin(), outs.end());
     res.insert(res.end(), grads.begin(), grads.end());
     return res;
@@ -182,10 +184,12 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     // one gradient per flattened input: x..., y..., then params, weights, kind, reduction, need_grad
     variable_list res(nx + ny + 5);
     std::vector<at::Tensor> go(grad_outputs.begin(), grad_outputs.begin() + nouts);
-    bool defined = true;
-    for (const auto& g : go) defined &= g.defined();
-    if (!any || !defined) return res;  // an unused loss output: no gradient
+    bool defined = false;
+    for (const auto& g : go) defined |= g.defined();
+    if (!any || !defined) return res;  // unused loss outputs: no gradient
     const int64_t ng = nx;  // one saved gradient per x term
+    for (int64_t t = 0; t < nouts; ++t)  // reduction none, some terms unused: zero gradient
+      if (!go[t].defined()) go[t] = at::zeros_like(saved[t]);
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable formula
       const auto params = ctx->saved_data["params"].toDoubleVector();
       const auto weights = ctx->saved_data["weights"].toDoubleVector();

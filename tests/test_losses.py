@@ -630,3 +630,15 @@ def test_cuda_deterministic_and_launches(backend):
     # happens in place after the first backward: adds, not ours)
     ours = [e.name for e in kernels if "loss" in e.name]
     assert len(ours) == 2, [e.name for e in kernels]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_no_grad_and_partly_used_outputs(backend):
+    a, b = preds_like((1, 1, 4, 4), seed=1).float().requires_grad_(), preds_like((1, 2), seed=2).float().requires_grad_()
+    with i2i_fast.use_backend(backend):
+        with torch.no_grad():
+            assert not F.gan_loss([a, b], True).requires_grad
+        outs = F.gan_loss([a, b], True, reduction="none")  # only the first term is used
+        ga, gb = torch.autograd.grad(outs[0].sum(), [a, b], allow_unused=True)
+    torch.testing.assert_close(ga, 2 * (a.detach() - 1))
+    assert gb is None or torch.equal(gb, torch.zeros_like(b))
