@@ -403,6 +403,9 @@ def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
     """Kernel launches of one call of (impl, mode), counted with torch.profiler: CUDA kernels
     and memsets on CUDA; on CPU, the top-level operators that run a kernel (views,
     allocations and autograd bookkeeping excluded) -- the CPU analogue of a launch."""
+    if impl == "compile" and case.device.type != "cuda":
+        # inductor's CPU kernels are not dispatcher ops: nothing comparable to count
+        return {"launches": None, "launch_kind": "n/a (compiled CPU code)"}
     run, setup = case.fn(impl, mode)
     args = setup()
     run(*args)  # warm-up (compile, triton JIT)
