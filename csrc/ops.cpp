@@ -55,6 +55,18 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
         "bool[3] mask) -> (Tensor, Tensor, Tensor)");
   // ---- end reflection pad ----
+  // ---- losses (issue #5; csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
+  // Many loss terms reduced in one launch, no target tensor. kind: 0 square (x-a)^2, 1 bce
+  // with logits vs a, 2 hinge relu(1+a x), 3 linear a x, 4 softplus(a x), 5 abs |x-y| (y given).
+  // reduction 0 none / 1 mean / 2 sum; params[t] = a, weights[t] = w. Returns (outs, grads):
+  // outs = [loss] (0-d, x's dtype) or, for none, w_t * f(x_t) per term; grads[t] = d loss /
+  // d x_t (x_t's dtype, contiguous) when need_grad, else empty. Deterministic (no atomics).
+  m.def(
+      "loss_fwd(Tensor[] x, Tensor[] y, float[] params, float[] weights, int kind, "
+      "int reduction, bool need_grad) -> (Tensor[], Tensor[])");
+  // Backward of loss_fwd: out_k = sign[k] * saved[index[k]] * grad_out, with grad_outs one
+  // 0-d tensor (mean/sum) or one tensor per saved gradient (reduction none). One launch.
+  m.def("loss_bwd(Tensor[] grad_outs, Tensor[] saved, int[] index, float[] sign) -> Tensor[]");
 }
 
 #ifndef I2I_FAST_WITH_CUDA

@@ -2,10 +2,10 @@
 from . import functional, models
 from ._backend import backends, use_backend
 from .nn import ILN, AdaIN, AdaLIN, InstanceNorm2d, LayerNorm
-from .nn import ReflectionPadConv2d  # issue #4
+from .nn import GANLoss, ReflectionPadConv2d  # issues #4, #5
 
-__all__ = ["backends", "use_backend", "functional", "models", "InstanceNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN"]
-__all__ += ["ReflectionPadConv2d"]  # issue #4
+__all__ = ["backends", "use_backend", "functional", "models", "InstanceNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN",
+           "ReflectionPadConv2d", "GANLoss"]
 __version__ = "0.1.0"
 
 # convert(model) / plan(model): rewire the original models onto the fused modules

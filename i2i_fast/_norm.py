@@ -144,7 +144,7 @@ if _backend._C is not None:
     _c = torch.ops.i2i_fast
     _OPS["cpu"] = _OPS["cuda"] = (_c.norm_stats, _c.norm_apply, _c.norm_apply_sums, _c.norm_apply_bwd)
 if _backend._triton_error is None:
-    from .triton import norm as _tn  # registers i2i_fast::triton_norm_*
+    from .triton import norm as _tn  # noqa: F401  (registers i2i_fast::triton_norm_*)
     _t = torch.ops.i2i_fast
     _OPS["triton"] = (_t.triton_norm_stats, _t.triton_norm_apply, _t.triton_norm_apply_sums,
                       _t.triton_norm_apply_bwd)

@@ -381,6 +381,188 @@ OPS["reflection_pad_conv2d"] = Op(
 # ---- end reflection pad ----
 
 
+# ---------------------------------------------------------------- losses (issue #5)
+# Whole loss computations of one training step, fused (i2i_fast.functional) vs the original
+# eager formulas. "shape" is (batch, image size): the D outputs follow the models at that
+# size ((1,1,30,30) local / (1,1,6,6) global PatchGAN and (B,2) CAM logits for U-GAT-IT at
+# 256; MUNIT's 3 scales (16, 8, 4) at 256), images (B,3,S,S) for the L1 terms.
+def _patch(size, n_layers):  # PatchGAN output side of a k4 s2 (n_layers-2 times) s1 s1 stack
+    s = size
+    for _ in range(n_layers - 2):
+        s = s // 2
+    return s - 2
+
+
+def _loss_defs():
+    from . import functional as LF
+    mse, l1, bce = nn.functional.mse_loss, nn.functional.l1_loss, nn.functional.binary_cross_entropy_with_logits
+
+    def lsgan(p, real):
+        return mse(p, torch.ones_like(p) if real else torch.zeros_like(p))
+
+    def ugatit_d_shapes(b, s):
+        return [(b, 1, _patch(s, 7), _patch(s, 7)), (b, 2), (b, 1, _patch(s, 5), _patch(s, 5)), (b, 2)]
+
+    defs = {}
+
+    # U-GAT-IT D step: per domain, global and local D, logits and CAM logits, real and fake
+    # (8 terms per domain; both domains = 16 terms summed into one loss).
+    def ugd_inputs(b, s):
+        return [(sh, True) for _ in range(2) for sh in ugatit_d_shapes(b, s) for _ in range(2)]
+
+    def ugd_eager(*t):
+        return sum(lsgan(t[k], True) + lsgan(t[k + 1], False) for k in range(0, len(t), 2))
+
+    def ugd_ours(*t):
+        return LF.gan_loss(list(t), [True, False] * (len(t) // 2), "lsgan")
+    defs["loss_ugatit_d"] = (ugd_inputs, ugd_eager, ugd_ours)
+
+    # U-GAT-IT G step, both directions: adversarial LSGAN (4 terms per direction, x1), CAM
+    # BCE (fake_cam -> 1, idt_cam -> 0, x1000), cycle L1 x10, identity L1 x10.
+    def ugg_inputs(b, s):
+        adv = [(sh, True) for _ in range(2) for sh in ugatit_d_shapes(b, s)]
+        cam = [((b, 1), True)] * 4
+        img = [((b, 3, s, s), True), ((b, 3, s, s), False)] * 4  # (rec, real), (idt, real) x2
+        return adv + cam + img
+
+    def ugg_eager(*t):
+        adv, cam, img = t[:8], t[8:12], t[12:]
+        loss = sum(lsgan(p, True) for p in adv)
+        loss = loss + 1000 * sum(bce(c, torch.ones_like(c) if k % 2 == 0 else torch.zeros_like(c))
+                                 for k, c in enumerate(cam))
+        return loss + 10 * sum(l1(img[k], img[k + 1]) for k in range(0, 8, 2))
+
+    def ugg_ours(*t):
+        adv, cam, img = t[:8], t[8:12], t[12:]
+        return (LF.gan_loss(list(adv), True, "lsgan")
+                + LF.gan_loss(list(cam), [True, False, True, False], "vanilla", weights=1000.0)
+                + LF.l1_loss([(img[k], img[k + 1]) for k in range(0, 8, 2)], 10.0))
+    defs["loss_ugatit_g"] = (ugg_inputs, ugg_eager, ugg_ours)
+
+    # CycleGAN D step (both Ds): 0.5 * (lsgan(D(real), True) + lsgan(D(fake), False)) each.
+    def cgd_inputs(b, s):
+        p = _patch(s, 5)
+        return [((b, 1, p, p), True)] * 4
+
+    def cgd_eager(*t):
+        return sum(0.5 * (lsgan(t[k], True) + lsgan(t[k + 1], False)) for k in (0, 2))
+
+    def cgd_ours(*t):
+        return LF.gan_loss(list(t), [True, False, True, False], "lsgan", weights=0.5)
+    defs["loss_cyclegan_d"] = (cgd_inputs, cgd_eager, cgd_ours)
+
+    # CycleGAN G step: lsgan G_A, G_B + cycle L1 x10 (two) + identity L1 x5 (two).
+    def cgg_inputs(b, s):
+        p = _patch(s, 5)
+        return [((b, 1, p, p), True)] * 2 + [((b, 3, s, s), True), ((b, 3, s, s), False)] * 4
+
+    def cgg_eager(*t):
+        img = t[2:]
+        return (lsgan(t[0], True) + lsgan(t[1], True)
+                + 10 * (l1(img[0], img[1]) + l1(img[2], img[3])) + 5 * (l1(img[4], img[5]) + l1(img[6], img[7])))
+
+    def cgg_ours(*t):
+        img = t[2:]
+        return (LF.gan_loss([t[0], t[1]], True, "lsgan")
+                + LF.l1_loss([(img[k], img[k + 1]) for k in range(0, 8, 2)], [10.0, 10.0, 5.0, 5.0]))
+    defs["loss_cyclegan_g"] = (cgg_inputs, cgg_eager, cgg_ours)
+
+    # MUNIT MsImageDis lsgan, D (fake -> 0, real -> 1 at 3 scales) + G (fake -> 1), one domain.
+    def mu_inputs(b, s):
+        sides = [s // 16, s // 32, s // 64]
+        return [((b, 1, q, q), True) for q in sides] * 3
+
+    def mu_eager(*t):
+        d = sum(torch.mean((o0 - 0) ** 2) + torch.mean((o1 - 1) ** 2) for o0, o1 in zip(t[:3], t[3:6]))
+        return d + sum(torch.mean((o - 1) ** 2) for o in t[6:])
+
+    def mu_ours(*t):
+        return (LF.gan_loss(list(t[:6]), [False] * 3 + [True] * 3, "lsgan")
+                + LF.gan_loss(list(t[6:]), True, "lsgan"))
+    defs["loss_munit"] = (mu_inputs, mu_eager, mu_ours)
+    return defs
+
+
+class _LossModule(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *t):
+        return self.fn(*t)
+
+
+def _loss_op(name):
+    def build(shape, dtype, device):
+        _, eager, ours = _loss_defs()[name]
+        return _LossModule(ours), _LossModule(eager)
+
+    def make_inputs(shape, dtype, device, gen):
+        specs = _loss_defs()[name][0](*shape)
+        return tuple((torch.randn(sh, generator=gen) * 2).to(device=device, dtype=dtype).requires_grad_(rg)
+                     for sh, rg in specs)
+
+    def moved(shape, dtype):
+        specs = _loss_defs()[name][0](*shape)
+        es = torch.empty((), dtype=dtype).element_size()
+        nread = sum(math.prod(sh) for sh, _ in specs) * es
+        ngrad = sum(math.prod(sh) for sh, rg in specs if rg) * es
+        return {"fwd": nread, "bwd": 2 * ngrad, "fwdbwd": nread + 2 * ngrad}
+    return Op(name=name, build=build, make_inputs=make_inputs, moved=moved,
+              shapes=((1, 256), (4, 256)), cpu_shapes=((1, 256),))
+
+
+LOSS_OPS = ("loss_ugatit_d", "loss_ugatit_g", "loss_cyclegan_d", "loss_cyclegan_g", "loss_munit")
+OPS.update({name: _loss_op(name) for name in LOSS_OPS})
+
+
+def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
+    """Kernel launches of one call of (impl, mode), counted with torch.profiler: CUDA kernels
+    and memsets on CUDA; on CPU, the top-level operators that run a kernel (views,
+    allocations and autograd bookkeeping excluded) -- the CPU analogue of a launch."""
+    if impl == "compile" and case.device.type != "cuda":
+        # inductor's CPU kernels are not dispatcher ops: nothing comparable to count
+        return {"launches": None, "launch_kind": "n/a (compiled CPU code)"}
+    run, setup = case.fn(impl, mode)
+    args = setup()
+    run(*args)  # warm-up (compile, triton JIT)
+    synchronize(case.device)
+    args = setup()
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if case.device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    from . import _ops
+    fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False  # make our ops visible to the profiler
+    try:
+        with torch.profiler.profile(activities=acts) as prof:
+            run(*args)
+            synchronize(case.device)
+    finally:
+        _ops.FAST_EAGER = fast
+    evs = prof.events()
+    if case.device.type == "cuda":
+        n = sum(1 for e in evs if e.device_type == torch.autograd.DeviceType.CUDA)
+        return {"launches": n, "launch_kind": "cuda kernels+memsets"}
+    skip = ("empty", "empty_like", "empty_strided", "view", "_unsafe_view", "reshape", "detach",
+            "expand", "as_strided", "t", "transpose", "unsqueeze", "squeeze", "to", "lift_fresh",
+            "alias", "resolve_conj", "resolve_neg", "select", "slice", "split", "unbind",
+            "promote_types", "result_type", "is_nonzero", "item", "_local_scalar_dense", "detach_")
+    ops = 0
+    for e in evs:
+        name = e.name
+        if not (name.startswith("aten::") or name.startswith("i2i_fast::")):
+            continue
+        parent = e.cpu_parent
+        while parent is not None and not (parent.name.startswith("aten::") or parent.name.startswith("i2i_fast::")):
+            parent = parent.cpu_parent
+        if parent is not None:
+            continue  # counted through its top-level operator
+        if name.split("::", 1)[1] in skip:
+            continue
+        ops += 1
+    return {"launches": ops, "launch_kind": "cpu top-level kernel ops"}
+
+
 def shapes_for(op: str, device, quick: bool = False) -> tuple:
     """The DESIGN.md shapes on CUDA; the small CPU list with --quick or on CPU (unless
     I2I_FAST_BENCH_FULL=1)."""
@@ -705,6 +887,16 @@ def main(argv=None) -> int:
             print(f"note: torch.compile failed for {c.key}: {c.compile_error}")
 
     print(format_table(rows))
+    # losses (issue #5): kernel launches of one forward+backward, ours / eager / compiled
+    for c in cases:
+        if c.op.name in LOSS_OPS:
+            n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
+                 for impl in IMPLS}
+            kind = "CUDA kernels" if c.device.type == "cuda" else "CPU top-level ops"
+            print(f"launches fwd+bwd {c.key:<28} ours {n['ours']}  eager {n['eager']}  compile {n['compile']} ({kind})")
+            for r in rows:
+                if r["op"] == c.op.name and tuple(r["shape"]) == c.shape and r["dtype"] == DTYPE_NAMES.get(c.dtype):
+                    r.update({f"launches_{k}": v for k, v in n.items()})
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv),

@@ -303,3 +303,214 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
         raise ValueError(f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the "
                          f"kernel {tuple(weight.shape[2:])}")
     return _ops.reflection_pad_conv2d(_backend.select(input.device), input, weight, bias, padding, stride)
+
+
+# ---------------------------------------------------------------- losses (issue #5)
+# gan_loss / l1_loss: many terms in one fused launch, no target tensor; the forward computes
+# the loss and its gradient in the same pass, the backward only scales the saved gradient.
+__all__ += ["gan_loss", "l1_loss", "gradient_penalty"]
+
+GAN_MODES = ("lsgan", "vanilla", "hinge", "wgan", "wgangp", "nonsaturating")
+
+
+def _as_terms(name, value):
+    """A tensor or a non-empty list/tuple of tensors -> (list, was_list)."""
+    if isinstance(value, Tensor):
+        return [value], False
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise ValueError(f"{name} must be a Tensor or a non-empty list of Tensors, got an empty {type(value).__name__}")
+        for i, t in enumerate(value):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+        return list(value), True
+    raise TypeError(f"{name} must be a Tensor or a list of Tensors, got {type(value).__name__}")
+
+
+def _common(name, ts):
+    """Checks dtype (floating) and device of the terms; promotes mixed float dtypes (a
+    differentiable cast) so one launch sees one dtype."""
+    dev, dtype = ts[0].device, ts[0].dtype
+    same = True
+    for i, t in enumerate(ts):
+        if not t.is_floating_point():
+            raise TypeError(f"{name}[{i}] must be floating point, got {t.dtype}")
+        if t.device != dev:
+            raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {dev}; "
+                             "all terms must be on one device")
+        same = same and t.dtype == dtype
+    if same:
+        return ts
+    for t in ts[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t if t.dtype == dtype else t.to(dtype) for t in ts]
+
+
+def _weights(weights, n):
+    if weights is None:
+        return [1.0] * n
+    if isinstance(weights, (int, float)):
+        return [float(weights)] * n
+    if isinstance(weights, Tensor):
+        raise TypeError("weights must be Python numbers (a float or a list of floats), not a Tensor")
+    ws = list(weights)
+    if len(ws) != n:
+        raise ValueError(f"weights must have one value per term ({n}), got {len(ws)}")
+    return [float(w) for w in ws]
+
+
+def _reduction(reduction):
+    if reduction not in reference.REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reference.REDUCTIONS[reduction]
+
+
+def _gan_kind(mode, is_real, for_discriminator, real_label, fake_label):
+    """(kind, parameter) of one term, as the originals define the mode."""
+    k = reference.LOSS_KINDS
+    sign = -1.0 if is_real else 1.0
+    if mode == "lsgan":
+        return k["square"], real_label if is_real else fake_label
+    if mode == "vanilla":
+        return k["bce"], real_label if is_real else fake_label
+    if mode == "hinge":  # D: relu(1 - p) real / relu(1 + p) fake; G: -p
+        return (k["hinge"], sign) if for_discriminator else (k["linear"], sign)
+    if mode in ("wgan", "wgangp"):
+        return k["linear"], sign
+    if mode == "nonsaturating":
+        return k["softplus"], sign
+    raise ValueError(f"mode must be one of {GAN_MODES}, got {mode!r}")
+
+
+def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: float = 1.0,
+             target_fake_label: float = 0.0, for_discriminator: bool = True,
+             reduction: str = "mean", weights=None):
+    """GAN loss of one prediction or a list of them (multi-scale D outputs, CAM logits), as
+    CycleGAN/CUT's GANLoss, U-GAT-IT, StarGAN and MUNIT compute it, without a target tensor:
+
+    - lsgan: mean((p - t)^2); vanilla: BCEWithLogits(p, t), t = target_real_label or
+      target_fake_label;
+    - hinge: mean(relu(1 - p)) real / mean(relu(1 + p)) fake for the discriminator,
+      -mean(p) for the generator (for_discriminator=False);
+    - wgan / wgangp: -mean(p) real / mean(p) fake; nonsaturating: mean(softplus(-p)) real /
+      mean(softplus(p)) fake.
+
+    A list is the weighted sum of its terms (weights: float or one per term), reduced in ONE
+    fused launch (forward and backward). target_is_real: a bool, or one per term (so real and
+    fake terms of a discriminator step share the launch). reduction "sum" sums instead of
+    averaging each term; "none" returns the weighted elementwise losses (a tensor, or a list
+    for a list input).
+    """
+    if mode not in GAN_MODES:
+        raise ValueError(f"mode must be one of {GAN_MODES}, got {mode!r}")
+    preds, was_list = _as_terms("pred", pred)
+    preds = _common("pred", preds)
+    red = _reduction(reduction)
+    ws = _weights(weights, len(preds))
+    if isinstance(target_is_real, (list, tuple)):
+        if len(target_is_real) != len(preds):
+            raise ValueError(f"target_is_real must be a bool or one bool per term ({len(preds)}), "
+                             f"got {len(target_is_real)} values")
+        reals = [bool(r) for r in target_is_real]
+    elif isinstance(target_is_real, Tensor):
+        raise TypeError("target_is_real must be a Python bool (or a list of bools), not a Tensor")
+    else:
+        reals = [bool(target_is_real)] * len(preds)
+    kinds = [_gan_kind(mode, r, for_discriminator, float(target_real_label), float(target_fake_label))
+             for r in reals]
+    kind = kinds[0][0]
+    if any(k != kind for k, _ in kinds):  # hinge D never mixes kinds; kept for safety
+        raise ValueError("all terms of one call must use the same loss kind")
+    params = [a for _, a in kinds]
+    backend = _backend.select(preds[0].device)
+    outs = _ops.loss(backend, preds, [], params, ws, kind, red)
+    if red == 0:
+        return outs if was_list else outs[0]
+    return outs[0]
+
+
+def l1_loss(pairs, weights=None, *, reduction: str = "mean"):
+    """Weighted sum of L1 losses mean(|a - b|) over one (a, b) pair or a list of pairs
+    (CycleGAN cycle + identity, U-GAT-IT, UNIT), in one fused launch; gradients for a and b.
+    reduction "sum": sum(|a - b|) per pair; "none": w * |a - b| per pair (a tensor, or a list)."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(t, Tensor) for t in pairs):
+        pairs, was_list = [pairs], False
+    elif isinstance(pairs, (list, tuple)):
+        was_list = True
+        if len(pairs) == 0:
+            raise ValueError("pairs must be an (a, b) pair of Tensors or a non-empty list of pairs, got an empty list")
+    else:
+        raise TypeError(f"pairs must be an (a, b) pair of Tensors or a list of pairs, got {type(pairs).__name__}")
+    a, b = [], []
+    for i, p in enumerate(pairs):
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(t, Tensor) for t in p)):
+            raise TypeError(f"pairs[{i}] must be an (a, b) pair of Tensors")
+        if p[0].shape != p[1].shape:
+            raise ValueError(f"pairs[{i}]: a has shape {tuple(p[0].shape)} but b has {tuple(p[1].shape)} "
+                             "(l1_loss does not broadcast)")
+        a.append(p[0]), b.append(p[1])
+    ts = _common("pairs", a + b)
+    a, b = ts[:len(a)], ts[len(a):]
+    red = _reduction(reduction)
+    ws = _weights(weights, len(a))
+    backend = _backend.select(a[0].device)
+    outs = _ops.loss(backend, a, b, [0.0] * len(a), ws, reference.LOSS_KINDS["abs"], red)
+    if red == 0:
+        return outs if was_list else outs[0]
+    return outs[0]
+
+
+def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 10.0, *,
+                     style: str = "stargan", alpha: Optional[Tensor] = None,
+                     constant: float = 1.0, output: int = 0, return_gradients: bool = False):
+    """WGAN-GP: weight * mean_b((||dD(x_hat)/dx_hat||_2 - constant)^2) over per-sample
+    interpolates x_hat = alpha * real + (1 - alpha) * fake.
+
+    style "stargan" (Solver.gradient_penalty): alpha ~ U[0, 1) of shape (B, 1, 1, 1), norm =
+    sqrt(sum(g^2)), no eps. style "cyclegan" (networks.cal_gradient_penalty, type 'mixed'):
+    alpha ~ U[0, 1) of shape (B, 1) expanded, norm = ||g + 1e-16||_2. Both draw alpha with
+    torch.rand on real's device (same RNG stream as the originals); pass `alpha` (B values) to
+    fix it. `discriminator` may return a tuple (StarGAN's (out_src, out_cls)): `output` picks
+    the critic output. The penalty term runs through the fused loss (lsgan against
+    `constant` on the per-sample norms); the gradient of D is torch autograd's
+    (create_graph=True, so the penalty trains D)."""
+    if style not in ("stargan", "cyclegan"):
+        raise ValueError(f"style must be 'stargan' or 'cyclegan', got {style!r}")
+    for name, t in (("real", real), ("fake", fake)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+    if real.shape != fake.shape:
+        raise ValueError(f"real has shape {tuple(real.shape)} but fake has {tuple(fake.shape)}")
+    if real.device != fake.device:
+        raise ValueError(f"real is on {real.device} but fake is on {fake.device}")
+    if real.dim() < 1 or real.shape[0] == 0:
+        raise ValueError(f"real must have a non-empty batch dimension, got shape {tuple(real.shape)}")
+    b = real.shape[0]
+    if alpha is None:
+        if style == "stargan":
+            alpha = torch.rand(b, 1, 1, 1, device=real.device)
+        else:
+            alpha = torch.rand(b, 1, device=real.device)
+    elif not isinstance(alpha, Tensor) or alpha.numel() != b:
+        raise ValueError(f"alpha must be a Tensor with one value per sample ({b})")
+    if style == "stargan":
+        alpha = alpha.reshape((b,) + (1,) * (real.dim() - 1))
+        x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    else:
+        alpha = alpha.reshape(b, 1).expand(b, real.numel() // b).contiguous().view(*real.shape)
+        x_hat = alpha * real + ((1 - alpha) * fake)
+        x_hat.requires_grad_(True)
+    out = discriminator(x_hat)
+    if isinstance(out, (tuple, list)):
+        out = out[output]
+    g = torch.autograd.grad(outputs=out, inputs=x_hat, grad_outputs=torch.ones_like(out),
+                            create_graph=True, retain_graph=True, only_inputs=True)[0]
+    g = g.reshape(b, -1)
+    if style == "stargan":
+        norms = torch.sqrt(torch.sum(g ** 2, dim=1))
+    else:
+        norms = (g + 1e-16).norm(2, dim=1)
+    pen = gan_loss(norms, True, "lsgan", target_real_label=float(constant), weights=float(weight))
+    return (pen, g) if return_gradients else pen

@@ -211,3 +211,57 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", path={self.last_path or 'auto'}"
+
+
+# ---------------------------------------------------------------- losses (issue #5)
+__all__ += ["GANLoss"]
+
+
+class GANLoss(torch.nn.Module):
+    """Drop-in for CycleGAN/CUT's GANLoss(gan_mode, target_real_label=1.0,
+    target_fake_label=0.0): same 0-d buffers real_label / fake_label, same
+    ``forward(prediction, target_is_real)`` and values (lsgan, vanilla, wgangp, and CUT's
+    nonsaturating, which returns per-sample means of shape (B,)), computed by the fused loss
+    (no target tensor). Also accepts 'hinge' and 'wgan', and a list of predictions (summed).
+
+    The labels are read once as Python floats (at construction and after load_state_dict), so
+    a call never synchronizes with the GPU; call ``refresh_labels()`` after editing the buffers
+    in place."""
+
+    def __init__(self, gan_mode: str, target_real_label: float = 1.0, target_fake_label: float = 0.0,
+                 *, for_discriminator: bool = True) -> None:
+        super().__init__()
+        if gan_mode not in F.GAN_MODES:
+            raise NotImplementedError(f"gan mode {gan_mode} not implemented (choose from {F.GAN_MODES})")
+        self.register_buffer("real_label", torch.tensor(target_real_label))
+        self.register_buffer("fake_label", torch.tensor(target_fake_label))
+        self.gan_mode = gan_mode
+        self.for_discriminator = for_discriminator
+        self.loss = torch.nn.MSELoss() if gan_mode == "lsgan" else (
+            torch.nn.BCEWithLogitsLoss() if gan_mode == "vanilla" else None)
+        self._labels = (float(target_real_label), float(target_fake_label))
+
+    def refresh_labels(self) -> None:
+        self._labels = (float(self.real_label), float(self.fake_label))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_labels()
+
+    def get_target_tensor(self, prediction: Tensor, target_is_real: bool) -> Tensor:
+        """The original's target (label expanded to the prediction), for code that calls it."""
+        return (self.real_label if target_is_real else self.fake_label).expand_as(prediction)
+
+    def forward(self, prediction, target_is_real):
+        real, fake = self._labels
+        kw = dict(target_real_label=real, target_fake_label=fake, for_discriminator=self.for_discriminator)
+        if self.gan_mode == "nonsaturating" and isinstance(prediction, Tensor):
+            bs = prediction.size(0)
+            if bs == 1:  # the per-sample mean of one sample is the mean
+                return F.gan_loss(prediction, target_is_real, self.gan_mode, **kw).reshape(1)
+            per = F.gan_loss(prediction, target_is_real, self.gan_mode, reduction="none", **kw)
+            return per.view(bs, -1).mean(dim=1)
+        return F.gan_loss(prediction, target_is_real, self.gan_mode, **kw)
+
+    def extra_repr(self) -> str:
+        return f"gan_mode={self.gan_mode!r}"

@@ -101,3 +101,93 @@ def reflection_pad_conv2d(x, weight, bias, padding, stride):
 def reflection_pad_out(y, pad):
     """The norms' fused output pad: reflection padding by `pad` on each side of H and W."""
     return y if pad == 0 else reflection_pad2d_fwd(y, (pad,) * 4)
+
+
+
+
+# ---------------------------------------------------------------- losses (issue #5)
+# Kind codes shared with csrc/losses.h; reduction codes 0 none, 1 mean, 2 sum.
+LOSS_KINDS = {"square": 0, "bce": 1, "hinge": 2, "linear": 3, "softplus": 4, "abs": 5}
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def loss_elem(kind, x, y, a):
+    """Elementwise loss f(x; a) of loss_fwd, written as torch's own ops compute it."""
+    if kind == 0:
+        return (x - a) ** 2
+    if kind == 1:  # BCEWithLogitsLoss vs a constant target a
+        return (1 - a) * x - F.logsigmoid(x)
+    if kind == 2:
+        return torch.relu(1 + a * x)
+    if kind == 3:
+        return a * x
+    if kind == 4:
+        return F.softplus(a * x)
+    if kind == 5:
+        return (x - y).abs()
+    raise ValueError(f"unknown loss kind {kind}")
+
+
+def loss_elem_grad(kind, x, y, a):
+    """d f / d x, as torch's backward formulas compute it (relu/threshold, softplus threshold)."""
+    if kind == 0:
+        return 2 * (x - a)
+    if kind == 1:
+        return torch.sigmoid(x) - a
+    if kind == 2:
+        z = 1 + a * x
+        return torch.where(z <= 0, torch.zeros_like(z), torch.full_like(z, a))
+    if kind == 3:
+        return torch.full_like(x, a)
+    if kind == 4:
+        z = a * x
+        e = torch.exp(z)
+        return torch.where(z > 20, torch.full_like(z, a), a * (e / (e + 1)))
+    if kind == 5:
+        return torch.sign(x - y)
+    raise ValueError(f"unknown loss kind {kind}")
+
+
+def loss_value(x, y, params, weights, kind, reduction):
+    """Differentiable loss of loss_fwd (the reference backend): [loss] for mean/sum, else one
+    elementwise tensor per term. Accumulates in fp32 (fp64 for fp64 inputs)."""
+    sd = stats_dtype(x[0])
+    outs = []
+    total = None
+    for t, xt in enumerate(x):
+        yt = y[t].to(sd) if y else None
+        v = loss_elem(kind, xt.to(sd), yt, params[t])
+        if reduction == 0:
+            outs.append((v * weights[t]).to(xt.dtype))
+            continue
+        s = v.sum() * (weights[t] / xt.numel() if reduction == 1 and xt.numel() else weights[t])
+        if reduction == 1 and xt.numel() == 0:
+            s = v.sum() * float("nan")
+        total = s if total is None else total + s
+    return outs if reduction == 0 else [total.to(x[0].dtype)]
+
+
+def loss_fwd(x, y, params, weights, kind, reduction, need_grad):
+    """Reference of the loss_fwd op: (outs, grads) with grads[t] = d loss / d x[t] computed by
+    the analytic elementwise derivative (detached)."""
+    with torch.no_grad():
+        outs = loss_value(x, y, params, weights, kind, reduction)
+        grads = []
+        if need_grad:
+            sd = stats_dtype(x[0])
+            for t, xt in enumerate(x):
+                d = loss_elem_grad(kind, xt.to(sd), y[t].to(sd) if y else None, params[t])
+                scale = weights[t] / xt.numel() if reduction == 1 and xt.numel() else weights[t]
+                grads.append((d * scale).to(xt.dtype).contiguous())
+    return outs, grads
+
+
+def loss_bwd(grad_outs, saved, index, sign):
+    """Reference of the loss_bwd op: sign[k] * saved[index[k]] * grad_out."""
+    per_elem = not (len(grad_outs) == 1 and grad_outs[0].dim() == 0)
+    res = []
+    for i, s in zip(index, sign):
+        g = grad_outs[i] if per_elem else grad_outs[0]
+        sd = stats_dtype(saved[i])
+        res.append((s * saved[i].to(sd) * g.to(sd)).to(saved[i].dtype))
+    return res

@@ -1,0 +1,255 @@
+// CPU kernels of i2i_fast::loss_fwd / loss_bwd (math and term table in losses.h).
+// One at::parallel_for over all chunks of all terms (one "launch"): each chunk writes its
+// gradient slice and its scaled partial sum into a fixed slot; the partials are then added in
+// chunk order by one thread, so the result does not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "losses.h"
+
+namespace i2i {
+namespace {
+
+constexpr int64_t kLossChunk = 4096;
+
+// The chunk sum is accumulated in double (vectorized lanes of ~256 elements each would
+// otherwise lose a few fp32 ulps against torch's cascade sum); elementwise math in acc_t.
+// y (L1 only), the gradient and the elementwise output are template switches, so every loop
+// is branch-free and vectorizes.
+template <typename T, typename acc_t, int KIND, bool GRAD, bool NONE>
+acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1) {
+  constexpr bool HAS_Y = KIND == kAbs;
+  const T* x = static_cast<const T*>(e.x);
+  const T* y = static_cast<const T*>(e.y);
+  T* g = static_cast<T*>(e.g);
+  T* o = static_cast<T*>(e.out);
+  const acc_t a = acc_t(e.a), scale = acc_t(e.scale), w = acc_t(e.w);
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = i0; i < i1; ++i) {
+    acc_t v, d;
+    loss_elem<KIND, acc_t>(static_cast<acc_t>(x[i]), HAS_Y ? static_cast<acc_t>(y[i]) : acc_t(0), a, v, d);
+    s += double(v);
+    if constexpr (GRAD) g[i] = static_cast<T>(d * scale);
+    if constexpr (NONE) o[i] = static_cast<T>(v * w);
+  }
+  return acc_t(s * e.scale);
+}
+
+template <typename T, typename acc_t, int KIND>
+acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool none) {
+  if (need_grad) return none ? fwd_chunk<T, acc_t, KIND, true, true>(e, i0, i1)
+                             : fwd_chunk<T, acc_t, KIND, true, false>(e, i0, i1);
+  return none ? fwd_chunk<T, acc_t, KIND, false, true>(e, i0, i1)
+              : fwd_chunk<T, acc_t, KIND, false, false>(e, i0, i1);
+}
+
+template <typename T, typename acc_t>
+void scale_chunk(const ScaleTerm& e, int64_t i0, int64_t i1, bool per_elem) {
+  const T* s = static_cast<const T*>(e.s);
+  const T* go = static_cast<const T*>(e.go);
+  T* out = static_cast<T*>(e.out);
+  const acc_t sg = acc_t(e.sign);
+  if (per_elem) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i)
+      out[i] = static_cast<T>(sg * static_cast<acc_t>(s[i]) * static_cast<acc_t>(go[i]));
+  } else {
+    const acc_t k = static_cast<acc_t>(go[0]);
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<T>(sg * static_cast<acc_t>(s[i]) * k);
+  }
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(
+    at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
+    int64_t kind, int64_t reduction, bool need_grad) {
+  LossIO io = prep_loss(x, y, params, weights, kind, reduction, need_grad, kLossChunk);
+  const bool none = reduction == kReduceNone;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.dtype, "i2i_fast_loss_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> partial(io.nchunks);
+    with_loss_kind(kind, [&](auto K) {
+      const auto& terms = io.terms;
+      at::parallel_for(0, io.nchunks, 8, [&](int64_t lo, int64_t hi) {
+        size_t t = 0;
+        for (int64_t c = lo; c < hi; ++c) {
+          while (t + 1 < terms.size() && terms[t + 1].c0 <= c) ++t;
+          const LossTerm& e = terms[t];
+          const int64_t i0 = (c - e.c0) * kLossChunk, i1 = std::min(e.n, i0 + kLossChunk);
+          partial[c] = fwd_chunk<scalar_t, acc_t, decltype(K)::value>(e, i0, i1, need_grad, none);
+        }
+      });
+    });
+    if (!none) {
+      acc_t total = 0;
+      for (int64_t c = 0; c < io.nchunks; ++c) total += partial[c];
+      io.loss.data_ptr<scalar_t>()[0] = static_cast<scalar_t>(total);
+    }
+  });
+  return finish_loss(io);
+}
+
+std::vector<at::Tensor> loss_bwd_cpu(at::TensorList grad_outs, at::TensorList saved,
+                                     at::IntArrayRef index, at::ArrayRef<double> sign) {
+  ScaleIO io = prep_scale(grad_outs, saved, index, sign, kLossChunk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.dtype, "i2i_fast_loss_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto& terms = io.terms;
+    const bool per_elem = io.per_elem;
+    at::parallel_for(0, io.nchunks, 8, [&](int64_t lo, int64_t hi) {
+      size_t t = 0;
+      for (int64_t c = lo; c < hi; ++c) {
+        while (t + 1 < terms.size() && terms[t + 1].c0 <= c) ++t;
+        // empty outputs own no chunk: the owner of c is the last term starting at or before c
+        const ScaleTerm& e = terms[t];
+        const int64_t i0 = (c - e.c0) * kLossChunk, i1 = std::min(e.n, i0 + kLossChunk);
+        scale_chunk<scalar_t, acc_t>(e, i0, i1, per_elem);
+      }
+    });
+  });
+  return io.out;
+}
+
+
+// ---- autograd (device-agnostic, registered for the Autograd key) ----
+// A C++ autograd node: the batch-1 cost of a loss is dispatch overhead, and a Python
+// autograd.Function (or torch.library's Python autograd wrapper) costs tens of us per call.
+// Forward runs loss_fwd below autograd and keeps the gradients it wrote; backward is ONE
+// loss_bwd call that scales them. Under create_graph (double backward) the backward is
+// written with differentiable ATen ops from the saved inputs instead.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+static at::Tensor elem_grad(int64_t kind, const at::Tensor& x, const at::Tensor& y, double a) {
+  switch (kind) {
+    case kSquare: return (x - a) * 2;
+    case kBce: return at::sigmoid(x) - a;
+    case kHinge: return at::where((x * a + 1).le(0), at::zeros_like(x), at::full_like(x, a));
+    case kLinear: return at::full_like(x, a);
+    case kSoftplus: {
+      const at::Tensor z = x * a;
+      return at::where(z.gt(20), at::full_like(x, a), at::sigmoid(z) * a);
+    }
+    default: return at::sign(x - y);
+  }
+}
+
+struct LossFunction : public torch::autograd::Function<LossFunction> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList x, at::TensorList y,
+                               at::ArrayRef<double> params, at::ArrayRef<double> weights,
+                               int64_t kind, int64_t reduction, bool need_grad) {
+    std::vector<int64_t> need;
+    bool any = false;
+    for (const auto& t : x) need.push_back(t.requires_grad()), any |= t.requires_grad();
+    for (const auto& t : y) need.push_back(t.requires_grad()), any |= t.requires_grad();
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_fwd", "")
+                         .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>>(
+                             at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>,
+                             int64_t, int64_t, bool)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    // need_grad: asked for by the caller, or some input needs a gradient and grad mode was on
+    // at the call (loss_fwd_autograd); under no_grad no gradient is written
+    auto [outs, grads] = op.call(x, y, params, weights, kind, reduction, need_grad);
+    variable_list saved(grads.begin(), grads.end());
+    saved.insert(saved.end(), x.begin(), x.end());
+    saved.insert(saved.end(), y.begin(), y.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["nx"] = int64_t(x.size());
+    ctx->saved_data["ny"] = int64_t(y.size());
+    ctx->saved_data["nouts"] = int64_t(outs.size());
+    ctx->saved_data["params"] = std::vector<double>(params.begin(), params.end());
+    ctx->saved_data["weights"] = std::vector<double>(weights.begin(), weights.end());
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["need"] = need;
+    ctx->saved_data["any"] = any;
+    ctx->mark_non_differentiable(grads);
+    // the gradient outputs never receive a gradient: do not let autograd fill zeros for them
+    ctx->set_materialize_grads(false);
+    variable_list res(outs.begin(), outs.end());
+    res.insert(res.end(), grads.begin(), grads.end());
+    return res;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const int64_t nx = ctx->saved_data["nx"].toInt(), ny = ctx->saved_data["ny"].toInt();
+    const int64_t nouts = ctx->saved_data["nouts"].toInt();
+    const auto need = ctx->saved_data["need"].toIntVector();
+    const bool any = ctx->saved_data["any"].toBool();
+    const variable_list saved = ctx->get_saved_variables();
+    // one gradient per flattened input: x..., y..., then params, weights, kind, reduction, need_grad
+    variable_list res(nx + ny + 5);
+    std::vector<at::Tensor> go(grad_outputs.begin(), grad_outputs.begin() + nouts);
+    bool defined = false;
+    for (const auto& g : go) defined |= g.defined();
+    if (!any || !defined) return res;  // unused loss outputs: no gradient
+    const int64_t ng = nx;  // one saved gradient per x term
+    for (int64_t t = 0; t < nouts; ++t)  // reduction none, some terms unused: zero gradient
+      if (!go[t].defined()) go[t] = at::zeros_like(saved[t]);
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiable formula
+      const auto params = ctx->saved_data["params"].toDoubleVector();
+      const auto weights = ctx->saved_data["weights"].toDoubleVector();
+      const int64_t kind = ctx->saved_data["kind"].toInt(), red = ctx->saved_data["reduction"].toInt();
+      for (int64_t t = 0; t < nx; ++t) {
+        if (!need[t] && !(ny && need[nx + t])) continue;
+        const at::Tensor& x = saved[ng + t];
+        const at::Tensor y = ny ? saved[ng + nx + t] : at::Tensor();
+        const double scale = red == kReduceMean ? weights[t] / double(x.numel()) : weights[t];
+        at::Tensor g = elem_grad(kind, x, y, params[t]) * scale;
+        g = g * (red == kReduceNone ? go[t] : go[0]);
+        if (need[t]) res[t] = g;
+        if (ny && need[nx + t]) res[nx + t] = -g;
+      }
+      return res;
+    }
+    std::vector<int64_t> index;
+    std::vector<double> sign;
+    for (int64_t t = 0; t < nx; ++t)
+      if (need[t]) index.push_back(t), sign.push_back(1.0);
+    for (int64_t t = 0; t < ny; ++t)
+      if (need[nx + t]) index.push_back(t), sign.push_back(-1.0);
+    if (index.empty()) return res;
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_bwd", "")
+                         .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::IntArrayRef,
+                                                        at::ArrayRef<double>)>();
+    std::vector<at::Tensor> grads(saved.begin(), saved.begin() + ng);
+    const auto out = op.call(go, grads, index, sign);
+    size_t k = 0;
+    for (int64_t t = 0; t < nx; ++t)
+      if (need[t]) res[t] = out[k++];
+    for (int64_t t = 0; t < ny; ++t)
+      if (need[nx + t]) res[nx + t] = out[k++];
+    return res;
+  }
+};
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
+    at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
+    int64_t kind, int64_t reduction, bool need_grad) {
+  bool any = false;
+  if (at::GradMode::is_enabled()) {
+    for (const auto& t : x) any |= t.requires_grad();
+    for (const auto& t : y) any |= t.requires_grad();
+  }
+  const variable_list r = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any);
+  const size_t nouts = reduction == kReduceNone ? x.size() : 1;
+  return {std::vector<at::Tensor>(r.begin(), r.begin() + nouts),
+          std::vector<at::Tensor>(r.begin() + nouts, r.end())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
+  m.impl("loss_fwd", &loss_fwd_autograd);
+}
+
+TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
+  m.impl("loss_fwd", &loss_fwd_cpu);
+  m.impl("loss_bwd", &loss_bwd_cpu);
+}
+
+}  // namespace i2i
