@@ -28,15 +28,8 @@ def pytest_report_header(config):
 
 
 def pytest_generate_tests(metafunc):
-    """A test with a `bench_case` argument and a module-level OP runs once per
-    (device, shape, dtype) of that op on this machine; with `op_case` and a module-level OPS
-    list, once per (op, device, shape, dtype)."""
-    if "bench_case" in metafunc.fixturenames:
-        op = metafunc.module.OP
-        cases = [(dev, shape, bench.DTYPES[dt]) for dev in bench_devices()
-                 for shape in bench.shapes_for(op, dev) for dt in bench.default_dtypes(dev)]
-        ids = [f"{dev}-{'x'.join(map(str, s))}-{bench.DTYPE_NAMES[dt]}" for dev, s, dt in cases]
-        metafunc.parametrize("bench_case", cases, ids=ids)
+    """A test with an `op_case` argument and a module-level OPS list runs once per
+    (op, device, shape, dtype) of those ops on this machine."""
     if "op_case" in metafunc.fixturenames:
         cases = [(op, dev, shape, bench.DTYPES[dt]) for op in metafunc.module.OPS
                  for dev in bench_devices() for shape in bench.shapes_for(op, dev)

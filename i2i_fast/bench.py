@@ -123,6 +123,28 @@ def pedantic_args(run: Callable, device, setup: Optional[Callable[[], tuple]] = 
 _COPY_BW: dict = {}
 
 
+def pytest_benchmark_case(benchmark, case, mode: str, impl: str) -> None:
+    """The body every benchmarks/ suite shares: parity first (a failure fails the benchmark),
+    skip a failed torch.compile with its reason, extra_info from summarize(), then
+    pytest-benchmark's pedantic rounds of the same callable."""
+    import pytest
+    device = str(case.device)
+    benchmark.group = f"{case.key} {device} {mode}"
+    ok, detail = case.parity()
+    assert ok, f"parity ours vs eager failed for {case.key} on {device}: {detail}"
+    benchmark.extra_info["parity"] = detail
+    if impl == "compile" and case.compiled() is None:
+        benchmark.extra_info["compile"] = f"failed: {case.compile_error}"
+        pytest.skip(f"torch.compile failed: {case.compile_error}")
+    benchmark.extra_info.update(summarize(case, mode, impl))
+    cuda = case.device.type == "cuda"
+    median_s = case.timing(impl, mode).median_ms * 1e-3
+    rounds = max(5, min(200 if cuda else 30, int((0.3 if cuda else 0.5) / max(median_s, 1e-6))))
+    run, setup = case.fn(impl, mode)
+    benchmark.pedantic(**pedantic_args(run, case.device, setup), rounds=rounds,
+                       warmup_rounds=10 if cuda else 2, iterations=1)
+
+
 def copy_bandwidth_gbps(device) -> Optional[float]:
     """Device-to-device copy bandwidth (read + write bytes / time) of a 256 MiB tensor, measured
     once per process; None off CUDA."""
