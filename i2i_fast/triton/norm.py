@@ -22,6 +22,13 @@ def _reflect(t, n):
 
 
 @triton.jit
+def _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC: tl.constexpr):
+    """Sample and channel of plane pid (int64) and its constants in the accumulation dtype."""
+    return ((pid // C).to(tl.int64), (pid % C).to(tl.int64), tl.load(SLOPE).to(ACC),
+            tl.load(MEAN + pid).to(ACC), tl.load(SCALE + pid).to(ACC), tl.load(SHIFT + pid).to(ACC))
+
+
+@triton.jit
 def norm_stats_kernel(X, MEAN, VAR, C, H, W, sN, sC, sH, sW, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base = (pid // C).to(tl.int64) * sN + (pid % C).to(tl.int64) * sC
@@ -49,14 +56,9 @@ def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, sN, sC, sH, sW, o
                       SLOPE, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                       BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    n = (pid // C).to(tl.int64)
-    c = (pid % C).to(tl.int64)
+    n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     xbase = n * sN + c * sC
     ybase = n * oN + c * oC
-    slope = tl.load(SLOPE).to(ACC)
-    mean = tl.load(MEAN + pid).to(ACC)
-    scale = tl.load(SCALE + pid).to(ACC)
-    shift = tl.load(SHIFT + pid).to(ACC)
     Wo = W + 2 * P
     HWo = (H + 2 * P) * Wo
     offs = tl.arange(0, BLOCK)
@@ -116,12 +118,7 @@ def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, sN, sC, s
                            SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                            BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    n = (pid // C).to(tl.int64)
-    c = (pid % C).to(tl.int64)
-    slope = tl.load(SLOPE).to(ACC)
-    mean = tl.load(MEAN + pid).to(ACC)
-    scale = tl.load(SCALE + pid).to(ACC)
-    shift = tl.load(SHIFT + pid).to(ACC)
+    n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     offs = tl.arange(0, BLOCK)
     a1 = tl.zeros([BLOCK], ACC)
     a2 = tl.zeros([BLOCK], ACC)
@@ -140,12 +137,7 @@ def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT, C0, C1, C, H, W, P, sN, 
                           gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                           BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    n = (pid // C).to(tl.int64)
-    c = (pid % C).to(tl.int64)
-    slope = tl.load(SLOPE).to(ACC)
-    mean = tl.load(MEAN + pid).to(ACC)
-    scale = tl.load(SCALE + pid).to(ACC)
-    shift = tl.load(SHIFT + pid).to(ACC)
+    n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     c0 = tl.load(C0 + pid).to(ACC)
     c1 = tl.load(C1 + pid).to(ACC)
     xbase = n * sN + c * sC
