@@ -18,11 +18,13 @@ constexpr int64_t kCB = 16;  // channels per channels_last task: one 64-byte lin
 // added sequentially. Keeps fp32 rounding error of a 256x256 plane near torch's cascade sum.
 constexpr int64_t kSumBlock = 512;
 
-// t1 += sum f1(i), t2 += sum f2(i) over i in [0, n); f(i, a, b) adds its terms to a and b.
-template <typename acc_t, class F>
-inline void plane_sum2(int64_t n, acc_t& t1, acc_t& t2, F&& f) {
-  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
-    const int64_t i1 = std::min(n, i0 + kSumBlock);
+// t1 += sum f1(i), t2 += sum f2(i) over i in [0, n); f(i, a, b) adds its terms to a and b
+// (acc_t) within a block of B elements; block totals go to t1, t2 (tot_t: fp64 where the sums
+// feed parameter gradients).
+template <int64_t B = kSumBlock, typename acc_t, typename tot_t, class F>
+inline void plane_sum2(int64_t n, tot_t& t1, tot_t& t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t i1 = std::min(n, i0 + B);
     acc_t a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t i = i0; i < i1; ++i) f(i, a, b);
@@ -32,10 +34,10 @@ inline void plane_sum2(int64_t n, acc_t& t1, acc_t& t2, F&& f) {
 }
 
 // channels_last: per-channel sums over n rows of cw channels; f(i, k, a, b) adds to a and b.
-template <typename acc_t, class F>
-inline void rows_sum2(int64_t n, int64_t cw, acc_t* t1, acc_t* t2, F&& f) {
-  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock / kCB) {
-    const int64_t i1 = std::min(n, i0 + kSumBlock / kCB);
+template <int64_t B = kSumBlock, typename acc_t, typename tot_t, class F>
+inline void rows_sum2(int64_t n, int64_t cw, tot_t* t1, tot_t* t2, F&& f) {
+  for (int64_t i0 = 0; i0 < n; i0 += B / kCB) {
+    const int64_t i1 = std::min(n, i0 + B / kCB);
     acc_t a[kCB] = {0}, b[kCB] = {0};
     for (int64_t i = i0; i < i1; ++i) {
 #pragma omp simd
@@ -71,10 +73,10 @@ void for_tasks(int64_t N, int64_t C, bool channels_last, int64_t per_plane, Fn&&
 template <typename T, typename acc_t>
 inline void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& var) {
   acc_t s = 0, m2 = 0, unused = 0;
-  plane_sum2(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
+  plane_sum2<kSumBlock, acc_t>(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
   mean = s / n;
   const acc_t m = mean;
-  plane_sum2(n, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
+  plane_sum2<kSumBlock, acc_t>(n, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
     const acc_t d = static_cast<acc_t>(x[i]) - m;
     a += d * d;
   });
@@ -86,11 +88,11 @@ inline void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& var) {
 template <typename T, typename acc_t>
 inline void block_stats(const T* x, int64_t n, int64_t C, int64_t cw, acc_t* mean, acc_t* var) {
   acc_t s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
-  rows_sum2(n, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+  rows_sum2<kSumBlock, acc_t>(n, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
     u += static_cast<acc_t>(x[i * C + k]);
   });
   for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / n;
-  rows_sum2(n, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+  rows_sum2<kSumBlock, acc_t>(n, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
     const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
     u += d * d;
   });

@@ -96,7 +96,7 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
   const acc_t w = weight_of(a, p, c), b = bias_of(a, p, c);
   acc_t s1 = 0, s2 = 0;
-  plane_sum2(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
+  plane_sum2<kSumBlock, acc_t>(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
     const acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
     const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
     u += dz;
@@ -126,7 +126,7 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     w[k] = weight_of(a, n * C + c0 + k, c0 + k);
     b[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
-  rows_sum2(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
+  rows_sum2<kSumBlock, acc_t>(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
     const int64_t o = base + i * C + k;
     const acc_t xh = (static_cast<acc_t>(a.x[o]) - mean[k]) * rstd[k];
     const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o]), xh, w[k], b[k], ACT, a.slope);
