@@ -39,6 +39,15 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
+  // The (N, C) coefficient math on CPU (elsewhere i2i_fast/_norm.py runs it as torch ops):
+  // (scale, shift) from plane statistics; kind 0 instance norm, 1 ILN/adaILN, 2 MUNIT LN.
+  m.def(
+      "norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
+      "int hw, float eps) -> (Tensor, Tensor)");
+  // Its backward from the norm_apply_sums output: (c0, c1, d rho (C,), d gamma, d beta).
+  m.def(
+      "norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
+      "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // ---- reflection pad (issue #4) ----
   // out = x reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
   // >= 0 and < the size of its axis); NCHW or channels_last, the output keeps the layout.

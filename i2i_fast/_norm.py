@@ -68,7 +68,7 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
 def _param_grad(d: Tensor, p: Optional[Tensor]) -> Optional[Tensor]:
     if p is None:
         return None
-    if p.numel() != d.numel():  # per-channel parameter used by every sample
+    if p.numel() != d.numel():  # per-channel parameter used by every sample (d is (N, C))
         d = d.sum(0)
     return d.reshape(p.shape).to(p.dtype)
 
@@ -136,8 +136,23 @@ def _fake_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad):
     return torch.empty_like(x, memory_format=_fmt(x))
 
 
+def _fake_coefs(mean, var, rho, gamma, beta, kind, hw, eps):
+    return torch.empty_like(mean), torch.empty_like(mean)
+
+
+def _fake_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, eps):
+    def flat(p):
+        return mean.new_empty((0 if p is None else p.numel(),))
+    return (torch.empty_like(mean), torch.empty_like(mean), mean.new_empty((mean.shape[1],)),
+            flat(gamma), flat(beta))
+
+
 _OPS = {}
+_COEFS = {}  # backends whose extension computes the (N, C) coefficient math in one call
 if _backend._C is not None:
+    torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
+    torch.library.register_fake("i2i_fast::norm_coefs_bwd")(_fake_coefs_bwd)
+    _COEFS["cpu"] = (torch.ops.i2i_fast.norm_coefs, torch.ops.i2i_fast.norm_coefs_bwd)
     for _name, _fake in (("norm_stats", _fake_stats), ("norm_apply", _fake_apply),
                          ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
         torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
@@ -173,7 +188,10 @@ class _PlaneNorm(torch.autograd.Function):
             sd = reference.stats_dtype(x)
             mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
             var = rvar.to(sd).reshape(1, c).expand(n, c).contiguous()
-        scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
+        if backend in _COEFS:
+            scale, shift = _COEFS[backend][0](mean, var, rho, gamma, beta, kind, h * w, eps)
+        else:
+            scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
         out = apply(x, mean, scale, shift, residual, act, slope, pad)
         ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
         ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
@@ -193,14 +211,16 @@ class _PlaneNorm(torch.autograd.Function):
         gx = drho = dg = db = gres = None
         if any(need[:4]):
             sums = sums_op(gy, x, mean, scale, shift, act, slope, pad)
-            s1, s2 = sums[..., 0], sums[..., 1]
-            _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
-            dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
-                                                       scale, aux, s1, s2)
+            if backend in _COEFS:
+                c0, c1, drho, dg, db = _COEFS[backend][1](mean, var, rho, gamma, beta, sums, kind, hw, eps)
+            else:
+                s1, s2 = sums[..., 0], sums[..., 1]
+                _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
+                dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
+                                                           scale, aux, s1, s2)
+                c0, c1 = dmean / hw, dvar * (2.0 / hw)
             if need[0]:
-                if input_stats:
-                    c0, c1 = dmean / hw, dvar * (2.0 / hw)
-                else:
+                if not input_stats:  # running statistics are constants
                     c0 = c1 = torch.zeros_like(mean)
                 gx = bwd_op(gy, x, mean, scale, shift, c0, c1, act, slope, pad)
         if has_res and need[4]:

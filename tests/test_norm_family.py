@@ -225,6 +225,12 @@ def test_opcheck_ops():
         torch.library.opcheck(ops.norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), 2, 0.2, 1))
         torch.library.opcheck(ops.norm_apply_sums.default, (g, xx, mean, scale, shift, 1, 0.2, 1))
         torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, 3, 0.2, 1))
+    for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
+                              (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+                              (2, (None, torch.rand(3), torch.randn(3)))):
+        torch.library.opcheck(ops.norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
+        torch.library.opcheck(ops.norm_coefs_bwd.default,
+                              (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5))
     if i2i_fast.backends()["triton"][0]:
         torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
                               test_utils=("test_schema",))  # fake tensors can't enter the interpreter
@@ -337,3 +343,33 @@ def test_cuda_deterministic(norm, backend):
         y.backward(torch.ones_like(y))
         runs.append([y, x.grad, gamma.grad, beta.grad])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_cpu_coefficients_match_python(norm):
+    """The CPU extension's norm_coefs / norm_coefs_bwd (fp64 loops) and _norm.coefs /
+    coefs_backward (torch ops, used by the other backends) are the same math."""
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    from i2i_fast import _norm
+    kind = {"iln": _norm.LIN, "adalin": _norm.LIN, "layer_norm": _norm.LN}.get(norm, _norm.IN)
+    torch.manual_seed(12)
+    n, c, hw = 3, 5, 7
+    mean, var = torch.randn(n, c, dtype=torch.float64), torch.rand(n, c, dtype=torch.float64) + 0.1
+    rho, gamma, beta = make_params(norm, n, c)
+    rho = rho if kind == _norm.LIN else None
+    sums = torch.randn(n, c, 2, dtype=torch.float64)
+    ops = torch.ops.i2i_fast
+    scale, shift = ops.norm_coefs(mean, var, rho, gamma, beta, kind, hw, 1e-5)
+    ps, pt, aux = _norm.coefs(kind, mean, var, hw, rho, gamma, beta, 1e-5)
+    torch.testing.assert_close(scale, ps)
+    torch.testing.assert_close(shift, pt)
+    c0, c1, drho, dg, db = ops.norm_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, 1e-5)
+    dm, dv, pr, pg, pb = _norm.coefs_backward(kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux,
+                                              sums[..., 0], sums[..., 1])
+    torch.testing.assert_close(c0, dm / hw)
+    torch.testing.assert_close(c1, dv * 2 / hw)
+    torch.testing.assert_close(dg, _norm._param_grad(pg, gamma).reshape(-1))
+    torch.testing.assert_close(db, _norm._param_grad(pb, beta).reshape(-1))
+    if rho is not None:
+        torch.testing.assert_close(drho, _norm._param_grad(pr, rho).reshape(-1))
