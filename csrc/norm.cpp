@@ -8,11 +8,11 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <vector>
 
 #include "cpu_loops.h"
 #include "norm.h"
+#include "norm_coefs.h"
 
 namespace i2i {
 namespace {
@@ -278,158 +278,30 @@ at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const
   return io.out;
 }
 
-// ---- per-plane coefficients (CPU): the (N, C) math of i2i_fast/_norm.py coefs and
-// coefs_backward, one call each and in fp64, instead of ~40 small torch ops per layer.
-// kind: 0 instance norm, 1 U-GAT-IT ILN/adaILN (rho mix, unbiased), 2 MUNIT LayerNorm.
-at::Tensor f64(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->to(at::kDouble).contiguous() : at::Tensor();
-}
-
-// One sample's coefficients and the intermediates the backward needs.
-struct SampleCoefs {
-  const double *m, *v, *rho, *g, *b;  // g/b: this sample's (C,) view, or null
-  int64_t C, hw, kind;
-  double eps;
-  std::vector<double> scale, shift, rin, dm;
-  double rln = 0, sd = 0, k_unb = 0, l_unb = 0;
-  double unb(double n) const { return n > 1 ? n / (n - 1) : std::numeric_limits<double>::quiet_NaN(); }
-  double gam(int64_t c) const { return g ? g[c] : 1.0; }
-  double bet(int64_t c) const { return b ? b[c] : 0.0; }
-  double rh(int64_t c) const { return kind == 1 ? rho[c] : (kind == 0 ? 1.0 : 0.0); }
-  void run() {
-    scale.resize(C), shift.resize(C), rin.resize(C), dm.resize(C);
-    k_unb = unb(double(hw)), l_unb = unb(double(C) * hw) / (double(C) * hw);
-    double mln = 0, m2 = 0;
-    for (int64_t c = 0; c < C; ++c) mln += m[c];
-    mln /= C;
-    for (int64_t c = 0; c < C; ++c) dm[c] = m[c] - mln, m2 += (v[c] + dm[c] * dm[c]) * hw;
-    const double vln = m2 * l_unb;
-    rln = 1 / std::sqrt(vln + eps), sd = std::sqrt(vln);
-    for (int64_t c = 0; c < C; ++c) {
-      if (kind == 0) {
-        rin[c] = 1 / std::sqrt(v[c] + eps);
-        scale[c] = gam(c) * rin[c], shift[c] = bet(c);
-      } else if (kind == 1) {
-        rin[c] = 1 / std::sqrt(v[c] * k_unb + eps);
-        scale[c] = gam(c) * (rh(c) * rin[c] + (1 - rh(c)) * rln);
-        shift[c] = bet(c) + gam(c) * (1 - rh(c)) * rln * dm[c];
-      } else {
-        const double r = 1 / (sd + eps);
-        scale[c] = gam(c) * r, shift[c] = bet(c) + scale[c] * dm[c];
-      }
-    }
-  }
-  // Gradients given s1 = sum dz, s2 = sum dz (x - mean) per channel of this sample: d mean,
-  // d var (plane statistics) and d rho / d gamma / d beta per channel (as coefs_backward).
-  void backward(const double* s1, const double* s2, double* dmean, double* dvar, double* drho,
-                double* dg, double* db) const {
-    double dr = 0, tsum = 0;
-    std::vector<double> t(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double g_ = gam(c), r_ = rh(c);
-      db[c] = s1[c];
-      if (kind == 0) {
-        dvar[c] = s2[c] * g_ * -0.5 * rin[c] * rin[c] * rin[c];
-        dg[c] = s2[c] * rin[c], drho[c] = 0, t[c] = 0;
-      } else if (kind == 1) {
-        const double k = r_ * rin[c] + (1 - r_) * rln;
-        dg[c] = s2[c] * k + s1[c] * (1 - r_) * rln * dm[c];
-        drho[c] = g_ * s2[c] * (rin[c] - rln) - g_ * s1[c] * rln * dm[c];
-        t[c] = s1[c] * g_ * (1 - r_) * rln;
-        dr += g_ * s2[c] * (1 - r_) + s1[c] * g_ * (1 - r_) * dm[c];
-        dvar[c] = g_ * s2[c] * r_ * -0.5 * rin[c] * rin[c] * rin[c] * k_unb;
-      } else {
-        const double r = 1 / (sd + eps);
-        dg[c] = s2[c] * r + s1[c] * r * dm[c], drho[c] = 0;
-        t[c] = s1[c] * g_ * r;
-        dr += g_ * s2[c] + g_ * s1[c] * dm[c];
-        dvar[c] = 0;
-      }
-      tsum += t[c];
-    }
-    double dm2 = 0;
-    if (kind == 1) dm2 = dr * -0.5 * rln * rln * rln * l_unb;
-    if (kind == 2) { const double r = 1 / (sd + eps); dm2 = -dr * r * r / (2 * sd) * l_unb; }
-    for (int64_t c = 0; c < C; ++c) {
-      dvar[c] += dm2 * hw;
-      dmean[c] = t[c] - tsum / C + dm2 * 2 * hw * dm[c] - scale[c] * s1[c];
-    }
-  }
-};
-
-struct CoefIn {
-  at::Tensor m, v, rho, g, b;
-  int64_t N, C;
-  SampleCoefs sample(int64_t n, int64_t kind, int64_t hw, double eps) const {
-    auto row = [&](const at::Tensor& t) -> const double* {
-      if (!t.defined()) return nullptr;
-      return t.data_ptr<double>() + (t.numel() == C ? 0 : n * C);
-    };
-    SampleCoefs s{m.data_ptr<double>() + n * C, v.data_ptr<double>() + n * C, row(rho), row(g), row(b),
-                  C, hw, kind, eps, {}, {}, {}, {}};
-    s.run();
-    return s;
-  }
-};
-
-CoefIn coef_in(const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
-               const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, int64_t kind) {
-  TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(), "i2i_fast norm_coefs: mean and var must be (N, C)");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "i2i_fast norm_coefs: unknown kind ", kind);
-  CoefIn in{mean.to(at::kDouble).contiguous(), var.to(at::kDouble).contiguous(), f64(rho), f64(gamma),
-            f64(beta), mean.size(0), mean.size(1)};
-  TORCH_CHECK(kind != 1 || (in.rho.defined() && in.rho.numel() == in.C), "i2i_fast norm_coefs: rho must have C elements");
-  for (const at::Tensor* t : {&in.g, &in.b})
-    TORCH_CHECK(!t->defined() || t->numel() == in.C || t->numel() == in.N * in.C,
-                "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
-  return in;
-}
-
+// ---- per-plane coefficients (csrc/norm_coefs.h): one sample at a time, in fp64
 std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
                                                   const c10::optional<at::Tensor>& rho,
                                                   const c10::optional<at::Tensor>& gamma,
                                                   const c10::optional<at::Tensor>& beta, int64_t kind,
                                                   int64_t hw, double eps) {
-  const CoefIn in = coef_in(mean, var, rho, gamma, beta, kind);
-  at::Tensor scale = at::empty({in.N, in.C}, in.m.options()), shift = at::empty_like(scale);
-  for (int64_t n = 0; n < in.N; ++n) {
-    const SampleCoefs s = in.sample(n, kind, hw, eps);
-    std::copy(s.scale.begin(), s.scale.end(), scale.data_ptr<double>() + n * in.C);
-    std::copy(s.shift.begin(), s.shift.end(), shift.data_ptr<double>() + n * in.C);
-  }
-  return {scale.to(mean.scalar_type()), shift.to(mean.scalar_type())};
+  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
+  for (int64_t n = 0; n < io.a.N; ++n) coefs_sample(io.a, n);
+  return io.result(mean.scalar_type());
 }
 
-// (c0, c1) for norm_apply_bwd and the parameter gradients (shaped like the parameters'
-// flattened numel: C, or N*C for per-sample ones; empty when the parameter is absent).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cpu(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
     const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
-  const CoefIn in = coef_in(mean, var, rho, gamma, beta, kind);
-  const int64_t N = in.N, C = in.C;
-  TORCH_CHECK(sums.numel() == N * C * 2, "i2i_fast norm_coefs_bwd: sums must be (N, C, 2)");
-  const at::Tensor sm = sums.to(at::kDouble).contiguous().reshape({N, C, 2});
-  const auto opt = in.m.options();
-  at::Tensor c0 = at::empty({N, C}, opt), c1 = at::empty({N, C}, opt);
-  at::Tensor drho = at::zeros({C}, opt);
-  auto grad_like = [&](const at::Tensor& p) { return p.defined() ? at::zeros({p.numel()}, opt) : at::zeros({0}, opt); };
-  at::Tensor dg = grad_like(in.g), db = grad_like(in.b);
-  std::vector<double> s1(C), s2(C), dmean(C), dvar(C), dr(C), g(C), b(C);
-  for (int64_t n = 0; n < N; ++n) {
-    const double* q = sm.data_ptr<double>() + n * C * 2;
-    for (int64_t c = 0; c < C; ++c) s1[c] = q[2 * c], s2[c] = q[2 * c + 1];
-    in.sample(n, kind, hw, eps).backward(s1.data(), s2.data(), dmean.data(), dvar.data(), dr.data(), g.data(), b.data());
-    for (int64_t c = 0; c < C; ++c) {  // fixed order over n: deterministic
-      c0.data_ptr<double>()[n * C + c] = dmean[c] / hw;
-      c1.data_ptr<double>()[n * C + c] = dvar[c] * 2.0 / hw;
-      drho.data_ptr<double>()[c] += dr[c];
-      if (dg.numel()) dg.data_ptr<double>()[dg.numel() == C ? c : n * C + c] += g[c];
-      if (db.numel()) db.data_ptr<double>()[db.numel() == C ? c : n * C + c] += b[c];
-    }
+  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
+  CoefGrads gr = prep_coef_grads(io, sums);
+  for (int64_t n = 0; n < io.a.N; ++n) {
+    coefs_sample(io.a, n);
+    coefs_backward_sample(io.a, n, gr.sums.data_ptr<double>(), gr.c0.data_ptr<double>(),
+                          gr.c1.data_ptr<double>(), gr.drho.data_ptr<double>(),
+                          gr.dg.data_ptr<double>(), gr.db.data_ptr<double>());
   }
-  const auto sd = mean.scalar_type();
-  return {c0.to(sd), c1.to(sd), drho.to(sd), dg.to(sd), db.to(sd)};
+  return gr.result(io, mean.scalar_type());
 }
 
 }  // namespace

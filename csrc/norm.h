@@ -8,6 +8,7 @@
 // (i2i_fast/_norm.py). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
 #pragma once
 #include "instance_norm.h"
+#include "norm_coefs.h"
 
 namespace i2i {
 
@@ -135,6 +136,78 @@ inline std::tuple<at::Tensor, at::Tensor> finish_stats(PlaneIO& io) {
     io.stat_var.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return {io.mean, io.stat_var};
+}
+
+// ---- norm_coefs / norm_coefs_bwd: fp64 copies of the inputs, workspace and outputs on the
+// statistics' device; CoefArgs points into them (norm_coefs.h).
+inline at::Tensor f64_or_undefined(const c10::optional<at::Tensor>& t, const at::Tensor& like) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  TORCH_CHECK(t->device() == like.device(), "i2i_fast norm_coefs: parameters must be on ", like.device());
+  return t->to(at::kDouble).contiguous();
+}
+
+struct CoefIO {
+  at::Tensor mean, var, rho, g, b, scale, shift, rin, dm, t, rln, sd;
+  CoefArgs a{};
+  std::tuple<at::Tensor, at::Tensor> result(at::ScalarType st) const {
+    return {scale.to(st), shift.to(st)};
+  }
+};
+
+inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
+                         const c10::optional<at::Tensor>& rho, const c10::optional<at::Tensor>& gamma,
+                         const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw, double eps) {
+  TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
+              "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
+  TORCH_CHECK(kind >= 0 && kind <= 2, "i2i_fast norm_coefs: unknown kind ", kind);
+  TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
+  CoefIO io;
+  const int64_t N = mean.size(0), C = mean.size(1);
+  io.mean = mean.to(at::kDouble).contiguous(), io.var = var.to(at::kDouble).contiguous();
+  io.rho = f64_or_undefined(rho, mean), io.g = f64_or_undefined(gamma, mean), io.b = f64_or_undefined(beta, mean);
+  TORCH_CHECK(kind != 1 || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
+  for (const at::Tensor* p : {&io.g, &io.b})
+    TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
+                "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
+  const auto opt = io.mean.options();
+  io.scale = at::empty({N, C}, opt), io.shift = at::empty({N, C}, opt), io.rin = at::empty({N, C}, opt);
+  io.dm = at::empty({N, C}, opt), io.t = at::empty({N, C}, opt);
+  io.rln = at::empty({N}, opt), io.sd = at::empty({N}, opt);
+  CoefArgs& a = io.a;
+  a.mean = io.mean.data_ptr<double>(), a.var = io.var.data_ptr<double>();
+  a.rho = ptr_or_null<double>(io.rho), a.g = ptr_or_null<double>(io.g), a.b = ptr_or_null<double>(io.b);
+  a.N = N, a.C = C, a.hw = hw, a.kind = kind, a.eps = eps;
+  a.g_per_sample = io.g.defined() && io.g.numel() != C, a.b_per_sample = io.b.defined() && io.b.numel() != C;
+  a.scale = io.scale.data_ptr<double>(), a.shift = io.shift.data_ptr<double>(), a.rin = io.rin.data_ptr<double>();
+  a.dm = io.dm.data_ptr<double>(), a.t = io.t.data_ptr<double>();
+  a.rln = io.rln.data_ptr<double>(), a.sd = io.sd.data_ptr<double>();
+  return io;
+}
+
+struct CoefGrads {
+  at::Tensor sums, c0, c1, drho, dg, db;  // fp64, (N, C) per plane
+  // (c0, c1, d rho (C,), d gamma, d beta): per-channel parameters get the sum over the batch
+  // (a torch reduction: deterministic), per-sample ones their (N*C,) gradients; empty when
+  // the parameter is absent.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result(const CoefIO& io,
+                                                                              at::ScalarType st) const {
+    auto param = [&](const at::Tensor& d, const at::Tensor& p) {
+      if (!p.defined()) return at::empty({0}, d.options().dtype(st));
+      return (p.numel() == io.a.C ? d.sum(0) : d.reshape({-1})).to(st);
+    };
+    return {c0.to(st), c1.to(st), drho.sum(0).to(st), param(dg, io.g), param(db, io.b)};
+  }
+};
+
+inline CoefGrads prep_coef_grads(const CoefIO& io, const at::Tensor& sums) {
+  TORCH_CHECK(sums.numel() == io.a.N * io.a.C * 2 && sums.device() == io.mean.device(),
+              "i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");
+  CoefGrads g;
+  const auto opt = io.mean.options();
+  g.sums = sums.to(at::kDouble).contiguous();
+  g.c0 = at::empty({io.a.N, io.a.C}, opt), g.c1 = at::empty_like(g.c0), g.drho = at::empty_like(g.c0);
+  g.dg = at::empty_like(g.c0), g.db = at::empty_like(g.c0);
+  return g;
 }
 
 }  // namespace i2i

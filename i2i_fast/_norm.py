@@ -153,6 +153,8 @@ if _backend._C is not None:
     torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
     torch.library.register_fake("i2i_fast::norm_coefs_bwd")(_fake_coefs_bwd)
     _COEFS["cpu"] = (torch.ops.i2i_fast.norm_coefs, torch.ops.i2i_fast.norm_coefs_bwd)
+    if getattr(_backend._C, "WITH_CUDA", 0):
+        _COEFS["cuda"] = _COEFS["cpu"]
     for _name, _fake in (("norm_stats", _fake_stats), ("norm_apply", _fake_apply),
                          ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
         torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
