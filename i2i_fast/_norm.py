@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, reference
+from . import _backend, _ops, reference
 
 IN, LIN, LN = 0, 1, 2  # kinds: instance norm (biased), U-GAT-IT ILN/adaILN, MUNIT LayerNorm
 
@@ -228,9 +228,8 @@ class _PlaneNorm(torch.autograd.Function):
         if has_res and need[4]:
             if pad == 0:
                 gres = gy
-            else:  # fold the padded gradient: bwd with scale 1, no activation, no stats terms
-                ones, zeros = torch.ones_like(mean), torch.zeros_like(mean)
-                gres = bwd_op(gy, x, zeros, ones, zeros, zeros, zeros, 0, 0.0, pad)
+            else:  # fold the padded gradient: the (deterministic, gather) pad backward
+                gres = _ops._PAD_OPS[backend][1](gy, [pad] * 4)
         return (gx, _param_grad(drho, rho) if need[1] else None,
                 _param_grad(dg, gamma) if need[2] else None,
                 _param_grad(db, beta) if need[3] else None, gres) + none

@@ -104,25 +104,30 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(PA<T, acc_t> a) {
   const PlaneCoef<T, acc_t> k(a, p);
   const T* x = a.x + p * a.HW;
   const T* g = a.g + p * HWo;
-  Sums<acc_t> s;
+  // fp64 accumulation: these sums feed every parameter gradient (as the CPU kernel's totals)
+  Sums<double> s;
   for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) {
     const acc_t d = static_cast<acc_t>(x[i]) - k.m;
     const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, g, i), d, k.sc, k.sh, a.act, a.slope);
-    s.a += dz, s.b += dz * d;
+    s.a += dz, s.b += double(dz) * d;
   }
   s = block_reduce<1>(s);
   if (threadIdx.x != 0) return;
-  acc_t* q = a.split ? a.part + (p * a.S + blockIdx.y) * 2 : a.sums + 2 * p;
-  q[0] = s.a, q[1] = s.b;
+  if (a.split) {
+    double* q = a.dpart + (p * a.S + blockIdx.y) * 2;
+    q[0] = s.a, q[1] = s.b;
+  } else {
+    a.sums[2 * p] = acc_t(s.a), a.sums[2 * p + 1] = acc_t(s.b);
+  }
 }
 
 template <typename T, typename acc_t>
 __global__ void sums_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  acc_t s1 = 0, s2 = 0;
-  for (int j = 0; j < a.S; ++j) s1 += a.part[(p * a.S + j) * 2], s2 += a.part[(p * a.S + j) * 2 + 1];
-  a.sums[2 * p] = s1, a.sums[2 * p + 1] = s2;
+  double s1 = 0, s2 = 0;
+  for (int j = 0; j < a.S; ++j) s1 += a.dpart[(p * a.S + j) * 2], s2 += a.dpart[(p * a.S + j) * 2 + 1];
+  a.sums[2 * p] = acc_t(s1), a.sums[2 * p + 1] = acc_t(s2);
 }
 
 template <bool PAD, typename T, typename acc_t>
@@ -166,9 +171,12 @@ dim3 reduction_grid(PA<T, acc_t>& a, int state, at::Tensor& part, const at::Tens
   a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
   S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
   a.S = int(S), a.split = S > 1;
-  if (a.split) {
+  if (a.split && state == 3) {  // Welford states in the stats dtype
     part = at::empty({planes * S * state}, like.options());
     a.part = part.data_ptr<acc_t>();
+  } else if (a.split) {  // backward sums in fp64
+    part = at::empty({planes * S * state}, like.options().dtype(at::kDouble));
+    a.dpart = part.data_ptr<double>();
   }
   return dim3(static_cast<unsigned>(planes), static_cast<unsigned>(S));
 }

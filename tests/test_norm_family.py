@@ -373,3 +373,18 @@ def test_cpu_coefficients_match_python(norm):
     torch.testing.assert_close(db, _norm._param_grad(pb, beta).reshape(-1))
     if rho is not None:
         torch.testing.assert_close(drho, _norm._param_grad(pr, rho).reshape(-1))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_residual_grad_ignores_x(backend):
+    """The residual's gradient is the folded output gradient: a NaN in x must not leak into it."""
+    x = torch.randn(1, 2, 5, 4)
+    x[0, 0, 2, 2] = float("nan")
+    x.requires_grad_()
+    r = torch.randn(1, 2, 5, 4, requires_grad=True)
+    rho, g, b = (t.float() for t in make_params("iln", 1, 2))
+    with i2i_fast.use_backend(backend):
+        y = F.iln(x, rho, g, b, residual=r, out_pad=1)
+    gy = torch.randn_like(y)
+    (gr,) = torch.autograd.grad(y, [r], gy)
+    torch.testing.assert_close(gr, torch.ops.aten.reflection_pad2d_backward(gy, r, [1, 1, 1, 1]))
