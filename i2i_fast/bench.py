@@ -703,6 +703,22 @@ class Case:
             self._parity = (ok, f"{', '.join(parts)} (atol={atol:g}, rtol={rtol:g})")
         return self._parity
 
+    def peak_mb(self, impl: str) -> Optional[float]:
+        """Peak CUDA memory (MiB) of one forward+backward of impl above what was allocated
+        before it (torch.cuda.max_memory_allocated); None on CPU: not measured there."""
+        if self.device.type != "cuda" or self.module(impl) is None:
+            return None
+        key = ("peak", impl)
+        if key not in self._timings:
+            synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            out = self._fwdbwd(self.module(impl), self.inputs[0], self.grads[0])
+            synchronize(self.device)
+            self._timings[key] = (torch.cuda.max_memory_allocated(self.device) - base) / 2 ** 20
+            del out
+        return self._timings[key]
+
     def timing(self, impl: str, mode: str) -> Optional[Timing]:
         """Median-based timing of (impl, mode), measured once per case; None if compile failed."""
         k = (impl, mode)
@@ -752,6 +768,10 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
             tb = case.timing(base, mode)
             d[f"{base}_ms"] = tb.median_ms if tb else None
             d[f"speedup_vs_{base}"] = tb.median_ms / t.median_ms if tb else None
+    if mode == "fwdbwd":  # peak memory of forward+backward (CUDA; None = not measured)
+        d["peak_mb"] = case.peak_mb(impl)
+        if impl == "ours":
+            d["eager_peak_mb"] = case.peak_mb("eager")
     return d
 
 
@@ -759,7 +779,8 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
 COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("mode", "mode"), ("pass", "pass"),
            ("time_ms", "ours ms"), ("eager_ms", "eager ms"), ("compile_ms", "compile ms"),
            ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"), ("gbps", "GB/s"),
-           ("pct_of_copy_bw", "% copy BW")]
+           ("pct_of_copy_bw", "% copy BW"), ("peak_mb", "peak MiB"), ("eager_peak_mb", "eager peak MiB")]
+_OPTIONAL_COLUMNS = ("pct_of_copy_bw", "peak_mb", "eager_peak_mb")  # shown when measured (CUDA)
 
 
 def _cell(key, row):
@@ -780,7 +801,7 @@ def _cell(key, row):
 
 
 def format_table(rows, markdown=False) -> str:
-    cols = [c for c in COLUMNS if c[0] != "pct_of_copy_bw" or any(r.get(c[0]) is not None for r in rows)]
+    cols = [c for c in COLUMNS if c[0] not in _OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
     cells = [[h for _, h in cols]] + [[_cell(k, r) for k, _ in cols] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(c) + " |" for c in cells]
