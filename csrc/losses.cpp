@@ -64,6 +64,22 @@ void scale_chunk(const ScaleTerm& e, int64_t i0, int64_t i1, bool per_elem) {
   }
 }
 
+// Runs f(term, chunk, i0, i1) for every chunk of kLossChunk elements, in parallel; chunks are
+// numbered across the terms (term t owns [c0, next term's c0)). Empty terms own no chunk: the
+// owner of chunk c is the last term starting at or before c.
+template <class Term, class F>
+void for_chunks(const std::vector<Term>& terms, int64_t nchunks, F&& f) {
+  at::parallel_for(0, nchunks, 8, [&](int64_t lo, int64_t hi) {
+    size_t t = 0;
+    for (int64_t c = lo; c < hi; ++c) {
+      while (t + 1 < terms.size() && terms[t + 1].c0 <= c) ++t;
+      const Term& e = terms[t];
+      const int64_t i0 = (c - e.c0) * kLossChunk;
+      f(e, c, i0, std::min(e.n, i0 + kLossChunk));
+    }
+  });
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(
     at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
     int64_t kind, int64_t reduction, bool need_grad) {
@@ -73,15 +89,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> partial(io.nchunks);
     with_loss_kind(kind, [&](auto K) {
-      const auto& terms = io.terms;
-      at::parallel_for(0, io.nchunks, 8, [&](int64_t lo, int64_t hi) {
-        size_t t = 0;
-        for (int64_t c = lo; c < hi; ++c) {
-          while (t + 1 < terms.size() && terms[t + 1].c0 <= c) ++t;
-          const LossTerm& e = terms[t];
-          const int64_t i0 = (c - e.c0) * kLossChunk, i1 = std::min(e.n, i0 + kLossChunk);
-          partial[c] = fwd_chunk<scalar_t, acc_t, decltype(K)::value>(e, i0, i1, need_grad, none);
-        }
+      for_chunks(io.terms, io.nchunks, [&](const LossTerm& e, int64_t c, int64_t i0, int64_t i1) {
+        partial[c] = fwd_chunk<scalar_t, acc_t, decltype(K)::value>(e, i0, i1, need_grad, none);
       });
     });
     if (!none) {
@@ -98,22 +107,13 @@ std::vector<at::Tensor> loss_bwd_cpu(at::TensorList grad_outs, at::TensorList sa
   ScaleIO io = prep_scale(grad_outs, saved, index, sign, kLossChunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.dtype, "i2i_fast_loss_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto& terms = io.terms;
     const bool per_elem = io.per_elem;
-    at::parallel_for(0, io.nchunks, 8, [&](int64_t lo, int64_t hi) {
-      size_t t = 0;
-      for (int64_t c = lo; c < hi; ++c) {
-        while (t + 1 < terms.size() && terms[t + 1].c0 <= c) ++t;
-        // empty outputs own no chunk: the owner of c is the last term starting at or before c
-        const ScaleTerm& e = terms[t];
-        const int64_t i0 = (c - e.c0) * kLossChunk, i1 = std::min(e.n, i0 + kLossChunk);
-        scale_chunk<scalar_t, acc_t>(e, i0, i1, per_elem);
-      }
+    for_chunks(io.terms, io.nchunks, [&](const ScaleTerm& e, int64_t, int64_t i0, int64_t i1) {
+      scale_chunk<scalar_t, acc_t>(e, i0, i1, per_elem);
     });
   });
   return io.out;
 }
-
 
 // ---- autograd (device-agnostic, registered for the Autograd key) ----
 // A C++ autograd node: the batch-1 cost of a loss is dispatch overhead, and a Python

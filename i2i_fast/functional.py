@@ -33,14 +33,19 @@ def _check_channel(name: str, t: Optional[Tensor], x: Tensor) -> None:
         raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
 
 
-def _check_input(input, residual):
+def _check_4d(input, name="input", also=""):
+    """A floating-point (N, C, H, W) tensor, else a clear error naming the argument."""
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
-        raise ValueError(f"expects a 4D input (N, C, H, W), got {input.dim()}D with shape "
+        raise ValueError(f"expects a 4D {name} (N, C, H, W){also}, got {input.dim()}D with shape "
                          f"{tuple(input.shape)}")
     if not input.is_floating_point():
-        raise ValueError(f"input must be floating point, got {input.dtype}")
+        raise ValueError(f"{name} must be floating point, got {input.dtype}")
+
+
+def _check_input(input, residual):
+    _check_4d(input)
     if residual is not None:
         if not isinstance(residual, Tensor) or residual.shape != input.shape:
             raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got "
@@ -226,13 +231,7 @@ def _pad4(pad):
 
 
 def _check_padded_input(input, pad, name="input"):
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
-    if input.dim() != 4:
-        raise ValueError(f"expects a 4D {name} (N, C, H, W) or 3D (C, H, W), got {input.dim()}D "
-                         f"with shape {tuple(input.shape)}")
-    if not input.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {input.dtype}")
+    _check_4d(input, name, " or 3D (C, H, W)")
     h, w = input.shape[2:]
     l, r, t, b = pad
     if max(l, r) >= w or max(t, b) >= h:
