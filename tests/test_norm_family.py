@@ -388,3 +388,20 @@ def test_residual_grad_ignores_x(backend):
     gy = torch.randn_like(y)
     (gr,) = torch.autograd.grad(y, [r], gy)
     torch.testing.assert_close(gr, torch.ops.aten.reflection_pad2d_backward(gy, r, [1, 1, 1, 1]))
+
+
+def test_coefs_bad_input():
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    ops = torch.ops.i2i_fast
+    mean, var = torch.zeros(2, 3), torch.ones(2, 3)
+    with pytest.raises(RuntimeError, match="unknown kind"):
+        ops.norm_coefs(mean, var, None, None, None, 3, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="rho must have C elements"):
+        ops.norm_coefs(mean, var, None, None, None, 1, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="gamma/beta must have C or N\\*C elements"):
+        ops.norm_coefs(mean, var, None, torch.ones(4), None, 0, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="mean and var must be"):
+        ops.norm_coefs(mean, var[:1], None, None, None, 0, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="sums must be"):
+        ops.norm_coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
