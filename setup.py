@@ -87,7 +87,10 @@ os.environ.setdefault("MAX_JOBS", str(max(1, min(os.cpu_count() or 1, 4))))
 
 # The C++ standard is torch's choice (C++20 from 2.14). The CPU kernels are built for the
 # machine that installs them (a source build); I2I_FAST_NATIVE=0 builds portable code.
-cxx_flags = ["-O3", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for is inline OpenMP in torch's headers (its CPU backend); without the
+# flag every CPU kernel here ran on one thread. Links torch's own libgomp (same soname).
+cxx_flags = ["-O3", "-fopenmp"]
+link_flags = ["-fopenmp"]
 if os.environ.get("I2I_FAST_NATIVE", "1") != "0":
     cxx_flags.append("-march=native")
 sources = sorted(glob.glob("csrc/*.cpp"))
@@ -97,9 +100,11 @@ if with_cuda:
         "i2i_fast._C", sources,
         define_macros=[("I2I_FAST_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
     )
 else:
-    ext = CppExtension("i2i_fast._C", sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("i2i_fast._C", sources, extra_compile_args={"cxx": cxx_flags},
+                       extra_link_args=link_flags)
 
 _log(f"torch {torch.__version__}; building backends: cpu" + (
     f", cuda (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})"
