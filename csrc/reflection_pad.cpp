@@ -22,16 +22,19 @@ constexpr int64_t kGrainBytes = 32768;
 
 template <typename T>
 void fwd_nchw(const T* x, T* y, const PadGeom& g) {
-  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W;
-  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * Wo));
-  at::parallel_for(0, g.N * g.C * Ho, grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t row = lo; row < hi; ++row) {
-      const int64_t plane = row / Ho, oh = row % Ho;
-      const T* src = x + (plane * H + reflect_src(oh, H, g.t)) * W;
-      T* dst = y + row * Wo;
-      for (int64_t j = 0; j < g.l; ++j) dst[j] = src[g.l - j];
-      std::memcpy(dst + g.l, src, sizeof(T) * W);
-      for (int64_t j = 0; j < g.r; ++j) dst[g.l + W + j] = src[W - 2 - j];
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W, l = g.l, r = g.r;
+  // whole planes per task: no per-row index division (measured 10-15% of the copy)
+  const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * Wo * Ho));
+  at::parallel_for(0, g.N * g.C, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t plane = lo; plane < hi; ++plane) {
+      const T* xp = x + plane * H * W;
+      T* dst = y + plane * Ho * Wo;
+      for (int64_t oh = 0; oh < Ho; ++oh, dst += Wo) {
+        const T* src = xp + reflect_src(oh, H, g.t) * W;
+        for (int64_t j = 0; j < l; ++j) dst[j] = src[l - j];
+        std::memcpy(dst + l, src, sizeof(T) * W);
+        for (int64_t j = 0; j < r; ++j) dst[l + W + j] = src[W - 2 - j];
+      }
     }
   });
 }
