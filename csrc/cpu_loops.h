@@ -103,5 +103,36 @@ I2I_ALWAYS_INLINE void block_stats(const T* x, int64_t n, int64_t C, int64_t cw,
   for (int64_t k = 0; k < cw; ++k) var[k] = m2[k] / n;
 }
 
+// ---- NCHW reflection padding, shared by the pad kernels and the norms' output pad ----
+// A padded row whose interior row[l, l + W) is written: fill its l + r mirrored ends.
+template <typename T>
+I2I_ALWAYS_INLINE void mirror_cols(T* row, int64_t W, int64_t l, int64_t r) {
+  for (int64_t j = 0; j < l; ++j) row[j] = row[2 * l - j];
+  for (int64_t j = 0; j < r; ++j) row[l + W + j] = row[l + W - 2 - j];
+}
+
+// The pad backward of input row i of a plane (a gather in a fixed order, no atomics): acc[0, W)
+// = the sum over the padded rows that read row i (reflect_dst: itself, then its mirrors) of
+// their interior, then their mirrored column ends. g: the padded plane, rows of Wo = W + l + r.
+template <typename T, typename acc_t>
+I2I_ALWAYS_INLINE void fold_row(const T* g, int64_t i, int64_t H, int64_t W, int64_t l, int64_t r,
+                                int64_t t, int64_t b, acc_t* acc) {
+  const int64_t Wo = W + l + r;
+  int64_t rows[3];
+  const int nr = reflect_dst(i, H, t, b, rows);
+  for (int k = 0; k < nr; ++k) {
+    const T* src = g + rows[k] * Wo;
+    if (k == 0) {
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) acc[j] = static_cast<acc_t>(src[l + j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) acc[j] += static_cast<acc_t>(src[l + j]);
+    }
+    for (int64_t j = 1; j <= l; ++j) acc[j] += static_cast<acc_t>(src[l - j]);
+    for (int64_t j = W - 1 - r; j <= W - 2; ++j) acc[j] += static_cast<acc_t>(src[l + 2 * (W - 1) - j]);
+  }
+}
+
 }  // namespace cpu
 }  // namespace i2i

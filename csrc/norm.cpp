@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <vector>
 
 #include "cpu_loops.h"
@@ -67,6 +68,14 @@ void stats_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
 template <typename T>
 void fill_pad(T* y, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw) {
   const int64_t Wo = W + 2 * P;
+  if (pix == 1) {  // NCHW: mirrored row ends, then whole rows
+    for (int64_t r = P; r < H + P; ++r) mirror_cols(y + r * Wo, W, P, P);
+    for (int64_t j = 0; j < P; ++j) {
+      std::memcpy(y + j * Wo, y + (2 * P - j) * Wo, sizeof(T) * Wo);
+      std::memcpy(y + (H + P + j) * Wo, y + (H + P - 2 - j) * Wo, sizeof(T) * Wo);
+    }
+    return;
+  }
   auto cp = [&](int64_t r, int64_t c, int64_t sr, int64_t sc) {
     T* d = y + (r * Wo + c) * pix;
     const T* s = y + (sr * Wo + sc) * pix;
@@ -104,7 +113,7 @@ void apply_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
 
 // The task's unpadded output gradient: a.g itself (pixel stride pix) or, with a pad, folded
 // into buf (pixel stride cw).
-template <typename T, typename acc_t>
+template <bool CL, typename T, typename acc_t>
 const T* task_grad(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf, int64_t& gpix) {
   static_assert(std::is_same<T, acc_t>::value, "CPU kernels run in fp32/fp64");
   const int64_t P = a.pad;
@@ -113,8 +122,13 @@ const T* task_grad(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf, in
     return a.g + t.xb;
   }
   gpix = t.cw;
-  buf.assign(a.HW * t.cw, T(0));
   const T* g = a.g + t.ob;
+  if (!CL) {  // NCHW: the pad kernels' row gather, vectorized along W
+    buf.resize(a.HW);
+    for (int64_t i = 0; i < a.H; ++i) fold_row(g, i, a.H, a.W, P, P, P, P, buf.data() + i * a.W);
+    return buf.data();
+  }
+  buf.assign(a.HW * t.cw, T(0));
   int64_t rs[3], cs[3];
   for (int64_t i = 0; i < a.H; ++i) {
     const int nr = reflect_dst(i, a.H, P, P, rs);
@@ -145,7 +159,7 @@ struct Dz {
       m[k] = a.mean[p], sc[k] = a.scale[p], sh[k] = a.shift[p];
     }
     x = a.x + t.xb, pix = t.pix, slope = a.slope;
-    g = task_grad(a, t, buf, gpix);
+    g = task_grad<CL>(a, t, buf, gpix);
   }
   // NCHW strides are 1 at compile time: a runtime stride of 1 is a gather to the vectorizer
   // (the reduction loop measured 3.5x slower)

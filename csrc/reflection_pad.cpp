@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_loops.h"
 #include "reflection_pad.h"
 
 namespace i2i {
@@ -31,9 +32,8 @@ void fwd_nchw(const T* x, T* y, const PadGeom& g) {
       T* dst = y + plane * Ho * Wo;
       for (int64_t oh = 0; oh < Ho; ++oh, dst += Wo) {
         const T* src = xp + reflect_src(oh, H, g.t) * W;
-        for (int64_t j = 0; j < l; ++j) dst[j] = src[l - j];
         std::memcpy(dst + l, src, sizeof(T) * W);
-        for (int64_t j = 0; j < r; ++j) dst[l + W + j] = src[W - 2 - j];
+        cpu::mirror_cols(dst, W, l, r);
       }
     }
   });
@@ -54,27 +54,13 @@ void fwd_nhwc(const T* x, T* y, const PadGeom& g) {
 
 template <typename T, typename acc_t>
 void bwd_nchw(const T* gy, T* gx, const PadGeom& g) {
-  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W, l = g.l, r = g.r;
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), H = g.H, W = g.W;
   const int64_t grain = std::max<int64_t>(1, kGrainBytes / int64_t(sizeof(T) * Wo * 2));
   at::parallel_for(0, g.N * g.C * H, grain, [&](int64_t lo, int64_t hi) {
     std::vector<acc_t> acc(W);
     for (int64_t row = lo; row < hi; ++row) {
       const int64_t plane = row / H, ih = row % H;
-      int64_t rows[3];
-      const int nr = reflect_dst(ih, H, g.t, g.b, rows);
-      for (int k = 0; k < nr; ++k) {
-        const T* src = gy + (plane * Ho + rows[k]) * Wo;
-        // order per element: center, leading mirror, trailing mirror (as reflect_dst)
-        if (k == 0) {
-#pragma omp simd
-          for (int64_t j = 0; j < W; ++j) acc[j] = static_cast<acc_t>(src[l + j]);
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < W; ++j) acc[j] += static_cast<acc_t>(src[l + j]);
-        }
-        for (int64_t j = 1; j <= l; ++j) acc[j] += static_cast<acc_t>(src[l - j]);
-        for (int64_t j = W - 1 - r; j <= W - 2; ++j) acc[j] += static_cast<acc_t>(src[l + 2 * (W - 1) - j]);
-      }
+      cpu::fold_row(gy + plane * Ho * Wo, ih, H, W, g.l, g.r, g.t, g.b, acc.data());
       T* dst = gx + row * W;
 #pragma omp simd
       for (int64_t j = 0; j < W; ++j) dst[j] = static_cast<T>(acc[j]);
