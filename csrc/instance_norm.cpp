@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -228,6 +229,125 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
   NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
   run_tasks<Bwd>(io);
   return finish_bwd(io);
+}
+
+// ---- autograd (device-agnostic, Autograd key): a C++ node, as the losses and the pad (a
+// Python autograd.Function cost ~60 us per forward+backward, more than a small map's kernels).
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptT = c10::optional<at::Tensor>;
+
+at::Tensor act_ref(const at::Tensor& z, int64_t act, double slope) {
+  switch (act) {
+    case kRelu: return at::relu(z);
+    case kLeakyRelu: return at::leaky_relu(z, slope);
+    case kTanh: return at::tanh(z);
+    default: return z;
+  }
+}
+
+// create_graph=True (double backward, e.g. WGAN-GP through a D with InstanceNorm): the
+// reference formula (i2i_fast/reference.py) in differentiable ATen ops, differentiated by
+// autograd, so the gradients are themselves differentiable. Slower than the kernel, same math.
+variable_list in_double_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean,
+                                 const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
+                                 double eps, int64_t act, double slope, bool input_stats) {
+  const int64_t C = x.size(1);
+  variable_list inputs;
+  for (const at::Tensor* t : {&x, &w, &b})
+    if (t->defined() && t->requires_grad()) inputs.push_back(*t);
+  if (inputs.empty()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+  const at::Tensor xf = x.to(stats_dtype(x));
+  at::Tensor m = mean.view({-1, C, 1, 1}), v = var.view({-1, C, 1, 1});
+  if (input_stats) m = xf.mean({2, 3}, true), v = xf.var({2, 3}, false, true);
+  at::Tensor y = (xf - m) / at::sqrt(v + eps);
+  if (w.defined()) y = y * w.to(xf.scalar_type()).reshape({-1, C, 1, 1});
+  if (b.defined()) y = y + b.to(xf.scalar_type()).reshape({-1, C, 1, 1});
+  y = act_ref(y, act, slope).to(x.scalar_type());
+  const variable_list got = torch::autograd::grad({y}, inputs, {gy}, true, true, true);
+  variable_list out;
+  size_t k = 0;
+  for (const at::Tensor* t : {&x, &w, &b}) {
+    if (!(t->defined() && t->requires_grad())) { out.emplace_back(); continue; }
+    const at::Tensor& g = got[k++];
+    out.push_back(g.defined() ? g : at::zeros_like(*t));
+  }
+  return out;
+}
+
+struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight,
+                               const OptT& bias, const OptT& residual, const OptT& running_mean,
+                               const OptT& running_var, double eps, int64_t act, double slope) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_fwd", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&,
+                             const OptT&, double, int64_t, double)>();
+    at::Tensor y, mean, var;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y, mean, var) = op.call(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+    }
+    ctx->save_for_backward({x, mean, var, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["input_stats"] = !(running_mean.has_value() && running_mean->defined());
+    // needs_input_grad counts only the tensors given: edge index of x, weight, bias, residual
+    std::vector<int64_t> edge;
+    int64_t e = 0;
+    for (const OptT* t : {&weight, &bias, &residual}) edge.push_back(t->has_value() && (*t)->defined() ? ++e : -1);
+    edge.insert(edge.begin(), 0);
+    ctx->saved_data["edge"] = edge;
+    ctx->mark_non_differentiable({mean, var});
+    return {y, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_bwd", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const OptT&, const OptT&, double, int64_t, double, bool)>();
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &mean = s[1], &var = s[2], &w = s[3], &b = s[4];
+    const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
+    const int64_t act = ctx->saved_data["act"].toInt();
+    const bool input_stats = ctx->saved_data["input_stats"].toBool();
+    const auto edge = ctx->saved_data["edge"].toIntVector();
+    bool need[4];
+    for (int i = 0; i < 4; ++i) need[i] = edge[i] >= 0 && ctx->needs_input_grad(edge[i]);
+    variable_list res(9);
+    at::Tensor gy = grads[0];
+    if (!gy.defined()) return res;
+    if (need[3]) res[3] = gy;
+    if (!(need[0] || need[1] || need[2])) return res;
+    variable_list g;
+    if (at::GradMode::is_enabled()) {
+      g = in_double_backward(gy, x, mean, var, w, b, eps, act, slope, input_stats);
+    } else {
+      auto [gx, gw, gb] = op.call(gy, x, mean, var, w.defined() ? OptT(w) : OptT(),
+                                  b.defined() ? OptT(b) : OptT(), eps, act, slope, input_stats);
+      g = {gx, w.defined() ? gw.view_as(w).to(w.scalar_type()) : at::Tensor(),
+           b.defined() ? gb.view_as(b).to(b.scalar_type()) : at::Tensor()};
+    }
+    for (int i = 0; i < 3; ++i)
+      if (need[i]) res[i] = g[i];
+    return res;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
+    const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual,
+    const OptT& running_mean, const OptT& running_var, double eps, int64_t act, double slope) {
+  const variable_list r = InstanceNormFunction::apply(x, weight, bias, residual, running_mean,
+                                                      running_var, eps, act, slope);
+  return {r[0], r[1], r[2]};
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
+  m.impl("instance_norm_fwd", &instance_norm_fwd_autograd);
 }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {

@@ -74,12 +74,9 @@ def _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_s
                  for g, t in zip(out, (x, weight, bias)))
 
 
-if _backend._C is not None:
+if _backend._C is not None:  # autograd: a C++ node (csrc/instance_norm.cpp, Autograd key)
     torch.library.register_fake("i2i_fast::instance_norm_fwd")(_in_fwd_fake)
     torch.library.register_fake("i2i_fast::instance_norm_bwd")(_in_bwd_fake)
-    torch.library.register_autograd("i2i_fast::instance_norm_fwd",
-                                    _in_backward_with(torch.ops.i2i_fast.instance_norm_bwd),
-                                    setup_context=_in_setup)
 if _TRITON is not None:
     torch.library.register_autograd("i2i_fast::triton_instance_norm_fwd",
                                     _in_backward_with(_TRITON.instance_norm_bwd),
@@ -104,9 +101,8 @@ def _function(fwd, setup, backward):
 
 
 _IN_FN = {}
-if _backend._C is not None:
-    _IN_FN["cpu"] = _IN_FN["cuda"] = _function(torch.ops.i2i_fast.instance_norm_fwd, _in_setup,
-                                               _in_backward_with(torch.ops.i2i_fast.instance_norm_bwd))
+if _backend._C is not None:  # the op itself: its autograd is C++
+    _IN_FN["cpu"] = _IN_FN["cuda"] = torch.ops.i2i_fast.instance_norm_fwd.default
 if _TRITON is not None:
     _IN_FN["triton"] = _function(torch.ops.i2i_fast.triton_instance_norm_fwd, _in_setup,
                                  _in_backward_with(_TRITON.instance_norm_bwd))
@@ -117,7 +113,9 @@ def instance_norm_fwd(backend: str, *args):
     slope) -> (out, mean, var) on `backend`."""
     if backend == "reference":
         return reference.instance_norm_fwd(*args)
-    return _IN_FN[backend].apply(*args)
+    if backend == "triton":
+        return _IN_FN[backend].apply(*args)
+    return _IN_FN[backend](*args)
 
 
 # ---------------------------------------------------------------- reflection pad (issue #4)
@@ -157,29 +155,30 @@ def _pad_autograd(fwd, bwd):
 
 _PAD_OPS = {}  # backend -> (fwd, bwd)
 if _backend._C is not None:
-    _PAD_OPS["cpu"] = _PAD_OPS["cuda"] = (torch.ops.i2i_fast.reflection_pad2d_fwd,
-                                          torch.ops.i2i_fast.reflection_pad2d_bwd)
+    _PAD_OPS["cpu"] = _PAD_OPS["cuda"] = (torch.ops.i2i_fast.reflection_pad2d_fwd.default,
+                                          torch.ops.i2i_fast.reflection_pad2d_bwd.default)
     torch.library.register_fake("i2i_fast::reflection_pad2d_fwd")(_pad_fwd_fake)
     torch.library.register_fake("i2i_fast::reflection_pad2d_bwd")(_pad_bwd_fake)
 if _TRITON_PAD is not None:
     _PAD_OPS["triton"] = (torch.ops.i2i_fast.triton_reflection_pad2d_fwd,
                           torch.ops.i2i_fast.triton_reflection_pad2d_bwd)
-for _qual, _key in (("i2i_fast::reflection_pad2d", "cpu"), ("i2i_fast::triton_reflection_pad2d", "triton")):
-    if _key in _PAD_OPS:
-        _bf, _bb = _pad_autograd(*_PAD_OPS[_key])
-        torch.library.register_autograd(_qual + "_fwd", _bf, setup_context=_pad_setup)
-        torch.library.register_autograd(_qual + "_bwd", _bb, setup_context=_pad_setup)
-
-_PAD_FN = {k: _function(f, _pad_setup, _pad_autograd(f, b)[0]) for k, (f, b) in _PAD_OPS.items()}
+# the C++ ops' autograd is a C++ node (csrc/reflection_pad.cpp, Autograd key); Triton's:
+if "triton" in _PAD_OPS:
+    _bf, _bb = _pad_autograd(*_PAD_OPS["triton"])
+    torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_fwd", _bf, setup_context=_pad_setup)
+    torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_bwd", _bb, setup_context=_pad_setup)
+    _PAD_FN = {"triton": _function(*_PAD_OPS["triton"][:1], _pad_setup, _bf)}
+else:
+    _PAD_FN = {}
 
 
 def reflection_pad2d(backend: str, x: torch.Tensor, pad: list) -> torch.Tensor:
     """Runs reflection_pad2d_fwd(x, pad) on `backend` (pad = [left, right, top, bottom])."""
     if backend == "reference":
         return reference.reflection_pad2d_fwd(x, pad)
-    if torch.compiler.is_compiling():
-        # the op with its registered autograd: dynamo mis-traces the autograd.Function wrapper
-        # when x does not require grad (drops the tensor argument)
+    if backend != "triton" or torch.compiler.is_compiling():
+        # the op with its registered autograd (C++ for cpu/cuda); under compile also for
+        # Triton: dynamo mis-traces the autograd.Function wrapper when x does not require grad
         return _PAD_OPS[backend][0](x, list(pad))
     return _PAD_FN[backend].apply(x, list(pad))
 
