@@ -415,12 +415,11 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
         raise TypeError("target_is_real must be a Python bool (or a list of bools), not a Tensor")
     else:
         reals = [bool(target_is_real)] * len(preds)
-    kinds = [_gan_kind(mode, r, for_discriminator, float(target_real_label), float(target_fake_label))
-             for r in reals]
-    kind = kinds[0][0]
-    if any(k != kind for k, _ in kinds):  # hinge D never mixes kinds; kept for safety
+    labels = (float(target_real_label), float(target_fake_label))
+    (kind, a_real), (kind_fake, a_fake) = (_gan_kind(mode, r, for_discriminator, *labels) for r in (True, False))
+    if kind != kind_fake:  # no mode mixes kinds between real and fake; kept for safety
         raise ValueError("all terms of one call must use the same loss kind")
-    params = [a for _, a in kinds]
+    params = [a_real if r else a_fake for r in reals]
     backend = _backend.select(preds[0].device)
     outs = _ops.loss(backend, preds, [], params, ws, kind, red)
     if red == 0:
