@@ -6,6 +6,7 @@
 // padded gradient into a per-task buffer (a gather: each pixel sums its mirror sources in a
 // fixed order), so the sums and the input gradient read an unpadded gradient.
 #include <ATen/Dispatch.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -318,7 +319,178 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   return gr.result(io, mean.scalar_type());
 }
 
+// ---- plane_norm: the family's entry point, device-agnostic (component ops through the
+// dispatcher) with a C++ autograd node: a Python autograd.Function around the same calls cost
+// ~60 us per forward+backward, more than the kernels of a small map.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptT = c10::optional<at::Tensor>;
+
+template <class Sig>
+c10::TypedOperatorHandle<Sig> op_of(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+struct PlaneNormOps {
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)> stats =
+      op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("i2i_fast::norm_stats");
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&,
+                                                              const OptT&, const OptT&, int64_t, int64_t, double)>
+      coefs = op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&,
+                                                       const OptT&, const OptT&, int64_t, int64_t, double)>(
+          "i2i_fast::norm_coefs");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const OptT&, int64_t, double, int64_t)>
+      apply = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const OptT&, int64_t, double, int64_t)>("i2i_fast::norm_apply");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, int64_t, double, int64_t)>
+      sums = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, int64_t, double, int64_t)>("i2i_fast::norm_apply_sums");
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t,
+      int64_t, double)>
+      coefs_bwd = op_of<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t,
+          int64_t, double)>("i2i_fast::norm_coefs_bwd");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double,
+                                      int64_t)>
+      bwd = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, int64_t)>(
+          "i2i_fast::norm_apply_bwd");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, at::IntArrayRef)> pad_bwd =
+      op_of<at::Tensor(const at::Tensor&, at::IntArrayRef)>("i2i_fast::reflection_pad2d_bwd");
+  c10::TypedOperatorHandle<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
+                                                   const OptT&, const OptT&, const OptT&, int64_t, double, int64_t,
+                                                   double, int64_t)>
+      ref_grads = op_of<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
+                                                const OptT&, const OptT&, const OptT&, int64_t, double, int64_t,
+                                                double, int64_t)>("i2i_fast::plane_norm_ref_grads");
+  static const PlaneNormOps& get() {
+    static const PlaneNormOps ops;
+    return ops;
+  }
+};
+
+bool given(const OptT& t) { return t.has_value() && t->defined(); }
+OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : OptT(); }
+
+// (out, mean, var, scale, shift) of the forward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_norm_parts(
+    const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta, const OptT& residual,
+    const OptT& running_mean, const OptT& running_var, int64_t kind, double eps, int64_t act, double slope,
+    int64_t pad) {
+  TORCH_CHECK(x.dim() == 4, "i2i_fast plane_norm: expected (N, C, H, W) input, got ", x.sizes());
+  const PlaneNormOps& ops = PlaneNormOps::get();
+  at::Tensor mean, var;
+  if (!given(running_mean)) {
+    std::tie(mean, var) = ops.stats.call(x);
+  } else {  // eval-mode instance norm: running statistics are constants
+    const int64_t N = x.size(0), C = x.size(1);
+    const auto opts = x.options().dtype(stats_dtype(x));
+    mean = at::empty({N, C}, opts).copy_(running_mean->reshape({1, C}));
+    var = at::empty({N, C}, opts).copy_(running_var.value().reshape({1, C}));
+  }
+  auto [scale, shift] = ops.coefs.call(mean, var, rho, gamma, beta, kind, x.size(2) * x.size(3), eps);
+  at::Tensor out = ops.apply.call(x, mean, scale, shift, residual, act, slope, pad);
+  return {out, mean, var, scale, shift};
+}
+
+at::Tensor plane_norm_composite(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
+                                const OptT& residual, const OptT& running_mean, const OptT& running_var,
+                                int64_t kind, double eps, int64_t act, double slope, int64_t pad) {
+  return std::get<0>(plane_norm_parts(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
+                                      slope, pad));
+}
+
+// gradient of a parameter from its (C,) or (N*C,) coefficient gradient, in its shape and dtype
+at::Tensor param_grad(const at::Tensor& d, const at::Tensor& p) { return d.reshape(p.sizes()).to(p.scalar_type()); }
+
+struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const OptT& rho, const OptT& gamma,
+                            const OptT& beta, const OptT& residual, const OptT& running_mean,
+                            const OptT& running_var, int64_t kind, double eps, int64_t act, double slope,
+                            int64_t pad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean, var, scale, shift] =
+        plane_norm_parts(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act, slope, pad);
+    // x plus (N, C) statistics and coefficients: nothing of the output's size
+    ctx->save_for_backward({x, mean, var, scale, shift, rho.value_or(at::Tensor()), gamma.value_or(at::Tensor()),
+                            beta.value_or(at::Tensor())});
+    if (given(running_mean)) ctx->saved_data["running"] = std::vector<at::Tensor>{*running_mean, *running_var};
+    // needs_input_grad counts only the tensors given: edge of x, rho, gamma, beta, residual
+    std::vector<int64_t> edge{0};
+    int64_t e = 0;
+    for (const OptT* t : {&rho, &gamma, &beta, &residual}) edge.push_back(given(*t) ? ++e : -1);
+    ctx->saved_data["edge"] = edge;
+    ctx->saved_data["cfg"] = std::vector<int64_t>{kind, act, pad};
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["slope"] = slope;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const PlaneNormOps& ops = PlaneNormOps::get();
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &mean = s[1], &var = s[2], &scale = s[3], &shift = s[4];
+    const at::Tensor &rho = s[5], &gamma = s[6], &beta = s[7];
+    const auto cfg = ctx->saved_data["cfg"].toIntVector(), edge = ctx->saved_data["edge"].toIntVector();
+    const int64_t kind = cfg[0], act = cfg[1], pad = cfg[2];
+    const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
+    const bool running = ctx->saved_data.count("running") > 0;
+    bool need[5];
+    for (int i = 0; i < 5; ++i) need[i] = edge[i] >= 0 && ctx->needs_input_grad(edge[i]);
+    variable_list res(12);
+    const at::Tensor& gy = grads[0];
+    if (!gy.defined()) return res;
+    if (need[4]) {  // residual: the output gradient, folded back through the pad (a gather)
+      const std::vector<int64_t> p4(4, pad);
+      res[4] = pad == 0 ? gy : at::GradMode::is_enabled() ? at::reflection_pad2d_backward(gy, x, p4)
+                                                           : ops.pad_bwd.call(gy, p4);
+    }
+    if (!(need[0] || need[1] || need[2] || need[3])) return res;
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiable reference formulas
+      OptT rm, rv;
+      if (running) {
+        const auto r = ctx->saved_data["running"].toTensorVector();
+        rm = r[0], rv = r[1];
+      }
+      const auto g = ops.ref_grads.call(gy, x, opt(rho), opt(gamma), opt(beta), rm, rv, kind, eps, act, slope, pad);
+      for (int i = 0; i < 4; ++i)
+        if (need[i]) res[i] = g[i];
+      return res;
+    }
+    const at::Tensor sums = ops.sums.call(gy, x, mean, scale, shift, act, slope, pad);
+    auto [c0, c1, drho, dg, db] =
+        ops.coefs_bwd.call(mean, var, opt(rho), opt(gamma), opt(beta), sums, kind, x.size(2) * x.size(3), eps);
+    if (need[0]) {
+      if (running) c0 = at::zeros_like(mean), c1 = at::zeros_like(mean);  // constant statistics
+      res[0] = ops.bwd.call(gy, x, mean, scale, shift, c0, c1, act, slope, pad);
+    }
+    if (need[1]) res[1] = param_grad(drho, rho);
+    if (need[2]) res[2] = param_grad(dg, gamma);
+    if (need[3]) res[3] = param_grad(db, beta);
+    return res;
+  }
+};
+
+at::Tensor plane_norm_autograd(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
+                               const OptT& residual, const OptT& running_mean, const OptT& running_var,
+                               int64_t kind, double eps, int64_t act, double slope, int64_t pad) {
+  return PlaneNormFunction::apply(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
+                                  slope, pad);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
+  m.impl("plane_norm", &plane_norm_autograd);
+}
+
+TORCH_LIBRARY_IMPL(i2i_fast, CompositeExplicitAutograd, m) {
+  m.impl("plane_norm", &plane_norm_composite);
+}
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("norm_stats", &norm_stats_cpu);

@@ -48,6 +48,20 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The whole norm: statistics (or running_mean/var, eval-mode instance norm) -> norm_coefs ->
+  // norm_apply, with a C++ autograd node (backward: norm_apply_sums -> norm_coefs_bwd ->
+  // norm_apply_bwd; gradients for x, rho, gamma, beta, residual). csrc/norm.cpp.
+  m.def(
+      "plane_norm(Tensor x, Tensor? rho, Tensor? gamma, Tensor? beta, Tensor? residual, "
+      "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
+      "int pad) -> Tensor");
+  // create_graph backward of plane_norm: the reference formulas differentiated by autograd
+  // (implemented in Python, i2i_fast/_norm.py). Returns d x, d rho, d gamma, d beta (an empty
+  // tensor where an input needs no gradient).
+  m.def(
+      "plane_norm_ref_grads(Tensor grad, Tensor x, Tensor? rho, Tensor? gamma, Tensor? beta, "
+      "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
+      "int pad) -> Tensor[]");
   // ---- reflection pad (issue #4) ----
   // out = x reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
   // >= 0 and < the size of its axis); NCHW or channels_last, the output keeps the layout.

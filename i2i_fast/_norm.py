@@ -180,6 +180,7 @@ def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, ru
 
 
 class _PlaneNorm(torch.autograd.Function):
+    """The family's autograd on Triton (the coefficient math in torch ops, coefs above)."""
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, residual, rmean, rvar, kind, eps, act, slope, pad, backend):
         stats, apply, _, _ = _OPS[backend]
@@ -256,11 +257,44 @@ def _double_backward(ctx, gy):
     return tuple(out) + (gres,)
 
 
+def _ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad):
+    """i2i_fast::plane_norm_ref_grads: the create_graph backward of the C++ plane_norm op
+    (called from its C++ autograd node with grad mode on; CompositeImplicitAutograd, so the
+    result is differentiable). An empty tensor where an input needs no gradient."""
+    ts = (x, rho, gamma, beta)
+    inputs = [t for t in ts if t is not None and t.requires_grad]
+    grads = {}
+    if inputs:
+        with torch.enable_grad():
+            running = None if rmean is None else (rmean, rvar)
+            y = reference_norm(kind, x, rho, gamma, beta, None, eps, act, slope, pad, running)
+            got = torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True)
+        grads = {id(t): g for t, g in zip(inputs, got)}
+    out = []
+    for t in ts:
+        g = grads.get(id(t)) if t is not None else None
+        if g is None:
+            g = torch.zeros_like(t) if t is not None and t.requires_grad else x.new_empty((0,))
+        out.append(g)
+    return out
+
+
+if _backend._C is not None:
+    torch.library.register_fake("i2i_fast::plane_norm")(
+        lambda x, rho, gamma, beta, residual, rm, rv, kind, eps, act, slope, pad:
+        _fake_apply(x, None, None, None, None, act, slope, pad))
+    torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(_ref_grads)
+
+
 def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
-    """The family's entry point (arguments validated by functional.py)."""
+    """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
+    with its C++ autograd node, on Triton the autograd.Function above."""
     backend = _backend.select(x.device)
     if backend == "reference":
         return reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
     rm, rv = running if running is not None else (None, None)
+    if backend in _COEFS:
+        return torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, kind, float(eps),
+                                                     int(act), float(slope), int(pad))
     return _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),
                             float(slope), int(pad), backend)

@@ -231,6 +231,14 @@ def test_opcheck_ops():
         torch.library.opcheck(ops.norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
         torch.library.opcheck(ops.norm_coefs_bwd.default,
                               (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5))
+    # the family's entry op (C++ autograd node): every kind, with residual / pad / running stats
+    for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
+                              (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+                              (2, (None, torch.rand(3), torch.randn(3)))):
+        args = [t.requires_grad_() if t is not None else None for t in (x.clone(), r, gm, bt, torch.randn_like(x))]
+        torch.library.opcheck(ops.plane_norm.default, (*args, None, None, kind, 1e-5, 2, 0.2, 1))
+    torch.library.opcheck(ops.plane_norm.default, (x.clone().requires_grad_(), None, None, None, None,
+                                                   torch.randn(3), torch.rand(3) + 0.5, 0, 1e-5, 1, 0.0, 1))
     if i2i_fast.backends()["triton"][0]:
         torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
                               test_utils=("test_schema",))  # fake tensors can't enter the interpreter
