@@ -269,8 +269,8 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     without materializing the padded input: = nn.Sequential(nn.ReflectionPad2d(padding),
     nn.Conv2d(..., padding=0)) = nn.Conv2d(..., padding_mode="reflect"). Gradients for input,
     weight and bias; deterministic (cuDNN in deterministic mode, gather-based pad backward)."""
-    padding = _int_arg("padding", padding, 0)
-    stride = _int_arg("stride", stride, 1)
+    if type(padding) is not int or type(stride) is not int or padding < 0 or stride < 1:
+        padding, stride = _int_arg("padding", padding, 0), _int_arg("stride", stride, 1)
     if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
         # autocast does not reach custom ops: cast as it casts conv2d's arguments
         dt = torch.get_autocast_dtype(input.device.type)

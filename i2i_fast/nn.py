@@ -194,19 +194,29 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         stride = F._int_arg("stride", stride, 1)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=bias, padding_mode="reflect", device=device, dtype=dtype)
-        self.last_path: Optional[str] = None
+        self.__dict__["_last_input"] = None  # (H, W, device) of the last forward input
 
-    def path_for(self, input: Tensor) -> str:
+    @property
+    def last_path(self) -> Optional[str]:
+        """The path the last forward took (None before the first call); derived on request, so
+        a forward pays nothing for it."""
+        if self._last_input is None:
+            return None
+        h, w, device = self._last_input
+        return self.path_for(torch.empty((0, 0, h, w), device="meta"), device)
+
+    def path_for(self, input: Tensor, device=None) -> str:
         """The path forward(input) takes on this device and backend."""
         from . import _backend, _ops
-        if _backend._C is None or _backend.select(input.device) == "reference":
+        device = input.device if device is None else device
+        if _backend._C is None or _backend.select(device) == "reference":
             return "reference"
         return _ops.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
-                                  self.padding[0], self.stride[0], input.device.type)
+                                  self.padding[0], self.stride[0], device.type)
 
     def forward(self, input: Tensor) -> Tensor:
-        if not torch.compiler.is_compiling():
-            self.last_path = self.path_for(input)
+        if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
+            self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
         return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
 
     def extra_repr(self) -> str:
