@@ -215,8 +215,16 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
                                   self.padding[0], self.stride[0], device.type)
 
     def forward(self, input: Tensor) -> Tensor:
+        from . import _backend, _ops
         if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
             self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
+            p = self.padding[0]
+            if (p and input.device.type == "cpu" and input.dim() == 4 and _ops._pad_conv_forced[0] is None
+                    and _backend.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
+                # CPU path "pad" without the functional's Python layers (~20 us, 5% of a small
+                # layer): the pad op checks the input and pad, conv2d the dtypes and devices
+                xp = torch.ops.i2i_fast.reflection_pad2d_fwd.default(input, [p, p, p, p])
+                return torch.nn.functional.conv2d(xp, self.weight, self.bias, self.stride)
         return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
 
     def extra_repr(self) -> str:
