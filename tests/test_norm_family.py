@@ -413,3 +413,38 @@ def test_coefs_bad_input():
         ops.norm_coefs(mean, var[:1], None, None, None, 0, 4, 1e-5)
     with pytest.raises(RuntimeError, match="sums must be"):
         ops.norm_coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
+
+
+@pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_result_independent_of_thread_count(channels_last):
+    """The CPU kernels run on OpenMP threads; every reduction has a fixed order per plane (or
+    chunk), so 1 and 2 threads give bitwise equal outputs and gradients (norms, pad, loss)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(2, 48, 33, 31, generator=gen).contiguous(memory_format=fmt)
+    g0 = torch.randn(2, 48, 35, 33, generator=gen)
+    gamma0, beta0 = torch.rand(2, 48, generator=gen), torch.randn(2, 48, generator=gen)
+    p0 = [torch.randn(1, 1, 30, 30, generator=gen), torch.randn(3, 70000, generator=gen)]
+
+    def run():
+        x = x0.clone().requires_grad_()
+        ada = i2i_fast.AdaLIN(48, out_pad=1)
+        inn = i2i_fast.InstanceNorm2d(48, affine=True, activation="relu")
+        ps = [p.clone().requires_grad_() for p in p0]
+        y = ada(x, gamma0, beta0)
+        z = inn(x)
+        pad = F.reflection_pad2d(x, 1)
+        loss = F.gan_loss(ps, [True, False], "lsgan")
+        torch.autograd.backward([y, z, pad, loss], [g0, torch.ones_like(z), g0, torch.ones(())])
+        return [y, z, pad, loss, x.grad, ada.rho.grad] + [p.grad for p in ps]
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
