@@ -140,14 +140,20 @@ static at::Tensor elem_grad(int64_t kind, const at::Tensor& x, const at::Tensor&
   }
 }
 
+// Config packed into two saved_data entries (each entry is a hashed string key: ten of them
+// cost more than the batch-1 kernel). cfg = {nx, ny, nouts, kind, reduction, any, need...}.
+enum Cfg { kNx, kNy, kNouts, kKind, kRed, kAny, kNeed };
+
 struct LossFunction : public torch::autograd::Function<LossFunction> {
+  // The gradients written by the forward leave through `grads_out`, not as outputs of the
+  // node: they are never differentiated, and every node output costs autograd bookkeeping.
   static variable_list forward(AutogradContext* ctx, at::TensorList x, at::TensorList y,
                                at::ArrayRef<double> params, at::ArrayRef<double> weights,
-                               int64_t kind, int64_t reduction, bool need_grad) {
-    std::vector<int64_t> need;
-    bool any = false;
-    for (const auto& t : x) need.push_back(t.requires_grad()), any |= t.requires_grad();
-    for (const auto& t : y) need.push_back(t.requires_grad()), any |= t.requires_grad();
+                               int64_t kind, int64_t reduction, bool need_grad,
+                               std::vector<at::Tensor>* grads_out) {
+    std::vector<int64_t> cfg{int64_t(x.size()), int64_t(y.size()), 0, kind, reduction, 0};
+    for (const auto& t : x) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
+    for (const auto& t : y) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_fwd", "")
                          .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>>(
                              at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>,
@@ -156,55 +162,44 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     // need_grad: asked for by the caller, or some input needs a gradient and grad mode was on
     // at the call (loss_fwd_autograd); under no_grad no gradient is written
     auto [outs, grads] = op.call(x, y, params, weights, kind, reduction, need_grad);
+    cfg[kNouts] = int64_t(outs.size());
     ctx->save_for_backward(variable_list(grads.begin(), grads.end()));
     // the inputs are read again only by a create_graph backward: kept as plain references
     // (no SavedVariable to pack and unpack per term, ~1 us each at batch 1)
     std::vector<at::Tensor> inputs(x.begin(), x.end());
     inputs.insert(inputs.end(), y.begin(), y.end());
     ctx->saved_data["inputs"] = inputs;
-    ctx->saved_data["nx"] = int64_t(x.size());
-    ctx->saved_data["ny"] = int64_t(y.size());
-    ctx->saved_data["nouts"] = int64_t(outs.size());
-    ctx->saved_data["params"] = std::vector<double>(params.begin(), params.end());
-    ctx->saved_data["weights"] = std::vector<double>(weights.begin(), weights.end());
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["need"] = need;
-    ctx->saved_data["any"] = any;
-    ctx->mark_non_differentiable(grads);
-    // the gradient outputs never receive a gradient: do not let autograd fill zeros for them
-    ctx->set_materialize_grads(false);
-    variable_list res(outs.begin(), outs.end());
-    res.insert(res.end(), grads.begin(), grads.end());
-    return res;
+    std::vector<double> pw(params.begin(), params.end());
+    pw.insert(pw.end(), weights.begin(), weights.end());
+    ctx->saved_data["pw"] = pw;
+    ctx->saved_data["cfg"] = cfg;
+    *grads_out = grads;
+    return variable_list(outs.begin(), outs.end());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const int64_t nx = ctx->saved_data["nx"].toInt(), ny = ctx->saved_data["ny"].toInt();
-    const int64_t nouts = ctx->saved_data["nouts"].toInt();
-    const auto need = ctx->saved_data["need"].toIntVector();
-    const bool any = ctx->saved_data["any"].toBool();
+    const auto cfg = ctx->saved_data["cfg"].toIntVector();
+    const int64_t nx = cfg[kNx], ny = cfg[kNy], nouts = cfg[kNouts];
+    const int64_t* need = cfg.data() + kNeed;
     const variable_list saved = ctx->get_saved_variables();
-    // one gradient per flattened input: x..., y..., then params, weights, kind, reduction, need_grad
-    variable_list res(nx + ny + 5);
+    // one gradient per input: x..., y..., then params, weights, kind, reduction, need_grad, grads_out
+    variable_list res(nx + ny + 6);
     std::vector<at::Tensor> go(grad_outputs.begin(), grad_outputs.begin() + nouts);
     bool defined = false;
     for (const auto& g : go) defined |= g.defined();
-    if (!any || !defined) return res;  // unused loss outputs: no gradient
-    const int64_t ng = nx;  // one saved gradient per x term
+    if (!cfg[kAny] || !defined) return res;  // unused loss outputs: no gradient
     for (int64_t t = 0; t < nouts; ++t)  // reduction none, some terms unused: zero gradient
       if (!go[t].defined()) go[t] = at::zeros_like(saved[t]);
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable formula
-      const auto params = ctx->saved_data["params"].toDoubleVector();
-      const auto weights = ctx->saved_data["weights"].toDoubleVector();
-      const int64_t kind = ctx->saved_data["kind"].toInt(), red = ctx->saved_data["reduction"].toInt();
+      const auto pw = ctx->saved_data["pw"].toDoubleVector();
+      const int64_t kind = cfg[kKind], red = cfg[kRed];
       const auto inputs = ctx->saved_data["inputs"].toTensorVector();
       for (int64_t t = 0; t < nx; ++t) {
         if (!need[t] && !(ny && need[nx + t])) continue;
         const at::Tensor& x = inputs[t];
         const at::Tensor y = ny ? inputs[nx + t] : at::Tensor();
-        const double scale = red == kReduceMean ? weights[t] / double(x.numel()) : weights[t];
-        at::Tensor g = elem_grad(kind, x, y, params[t]) * scale;
+        const double w = pw[nx + t], scale = red == kReduceMean ? w / double(x.numel()) : w;
+        at::Tensor g = elem_grad(kind, x, y, pw[t]) * scale;
         g = g * (red == kReduceNone ? go[t] : go[0]);
         if (need[t]) res[t] = g;
         if (ny && need[nx + t]) res[nx + t] = -g;
@@ -221,8 +216,7 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_bwd", "")
                          .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::IntArrayRef,
                                                         at::ArrayRef<double>)>();
-    std::vector<at::Tensor> grads(saved.begin(), saved.begin() + ng);
-    const auto out = op.call(go, grads, index, sign);
+    const auto out = op.call(go, saved, index, sign);  // saved: one gradient per x term
     size_t k = 0;
     for (int64_t t = 0; t < nx; ++t)
       if (need[t]) res[t] = out[k++];
@@ -240,10 +234,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
     for (const auto& t : x) any |= t.requires_grad();
     for (const auto& t : y) any |= t.requires_grad();
   }
-  const variable_list r = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any);
-  const size_t nouts = reduction == kReduceNone ? x.size() : 1;
-  return {std::vector<at::Tensor>(r.begin(), r.begin() + nouts),
-          std::vector<at::Tensor>(r.begin() + nouts, r.end())};
+  std::vector<at::Tensor> grads;
+  variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, &grads);
+  return {std::move(outs), std::move(grads)};
 }
 
 }  // namespace
