@@ -17,11 +17,11 @@ constexpr int64_t kLossChunk = 4096;
 
 // The chunk sum is accumulated in double (vectorized lanes of ~256 elements each would
 // otherwise lose a few fp32 ulps against torch's cascade sum); elementwise math in acc_t.
-// y (L1 only), the gradient and the elementwise output are template switches, so every loop
+// y (L1 and bce_target only), the gradient and the elementwise output are template switches, so every loop
 // is branch-free and vectorizes.
 template <typename T, typename acc_t, int KIND, bool GRAD, bool NONE>
 acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1) {
-  constexpr bool HAS_Y = KIND == kAbs;
+  constexpr bool HAS_Y = loss_has_y(KIND);
   const T* x = static_cast<const T*>(e.x);
   const T* y = static_cast<const T*>(e.y);
   T* g = static_cast<T*>(e.g);
@@ -132,6 +132,7 @@ static at::Tensor elem_grad(int64_t kind, const at::Tensor& x, const at::Tensor&
     case kBce: return at::sigmoid(x) - a;
     case kHinge: return at::where((x * a + 1).le(0), at::zeros_like(x), at::full_like(x, a));
     case kLinear: return at::full_like(x, a);
+    case kBceTarget: return at::sigmoid(x) - y;
     case kSoftplus: {
       const at::Tensor z = x * a;
       return at::where(z.gt(20), at::full_like(x, a), at::sigmoid(z) * a);
@@ -232,7 +233,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
   bool any = false;
   if (at::GradMode::is_enabled()) {
     for (const auto& t : x) any |= t.requires_grad();
-    for (const auto& t : y) any |= t.requires_grad();
+    for (const auto& t : y) {
+      any |= t.requires_grad();
+      // the backward gives y the gradient -d/dx, which holds for L1 only
+      TORCH_CHECK(kind == kAbs || !t.requires_grad(),
+                  "i2i_fast loss: the target of a bce_target loss takes no gradient (detach it)");
+    }
   }
   std::vector<at::Tensor> grads;
   variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, &grads);

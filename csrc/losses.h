@@ -20,7 +20,9 @@
 namespace i2i {
 
 // Kind codes shared with Python (i2i_fast/reference.py LOSS_KINDS).
-enum LossKind : int { kSquare = 0, kBce = 1, kHinge = 2, kLinear = 3, kSoftplus = 4, kAbs = 5 };
+enum LossKind : int { kSquare = 0, kBce = 1, kHinge = 2, kLinear = 3, kSoftplus = 4, kAbs = 5, kBceTarget = 6 };
+// Kinds that read a second tensor y per term (the target).
+I2I_HD constexpr bool loss_has_y(int kind) { return kind == kAbs || kind == kBceTarget; }
 enum LossReduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
 
 // Value v and derivative d (w.r.t. x) of the elementwise loss with parameter a, written as
@@ -31,9 +33,12 @@ enum LossReduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
 //   linear   a x                                        (WGAN, hinge generator)
 //   softplus softplus(a x), threshold 20                (CUT nonsaturating)
 //   abs      |x - y|, d = sign(x - y)                   (L1)
+//   bce_target  bce with the target y per element      (StarGAN's attribute labels)
 template <int KIND, typename acc_t>
 I2I_HD void loss_elem(acc_t x, acc_t y, acc_t a, acc_t& v, acc_t& d) {
-  if constexpr (KIND == kSquare) {
+  if constexpr (KIND == kBceTarget) {
+    loss_elem<kBce, acc_t>(x, y, y, v, d);
+  } else if constexpr (KIND == kSquare) {
     const acc_t r = x - a;
     v = r * r;
     d = acc_t(2) * r;
@@ -69,6 +74,7 @@ void with_loss_kind(int64_t kind, F&& f) {
     case kHinge: return f(std::integral_constant<int, kHinge>());
     case kLinear: return f(std::integral_constant<int, kLinear>());
     case kSoftplus: return f(std::integral_constant<int, kSoftplus>());
+    case kBceTarget: return f(std::integral_constant<int, kBceTarget>());
     default: return f(std::integral_constant<int, kAbs>());
   }
 }
@@ -76,7 +82,7 @@ void with_loss_kind(int64_t kind, F&& f) {
 // One term as the kernels see it. c0: index of its first chunk in the launch's chunk list.
 struct LossTerm {
   const void* x;
-  const void* y;  // kAbs only
+  const void* y;  // kAbs, kBceTarget
   void* g;        // saved gradient (need_grad), x's dtype
   void* out;      // elementwise loss (reduction none)
   int64_t n, c0;
@@ -107,10 +113,11 @@ inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::Arra
                         at::ArrayRef<double> weights, int64_t kind, int64_t reduction,
                         bool need_grad, int64_t chunk) {
   TORCH_CHECK(!x.empty(), "i2i_fast loss_fwd: x must hold at least one tensor");
-  TORCH_CHECK(kind >= kSquare && kind <= kAbs, "i2i_fast loss_fwd: unknown loss kind ", kind);
+  TORCH_CHECK(kind >= kSquare && kind <= kBceTarget, "i2i_fast loss_fwd: unknown loss kind ", kind);
   TORCH_CHECK(reduction >= kReduceNone && reduction <= kReduceSum,
               "i2i_fast loss_fwd: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-  TORCH_CHECK((kind == kAbs) == !y.empty(), "i2i_fast loss_fwd: y is given exactly for kind abs (L1)");
+  TORCH_CHECK(loss_has_y(int(kind)) == !y.empty(),
+              "i2i_fast loss_fwd: y is given exactly for kinds abs (L1) and bce_target");
   TORCH_CHECK(y.empty() || y.size() == x.size(), "i2i_fast loss_fwd: x and y must have the same length");
   TORCH_CHECK(params.size() == x.size() && weights.size() == x.size(),
               "i2i_fast loss_fwd: params and weights need one value per term (", x.size(), ")");

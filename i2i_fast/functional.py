@@ -307,7 +307,7 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
 # ---------------------------------------------------------------- losses (issue #5)
 # gan_loss / l1_loss: many terms in one fused launch, no target tensor; the forward computes
 # the loss and its gradient in the same pass, the backward only scales the saved gradient.
-__all__ += ["gan_loss", "l1_loss", "gradient_penalty"]
+__all__ += ["gan_loss", "l1_loss", "bce_with_logits", "gradient_penalty"]
 
 GAN_MODES = ("lsgan", "vanilla", "hinge", "wgan", "wgangp", "nonsaturating")
 
@@ -427,10 +427,8 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
     return outs[0]
 
 
-def l1_loss(pairs, weights=None, *, reduction: str = "mean"):
-    """Weighted sum of L1 losses mean(|a - b|) over one (a, b) pair or a list of pairs
-    (CycleGAN cycle + identity, U-GAT-IT, UNIT), in one fused launch; gradients for a and b.
-    reduction "sum": sum(|a - b|) per pair; "none": w * |a - b| per pair (a tensor, or a list)."""
+def _pairs(pairs, what):
+    """One (a, b) pair or a non-empty list of them -> (a list, b list, was_list), shapes equal."""
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(t, Tensor) for t in pairs):
         pairs, was_list = [pairs], False
     elif isinstance(pairs, (list, tuple)):
@@ -445,17 +443,40 @@ def l1_loss(pairs, weights=None, *, reduction: str = "mean"):
             raise TypeError(f"pairs[{i}] must be an (a, b) pair of Tensors")
         if p[0].shape != p[1].shape:
             raise ValueError(f"pairs[{i}]: a has shape {tuple(p[0].shape)} but b has {tuple(p[1].shape)} "
-                             "(l1_loss does not broadcast)")
+                             f"({what} does not broadcast)")
         a.append(p[0]), b.append(p[1])
     ts = _common("pairs", a + b)
-    a, b = ts[:len(a)], ts[len(a):]
+    return ts[:len(a)], ts[len(a):], was_list
+
+
+def _pair_loss(kind, pairs, weights, reduction, what):
+    a, b, was_list = _pairs(pairs, what)
     red = _reduction(reduction)
     ws = _weights(weights, len(a))
     backend = _backend.select(a[0].device)
-    outs = _ops.loss(backend, a, b, [0.0] * len(a), ws, reference.LOSS_KINDS["abs"], red)
+    outs = _ops.loss(backend, a, b, [0.0] * len(a), ws, reference.LOSS_KINDS[kind], red)
     if red == 0:
         return outs if was_list else outs[0]
     return outs[0]
+
+
+def l1_loss(pairs, weights=None, *, reduction: str = "mean"):
+    """Weighted sum of L1 losses mean(|a - b|) over one (a, b) pair or a list of pairs
+    (CycleGAN cycle + identity, U-GAT-IT, UNIT), in one fused launch; gradients for a and b.
+    reduction "sum": sum(|a - b|) per pair; "none": w * |a - b| per pair (a tensor, or a list)."""
+    return _pair_loss("abs", pairs, weights, reduction, "l1_loss")
+
+
+def bce_with_logits(pairs, weights=None, *, reduction: str = "mean"):
+    """Weighted sum of BCEWithLogitsLoss(logits, target) over one (logits, target) pair or a list
+    of pairs, with a target TENSOR (e.g. StarGAN's attribute labels: its classification loss is
+    ``bce_with_logits((out_cls, label), 1 / batch, reduction="sum")``), in one fused launch.
+    Gradients for the logits; the target takes none (pass it detached). Constant targets
+    (ones_like / zeros_like) need no tensor: gan_loss(..., "vanilla")."""
+    a, b, _ = _pairs(pairs, "bce_with_logits")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in b):
+        raise ValueError("bce_with_logits: the target takes no gradient; pass it detached")
+    return _pair_loss("bce_target", pairs, weights, reduction, "bce_with_logits")
 
 
 def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 10.0, *,

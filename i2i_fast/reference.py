@@ -107,7 +107,7 @@ def reflection_pad_out(y, pad):
 
 # ---------------------------------------------------------------- losses (issue #5)
 # Kind codes shared with csrc/losses.h; reduction codes 0 none, 1 mean, 2 sum.
-LOSS_KINDS = {"square": 0, "bce": 1, "hinge": 2, "linear": 3, "softplus": 4, "abs": 5}
+LOSS_KINDS = {"square": 0, "bce": 1, "hinge": 2, "linear": 3, "softplus": 4, "abs": 5, "bce_target": 6}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
@@ -125,6 +125,8 @@ def loss_elem(kind, x, y, a):
         return F.softplus(a * x)
     if kind == 5:
         return (x - y).abs()
+    if kind == 6:  # BCEWithLogitsLoss vs a target tensor
+        return (1 - y) * x - F.logsigmoid(x)
     raise ValueError(f"unknown loss kind {kind}")
 
 
@@ -145,6 +147,8 @@ def loss_elem_grad(kind, x, y, a):
         return torch.where(z > 20, torch.full_like(z, a), a * (e / (e + 1)))
     if kind == 5:
         return torch.sign(x - y)
+    if kind == 6:
+        return torch.sigmoid(x) - y
     raise ValueError(f"unknown loss kind {kind}")
 
 

@@ -288,6 +288,55 @@ def test_stargan_classification_constant_target(backend):
         check(ours, orig, [preds_like((16, 5), seed=9)], torch.float32, what=f"{backend} stargan cls")
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_stargan_classification_label_tensor(backend):
+    """StarGAN's classification_loss with its per-attribute 0/1 label tensor (real images' labels,
+    and the target labels of the fakes): bce_with_logits((logit, label), 1/B, reduction='sum');
+    a list of pairs = the sum of single pairs; reductions mean and none against torch's BCE."""
+    g = torch.Generator().manual_seed(4)
+    labels = [(torch.rand(16, 5, generator=g) > 0.5).double(), (torch.rand(4, 3, generator=g) > 0.3).double()]
+    for dtype in dtypes_for(backend):
+        def ours(ts):
+            with i2i_fast.use_backend(backend):
+                return F.bce_with_logits([(ts[0], labels[0].to(dtype)), (ts[1], labels[1].to(dtype))],
+                                         [1.0 / 16, 0.25], reduction="sum")
+
+        def orig(ts):
+            return (stargan.classification_loss(ts[0], labels[0].to(ts[0].dtype))
+                    + stargan.classification_loss(ts[1], labels[1].to(ts[1].dtype)))
+        check(ours, orig, [preds_like((16, 5), seed=11), preds_like((4, 3), seed=12)], dtype,
+              what=f"{backend} stargan cls labels {dtype}")
+        for red in ("mean", "none"):
+            def ours1(ts, red=red):
+                with i2i_fast.use_backend(backend):
+                    return F.bce_with_logits((ts[0], labels[0].to(dtype)), reduction=red)
+
+            def orig1(ts, red=red):
+                return TF.binary_cross_entropy_with_logits(ts[0], labels[0].to(ts[0].dtype), reduction=red)
+            if red == "none":
+                p = [preds_like((16, 5), seed=13).to(dtype)]
+                torch.testing.assert_close(ours1(p), orig1(p))
+            else:
+                check(ours1, orig1, [preds_like((16, 5), seed=13)], dtype, what=f"{backend} bce {red}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_bce_with_logits_bad_input(backend):
+    x, lab = torch.randn(4, 5, requires_grad=True), torch.rand(4, 5)
+    with i2i_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="target takes no gradient"):
+            F.bce_with_logits((x, lab.clone().requires_grad_()))
+        with pytest.raises(ValueError, match="does not broadcast"):
+            F.bce_with_logits((x, lab[:, :1]))
+        with pytest.raises(ValueError, match="empty list"):
+            F.bce_with_logits([])
+        with pytest.raises(TypeError, match="floating point"):
+            F.bce_with_logits((x, lab.long()))
+    if backend == "cpu":  # the op itself, called directly with a target that wants a gradient
+        with pytest.raises(RuntimeError, match="target of a bce_target loss takes no gradient"):
+            torch.ops.i2i_fast.loss_fwd([x], [lab.clone().requires_grad_()], [0.0], [1.0], 6, 1, False)
+
+
 # ------------------------------------------------------------------ L1
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_l1_pairs_vs_original(backend):

@@ -47,6 +47,11 @@ def _elem(x, y, a, KIND: tl.constexpr):
         e = tl.exp(z)
         v = tl.where(z > 20.0, z, tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e)))
         d = tl.where(z > 20.0, a + 0.0 * x, a * (e / (e + 1.0)))
+    elif KIND == 6:  # bce with a per-element target y
+        e = tl.exp(-tl.abs(x))
+        log_sig = tl.where(x < 0, x, 0.0) - _log1p(e)
+        v = (1.0 - y) * x - log_sig
+        d = 1.0 / (1.0 + tl.exp(-x)) - y
     else:
         r = x - y
         v = tl.abs(r)
@@ -208,12 +213,12 @@ def _check(x, y, params, weights, kind, reduction):
     # the same checks (and words) as csrc/losses.h prep_loss
     if len(x) == 0:
         raise RuntimeError("i2i_fast loss_fwd: x must hold at least one tensor")
-    if not 0 <= kind <= 5:
+    if not 0 <= kind <= 6:
         raise RuntimeError(f"i2i_fast loss_fwd: unknown loss kind {kind}")
     if not 0 <= reduction <= 2:
         raise RuntimeError(f"i2i_fast loss_fwd: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
-    if (kind == 5) != bool(y) or (y and len(y) != len(x)):
-        raise RuntimeError("i2i_fast loss_fwd: y is given exactly for kind abs (L1), one per x")
+    if (kind in (5, 6)) != bool(y) or (y and len(y) != len(x)):
+        raise RuntimeError("i2i_fast loss_fwd: y is given exactly for kinds abs (L1) and bce_target, one per x")
     if len(params) != len(x) or len(weights) != len(x):
         raise RuntimeError(f"i2i_fast loss_fwd: params and weights need one value per term ({len(x)})")
     for t, xt in enumerate(x):
