@@ -148,13 +148,13 @@ def _fake_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, eps):
 
 
 _OPS = {}
-_COEFS = {}  # backends whose extension computes the (N, C) coefficient math in one call
+_CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/norm.cpp)
 if _backend._C is not None:
     torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
     torch.library.register_fake("i2i_fast::norm_coefs_bwd")(_fake_coefs_bwd)
-    _COEFS["cpu"] = (torch.ops.i2i_fast.norm_coefs, torch.ops.i2i_fast.norm_coefs_bwd)
+    _CPP.add("cpu")
     if getattr(_backend._C, "WITH_CUDA", 0):
-        _COEFS["cuda"] = _COEFS["cpu"]
+        _CPP.add("cuda")
     for _name, _fake in (("norm_stats", _fake_stats), ("norm_apply", _fake_apply),
                          ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
         torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
@@ -191,10 +191,7 @@ class _PlaneNorm(torch.autograd.Function):
             sd = reference.stats_dtype(x)
             mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
             var = rvar.to(sd).reshape(1, c).expand(n, c).contiguous()
-        if backend in _COEFS:
-            scale, shift = _COEFS[backend][0](mean, var, rho, gamma, beta, kind, h * w, eps)
-        else:
-            scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
+        scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
         out = apply(x, mean, scale, shift, residual, act, slope, pad)
         ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
         ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
@@ -214,14 +211,11 @@ class _PlaneNorm(torch.autograd.Function):
         gx = drho = dg = db = gres = None
         if any(need[:4]):
             sums = sums_op(gy, x, mean, scale, shift, act, slope, pad)
-            if backend in _COEFS:
-                c0, c1, drho, dg, db = _COEFS[backend][1](mean, var, rho, gamma, beta, sums, kind, hw, eps)
-            else:
-                s1, s2 = sums[..., 0], sums[..., 1]
-                _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
-                dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
-                                                           scale, aux, s1, s2)
-                c0, c1 = dmean / hw, dvar * (2.0 / hw)
+            s1, s2 = sums[..., 0], sums[..., 1]
+            _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
+            dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
+                                                       scale, aux, s1, s2)
+            c0, c1 = dmean / hw, dvar * (2.0 / hw)
             if need[0]:
                 if not input_stats:  # running statistics are constants
                     c0 = c1 = torch.zeros_like(mean)
@@ -293,7 +287,7 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, runnin
     if backend == "reference":
         return reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
     rm, rv = running if running is not None else (None, None)
-    if backend in _COEFS:
+    if backend in _CPP:
         return torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, kind, float(eps),
                                                      int(act), float(slope), int(pad))
     return _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),

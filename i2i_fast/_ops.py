@@ -167,7 +167,7 @@ if "triton" in _PAD_OPS:
     _bf, _bb = _pad_autograd(*_PAD_OPS["triton"])
     torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_fwd", _bf, setup_context=_pad_setup)
     torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_bwd", _bb, setup_context=_pad_setup)
-    _PAD_FN = {"triton": _function(*_PAD_OPS["triton"][:1], _pad_setup, _bf)}
+    _PAD_FN = {"triton": _function(_PAD_OPS["triton"][0], _pad_setup, _bf)}
 else:
     _PAD_FN = {}
 

@@ -449,8 +449,7 @@ def _pairs(pairs, what):
     return ts[:len(a)], ts[len(a):], was_list
 
 
-def _pair_loss(kind, pairs, weights, reduction, what):
-    a, b, was_list = _pairs(pairs, what)
+def _pair_loss(kind, a, b, was_list, weights, reduction):
     red = _reduction(reduction)
     ws = _weights(weights, len(a))
     backend = _backend.select(a[0].device)
@@ -464,7 +463,7 @@ def l1_loss(pairs, weights=None, *, reduction: str = "mean"):
     """Weighted sum of L1 losses mean(|a - b|) over one (a, b) pair or a list of pairs
     (CycleGAN cycle + identity, U-GAT-IT, UNIT), in one fused launch; gradients for a and b.
     reduction "sum": sum(|a - b|) per pair; "none": w * |a - b| per pair (a tensor, or a list)."""
-    return _pair_loss("abs", pairs, weights, reduction, "l1_loss")
+    return _pair_loss("abs", *_pairs(pairs, "l1_loss"), weights, reduction)
 
 
 def bce_with_logits(pairs, weights=None, *, reduction: str = "mean"):
@@ -473,10 +472,10 @@ def bce_with_logits(pairs, weights=None, *, reduction: str = "mean"):
     ``bce_with_logits((out_cls, label), 1 / batch, reduction="sum")``), in one fused launch.
     Gradients for the logits; the target takes none (pass it detached). Constant targets
     (ones_like / zeros_like) need no tensor: gan_loss(..., "vanilla")."""
-    a, b, _ = _pairs(pairs, "bce_with_logits")
+    a, b, was_list = _pairs(pairs, "bce_with_logits")
     if torch.is_grad_enabled() and any(t.requires_grad for t in b):
         raise ValueError("bce_with_logits: the target takes no gradient; pass it detached")
-    return _pair_loss("bce_target", pairs, weights, reduction, "bce_with_logits")
+    return _pair_loss("bce_target", a, b, was_list, weights, reduction)
 
 
 def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 10.0, *,

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _backend, _ops
 from . import functional as F
 from .reference import ACTIVATIONS
 
@@ -207,7 +208,6 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
 
     def path_for(self, input: Tensor, device=None) -> str:
         """The path forward(input) takes on this device and backend."""
-        from . import _backend, _ops
         device = input.device if device is None else device
         if _backend._C is None or _backend.select(device) == "reference":
             return "reference"
@@ -215,7 +215,6 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
                                   self.padding[0], self.stride[0], device.type)
 
     def forward(self, input: Tensor) -> Tensor:
-        from . import _backend, _ops
         if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
             self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
             p = self.padding[0]

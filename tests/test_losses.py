@@ -501,7 +501,8 @@ def test_bitwise_deterministic(backend):
     res = []
     for _ in range(2):
         with i2i_fast.use_backend(backend):
-            loss = F.gan_loss(ts, [True, False], "vanilla", weights=[1.0, 2.0]) + F.l1_loss(list(zip(ts, b)), [10.0, 5.0])
+            loss = (F.gan_loss(ts, [True, False], "vanilla", weights=[1.0, 2.0]) + F.l1_loss(list(zip(ts, b)), [10.0, 5.0])
+                    + F.bce_with_logits([(t, u.sigmoid()) for t, u in zip(ts, b)], 3.0))
         res.append((loss.detach(), torch.autograd.grad(loss, ts)))
     assert torch.equal(res[0][0], res[1][0])
     for g0, g1 in zip(res[0][1], res[1][1]):
