@@ -5,14 +5,20 @@
 // several L1 pairs). Every chunk of kChunk elements is reduced by one block in a fixed
 // shuffle tree; its scaled partial goes into a fixed slot. Small calls (total <= kOneBlock
 // elements, the batch-1 PatchGAN case) run as ONE block that walks the chunks in order and
-// adds the partials in a register: one launch, no workspace. Larger calls use one block per
-// chunk and a second tiny launch (1 block) adds the partials in chunk order. No atomics.
+// adds the partials in a register: no workspace. Larger calls use one block per chunk, and
+// the block that finishes last (told by a ticket counter) adds all partials in chunk order:
+// still one launch. The only atomic is that ticket; the values are never added atomically,
+// so the loss is bitwise the same whichever block comes last.
 // __grid_constant__: the table is indexed by term in place (no per-thread copy of the table).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+
+#include <map>
+#include <mutex>
 #include <torch/library.h>
 
 #include "../csrc/losses.h"
@@ -55,12 +61,25 @@ __device__ __forceinline__ int term_of(const Table<Term>& tab, int64_t c) {
   return t;
 }
 
+// Adds partial[0..n) in chunk order (each thread a fixed strided subset, then the fixed tree)
+// and writes the loss from thread 0. __ldcg: the partials come from other blocks (skip L1).
+template <typename T, typename acc_t>
+__device__ void sum_partials(const acc_t* partial, int64_t n, T* loss) {
+  acc_t s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += __ldcg(partial + i);
+  s = block_sum(s);
+  if (threadIdx.x == 0) *loss = static_cast<T>(s);
+}
+
 // Block b reduces chunks b, b + gridDim.x, ... (c0 of the table is relative to this launch).
-// one_block: a single block adds the partials in order and writes the loss.
+// one_block: a single block adds the partials in order and writes the loss. Otherwise each
+// chunk's partial goes to partial[c]; with a ticket, the last block to finish adds
+// all_partial[0..nall) (every group's, earlier groups ran before on the same stream) and
+// resets the ticket to 0 for the next launch.
 template <typename T, typename acc_t, int KIND>
 __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
     const __grid_constant__ Table<LossTerm> tab, int64_t nchunks, acc_t* partial, T* loss, bool need_grad,
-    bool none, bool one_block) {
+    bool none, bool one_block, unsigned* ticket, const acc_t* all_partial, int64_t nall) {
   acc_t run = 0;
   for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
     const LossTerm& e = tab.t[term_of(tab, c)];
@@ -81,19 +100,31 @@ __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
     s = block_sum(s);
     if (threadIdx.x == 0) {
       if (one_block) run += s * scale;
-      else partial[c] = s * scale;
+      else if (!none) partial[c] = s * scale;
     }
   }
-  if (one_block && threadIdx.x == 0 && loss != nullptr) *loss = static_cast<T>(run);
+  if (one_block) {
+    if (threadIdx.x == 0 && loss != nullptr) *loss = static_cast<T>(run);
+    return;
+  }
+  if (ticket == nullptr) return;  // reduction none, or not the last group of a long list
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's partials are visible device-wide before its ticket
+    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every other block's partials, fenced before their tickets, are visible
+  sum_partials(all_partial, nall, loss);
+  if (threadIdx.x == 0) *ticket = 0u;
 }
 
-// Adds the partials in chunk order (each thread a fixed strided subset, then the fixed tree).
+// Fallback second launch when no ticket can be had (first call of a stream inside CUDA graph
+// capture, where the zeroed counter cannot be allocated).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kLossThreads) loss_sum_kernel(const acc_t* partial, int64_t n, T* loss) {
-  acc_t s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
-  s = block_sum(s);
-  if (threadIdx.x == 0) *loss = static_cast<T>(s);
+  sum_partials(partial, n, loss);
 }
 
 template <typename T, typename acc_t>
@@ -132,6 +163,25 @@ void for_groups(const std::vector<Term>& terms, int64_t nchunks, F&& f) {
   }
 }
 
+// One zeroed unsigned counter per (device, stream), allocated on first use and kept for the
+// life of the process (leaked on purpose: freeing it after CUDA teardown would fail). Launches
+// on one stream run in order and the last block of each resets it to 0, so every launch finds
+// 0; separate streams get separate counters. nullptr while the stream is being captured and
+// has no counter yet (allocating and zeroing there would be captured too).
+unsigned* stream_ticket(const at::Tensor& like) {
+  static std::mutex mu;
+  static auto* counters = new std::map<std::pair<int, int64_t>, at::Tensor>();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const std::pair<int, int64_t> key{like.get_device(), int64_t(stream.id())};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = counters->find(key);
+  if (it == counters->end()) {
+    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return nullptr;
+    it = counters->emplace(key, at::zeros({1}, like.options().dtype(at::kInt))).first;
+  }
+  return reinterpret_cast<unsigned*>(it->second.data_ptr<int>());
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
     at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
     int64_t kind, int64_t reduction, bool need_grad) {
@@ -144,24 +194,22 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* loss = none ? nullptr : io.loss.data_ptr<scalar_t>();
     const bool one_block = io.total <= kOneBlock && io.terms.size() <= size_t(kMaxTerms);
+    const bool partials = !one_block && !none;
     at::Tensor part;
-    if (!one_block && !none)
-      part = at::empty({io.nchunks}, io.x[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    acc_t* partial = part.defined() ? part.data_ptr<acc_t>() : nullptr;
-    at::Tensor scratch;  // reduction none over many chunks: partials are not needed
-    if (!one_block && none) {
-      scratch = at::empty({io.nchunks}, io.x[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      partial = scratch.data_ptr<acc_t>();
-    }
+    if (partials) part = at::empty({io.nchunks}, io.x[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    acc_t* partial = partials ? part.data_ptr<acc_t>() : nullptr;
+    unsigned* ticket = partials ? stream_ticket(io.x[0]) : nullptr;
     with_loss_kind(kind, [&](auto K) {
       for_groups(io.terms, io.nchunks, [&](const Table<LossTerm>& tab, int64_t base, int64_t n) {
         const unsigned grid = one_block ? 1u : static_cast<unsigned>(n);
+        const bool last_group = base + n == io.nchunks;
         loss_fwd_kernel<scalar_t, acc_t, decltype(K)::value><<<grid, kLossThreads, 0, stream>>>(
-            tab, n, one_block ? nullptr : partial + base, loss, need_grad, none, one_block);
+            tab, n, partials ? partial + base : nullptr, loss, need_grad, none, one_block,
+            last_group ? ticket : nullptr, partial, io.nchunks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-    if (!one_block && !none) {
+    if (partials && ticket == nullptr) {
       loss_sum_kernel<scalar_t, acc_t><<<1, kLossThreads, 0, stream>>>(partial, io.nchunks, loss);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

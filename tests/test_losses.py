@@ -27,7 +27,7 @@ def original(mode, pred, is_real, for_discriminator=True, real_label=1.0, fake_l
             target = torch.ones_like(pred) if is_real else torch.zeros_like(pred)
         return torch.nn.MSELoss()(pred, target)
     if mode == "vanilla":  # BCEWithLogitsLoss vs label.expand_as(pred)
-        label = torch.tensor(real_label if is_real else fake_label, dtype=pred.dtype)
+        label = torch.tensor(real_label if is_real else fake_label, dtype=pred.dtype, device=pred.device)
         return torch.nn.BCEWithLogitsLoss()(pred, label.expand_as(pred))
     if mode == "hinge":
         if not for_discriminator:
@@ -680,6 +680,33 @@ def test_cuda_deterministic_and_launches(backend):
     # happens in place after the first backward: adds, not ours)
     ours = [e.name for e in kernels if "loss" in e.name]
     assert len(ours) == 2, [e.name for e in kernels]
+
+
+@requires_cuda
+def test_cuda_large_call_is_one_launch():
+    """A call past one block (PixelDiscriminator-size terms + small ones) is still ONE forward
+    launch: the last block adds the partials (ticket counter). Repeated calls, and calls on a
+    second stream, find the counter reset and give bitwise the same loss."""
+    shapes = [(4, 1, 256, 256), (1, 1, 30, 30), (1, 2)]
+    ts = [preds_like(s, seed=20 + i).float().cuda() for i, s in enumerate(shapes)]
+    ref = sum(original("vanilla", t.double(), True) for t in ts)
+    with i2i_fast.use_backend("cuda"):
+        first = F.gan_loss(ts, True, "vanilla")
+        torch.testing.assert_close(first.double(), ref, rtol=1e-5, atol=1e-6)
+        for _ in range(3):
+            assert torch.equal(F.gan_loss(ts, True, "vanilla"), first)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            on_side = F.gan_loss(ts, True, "vanilla")
+        torch.cuda.current_stream().wait_stream(side)
+        assert torch.equal(on_side, first)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            F.gan_loss(ts, True, "vanilla")
+            torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len([k for k in kernels if "loss" in k]) == 1, kernels
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
