@@ -301,6 +301,7 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
     edge.insert(edge.begin(), 0);
     ctx->saved_data["edge"] = edge;
     ctx->mark_non_differentiable({mean, var});
+    ctx->set_materialize_grads(false);  // mean/var never get gradients: no zero tensors for them
     return {y, mean, var};
   }
 

@@ -175,6 +175,7 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     ctx->saved_data["pw"] = pw;
     ctx->saved_data["cfg"] = cfg;
     *grads_out = grads;
+    ctx->set_materialize_grads(false);  // unused outputs of reduction none: zeros only if needed
     return variable_list(outs.begin(), outs.end());
   }
 

@@ -293,30 +293,34 @@ at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const
   return io.out;
 }
 
-// ---- per-plane coefficients (csrc/norm_coefs.h): one sample at a time, in fp64
+// ---- per-plane coefficients (csrc/norm_coefs.h): one sample at a time, fp64 inside
 std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
                                                   const c10::optional<at::Tensor>& rho,
                                                   const c10::optional<at::Tensor>& gamma,
                                                   const c10::optional<at::Tensor>& beta, int64_t kind,
                                                   int64_t hw, double eps) {
-  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
-  for (int64_t n = 0; n < io.a.N; ++n) coefs_sample(io.a, n);
-  return io.result(mean.scalar_type());
+  const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
+  AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cpu", [&] {
+    const CoefArgs<scalar_t> a = io.args<scalar_t>();
+    for (int64_t n = 0; n < io.N; ++n) coefs_sample(a, n);
+  });
+  return {io.scale, io.shift};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cpu(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
     const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
-  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
-  CoefGrads gr = prep_coef_grads(io, sums);
-  for (int64_t n = 0; n < io.a.N; ++n) {
-    coefs_sample(io.a, n);
-    coefs_backward_sample(io.a, n, gr.sums.data_ptr<double>(), gr.c0.data_ptr<double>(),
-                          gr.c1.data_ptr<double>(), gr.drho.data_ptr<double>(),
-                          gr.dg.data_ptr<double>(), gr.db.data_ptr<double>());
-  }
-  return gr.result(io, mean.scalar_type());
+  const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
+  at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
+  AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cpu", [&] {
+    const CoefArgs<scalar_t> a = io.args<scalar_t>();
+    for (int64_t n = 0; n < io.N; ++n) {
+      coefs_sample(a, n);
+      coefs_backward_sample(a, n, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
+    }
+  });
+  return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
 // ---- plane_norm: the family's entry point, device-agnostic (component ops through the

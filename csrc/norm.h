@@ -139,76 +139,90 @@ inline std::tuple<at::Tensor, at::Tensor> finish_stats(PlaneIO& io) {
   return {io.mean, io.stat_var};
 }
 
-// ---- norm_coefs / norm_coefs_bwd: fp64 copies of the inputs, workspace and outputs on the
-// statistics' device; CoefArgs points into them (norm_coefs.h).
-inline at::Tensor f64_or_undefined(const c10::optional<at::Tensor>& t, const at::Tensor& like) {
+// ---- norm_coefs / norm_coefs_bwd: inputs read and outputs written in the statistics dtype S
+// (float, double for fp64), one fp64 workspace; CoefArgs<S> points into them (norm_coefs.h).
+// No dtype round trips: at batch 1 each conversion cost a dispatcher call (a launch on CUDA).
+inline at::Tensor in_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& like, at::ScalarType st) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
   TORCH_CHECK(t->device() == like.device(), "i2i_fast norm_coefs: parameters must be on ", like.device());
-  return t->to(at::kDouble).contiguous();
+  return (t->scalar_type() == st ? *t : t->to(st)).contiguous();
 }
 
+// workspace slots of (N, C) doubles (then rln, sd: N each)
+enum CoefSlot : int64_t { kRin, kDm, kT, kSc, kDv, kDrho, kDg, kDb, kSlots };
+
 struct CoefIO {
-  at::Tensor mean, var, rho, g, b, scale, shift, rin, dm, t, rln, sd;
-  CoefArgs a{};
-  std::tuple<at::Tensor, at::Tensor> result(at::ScalarType st) const {
-    return {scale.to(st), shift.to(st)};
+  at::Tensor mean, var, rho, g, b, sums, scale, shift, ws;
+  at::ScalarType st;
+  int64_t N, C, hw, kind;
+  double eps;
+
+  template <typename S>
+  CoefArgs<S> args() const {
+    CoefArgs<S> a{};
+    a.mean = mean.const_data_ptr<S>(), a.var = var.const_data_ptr<S>();
+    a.rho = rho.defined() ? rho.const_data_ptr<S>() : nullptr;
+    a.g = g.defined() ? g.const_data_ptr<S>() : nullptr;
+    a.b = b.defined() ? b.const_data_ptr<S>() : nullptr;
+    a.N = N, a.C = C, a.hw = hw, a.kind = kind, a.eps = eps;
+    a.g_per_sample = g.defined() && g.numel() != C, a.b_per_sample = b.defined() && b.numel() != C;
+    a.scale = scale.data_ptr<S>(), a.shift = shift.data_ptr<S>();
+    double* w = ws.data_ptr<double>();
+    double** slot[kSlots] = {&a.rin, &a.dm, &a.t, &a.sc, &a.dv, &a.drho, &a.dg, &a.db};
+    for (int64_t k = 0; k < kSlots; ++k) *slot[k] = w + k * N * C;
+    a.rln = w + kSlots * N * C, a.sd = a.rln + N;
+    return a;
+  }
+
+  // Gradient of parameter p from its per-plane fp64 gradient (workspace slot): summed over the
+  // batch in sample order for a (C,) parameter, as is for (N*C,), empty when p is absent.
+  at::Tensor param_grad(int64_t slot, const at::Tensor& p) const {
+    if (!p.defined()) return at::empty({0}, mean.options());
+    const at::Tensor d = ws.narrow(0, slot * N * C, N * C);
+    if (p.numel() != C) return d.to(st);
+    if (!ws.is_cpu()) return d.view({N, C}).sum(0).to(st);
+    at::Tensor out = at::empty({C}, mean.options());
+    AT_DISPATCH_FLOATING_TYPES(st, "i2i_fast_coef_param_grad", [&] {
+      const double* dd = d.const_data_ptr<double>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        double acc = 0;
+        for (int64_t n = 0; n < N; ++n) acc += dd[n * C + c];
+        o[c] = scalar_t(acc);
+      }
+    });
+    return out;
   }
 };
 
+// sums: the norm_apply_sums output (N, C, 2), for norm_coefs_bwd; undefined for norm_coefs.
 inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
                          const c10::optional<at::Tensor>& rho, const c10::optional<at::Tensor>& gamma,
-                         const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw, double eps) {
+                         const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw, double eps,
+                         const at::Tensor& sums = at::Tensor()) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
               "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
   TORCH_CHECK(kind >= 0 && kind <= 2, "i2i_fast norm_coefs: unknown kind ", kind);
   TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
   CoefIO io;
-  const int64_t N = mean.size(0), C = mean.size(1);
-  io.mean = mean.to(at::kDouble).contiguous(), io.var = var.to(at::kDouble).contiguous();
-  io.rho = f64_or_undefined(rho, mean), io.g = f64_or_undefined(gamma, mean), io.b = f64_or_undefined(beta, mean);
+  io.st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  io.N = mean.size(0), io.C = mean.size(1), io.hw = hw, io.kind = kind, io.eps = eps;
+  const int64_t N = io.N, C = io.C;
+  io.mean = in_dtype(mean, mean, io.st), io.var = in_dtype(var, mean, io.st);
+  io.rho = in_dtype(rho, mean, io.st), io.g = in_dtype(gamma, mean, io.st), io.b = in_dtype(beta, mean, io.st);
   TORCH_CHECK(kind != 1 || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
   for (const at::Tensor* p : {&io.g, &io.b})
     TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
                 "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
-  const auto opt = io.mean.options();
-  io.scale = at::empty({N, C}, opt), io.shift = at::empty({N, C}, opt), io.rin = at::empty({N, C}, opt);
-  io.dm = at::empty({N, C}, opt), io.t = at::empty({N, C}, opt);
-  io.rln = at::empty({N}, opt), io.sd = at::empty({N}, opt);
-  CoefArgs& a = io.a;
-  a.mean = io.mean.data_ptr<double>(), a.var = io.var.data_ptr<double>();
-  a.rho = ptr_or_null<double>(io.rho), a.g = ptr_or_null<double>(io.g), a.b = ptr_or_null<double>(io.b);
-  a.N = N, a.C = C, a.hw = hw, a.kind = kind, a.eps = eps;
-  a.g_per_sample = io.g.defined() && io.g.numel() != C, a.b_per_sample = io.b.defined() && io.b.numel() != C;
-  a.scale = io.scale.data_ptr<double>(), a.shift = io.shift.data_ptr<double>(), a.rin = io.rin.data_ptr<double>();
-  a.dm = io.dm.data_ptr<double>(), a.t = io.t.data_ptr<double>();
-  a.rln = io.rln.data_ptr<double>(), a.sd = io.sd.data_ptr<double>();
-  return io;
-}
-
-struct CoefGrads {
-  at::Tensor sums, c0, c1, drho, dg, db;  // fp64, (N, C) per plane
-  // (c0, c1, d rho (C,), d gamma, d beta): per-channel parameters get the sum over the batch
-  // (a torch reduction: deterministic), per-sample ones their (N*C,) gradients; empty when
-  // the parameter is absent.
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result(const CoefIO& io,
-                                                                              at::ScalarType st) const {
-    auto param = [&](const at::Tensor& d, const at::Tensor& p) {
-      if (!p.defined()) return at::empty({0}, d.options().dtype(st));
-      return (p.numel() == io.a.C ? d.sum(0) : d.reshape({-1})).to(st);
-    };
-    return {c0.to(st), c1.to(st), drho.sum(0).to(st), param(dg, io.g), param(db, io.b)};
+  if (sums.defined()) {
+    TORCH_CHECK(sums.numel() == N * C * 2 && sums.device() == mean.device(),
+                "i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");
+    io.sums = in_dtype(sums, mean, io.st);
   }
-};
-
-inline CoefGrads prep_coef_grads(const CoefIO& io, const at::Tensor& sums) {
-  TORCH_CHECK(sums.numel() == io.a.N * io.a.C * 2 && sums.device() == io.mean.device(),
-              "i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");
-  CoefGrads g;
   const auto opt = io.mean.options();
-  g.sums = sums.to(at::kDouble).contiguous();
-  g.c0 = at::empty({io.a.N, io.a.C}, opt), g.c1 = at::empty_like(g.c0), g.drho = at::empty_like(g.c0);
-  g.dg = at::empty_like(g.c0), g.db = at::empty_like(g.c0);
-  return g;
+  io.scale = at::empty({N, C}, opt), io.shift = at::empty({N, C}, opt);
+  io.ws = at::empty({kSlots * N * C + 2 * N}, opt.dtype(at::kDouble));
+  return io;
 }
 
 }  // namespace i2i

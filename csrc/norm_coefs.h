@@ -11,82 +11,91 @@
 
 namespace i2i {
 
-// Host-side preparation (norm_coefs_args) lives in csrc/norm.cpp; the views point at fp64
-// contiguous tensors. Parameters: rho (C,) or null; gamma/beta (C,), (N*C,) or null.
+// Host-side preparation (prep_coefs) lives in csrc/norm.h. S is the statistics dtype (float,
+// double for fp64 inputs): the inputs are read and the outputs written in it directly (no
+// conversion round trips), every intermediate is fp64. Parameters: rho (C,) or null;
+// gamma/beta (C,), (N*C,) or null.
+template <typename S>
 struct CoefArgs {
-  const double *mean, *var, *rho, *g, *b;
+  const S *mean, *var, *rho, *g, *b;
   int64_t N, C, hw, kind, g_per_sample, b_per_sample;
   double eps;
-  // workspace / outputs, all (N, C): per-plane intermediates and results
-  double *scale, *shift, *rin, *dm, *t;
+  S *scale, *shift;  // outputs (N, C)
+  // fp64 workspace, (N, C) per plane: intermediates of the forward kept for the backward,
+  // the unrounded scale, d var, and the per-plane parameter gradients
+  double *rin, *dm, *t, *sc, *dv, *drho, *dg, *db;
   double *rln, *sd;  // (N,)
 };
 
 I2I_HD double coef_unb(double n) { return n > 1 ? n / (n - 1) : NAN; }
 
 // Forward for sample n: scale/shift of its C planes, plus the intermediates the backward uses.
-I2I_HD void coefs_sample(const CoefArgs& a, int64_t n) {
+template <typename S>
+I2I_HD void coefs_sample(const CoefArgs<S>& a, int64_t n) {
   const int64_t C = a.C, o = n * C;
-  const double* m = a.mean + o;
-  const double* v = a.var + o;
+  const S* m = a.mean + o;
+  const S* v = a.var + o;
   const double l_unb = coef_unb(double(C) * a.hw) / (double(C) * a.hw);
   double mln = 0, m2 = 0;
-  for (int64_t c = 0; c < C; ++c) mln += m[c];
+  for (int64_t c = 0; c < C; ++c) mln += double(m[c]);
   mln /= C;
   for (int64_t c = 0; c < C; ++c) {  // Chan merge of the plane statistics
-    a.dm[o + c] = m[c] - mln;
-    m2 += (v[c] + a.dm[o + c] * a.dm[o + c]) * a.hw;
+    a.dm[o + c] = double(m[c]) - mln;
+    m2 += (double(v[c]) + a.dm[o + c] * a.dm[o + c]) * a.hw;
   }
   const double vln = m2 * l_unb, rln = 1 / sqrt(vln + a.eps), sd = sqrt(vln);
   a.rln[n] = rln, a.sd[n] = sd;
   for (int64_t c = 0; c < C; ++c) {
-    const double g = a.g ? a.g[a.g_per_sample ? o + c : c] : 1.0;
-    const double b = a.b ? a.b[a.b_per_sample ? o + c : c] : 0.0;
+    const double g = a.g ? double(a.g[a.g_per_sample ? o + c : c]) : 1.0;
+    const double b = a.b ? double(a.b[a.b_per_sample ? o + c : c]) : 0.0;
+    double sc, sh;
     if (a.kind == 0) {
-      a.rin[o + c] = 1 / sqrt(v[c] + a.eps);
-      a.scale[o + c] = g * a.rin[o + c], a.shift[o + c] = b;
+      a.rin[o + c] = 1 / sqrt(double(v[c]) + a.eps);
+      sc = g * a.rin[o + c], sh = b;
     } else if (a.kind == 1) {
       const double r = a.rho[c];
-      a.rin[o + c] = 1 / sqrt(v[c] * coef_unb(double(a.hw)) + a.eps);
-      a.scale[o + c] = g * (r * a.rin[o + c] + (1 - r) * rln);
-      a.shift[o + c] = b + g * (1 - r) * rln * a.dm[o + c];
+      a.rin[o + c] = 1 / sqrt(double(v[c]) * coef_unb(double(a.hw)) + a.eps);
+      sc = g * (r * a.rin[o + c] + (1 - r) * rln);
+      sh = b + g * (1 - r) * rln * a.dm[o + c];
     } else {
       a.rin[o + c] = 0;
-      a.scale[o + c] = g / (sd + a.eps);
-      a.shift[o + c] = b + a.scale[o + c] * a.dm[o + c];
+      sc = g / (sd + a.eps);
+      sh = b + sc * a.dm[o + c];
     }
+    a.sc[o + c] = sc;
+    a.scale[o + c] = S(sc), a.shift[o + c] = S(sh);
   }
 }
 
 // Backward for sample n (after coefs_sample): from sums (N, C, 2) = (sum dz, sum dz (x - mean))
-// to c0/c1 of norm_apply_bwd and per-plane d rho / d gamma / d beta (N, C).
-I2I_HD void coefs_backward_sample(const CoefArgs& a, int64_t n, const double* sums, double* c0,
-                                  double* c1, double* drho, double* dg, double* db) {
+// to c0/c1 of norm_apply_bwd and the per-plane d rho / d gamma / d beta (workspace).
+template <typename S>
+I2I_HD void coefs_backward_sample(const CoefArgs<S>& a, int64_t n, const S* sums, S* c0, S* c1) {
   const int64_t C = a.C, o = n * C;
   const double l_unb = coef_unb(double(C) * a.hw) / (double(C) * a.hw);
   const double rln = a.rln[n], sd = a.sd[n];
   double dr = 0, tsum = 0;
   for (int64_t c = 0, p = o; c < C; ++c, ++p) {
     const double s1 = sums[2 * p], s2 = sums[2 * p + 1];
-    const double g = a.g ? a.g[a.g_per_sample ? p : c] : 1.0;
+    const double g = a.g ? double(a.g[a.g_per_sample ? p : c]) : 1.0;
     const double rin = a.rin[p], dm = a.dm[p];
-    db[p] = s1;
+    a.db[p] = s1;
     if (a.kind == 0) {
-      c1[p] = s2 * g * -0.5 * rin * rin * rin;  // d var, scaled below
-      dg[p] = s2 * rin, drho[p] = 0, a.t[p] = 0;
+      a.dv[p] = s2 * g * -0.5 * rin * rin * rin;  // d var, scaled below
+      a.dg[p] = s2 * rin, a.drho[p] = 0, a.t[p] = 0;
     } else if (a.kind == 1) {
       const double r = a.rho[c], k = r * rin + (1 - r) * rln;
-      dg[p] = s2 * k + s1 * (1 - r) * rln * dm;
-      drho[p] = g * s2 * (rin - rln) - g * s1 * rln * dm;
+      a.dg[p] = s2 * k + s1 * (1 - r) * rln * dm;
+      a.drho[p] = g * s2 * (rin - rln) - g * s1 * rln * dm;
       a.t[p] = s1 * g * (1 - r) * rln;
       dr += g * s2 * (1 - r) + s1 * g * (1 - r) * dm;
-      c1[p] = g * s2 * r * -0.5 * rin * rin * rin * coef_unb(double(a.hw));
+      a.dv[p] = g * s2 * r * -0.5 * rin * rin * rin * coef_unb(double(a.hw));
     } else {
       const double r = 1 / (sd + a.eps);
-      dg[p] = s2 * r + s1 * r * dm, drho[p] = 0;
+      a.dg[p] = s2 * r + s1 * r * dm, a.drho[p] = 0;
       a.t[p] = s1 * g * r;
       dr += g * s2 + g * s1 * dm;
-      c1[p] = 0;
+      a.dv[p] = 0;
     }
     tsum += a.t[p];
   }
@@ -97,9 +106,9 @@ I2I_HD void coefs_backward_sample(const CoefArgs& a, int64_t n, const double* su
     dm2 = -dr * r * r / (2 * sd) * l_unb;
   }
   for (int64_t c = 0, p = o; c < C; ++c, ++p) {
-    const double dvar = c1[p] + dm2 * a.hw;
-    const double dmean = a.t[p] - tsum / C + dm2 * 2 * a.hw * a.dm[p] - a.scale[p] * sums[2 * p];
-    c0[p] = dmean / a.hw, c1[p] = dvar * 2.0 / a.hw;
+    const double dvar = a.dv[p] + dm2 * a.hw;
+    const double dmean = a.t[p] - tsum / C + dm2 * 2 * a.hw * a.dm[p] - a.sc[p] * double(sums[2 * p]);
+    c0[p] = S(dmean / a.hw), c1[p] = S(dvar * 2.0 / a.hw);
   }
 }
 

@@ -13,8 +13,9 @@ TORCH_LIBRARY(i2i_fast, m) {
       "instance_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor? running_mean, Tensor? running_var, float eps, int act, float slope) "
       "-> (Tensor, Tensor, Tensor)");
-  // Gradient of instance_norm_fwd w.r.t. x, weight and bias (the latter two always (C,), in the
-  // stats dtype, reduced without atomics). input_stats=False: mean/var were running stats.
+  // Gradient of instance_norm_fwd w.r.t. x, weight and bias (the latter two (C,), or (N*C,) for
+  // per-plane affine, in the stats dtype, reduced without atomics; both empty (0,) when neither
+  // weight nor bias is given). input_stats=False: mean/var were running stats.
   m.def(
       "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, int act, float slope, bool input_stats) "
@@ -44,7 +45,8 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
       "int hw, float eps) -> (Tensor, Tensor)");
-  // Its backward from the norm_apply_sums output: (c0, c1, d rho (C,), d gamma, d beta).
+  // Its backward from the norm_apply_sums output: (c0, c1, d rho, d gamma, d beta); each
+  // parameter gradient has its parameter's numel, empty (0,) when the parameter is absent.
   m.def(
       "norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -143,8 +143,7 @@ def _fake_coefs(mean, var, rho, gamma, beta, kind, hw, eps):
 def _fake_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, eps):
     def flat(p):
         return mean.new_empty((0 if p is None else p.numel(),))
-    return (torch.empty_like(mean), torch.empty_like(mean), mean.new_empty((mean.shape[1],)),
-            flat(gamma), flat(beta))
+    return torch.empty_like(mean), torch.empty_like(mean), flat(rho), flat(gamma), flat(beta)
 
 
 _OPS = {}

@@ -28,8 +28,10 @@ def _in_fwd_fake(x, weight, bias, residual, running_mean, running_var, eps, act,
 
 def _in_bwd_fake(grad, x, mean, var, weight, bias, eps, act, slope, input_stats):
     c = x.shape[1]
-    # per-(n, c) affine (AdaIN) gets per-plane gradients, per-channel affine per-channel ones
+    # per-(n, c) affine (AdaIN) gets per-plane gradients, per-channel affine per-channel ones,
+    # no affine empty ones
     k = next((t.numel() for t in (weight, bias) if t is not None and t.numel() != c), c)
+    k = 0 if weight is None and bias is None else k
     sd = reference.stats_dtype(x)
     return torch.empty_like(x, memory_format=_fmt(x)), x.new_empty((k,), dtype=sd), x.new_empty((k,), dtype=sd)
 

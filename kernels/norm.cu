@@ -148,17 +148,18 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
 
 // ---- per-plane coefficients: one thread per sample runs csrc/norm_coefs.h in fp64 (a few
 // microseconds at C = 256), instead of ~40 small torch launches per layer ----
-__global__ void coefs_kernel(CoefArgs a) {
+template <typename S>
+__global__ void coefs_kernel(CoefArgs<S> a) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n < a.N) coefs_sample(a, n);
 }
 
-__global__ void coefs_bwd_kernel(CoefArgs a, const double* sums, double* c0, double* c1, double* drho,
-                                 double* dg, double* db) {
+template <typename S>
+__global__ void coefs_bwd_kernel(CoefArgs<S> a, const S* sums, S* c0, S* c1) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= a.N) return;
   coefs_sample(a, n);
-  coefs_backward_sample(a, n, sums, c0, c1, drho, dg, db);
+  coefs_backward_sample(a, n, sums, c0, c1);
 }
 
 // ---- host side ----
@@ -304,13 +305,15 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
                                                    const c10::optional<at::Tensor>& beta, int64_t kind,
                                                    int64_t hw, double eps) {
   const c10::cuda::CUDAGuard guard(mean.device());
-  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
-  if (io.a.N > 0 && io.a.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.a.N + kCoefThreads - 1) / kCoefThreads);
-    coefs_kernel<<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(io.a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
+  if (io.N > 0 && io.C > 0) {
+    const unsigned blocks = static_cast<unsigned>((io.N + kCoefThreads - 1) / kCoefThreads);
+    AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
+      coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(io.args<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
-  return io.result(mean.scalar_type());
+  return {io.scale, io.shift};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cuda(
@@ -318,16 +321,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
     const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
   const c10::cuda::CUDAGuard guard(mean.device());
-  CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
-  CoefGrads gr = prep_coef_grads(io, sums);
-  if (io.a.N > 0 && io.a.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.a.N + kCoefThreads - 1) / kCoefThreads);
-    coefs_bwd_kernel<<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        io.a, gr.sums.data_ptr<double>(), gr.c0.data_ptr<double>(), gr.c1.data_ptr<double>(),
-        gr.drho.data_ptr<double>(), gr.dg.data_ptr<double>(), gr.db.data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
+  at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
+  if (io.N > 0 && io.C > 0) {
+    const unsigned blocks = static_cast<unsigned>((io.N + kCoefThreads - 1) / kCoefThreads);
+    AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cuda", [&] {
+      coefs_bwd_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          io.args<scalar_t>(), io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
-  return gr.result(io, mean.scalar_type());
+  return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
 }  // namespace

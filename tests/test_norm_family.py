@@ -354,9 +354,11 @@ def test_cuda_deterministic(norm, backend):
 
 
 @pytest.mark.parametrize("norm", NORMS)
-def test_cpu_coefficients_match_python(norm):
-    """The CPU extension's norm_coefs / norm_coefs_bwd (fp64 loops) and _norm.coefs /
-    coefs_backward (torch ops, used by the other backends) are the same math."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_coefficients_match_python(norm, dtype):
+    """The CPU extension's norm_coefs / norm_coefs_bwd (fp64 loops, fp32 or fp64 statistics in
+    and out) and _norm.coefs / coefs_backward (torch ops in fp64, used by the other backends)
+    are the same math; absent parameters get empty gradients."""
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     from i2i_fast import _norm
@@ -368,19 +370,26 @@ def test_cpu_coefficients_match_python(norm):
     rho = rho if kind == _norm.LIN else None
     sums = torch.randn(n, c, 2, dtype=torch.float64)
     ops = torch.ops.i2i_fast
-    scale, shift = ops.norm_coefs(mean, var, rho, gamma, beta, kind, hw, 1e-5)
+    low = [None if t is None else t.to(dtype) for t in (mean, var, rho, gamma, beta, sums)]
+    mean, var, rho, gamma, beta, sums = [None if t is None else t.double() for t in low]
+
+    def close(got, want):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    scale, shift = ops.norm_coefs(*low[:5], kind, hw, 1e-5)
     ps, pt, aux = _norm.coefs(kind, mean, var, hw, rho, gamma, beta, 1e-5)
-    torch.testing.assert_close(scale, ps)
-    torch.testing.assert_close(shift, pt)
-    c0, c1, drho, dg, db = ops.norm_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, 1e-5)
+    close(scale, ps)
+    close(shift, pt)
+    c0, c1, drho, dg, db = ops.norm_coefs_bwd(*low[:5], low[5], kind, hw, 1e-5)
     dm, dv, pr, pg, pb = _norm.coefs_backward(kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux,
                                               sums[..., 0], sums[..., 1])
-    torch.testing.assert_close(c0, dm / hw)
-    torch.testing.assert_close(c1, dv * 2 / hw)
-    torch.testing.assert_close(dg, _norm._param_grad(pg, gamma).reshape(-1))
-    torch.testing.assert_close(db, _norm._param_grad(pb, beta).reshape(-1))
-    if rho is not None:
-        torch.testing.assert_close(drho, _norm._param_grad(pr, rho).reshape(-1))
+    close(c0, dm / hw)
+    close(c1, dv * 2 / hw)
+    for got, d, p in ((drho, pr, rho), (dg, pg, gamma), (db, pb, beta)):
+        if p is None:
+            assert got.numel() == 0
+        else:
+            close(got, _norm._param_grad(d, p).reshape(-1))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -227,6 +227,8 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
             var.contiguous(), sums, c, h * w, sN, sC, sS, eps, _slope(slope, x),
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
             ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), BLOCK=_block(h * w))
+    if weight is None and bias is None:  # nothing to reduce (as the C++ op)
+        return gx, sums.new_empty((0,)), sums.new_empty((0,))
     if _per_plane(weight, bias, c):  # per-plane affine: its gradients are the plane sums
         return gx, sums[:, :, 1].reshape(-1).clone(), sums[:, :, 0].reshape(-1).clone()
     gsum = sums.sum(0)  # weight/bias gradients: deterministic reduction over the batch
