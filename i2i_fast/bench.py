@@ -691,8 +691,15 @@ class Case:
         """(ok, detail): ours vs eager forward output and input gradients, same inputs, cached."""
         if self._parity is None:
             inp, g = self.inputs[0], self.grads[0]
-            yo, go = self._fwdbwd(self.ours, inp, g)
-            ye, ge = self._fwdbwd(self.eager, inp, g)
+            # TF32 off for the check: two convolution algorithms in TF32 differ by ~1e-3, more
+            # than the fp32 tolerance (the timings keep torch's TF32 setting)
+            tf32 = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+            try:
+                yo, go = self._fwdbwd(self.ours, inp, g)
+                ye, ge = self._fwdbwd(self.eager, inp, g)
+            finally:
+                torch.backends.cudnn.allow_tf32 = tf32
             atol, rtol = TOL.get(self.dtype, (1e-4, 1e-4))
             ok, parts = True, []
             for name, a, b in [("out", yo, ye)] + [(f"grad{k}", a, b) for k, (a, b) in enumerate(zip(go, ge))]:
@@ -931,13 +938,19 @@ def main(argv=None) -> int:
     rows = []
     steps = len(cases) * len(MODES)
     t0 = time.perf_counter()
-    for ci, c in enumerate(cases):
-        for mi, mode in enumerate(MODES):
-            what = "compiling + timing" if c._compiled is None and c.compile_error is None else "timing"
-            _progress(f"[{ci * len(MODES) + mi + 1}/{steps}] {what} {c.key} {mode}: eager, compile, ours "
-                      f"interleaved ({time.perf_counter() - t0:.0f}s)")
-            c.timing("ours", mode)
-            rows.append(dict(summarize(c, mode), **{"pass": c.parity()[0], "parity": c.parity()[1]}))
+    interrupted = False
+    try:  # Ctrl-C / SIGINT (a time limit): keep the rows measured so far and write them
+        for ci, c in enumerate(cases):
+            for mi, mode in enumerate(MODES):
+                what = "compiling + timing" if c._compiled is None and c.compile_error is None else "timing"
+                _progress(f"[{ci * len(MODES) + mi + 1}/{steps}] {what} {c.key} {mode}: eager, compile, ours "
+                          f"interleaved ({time.perf_counter() - t0:.0f}s)")
+                c.timing("ours", mode)
+                rows.append(dict(summarize(c, mode), **{"pass": c.parity()[0], "parity": c.parity()[1]}))
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted after {len(rows)} of {steps} rows: writing those", file=sys.stderr)
+        cases = cases[:(len(rows) + len(MODES) - 1) // len(MODES)]
     _progress(f"done in {time.perf_counter() - t0:.0f}s")
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -947,7 +960,7 @@ def main(argv=None) -> int:
 
     print(format_table(rows))
     # losses (issue #5): kernel launches of one forward+backward, ours / eager / compiled
-    for c in cases:
+    for c in cases if not interrupted else ():
         if c.op.name in LOSS_OPS:
             n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
                  for impl in IMPLS}
@@ -958,7 +971,7 @@ def main(argv=None) -> int:
                     r.update({f"launches_{k}": v for k, v in n.items()})
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv),
+    meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv), "interrupted": interrupted,
             "machine": info, "copy_bw_gbps": copy_bandwidth_gbps(device)}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(dict(meta, results=rows), f, indent=1)
@@ -971,7 +984,7 @@ def main(argv=None) -> int:
     print(f"wrote {a.out}/results.json, results.md" + (", speedup.png" if plotted else ""))
     if failed:
         print(f"{failed} parity check(s) FAILED", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or interrupted else 0
 
 
 if __name__ == "__main__":

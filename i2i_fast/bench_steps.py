@@ -325,7 +325,6 @@ def main(argv=None) -> int:
             print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9}  "
                   f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
     return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":

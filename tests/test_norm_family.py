@@ -54,7 +54,7 @@ def original(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
     elif norm == "layer_norm":
         y = orig_munit_ln(x, gamma, beta)
     elif norm == "adain":
-        y = orig_adain(x, gamma, beta, torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype))
+        y = orig_adain(x, gamma, beta, x.new_zeros(c), x.new_ones(c))
     else:
         y = TF.instance_norm(x, weight=gamma, bias=beta)
     y = ACTS[act](y)
@@ -68,9 +68,14 @@ def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels
     """Forward and every gradient: ours(dtype) vs original(float64), slack from original(dtype)."""
     torch.manual_seed(seed)
     n, c = shape[:2]
-    x64 = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
-    r64 = torch.randn(shape, dtype=torch.float64) if with_res else None
-    p64 = make_params(norm, n, c, seed=seed)
+    # module parameters stay fp32 for half inputs; per-sample ones come from activations
+    def param_dtype(dt):
+        return dt if dt in (torch.float64, torch.float32) or norm in ("adalin", "adain") else torch.float32
+    # the float64 reference sees the inputs the dtype runs see (rounded), so the rule measures
+    # the computation's error, not the rounding of the inputs
+    x64 = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype).double()
+    r64 = torch.randn(shape, dtype=torch.float64).to(dtype).double() if with_res else None
+    p64 = tuple(t.to(param_dtype(dtype)).double() for t in make_params(norm, n, c, seed=seed))
     results = {}
     for tag, dt in (("ref", torch.float64), ("same", dtype), ("ours", dtype)):
         dev = "cpu" if tag == "ref" else device
@@ -79,15 +84,14 @@ def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
         r = r64.to(device=dev, dtype=dt).requires_grad_() if with_res else None
-        # module parameters stay fp32 for half inputs; per-sample ones come from activations
-        pdt = dt if dt in (torch.float64, torch.float32) or norm in ("adalin", "adain") else torch.float32
+        pdt = param_dtype(dt)
         rho, gamma, beta = (t.to(device=dev, dtype=pdt).requires_grad_() for t in p64)
         if tag == "ours":
             with i2i_fast.use_backend(backend):
                 y = ours(norm, x, rho, gamma, beta, act, r, pad)
         else:  # MUNIT's LayerNorm uses .view: the original code needs a contiguous input
             y = original(norm, x.contiguous() if channels_last else x, rho, gamma, beta, act, r, pad)
-        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device=dev, dtype=dt)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype).to(device=dev, dtype=dt)
         leaves = [t for t in (x, rho, gamma, beta, r) if t is not None]
         grads = torch.autograd.grad(y, leaves, gy, allow_unused=True)
         results[tag] = (y, grads, x)
