@@ -91,16 +91,18 @@ I2I_ALWAYS_INLINE void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& va
 // rows of C elements, n rows.
 template <typename T, typename acc_t>
 I2I_ALWAYS_INLINE void block_stats(const T* x, int64_t n, int64_t C, int64_t cw, acc_t* mean, acc_t* var) {
-  acc_t s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
+  // fp64 block totals: a block is only kSumBlock / kCB rows per channel here, so a 256x256
+  // plane has 16x more blocks than in NCHW, and fp32 totals were measurably less accurate
+  double s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
   rows_sum2<kSumBlock, acc_t>(n, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
     u += static_cast<acc_t>(x[i * C + k]);
   });
-  for (int64_t k = 0; k < cw; ++k) mean[k] = s[k] / n;
+  for (int64_t k = 0; k < cw; ++k) mean[k] = static_cast<acc_t>(s[k] / n);
   rows_sum2<kSumBlock, acc_t>(n, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
     const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
     u += d * d;
   });
-  for (int64_t k = 0; k < cw; ++k) var[k] = m2[k] / n;
+  for (int64_t k = 0; k < cw; ++k) var[k] = static_cast<acc_t>(m2[k] / n);
 }
 
 // ---- NCHW reflection padding, shared by the pad kernels and the norms' output pad ----

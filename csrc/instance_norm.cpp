@@ -120,7 +120,8 @@ template <typename T, typename acc_t, int ACT>
 void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   const int64_t C = a.C, HW = a.HW, cw = std::min(kCB, C - c0);
   const int64_t base = n * HW * C + c0;
-  acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB], s1[kCB] = {0}, s2[kCB] = {0};
+  acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB];
+  double s1[kCB] = {0}, s2[kCB] = {0};  // fp64 block totals, as block_stats
   for (int64_t k = 0; k < cw; ++k) {
     mean[k] = a.mean[n * C + c0 + k];
     rstd[k] = acc_t(1) / std::sqrt(a.var[n * C + c0 + k] + a.eps);
@@ -137,11 +138,11 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   acc_t kk[kCB], m1[kCB], m2[kCB];
   for (int64_t k = 0; k < cw; ++k) {
     const int64_t p = n * C + c0 + k;
-    a.sums[2 * p] = s1[k];
-    a.sums[2 * p + 1] = s2[k];
+    a.sums[2 * p] = static_cast<acc_t>(s1[k]);
+    a.sums[2 * p + 1] = static_cast<acc_t>(s2[k]);
     kk[k] = rstd[k] * w[k];
-    m1[k] = a.input_stats ? s1[k] / HW : acc_t(0);
-    m2[k] = a.input_stats ? s2[k] / HW : acc_t(0);
+    m1[k] = a.input_stats ? static_cast<acc_t>(s1[k] / HW) : acc_t(0);
+    m2[k] = a.input_stats ? static_cast<acc_t>(s2[k] / HW) : acc_t(0);
   }
   for (int64_t i = 0; i < HW; ++i) {
     const int64_t o = base + i * C;

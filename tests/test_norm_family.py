@@ -461,3 +461,11 @@ def test_cpu_result_independent_of_thread_count(channels_last):
         torch.set_num_threads(prev)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
+@pytest.mark.parametrize("norm", ["iln", "instance_norm"])
+def test_cpu_channels_last_large_plane_accuracy(norm):
+    """A 256x256 channels_last plane: the CPU kernels sum 32-row blocks per channel there, so
+    their block totals are fp64 (in fp32 the rho gradient missed the parity bound)."""
+    check(norm, "cpu", (1, 16, 256, 256), torch.float32, channels_last=True)
