@@ -183,13 +183,7 @@ struct CoefIO {
     if (!ws.is_cpu()) return d.view({N, C}).sum(0).to(st);
     at::Tensor out = at::empty({C}, mean.options());
     AT_DISPATCH_FLOATING_TYPES(st, "i2i_fast_coef_param_grad", [&] {
-      const double* dd = d.const_data_ptr<double>();
-      scalar_t* o = out.data_ptr<scalar_t>();
-      for (int64_t c = 0; c < C; ++c) {
-        double acc = 0;
-        for (int64_t n = 0; n < N; ++n) acc += dd[n * C + c];
-        o[c] = scalar_t(acc);
-      }
+      sum_over_batch(d.const_data_ptr<double>(), N, C, 1, out.data_ptr<scalar_t>());
     });
     return out;
   }

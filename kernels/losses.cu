@@ -14,12 +14,12 @@
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <map>
 #include <mutex>
-#include <torch/library.h>
 
 #include "../csrc/losses.h"
 

@@ -337,6 +337,11 @@ def test_opcheck_cpp(channels_last, running):
     torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default,
                           (torch.randn_like(x), x, mean, var, args[1].detach(), args[2].detach(),
                            1e-5, 2, 0.2, not running))
+    # without weight and bias: empty (0,) affine gradients, in the fake kernel too
+    no_affine = (torch.randn_like(x), x, mean, var, None, None, 1e-5, 2, 0.2, not running)
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default, no_affine)
+    gx, gw, gb = torch.ops.i2i_fast.instance_norm_bwd(*no_affine)
+    assert gx.shape == x.shape and gw.shape == (0,) and gb.shape == (0,)
 
 
 @pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
