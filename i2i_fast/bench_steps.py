@@ -3,10 +3,12 @@ benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench_steps``) 
 (examples/train_compare.py).
 
 Variants of one family, all from the same initial weights and data:
-  eager             the original modules (i2i_fast.models)
-  converted         i2i_fast.convert(...) of them
+  eager             the original modules (i2i_fast.models) and the originals' losses
+  converted         i2i_fast.convert(...) of them, and the step's losses through
+                    i2i_fast.functional (gan_loss / l1_loss / bce_with_logits /
+                    gradient_penalty, fewer fused calls): the step as an i2i_fast user writes it
   compile           torch.compile of the original modules
-  converted+compile torch.compile of the converted modules
+  converted+compile torch.compile of the converted modules, the fused losses
 Sizes: the DESIGN.md shapes on CUDA; on CPU narrower nets and smaller images (``small``), so a
 step takes tens of milliseconds to a second. Peak memory is torch.cuda.max_memory_allocated on
 CUDA; on CPU it is not measured (None).
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from . import bench
+from . import functional as FL
 from .convert import convert
 from .models import cyclegan, munit, stargan, ugatit
 
@@ -31,8 +34,9 @@ VARIANTS = ("eager", "converted", "compile", "converted+compile")
 
 @dataclass
 class Family:
-    """nets: modules from one init; data: tensors; step(nets, opts, data) -> dict of losses;
-    opts(nets) -> optimizers; what: the configuration in words."""
+    """nets: modules from one init; data: tensors; step(nets, opts, data, fused) -> dict of
+    losses (fused: the losses through i2i_fast.functional); opts(nets) -> optimizers; what: the
+    configuration in words."""
     nets: list
     data: tuple
     step: Callable
@@ -58,8 +62,8 @@ def cyclegan_family(device, small):
         return (_adam(list(n[0].parameters()) + list(n[1].parameters())),
                 _adam(list(n[2].parameters()) + list(n[3].parameters())))
 
-    def step(n, o, d):
-        return cyclegan.training_step(*n, *d, *o)
+    def step(n, o, d, fused):
+        return cyclegan.training_step(*n, *d, *o, fused_losses=fused)
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"ResNet-9 ngf={ngf} + 70x70 PatchGAN, 1x3x{size}x{size}")
 
@@ -73,8 +77,8 @@ def ugatit_family(device, small):
         return (_adam([p for g in n[:2] for p in g.parameters()], lr=1e-4, weight_decay=1e-4),
                 _adam([p for g in n[2:] for p in g.parameters()], lr=1e-4, weight_decay=1e-4))
 
-    def step(n, o, d):
-        return ugatit.training_step(*n, *d, o[0], o[1])
+    def step(n, o, d, fused):
+        return ugatit.training_step(*n, *d, o[0], o[1], fused_losses=fused)
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"light, ngf={ngf}, 4 res blocks, D layers {nl}, 1x3x{size}x{size}")
 
@@ -86,28 +90,38 @@ def stargan_family(device, small):
     def opts(n):
         return _adam(n[0].parameters(), lr=1e-4), _adam(n[1].parameters(), lr=1e-4)
 
-    def step(n, o, d):
+    def step(n, o, d, fused):
         """Solver.train(): D step (WGAN-GP + classification), then G step (every step here)."""
         G, D = n
         x, c_org, c_trg = d
+        batch = x.size(0)
         out_src, out_cls = D(x)
-        d_real = -out_src.mean()
-        d_cls = stargan.classification_loss(out_cls, c_org)
         x_fake = G(x, c_trg)
-        out_src, _ = D(x_fake.detach())
-        d_fake = out_src.mean()
-        alpha = torch.rand(x.size(0), 1, 1, 1, device=x.device)
-        x_hat = (alpha * x.data + (1 - alpha) * x_fake.data).requires_grad_(True)
-        out_src, _ = D(x_hat)
-        d_gp = stargan.gradient_penalty(out_src, x_hat)
-        d_loss = d_real + d_fake + d_cls + 10 * d_gp
+        out_fake, _ = D(x_fake.detach())
+        if fused:
+            d_adv = FL.gan_loss([out_src, out_fake], [True, False], "wgangp")
+            d_cls = FL.bce_with_logits((out_cls, c_org), 1 / batch, reduction="sum")
+            d_gp = FL.gradient_penalty(D, x, x_fake, 10.0)
+            d_loss = d_adv + d_cls + d_gp
+        else:
+            d_cls = stargan.classification_loss(out_cls, c_org)
+            alpha = torch.rand(batch, 1, 1, 1, device=x.device)
+            x_hat = (alpha * x.data + (1 - alpha) * x_fake.data).requires_grad_(True)
+            d_gp = stargan.gradient_penalty(D(x_hat)[0], x_hat)
+            d_loss = -out_src.mean() + out_fake.mean() + d_cls + 10 * d_gp
         o[1].zero_grad(), o[0].zero_grad()
         d_loss.backward()
         o[1].step()
         x_fake = G(x, c_trg)
         out_src, out_cls = D(x_fake)
-        g_loss = -out_src.mean() + stargan.classification_loss(out_cls, c_trg) \
-            + 10 * torch.mean(torch.abs(x - G(x_fake, c_org)))
+        x_rec = G(x_fake, c_org)
+        if fused:
+            g_loss = (FL.gan_loss(out_src, True, "wgangp", for_discriminator=False)
+                      + FL.bce_with_logits((out_cls, c_trg), 1 / batch, reduction="sum")
+                      + FL.l1_loss((x, x_rec), 10.0))
+        else:
+            g_loss = -out_src.mean() + stargan.classification_loss(out_cls, c_trg) \
+                + 10 * torch.mean(torch.abs(x - x_rec))
         o[1].zero_grad(), o[0].zero_grad()
         g_loss.backward()
         o[0].step()
@@ -126,24 +140,30 @@ def pix2pix_family(device, small):
     def opts(n):
         return _adam(n[0].parameters()), _adam(n[1].parameters())
 
-    def step(n, o, d):
+    def step(n, o, d, fused):
         """Pix2PixModel.optimize_parameters(): vanilla GAN on cat(A, B), L1 x 100."""
         G, D = n
         A, B = d
-        gan = nn.functional.binary_cross_entropy_with_logits
+        bce = nn.functional.binary_cross_entropy_with_logits
         fake = G(A)
         for p in D.parameters():
             p.requires_grad_(True)
         o[1].zero_grad()
         pf, pr = D(torch.cat([A, fake.detach()], 1)), D(torch.cat([A, B], 1))
-        d_loss = 0.5 * (gan(pf, torch.zeros_like(pf)) + gan(pr, torch.ones_like(pr)))
+        if fused:
+            d_loss = FL.gan_loss([pf, pr], [False, True], "vanilla", weights=0.5)
+        else:
+            d_loss = 0.5 * (bce(pf, torch.zeros_like(pf)) + bce(pr, torch.ones_like(pr)))
         d_loss.backward()
         o[1].step()
         for p in D.parameters():
             p.requires_grad_(False)
         o[0].zero_grad()
         pf = D(torch.cat([A, fake], 1))
-        g_loss = gan(pf, torch.ones_like(pf)) + 100 * nn.functional.l1_loss(fake, B)
+        if fused:
+            g_loss = FL.gan_loss(pf, True, "vanilla", for_discriminator=False) + FL.l1_loss((fake, B), 100.0)
+        else:
+            g_loss = bce(pf, torch.ones_like(pf)) + 100 * nn.functional.l1_loss(fake, B)
         g_loss.backward()
         o[0].step()
         return {"D": d_loss.detach(), "G": g_loss.detach()}
@@ -161,7 +181,7 @@ def munit_family(device, small):
         return (_adam(list(n[0].parameters()) + list(n[1].parameters()), lr=1e-4, weight_decay=1e-4),
                 _adam(list(n[2].parameters()) + list(n[3].parameters()), lr=1e-4, weight_decay=1e-4))
 
-    def step(n, o, d):
+    def step(n, o, d, fused):
         """MUNIT_Trainer: dis_update then gen_update (recon x10, style/content recon x1, GAN x1)."""
         gen_a, gen_b, dis_a, dis_b = n
         x_a, x_b = d
@@ -172,7 +192,11 @@ def munit_family(device, small):
         c_a, _ = gen_a.encode(x_a)
         c_b, _ = gen_b.encode(x_b)
         x_ba, x_ab = gen_a.decode(c_b, s_a), gen_b.decode(c_a, s_b)
-        d_loss = dis_a.calc_dis_loss(x_ba.detach(), x_a) + dis_b.calc_dis_loss(x_ab.detach(), x_b)
+        if fused:  # every scale of both discriminators, fake and real, in one call
+            fakes = dis_a(x_ba.detach()) + dis_b(x_ab.detach())
+            d_loss = FL.gan_loss(fakes + dis_a(x_a) + dis_b(x_b), [False] * len(fakes) + [True] * len(fakes))
+        else:
+            d_loss = dis_a.calc_dis_loss(x_ba.detach(), x_a) + dis_b.calc_dis_loss(x_ab.detach(), x_b)
         d_loss.backward()
         o[1].step()
         o[0].zero_grad()
@@ -182,9 +206,14 @@ def munit_family(device, small):
         x_ba, x_ab = gen_a.decode(c_b, s_a), gen_b.decode(c_a, s_b)
         c_b_recon, s_a_recon = gen_a.encode(x_ba)
         c_a_recon, s_b_recon = gen_b.encode(x_ab)
-        g_loss = (dis_a.calc_gen_loss(x_ba) + dis_b.calc_gen_loss(x_ab)
-                  + 10 * (l1(x_a_recon, x_a) + l1(x_b_recon, x_b))
-                  + l1(s_a_recon, s_a) + l1(s_b_recon, s_b) + l1(c_a_recon, c_a) + l1(c_b_recon, c_b))
+        recon = [(x_a_recon, x_a), (x_b_recon, x_b), (s_a_recon, s_a), (s_b_recon, s_b), (c_a_recon, c_a),
+                 (c_b_recon, c_b)]
+        if fused:
+            g_loss = (FL.gan_loss(dis_a(x_ba) + dis_b(x_ab), True, for_discriminator=False)
+                      + FL.l1_loss(recon, [10.0, 10.0, 1.0, 1.0, 1.0, 1.0]))
+        else:
+            g_loss = (dis_a.calc_gen_loss(x_ba) + dis_b.calc_gen_loss(x_ab)
+                      + sum(w * l1(a, b) for w, (a, b) in zip((10, 10, 1, 1, 1, 1), recon)))
         g_loss.backward()
         o[0].step()
         return {"D": d_loss.detach(), "G": g_loss.detach()}
@@ -197,7 +226,8 @@ FAMILIES = {"cyclegan": cyclegan_family, "ugatit": ugatit_family, "stargan": sta
 
 
 def build(family: str, variant: str, device, small=None, seed=0):
-    """(nets, opts, step, data, what) of one variant; the same weights for every variant."""
+    """(nets, opts, step, data, what) of one variant; the same weights for every variant.
+    step(nets, opts, data) runs one training step, with the fused losses for converted variants."""
     device = torch.device(device)
     small = device.type == "cpu" if small is None else small
     torch.manual_seed(seed)
@@ -207,7 +237,8 @@ def build(family: str, variant: str, device, small=None, seed=0):
         nets = [convert(n, inplace=True) for n in nets]
     if "compile" in variant:
         nets = [torch.compile(n) for n in nets]
-    return nets, fam.opts(nets), fam.step, fam.data, fam.what
+    fused = "converted" in variant
+    return nets, fam.opts(nets), lambda n, o, d: fam.step(n, o, d, fused), fam.data, fam.what
 
 
 class Runner:
@@ -227,8 +258,10 @@ class Runner:
 
 def compare_losses(ref: dict, got: dict, rtol=1e-3, atol=1e-5):
     """(ok, detail): the first step's losses of a variant vs the original eager ones (same
-    weights, data and noise)."""
-    bad = {k: (float(ref[k]), float(got[k])) for k in ref
+    weights, data and noise), on the keys both report (the total G at least)."""
+    if "G" not in ref.keys() & got.keys():
+        return False, f"loss G missing: {sorted(ref)} vs {sorted(got)}"
+    bad = {k: (float(ref[k]), float(got[k])) for k in ref.keys() & got.keys()
            if abs(float(ref[k]) - float(got[k])) > rtol * abs(float(ref[k])) + atol}
     return not bad, ("first-step losses match" if not bad else f"first-step losses differ: {bad}")
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import i2i_fast
+from i2i_fast import bench_steps
 from i2i_fast.convert import Folded, FusedResidualBlock, FusedResnetAdaILNBlock
 from i2i_fast.models import cyclegan, munit, stargan, ugatit, unit
 
@@ -187,46 +188,62 @@ def _cyclegan_nets():
     return [n.double() for n in nets]
 
 
-def _cyclegan_step(nets, A, B):
+def _cyclegan_step(nets, A, B, fused=False):
     G_A, G_B, D_A, D_B = nets
     opt_G = _adam(list(G_A.parameters()) + list(G_B.parameters()))
     opt_D = _adam(list(D_A.parameters()) + list(D_B.parameters()))
-    return cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, opt_G, opt_D)
+    return cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, opt_G, opt_D, fused_losses=fused)
 
 
-def test_cyclegan_training_step_matches():
+@pytest.mark.parametrize("fused", [False, True], ids=["torch_losses", "fused_losses"])
+def test_cyclegan_training_step_matches(fused):
+    """Converted nets (and, fused, the i2i_fast losses) vs the original step in float64."""
     ref = _cyclegan_nets()
     conv = [i2i_fast.convert(n) for n in ref]
     A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
-    lr_, lc = _cyclegan_step(ref, A, B), _cyclegan_step(conv, A, B)
-    for k in lr_:
+    lr_, lc = _cyclegan_step(ref, A, B), _cyclegan_step(conv, A, B, fused)
+    assert {"G", "D_A", "D_B"} <= lc.keys()
+    for k in lc:
         assert_parity(lc[k], lr_[k], lr_[k], F64, f"loss {k}")
     for r, c in zip(ref, conv):
         for (k, a), b in zip(c.state_dict().items(), r.state_dict().values()):
             assert_parity(a, b, b, F64, f"after the step: {k}")
 
 
-def test_ugatit_training_step_matches():
+@pytest.mark.parametrize("fused", [False, True], ids=["torch_losses", "fused_losses"])
+def test_ugatit_training_step_matches(fused):
     def nets():
         torch.manual_seed(0)
         gens = [ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=1, img_size=32, light=True) for _ in range(2)]
         dis = [ugatit.Discriminator(3, 4, n_layers=n) for n in (5, 5, 3, 3)]
         return [m.double() for m in gens + dis]
 
-    def step(ms, A, B):
+    def step(ms, A, B, fused=False):
         G_opt = _adam([p for g in ms[:2] for p in g.parameters()], lr=1e-3, weight_decay=1e-4)
         D_opt = _adam([p for d in ms[2:] for p in d.parameters()], lr=1e-4, weight_decay=1e-4)
-        return ugatit.training_step(*ms, A, B, G_opt, D_opt)
+        return ugatit.training_step(*ms, A, B, G_opt, D_opt, fused_losses=fused)
 
     ref = nets()
     conv = [i2i_fast.convert(m) for m in ref]
     A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
-    lr_, lc = step(ref, A, B), step(conv, A, B)
+    lr_, lc = step(ref, A, B), step(conv, A, B, fused)
+    assert lc.keys() == lr_.keys()
     for k in lr_:
         assert_parity(lc[k], lr_[k], lr_[k], F64, f"loss {k}")
     for r, c in zip(ref, conv):
         for (k, a), b in zip(c.state_dict().items(), r.state_dict().values()):
             assert_parity(a, b, b, F64, f"after the step: {k}")
+
+
+@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+def test_bench_steps_converted_step_matches(family):
+    """The benchmark's "converted" step (convert + the i2i_fast losses) of every family: its
+    first-step losses equal the original's (same weights, data, noise), float32 CPU configs."""
+    ref = bench_steps.Runner(family, "eager", "cpu").run()
+    got = bench_steps.Runner(family, "converted", "cpu").run()
+    ok, detail = bench_steps.compare_losses(ref, got)
+    assert ok, detail
+    assert not bench_steps.compare_losses(ref, {k: v * 1.01 for k, v in got.items()})[0]
 
 
 # --------------------------------------------------------------------- torch.compile

@@ -286,6 +286,7 @@ class GANLoss(nn.Module):
         super().__init__()
         self.register_buffer("real_label", torch.tensor(target_real_label))
         self.register_buffer("fake_label", torch.tensor(target_fake_label))
+        self.labels = (float(target_real_label), float(target_fake_label))  # host copies: no sync
         self.gan_mode = gan_mode
         if gan_mode == "lsgan":
             self.loss = nn.MSELoss()
@@ -379,7 +380,8 @@ def set_requires_grad(nets, requires_grad=False):
 
 def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN=None,
                   lambda_A=10.0, lambda_B=10.0, lambda_identity=0.5,
-                  fake_A_pool: Optional[ImagePool] = None, fake_B_pool: Optional[ImagePool] = None):
+                  fake_A_pool: Optional[ImagePool] = None, fake_B_pool: Optional[ImagePool] = None,
+                  fused_losses: bool = False):
     """One CycleGANModel.optimize_parameters(): G_A: A->B, G_B: B->A, D_A judges B, D_B judges A.
 
     G step (Ds frozen): GAN(D_A(G_A(A)), True) + GAN(D_B(G_B(B)), True)
@@ -390,9 +392,15 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
     ``fake_B_pool`` (ImagePool(50)) for that. Without pools (the default here) the current fakes
     are used, which makes the step deterministic and is what a benchmark wants.
     ``criterionGAN`` defaults to GANLoss('lsgan') on real_A's device.
+    ``fused_losses``: the same losses through i2i_fast.functional (one gan_loss call for both
+    G adversarial terms, one l1_loss call for the four L1 terms, one gan_loss per D), as a user
+    of i2i_fast writes the step; then the dict holds G, D_A and D_B only.
     Returns a dict of the detached loss tensors (no host sync)."""
     if criterionGAN is None:
         criterionGAN = GANLoss("lsgan").to(real_A.device)
+    if fused_losses:
+        return _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
+                                    lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool)
     l1 = nn.functional.l1_loss
 
     fake_B = G_A(real_A)
@@ -435,4 +443,43 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
 
     losses = dict(D_A=loss_D_A, G_A=loss_G_A, cycle_A=loss_cycle_A, idt_A=loss_idt_A,
                   D_B=loss_D_B, G_B=loss_G_B, cycle_B=loss_cycle_B, idt_B=loss_idt_B, G=loss_G)
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
+                         lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool):
+    """training_step(fused_losses=True): the same step, losses by i2i_fast.functional."""
+    from .. import functional as F
+
+    mode = criterionGAN.gan_mode
+    if mode not in ("lsgan", "vanilla", "wgangp"):
+        raise ValueError(f"fused_losses supports GAN modes lsgan, vanilla and wgangp, got {mode!r}")
+    labels = dict(zip(("target_real_label", "target_fake_label"), criterionGAN.labels))
+    fake_B = G_A(real_A)
+    rec_A = G_B(fake_B)
+    fake_A = G_B(real_B)
+    rec_B = G_A(fake_A)
+
+    set_requires_grad([D_A, D_B], False)
+    opt_G.zero_grad()
+    pairs = [(rec_A, real_A), (rec_B, real_B)]
+    weights = [lambda_A, lambda_B]
+    if lambda_identity > 0:
+        pairs += [(G_A(real_B), real_B), (G_B(real_A), real_A)]
+        weights += [lambda_B * lambda_identity, lambda_A * lambda_identity]
+    loss_G = (F.gan_loss([D_A(fake_B), D_B(fake_A)], True, mode, for_discriminator=False, **labels)
+              + F.l1_loss(pairs, weights))
+    loss_G.backward()
+    opt_G.step()
+
+    set_requires_grad([D_A, D_B], True)
+    opt_D.zero_grad()
+    losses = {"G": loss_G}
+    for name, netD, real, fake, pool in (("D_A", D_A, real_B, fake_B, fake_B_pool),
+                                         ("D_B", D_B, real_A, fake_A, fake_A_pool)):
+        fake = pool.query(fake) if pool is not None else fake
+        loss = F.gan_loss([netD(real), netD(fake.detach())], [True, False], mode, weights=0.5, **labels)
+        loss.backward()
+        losses[name] = loss
+    opt_D.step()
     return {k: v.detach() for k, v in losses.items()}

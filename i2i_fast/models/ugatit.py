@@ -231,12 +231,20 @@ class RhoClipper:
 
 def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim, D_optim,
                   adv_weight=1.0, cycle_weight=10.0, identity_weight=10.0, cam_weight=1000.0,
-                  rho_clipper=None):
+                  rho_clipper=None, fused_losses: bool = False):
     """One iteration of UGATIT.train(): D update (LSGAN on logits and CAM logits of the global
     and local D of both domains: 8 MSE pairs), then G update (adversarial x adv_weight, CAM BCE
     x cam_weight, cycle L1 x cycle_weight, identity L1 x identity_weight), then RhoClipper(0, 1).
     As in the original, the D step's fakes are not detached (their G gradients are discarded by
-    G_optim.zero_grad()). Returns a dict of detached loss tensors."""
+    G_optim.zero_grad()). ``fused_losses``: the same losses through i2i_fast.functional (per
+    domain: one gan_loss for the 8 D terms; for G one gan_loss for the 4 adversarial terms, one
+    for the 2 CAM terms, one l1_loss for cycle + identity). Returns a dict of detached loss
+    tensors."""
+    if fused_losses:
+        from .. import functional as FL
+        weights = dict(adv=adv_weight, cycle=cycle_weight, identity=identity_weight, cam=cam_weight)
+        return _training_step_fused(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim,
+                              D_optim, rho_clipper or RhoClipper(0, 1), weights, FL)
     mse = nn.functional.mse_loss
     l1 = nn.functional.l1_loss
     bce = nn.functional.binary_cross_entropy_with_logits
@@ -282,6 +290,50 @@ def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_
         cam = bce(fake_cam, torch.ones_like(fake_cam)) + bce(idt_cam, torch.zeros_like(idt_cam))
         G_loss[dom] = (adv_weight * sum(adv) + cycle_weight * l1(rec, real)
                        + identity_weight * l1(idt, real) + cam_weight * cam)
+    Generator_loss = G_loss["A"] + G_loss["B"]
+    Generator_loss.backward()
+    G_optim.step()
+
+    genA2B.apply(rho_clipper)
+    genB2A.apply(rho_clipper)
+    return {"D": Discriminator_loss.detach(), "G": Generator_loss.detach(),
+            "D_A": D_loss["A"].detach(), "D_B": D_loss["B"].detach(),
+            "G_A": G_loss["A"].detach(), "G_B": G_loss["B"].detach()}
+
+
+def _training_step_fused(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim, D_optim,
+                         rho_clipper, w, F):
+    """training_step(fused_losses=True): the same step, losses by i2i_fast.functional F."""
+    D_optim.zero_grad()
+    fake_A2B, _, _ = genA2B(real_A)
+    fake_B2A, _, _ = genB2A(real_B)
+    D_loss = {}
+    for dom, real, fake, dG, dL in (("A", real_A, fake_B2A, disGA, disLA), ("B", real_B, fake_A2B, disGB, disLB)):
+        preds = []
+        for d in (dG, dL):
+            r_logit, r_cam, _ = d(real)
+            f_logit, f_cam, _ = d(fake)
+            preds += [r_logit, f_logit, r_cam, f_cam]
+        D_loss[dom] = F.gan_loss(preds, [True, False] * 4, "lsgan", weights=w["adv"])
+    Discriminator_loss = D_loss["A"] + D_loss["B"]
+    Discriminator_loss.backward()
+    D_optim.step()
+
+    G_optim.zero_grad()
+    fake_A2B, fake_A2B_cam, _ = genA2B(real_A)
+    fake_B2A, fake_B2A_cam, _ = genB2A(real_B)
+    fake_A2B2A, _, _ = genB2A(fake_A2B)
+    fake_B2A2B, _, _ = genA2B(fake_B2A)
+    fake_A2A, fake_A2A_cam, _ = genB2A(real_A)
+    fake_B2B, fake_B2B_cam, _ = genA2B(real_B)
+    G_loss = {}
+    for dom, real, fake, rec, idt, fake_cam, idt_cam, dG, dL in (
+            ("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
+            ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB)):
+        adv = [p for d in (dG, dL) for p in d(fake)[:2]]
+        G_loss[dom] = (F.gan_loss(adv, True, "lsgan", weights=w["adv"], for_discriminator=False)
+                       + F.gan_loss([fake_cam, idt_cam], [True, False], "vanilla", weights=w["cam"])
+                       + F.l1_loss([(rec, real), (idt, real)], [w["cycle"], w["identity"]]))
     Generator_loss = G_loss["A"] + G_loss["B"]
     Generator_loss.backward()
     G_optim.step()
