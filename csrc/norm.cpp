@@ -293,7 +293,7 @@ at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const
   return io.out;
 }
 
-// ---- per-plane coefficients (csrc/norm_coefs.h): one sample at a time, fp64 inside
+// ---- per-plane coefficients (csrc/norm_coefs.h): one unit (sample or channel) at a time, fp64
 std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
                                                   const c10::optional<at::Tensor>& rho,
                                                   const c10::optional<at::Tensor>& gamma,
@@ -302,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const 
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cpu", [&] {
     const CoefArgs<scalar_t> a = io.args<scalar_t>();
-    for (int64_t n = 0; n < io.N; ++n) coefs_sample(a, n);
+    for (int64_t u = 0; u < coef_units(a); ++u) coefs_unit(a, u);
   });
   return {io.scale, io.shift};
 }
@@ -315,12 +315,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cpu", [&] {
     const CoefArgs<scalar_t> a = io.args<scalar_t>();
-    for (int64_t n = 0; n < io.N; ++n) {
-      coefs_sample(a, n);
-      coefs_backward_sample(a, n, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
-    }
+    for (int64_t u = 0; u < coef_units(a); ++u)
+      coefs_backward_unit(a, u, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
   });
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
+}
+
+void bn_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
+                           const at::Tensor& var_in, int64_t hw, double momentum) {
+  const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
+  const int64_t N = mean.size(0), C = mean.size(1);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cpu", [&] {
+    using S = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
+      TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(),
+                  "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
+      for (int64_t c = 0; c < C; ++c)
+        bn_running_channel(mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum,
+                           running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), c);
+    });
+  });
 }
 
 // ---- plane_norm: the family's entry point, device-agnostic (component ops through the
@@ -401,21 +415,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_nor
   return {out, mean, var, scale, shift};
 }
 
-at::Tensor plane_norm_composite(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
-                                const OptT& residual, const OptT& running_mean, const OptT& running_var,
-                                int64_t kind, double eps, int64_t act, double slope, int64_t pad) {
-  return std::get<0>(plane_norm_parts(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
-                                      slope, pad));
+using Out3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Out3 plane_norm_composite(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
+                          const OptT& residual, const OptT& running_mean, const OptT& running_var, int64_t kind,
+                          double eps, int64_t act, double slope, int64_t pad) {
+  auto [out, mean, var, scale, shift] =
+      plane_norm_parts(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act, slope, pad);
+  return {out, mean, var};
 }
 
 // gradient of a parameter from its (C,) or (N*C,) coefficient gradient, in its shape and dtype
 at::Tensor param_grad(const at::Tensor& d, const at::Tensor& p) { return d.reshape(p.sizes()).to(p.scalar_type()); }
 
 struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const OptT& rho, const OptT& gamma,
-                            const OptT& beta, const OptT& residual, const OptT& running_mean,
-                            const OptT& running_var, int64_t kind, double eps, int64_t act, double slope,
-                            int64_t pad) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& rho, const OptT& gamma,
+                               const OptT& beta, const OptT& residual, const OptT& running_mean,
+                               const OptT& running_var, int64_t kind, double eps, int64_t act, double slope,
+                               int64_t pad) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mean, var, scale, shift] =
         plane_norm_parts(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act, slope, pad);
@@ -431,7 +448,9 @@ struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
     ctx->saved_data["cfg"] = std::vector<int64_t>{kind, act, pad};
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["slope"] = slope;
-    return out;
+    ctx->mark_non_differentiable({mean, var});
+    ctx->set_materialize_grads(false);  // no zero gradients for mean / var (never used)
+    return {out, mean, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -479,11 +498,12 @@ struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
   }
 };
 
-at::Tensor plane_norm_autograd(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
-                               const OptT& residual, const OptT& running_mean, const OptT& running_var,
-                               int64_t kind, double eps, int64_t act, double slope, int64_t pad) {
-  return PlaneNormFunction::apply(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
-                                  slope, pad);
+Out3 plane_norm_autograd(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
+                         const OptT& residual, const OptT& running_mean, const OptT& running_var, int64_t kind,
+                         double eps, int64_t act, double slope, int64_t pad) {
+  const auto r = PlaneNormFunction::apply(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
+                                          slope, pad);
+  return {r[0], r[1], r[2]};
 }
 
 }  // namespace
@@ -503,6 +523,7 @@ TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("norm_apply_bwd", &norm_apply_bwd_cpu);
   m.impl("norm_coefs", &norm_coefs_cpu);
   m.impl("norm_coefs_bwd", &norm_coefs_bwd_cpu);
+  m.impl("bn_update_running", &bn_update_running_cpu);
 }
 
 }  // namespace i2i

@@ -7,6 +7,7 @@
 // "stats -> per-plane (scale, shift) -> apply"; only the small (N, C) coefficient math differs
 // (i2i_fast/_norm.py). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
 #pragma once
+#include <algorithm>
 #include "instance_norm.h"
 #include "norm_coefs.h"
 
@@ -148,7 +149,7 @@ inline at::Tensor in_dtype(const c10::optional<at::Tensor>& t, const at::Tensor&
   return (t->scalar_type() == st ? *t : t->to(st)).contiguous();
 }
 
-// workspace slots of (N, C) doubles (then rln, sd: N each)
+// workspace slots of (N, C) doubles (then rln, sd: max(N, C) each)
 enum CoefSlot : int64_t { kRin, kDm, kT, kSc, kDv, kDrho, kDg, kDb, kSlots };
 
 struct CoefIO {
@@ -156,6 +157,8 @@ struct CoefIO {
   at::ScalarType st;
   int64_t N, C, hw, kind;
   double eps;
+
+  int64_t units() const { return kind == 3 ? C : N; }  // see coefs_unit
 
   template <typename S>
   CoefArgs<S> args() const {
@@ -170,7 +173,7 @@ struct CoefIO {
     double* w = ws.data_ptr<double>();
     double** slot[kSlots] = {&a.rin, &a.dm, &a.t, &a.sc, &a.dv, &a.drho, &a.dg, &a.db};
     for (int64_t k = 0; k < kSlots; ++k) *slot[k] = w + k * N * C;
-    a.rln = w + kSlots * N * C, a.sd = a.rln + N;
+    a.rln = w + kSlots * N * C, a.sd = a.rln + std::max(N, C);
     return a;
   }
 
@@ -178,12 +181,13 @@ struct CoefIO {
   // batch in sample order for a (C,) parameter, as is for (N*C,), empty when p is absent.
   at::Tensor param_grad(int64_t slot, const at::Tensor& p) const {
     if (!p.defined()) return at::empty({0}, mean.options());
-    const at::Tensor d = ws.narrow(0, slot * N * C, N * C);
-    if (p.numel() != C) return d.to(st);
-    if (!ws.is_cpu()) return d.view({N, C}).sum(0).to(st);
-    at::Tensor out = at::empty({C}, mean.options());
+    if (p.numel() != C || !ws.is_cpu()) {
+      const at::Tensor d = ws.narrow(0, slot * N * C, N * C);
+      return (p.numel() != C ? d : d.view({N, C}).sum(0)).to(st);
+    }
+    at::Tensor out = at::empty({C}, mean.options());  // CPU: a loop, no tensor views (per-call cost)
     AT_DISPATCH_FLOATING_TYPES(st, "i2i_fast_coef_param_grad", [&] {
-      sum_over_batch(d.const_data_ptr<double>(), N, C, 1, out.data_ptr<scalar_t>());
+      sum_over_batch(ws.const_data_ptr<double>() + slot * N * C, N, C, 1, out.data_ptr<scalar_t>());
     });
     return out;
   }
@@ -196,7 +200,7 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
                          const at::Tensor& sums = at::Tensor()) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
               "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "i2i_fast norm_coefs: unknown kind ", kind);
+  TORCH_CHECK(kind >= 0 && kind <= 3, "i2i_fast norm_coefs: unknown kind ", kind);
   TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
   CoefIO io;
   io.st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -215,8 +219,23 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
   }
   const auto opt = io.mean.options();
   io.scale = at::empty({N, C}, opt), io.shift = at::empty({N, C}, opt);
-  io.ws = at::empty({kSlots * N * C + 2 * N}, opt.dtype(at::kDouble));
+  io.ws = at::empty({kSlots * N * C + 2 * std::max(N, C)}, opt.dtype(at::kDouble));
   return io;
+}
+
+// bn_update_running: checks; the statistics in their dtype (float / double), contiguous.
+inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, const at::Tensor& rv,
+                                                         const at::Tensor& mean, const at::Tensor& var, int64_t hw) {
+  TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(), "i2i_fast bn_update_running: mean and var must be (N, C)");
+  const int64_t C = mean.size(1);
+  for (const at::Tensor* t : {&rm, &rv})
+    TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->is_contiguous() && t->device() == mean.device() &&
+                    at::isFloatingType(t->scalar_type()),
+                "i2i_fast bn_update_running: running statistics must be contiguous floating (C,) = (", C,
+                ") tensors on the statistics' device");
+  TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1, "i2i_fast bn_update_running: needs more than 1 value per channel");
+  const at::ScalarType st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {in_dtype(mean, mean, st), in_dtype(var, mean, st)};
 }
 
 }  // namespace i2i

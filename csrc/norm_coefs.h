@@ -2,7 +2,9 @@
 // (csrc/norm.cpp) runs it per sample in a loop, the CUDA op (kernels/norm.cu) one thread per
 // sample; the same formulas as i2i_fast/_norm.py coefs / coefs_backward (tested equal).
 // kind: 0 instance norm, 1 U-GAT-IT ILN/adaILN (rho mix, unbiased variances, eps inside the
-// sqrt), 2 MUNIT LayerNorm (unbiased std, eps added to the std).
+// sqrt), 2 MUNIT LayerNorm (unbiased std, eps added to the std), 3 training-mode batch norm
+// (biased variance over N, H, W). Kinds 0-2 mix the channels of a sample, kind 3 the samples
+// of a channel: the independent unit is a sample (0-2) or a channel (3), see coefs_unit.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -24,7 +26,7 @@ struct CoefArgs {
   // fp64 workspace, (N, C) per plane: intermediates of the forward kept for the backward,
   // the unrounded scale, d var, and the per-plane parameter gradients
   double *rin, *dm, *t, *sc, *dv, *drho, *dg, *db;
-  double *rln, *sd;  // (N,)
+  double *rln, *sd;  // (max(N, C),): per sample (LN), rln per channel (batch norm)
 };
 
 I2I_HD double coef_unb(double n) { return n > 1 ? n / (n - 1) : NAN; }
@@ -110,6 +112,88 @@ I2I_HD void coefs_backward_sample(const CoefArgs<S>& a, int64_t n, const S* sums
     const double dmean = a.t[p] - tsum / C + dm2 * 2 * a.hw * a.dm[p] - a.sc[p] * double(sums[2 * p]);
     c0[p] = S(dmean / a.hw), c1[p] = S(dvar * 2.0 / a.hw);
   }
+}
+
+// Batch statistics of channel c from its N plane statistics (Chan merge): mean and biased
+// variance over (N, H, W).
+template <typename S>
+I2I_HD void bn_channel_stats(const S* mean, const S* var, int64_t N, int64_t C, int64_t c, double& mb, double& vb) {
+  mb = 0, vb = 0;
+  for (int64_t n = 0; n < N; ++n) mb += double(mean[n * C + c]);
+  mb /= N;
+  for (int64_t n = 0, p = c; n < N; ++n, p += C) {
+    const double d = double(mean[p]) - mb;
+    vb += double(var[p]) + d * d;
+  }
+  vb /= N;
+}
+
+// torch's running-statistics update of batch norm for channel c (M = N * hw values):
+// r_mean = (1 - m) r_mean + m mean, r_var = (1 - m) r_var + m var * M / (M - 1).
+template <typename S, typename R>
+I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm,
+                               R* rv, int64_t c) {
+  double mb, vb;
+  bn_channel_stats(mean, var, N, C, c, mb, vb);
+  const double M = double(N) * hw;
+  rm[c] = R((1 - m) * double(rm[c]) + m * mb);
+  rv[c] = R((1 - m) * double(rv[c]) + m * vb * (M / (M - 1)));
+}
+
+// Batch norm, forward for channel c: scale = g / sqrt(var + eps), shift = b + scale *
+// (mean_plane - mean) with the batch mean / biased variance.
+template <typename S>
+I2I_HD void coefs_channel_bn(const CoefArgs<S>& a, int64_t c) {
+  const int64_t N = a.N, C = a.C;
+  double mb, vb;
+  bn_channel_stats(a.mean, a.var, N, C, c, mb, vb);
+  for (int64_t n = 0, p = c; n < N; ++n, p += C) a.dm[p] = double(a.mean[p]) - mb;
+  const double r = 1 / sqrt(vb + a.eps);
+  a.rln[c] = r;
+  for (int64_t n = 0, p = c; n < N; ++n, p += C) {
+    const double g = a.g ? double(a.g[a.g_per_sample ? p : c]) : 1.0;
+    const double b = a.b ? double(a.b[a.b_per_sample ? p : c]) : 0.0;
+    const double sc = g * r;
+    a.sc[p] = sc, a.rin[p] = 0;
+    a.scale[p] = S(sc), a.shift[p] = S(b + sc * a.dm[p]);
+  }
+}
+
+// Batch norm, backward for channel c (after coefs_channel_bn). With S1 = sum dz and
+// S2 = sum dz (x - mean) over the channel's N*hw values: dx = g r dz - g r S1 / M
+// - g r^3 (x - mean) S2 / M, written per plane as scale dz + c0 + c1 (x - mean_plane).
+template <typename S>
+I2I_HD void coefs_backward_channel_bn(const CoefArgs<S>& a, int64_t c, const S* sums, S* c0, S* c1) {
+  const int64_t N = a.N, C = a.C;
+  const double r = a.rln[c], M = double(N) * a.hw;
+  double S1 = 0, S2 = 0;
+  for (int64_t n = 0, p = c; n < N; ++n, p += C) {
+    const double s1 = sums[2 * p], s2 = sums[2 * p + 1] + a.dm[p] * s1;
+    S1 += s1, S2 += s2;
+    a.db[p] = s1, a.dg[p] = s2 * r, a.drho[p] = 0;
+  }
+  for (int64_t n = 0, p = c; n < N; ++n, p += C) {
+    const double g = a.g ? double(a.g[a.g_per_sample ? p : c]) : 1.0;
+    const double k1 = -g * r * r * r * S2 / M;
+    c1[p] = S(k1), c0[p] = S(-g * r * S1 / M + k1 * a.dm[p]);
+  }
+}
+
+// The coefficient math of one independent unit: a sample (kinds 0-2) or a channel (kind 3).
+template <typename S>
+I2I_HD int64_t coef_units(const CoefArgs<S>& a) { return a.kind == 3 ? a.C : a.N; }
+
+template <typename S>
+I2I_HD void coefs_unit(const CoefArgs<S>& a, int64_t u) {
+  if (a.kind == 3) coefs_channel_bn(a, u);
+  else coefs_sample(a, u);
+}
+
+template <typename S>
+I2I_HD void coefs_backward_unit(const CoefArgs<S>& a, int64_t u, const S* sums, S* c0, S* c1) {
+  coefs_unit(a, u);
+  if (a.kind == 3) coefs_backward_channel_bn(a, u, sums, c0, c1);
+  else coefs_backward_sample(a, u, sums, c0, c1);
 }
 
 }  // namespace i2i

@@ -41,7 +41,8 @@ TORCH_LIBRARY(i2i_fast, m) {
       "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
   // The (N, C) coefficient math on CPU (elsewhere i2i_fast/_norm.py runs it as torch ops):
-  // (scale, shift) from plane statistics; kind 0 instance norm, 1 ILN/adaILN, 2 MUNIT LN.
+  // (scale, shift) from plane statistics; kind 0 instance norm, 1 ILN/adaILN, 2 MUNIT LN,
+  // 3 training-mode batch norm (statistics merged over the batch).
   m.def(
       "norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
       "int hw, float eps) -> (Tensor, Tensor)");
@@ -50,13 +51,20 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // The whole norm: statistics (or running_mean/var, eval-mode instance norm) -> norm_coefs ->
-  // norm_apply, with a C++ autograd node (backward: norm_apply_sums -> norm_coefs_bwd ->
-  // norm_apply_bwd; gradients for x, rho, gamma, beta, residual). csrc/norm.cpp.
+  // Batch norm's running statistics, updated in place from the plane statistics (N, C) of a
+  // training forward (torch's formula: momentum, unbiased variance over N * hw values).
+  m.def(
+      "bn_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+      "int hw, float momentum) -> ()");
+  // The whole norm: statistics (or running_mean/var, eval-mode instance/batch norm) ->
+  // norm_coefs -> norm_apply, with a C++ autograd node (backward: norm_apply_sums ->
+  // norm_coefs_bwd -> norm_apply_bwd; gradients for x, rho, gamma, beta, residual).
+  // Returns (out, mean, var): also the per-plane statistics used (N, C), not differentiable,
+  // from which the callers update running statistics without another pass over x.
   m.def(
       "plane_norm(Tensor x, Tensor? rho, Tensor? gamma, Tensor? beta, Tensor? residual, "
       "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
-      "int pad) -> Tensor");
+      "int pad) -> (Tensor, Tensor, Tensor)");
   // create_graph backward of plane_norm: the reference formulas differentiated by autograd
   // (implemented in Python, i2i_fast/_norm.py). Returns d x, d rho, d gamma, d beta (an empty
   // tensor where an input needs no gradient).

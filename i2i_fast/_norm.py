@@ -1,13 +1,13 @@
-"""The plane-affine normalization family: ILN, AdaLIN, MUNIT LayerNorm, and instance norm / AdaIN
-with an output pad. Each is
+"""The plane-affine normalization family: ILN, AdaLIN, MUNIT LayerNorm, training-mode batch norm,
+and instance norm / AdaIN with an output pad. Each is
 
     mean, var    = norm_stats(x)                        # per (n, c) plane, fp32, one kernel
     scale, shift = coefs(kind, mean, var, params)       # (N, C) math, here in torch
     out          = norm_apply(x, mean, scale, shift, residual, act, slope, pad)
 
 so ``out = pad(act(scale * (x - mean) + shift) + residual)``. LN statistics are the Chan merge
-of the plane statistics over channels, so a batch-1 sample's reduction is spread over all its
-planes (every block), never one block. Backward: norm_apply_sums gives per plane
+of the plane statistics over channels (batch norm: over samples), so a batch-1 sample's
+reduction is spread over all its planes (every block), never one block. Backward: norm_apply_sums gives per plane
 S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns (S1, S2) into the gradients of
 the parameters and of the plane statistics, which give
 ``grad x = scale * dz + c0 + c1 * (x - mean)`` (norm_apply_bwd). Only x and the (N, C)
@@ -23,7 +23,8 @@ from torch import Tensor
 
 from . import _backend, _ops, reference
 
-IN, LIN, LN = 0, 1, 2  # kinds: instance norm (biased), U-GAT-IT ILN/adaILN, MUNIT LayerNorm
+IN, LIN, LN, BN = 0, 1, 2, 3  # kinds: instance norm (biased), U-GAT-IT ILN/adaILN, MUNIT
+# LayerNorm, training-mode batch norm (biased, over N, H, W; eval mode is IN with running stats)
 
 
 def _unbias(n: int) -> float:
@@ -46,6 +47,12 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
         scale = r if g is None else r * g
         shift = torch.zeros_like(mean) if b is None else b.expand(n, c)
         return scale, shift, (r,)
+    if kind == BN:  # Chan merge over the samples of each channel
+        dm = mean - mean.mean(0, keepdim=True)
+        r = torch.rsqrt((var + dm * dm).mean(0, keepdim=True) + eps)
+        scale = (r if g is None else r * g).expand(n, c)
+        shift = scale * dm if b is None else b + scale * dm
+        return scale, shift, (dm, r)
     m_ln = mean.mean(1, keepdim=True)
     dm = mean - m_ln
     m2 = (var.sum(1, keepdim=True) + (dm * dm).sum(1, keepdim=True)) * hw  # Chan merge
@@ -87,6 +94,14 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
         dvar = s2 * gg * (-0.5) * r ** 3
         dmean = -scale * s1
         dg = s2 * r
+    elif kind == BN:  # c0, c1 of grad x = scale dz + c0 + c1 (x - mean_plane), as dmean, dvar
+        dm, r = aux
+        s2m = s2 + dm * s1  # sum dz (x - batch mean) per plane
+        m = n * hw
+        c1 = -gg * r ** 3 * s2m.sum(0, keepdim=True) / m
+        c0 = -gg * r * s1.sum(0, keepdim=True) / m + c1 * dm
+        dmean, dvar = c0 * hw, c1 * (hw / 2)
+        dg = s2m * r
     elif kind == LIN:
         dm, rh, r_in, r_ln, k = aux
         dg = s2 * k + s1 * (1 - rh) * r_ln * dm
@@ -123,6 +138,10 @@ def _fake_stats(x):
     return x.new_empty((n, c), dtype=sd), x.new_empty((n, c), dtype=sd)
 
 
+def _fake_plane_norm(x, rho, gamma, beta, residual, rm, rv, kind, eps, act, slope, pad):
+    return (_fake_apply(x, None, None, None, None, act, slope, pad),) + _fake_stats(x)
+
+
 def _fake_apply(x, mean, scale, shift, residual, act, slope, pad):
     n, c, h, w = x.shape
     return x.new_empty((n, c, h + 2 * pad, w + 2 * pad)).contiguous(memory_format=_fmt(x))
@@ -151,6 +170,7 @@ _CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/
 if _backend._C is not None:
     torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
     torch.library.register_fake("i2i_fast::norm_coefs_bwd")(_fake_coefs_bwd)
+    torch.library.register_fake("i2i_fast::bn_update_running")(lambda rm, rv, mean, var, hw, momentum: None)
     _CPP.add("cpu")
     if getattr(_backend._C, "WITH_CUDA", 0):
         _CPP.add("cuda")
@@ -172,6 +192,8 @@ def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, ru
         y = reference.lin_fwd(x, rho, gamma, beta, eps, act, slope, residual)
     elif kind == LN:
         y = reference.layer_norm_fwd(x, gamma, beta, eps, act, slope, residual)
+    elif kind == BN:
+        y = reference.batch_norm_fwd(x, gamma, beta, eps, act, slope, residual)
     else:
         rm, rv = running if running is not None else (None, None)
         y = reference.instance_norm_fwd(x, gamma, beta, residual, rm, rv, eps, act, slope)[0]
@@ -194,10 +216,11 @@ class _PlaneNorm(torch.autograd.Function):
         out = apply(x, mean, scale, shift, residual, act, slope, pad)
         ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
         ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
-        return out
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx, gy, _gmean, _gvar):
         x, mean, var, scale, shift, rho, gamma, beta = ctx.saved_tensors
         kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
         need = ctx.needs_input_grad
@@ -273,21 +296,43 @@ def _ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad)
 
 
 if _backend._C is not None:
-    torch.library.register_fake("i2i_fast::plane_norm")(
-        lambda x, rho, gamma, beta, residual, rm, rv, kind, eps, act, slope, pad:
-        _fake_apply(x, None, None, None, None, act, slope, pad))
+    torch.library.register_fake("i2i_fast::plane_norm")(_fake_plane_norm)
     torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(_ref_grads)
 
 
-def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
+def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: float) -> None:
+    """Batch norm's running statistics updated in place (torch's formula) from the plane
+    statistics (N, C) of a training forward: one op (one launch) on cpu / cuda."""
+    dev = mean.device.type
+    if _backend._C is not None and (dev == "cpu" or (dev == "cuda" and "cuda" in _CPP)):
+        torch.ops.i2i_fast.bn_update_running(running_mean, running_var, mean, var, int(hw), float(momentum))
+        return
+    with torch.no_grad():
+        m, big = float(momentum), mean.shape[0] * hw
+        bm = mean.mean(0)
+        bv = (var + (mean - bm) ** 2).mean(0) * (big / (big - 1))
+        running_mean.copy_((1 - m) * running_mean.to(bm.dtype) + m * bm)
+        running_var.copy_((1 - m) * running_var.to(bv.dtype) + m * bv)
+
+
+def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None, stats=False):
     """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
-    with its C++ autograd node, on Triton the autograd.Function above."""
+    with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns
+    (out, mean, var), also the per-plane statistics (N, C) used (detached)."""
     backend = _backend.select(x.device)
     if backend == "reference":
-        return reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
+        out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
+        if not stats:
+            return out
+        if running is not None:
+            return (out,) + tuple(t.to(reference.stats_dtype(x)).reshape(1, -1).expand(x.shape[:2]) for t in running)
+        xf = x.detach().to(reference.stats_dtype(x))
+        return out, xf.mean((2, 3)), xf.var((2, 3), unbiased=False)
     rm, rv = running if running is not None else (None, None)
     if backend in _CPP:
-        return torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, kind, float(eps),
-                                                     int(act), float(slope), int(pad))
-    return _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),
-                            float(slope), int(pad), backend)
+        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, kind, float(eps),
+                                                    int(act), float(slope), int(pad))
+    else:
+        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),
+                               float(slope), int(pad), backend)
+    return res if stats else res[0]

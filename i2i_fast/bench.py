@@ -257,16 +257,27 @@ def _in_build(shape, dtype, device):
     return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
 
 
-def _in_inputs(shape, dtype, device, gen):
-    # Generated on CPU (same values on every device). Pre-activation values within 0.01 sigma
-    # of the ReLU kink are moved to +-0.05 sigma: there, rounding differences between two
-    # correct implementations flip the ReLU mask and the whole plane's gradient would differ.
-    x = torch.randn(shape, generator=gen).to(dtype).double()
-    mean = x.mean((2, 3), keepdim=True)
-    std = x.std((2, 3), unbiased=False, keepdim=True)
-    z = (x - mean) / std
-    x = torch.where(z.abs() < 0.01, mean + torch.where(z < 0, -0.05, 0.05) * std, x)
-    return (x.to(device=device, dtype=dtype).requires_grad_(),)
+def _bn_build(shape, dtype, device):
+    from .nn import BatchNorm2d
+    c = shape[1]
+    ours = BatchNorm2d(c, activation="leaky_relu")      # pix2pix: BatchNorm2d -> LeakyReLU(0.2)
+    eager = nn.Sequential(nn.BatchNorm2d(c), nn.LeakyReLU(0.2))
+    return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+
+
+def _kink_safe_inputs(dims):
+    """Inputs generated on CPU (same values on every device). Pre-activation values within 0.01
+    sigma of the activation's kink (statistics over `dims`) are moved to +-0.05 sigma: there,
+    rounding differences between two correct implementations flip the mask and a whole
+    plane's gradient would differ."""
+    def make(shape, dtype, device, gen):
+        x = torch.randn(shape, generator=gen).to(dtype).double()
+        mean = x.mean(dims, keepdim=True)
+        std = x.std(dims, unbiased=False, keepdim=True)
+        z = (x - mean) / std
+        x = torch.where(z.abs() < 0.01, mean + torch.where(z < 0, -0.05, 0.05) * std, x)
+        return (x.to(device=device, dtype=dtype).requires_grad_(),)
+    return make
 
 
 def _elementwise_bytes(reads_fwd, reads_bwd):
@@ -311,10 +322,14 @@ _NORM_SHAPES = ((1, 256, 64, 64), (1, 128, 128, 128), (1, 64, 256, 256), (8, 256
 
 OPS = {
     "instance_norm": Op(
-        name="instance_norm", build=_in_build, make_inputs=_in_inputs,
+        name="instance_norm", build=_in_build, make_inputs=_kink_safe_inputs((2, 3)),
         moved=_elementwise_bytes(1, 2),
         shapes=((1, 256, 64, 64), (1, 64, 256, 256), (8, 256, 64, 64)),
         cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128))),
+    "batch_norm": Op(
+        name="batch_norm", build=_bn_build, make_inputs=_kink_safe_inputs((0, 2, 3)),
+        moved=_elementwise_bytes(1, 2), shapes=((1, 128, 64, 64), (1, 64, 128, 128), (4, 256, 32, 32)),
+        cpu_shapes=((1, 64, 128, 128),)),
     "adalin": Op(
         name="adalin", build=_family_build("adalin"), make_inputs=_adalin_inputs,
         moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),

@@ -3,6 +3,7 @@
 
 Layers are recognised by structure and attribute names, not by import path:
   * torch.nn.InstanceNorm2d                         -> i2i_fast.InstanceNorm2d (all flags, buffers)
+  * torch.nn.BatchNorm2d (exact class)              -> i2i_fast.BatchNorm2d    (pix2pix, --norm batch)
   * class "ILN" with rho/gamma/beta (1, C, 1, 1)    -> i2i_fast.ILN              (U-GAT-IT)
   * class "adaILN" with rho (1, C, 1, 1)            -> i2i_fast.AdaLIN           (U-GAT-IT)
   * class "LayerNorm" (num_features, eps, affine, gamma/beta (C,)) inside a conv block
@@ -13,7 +14,9 @@ Layers are recognised by structure and attribute names, not by import path:
 Then, where the data flow is known (plain nn.Sequential, MUNIT Conv2dBlock, U-GAT-IT
 ResnetAdaILNBlock):
   * norm -> ReLU / LeakyReLU / Tanh: the activation runs in the norm's epilogue; its slot
-    becomes a `Folded` placeholder (activations have no state: keys unchanged);
+    becomes a `Folded` placeholder (activations have no state: keys unchanged); also a U-Net
+    block's downnorm -> the inner block's in-place LeakyReLU (UnetSkipConnectionBlock: the
+    in-place activation makes the skip carry the activated tensor, as the fused norm's output);
   * norm -> ReflectionPad2d(p) -> Conv2d(padding=0): the norm writes its output padded
     (out_pad=p), when the installed i2i_fast norms have out_pad;
   * ReflectionPad2d(p) -> Conv2d(padding=0): i2i_fast.ReflectionPadConv2d, when installed;
@@ -42,7 +45,7 @@ __all__ = ["convert", "plan", "Plan", "Folded", "FusedResidualBlock", "FusedResn
 
 log = logging.getLogger(__name__)
 
-_FUSED_NORMS = (fnn.InstanceNorm2d, fnn.ILN, fnn.AdaLIN, fnn.LayerNorm, fnn.AdaIN)
+_FUSED_NORMS = (fnn.InstanceNorm2d, fnn.BatchNorm2d, fnn.ILN, fnn.AdaLIN, fnn.LayerNorm, fnn.AdaIN)
 
 
 class AdaptiveInstanceNorm2d(fnn.AdaIN):
@@ -116,12 +119,14 @@ def _has_hooks(m: nn.Module) -> bool:
 
 
 def _norm_kind(m: nn.Module) -> Optional[str]:
-    """The kind of norm m is ("in", "iln", "adalin", "ln", "adain"), "fused" if it already is
-    an i2i_fast module, else None."""
+    """The kind of norm m is ("in", "bn", "iln", "adalin", "ln", "adain"), "fused" if it already
+    is an i2i_fast module, else None."""
     if isinstance(m, _FUSED_NORMS):
         return "fused"
     if isinstance(m, nn.InstanceNorm2d):
         return "in"
+    if type(m) is nn.BatchNorm2d:  # subclasses (SyncBatchNorm, custom forwards) are left alone
+        return "bn"
     name, p, b = type(m).__name__, _params(m), _buffers(m)
     eps = isinstance(getattr(m, "eps", None), float)
     if name == "ILN" and eps and set(p) == {"rho", "gamma", "beta"} and not b:
@@ -162,6 +167,21 @@ def _is_conv2dblock(m) -> bool:
     """MUNIT/UNIT Conv2dBlock: forward = activation(norm(conv(pad(x)))), norm/activation optional."""
     return (type(m).__name__ == "Conv2dBlock" and isinstance(getattr(m, "conv", None), nn.Conv2d)
             and isinstance(getattr(m, "pad", None), nn.Module) and hasattr(m, "norm") and hasattr(m, "activation"))
+
+
+def _unet_inner_act(m) -> Optional[tuple]:
+    """(parent, name, module) of the in-place LeakyReLU/ReLU that starts a U-Net block's
+    Sequential `model`, for a pix2pix UnetSkipConnectionBlock (forward: cat([x, model(x)], 1));
+    None otherwise. Its activation modifies x in place, so the skip carries the activated x:
+    the norm before the block may compute it instead."""
+    model = getattr(m, "model", None)
+    if (type(m).__name__ != "UnetSkipConnectionBlock" or set(m._modules) != {"model"} or _has_hooks(m)
+            or not _is_plain_sequential(model) or len(model) == 0):
+        return None
+    first = model[0]
+    if type(first) in (nn.LeakyReLU, nn.ReLU) and first.inplace:
+        return model, next(iter(model._modules)), first
+    return None
 
 
 def _is_plain_sequential(m) -> bool:
@@ -222,6 +242,11 @@ def _swap(m: nn.Module, kind: str) -> nn.Module:
     if kind == "in":
         new = _build_on_meta(fnn.InstanceNorm2d, m.num_features, m.eps, m.momentum, m.affine,
                              m.track_running_stats)
+        names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                 if n in _params(m) or n in _buffers(m)]
+        return _carry(m, new, names)
+    if kind == "bn":
+        new = _build_on_meta(fnn.BatchNorm2d, m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
         names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
                  if n in _params(m) or n in _buffers(m)]
         return _carry(m, new, names)
@@ -304,7 +329,7 @@ class _Planner:
                 continue
             if kind is None:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    self.plan.leave(p, f"{type(m).__name__}: no fused kernel for batch norm")
+                    self.plan.leave(p, f"{type(m).__name__}: only torch.nn.BatchNorm2d itself is fused")
                 elif isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
                     self.plan.leave(p, f"{type(m).__name__}: only 2-D instance norm is fused")
                 elif _looks_like_norm(m):
@@ -340,7 +365,7 @@ class _Planner:
         return fn
 
     def _target(self, m):
-        return {"in": "InstanceNorm2d", "iln": "ILN", "adalin": "AdaLIN", "ln": "LayerNorm",
+        return {"in": "InstanceNorm2d", "bn": "BatchNorm2d", "iln": "ILN", "adalin": "AdaLIN", "ln": "LayerNorm",
                 "adain": "AdaIN"}[self.kind[id(m)]]
 
     def _ln_is_4d(self, m):
@@ -365,8 +390,8 @@ class _Planner:
             return None
         if kind == "fused":
             return type(m)
-        return {"in": fnn.InstanceNorm2d, "iln": fnn.ILN, "adalin": fnn.AdaLIN, "ln": fnn.LayerNorm,
-                "adain": AdaptiveInstanceNorm2d}[kind]
+        return {"in": fnn.InstanceNorm2d, "bn": fnn.BatchNorm2d, "iln": fnn.ILN, "adalin": fnn.AdaLIN,
+                "ln": fnn.LayerNorm, "adain": AdaptiveInstanceNorm2d}[kind]
 
     # --- data-flow chains
     def chain(self, m, seen=None) -> list:
@@ -417,7 +442,10 @@ class _Planner:
             path = self._child_path(parent, name)
             ncls = self.norm_cls(m)
             if ncls is not None and nxt is not None:
-                act = _activation(nxt[2])
+                inner = _unet_inner_act(nxt[2])
+                act = _activation(nxt[2] if inner is None else inner[2])
+                if inner is not None:  # the inner U-Net block's in-place activation: same chain step
+                    nxt = inner
                 if act is not None:
                     if not (self.free(m, root) and self.free(nxt[2], root)):
                         self.plan.leave(path, "activation not folded: hooks or module used elsewhere")

@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _backend, _norm, _ops, reference
 from .reference import ACTIVATIONS
 
-__all__ = ["instance_norm", "iln", "adalin", "layer_norm", "adain"]
+__all__ = ["instance_norm", "batch_norm", "iln", "adalin", "layer_norm", "adain"]
 
 
 def _act_code(activation) -> int:
@@ -185,14 +185,10 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
     if pad:
-        out = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
-                               float(negative_slope), pad, None if use_input_stats else stats)
+        out, mean, var = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+                                          float(negative_slope), pad, None if use_input_stats else stats, stats=True)
         if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
-            with torch.no_grad():
-                xf = input.detach().to(reference.stats_dtype(input))
-                _update_running_stats(running_mean, running_var, xf.mean((2, 3)),
-                                      xf.var((2, 3), unbiased=False), momentum,
-                                      input.shape[2] * input.shape[3])
+            _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
         return out
     backend = _backend.select(input.device)
     out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
@@ -200,6 +196,42 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
         _update_running_stats(running_mean, running_var, mean, var, momentum,
                               input.shape[2] * input.shape[3])
+    return out
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, activation: Optional[str] = None,
+               negative_slope: float = 0.2, residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
+    """torch.nn.functional.batch_norm of a 4-d input with a fused epilogue:
+    ``out = reflection_pad(activation(batch_norm(input) * weight + bias) + residual, out_pad)``.
+
+    Same arguments and semantics as torch's: training uses the batch statistics of each
+    channel over (N, H, W) (biased variance) and, when running_mean/var are given, updates them
+    in place (momentum; the running variance takes the unbiased variance); otherwise the
+    running statistics normalize. input: (N, C, H, W), NCHW or channels_last.
+    """
+    _check_input(input, residual)
+    _check_eps(eps)
+    act = _act_code(activation)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_channel(name, t, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    pad = _check_out_pad(out_pad, input)
+    n, c, h, w = input.shape
+    if not training:
+        if running_mean is None:
+            raise ValueError("batch_norm with training=False needs running_mean and running_var")
+        return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+                                float(negative_slope), pad, (running_mean, running_var))
+    if n * h * w <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
+    out, mean, var = _norm.plane_norm(_norm.BN, input, None, weight, bias, residual, float(eps), act,
+                                      float(negative_slope), pad, stats=True)
+    if running_mean is not None:
+        _norm.bn_update_running(running_mean, running_var, mean, var, h * w, momentum)
     return out
 
 

@@ -11,7 +11,7 @@ from . import _backend, _ops
 from . import functional as F
 from .reference import ACTIVATIONS
 
-__all__ = ["InstanceNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN"]
+__all__ = ["InstanceNorm2d", "BatchNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN"]
 
 
 class InstanceNorm2d(torch.nn.InstanceNorm2d):
@@ -50,6 +50,47 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
             self.momentum if self.momentum is not None else 0.0, self.eps,
             activation=self.activation, negative_slope=self.negative_slope, residual=residual,
             out_pad=self.out_pad)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _fusion_repr(self)
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d computed by i2i_fast's fused kernels (pix2pix, CycleGAN --norm batch).
+
+    Same arguments, buffers (running_mean, running_var, num_batches_tracked), state_dict and
+    train/eval behaviour as torch's (it subclasses it), plus ``activation``,
+    ``negative_slope`` and ``out_pad`` applied in the same kernel, and
+    ``forward(x, residual=None)`` returning ``activation(norm(x)) + residual``. 4-d input only.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 *, activation: Optional[str] = None, negative_slope: float = 0.2,
+                 out_pad: int = 0) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.activation = None if activation == "none" else activation
+        self.negative_slope = negative_slope
+        self.out_pad = _check_pad(out_pad)
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        self._check_input_dim(input)
+        # torch's _BatchNorm.forward: the momentum (None: cumulative average) and which
+        # statistics normalize
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+                            self.weight, self.bias, use_batch, factor, self.eps, activation=self.activation,
+                            negative_slope=self.negative_slope, residual=residual, out_pad=self.out_pad)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _fusion_repr(self)

@@ -84,6 +84,17 @@ def layer_norm_fwd(x, gamma, beta, eps, act, slope, residual):
     return _epilogue(y, act, slope, residual).to(x.dtype)
 
 
+def batch_norm_fwd(x, weight, bias, eps, act, slope, residual):
+    """Training-mode BatchNorm2d: (x - mean) / sqrt(var + eps) * weight + bias with the
+    statistics of each channel over (N, H, W), biased variance (torch's batch_norm); then the
+    activation and residual."""
+    sd = stats_dtype(x)
+    xf = x.to(sd)
+    y = F.batch_norm(xf, None, None, None if weight is None else weight.to(sd).reshape(-1),
+                     None if bias is None else bias.to(sd).reshape(-1), True, 0.0, eps)
+    return _epilogue(y, act, slope, residual).to(x.dtype)
+
+
 # ---------------------------------------------------------------- reflection pad (issue #4)
 def reflection_pad2d_fwd(x, pad):
     """x (N, C, H, W) reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""

@@ -146,20 +146,26 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
   }
 }
 
-// ---- per-plane coefficients: one thread per sample runs csrc/norm_coefs.h in fp64 (a few
-// microseconds at C = 256), instead of ~40 small torch launches per layer ----
+// ---- per-plane coefficients: one thread per unit (sample; channel for batch norm) runs
+// csrc/norm_coefs.h in fp64 (a few microseconds at C = 256), instead of ~40 small torch
+// launches per layer ----
 template <typename S>
 __global__ void coefs_kernel(CoefArgs<S> a) {
-  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n < a.N) coefs_sample(a, n);
+  const int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (u < coef_units(a)) coefs_unit(a, u);
 }
 
 template <typename S>
 __global__ void coefs_bwd_kernel(CoefArgs<S> a, const S* sums, S* c0, S* c1) {
-  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= a.N) return;
-  coefs_sample(a, n);
-  coefs_backward_sample(a, n, sums, c0, c1);
+  const int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (u < coef_units(a)) coefs_backward_unit(a, u, sums, c0, c1);
+}
+
+template <typename S, typename R>
+__global__ void bn_running_kernel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm,
+                                  R* rv) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c < C) bn_running_channel(mean, var, N, C, hw, m, rm, rv, c);
 }
 
 // ---- host side ----
@@ -307,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
   const c10::cuda::CUDAGuard guard(mean.device());
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   if (io.N > 0 && io.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.N + kCoefThreads - 1) / kCoefThreads);
+    const unsigned blocks = static_cast<unsigned>((io.units() + kCoefThreads - 1) / kCoefThreads);
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
       coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(io.args<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -324,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   if (io.N > 0 && io.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.N + kCoefThreads - 1) / kCoefThreads);
+    const unsigned blocks = static_cast<unsigned>((io.units() + kCoefThreads - 1) / kCoefThreads);
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cuda", [&] {
       coefs_bwd_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           io.args<scalar_t>(), io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
@@ -332,6 +338,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
     });
   }
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
+}
+
+void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
+                            const at::Tensor& var_in, int64_t hw, double momentum) {
+  const c10::cuda::CUDAGuard guard(mean_in.device());
+  const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
+  const int64_t N = mean.size(0), C = mean.size(1);
+  TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(),
+              "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
+  if (C == 0) return;
+  const unsigned blocks = static_cast<unsigned>((C + kCoefThreads - 1) / kCoefThreads);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cuda", [&] {
+    using S = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
+      bn_running_kernel<S, scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum, running_mean.data_ptr<scalar_t>(),
+          running_var.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
 }
 
 }  // namespace
@@ -343,6 +369,7 @@ TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m) {
   m.impl("norm_apply_bwd", &norm_apply_bwd_cuda);
   m.impl("norm_coefs", &norm_coefs_cuda);
   m.impl("norm_coefs_bwd", &norm_coefs_bwd_cuda);
+  m.impl("bn_update_running", &bn_update_running_cuda);
 }
 
 }  // namespace i2i

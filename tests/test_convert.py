@@ -45,6 +45,10 @@ FAMILIES = {
         3, 3, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True)),
         lambda: (_img(2, 3, 64, 64),)),
     "cyclegan_nlayer": (lambda: cyclegan.define_D(3, 4, "basic", norm="instance"), lambda: (_img(2, 3, 32, 32),)),
+    "cyclegan_resnet_batch": (lambda: _resnet_g("batch", use_dropout=True), lambda: (_img(2, 3, 32, 32),)),
+    "pix2pix_unet": (lambda: cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True),
+                     lambda: (_img(2, 3, 128, 128),)),
+    "pix2pix_dis": (lambda: cyclegan.define_D(6, 4, "basic", norm="batch"), lambda: (_img(2, 6, 32, 32),)),
     "cyclegan_pixel": (lambda: cyclegan.define_D(3, 4, "pixel", norm="instance"), lambda: (_img(2, 3, 16, 16),)),
     "ugatit_gen_light": (lambda: ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=2, img_size=32, light=True),
                          lambda: (_img(2, 3, 32, 32),)),
@@ -367,18 +371,42 @@ def test_convert_twice_is_a_noop():
         assert repr(c2) == repr(c) and list(c2.state_dict()) == list(c.state_dict())
 
 
-def test_pix2pix_batchnorm_only_pad_conv():
+def test_pix2pix_batchnorm():
+    """BatchNorm2d is swapped (buffers carried); the PatchGAN's BN -> LeakyReLU and the U-Net's
+    downnorm -> inner block's in-place LeakyReLU are folded; a ResnetGenerator with batch norm
+    gets its residual add fused. SyncBatchNorm and BatchNorm1d are left alone."""
     torch.manual_seed(0)
-    for g in (cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True),
-              _resnet_g("batch", use_dropout=True),
-              cyclegan.define_D(6, 4, "basic", norm="batch")):
-        pl = i2i_fast.plan(g)
-        kinds = set(pl.counts())
-        assert kinds <= {"pad+conv"}, pl
-        assert ("pad+conv" in kinds) == (HAS_RPCONV and isinstance(g, cyclegan.ResnetGenerator))
-        assert any("batch norm" in w for _, w in pl.left_alone)
-        if isinstance(g, cyclegan.ResnetGenerator):   # residual ends in BatchNorm: add not fused
-            assert any("does not end in a fusible norm" in w for _, w in pl.left_alone)
+    unet = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True)
+    pl = i2i_fast.plan(unet)
+    c = pl.counts()
+    assert c["swap"] == 11 and c["fold"] == 5, pl   # 5 down + 6 up norms; each downnorm feeds an inner block
+    assert sum("LeakyReLU(0.2) into the norm" in w for _, w in pl.changes) == 5
+    conv = i2i_fast.convert(unet)
+    second = conv.model.model[1]                                       # the block below the outermost
+    assert isinstance(second.model[0], nn.LeakyReLU)                   # fed by a conv: not folded
+    assert second.model[2].activation == "leaky_relu"                  # its downnorm computes ...
+    assert isinstance(second.model[3].model[0], Folded)                # ... the inner block's downrelu
+    dis = i2i_fast.plan(cyclegan.define_D(6, 4, "basic", norm="batch")).counts()
+    assert dis["swap"] == 3 and dis["fold"] == 3
+    res = i2i_fast.plan(_resnet_g("batch", use_dropout=True)).counts()
+    assert res["residual"] == 2 and res["swap"] == 9
+    odd = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.BatchNorm1d(4))
+    pl = i2i_fast.plan(odd)
+    assert not pl.changes and sum("only torch.nn.BatchNorm2d" in w for _, w in pl.left_alone) == 2
+
+
+def test_unet_fold_needs_inplace_activation():
+    """With an out-of-place downrelu the skip carries the un-activated x: no fold."""
+    torch.manual_seed(0)
+    unet = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch")
+    for m in unet.modules():
+        if isinstance(m, nn.LeakyReLU):
+            m.inplace = False
+    assert "fold" not in i2i_fast.plan(unet).counts()
+    conv = i2i_fast.convert(unet).double()
+    x = _img(2, 3, 128, 128)
+    r = fwd_bwd(unet.double(), (x,))
+    check_parity(fwd_bwd(conv, (x,)), r, r, F64, "unet out-of-place")
 
 
 def test_load_original_checkpoint():

@@ -1,5 +1,5 @@
-"""The fused normalization family (ILN, AdaLIN, MUNIT LayerNorm, AdaIN and InstanceNorm with the
-output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
+"""The fused normalization family (ILN, AdaLIN, MUNIT LayerNorm, AdaIN, training-mode BatchNorm
+and InstanceNorm with the output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
 test_norms.py) under the DESIGN section 5 rule, every epilogue combination, gradients of every
 input, opcheck, compile, determinism, saved memory and bad input."""
 import pytest
@@ -12,7 +12,7 @@ from i2i_fast import functional as F
 from conftest import assert_parity, cpu_backends, cuda_backends, requires_cuda
 from test_norms import orig_adain, orig_lin, orig_munit_ln
 
-NORMS = ["iln", "adalin", "layer_norm", "adain", "instance_norm"]
+NORMS = ["iln", "adalin", "layer_norm", "adain", "instance_norm", "batch_norm"]
 ACTS = {None: lambda z: z, "relu": torch.relu, "leaky_relu": lambda z: TF.leaky_relu(z, 0.2),
         "tanh": torch.tanh}
 
@@ -43,6 +43,8 @@ def ours(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
         return F.layer_norm(x, gamma, beta, **kw)
     if norm == "adain":
         return F.adain(x, gamma, beta, **kw)
+    if norm == "batch_norm":
+        return F.batch_norm(x, None, None, gamma, beta, True, **kw)
     return F.instance_norm(x, weight=gamma, bias=beta, **kw)
 
 
@@ -55,6 +57,8 @@ def original(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
         y = orig_munit_ln(x, gamma, beta)
     elif norm == "adain":
         y = orig_adain(x, gamma, beta, x.new_zeros(c), x.new_ones(c))
+    elif norm == "batch_norm":
+        y = TF.batch_norm(x, None, None, gamma, beta, True)
     else:
         y = TF.instance_norm(x, weight=gamma, bias=beta)
     y = ACTS[act](y)
@@ -231,14 +235,16 @@ def test_opcheck_ops():
         torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, 3, 0.2, 1))
     for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
                               (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (2, (None, torch.rand(3), torch.randn(3)))):
+                              (2, (None, torch.rand(3), torch.randn(3))),
+                              (3, (None, torch.rand(3), torch.randn(3)))):
         torch.library.opcheck(ops.norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
         torch.library.opcheck(ops.norm_coefs_bwd.default,
                               (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5))
     # the family's entry op (C++ autograd node): every kind, with residual / pad / running stats
     for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
                               (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (2, (None, torch.rand(3), torch.randn(3)))):
+                              (2, (None, torch.rand(3), torch.randn(3))),
+                              (3, (None, torch.rand(3), torch.randn(3)))):
         args = [t.requires_grad_() if t is not None else None for t in (x.clone(), r, gm, bt, torch.randn_like(x))]
         torch.library.opcheck(ops.plane_norm.default, (*args, None, None, kind, 1e-5, 2, 0.2, 1))
     torch.library.opcheck(ops.plane_norm.default, (x.clone().requires_grad_(), None, None, None, None,
@@ -366,7 +372,7 @@ def test_cpu_coefficients_match_python(norm, dtype):
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     from i2i_fast import _norm
-    kind = {"iln": _norm.LIN, "adalin": _norm.LIN, "layer_norm": _norm.LN}.get(norm, _norm.IN)
+    kind = {"iln": _norm.LIN, "adalin": _norm.LIN, "layer_norm": _norm.LN, "batch_norm": _norm.BN}.get(norm, _norm.IN)
     torch.manual_seed(12)
     n, c, hw = 3, 5, 7
     mean, var = torch.randn(n, c, dtype=torch.float64), torch.rand(n, c, dtype=torch.float64) + 0.1
@@ -417,7 +423,7 @@ def test_coefs_bad_input():
     ops = torch.ops.i2i_fast
     mean, var = torch.zeros(2, 3), torch.ones(2, 3)
     with pytest.raises(RuntimeError, match="unknown kind"):
-        ops.norm_coefs(mean, var, None, None, None, 3, 4, 1e-5)
+        ops.norm_coefs(mean, var, None, None, None, 4, 4, 1e-5)
     with pytest.raises(RuntimeError, match="rho must have C elements"):
         ops.norm_coefs(mean, var, None, None, None, 1, 4, 1e-5)
     with pytest.raises(RuntimeError, match="gamma/beta must have C or N\\*C elements"):
@@ -469,3 +475,125 @@ def test_cpu_channels_last_large_plane_accuracy(norm):
     """A 256x256 channels_last plane: the CPU kernels sum 32-row blocks per channel there, so
     their block totals are fp64 (in fp32 the rho gradient missed the parity bound)."""
     check(norm, "cpu", (1, 16, 256, 256), torch.float32, channels_last=True)
+
+
+# ------------------------------------------------------------------ BatchNorm2d (pix2pix)
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("cfg", [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False)],
+                         ids=["default", "momentum_none", "no_affine", "no_running"])
+def test_batch_norm_module_matches_torch(cfg, backend):
+    """i2i_fast.BatchNorm2d vs torch.nn.BatchNorm2d in float64: two training steps (outputs,
+    gradients, running_mean/var, num_batches_tracked), then eval; the state_dicts interchange."""
+    torch.manual_seed(13)
+    ref = torch.nn.BatchNorm2d(4, **cfg).double()
+    ours_m = i2i_fast.BatchNorm2d(4, **cfg, activation="leaky_relu").double()
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5), ref.bias.normal_()
+    ours_m.load_state_dict(ref.state_dict())
+    assert ours_m.state_dict().keys() == ref.state_dict().keys()
+    for step, mode in enumerate(["train", "train", "eval"]):
+        ours_m.train(mode == "train"), ref.train(mode == "train")
+        x = (torch.randn(3, 4, 5, 6, dtype=torch.float64) * 2 + step).requires_grad_()
+        with i2i_fast.use_backend(backend):
+            y = ours_m(x)
+        want = TF.leaky_relu(ref(x), 0.2)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
+        gy = torch.randn_like(y)
+        params = [x] + list(ref.parameters())
+        got = torch.autograd.grad(y, [x] + list(ours_m.parameters()), gy)
+        exp = torch.autograd.grad(want, params, gy)
+        for a, b in zip(got, exp):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for (k, a), b in zip(ours_m.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"{mode} step {step}: {k}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_batch_norm_batch_statistics_cross_samples(backend):
+    """Batch statistics mix the samples: the output of sample 0 changes when sample 1 does
+    (an instance norm would not), and equals torch's."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x2 = x.clone()
+    x2[1] += 3
+    with i2i_fast.use_backend(backend):
+        a, b = (F.batch_norm(t, None, None, None, None, True) for t in (x, x2))
+    assert not torch.allclose(a[0], b[0])
+    torch.testing.assert_close(b, TF.batch_norm(x2, None, None, None, None, True))
+
+
+def test_batch_norm_bad_input_and_compile():
+    m = i2i_fast.BatchNorm2d(3, activation="relu", out_pad=1)
+    assert "activation='relu'" in repr(m) and "out_pad=1" in repr(m)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        m(torch.randn(3, 4, 4))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        i2i_fast.BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="needs running_mean"):
+        F.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
+    with pytest.raises(ValueError, match="activation"):
+        i2i_fast.BatchNorm2d(3, activation="gelu")
+    with pytest.raises((ValueError, RuntimeError)):
+        F.batch_norm(torch.randn(2, 3, 4, 4), None, None, torch.ones(4), None, True)
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    ref = i2i_fast.BatchNorm2d(3, activation="leaky_relu")
+    comp = i2i_fast.BatchNorm2d(3, activation="leaky_relu")
+    y = ref(x)
+    yc = torch.compile(comp, fullgraph=True)(x)
+    torch.testing.assert_close(yc, y)
+    torch.testing.assert_close(comp.running_var, ref.running_var)
+    torch.testing.assert_close(torch.autograd.grad(yc.sum(), x)[0], torch.autograd.grad(y.sum(), x)[0])
+
+
+def test_bn_update_running_op():
+    """The running-statistics op: torch's formula from the plane statistics (fp32 and half
+    buffers), the pure-torch fallback agrees, opcheck (a mutating op), bad input."""
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    from i2i_fast import _norm
+    torch.manual_seed(14)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
+    ref_m, ref_v = torch.rand(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
+    want_m, want_v = ref_m.clone(), ref_v.clone()
+    TF.batch_norm(x, want_m, want_v, training=True, momentum=0.3)
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        rm, rv = ref_m.to(dtype, copy=True), ref_v.to(dtype, copy=True)
+        torch.ops.i2i_fast.bn_update_running(rm, rv, mean, var, 30, 0.3)
+        tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(rm.double(), want_m, **tol)
+        torch.testing.assert_close(rv.double(), want_v, **tol)
+    rm, rv = ref_m.clone(), ref_v.clone()
+    with pytest.MonkeyPatch.context() as mp:  # the fallback of backends without the op
+        mp.setattr(_norm, "_backend", type("B", (), {"_C": None}))
+        _norm.bn_update_running(rm, rv, mean, var, 30, 0.3)
+    torch.testing.assert_close(rm, want_m, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rv, want_v, rtol=1e-12, atol=1e-12)
+    torch.library.opcheck(torch.ops.i2i_fast.bn_update_running.default,
+                          (torch.zeros(4), torch.ones(4), mean.float(), var.float(), 30, 0.1))
+    with pytest.raises(RuntimeError, match="running statistics must be"):
+        torch.ops.i2i_fast.bn_update_running(torch.zeros(3), torch.ones(4), mean, var, 30, 0.1)
+    with pytest.raises(RuntimeError, match="more than 1 value"):
+        torch.ops.i2i_fast.bn_update_running(torch.zeros(4), torch.ones(4), mean[:1], var[:1], 1, 0.1)
+
+
+@requires_cuda
+def test_cuda_batch_norm_module():
+    """BatchNorm2d on CUDA: outputs, gradients and running statistics of two training steps
+    and an eval step vs torch (fp32, TF32 irrelevant: no matmul)."""
+    torch.manual_seed(15)
+    ref = torch.nn.BatchNorm2d(8).cuda()
+    ours_m = i2i_fast.BatchNorm2d(8, activation="relu").cuda()
+    ours_m.load_state_dict(ref.state_dict())
+    for mode in ("train", "train", "eval"):
+        ours_m.train(mode == "train"), ref.train(mode == "train")
+        x = torch.randn(4, 8, 33, 31, device="cuda", requires_grad=True)
+        y, want = ours_m(x), torch.relu(ref(x))
+        torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+        gy = torch.randn_like(y)
+        for a, b in zip(torch.autograd.grad(y, [x, ours_m.weight, ours_m.bias], gy),
+                        torch.autograd.grad(want, [x, ref.weight, ref.bias], gy)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+        for (k, a), b in zip(ours_m.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=k)
