@@ -162,13 +162,16 @@ def _pad_counts(name):
 
 # ------------------------------------------------------------------- Triton, fp32
 
-@pytest.mark.parametrize("name,shape", [("cyclegan_resnet", (1, 3, 16, 16)), ("ugatit_gen_light", (1, 3, 16, 16))])
+@pytest.mark.parametrize("name,shape", [("cyclegan_resnet", (1, 3, 16, 16)), ("ugatit_gen_light", (1, 3, 16, 16)),
+                                        ("pix2pix_dis", (2, 6, 32, 32))])
 def test_family_parity_triton(name, shape):
     if not i2i_fast.backends()["triton"][0]:
         pytest.skip(f"triton backend unavailable: {i2i_fast.backends()['triton'][1]}")
     torch.manual_seed(0)
     if name == "cyclegan_resnet":
         ref32 = cyclegan.define_G(3, 3, 2, "resnet_6blocks", norm="instance")
+    elif name == "pix2pix_dis":   # batch norm: statistics over both samples
+        ref32 = cyclegan.define_D(6, 2, "basic", norm="batch")
     else:
         ref32 = ugatit.ResnetGenerator(3, 3, ngf=2, n_blocks=1, img_size=16, light=True)
     ref64 = copy.deepcopy(ref32).double()
@@ -263,7 +266,7 @@ def _check_compiled(name, backend):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen"])
+@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_dis"])
 def test_compile_converted_fullgraph(name):
     """fullgraph=True capture + AOT autograd of the converted models (custom ops' fake and
     autograd formulas, FusedResidualBlock, MUNIT's AdaIN assignment). aot_eager skips

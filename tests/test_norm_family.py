@@ -124,7 +124,7 @@ def test_epilogue_matrix(norm, act, with_res, pad, backend):
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("shape", [(1, 3, 7, 1), (3, 2, 2, 2), (1, 5, 63, 65), (2, 1, 9, 4)], ids=str)
-@pytest.mark.parametrize("norm", ["iln", "adalin", "layer_norm"])
+@pytest.mark.parametrize("norm", ["iln", "adalin", "layer_norm", "batch_norm"])
 def test_odd_shapes(norm, shape, backend):
     if backend == "triton" and shape[2] * shape[3] > 1024:
         pytest.skip("interpreter: small shapes only")
