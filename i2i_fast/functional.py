@@ -153,6 +153,20 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
                                   act, float(negative_slope))[0]
 
 
+def _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var) -> int:
+    """Arguments of instance_norm / batch_norm (torch's signature + the epilogue); the
+    activation code."""
+    _check_input(input, residual)
+    _check_eps(eps)
+    act = _act_code(activation)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_channel(name, t, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    return act
+
+
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
@@ -166,14 +180,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     place when given and use_input_stats is True; used instead of the input's statistics when
     use_input_stats is False). input: (N, C, H, W), NCHW or channels_last.
     """
-    _check_input(input, residual)
-    _check_eps(eps)
-    act = _act_code(activation)
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        _check_channel(name, t, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
+    act = _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var)
     if use_input_stats:
         if input.shape[2] * input.shape[3] == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size "
@@ -211,14 +218,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
     in place (momentum; the running variance takes the unbiased variance); otherwise the
     running statistics normalize. input: (N, C, H, W), NCHW or channels_last.
     """
-    _check_input(input, residual)
-    _check_eps(eps)
-    act = _act_code(activation)
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        _check_channel(name, t, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
+    act = _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
     n, c, h, w = input.shape
     if not training:

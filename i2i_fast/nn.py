@@ -27,14 +27,8 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
                  affine: bool = False, track_running_stats: bool = False, device=None, dtype=None,
                  *, activation: Optional[str] = None, negative_slope: float = 0.2,
                  out_pad: int = 0) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.activation = None if activation == "none" else activation
-        self.negative_slope = negative_slope
-        self.out_pad = _check_pad(out_pad)
+        _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
@@ -68,14 +62,8 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, activation: Optional[str] = None, negative_slope: float = 0.2,
                  out_pad: int = 0) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.activation = None if activation == "none" else activation
-        self.negative_slope = negative_slope
-        self.out_pad = _check_pad(out_pad)
+        _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)

@@ -378,6 +378,17 @@ def set_requires_grad(nets, requires_grad=False):
                 p.requires_grad = requires_grad
 
 
+def _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G):
+    """The G half's start: fakes and reconstructions, Ds frozen, G gradients zeroed."""
+    fake_B = G_A(real_A)
+    rec_A = G_B(fake_B)
+    fake_A = G_B(real_B)
+    rec_B = G_A(fake_A)
+    set_requires_grad([D_A, D_B], False)
+    opt_G.zero_grad()
+    return fake_B, rec_A, fake_A, rec_B
+
+
 def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN=None,
                   lambda_A=10.0, lambda_B=10.0, lambda_identity=0.5,
                   fake_A_pool: Optional[ImagePool] = None, fake_B_pool: Optional[ImagePool] = None,
@@ -402,15 +413,7 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
         return _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
                                     lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool)
     l1 = nn.functional.l1_loss
-
-    fake_B = G_A(real_A)
-    rec_A = G_B(fake_B)
-    fake_A = G_B(real_B)
-    rec_B = G_A(fake_A)
-
-    # generators
-    set_requires_grad([D_A, D_B], False)
-    opt_G.zero_grad()
+    fake_B, rec_A, fake_A, rec_B = _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G)
     if lambda_identity > 0:
         loss_idt_A = l1(G_A(real_B), real_B) * lambda_B * lambda_identity
         loss_idt_B = l1(G_B(real_A), real_A) * lambda_A * lambda_identity
@@ -455,13 +458,7 @@ def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, crite
     if mode not in ("lsgan", "vanilla", "wgangp"):
         raise ValueError(f"fused_losses supports GAN modes lsgan, vanilla and wgangp, got {mode!r}")
     labels = dict(zip(("target_real_label", "target_fake_label"), criterionGAN.labels))
-    fake_B = G_A(real_A)
-    rec_A = G_B(fake_B)
-    fake_A = G_B(real_B)
-    rec_B = G_A(fake_A)
-
-    set_requires_grad([D_A, D_B], False)
-    opt_G.zero_grad()
+    fake_B, rec_A, fake_A, rec_B = _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G)
     pairs = [(rec_A, real_A), (rec_B, real_B)]
     weights = [lambda_A, lambda_B]
     if lambda_identity > 0:

@@ -229,6 +229,36 @@ class RhoClipper:
             module.rho.data = module.rho.data.clamp(self.clip_min, self.clip_max)
 
 
+def _discriminate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, D_optim):
+    """The D update's forward passes (D gradients zeroed first): per domain the real logit,
+    fake logit, real CAM logit, fake CAM logit of the global, then the local D."""
+    D_optim.zero_grad()
+    fake_A2B, _, _ = genA2B(real_A)
+    fake_B2A, _, _ = genB2A(real_B)
+    out = {}
+    for dom, real, fake, dG, dL in (("A", real_A, fake_B2A, disGA, disLA), ("B", real_B, fake_A2B, disGB, disLB)):
+        out[dom] = []
+        for d in (dG, dL):
+            r_logit, r_cam, _ = d(real)
+            f_logit, f_cam, _ = d(fake)
+            out[dom] += [r_logit, f_logit, r_cam, f_cam]
+    return out
+
+
+def _generate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim):
+    """The G update's forward passes (G gradients zeroed first); per domain (name, real, fake,
+    reconstruction, identity, fake CAM logit, identity CAM logit, global D, local D)."""
+    G_optim.zero_grad()
+    fake_A2B, fake_A2B_cam, _ = genA2B(real_A)
+    fake_B2A, fake_B2A_cam, _ = genB2A(real_B)
+    fake_A2B2A, _, _ = genB2A(fake_A2B)
+    fake_B2A2B, _, _ = genA2B(fake_B2A)
+    fake_A2A, fake_A2A_cam, _ = genB2A(real_A)
+    fake_B2B, fake_B2B_cam, _ = genA2B(real_B)
+    return (("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
+            ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB))
+
+
 def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim, D_optim,
                   adv_weight=1.0, cycle_weight=10.0, identity_weight=10.0, cam_weight=1000.0,
                   rho_clipper=None, fused_losses: bool = False):
@@ -240,106 +270,59 @@ def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_
     domain: one gan_loss for the 8 D terms; for G one gan_loss for the 4 adversarial terms, one
     for the 2 CAM terms, one l1_loss for cycle + identity). Returns a dict of detached loss
     tensors."""
-    if fused_losses:
-        from .. import functional as FL
-        weights = dict(adv=adv_weight, cycle=cycle_weight, identity=identity_weight, cam=cam_weight)
-        return _training_step_fused(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim,
-                              D_optim, rho_clipper or RhoClipper(0, 1), weights, FL)
-    mse = nn.functional.mse_loss
-    l1 = nn.functional.l1_loss
-    bce = nn.functional.binary_cross_entropy_with_logits
     if rho_clipper is None:
         rho_clipper = RhoClipper(0, 1)
-
-    def lsgan(pred, real):
-        return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
+    d_loss, g_loss = _losses(fused_losses, adv_weight, cycle_weight, identity_weight, cam_weight)
 
     # discriminators
-    D_optim.zero_grad()
-    fake_A2B, _, _ = genA2B(real_A)
-    fake_B2A, _, _ = genB2A(real_B)
-    D_loss = {}
-    for dom, real, fake, dG, dL in (("A", real_A, fake_B2A, disGA, disLA), ("B", real_B, fake_A2B, disGB, disLB)):
-        terms = []
-        for d in (dG, dL):
-            r_logit, r_cam, _ = d(real)
-            f_logit, f_cam, _ = d(fake)
-            terms.append(lsgan(r_logit, True) + lsgan(f_logit, False))
-            terms.append(lsgan(r_cam, True) + lsgan(f_cam, False))
-        D_loss[dom] = adv_weight * sum(terms)
+    D_loss = {dom: d_loss(preds) for dom, preds in
+              _discriminate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, D_optim).items()}
     Discriminator_loss = D_loss["A"] + D_loss["B"]
     Discriminator_loss.backward()
     D_optim.step()
 
     # generators
-    G_optim.zero_grad()
-    fake_A2B, fake_A2B_cam, _ = genA2B(real_A)
-    fake_B2A, fake_B2A_cam, _ = genB2A(real_B)
-    fake_A2B2A, _, _ = genB2A(fake_A2B)
-    fake_B2A2B, _, _ = genA2B(fake_B2A)
-    fake_A2A, fake_A2A_cam, _ = genB2A(real_A)
-    fake_B2B, fake_B2B_cam, _ = genA2B(real_B)
     G_loss = {}
-    for dom, real, fake, rec, idt, fake_cam, idt_cam, dG, dL in (
-            ("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
-            ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB)):
-        adv = []
-        for d in (dG, dL):
-            f_logit, f_cam, _ = d(fake)
-            adv += [lsgan(f_logit, True), lsgan(f_cam, True)]
+    for dom, real, fake, rec, idt, fake_cam, idt_cam, dG, dL in _generate(
+            genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim):
+        adv = [p for d in (dG, dL) for p in d(fake)[:2]]   # logit, CAM logit of each D
+        G_loss[dom] = g_loss(adv, fake_cam, idt_cam, rec, idt, real)
+    Generator_loss = G_loss["A"] + G_loss["B"]
+    Generator_loss.backward()
+    G_optim.step()
+
+    genA2B.apply(rho_clipper)
+    genB2A.apply(rho_clipper)
+    return {"D": Discriminator_loss.detach(), "G": Generator_loss.detach(),
+            "D_A": D_loss["A"].detach(), "D_B": D_loss["B"].detach(),
+            "G_A": G_loss["A"].detach(), "G_B": G_loss["B"].detach()}
+
+
+def _losses(fused, adv_weight, cycle_weight, identity_weight, cam_weight):
+    """(d_loss(preds), g_loss(adv, fake_cam, idt_cam, rec, idt, real)) of one domain: the
+    original's MSE/BCE/L1 calls, or the same sums through i2i_fast.functional (fused)."""
+    if fused:
+        from .. import functional as F
+
+        def d_loss(preds):
+            return F.gan_loss(preds, [True, False] * 4, "lsgan", weights=adv_weight)
+
+        def g_loss(adv, fake_cam, idt_cam, rec, idt, real):
+            return (F.gan_loss(adv, True, "lsgan", weights=adv_weight, for_discriminator=False)
+                    + F.gan_loss([fake_cam, idt_cam], [True, False], "vanilla", weights=cam_weight)
+                    + F.l1_loss([(rec, real), (idt, real)], [cycle_weight, identity_weight]))
+        return d_loss, g_loss
+    mse, l1 = nn.functional.mse_loss, nn.functional.l1_loss
+    bce = nn.functional.binary_cross_entropy_with_logits
+
+    def lsgan(pred, real):
+        return mse(pred, torch.ones_like(pred) if real else torch.zeros_like(pred))
+
+    def d_loss(p):  # (real, fake) logit pairs then CAM pairs, global then local D
+        return adv_weight * sum(lsgan(p[i], True) + lsgan(p[i + 1], False) for i in range(0, 8, 2))
+
+    def g_loss(adv, fake_cam, idt_cam, rec, idt, real):
         cam = bce(fake_cam, torch.ones_like(fake_cam)) + bce(idt_cam, torch.zeros_like(idt_cam))
-        G_loss[dom] = (adv_weight * sum(adv) + cycle_weight * l1(rec, real)
-                       + identity_weight * l1(idt, real) + cam_weight * cam)
-    Generator_loss = G_loss["A"] + G_loss["B"]
-    Generator_loss.backward()
-    G_optim.step()
-
-    genA2B.apply(rho_clipper)
-    genB2A.apply(rho_clipper)
-    return {"D": Discriminator_loss.detach(), "G": Generator_loss.detach(),
-            "D_A": D_loss["A"].detach(), "D_B": D_loss["B"].detach(),
-            "G_A": G_loss["A"].detach(), "G_B": G_loss["B"].detach()}
-
-
-def _training_step_fused(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim, D_optim,
-                         rho_clipper, w, F):
-    """training_step(fused_losses=True): the same step, losses by i2i_fast.functional F."""
-    D_optim.zero_grad()
-    fake_A2B, _, _ = genA2B(real_A)
-    fake_B2A, _, _ = genB2A(real_B)
-    D_loss = {}
-    for dom, real, fake, dG, dL in (("A", real_A, fake_B2A, disGA, disLA), ("B", real_B, fake_A2B, disGB, disLB)):
-        preds = []
-        for d in (dG, dL):
-            r_logit, r_cam, _ = d(real)
-            f_logit, f_cam, _ = d(fake)
-            preds += [r_logit, f_logit, r_cam, f_cam]
-        D_loss[dom] = F.gan_loss(preds, [True, False] * 4, "lsgan", weights=w["adv"])
-    Discriminator_loss = D_loss["A"] + D_loss["B"]
-    Discriminator_loss.backward()
-    D_optim.step()
-
-    G_optim.zero_grad()
-    fake_A2B, fake_A2B_cam, _ = genA2B(real_A)
-    fake_B2A, fake_B2A_cam, _ = genB2A(real_B)
-    fake_A2B2A, _, _ = genB2A(fake_A2B)
-    fake_B2A2B, _, _ = genA2B(fake_B2A)
-    fake_A2A, fake_A2A_cam, _ = genB2A(real_A)
-    fake_B2B, fake_B2B_cam, _ = genA2B(real_B)
-    G_loss = {}
-    for dom, real, fake, rec, idt, fake_cam, idt_cam, dG, dL in (
-            ("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
-            ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB)):
-        adv = [p for d in (dG, dL) for p in d(fake)[:2]]
-        G_loss[dom] = (F.gan_loss(adv, True, "lsgan", weights=w["adv"], for_discriminator=False)
-                       + F.gan_loss([fake_cam, idt_cam], [True, False], "vanilla", weights=w["cam"])
-                       + F.l1_loss([(rec, real), (idt, real)], [w["cycle"], w["identity"]]))
-    Generator_loss = G_loss["A"] + G_loss["B"]
-    Generator_loss.backward()
-    G_optim.step()
-
-    genA2B.apply(rho_clipper)
-    genB2A.apply(rho_clipper)
-    return {"D": Discriminator_loss.detach(), "G": Generator_loss.detach(),
-            "D_A": D_loss["A"].detach(), "D_B": D_loss["B"].detach(),
-            "G_A": G_loss["A"].detach(), "G_B": G_loss["B"].detach()}
+        return (adv_weight * sum(lsgan(a, True) for a in adv) + cycle_weight * l1(rec, real)
+                + identity_weight * l1(idt, real) + cam_weight * cam)
+    return d_loss, g_loss
