@@ -221,6 +221,10 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
     act = _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
     n, c, h, w = input.shape
+    if input.numel() == 0:  # as torch: an empty result, the running statistics unchanged
+        return _norm.reference_norm(_norm.BN if training else _norm.IN, input, None, weight, bias, residual,
+                                    float(eps), act, float(negative_slope), pad,
+                                    None if training else (running_mean, running_var))
     if not training:
         if running_mean is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")

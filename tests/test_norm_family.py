@@ -531,6 +531,11 @@ def test_batch_norm_bad_input_and_compile():
         i2i_fast.BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
     with pytest.raises(ValueError, match="needs running_mean"):
         F.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
+    for shape in ((0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)):   # empty: as torch, buffers unchanged
+        for training in (True, False):
+            rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
+            y = F.batch_norm(torch.randn(shape), rm, rv, None, None, training, activation="relu")
+            assert y.shape == shape and torch.equal(rm, torch.zeros(shape[1])) and torch.equal(rv, torch.ones(shape[1]))
     with pytest.raises(ValueError, match="activation"):
         i2i_fast.BatchNorm2d(3, activation="gelu")
     with pytest.raises((ValueError, RuntimeError)):
