@@ -1,6 +1,6 @@
-"""Train CycleGAN and U-GAT-IT (light) for a few steps on synthetic images, the original model
-next to i2i_fast.convert(model) from the same initial weights, and print both loss curves side by
-side with the time per step.
+"""Train CycleGAN and U-GAT-IT (light) for a few steps on synthetic images, the original model and
+losses next to i2i_fast.convert(model) with the fused losses (training_step(fused_losses=True))
+from the same initial weights, and print both loss curves side by side with the time per step.
 
     python examples/train_compare.py [--steps 8] [--device cpu|cuda] [--full]
 
