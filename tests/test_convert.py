@@ -266,7 +266,7 @@ def _check_compiled(name, backend):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_dis"])
+@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_dis", "pix2pix_unet"])
 def test_compile_converted_fullgraph(name):
     """fullgraph=True capture + AOT autograd of the converted models (custom ops' fake and
     autograd formulas, FusedResidualBlock, MUNIT's AdaIN assignment). aot_eager skips
