@@ -209,9 +209,13 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
   io.mean = in_dtype(mean, mean, io.st), io.var = in_dtype(var, mean, io.st);
   io.rho = in_dtype(rho, mean, io.st), io.g = in_dtype(gamma, mean, io.st), io.b = in_dtype(beta, mean, io.st);
   TORCH_CHECK(kind != 1 || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
-  for (const at::Tensor* p : {&io.g, &io.b})
+  for (const at::Tensor* p : {&io.g, &io.b}) {
     TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
                 "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
+    // batch norm's backward sums over the batch with one gamma per channel
+    TORCH_CHECK(kind != 3 || !p->defined() || p->numel() == C,
+                "i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)");
+  }
   if (sums.defined()) {
     TORCH_CHECK(sums.numel() == N * C * 2 && sums.device() == mean.device(),
                 "i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");

@@ -48,6 +48,8 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
         shift = torch.zeros_like(mean) if b is None else b.expand(n, c)
         return scale, shift, (r,)
     if kind == BN:  # Chan merge over the samples of each channel
+        if any(p is not None and p.numel() != c for p in (gamma, beta)):
+            raise ValueError("batch norm takes per-channel gamma/beta (C elements)")
         dm = mean - mean.mean(0, keepdim=True)
         r = torch.rsqrt((var + dm * dm).mean(0, keepdim=True) + eps)
         scale = (r if g is None else r * g).expand(n, c)

@@ -176,7 +176,7 @@ def _unet_inner_act(m) -> Optional[tuple]:
     the norm before the block may compute it instead."""
     model = getattr(m, "model", None)
     if (type(m).__name__ != "UnetSkipConnectionBlock" or set(m._modules) != {"model"} or _has_hooks(m)
-            or not _is_plain_sequential(model) or len(model) == 0):
+            or not _is_plain_sequential(model) or len(model) == 0 or _has_hooks(model)):
         return None
     first = model[0]
     if type(first) in (nn.LeakyReLU, nn.ReLU) and first.inplace:

@@ -56,6 +56,8 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     train/eval behaviour as torch's (it subclasses it), plus ``activation``,
     ``negative_slope`` and ``out_pad`` applied in the same kernel, and
     ``forward(x, residual=None)`` returning ``activation(norm(x)) + residual``. 4-d input only.
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm replaces it by a plain SyncBatchNorm (losing
+    the activation): convert to SyncBatchNorm before i2i_fast.convert, which leaves it alone.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,

@@ -398,6 +398,25 @@ def test_pix2pix_batchnorm():
     assert not pl.changes and sum("only torch.nn.BatchNorm2d" in w for _, w in pl.left_alone) == 2
 
 
+def test_cyclegan_fused_step_with_other_criteria():
+    """fused_losses with a given criterion: i2i_fast.GANLoss (host labels) and the original
+    GANLoss with other labels and mode (labels read from its buffers) give the original step."""
+    A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
+    for crit in (i2i_fast.GANLoss("vanilla"), cyclegan.GANLoss("lsgan", 0.9, 0.1)):
+        ref = _cyclegan_nets()
+        fused = _cyclegan_nets()
+        orig_crit = cyclegan.GANLoss(crit.gan_mode, float(crit.real_label), float(crit.fake_label))
+        G_A, G_B, D_A, D_B = ref
+        lr_ = cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, _adam(list(G_A.parameters()) + list(G_B.parameters())),
+                                     _adam(list(D_A.parameters()) + list(D_B.parameters())), orig_crit.double())
+        G_A, G_B, D_A, D_B = fused
+        lf = cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, _adam(list(G_A.parameters()) + list(G_B.parameters())),
+                                    _adam(list(D_A.parameters()) + list(D_B.parameters())), crit.double(),
+                                    fused_losses=True)
+        for k in ("G", "D_A", "D_B"):
+            assert_parity(lf[k], lr_[k], lr_[k], F64, f"{type(crit).__module__} loss {k}")
+
+
 def test_unet_fold_needs_inplace_activation():
     """With an out-of-place downrelu the skip carries the un-activated x: no fold."""
     torch.manual_seed(0)
@@ -406,6 +425,9 @@ def test_unet_fold_needs_inplace_activation():
         if isinstance(m, nn.LeakyReLU):
             m.inplace = False
     assert "fold" not in i2i_fast.plan(unet).counts()
+    hooked = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch")   # a hook on an inner model: no fold
+    hooked.model.model[1].model[3].model.register_forward_pre_hook(lambda m, args: None)
+    assert i2i_fast.plan(hooked).counts()["fold"] == 4
     conv = i2i_fast.convert(unet).double()
     x = _img(2, 3, 128, 128)
     r = fwd_bwd(unet.double(), (x,))

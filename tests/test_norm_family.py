@@ -428,6 +428,11 @@ def test_coefs_bad_input():
         ops.norm_coefs(mean, var, None, None, None, 1, 4, 1e-5)
     with pytest.raises(RuntimeError, match="gamma/beta must have C or N\\*C elements"):
         ops.norm_coefs(mean, var, None, torch.ones(4), None, 0, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="per-channel gamma/beta"):
+        ops.norm_coefs(mean, var, None, torch.ones(2, 3), None, 3, 4, 1e-5)
+    from i2i_fast import _norm
+    with pytest.raises(ValueError, match="per-channel gamma/beta"):
+        _norm.coefs(_norm.BN, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
     with pytest.raises(RuntimeError, match="mean and var must be"):
         ops.norm_coefs(mean, var[:1], None, None, None, 0, 4, 1e-5)
     with pytest.raises(RuntimeError, match="sums must be"):

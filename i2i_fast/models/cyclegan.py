@@ -286,7 +286,6 @@ class GANLoss(nn.Module):
         super().__init__()
         self.register_buffer("real_label", torch.tensor(target_real_label))
         self.register_buffer("fake_label", torch.tensor(target_fake_label))
-        self.labels = (float(target_real_label), float(target_fake_label))  # host copies: no sync
         self.gan_mode = gan_mode
         if gan_mode == "lsgan":
             self.loss = nn.MSELoss()
@@ -407,11 +406,11 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
     G adversarial terms, one l1_loss call for the four L1 terms, one gan_loss per D), as a user
     of i2i_fast writes the step; then the dict holds G, D_A and D_B only.
     Returns a dict of the detached loss tensors (no host sync)."""
-    if criterionGAN is None:
-        criterionGAN = GANLoss("lsgan").to(real_A.device)
     if fused_losses:
         return _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
                                     lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool)
+    if criterionGAN is None:
+        criterionGAN = GANLoss("lsgan").to(real_A.device)
     l1 = nn.functional.l1_loss
     fake_B, rec_A, fake_A, rec_B = _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G)
     if lambda_identity > 0:
@@ -454,10 +453,15 @@ def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, crite
     """training_step(fused_losses=True): the same step, losses by i2i_fast.functional."""
     from .. import functional as F
 
-    mode = criterionGAN.gan_mode
+    if criterionGAN is None:
+        mode, labels = "lsgan", (1.0, 0.0)
+    else:  # i2i_fast.GANLoss keeps host copies of its labels; else read the buffers (a sync on GPU)
+        mode = criterionGAN.gan_mode
+        labels = getattr(criterionGAN, "_labels", None) or (float(criterionGAN.real_label),
+                                                             float(criterionGAN.fake_label))
     if mode not in ("lsgan", "vanilla", "wgangp"):
         raise ValueError(f"fused_losses supports GAN modes lsgan, vanilla and wgangp, got {mode!r}")
-    labels = dict(zip(("target_real_label", "target_fake_label"), criterionGAN.labels))
+    labels = dict(zip(("target_real_label", "target_fake_label"), labels))
     fake_B, rec_A, fake_A, rec_B = _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G)
     pairs = [(rec_A, real_A), (rec_B, real_B)]
     weights = [lambda_A, lambda_B]
