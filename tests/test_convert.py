@@ -398,6 +398,26 @@ def test_pix2pix_batchnorm():
     assert not pl.changes and sum("only torch.nn.BatchNorm2d" in w for _, w in pl.left_alone) == 2
 
 
+def test_pix2pix_training_step_matches():
+    """pix2pix (BatchNorm U-Net + BatchNorm PatchGAN, dropout): one converted step with the fused
+    losses vs the original step in float64: losses, every parameter and running statistic."""
+    def run(converted):
+        torch.manual_seed(0)
+        fam = bench_steps.FAMILIES["pix2pix"]("cpu", True)
+        nets = [n.double() for n in fam.nets]
+        if converted:
+            nets = [i2i_fast.convert(n) for n in nets]
+        data = tuple(t.double() for t in fam.data)
+        torch.manual_seed(1)   # dropout masks
+        return nets, fam.step(nets, fam.opts(nets), data, converted)
+    (ref, lr_), (conv, lc) = run(False), run(True)
+    assert isinstance(conv[1].model[3], i2i_fast.BatchNorm2d)
+    for k in lr_:
+        assert_parity(lc[k], lr_[k], lr_[k], F64, f"loss {k}")
+    for r, c in zip(ref, conv):
+        assert_same_state(c, r, "pix2pix after the step", exact=False)
+
+
 def test_cyclegan_fused_step_with_other_criteria():
     """fused_losses with a given criterion: i2i_fast.GANLoss (host labels) and the original
     GANLoss with other labels and mode (labels read from its buffers) give the original step."""
