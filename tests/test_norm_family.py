@@ -607,3 +607,18 @@ def test_cuda_batch_norm_module():
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
         for (k, a), b in zip(ours_m.state_dict().items(), ref.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_batch_norm_nan_inf_and_constant(backend):
+    """A NaN or Inf poisons its channel in every sample (the batch statistics), as torch; a
+    constant channel gives exactly the bias."""
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 1, 2, 2], x[1, 2, 0, 0] = float("nan"), float("inf")
+    with i2i_fast.use_backend(backend):
+        y = F.batch_norm(x, None, None, None, None, True)
+        c = F.batch_norm(torch.ones(2, 3, 4, 4), None, None, torch.ones(3), torch.full((3,), 0.5), True)
+    want = TF.batch_norm(x, None, None, None, None, True)
+    assert torch.equal(y.isnan(), want.isnan()) and y[:, 1:].isnan().all() and not y[:, 0].isnan().any()
+    torch.testing.assert_close(y[:, 0], want[:, 0])
+    assert torch.equal(c, torch.full_like(c, 0.5))
