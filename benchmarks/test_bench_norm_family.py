@@ -1,4 +1,5 @@
-"""AdaLIN / ILN (U-GAT-IT), LayerNorm (MUNIT) and BatchNorm2d + LeakyReLU (pix2pix): the fused
+"""AdaLIN / ILN (U-GAT-IT), LayerNorm (MUNIT), BatchNorm2d + LeakyReLU (pix2pix) and spectral
+normalization's W / sigma (U-GAT-IT discriminators' largest weight matrices): the fused
 modules vs the original modules
 (as written in i2i_fast.models) eager and torch.compile'd; forward, backward, forward+backward.
 Parity (ours vs eager: output and every input gradient) is asserted before any timing."""
@@ -8,7 +9,7 @@ import pytest
 
 from i2i_fast import bench
 
-OPS = ["adalin", "iln", "layer_norm", "batch_norm"]  # op_case is parametrized from bench.OPS by conftest.py
+OPS = ["adalin", "iln", "layer_norm", "batch_norm", "spectral_norm"]  # op_case is parametrized from bench.OPS by conftest.py
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "ours"])

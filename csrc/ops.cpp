@@ -88,6 +88,13 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
         "bool[3] mask) -> (Tensor, Tensor, Tensor)");
   // ---- end reflection pad ----
+  // ---- spectral norm (csrc/spectral_norm.{h,cpp}, kernels/spectral_norm.cu,
+  // triton/spectral_norm.py): the weight of torch.nn.utils.spectral_norm from the (O, K) weight
+  // matrix and the power-iteration vectors u (O,), v (K,) (constants for autograd):
+  // sigma = u . (W v), out = W / sigma. Returns (out, sigma), sigma 0-d fp32 (fp64 for fp64).
+  m.def("sn_scale(Tensor weight, Tensor u, Tensor v) -> (Tensor, Tensor)");
+  // Its weight gradient: grad / sigma - (sum(grad * W) / sigma^2) u v^T.
+  m.def("sn_scale_bwd(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma) -> Tensor");
   // ---- losses (issue #5; csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
   // Many loss terms reduced in one launch, no target tensor. kind: 0 square (x-a)^2, 1 bce
   // with logits vs a, 2 hinge relu(1+a x), 3 linear a x, 4 softplus(a x), 5 abs |x-y| (y given).

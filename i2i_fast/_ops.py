@@ -606,3 +606,51 @@ def loss(backend: str, x, y, params, weights, kind, reduction):
         return torch.ops.i2i_fast.loss_fwd.default(x, y, params, weights, kind, reduction, False)[0]
     return list(_LOSS_FN[backend].apply(len(x), bool(y), list(params), list(weights), kind,
                                         reduction, *x, *y))
+
+
+# ---------------------------------------------------------------- spectral norm
+# sn_scale(W, u, v) -> (W / sigma, sigma), sigma = u . (W v); gradient for W only.
+_TRITON_SN = None
+if _backend._triton_error is None:
+    from .triton import spectral_norm as _TRITON_SN  # registers i2i_fast::triton_sn_scale*
+
+
+def _sn_fake(weight, u, v):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format), \
+        weight.new_empty((), dtype=reference.stats_dtype(weight))
+
+
+def _sn_bwd_fake(grad, weight, u, v, sigma):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+if _backend._C is not None:
+    torch.library.register_fake("i2i_fast::sn_scale")(_sn_fake)
+    torch.library.register_fake("i2i_fast::sn_scale_bwd")(_sn_bwd_fake)
+
+
+class _SnTriton(torch.autograd.Function):
+    """sn_scale on Triton (the C++ ops have a C++ autograd node)."""
+    @staticmethod
+    def forward(ctx, weight, u, v):
+        out, sigma = torch.ops.i2i_fast.triton_sn_scale(weight, u, v)
+        ctx.save_for_backward(weight, u, v, sigma)
+        ctx.mark_non_differentiable(sigma)
+        return out, sigma
+
+    @staticmethod
+    def backward(ctx, g, _gsigma):
+        weight, u, v, sigma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
+            sg = torch.dot(u, torch.mv(weight, v))
+            return g / sg - (g * weight).sum() / (sg * sg) * torch.outer(u, v), None, None
+        return torch.ops.i2i_fast.triton_sn_scale_bwd(g, weight, u, v, sigma), None, None
+
+
+def sn_scale(backend: str, weight, u, v):
+    """(weight / sigma, sigma) of the (O, K) weight matrix on `backend`."""
+    if backend == "reference":
+        return reference.sn_scale(weight, u, v)
+    if backend == "triton":
+        return _SnTriton.apply(weight, u, v)
+    return torch.ops.i2i_fast.sn_scale.default(weight, u, v)

@@ -419,6 +419,46 @@ OPS["reflection_pad_conv2d"] = Op(
 # ---- end reflection pad ----
 
 
+# ---- spectral norm: W / sigma of a spectral-normalized conv's (O, K) weight matrix (shape (O, K))
+class _SnWeight(nn.Module):
+    """weight -> weight / (u . (weight v)) with fixed unit u, v: fused (F.spectral_norm_weight)
+    or torch's expression as in torch.nn.utils.spectral_norm."""
+
+    def __init__(self, o, k, fused):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.register_buffer("u", nn.functional.normalize(torch.randn(o, generator=g), dim=0))
+        self.register_buffer("v", nn.functional.normalize(torch.randn(k, generator=g), dim=0))
+        self.fused = fused
+
+    def forward(self, w):
+        if self.fused:
+            from .functional import spectral_norm_weight
+            return spectral_norm_weight(w, self.u, self.v)
+        return w / torch.dot(self.u, torch.mv(w, self.v))
+
+
+def _sn_build(shape, dtype, device):
+    return (_SnWeight(*shape, True).to(device=device, dtype=dtype),
+            _SnWeight(*shape, False).to(device=device, dtype=dtype))
+
+
+def _sn_inputs(shape, dtype, device, gen):
+    return ((torch.randn(shape, generator=gen) * 0.05).to(device=device, dtype=dtype).requires_grad_(),)
+
+
+def _sn_moved(shape, dtype):
+    # fwd: read W, write W / sigma; bwd: read grad and W, write grad W (u, v negligible)
+    nb = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return {"fwd": 2 * nb, "bwd": 3 * nb, "fwdbwd": 5 * nb}
+
+
+OPS["spectral_norm"] = Op(
+    name="spectral_norm", build=_sn_build, make_inputs=_sn_inputs, moved=_sn_moved,
+    shapes=((512, 4096), (1024, 8192), (2048, 16384)),   # U-GAT-IT D's last convs (4x4 kernels) at ngf 64
+    cpu_shapes=((256, 2048),))
+
+
 # ---------------------------------------------------------------- losses (issue #5)
 # Whole loss computations of one training step, fused (i2i_fast.functional) vs the original
 # eager formulas. "shape" is (batch, image size): the D outputs follow the models at that

@@ -20,6 +20,9 @@ ResnetAdaILNBlock):
   * norm -> ReflectionPad2d(p) -> Conv2d(padding=0): the norm writes its output padded
     (out_pad=p), when the installed i2i_fast norms have out_pad;
   * ReflectionPad2d(p) -> Conv2d(padding=0): i2i_fast.ReflectionPadConv2d, when installed;
+  * torch.nn.utils.spectral_norm hooks (dim 0: Conv2d / Linear, U-GAT-IT's discriminators):
+    the hook's class becomes i2i_fast.nn.FusedSpectralNorm (W / sigma fused; same u, v,
+    weight_orig, state_dict); the module itself stays as it is;
   * residual blocks x + body(x) (CycleGAN/U-GAT-IT ResnetBlock, UNIT ResidualBlock, StarGAN
     ResidualBlock, MUNIT ResBlock, U-GAT-IT ResnetAdaILNBlock): replaced by a module holding the
     same submodules under the same names whose last norm adds the skip (residual=x).
@@ -512,6 +515,19 @@ class _Planner:
         self.plan.change(self._child_path(cparent, cname),
                          f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d", fn, _EDIT)
 
+    # --- spectral norm
+    def spectral_norms(self):
+        from torch.nn.utils.spectral_norm import SpectralNorm as sn
+        for p, m in self.model.named_modules():
+            for h in list(m._forward_pre_hooks.values()):
+                if type(h) is sn and h.dim == 0:
+                    def fn(h=h):
+                        h.__class__ = fnn.FusedSpectralNorm
+                    self.plan.change(p, f"spectral_norm: {h.name} / sigma fused (i2i_fast.nn.FusedSpectralNorm)",
+                                     fn, _EDIT)
+                elif type(h) is sn:
+                    self.plan.leave(p, f"spectral_norm over dim {h.dim}: not fused (dim 0 only)")
+
     # --- residual blocks
     def residual_blocks(self):
         for p, m in self.model.named_modules():
@@ -574,6 +590,7 @@ def _analyse(model: nn.Module) -> Plan:
     pl = _Planner(model)
     pl.norms()
     pl.chains()
+    pl.spectral_norms()
     pl.residual_blocks()
     return pl.plan
 

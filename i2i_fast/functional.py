@@ -568,3 +568,28 @@ def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 
         norms = (g + 1e-16).norm(2, dim=1)
     pen = gan_loss(norms, True, "lsgan", target_real_label=float(constant), weights=float(weight))
     return (pen, g) if return_gradients else pen
+
+
+# ---------------------------------------------------------------- spectral norm
+__all__ += ["spectral_norm_weight"]
+
+
+def spectral_norm_weight(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """torch.nn.utils.spectral_norm's normalized weight W / sigma, sigma = u . (W v), of the
+    (O, K) weight matrix, with u (O,) and v (K,) the power-iteration vectors (constants: the
+    gradient flows to W only, through sigma too, as in torch). One fused op forward and one
+    backward (two passes over W each way); double backward works (unfused formula)."""
+    for name, t in (("weight", weight), ("u", u), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {t.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be the 2-D (O, K) weight matrix, got shape {tuple(weight.shape)}")
+    if u.shape != (weight.shape[0],) or v.shape != (weight.shape[1],):
+        raise ValueError(f"u must have shape ({weight.shape[0]},) and v ({weight.shape[1]},), got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
+    if u.device != weight.device or v.device != weight.device or u.dtype != weight.dtype or v.dtype != weight.dtype:
+        raise ValueError(f"u ({u.dtype} on {u.device}) and v ({v.dtype} on {v.device}) must match the weight "
+                         f"({weight.dtype} on {weight.device})")
+    return _ops.sn_scale(_backend.select(weight.device), weight, u, v)[0]

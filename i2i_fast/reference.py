@@ -95,6 +95,13 @@ def batch_norm_fwd(x, weight, bias, eps, act, slope, residual):
     return _epilogue(y, act, slope, residual).to(x.dtype)
 
 
+def sn_scale(weight, u, v):
+    """torch.nn.utils.spectral_norm's weight from the (O, K) matrix and the power-iteration
+    vectors (constants): (weight / sigma, sigma), sigma = u . (W v) (stats dtype, detached)."""
+    sigma = torch.dot(u, torch.mv(weight, v))
+    return weight / sigma, sigma.detach().to(stats_dtype(weight))
+
+
 # ---------------------------------------------------------------- reflection pad (issue #4)
 def reflection_pad2d_fwd(x, pad):
     """x (N, C, H, W) reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""
