@@ -115,9 +115,12 @@ struct SnScaleFunction : public torch::autograd::Function<SnScaleFunction> {
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    if (at::GradMode::is_enabled()) {
-      const at::Tensor sg = at::dot(s[1], at::mv(s[0], s[2]));
-      return {g / sg - (g * s[0]).sum() / (sg * sg) * at::outer(s[1], s[2]), at::Tensor(), at::Tensor()};
+    if (at::GradMode::is_enabled()) {  // in fp32 (fp64) as the fused kernels
+      const auto up = [](const at::Tensor& t) { return t.scalar_type() == at::kDouble ? t : t.to(at::kFloat); };
+      const at::Tensor w = up(s[0]), u = up(s[1]), v = up(s[2]), gg = up(g);
+      const at::Tensor sg = at::dot(u, at::mv(w, v));
+      return {(gg / sg - (gg * w).sum() / (sg * sg) * at::outer(u, v)).to(s[0].scalar_type()), at::Tensor(),
+              at::Tensor()};
     }
     return {op.call(g, s[0], s[1], s[2], s[3]), at::Tensor(), at::Tensor()};
   }

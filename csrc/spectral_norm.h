@@ -35,6 +35,7 @@ inline SnIO prep_sn(const at::Tensor& w, const at::Tensor& u, const at::Tensor& 
   io.w = w.contiguous(), io.u = u.contiguous(), io.v = v.contiguous();
   if (g.defined()) {
     TORCH_CHECK(g.sizes() == w.sizes(), "i2i_fast sn_scale_bwd: grad must have the weight's shape");
+    TORCH_CHECK(sigma.defined() && sigma.numel() == 1, "i2i_fast sn_scale_bwd: sigma must have one element");
     io.g = g.to(w.scalar_type()).contiguous();
     io.sigma = sigma.to(at::kDouble);
   }

@@ -641,9 +641,10 @@ class _SnTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _gsigma):
         weight, u, v, sigma = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
-            sg = torch.dot(u, torch.mv(weight, v))
-            return g / sg - (g * weight).sum() / (sg * sg) * torch.outer(u, v), None, None
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops, fp32+
+            w, uu, vv, gg = (t if t.dtype == torch.float64 else t.float() for t in (weight, u, v, g))
+            sg = torch.dot(uu, torch.mv(w, vv))
+            return (gg / sg - (gg * w).sum() / (sg * sg) * torch.outer(uu, vv)).to(weight.dtype), None, None
         return torch.ops.i2i_fast.triton_sn_scale_bwd(g, weight, u, v, sigma), None, None
 
 

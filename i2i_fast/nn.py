@@ -347,7 +347,8 @@ class FusedSpectralNorm(_TorchSpectralNorm):
                 if self.n_power_iterations > 0:
                     u = u.clone(memory_format=torch.contiguous_format)
                     v = v.clone(memory_format=torch.contiguous_format)
-        if weight_mat.device.type == "cpu" and weight_mat.numel() < SN_CPU_MIN_NUMEL:
-            # small CPU weights: torch's few ops cost less than the fused op's call (measured)
+        if (weight_mat.device.type == "cpu" and weight_mat.numel() < SN_CPU_MIN_NUMEL) or not weight.is_contiguous():
+            # small CPU weights: torch's few ops cost less than the fused op's call (measured);
+            # a channels_last weight keeps its memory format through torch's expression
             return weight / torch.dot(u, torch.mv(weight_mat, v))
         return F.spectral_norm_weight(weight_mat, u, v).view(weight.shape)

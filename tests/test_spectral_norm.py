@@ -95,6 +95,18 @@ def test_bad_input():
     if i2i_fast.backends()["cpu"][0]:
         with pytest.raises(RuntimeError, match="v must have K"):
             torch.ops.i2i_fast.sn_scale(w, u, torch.randn(5))
+        with pytest.raises(RuntimeError, match="sigma must have one element"):
+            torch.ops.i2i_fast.sn_scale_bwd(w, w, u, v, torch.ones(0))
+
+
+def test_hook_keeps_a_channels_last_weight():
+    """A channels_last model keeps a channels_last weight (torch's expression is used there)."""
+    conv = _sn_conv(128, 64, True).to(memory_format=torch.channels_last)
+    ref = _sn_conv(128, 64, False).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 128, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), ref(x), rtol=1e-12, atol=1e-12)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == ref.weight.is_contiguous(
+        memory_format=torch.channels_last)
 
 
 def _sn_conv(ci, co, fused, seed=4):

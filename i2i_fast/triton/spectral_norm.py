@@ -112,6 +112,8 @@ def sn_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[to
 def sn_scale_bwd(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                  sigma: torch.Tensor) -> torch.Tensor:
     _check(weight, u, v)
+    if sigma.numel() != 1:
+        raise ValueError("i2i_fast sn_scale_bwd: sigma must have one element")
     w, u, v = weight.contiguous(), u.contiguous(), v.contiguous()
     g = grad.to(w.dtype).contiguous()
     o, k = w.shape
