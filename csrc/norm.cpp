@@ -328,8 +328,6 @@ void bn_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, co
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cpu", [&] {
     using S = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
-      TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(),
-                  "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
       for (int64_t c = 0; c < C; ++c)
         bn_running_channel(mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum,
                            running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), c);

@@ -158,8 +158,6 @@ struct CoefIO {
   int64_t N, C, hw, kind;
   double eps;
 
-  int64_t units() const { return kind == 3 ? C : N; }  // see coefs_unit
-
   template <typename S>
   CoefArgs<S> args() const {
     CoefArgs<S> a{};
@@ -237,6 +235,7 @@ inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, c
                     at::isFloatingType(t->scalar_type()),
                 "i2i_fast bn_update_running: running statistics must be contiguous floating (C,) = (", C,
                 ") tensors on the statistics' device");
+  TORCH_CHECK(rv.scalar_type() == rm.scalar_type(), "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
   TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1, "i2i_fast bn_update_running: needs more than 1 value per channel");
   const at::ScalarType st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {in_dtype(mean, mean, st), in_dtype(var, mean, st)};

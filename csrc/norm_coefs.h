@@ -1,6 +1,6 @@
-// The norm family's (N, C) coefficient math for one sample, host+device, fp64: the CPU op
-// (csrc/norm.cpp) runs it per sample in a loop, the CUDA op (kernels/norm.cu) one thread per
-// sample; the same formulas as i2i_fast/_norm.py coefs / coefs_backward (tested equal).
+// The norm family's (N, C) coefficient math for one unit (a sample, or a channel for batch
+// norm), host+device, fp64: the CPU op (csrc/norm.cpp) runs the units in a loop, the CUDA op
+// (kernels/norm.cu) one thread per unit; the same formulas as i2i_fast/_norm.py coefs / coefs_backward (tested equal).
 // kind: 0 instance norm, 1 U-GAT-IT ILN/adaILN (rho mix, unbiased variances, eps inside the
 // sqrt), 2 MUNIT LayerNorm (unbiased std, eps added to the std), 3 training-mode batch norm
 // (biased variance over N, H, W). Kinds 0-2 mix the channels of a sample, kind 3 the samples

@@ -11,7 +11,7 @@
 namespace i2i {
 
 struct SnIO {
-  at::Tensor w, u, v, g, sigma, out;
+  at::Tensor w, u, v, g, sigma;
   int64_t O, K;
 };
 

@@ -7,9 +7,9 @@ and instance norm / AdaIN with an output pad. Each is
 
 so ``out = pad(act(scale * (x - mean) + shift) + residual)``. LN statistics are the Chan merge
 of the plane statistics over channels (batch norm: over samples), so a batch-1 sample's
-reduction is spread over all its planes (every block), never one block. Backward: norm_apply_sums gives per plane
-S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns (S1, S2) into the gradients of
-the parameters and of the plane statistics, which give
+reduction is spread over all its planes (every block), never one block. Backward:
+norm_apply_sums gives per plane S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns
+(S1, S2) into the gradients of the parameters and of the plane statistics, which give
 ``grad x = scale * dz + c0 + c1 * (x - mean)`` (norm_apply_bwd). Only x and the (N, C)
 statistics and coefficients are saved for backward.
 """

@@ -313,9 +313,10 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
   const c10::cuda::CUDAGuard guard(mean.device());
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   if (io.N > 0 && io.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.units() + kCoefThreads - 1) / kCoefThreads);
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
-      coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(io.args<scalar_t>());
+      const CoefArgs<scalar_t> a = io.args<scalar_t>();
+      const unsigned blocks = static_cast<unsigned>((coef_units(a) + kCoefThreads - 1) / kCoefThreads);
+      coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -330,10 +331,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   if (io.N > 0 && io.C > 0) {
-    const unsigned blocks = static_cast<unsigned>((io.units() + kCoefThreads - 1) / kCoefThreads);
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cuda", [&] {
+      const CoefArgs<scalar_t> a = io.args<scalar_t>();
+      const unsigned blocks = static_cast<unsigned>((coef_units(a) + kCoefThreads - 1) / kCoefThreads);
       coefs_bwd_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          io.args<scalar_t>(), io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
+          a, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -345,8 +347,6 @@ void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, c
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
-  TORCH_CHECK(running_var.scalar_type() == running_mean.scalar_type(),
-              "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
   if (C == 0) return;
   const unsigned blocks = static_cast<unsigned>((C + kCoefThreads - 1) / kCoefThreads);
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cuda", [&] {

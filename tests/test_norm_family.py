@@ -586,6 +586,8 @@ def test_bn_update_running_op():
         torch.ops.i2i_fast.bn_update_running(torch.zeros(3), torch.ones(4), mean, var, 30, 0.1)
     with pytest.raises(RuntimeError, match="more than 1 value"):
         torch.ops.i2i_fast.bn_update_running(torch.zeros(4), torch.ones(4), mean[:1], var[:1], 1, 0.1)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        torch.ops.i2i_fast.bn_update_running(torch.zeros(4), torch.ones(4, dtype=torch.float64), mean, var, 30, 0.1)
 
 
 @requires_cuda
