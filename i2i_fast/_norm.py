@@ -2,7 +2,7 @@
 and instance norm / AdaIN with an output pad. Each is
 
     mean, var    = norm_stats(x)                        # per (n, c) plane, fp32, one kernel
-    scale, shift = coefs(kind, mean, var, params)       # (N, C) math, here in torch
+    scale, shift = norm_coefs(kind, mean, var, params)  # (N, C) math in fp64, one op
     out          = norm_apply(x, mean, scale, shift, residual, act, slope, pad)
 
 so ``out = pad(act(scale * (x - mean) + shift) + residual)``. LN statistics are the Chan merge
@@ -203,7 +203,9 @@ def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, ru
 
 
 class _PlaneNorm(torch.autograd.Function):
-    """The family's autograd on Triton (the coefficient math in torch ops, coefs above)."""
+    """The family's autograd on Triton: stats -> coefs -> apply forward, sums -> coefs_bwd ->
+    apply_bwd backward, the (N, C) math in one Triton program each way (triton/norm.py); tiles
+    past COEF_TILE_MAX planes use the torch-op math above (coefs / coefs_backward)."""
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, residual, rmean, rvar, kind, eps, act, slope, pad, backend):
         stats, apply, _, _ = _OPS[backend]
@@ -214,11 +216,15 @@ class _PlaneNorm(torch.autograd.Function):
             sd = reference.stats_dtype(x)
             mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
             var = rvar.to(sd).reshape(1, c).expand(n, c).contiguous()
-        scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
+        if h * w > 0 and _tn.coefs_fit(n, c):  # one Triton launch for the (N, C) math
+            scale, shift = torch.ops.i2i_fast.triton_norm_coefs(mean, var, rho, gamma, beta, kind, h * w, eps)
+        else:
+            scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
         out = apply(x, mean, scale, shift, residual, act, slope, pad)
         ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
         ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' gradients
         return out, mean, var
 
     @staticmethod
@@ -227,6 +233,8 @@ class _PlaneNorm(torch.autograd.Function):
         kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
         need = ctx.needs_input_grad
         none = (None,) * 8
+        if gy is None:
+            return (None,) * 5 + none
         if torch.is_grad_enabled():  # create_graph: differentiate the reference formula
             return _double_backward(ctx, gy) + none
         _, _, sums_op, bwd_op = _OPS[backend]
@@ -235,11 +243,15 @@ class _PlaneNorm(torch.autograd.Function):
         gx = drho = dg = db = gres = None
         if any(need[:4]):
             sums = sums_op(gy, x, mean, scale, shift, act, slope, pad)
-            s1, s2 = sums[..., 0], sums[..., 1]
-            _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
-            dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
-                                                       scale, aux, s1, s2)
-            c0, c1 = dmean / hw, dvar * (2.0 / hw)
+            if hw > 0 and _tn.coefs_fit(n, c):
+                c0, c1, drho, dg, db = torch.ops.i2i_fast.triton_norm_coefs_bwd(
+                    mean, var, rho, gamma, beta, sums, kind, hw, eps)
+            else:
+                s1, s2 = sums[..., 0], sums[..., 1]
+                _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
+                dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
+                                                           scale, aux, s1, s2)
+                c0, c1 = dmean / hw, dvar * (2.0 / hw)
             if need[0]:
                 if not input_stats:  # running statistics are constants
                     c0 = c1 = torch.zeros_like(mean)

@@ -2,6 +2,8 @@
 and InstanceNorm with the output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
 test_norms.py) under the DESIGN section 5 rule, every epilogue combination, gradients of every
 input, opcheck, compile, determinism, saved memory and bad input."""
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -250,8 +252,13 @@ def test_opcheck_ops():
     torch.library.opcheck(ops.plane_norm.default, (x.clone().requires_grad_(), None, None, None, None,
                                                    torch.randn(3), torch.rand(3) + 0.5, 0, 1e-5, 1, 0.0, 1))
     if i2i_fast.backends()["triton"][0]:
+        schema = ("test_schema",)  # fake tensors can't enter the interpreter
         torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
-                              test_utils=("test_schema",))  # fake tensors can't enter the interpreter
+                              test_utils=schema)
+        torch.library.opcheck(ops.triton_norm_coefs.default, (mean, var, torch.rand(3), torch.rand(2, 3),
+                                                              torch.randn(2, 3), 1, 20, 1e-5), test_utils=schema)
+        torch.library.opcheck(ops.triton_norm_coefs_bwd.default, (mean, var, None, torch.rand(3), None,
+                                                                  torch.randn(2, 3, 2), 3, 20, 1e-5), test_utils=schema)
     with pytest.raises(RuntimeError, match="out_pad"):
         ops.norm_apply(x, mean, scale, shift, None, 0, 0.0, 4)
     with pytest.raises(RuntimeError, match="N\\*C = 6"):
@@ -417,26 +424,111 @@ def test_residual_grad_ignores_x(backend):
     torch.testing.assert_close(gr, torch.ops.aten.reflection_pad2d_backward(gy, r, [1, 1, 1, 1]))
 
 
-def test_coefs_bad_input():
-    if not i2i_fast.backends()["cpu"][0]:
-        pytest.skip("extension not built")
+@pytest.mark.parametrize("prefix, error", [("", RuntimeError), ("triton_", ValueError)], ids=["cpu", "triton"])
+def test_coefs_bad_input(prefix, error):
+    """The C++ norm_coefs ops and their Triton twins refuse the same bad arguments."""
+    if not i2i_fast.backends()["triton" if prefix else "cpu"][0]:
+        pytest.skip("backend not available")
     ops = torch.ops.i2i_fast
+    coefs, coefs_bwd = getattr(ops, prefix + "norm_coefs"), getattr(ops, prefix + "norm_coefs_bwd")
     mean, var = torch.zeros(2, 3), torch.ones(2, 3)
-    with pytest.raises(RuntimeError, match="unknown kind"):
-        ops.norm_coefs(mean, var, None, None, None, 4, 4, 1e-5)
-    with pytest.raises(RuntimeError, match="rho must have C elements"):
-        ops.norm_coefs(mean, var, None, None, None, 1, 4, 1e-5)
-    with pytest.raises(RuntimeError, match="gamma/beta must have C or N\\*C elements"):
-        ops.norm_coefs(mean, var, None, torch.ones(4), None, 0, 4, 1e-5)
-    with pytest.raises(RuntimeError, match="per-channel gamma/beta"):
-        ops.norm_coefs(mean, var, None, torch.ones(2, 3), None, 3, 4, 1e-5)
-    from i2i_fast import _norm
-    with pytest.raises(ValueError, match="per-channel gamma/beta"):
-        _norm.coefs(_norm.BN, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
-    with pytest.raises(RuntimeError, match="mean and var must be"):
-        ops.norm_coefs(mean, var[:1], None, None, None, 0, 4, 1e-5)
-    with pytest.raises(RuntimeError, match="sums must be"):
-        ops.norm_coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
+    with pytest.raises(error, match="unknown kind"):
+        coefs(mean, var, None, None, None, 4, 4, 1e-5)
+    with pytest.raises(error, match="hw must be > 0"):
+        coefs(mean, var, None, None, None, 0, 0, 1e-5)
+    with pytest.raises(error, match="rho must have C elements"):
+        coefs(mean, var, None, None, None, 1, 4, 1e-5)
+    with pytest.raises(error, match="gamma/beta must have C or N\\*C elements"):
+        coefs(mean, var, None, torch.ones(4), None, 0, 4, 1e-5)
+    with pytest.raises(error, match="per-channel gamma/beta"):
+        coefs(mean, var, None, torch.ones(2, 3), None, 3, 4, 1e-5)
+    with pytest.raises(error, match="mean and var must be"):
+        coefs(mean, var[:1], None, None, None, 0, 4, 1e-5)
+    with pytest.raises(error, match="sums must be"):
+        coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
+    if not prefix:
+        from i2i_fast import _norm
+        with pytest.raises(ValueError, match="per-channel gamma/beta"):
+            _norm.coefs(_norm.BN, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
+
+
+def _triton_and_cpu():
+    if not (i2i_fast.backends()["triton"][0] and i2i_fast.backends()["cpu"][0]):
+        pytest.skip("needs the triton backend (interpreter) and the CPU extension")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("kind", [0, 1, 2, 3], ids=["in", "lin", "ln", "bn"])
+def test_triton_coefficients_match_cpu(kind, dtype):
+    """triton_norm_coefs / _bwd (every plane in one program, tile reductions over channels or
+    samples) and the CPU extension's fp64 loops are the same math: every parameter layout,
+    single-plane / single-channel / single-sample tiles, and hw = 1 (the unbiased variances
+    are NaN there, as torch.var's)."""
+    _triton_and_cpu()
+    ops = torch.ops.i2i_fast
+    g = torch.Generator().manual_seed(kind)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for (n, c), hw, layout in itertools.product([(1, 1), (1, 5), (2, 1), (3, 7), (5, 3)], [1, 9],
+                                                ["none", "c", "nc"]):
+        if (kind == 3 and layout == "nc") or (kind == 1 and layout == "none"):
+            continue  # batch norm: per-channel affine only; ILN/adaILN always have gamma/beta
+        def rnd(*shape, pos=False):
+            t = torch.rand(shape, generator=g, dtype=torch.float64) + 0.1 if pos else torch.randn(shape, generator=g, dtype=torch.float64)
+            return t.to(dtype)
+        mean, var, sums = rnd(n, c), rnd(n, c, pos=True), rnd(n, c, 2)
+        rho = rnd(c, pos=True).clamp(max=1) if kind == 1 else None
+        shape = {"none": None, "c": (c,), "nc": (n * c,)}[layout]
+        gamma, beta = (None, None) if shape is None else (rnd(*shape, pos=True), rnd(*shape))
+        args = (mean, var, rho, gamma, beta)
+        want = ops.norm_coefs(*args, kind, hw, 1e-5) + ops.norm_coefs_bwd(*args, sums, kind, hw, 1e-5)
+        got = ops.triton_norm_coefs(*args, kind, hw, 1e-5) + ops.triton_norm_coefs_bwd(*args, sums, kind, hw, 1e-5)
+        names = ["scale", "shift", "c0", "c1", "drho", "dgamma", "dbeta"]
+        for name, w, o in zip(names, want, got):
+            what = f"{name} kind={kind} n={n} c={c} hw={hw} {layout}"
+            assert o.dtype == w.dtype and o.shape == w.shape, what
+            torch.testing.assert_close(o, w, equal_nan=True, msg=what, **tol)
+
+
+@pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
+def test_triton_large_tile_fallback(norm, monkeypatch):
+    """Past COEF_TILE_MAX (padded N x C) the Triton path keeps the torch-op coefficient math of
+    _norm.coefs: the same results (DESIGN section 5 rule)."""
+    if "triton" not in cpu_backends():
+        pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
+    from i2i_fast.triton import norm as tn
+    monkeypatch.setattr(tn, "COEF_TILE_MAX", 1)
+    assert not tn.coefs_fit(2, 3)
+    check(norm, "triton", (2, 3, 5, 4), torch.float64, act="relu", with_res=True, pad=1)
+
+
+def test_triton_norm_is_three_ops_each_way():
+    """Forward stats -> coefs -> apply, backward sums -> coefs_bwd -> apply_bwd: the (N, C) math
+    is one op (one GPU launch), not the ~25 (forward) / ~90 (backward) small torch ops it was."""
+    if "triton" not in cpu_backends():
+        pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.name()
+            if not (name.startswith("aten::") and (func.is_view or name == "aten::detach")):
+                self.names.append(name.split("::")[1].split(".")[0])
+            return func(*args, **(kwargs or {}))
+    for norm in ("iln", "adalin", "layer_norm", "batch_norm"):
+        x = torch.randn(2, 4, 5, 3, requires_grad=True)
+        rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, 2, 4))
+        gy = torch.randn(2, 4, 7, 5)
+        with i2i_fast.use_backend("triton"):
+            with Ops() as fwd:
+                y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
+            with Ops() as bwd:
+                torch.autograd.grad(y, [x, gamma, beta], gy, allow_unused=True)
+        assert fwd.names == ["triton_norm_stats", "triton_norm_coefs", "triton_norm_apply"], (norm, fwd.names)
+        assert bwd.names == ["triton_norm_apply_sums", "triton_norm_coefs_bwd", "triton_norm_apply_bwd"], (norm, bwd.names)
 
 
 @pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")

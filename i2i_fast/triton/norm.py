@@ -1,6 +1,6 @@
 """Triton kernels of the plane-affine normalization ops (norm_stats, norm_apply,
-norm_apply_sums, norm_apply_bwd; schemas and math in csrc/ops.cpp, i2i_fast/_norm.py): one
-program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
+norm_apply_sums, norm_apply_bwd, norm_coefs, norm_coefs_bwd; schemas and math in csrc/ops.cpp,
+csrc/norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
 pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x 3) mirror
 sources in the backward: no atomics."""
 from __future__ import annotations
@@ -218,3 +218,224 @@ def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scal
             _plane_arg(c0, x), _plane_arg(c1, x), c, h, w, pad, *_strides(x), *_strides(g), _slope(slope, x),
             HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=_block(h * w))
     return gx
+
+
+# ---- norm_coefs / norm_coefs_bwd (schemas in csrc/ops.cpp): the (N, C) coefficient math of
+# csrc/norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
+# forward (stats, coefs, apply) where the torch-op math of _norm.coefs took ~25. Reductions over
+# the channels of a sample (kinds 1, 2) or the samples of a channel (kind 3, batch norm) are
+# tile reductions in the program: deterministic, no atomics.
+COEF_TILE_MAX = 16384  # padded N x C tiles larger than this keep _norm.coefs' torch math
+
+
+def coefs_fit(n: int, c: int) -> bool:
+    return triton.next_power_of_2(max(n, 1)) * triton.next_power_of_2(max(c, 1)) <= COEF_TILE_MAX
+
+
+@triton.jit
+def _f64(v):
+    return tl.zeros([], tl.float64) + v  # an int argument (maybe specialized to 1) as fp64
+
+
+@triton.jit
+def _unb(nf):
+    # n / (n - 1); NaN for a single value (torch.var), as coef_unb
+    return tl.where(nf > 1, nf / tl.where(nf > 1, nf - 1, 1.0), float("nan"))
+
+
+@triton.jit
+def _coef_param(P, p, c, m, MODE: tl.constexpr, default):
+    # MODE 0: absent, 1: one value per channel, 2: one per (n, c) plane
+    if MODE == 0:
+        v = tl.full(p.shape, default, tl.float64)
+    elif MODE == 1:
+        v = tl.load(P + c, mask=m, other=default).to(tl.float64)
+    else:
+        v = tl.load(P + p, mask=m, other=default).to(tl.float64)
+    return v
+
+
+@triton.jit
+def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.constexpr,
+                G_MODE: tl.constexpr, B_MODE: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """coefs_sample / coefs_channel_bn of csrc/norm_coefs.h for the whole (N, C) tile: scale,
+    shift and the intermediates the backward reuses (rl: 1/sqrt(LN var + eps) per sample, or
+    batch norm's 1/sqrt(var + eps) per channel)."""
+    zi = tl.zeros([BN, BC], tl.int32)
+    n = tl.arange(0, BN)[:, None] + zi
+    c = tl.arange(0, BC)[None, :] + zi
+    m = (n < N) & (c < C)
+    p = n * C + c
+    mean = tl.load(MEAN + p, mask=m, other=0.0).to(tl.float64)
+    var = tl.load(VAR + p, mask=m, other=0.0).to(tl.float64)
+    g = _coef_param(G, p, c, m, G_MODE, 1.0)
+    b = _coef_param(B, p, c, m, B_MODE, 0.0)
+    rho = _coef_param(RHO, p, c, m, 1 if KIND == 1 else 0, 0.0)
+    zf = tl.zeros([BN, BC], tl.float64)
+    if KIND == 3:  # Chan merge of the plane statistics over the samples of each channel
+        dm = tl.where(m, mean - (tl.sum(mean, 0) / _f64(N))[None, :], 0.0)
+        vb = tl.sum(var + dm * dm, 0) / _f64(N)
+        rl = (1.0 / tl.sqrt(vb + EPS))[None, :] + zf
+        sd = zf
+        rin = zf
+        sc = g * rl
+        sh = b + sc * dm
+    else:  # Chan merge over the channels of each sample
+        nf = _f64(C) * _f64(hw)
+        dm = tl.where(m, mean - (tl.sum(mean, 1) / _f64(C))[:, None], 0.0)
+        vln = (tl.sum(tl.where(m, (var + dm * dm) * _f64(hw), 0.0), 1) * (_unb(nf) / nf))[:, None] + zf
+        rl = 1.0 / tl.sqrt(vln + EPS)
+        sd = tl.sqrt(vln)
+        if KIND == 0:
+            rin = 1.0 / tl.sqrt(var + EPS)
+            sc = g * rin
+            sh = b
+        elif KIND == 1:
+            rin = 1.0 / tl.sqrt(var * _unb(_f64(hw)) + EPS)
+            sc = g * (rho * rin + (1 - rho) * rl)
+            sh = b + g * (1 - rho) * rl * dm
+        else:
+            rin = zf
+            sc = g / (sd + EPS)
+            sh = b + sc * dm
+    return m, p, c, g, rho, dm, rin, rl, sd, sc, sh
+
+
+@triton.jit
+def norm_coefs_kernel(MEAN, VAR, RHO, G, B, SCALE, SHIFT, N, C, hw, EPS: tl.constexpr,
+                      KIND: tl.constexpr, G_MODE: tl.constexpr, B_MODE: tl.constexpr,
+                      BN: tl.constexpr, BC: tl.constexpr):
+    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND,
+                                                           G_MODE, B_MODE, BN, BC)
+    tl.store(SCALE + p, sc.to(SCALE.dtype.element_ty), mask=m)
+    tl.store(SHIFT + p, sh.to(SHIFT.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _store_param_grad(D, d, p, m, C, MODE: tl.constexpr, BC: tl.constexpr):
+    # per-channel parameter: summed over the samples (tile reduction); per-plane: as is
+    if MODE == 1:
+        cs = tl.arange(0, BC)
+        tl.store(D + cs, tl.sum(tl.where(m, d, 0.0), 0).to(D.dtype.element_ty), mask=cs < C)
+    elif MODE == 2:
+        tl.store(D + p, d.to(D.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B, SUMS, C0, C1, DRHO, DG, DB, N, C, hw,
+                          EPS: tl.constexpr, KIND: tl.constexpr, G_MODE: tl.constexpr,
+                          B_MODE: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
+    """coefs_backward_sample / coefs_backward_channel_bn: c0, c1 of norm_apply_bwd and the
+    parameter gradients from the plane sums (S1 = sum dz, S2 = sum dz (x - mean))."""
+    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND,
+                                                           G_MODE, B_MODE, BN, BC)
+    s1 = tl.load(SUMS + 2 * p, mask=m, other=0.0).to(tl.float64)
+    s2 = tl.load(SUMS + 2 * p + 1, mask=m, other=0.0).to(tl.float64)
+    hwf = _f64(hw)
+    drho = tl.zeros([BN, BC], tl.float64)
+    if KIND == 3:
+        s2 = s2 + dm * s1  # sum dz (x - batch mean) per plane
+        big = _f64(N) * hwf
+        c1 = -g * rl * rl * rl * (tl.sum(tl.where(m, s2, 0.0), 0) / big)[None, :]
+        c0 = -g * rl * (tl.sum(s1, 0) / big)[None, :] + c1 * dm
+        dg = s2 * rl
+    else:
+        nf = _f64(C) * hwf
+        l_unb = _unb(nf) / nf
+        if KIND == 0:
+            dv = s2 * g * -0.5 * rin * rin * rin
+            dg = s2 * rin
+            t = tl.zeros([BN, BC], tl.float64)
+            dm2 = t
+        elif KIND == 1:
+            k = rho * rin + (1 - rho) * rl
+            dg = s2 * k + s1 * (1 - rho) * rl * dm
+            drho = g * s2 * (rin - rl) - g * s1 * rl * dm
+            t = s1 * g * (1 - rho) * rl
+            dr = tl.sum(tl.where(m, g * s2 * (1 - rho) + s1 * g * (1 - rho) * dm, 0.0), 1)[:, None]
+            dv = g * s2 * rho * -0.5 * rin * rin * rin * _unb(hwf)
+            dm2 = dr * -0.5 * rl * rl * rl * l_unb
+        else:
+            r = 1.0 / (sd + EPS)
+            dg = s2 * r + s1 * r * dm
+            t = s1 * g * r
+            dr = tl.sum(tl.where(m, g * s2 + g * s1 * dm, 0.0), 1)[:, None]
+            dv = tl.zeros([BN, BC], tl.float64)
+            dm2 = -dr * r * r / (2 * tl.where(m, sd, 1.0)) * l_unb  # (padding rows: no 0 / 0)
+        tsum = tl.sum(tl.where(m, t, 0.0), 1)[:, None]
+        c1 = (dv + dm2 * hwf) * 2.0 / hwf
+        c0 = (t - tsum / _f64(C) + dm2 * 2 * hwf * dm - sc * s1) / hwf
+    tl.store(C0 + p, c0.to(C0.dtype.element_ty), mask=m)
+    tl.store(C1 + p, c1.to(C1.dtype.element_ty), mask=m)
+    _store_param_grad(DRHO, drho, p, m, C, 1 if KIND == 1 else 0, BC)
+    _store_param_grad(DG, dg, p, m, C, G_MODE, BC)
+    _store_param_grad(DB, s1, p, m, C, B_MODE, BC)
+
+
+def _coef_inputs(mean, var, rho, gamma, beta, kind, hw):
+    """The C++ op's checks (csrc/norm.h prep_coefs); tensors in the statistics dtype, flat."""
+    if mean.dim() != 2 or var.shape != mean.shape or var.device != mean.device:
+        raise ValueError("i2i_fast norm_coefs: mean and var must be (N, C) on one device")
+    if kind not in (0, 1, 2, 3):
+        raise ValueError(f"i2i_fast norm_coefs: unknown kind {kind}")
+    if hw <= 0:
+        raise ValueError("i2i_fast norm_coefs: hw must be > 0")
+    n, c = mean.shape
+    sd = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    if kind == 1 and (rho is None or rho.numel() != c):
+        raise ValueError("i2i_fast norm_coefs: rho must have C elements")
+    for t in (rho, gamma, beta):
+        if t is not None and t.device != mean.device:
+            raise ValueError(f"i2i_fast norm_coefs: parameters must be on {mean.device}")
+    for t in (gamma, beta):
+        if t is not None and t.numel() not in (c, n * c):
+            raise ValueError("i2i_fast norm_coefs: gamma/beta must have C or N*C elements")
+        if t is not None and kind == 3 and t.numel() != c:
+            raise ValueError("i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta "
+                             "(C elements)")
+    flat = [None if t is None else t.to(sd).contiguous().reshape(-1)
+            for t in (mean, var, rho, gamma, beta)]
+    modes = [0 if t is None else 1 if t.numel() == c else 2 for t in (gamma, beta)]
+    return flat, modes, sd
+
+
+def _coef_meta(n, c, kind, eps, modes):
+    return dict(EPS=float(eps), KIND=kind, G_MODE=modes[0], B_MODE=modes[1],
+                BN=triton.next_power_of_2(max(n, 1)), BC=triton.next_power_of_2(max(c, 1)),
+                num_warps=8)
+
+
+@triton_op("i2i_fast::triton_norm_coefs", mutates_args=())
+def norm_coefs(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
+               gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], kind: int, hw: int,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    (m, v, r, g, b), modes, sd = _coef_inputs(mean, var, rho, gamma, beta, kind, hw)
+    n, c = mean.shape
+    scale = mean.new_empty((n, c), dtype=sd)
+    shift = mean.new_empty((n, c), dtype=sd)
+    if n * c > 0:
+        wrap_triton(norm_coefs_kernel)[(1,)](m, v, r if r is not None else m, g if g is not None else m,
+                                            b if b is not None else m, scale, shift, n, c, hw,
+                                            **_coef_meta(n, c, kind, eps, modes))
+    return scale, shift
+
+
+@triton_op("i2i_fast::triton_norm_coefs_bwd", mutates_args=())
+def norm_coefs_bwd(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
+                   gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], sums: torch.Tensor,
+                   kind: int, hw: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                            torch.Tensor, torch.Tensor]:
+    (m, v, r, g, b), modes, sd = _coef_inputs(mean, var, rho, gamma, beta, kind, hw)
+    n, c = mean.shape
+    if sums.numel() != n * c * 2 or sums.device != mean.device:
+        raise ValueError("i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device")
+    s = sums.to(sd).contiguous()
+    c0 = mean.new_empty((n, c), dtype=sd)
+    c1 = mean.new_empty((n, c), dtype=sd)
+    grads = [mean.new_zeros((0 if t is None else t.numel(),), dtype=sd) for t in (r, g, b)]
+    if n * c > 0:
+        wrap_triton(norm_coefs_bwd_kernel)[(1,)](
+            m, v, r if r is not None else m, g if g is not None else m, b if b is not None else m, s,
+            c0, c1, *(d if d.numel() else c0 for d in grads), n, c, hw,
+            **_coef_meta(n, c, kind, eps, modes))
+    return (c0, c1, *grads)
