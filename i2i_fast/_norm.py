@@ -329,6 +329,16 @@ def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: f
         running_var.copy_((1 - m) * running_var.to(bv.dtype) + m * bv)
 
 
+def split_planes(x: Tensor) -> bool:
+    """Triton: would x's planes be split over several programs (too few planes to fill the GPU)?
+    The fused one-program-per-plane instance-norm kernel cannot split, so instance norm / AdaIN
+    then take the family's kernels (stats -> coefs -> apply) instead."""
+    if "triton" not in _OPS or _backend.select(x.device) != "triton":
+        return False
+    n, c, h, w = x.shape
+    return _tn.plane_grid(n * c, h * w, x.device)[0] > 1
+
+
 def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None, stats=False):
     """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
     with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns

@@ -144,7 +144,7 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
-    if pad:
+    if pad or _norm.split_planes(input):
         return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                 float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
@@ -191,7 +191,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    if pad:
+    if pad or _norm.split_planes(input):
         out, mean, var = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                           float(negative_slope), pad, None if use_input_stats else stats, stats=True)
         if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:

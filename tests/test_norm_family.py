@@ -501,6 +501,30 @@ def test_triton_large_tile_fallback(norm, monkeypatch):
     check(norm, "triton", (2, 3, 5, 4), torch.float64, act="relu", with_res=True, pad=1)
 
 
+@pytest.mark.parametrize("norm", NORMS)
+def test_triton_split_planes(norm, monkeypatch):
+    """Few large planes (batch 1 on a GPU): S programs per plane, chunk partials merged in chunk
+    order (uneven last chunk here). Same results as the rule demands, bitwise reproducible; instance
+    norm and AdaIN leave their one-program-per-plane kernel for the family's split kernels."""
+    if "triton" not in cpu_backends():
+        pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
+    from i2i_fast import _norm
+    from i2i_fast.triton import norm as tn
+    monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
+    monkeypatch.setattr(tn, "MIN_CHUNK", 16)
+    assert tn.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
+    with i2i_fast.use_backend("triton"):
+        assert _norm.split_planes(torch.empty(2, 3, 7, 5))
+    check(norm, "triton", (2, 3, 7, 5), torch.float64, act="leaky_relu", with_res=True, pad=1)
+    check(norm, "triton", (2, 3, 7, 5), torch.float32, act="relu", channels_last=True)
+    x = torch.randn(1, 3, 9, 8, requires_grad=True)
+    rho, gamma, beta = (t.float() for t in make_params(norm, 1, 3))
+    with i2i_fast.use_backend("triton"):
+        runs = [torch.autograd.grad(ours(norm, x, rho, gamma, beta, "relu"), x, torch.ones(1, 3, 9, 8))[0]
+                for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_triton_norm_is_three_ops_each_way():
     """Forward stats -> coefs -> apply, backward sums -> coefs_bwd -> apply_bwd: the (N, C) math
     is one op (one GPU launch), not the ~25 (forward) / ~90 (backward) small torch ops it was."""

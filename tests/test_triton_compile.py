@@ -123,7 +123,12 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
         if not warmup:
             launches.append(_spec(self, args, kwargs))
     monkeypatch.setattr(interp, "run", record)
+    from i2i_fast.triton import norm as tn
     with i2i_fast.use_backend("triton"):
+        _workload()
+        # again with planes split over several programs (how batch-1 large maps run on a GPU)
+        monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
+        monkeypatch.setattr(tn, "MIN_CHUNK", 4)
         _workload()
 
     # every launch kernel of i2i_fast/triton was reached by the workload

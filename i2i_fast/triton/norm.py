@@ -5,6 +5,7 @@ pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x
 sources in the backward: no atomics."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -29,30 +30,80 @@ def _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC: tl.constexpr):
 
 
 @triton.jit
-def norm_stats_kernel(X, MEAN, VAR, C, H, W, sN, sC, sH, sW, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _span(CHUNK, total):
+    # this program's elements of its plane: [start, end), chunk program_id(1)
+    start = tl.program_id(1) * CHUNK
+    return start, tl.minimum(start + CHUNK, total)
+
+
+@triton.jit
+def norm_stats_kernel(X, MEAN, VAR, PART, C, H, W, CHUNK, sN, sC, sH, sW, SPLIT: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Two-pass mean / squared deviations of a chunk of a plane; SPLIT: the chunk's (mean, M2)
+    go to PART for norm_stats_merge_kernel, else the plane's mean and biased variance."""
     pid = tl.program_id(0)
     base = (pid // C).to(tl.int64) * sN + (pid % C).to(tl.int64) * sC
     offs = tl.arange(0, BLOCK)
     HW = H * W
+    start, end = _span(CHUNK, HW)
     acc = tl.zeros([BLOCK], ACC)
-    for s0 in range(0, HW, BLOCK):
+    for s0 in range(start, end, BLOCK):
         idx = s0 + offs
         off = base + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
-        acc += tl.load(X + off, mask=idx < HW, other=0.0).to(ACC)
-    mean = tl.sum(acc, 0) / HW
+        acc += tl.load(X + off, mask=idx < end, other=0.0).to(ACC)
+    mean = tl.sum(acc, 0) / (end - start)
     acc = tl.zeros([BLOCK], ACC)
-    for s0 in range(0, HW, BLOCK):
+    for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        m = idx < HW
+        m = idx < end
         off = base + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
         d = tl.where(m, tl.load(X + off, mask=m, other=0.0).to(ACC) - mean, 0.0)
         acc += d * d
-    tl.store(MEAN + pid, mean)
-    tl.store(VAR + pid, tl.sum(acc, 0) / HW)
+    if SPLIT:
+        q = PART + 2 * (pid * tl.num_programs(1) + tl.program_id(1))
+        tl.store(q, mean)
+        tl.store(q + 1, tl.sum(acc, 0))
+    else:
+        tl.store(MEAN + pid, mean)
+        tl.store(VAR + pid, tl.sum(acc, 0) / HW)
 
 
 @triton.jit
-def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, sN, sC, sH, sW, oN, oC, oH, oW,
+def norm_stats_merge_kernel(PART, MEAN, VAR, P, S, HW, CHUNK, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Chan merge of each plane's S chunk states, in chunk order (deterministic)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < P
+    cnt = tl.zeros([BLOCK], ACC)
+    mean = tl.zeros([BLOCK], ACC)
+    m2 = tl.zeros([BLOCK], ACC)
+    for j in range(0, S):
+        nb = tl.minimum(CHUNK, HW - j * CHUNK).to(ACC)
+        mb = tl.load(PART + 2 * (i * S + j), mask=m, other=0.0).to(ACC)
+        tot = cnt + nb
+        d = mb - mean
+        mean += d * (nb / tot)
+        m2 += tl.load(PART + 2 * (i * S + j) + 1, mask=m, other=0.0).to(ACC) + d * d * (cnt * nb / tot)
+        cnt = tot
+    tl.store(MEAN + i, mean, mask=m)
+    tl.store(VAR + i, m2 / HW, mask=m)
+
+
+@triton.jit
+def norm_sums_merge_kernel(PART, SUMS, P, S, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Each plane's (S1, S2): its S chunk partial sums added in chunk order."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < P
+    a1 = tl.zeros([BLOCK], ACC)
+    a2 = tl.zeros([BLOCK], ACC)
+    for j in range(0, S):
+        a1 += tl.load(PART + 2 * (i * S + j), mask=m, other=0.0).to(ACC)
+        a2 += tl.load(PART + 2 * (i * S + j) + 1, mask=m, other=0.0).to(ACC)
+    tl.store(SUMS + 2 * i, a1, mask=m)
+    tl.store(SUMS + 2 * i + 1, a2, mask=m)
+
+
+@triton.jit
+def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, oN, oC, oH, oW,
                       SLOPE, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                       BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -60,11 +111,11 @@ def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, sN, sC, sH, sW, o
     xbase = n * sN + c * sC
     ybase = n * oN + c * oC
     Wo = W + 2 * P
-    HWo = (H + 2 * P) * Wo
+    start, end = _span(CHUNK, (H + 2 * P) * Wo)
     offs = tl.arange(0, BLOCK)
-    for s0 in range(0, HWo, BLOCK):
+    for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        m = idx < HWo
+        m = idx < end
         oh = idx // Wo
         ow = idx % Wo
         src = xbase + _reflect(oh - P, H).to(tl.int64) * sH + _reflect(ow - P, W).to(tl.int64) * sW
@@ -114,37 +165,41 @@ def _d_dz(X, G, xbase, gbase, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shif
 
 
 @triton.jit
-def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, sN, sC, sH, sW, gN, gC, gH, gW,
-                           SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                           BLOCK: tl.constexpr):
+def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, gN, gC,
+                           gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                           SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    """(S1, S2) of a plane, or with SPLIT of a chunk of it (norm_sums_merge_kernel adds them)."""
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     offs = tl.arange(0, BLOCK)
+    start, end = _span(CHUNK, H * W)
     a1 = tl.zeros([BLOCK], ACC)
     a2 = tl.zeros([BLOCK], ACC)
-    for s0 in range(0, H * W, BLOCK):
+    for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        d, dz = _d_dz(X, G, n * sN + c * sC, n * gN + c * gC, idx, idx < H * W, H, W, P, sH, sW,
+        d, dz = _d_dz(X, G, n * sN + c * sC, n * gN + c * gC, idx, idx < end, H, W, P, sH, sW,
                       gH, gW, mean, scale, shift, slope, HAS_P, ACT, ACC)
         a1 += dz
         a2 += dz * d
-    tl.store(SUMS + 2 * pid, tl.sum(a1, 0))
-    tl.store(SUMS + 2 * pid + 1, tl.sum(a2, 0))
+    q = SUMS + 2 * (pid * tl.num_programs(1) + tl.program_id(1)) if SPLIT else SUMS + 2 * pid
+    tl.store(q, tl.sum(a1, 0))
+    tl.store(q + 1, tl.sum(a2, 0))
 
 
 @triton.jit
-def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT, C0, C1, C, H, W, P, sN, sC, sH, sW, gN, gC,
-                          gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK: tl.constexpr):
+def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT, C0, C1, C, H, W, P, CHUNK, sN, sC, sH, sW,
+                          gN, gC, gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     c0 = tl.load(C0 + pid).to(ACC)
     c1 = tl.load(C1 + pid).to(ACC)
     xbase = n * sN + c * sC
     offs = tl.arange(0, BLOCK)
-    for s0 in range(0, H * W, BLOCK):
+    start, end = _span(CHUNK, H * W)
+    for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        m = idx < H * W
+        m = idx < end
         d, dz = _d_dz(X, G, xbase, n * gN + c * gC, idx, m, H, W, P, sH, sW, gH, gW, mean, scale,
                       shift, slope, HAS_P, ACT, ACC)
         off = xbase + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
@@ -159,6 +214,37 @@ def _plane_arg(t, x):
     return t.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
 
 
+# ---- grids: one program per plane, or S programs per plane (chunks of CHUNK elements) when the
+# planes alone cannot fill the GPU (batch 1, large maps), as the CUDA kernels do: the reductions
+# then write per-chunk partials merged in chunk order by a second small kernel (no atomics).
+MIN_CHUNK = 4096      # elements: smaller chunks are not worth a program
+PROGRAMS_PER_SM = 4
+INTERPRETER_SMS = 0   # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plane_grid(planes: int, elems: int, device: torch.device) -> tuple[int, int, int]:
+    """(S, CHUNK, BLOCK) for `planes` planes of `elems` elements each."""
+    block = min(_block(elems), MIN_CHUNK)
+    if device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        sms = INTERPRETER_SMS
+    target = PROGRAMS_PER_SM * sms
+    splits = 1 if planes >= target else max(1, min(-(-target // planes), elems // MIN_CHUNK))
+    chunk = -(-max(elems, 1) // splits)
+    chunk = -(-chunk // block) * block  # whole BLOCKs per program
+    return -(-max(elems, 1) // chunk), chunk, block
+
+
+def _merge_grid(planes):
+    return (triton.cdiv(planes, 128),)
+
+
 @triton_op("i2i_fast::triton_norm_stats", mutates_args=())
 def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, fmt, _ = _layout(x)
@@ -167,8 +253,13 @@ def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x.new_full((n, c), float("nan"), dtype=sd)
     var = x.new_full((n, c), float("nan"), dtype=sd)
     if x.numel() > 0:
-        wrap_triton(norm_stats_kernel)[(n * c,)](x, mean, var, c, h, w, *_strides(x), ACC=_acc(x),
-                                                 BLOCK=_block(h * w))
+        S, chunk, block = plane_grid(n * c, h * w, x.device)
+        part = x.new_empty((n * c, S, 2), dtype=sd) if S > 1 else mean
+        wrap_triton(norm_stats_kernel)[(n * c, S)](x, mean, var, part, c, h, w, chunk, *_strides(x),
+                                                   SPLIT=S > 1, ACC=_acc(x), BLOCK=block)
+        if S > 1:
+            wrap_triton(norm_stats_merge_kernel)[_merge_grid(n * c)](part, mean, var, n * c, S, h * w, chunk,
+                                                                     ACC=_acc(x), BLOCK=128)
     return mean, var
 
 
@@ -181,10 +272,11 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: 
                     memory_format=fmt)
     r = residual.contiguous(memory_format=fmt) if residual is not None else x
     if y.numel() > 0:
-        wrap_triton(norm_apply_kernel)[(n * c,)](
-            x, r, y, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w, pad,
+        S, chunk, block = plane_grid(n * c, y.shape[2] * y.shape[3], x.device)
+        wrap_triton(norm_apply_kernel)[(n * c, S)](
+            x, r, y, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w, pad, chunk,
             *_strides(x), *_strides(y), _slope(slope, x), HAS_R=residual is not None, ACT=act, ACC=_acc(x),
-            BLOCK=_block(y.shape[2] * y.shape[3]))
+            BLOCK=block)
     return y
 
 
@@ -197,10 +289,14 @@ def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, sca
     sums = x.new_zeros((n, c, 2), dtype=sd)
     if x.numel() > 0:
         g = grad.contiguous(memory_format=fmt)
-        wrap_triton(norm_apply_sums_kernel)[(n * c,)](
-            g, x, sums, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w,
-            pad, *_strides(x), *_strides(g), _slope(slope, x), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
-            BLOCK=_block(h * w))
+        S, chunk, block = plane_grid(n * c, h * w, x.device)
+        part = x.new_empty((n * c, S, 2), dtype=sd) if S > 1 else sums
+        wrap_triton(norm_apply_sums_kernel)[(n * c, S)](
+            g, x, part, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w,
+            pad, chunk, *_strides(x), *_strides(g), _slope(slope, x), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
+            SPLIT=S > 1, BLOCK=block)
+        if S > 1:
+            wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=_acc(x), BLOCK=128)
     return sums
 
 
@@ -213,10 +309,11 @@ def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scal
     gx = torch.empty_like(x, memory_format=fmt)
     if x.numel() > 0:
         g = grad.contiguous(memory_format=fmt)
-        wrap_triton(norm_apply_bwd_kernel)[(n * c,)](
+        S, chunk, block = plane_grid(n * c, h * w, x.device)
+        wrap_triton(norm_apply_bwd_kernel)[(n * c, S)](
             g, x, gx, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x),
-            _plane_arg(c0, x), _plane_arg(c1, x), c, h, w, pad, *_strides(x), *_strides(g), _slope(slope, x),
-            HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=_block(h * w))
+            _plane_arg(c0, x), _plane_arg(c1, x), c, h, w, pad, chunk, *_strides(x), *_strides(g),
+            _slope(slope, x), HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=block)
     return gx
 
 
