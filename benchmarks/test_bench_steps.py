@@ -6,7 +6,8 @@ pix2pix U-Net-256, MUNIT. DESIGN.md sizes on CUDA; narrower nets and smaller ima
 Every variant first runs one step from the same weights, data and noise as the original eager
 model and must give the same losses (rtol 1e-3); then its steps are timed. extra_info: median
 ms per step, speedup vs original eager (measured in this session), peak memory (CUDA:
-torch.cuda.max_memory_allocated, MiB; CPU: not measured). The compiled variants compile on
+torch.cuda.max_memory_allocated, MiB; CPU: not measured), saved MiB (the peak of what autograd
+holds for backward, eager variants, any device: bench_steps.saved_peak_mib). The compiled variants compile on
 their first step (minutes on a 2-core CPU); I2I_FAST_BENCH_STEPS_COMPILE=0 skips them.
 """
 from __future__ import annotations
@@ -54,6 +55,8 @@ def test_training_step(benchmark, device, family, variant):
     assert res["parity"], f"{family} {variant}: {res['parity_detail']}"
     res["speedup_vs_eager"] = ref["ms"] / res["ms"]
     res["peak_mib"] = res["peak_mib"] if res["peak_mib"] is not None else "not measured (CPU)"
+    if res["saved_mib"] is not None and ref["saved_mib"]:
+        res["saved_vs_eager"] = res["saved_mib"] / ref["saved_mib"]
     benchmark.extra_info.update(res)
 
     if variant == "eager":

@@ -11,7 +11,8 @@ Variants of one family, all from the same initial weights and data:
   converted+compile torch.compile of the converted modules, the fused losses
 Sizes: the DESIGN.md shapes on CUDA; on CPU narrower nets and smaller images (``small``), so a
 step takes tens of milliseconds to a second. Peak memory is torch.cuda.max_memory_allocated on
-CUDA; on CPU it is not measured (None).
+CUDA; on CPU it is not measured (None). Saved MiB (saved_peak_mib, eager variants, any device) is
+the peak of what the autograd graphs hold for backward during a step.
 """
 from __future__ import annotations
 
@@ -273,9 +274,53 @@ def run_variant(family, variant, device, ref_losses=None, budget_s=2.0, small=No
     losses = r.run()
     ok, detail = compare_losses(ref_losses, losses) if ref_losses is not None else (True, "reference")
     t, peak = time_step(r, budget_s)
+    saved = None if "compile" in variant else saved_peak_mib(r)
     return {"family": family, "variant": variant, "config": r.what, "device": str(r.device),
             "ms": t.median_ms, "min_ms": t.min_ms, "reps": len(t.times_ms), "peak_mib": peak,
+            "saved_mib": saved,
             "parity": ok, "parity_detail": detail, "losses": {k: float(v) for k, v in losses.items()}}
+
+
+def saved_peak_mib(runner: Runner) -> float:
+    """Peak MiB that autograd graphs hold for backward during one training step: the distinct
+    non-parameter storages saved by the forward passes, counted while a graph holds them (saved
+    tensor hooks). Device-independent, so it is measured on CPU too: the activation part of a
+    step's peak memory (not the allocator's peak: no transients, optimizer state or gradients).
+    Eager modules only (torch.compile's graphs do not run these hooks)."""
+    params = {p.untyped_storage().data_ptr() for n in runner.nets for p in n.parameters()}
+    live = {}  # storage address -> [holders, bytes]
+    state = {"cur": 0, "peak": 0}
+
+    class Held:
+        __slots__ = ("t", "key")
+
+        def __init__(self, t, key):
+            self.t, self.key = t, key
+
+        def __del__(self):
+            ent = live[self.key]
+            ent[0] -= 1
+            if ent[0] == 0:
+                state["cur"] -= ent[1]
+                del live[self.key]
+
+    def pack(t):
+        st = t.untyped_storage()
+        key = st.data_ptr()
+        if key in params or st.nbytes() == 0:
+            return t
+        ent = live.setdefault(key, [0, st.nbytes()])
+        if ent[0] == 0:
+            state["cur"] += ent[1]
+            state["peak"] = max(state["peak"], state["cur"])
+        ent[0] += 1
+        return Held(t, key)
+
+    def unpack(h):
+        return h.t if isinstance(h, Held) else h
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        runner.run()
+    return state["peak"] / 2 ** 20
 
 
 def time_step(runner: Runner, budget_s=2.0, warmup=2):
@@ -347,7 +392,8 @@ def main(argv=None) -> int:
                       f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
         return 1 if failed else 0
     print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
-    print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9}  parity")
+    print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9} "
+          f"{'saved MiB':>9}  parity")
     failed = 0
     for fam in a.families.split(","):
         ref = run_variant(fam, "eager", a.device, budget_s=a.budget)
@@ -355,7 +401,9 @@ def main(argv=None) -> int:
             res = ref if var == "eager" else run_variant(fam, var, a.device, ref["losses"], a.budget)
             failed += not res["parity"]
             peak = "n/m" if res["peak_mib"] is None else f"{res['peak_mib']:.0f}"
-            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9}  "
+            saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
+            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9} "
+                  f"{saved:>9}  "
                   f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
     return 1 if failed else 0
 

@@ -398,6 +398,32 @@ def test_pix2pix_batchnorm():
     assert not pl.changes and sum("only torch.nn.BatchNorm2d" in w for _, w in pl.left_alone) == 2
 
 
+def test_saved_peak_mib_counts_live_graph_storages():
+    """bench_steps.saved_peak_mib: distinct non-parameter storages, counted while their graph
+    lives (a freed graph's bytes leave the count), views of one storage once."""
+    w = torch.nn.Parameter(torch.randn(1024))
+
+    class Stub:
+        nets = [torch.nn.Module()]
+        nets[0].w = w
+
+        def run(self):
+            x = torch.randn(1024, requires_grad=True)
+            (x * w).sum().backward()                  # saves x (4 KiB) and w (a parameter)
+            y = torch.randn(2048, requires_grad=True)  # the first graph is freed: peak 8 KiB, not 12
+            (y[:1024] * y[1024:] * w).sum().backward()
+    assert bench_steps.saved_peak_mib(Stub()) * 2 ** 20 == 8192 + 4096  # y's storage + y[:1024] * y[1024:]
+
+
+@pytest.mark.parametrize("family", ["ugatit", "munit"])
+def test_converted_step_saves_less_for_backward(family):
+    """The fused norms keep x and (N, C) statistics for backward where the originals keep
+    several full-size intermediates: the converted step's saved-activation peak is lower."""
+    eager = bench_steps.saved_peak_mib(bench_steps.Runner(family, "eager", "cpu"))
+    converted = bench_steps.saved_peak_mib(bench_steps.Runner(family, "converted", "cpu"))
+    assert converted < 0.8 * eager, (family, eager, converted)
+
+
 def test_pix2pix_training_step_matches():
     """pix2pix (BatchNorm U-Net + BatchNorm PatchGAN, dropout): one converted step with the fused
     losses vs the original step in float64: losses, every parameter and running statistic."""
