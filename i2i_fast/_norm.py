@@ -333,7 +333,7 @@ def split_planes(x: Tensor) -> bool:
     """Triton: would x's planes be split over several programs (too few planes to fill the GPU)?
     The fused one-program-per-plane instance-norm kernel cannot split, so instance norm / AdaIN
     then take the family's kernels (stats -> coefs -> apply) instead."""
-    if "triton" not in _OPS or _backend.select(x.device) != "triton":
+    if "triton" not in _OPS or x.numel() == 0 or _backend.select(x.device) != "triton":
         return False
     n, c, h, w = x.shape
     return _tn.plane_grid(n * c, h * w, x.device)[0] > 1

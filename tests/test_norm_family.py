@@ -504,8 +504,10 @@ def test_triton_large_tile_fallback(norm, monkeypatch):
 @pytest.mark.parametrize("norm", NORMS)
 def test_triton_split_planes(norm, monkeypatch):
     """Few large planes (batch 1 on a GPU): S programs per plane, chunk partials merged in chunk
-    order (uneven last chunk here). Same results as the rule demands, bitwise reproducible; instance
-    norm and AdaIN leave their one-program-per-plane kernel for the family's split kernels."""
+    order (uneven last chunk here): the results the rule demands. Instance norm and AdaIN leave
+    their one-program-per-plane kernel for the family's split kernels; empty batches stay empty.
+    (Determinism is by construction, fixed merge order and no atomics: the interpreter runs
+    programs one after another, so a repeat-and-compare here could not fail.)"""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
     from i2i_fast import _norm
@@ -517,12 +519,10 @@ def test_triton_split_planes(norm, monkeypatch):
         assert _norm.split_planes(torch.empty(2, 3, 7, 5))
     check(norm, "triton", (2, 3, 7, 5), torch.float64, act="leaky_relu", with_res=True, pad=1)
     check(norm, "triton", (2, 3, 7, 5), torch.float32, act="relu", channels_last=True)
-    x = torch.randn(1, 3, 9, 8, requires_grad=True)
-    rho, gamma, beta = (t.float() for t in make_params(norm, 1, 3))
-    with i2i_fast.use_backend("triton"):
-        runs = [torch.autograd.grad(ours(norm, x, rho, gamma, beta, "relu"), x, torch.ones(1, 3, 9, 8))[0]
-                for _ in range(2)]
-    assert torch.equal(runs[0], runs[1])
+    if norm in ("instance_norm", "layer_norm"):
+        with i2i_fast.use_backend("triton"):
+            for shape in ((0, 3, 8, 8), (2, 0, 8, 8)):
+                assert ours(norm, torch.randn(shape), None, None, None).shape == shape
 
 
 def test_triton_norm_is_three_ops_each_way():

@@ -5,7 +5,8 @@ the compiler rejects, so passing the other tests does not prove the Triton backe
 the ops run through the triton backend with the interpreter's launcher replaced by a recorder
 (kernel, arguments, constexprs, num_warps: nothing executes), every combination of the
 epilogue, dtype, layout, kind and parameter options; the arguments get Triton's own launch
-specialization (an int equal to 1 becomes a constexpr, as on a GPU); tests/triton_aot.py then
+specialization (an int equal to 1 becomes a constexpr, divisibility by 16 an attribute, block
+sizes and plane splits as on an H100, also at DESIGN.md's GPU shapes); tests/triton_aot.py then
 compiles each distinct specialization to a cubin in a process without the interpreter. fp16 and
 bf16 launches are recorded too (never executed, so the CPU interpreter's dtype support does not
 matter)."""
@@ -89,6 +90,25 @@ def _workload():
     run(F.gan_loss(many, True, "lsgan"), *many)
 
 
+def _gpu_shapes_workload():
+    """The norms at DESIGN.md's GPU shapes (nothing executes, so no cost but the allocation),
+    to record the block sizes and plane splits an H100 launch would get."""
+    for shape, dt in itertools.product([(1, 256, 64, 64), (1, 64, 256, 256), (16, 256, 32, 32)],
+                                       (torch.float32, torch.bfloat16)):
+        n, c = shape[:2]
+        x = torch.empty(shape, dtype=dt).requires_grad_()
+        gc, bc = (torch.ones(c, requires_grad=True) for _ in range(2))
+        gn, bn = (torch.ones(n, c, dtype=dt, requires_grad=True) for _ in range(2))
+        rho = torch.ones(1, c, 1, 1, requires_grad=True)
+        ys = [F.iln(x, rho, gc.reshape(1, c, 1, 1), bc.reshape(1, c, 1, 1), activation="relu", out_pad=1),
+              F.adalin(x, rho, gn, bn, residual=x.detach()),
+              F.instance_norm(x, weight=gc, bias=bc, activation="relu"),
+              F.layer_norm(x, gc, bc, activation="relu"),
+              F.batch_norm(x, None, None, gc, bc, True, activation="leaky_relu")]
+        for y in ys:
+            torch.autograd.grad(y, [x], torch.empty_like(y))
+
+
 def _spec(fn, args, kwargs):
     """The launch as Triton specializes it: signature types, constexpr values, num_warps."""
     from triton._C.libtriton import native_specialize_impl
@@ -100,19 +120,21 @@ def _spec(fn, args, kwargs):
     params = inspect.signature(fn.fn).parameters
     bound = inspect.signature(fn.fn).bind(*args, **kwargs)
     bound.apply_defaults()
-    sig, consts = {}, {}
-    for name, p in params.items():
+    sig, consts, attrs = {}, {}, []
+    for i, (name, p) in enumerate(params.items()):
         v = bound.arguments[name]
         if "constexpr" in str(p.annotation):
             sig[name] = "constexpr"
             consts[name] = {"tl": v.name if hasattr(v, "name") else str(v)} if isinstance(v, tl.dtype) else v
             continue
-        t, _ = native_specialize_impl(BaseBackend, v, False, True, True)
+        t, key = native_specialize_impl(BaseBackend, v, False, True, True)
         sig[name] = t
         if t == "constexpr":
             consts[name] = v
+        elif isinstance(key, str) and key:
+            attrs.append([i, key])  # "D": divisible by 16 (pointer alignment, sizes, strides)
     return {"module": fn.fn.__module__, "kernel": fn.fn.__name__, "signature": sig,
-            "constexprs": consts, "num_warps": num_warps}
+            "constexprs": consts, "attrs": attrs, "num_warps": num_warps}
 
 
 def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
@@ -123,13 +145,18 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
         if not warmup:
             launches.append(_spec(self, args, kwargs))
     monkeypatch.setattr(interp, "run", record)
-    from i2i_fast.triton import norm as tn
+    from i2i_fast.triton import instance_norm as tin, norm as tn, reflection_pad as tpad
+    for m in (tin, tpad):  # the GPU's block sizes, not the interpreter's
+        monkeypatch.setattr(m, "triton_interpret", lambda: False)
     with i2i_fast.use_backend("triton"):
         _workload()
         # again with planes split over several programs (how batch-1 large maps run on a GPU)
         monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
         monkeypatch.setattr(tn, "MIN_CHUNK", 4)
         _workload()
+        monkeypatch.setattr(tn, "INTERPRETER_SMS", 132)  # an H100's SMs, the default chunking
+        monkeypatch.setattr(tn, "MIN_CHUNK", 4096)
+        _gpu_shapes_workload()
 
     # every launch kernel of i2i_fast/triton was reached by the workload
     from i2i_fast.triton import instance_norm, losses, norm, reflection_pad, spectral_norm

@@ -4,7 +4,8 @@ process without TRITON_INTERPRET, so @triton.jit gives real JITFunctions).
 
     python tests/triton_aot.py SPECS.json [ARCH]      # ARCH: 90 (H100/H200) by default
 
-SPECS: a list of {"module", "kernel", "signature", "constexprs", "num_warps"}; a constexpr given
+SPECS: a list of {"module", "kernel", "signature", "constexprs", "attrs", "num_warps"} (attrs:
+[parameter index, Triton's specialization key] pairs); a constexpr given
 as {"tl": "fp32"} is that triton.language dtype. Exit code 0: all compiled; 1: failures
 (printed); 3: this triton has no ahead-of-time API we know (the caller skips)."""
 import importlib
@@ -23,10 +24,12 @@ def _compile(args):
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.backends.compiler import BaseBackend
     fn = getattr(importlib.import_module(s["module"]), s["kernel"])
     consts = {k: tl.dtype(v["tl"]) if isinstance(v, dict) else v for k, v in s["constexprs"].items()}
+    attrs = {(i,): BaseBackend.parse_attr(key) for i, key in s.get("attrs", [])}
     try:
-        triton.compile(ASTSource(fn=fn, signature=s["signature"], constexprs=consts),
+        triton.compile(ASTSource(fn=fn, signature=s["signature"], constexprs=consts, attrs=attrs),
                        target=GPUTarget("cuda", arch, 32), options={"num_warps": s["num_warps"]})
         return ""
     except Exception:  # noqa: BLE001 (report every failing specialization)

@@ -70,14 +70,14 @@ def _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, SLOPE,
+def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                              INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                              PER_PLANE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
     offs = tl.arange(0, BLOCK)
-    slope = tl.load(SLOPE).to(ACC)  # a float argument would be fp32
+    slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     if INPUT_STATS:
         acc = tl.zeros([BLOCK], ACC)
         for s0 in range(0, HW, BLOCK):
@@ -112,14 +112,14 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
 
 
 @triton.jit
-def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, eps, SLOPE,
+def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, eps, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, INPUT_STATS: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr,
                              BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
     offs = tl.arange(0, BLOCK)
-    slope = tl.load(SLOPE).to(ACC)  # a float argument would be fp32
+    slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     mean = tl.load(MEAN + pid).to(ACC)
     rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + eps)
     ai = pid if PER_PLANE else c
@@ -162,9 +162,10 @@ def _layout(x: torch.Tensor):
     return x, fmt, (x.stride(0), x.stride(1), x.stride(3))
 
 
-def _slope(slope, x):
-    return torch.full((1,), slope, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                      device=x.device)
+def _slope(act, slope):
+    """The leaky-relu slope as a constexpr (no device tensor, no launch to make one); 0 for the
+    other activations, which ignore it, so they compile once."""
+    return float(slope) if act == 2 else 0.0
 
 
 def _acc(x):
@@ -200,7 +201,7 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     if x.numel() > 0:
         wrap_triton(instance_norm_fwd_kernel)[(n * c,)](
             x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
-            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, eps, _slope(slope, x),
+            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, eps, _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
             INPUT_STATS=stats, ACT=act, ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c),
             BLOCK=_block(h * w))
@@ -224,7 +225,7 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
     if x.numel() > 0:
         wrap_triton(instance_norm_bwd_kernel)[(n * c,)](
             g, x, gx, _channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(),
-            var.contiguous(), sums, c, h * w, sN, sC, sS, eps, _slope(slope, x),
+            var.contiguous(), sums, c, h * w, sN, sC, sS, eps, _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
             ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), BLOCK=_block(h * w))
     if weight is None and bias is None:  # nothing to reduce (as the C++ op)

@@ -5,7 +5,6 @@ pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x
 sources in the backward: no atomics."""
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -23,9 +22,9 @@ def _reflect(t, n):
 
 
 @triton.jit
-def _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC: tl.constexpr):
+def _plane_coefs(pid, C, SLOPE: tl.constexpr, MEAN, SCALE, SHIFT, ACC: tl.constexpr):
     """Sample and channel of plane pid (int64) and its constants in the accumulation dtype."""
-    return ((pid // C).to(tl.int64), (pid % C).to(tl.int64), tl.load(SLOPE).to(ACC),
+    return ((pid // C).to(tl.int64), (pid % C).to(tl.int64), tl.full((), SLOPE, ACC),
             tl.load(MEAN + pid).to(ACC), tl.load(SCALE + pid).to(ACC), tl.load(SHIFT + pid).to(ACC))
 
 
@@ -104,7 +103,7 @@ def norm_sums_merge_kernel(PART, SUMS, P, S, ACC: tl.constexpr, BLOCK: tl.conste
 
 @triton.jit
 def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, oN, oC, oH, oW,
-                      SLOPE, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                      SLOPE: tl.constexpr, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                       BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
@@ -166,7 +165,7 @@ def _d_dz(X, G, xbase, gbase, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shif
 
 @triton.jit
 def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, gN, gC,
-                           gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                           gH, gW, SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                            SPLIT: tl.constexpr, BLOCK: tl.constexpr):
     """(S1, S2) of a plane, or with SPLIT of a chunk of it (norm_sums_merge_kernel adds them)."""
     pid = tl.program_id(0)
@@ -188,7 +187,7 @@ def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN
 
 @triton.jit
 def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT, C0, C1, C, H, W, P, CHUNK, sN, sC, sH, sW,
-                          gN, gC, gH, gW, SLOPE, HAS_P: tl.constexpr, ACT: tl.constexpr,
+                          gN, gC, gH, gW, SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
@@ -222,9 +221,13 @@ PROGRAMS_PER_SM = 4
 INTERPRETER_SMS = 0   # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
 
 
-@functools.lru_cache(maxsize=None)
+_SMS: dict = {}  # a plain dict, not lru_cache: torch.compile traces this without a warning
+
+
 def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def plane_grid(planes: int, elems: int, device: torch.device) -> tuple[int, int, int]:
@@ -235,7 +238,7 @@ def plane_grid(planes: int, elems: int, device: torch.device) -> tuple[int, int,
     else:
         sms = INTERPRETER_SMS
     target = PROGRAMS_PER_SM * sms
-    splits = 1 if planes >= target else max(1, min(-(-target // planes), elems // MIN_CHUNK))
+    splits = 1 if planes == 0 or planes >= target else max(1, min(-(-target // planes), elems // MIN_CHUNK))
     chunk = -(-max(elems, 1) // splits)
     chunk = -(-chunk // block) * block  # whole BLOCKs per program
     return -(-max(elems, 1) // chunk), chunk, block
@@ -275,7 +278,7 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: 
         S, chunk, block = plane_grid(n * c, y.shape[2] * y.shape[3], x.device)
         wrap_triton(norm_apply_kernel)[(n * c, S)](
             x, r, y, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w, pad, chunk,
-            *_strides(x), *_strides(y), _slope(slope, x), HAS_R=residual is not None, ACT=act, ACC=_acc(x),
+            *_strides(x), *_strides(y), _slope(act, slope), HAS_R=residual is not None, ACT=act, ACC=_acc(x),
             BLOCK=block)
     return y
 
@@ -293,7 +296,7 @@ def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, sca
         part = x.new_empty((n * c, S, 2), dtype=sd) if S > 1 else sums
         wrap_triton(norm_apply_sums_kernel)[(n * c, S)](
             g, x, part, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w,
-            pad, chunk, *_strides(x), *_strides(g), _slope(slope, x), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
+            pad, chunk, *_strides(x), *_strides(g), _slope(act, slope), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
             SPLIT=S > 1, BLOCK=block)
         if S > 1:
             wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=_acc(x), BLOCK=128)
@@ -313,7 +316,7 @@ def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scal
         wrap_triton(norm_apply_bwd_kernel)[(n * c, S)](
             g, x, gx, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x),
             _plane_arg(c0, x), _plane_arg(c1, x), c, h, w, pad, chunk, *_strides(x), *_strides(g),
-            _slope(slope, x), HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=block)
+            _slope(act, slope), HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=block)
     return gx
 
 
@@ -322,7 +325,8 @@ def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scal
 # forward (stats, coefs, apply) where the torch-op math of _norm.coefs took ~25. Reductions over
 # the channels of a sample (kinds 1, 2) or the samples of a channel (kind 3, batch norm) are
 # tile reductions in the program: deterministic, no atomics.
-COEF_TILE_MAX = 16384  # padded N x C tiles larger than this keep _norm.coefs' torch math
+COEF_TILE_MAX = 4096  # padded N x C tiles larger than this keep _norm.coefs' torch math (the
+# backward's fp64 intermediates of a larger tile spill registers; a 16 x 256 batch still fits)
 
 
 def coefs_fit(n: int, c: int) -> bool:
@@ -499,7 +503,7 @@ def _coef_inputs(mean, var, rho, gamma, beta, kind, hw):
 def _coef_meta(n, c, kind, eps, modes):
     return dict(EPS=float(eps), KIND=kind, G_MODE=modes[0], B_MODE=modes[1],
                 BN=triton.next_power_of_2(max(n, 1)), BC=triton.next_power_of_2(max(c, 1)),
-                num_warps=8)
+                num_warps=4 if n * c <= 1024 else 16)
 
 
 @triton_op("i2i_fast::triton_norm_coefs", mutates_args=())
