@@ -375,15 +375,31 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", type=int, default=0, metavar="REPS",
                    help="time the variants in alternation, REPS steps each (shared, noisy machines)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--full", action="store_true", help="the papers' sizes on CPU too (ngf=64, 256x256)")
+    p.add_argument("--saved", action="store_true",
+                   help="only the saved-activation peak (saved_peak_mib) of eager and converted, no timing")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    small = False if a.full else None
+    if a.saved:
+        print(f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "
+              f"after one warm-up step; eager vs converted")
+        for fam in a.families.split(","):
+            mib = {}
+            for v in ("eager", "converted"):
+                r = Runner(fam, v, a.device, small)
+                r.run()
+                mib[v] = saved_peak_mib(r)
+            print(f"{fam:<9} eager {mib['eager']:9.1f}  converted {mib['converted']:9.1f}  "
+                  f"ratio {mib['converted'] / mib['eager']:.3f}  [{r.what}]", flush=True)
+        return 0
     if a.interleave:
         print(f"training steps on {a.device} ({torch.get_num_threads()} threads), variants interleaved, "
               f"{a.interleave} steps each; median wall ms, min wall ms, median process CPU ms")
         failed = 0
         for fam in a.families.split(","):
-            res = interleaved(fam, a.device, a.variants.split(","), a.interleave)
+            res = interleaved(fam, a.device, a.variants.split(","), a.interleave, small)
             e = res.get("eager")
             for v, r in res.items():
                 failed += not r["parity"]
@@ -396,9 +412,9 @@ def main(argv=None) -> int:
           f"{'saved MiB':>9}  parity")
     failed = 0
     for fam in a.families.split(","):
-        ref = run_variant(fam, "eager", a.device, budget_s=a.budget)
+        ref = run_variant(fam, "eager", a.device, budget_s=a.budget, small=small)
         for var in a.variants.split(","):
-            res = ref if var == "eager" else run_variant(fam, var, a.device, ref["losses"], a.budget)
+            res = ref if var == "eager" else run_variant(fam, var, a.device, ref["losses"], a.budget, small)
             failed += not res["parity"]
             peak = "n/m" if res["peak_mib"] is None else f"{res['peak_mib']:.0f}"
             saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
