@@ -111,6 +111,20 @@ for shape in ((1, 64, 256, 256), (2, 5, 7, 9)):
         y.backward(torch.randn_like(y))
     torch.cuda.synchronize()
     print(shape, "norm family / pad grads finite:", bool(x.grad.isfinite().all()), flush=True)
+# the Triton norm kernels: coefficient kernel, split planes (batch 1, large map), batch norm
+with i2i_fast.use_backend("triton"):
+    for shape in ((1, 64, 256, 256), (16, 256, 32, 32), (2, 5, 7, 9)):
+        x = torch.randn(shape, device="cuda", requires_grad=True)
+        n, c = shape[:2]
+        rho = torch.rand(1, c, 1, 1, device="cuda", requires_grad=True)
+        g = torch.rand(n, c, device="cuda", requires_grad=True)
+        b = torch.randn(n, c, device="cuda", requires_grad=True)
+        for y in (F.adalin(x, rho, g, b, activation="relu", out_pad=1),
+                  F.instance_norm(x, activation="leaky_relu"),
+                  F.batch_norm(x, None, None, g[0], b[0], True, activation="relu")):
+            y.backward(torch.randn_like(y))
+        torch.cuda.synchronize()
+        print(shape, "triton norm grads finite:", bool(x.grad.isfinite().all()), flush=True)
 preds = [torch.randn(s, device="cuda", requires_grad=True) for s in ((1, 1, 30, 30), (1, 1, 6, 6), (1, 2))]
 F.gan_loss(preds, True, "lsgan").backward()
 torch.cuda.synchronize()
@@ -133,6 +147,7 @@ fi  # tests
 
 if [[ "$PART" != tests ]]; then
 step bench_main 420 "$PY" -m i2i_fast.bench --out "$OUT/bench_main" ${GPU_VALIDATE_OPS:+--ops "$GPU_VALIDATE_OPS"}
+step saved 120 "$PY" -m i2i_fast.bench_steps --device cuda --saved  # $OUT/saved.log
 if [[ "${GPU_VALIDATE_PYTEST_BENCH:-1}" != 0 ]]; then
 step bench 240 env I2I_FAST_BENCH_STEPS_COMPILE=0 "$PY" -m pytest benchmarks/ --benchmark-only -q \
   --benchmark-json="$OUT/bench.json"
