@@ -6,8 +6,9 @@
 # within GPU_VALIDATE_BUDGET_S seconds (default 560, i.e. under 10 minutes).
 #
 #   OUT=/some/dir bash scripts/gpu_validate.sh      # default OUT=./gpu_out
-#   GPU_VALIDATE_PART=tests|bench|all (default all): with many suites the whole run may not fit
-#   one 10-minute call; run "tests" and "bench" as two calls (each builds first).
+#   GPU_VALIDATE_PART=tests|bench|triton|all (default all): with many suites the whole run may not
+#   fit one 10-minute call; run "tests" and "bench" as two calls (each builds first); "triton"
+#   times the norm family on the Triton backend (I2I_FAST_BACKEND=triton) vs eager and compile.
 #   GPU_VALIDATE_OPS=<comma list of i2i_fast.bench ops> (default: all): the main job's subset;
 #   GPU_VALIDATE_PYTEST_BENCH=0 skips `pytest benchmarks/` (the same cases again).
 # A step past its time gets SIGINT first: bench and pytest then still write what they measured.
@@ -54,7 +55,7 @@ step() {
 # I2I_FAST_CUDA=1: a missing toolkit fails the build loudly instead of skipping the kernels
 step build 300 env I2I_FAST_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e .
 step import 60 "$PY" -c 'import i2i_fast, i2i_fast._C as c; print(i2i_fast.backends()); assert c.WITH_CUDA, "built without CUDA kernels"'
-if [[ "$PART" != bench ]]; then
+if [[ "$PART" == tests || "$PART" == all ]]; then
 # every failure is worth seeing on a first GPU run: no -x
 step tests 300 env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -q --maxfail=40 --junitxml="$OUT/junit.xml"
 
@@ -145,7 +146,12 @@ fi
 
 fi  # tests
 
-if [[ "$PART" != tests ]]; then
+if [[ "$PART" == triton || "$PART" == all ]]; then
+step bench_triton 240 env I2I_FAST_BACKEND=triton "$PY" -m i2i_fast.bench --out "$OUT/bench_triton" \
+  --ops instance_norm,iln,adalin,layer_norm,batch_norm
+fi
+
+if [[ "$PART" == bench || "$PART" == all ]]; then
 step bench_main 420 "$PY" -m i2i_fast.bench --out "$OUT/bench_main" ${GPU_VALIDATE_OPS:+--ops "$GPU_VALIDATE_OPS"}
 step saved 120 "$PY" -m i2i_fast.bench_steps --device cuda --saved  # $OUT/saved.log
 if [[ "${GPU_VALIDATE_PYTEST_BENCH:-1}" != 0 ]]; then
