@@ -740,3 +740,27 @@ def test_batch_norm_nan_inf_and_constant(backend):
     assert torch.equal(y.isnan(), want.isnan()) and y[:, 1:].isnan().all() and not y[:, 0].isnan().any()
     torch.testing.assert_close(y[:, 0], want[:, 0])
     assert torch.equal(c, torch.full_like(c, 0.5))
+
+
+@requires_cuda
+def test_cuda_triton_norms_compile_fullgraph():
+    """The Triton norm path on a GPU (coefficient kernel; 1 x 16 x 256 x 256 maps split their
+    planes) under torch.compile(fullgraph=True): same outputs and input gradients as eager."""
+    if not i2i_fast.backends()["triton"][0]:
+        pytest.skip("triton not available")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), i2i_fast.ILN(16, activation="relu", out_pad=1),
+                            torch.nn.Conv2d(16, 16, 3, padding=1), i2i_fast.InstanceNorm2d(16, affine=True),
+                            i2i_fast.LayerNorm(16, activation="leaky_relu")).cuda()
+    x = torch.randn(1, 3, 258, 258, device="cuda", requires_grad=True)
+    gy = torch.randn(1, 16, 258, 258, device="cuda")
+    with i2i_fast.use_backend("triton"):
+        from i2i_fast import _norm
+        assert _norm.split_planes(torch.empty(1, 16, 256, 256, device="cuda"))
+        y = m(x)
+        (gx,) = torch.autograd.grad(y, x, gy)
+        yc = torch.compile(m, fullgraph=True)(x)
+        (gxc,) = torch.autograd.grad(yc, x, gy)
+    torch.testing.assert_close(yc, y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gxc, gx, rtol=1e-4, atol=1e-4)
