@@ -10,6 +10,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import on_device
+
 from .._backend import triton_interpret
 
 
@@ -186,6 +188,7 @@ def _channel_arg(t, x):
 
 
 @triton_op("i2i_fast::triton_instance_norm_fwd", mutates_args=())
+@on_device
 def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                       running_var: Optional[torch.Tensor], eps: float, act: int,
@@ -212,6 +215,7 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
 
 
 @triton_op("i2i_fast::triton_instance_norm_bwd", mutates_args=())
+@on_device
 def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                       weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                       act: int, slope: float,

@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import on_device
+
 NSLOTS = 8
 CHUNK = 4096
 ONE_PROGRAM = 16384
@@ -232,6 +234,7 @@ def _check(x, y, params, weights, kind, reduction):
 
 
 @triton_op("i2i_fast::triton_loss_fwd", mutates_args=())
+@on_device
 def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], weights: list[float],
              kind: int, reduction: int, need_grad: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     _check(x, y, params, weights, kind, reduction)
@@ -272,6 +275,7 @@ def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], 
 
 
 @triton_op("i2i_fast::triton_loss_bwd", mutates_args=())
+@on_device
 def loss_bwd(grad_outs: list[torch.Tensor], saved: list[torch.Tensor], index: list[int],
              sign: list[float]) -> list[torch.Tensor]:
     if len(saved) == 0 or len(grad_outs) == 0 or len(index) != len(sign):

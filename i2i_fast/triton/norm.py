@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import on_device
+
 from .instance_norm import _act, _act_grad, _acc, _block, _layout, _slope
 
 
@@ -249,6 +251,7 @@ def _merge_grid(planes):
 
 
 @triton_op("i2i_fast::triton_norm_stats", mutates_args=())
+@on_device
 def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, fmt, _ = _layout(x)
     n, c, h, w = x.shape
@@ -267,6 +270,7 @@ def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton_op("i2i_fast::triton_norm_apply", mutates_args=())
+@on_device
 def norm_apply(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                residual: Optional[torch.Tensor], act: int, slope: float, pad: int) -> torch.Tensor:
     x, fmt, _ = _layout(x)
@@ -284,6 +288,7 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: 
 
 
 @triton_op("i2i_fast::triton_norm_apply_sums", mutates_args=())
+@on_device
 def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
                     shift: torch.Tensor, act: int, slope: float, pad: int) -> torch.Tensor:
     x, fmt, _ = _layout(x)
@@ -304,6 +309,7 @@ def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, sca
 
 
 @triton_op("i2i_fast::triton_norm_apply_bwd", mutates_args=())
+@on_device
 def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
                    shift: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, act: int, slope: float,
                    pad: int) -> torch.Tensor:
@@ -507,6 +513,7 @@ def _coef_meta(n, c, kind, eps, modes):
 
 
 @triton_op("i2i_fast::triton_norm_coefs", mutates_args=())
+@on_device
 def norm_coefs(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
                gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], kind: int, hw: int,
                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -522,6 +529,7 @@ def norm_coefs(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor
 
 
 @triton_op("i2i_fast::triton_norm_coefs_bwd", mutates_args=())
+@on_device
 def norm_coefs_bwd(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
                    gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], sums: torch.Tensor,
                    kind: int, hw: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import on_device
+
 from .._backend import triton_interpret
 
 
@@ -94,6 +96,7 @@ def _block(total):
 
 
 @triton_op("i2i_fast::triton_reflection_pad2d_fwd", mutates_args=())
+@on_device
 def reflection_pad2d_fwd(x: torch.Tensor, pad: list[int]) -> torch.Tensor:
     fmt = _fmt(x)
     x = x.contiguous(memory_format=fmt)
@@ -110,6 +113,7 @@ def reflection_pad2d_fwd(x: torch.Tensor, pad: list[int]) -> torch.Tensor:
 
 
 @triton_op("i2i_fast::triton_reflection_pad2d_bwd", mutates_args=())
+@on_device
 def reflection_pad2d_bwd(grad: torch.Tensor, pad: list[int]) -> torch.Tensor:
     fmt = _fmt(grad)
     g = grad.contiguous(memory_format=fmt)

@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import on_device
+
 from .instance_norm import _acc
 
 
@@ -91,6 +93,7 @@ def _check(w, u, v):
 
 
 @triton_op("i2i_fast::triton_sn_scale", mutates_args=())
+@on_device
 def sn_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check(weight, u, v)
     w, u, v = weight.contiguous(), u.contiguous(), v.contiguous()
@@ -109,6 +112,7 @@ def sn_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[to
 
 
 @triton_op("i2i_fast::triton_sn_scale_bwd", mutates_args=())
+@on_device
 def sn_scale_bwd(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                  sigma: torch.Tensor) -> torch.Tensor:
     _check(weight, u, v)
