@@ -62,6 +62,7 @@ step tests 300 env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -q --maxfail=40 --
 # memcheck: fused instance norm fwd+bwd on CUDA; NCHW and channels_last, odd sizes, batch 1
 # with a large map (split-plane path), fp32 and bf16, affine + residual, running stats.
 cat > "$OUT/memcheck_in.py" <<'EOF'
+import itertools
 import torch
 import i2i_fast
 from i2i_fast import functional as F
@@ -100,32 +101,21 @@ for shape, cl, affine, eval_stats in cases:
         print(f"{str(shape):18} cl={cl:d} affine={affine:d} eval={eval_stats:d} {str(dtype):15} "
               f"max|y-ref|={(y.float() - ref).abs().max().item():.2e} "
               f"grad finite={bool(x.grad.isfinite().all())}", flush=True)
-# the other CUDA kernels: norm family (split reductions, out_pad gather), pad, losses
-for shape in ((1, 64, 256, 256), (2, 5, 7, 9)):
+# the other kernels, CUDA and Triton: norm family (split reductions, out_pad gather, Triton's
+# coefficient kernel), batch norm, pad, losses
+for backend, shape in itertools.product(("cuda", "triton"), ((1, 64, 256, 256), (16, 256, 32, 32), (2, 5, 7, 9))):
     x = torch.randn(shape, device="cuda", requires_grad=True)
     n, c = shape[:2]
     rho = torch.rand(1, c, 1, 1, device="cuda", requires_grad=True)
     g = torch.rand(n, c, device="cuda", requires_grad=True)
     b = torch.randn(n, c, device="cuda", requires_grad=True)
-    for y in (F.adalin(x, rho, g, b, activation="relu", out_pad=1),
-              F.layer_norm(x, g[0], b[0], out_pad=2), F.reflection_pad2d(x, (1, 2, 3, 1))):
-        y.backward(torch.randn_like(y))
-    torch.cuda.synchronize()
-    print(shape, "norm family / pad grads finite:", bool(x.grad.isfinite().all()), flush=True)
-# the Triton norm kernels: coefficient kernel, split planes (batch 1, large map), batch norm
-with i2i_fast.use_backend("triton"):
-    for shape in ((1, 64, 256, 256), (16, 256, 32, 32), (2, 5, 7, 9)):
-        x = torch.randn(shape, device="cuda", requires_grad=True)
-        n, c = shape[:2]
-        rho = torch.rand(1, c, 1, 1, device="cuda", requires_grad=True)
-        g = torch.rand(n, c, device="cuda", requires_grad=True)
-        b = torch.randn(n, c, device="cuda", requires_grad=True)
-        for y in (F.adalin(x, rho, g, b, activation="relu", out_pad=1),
-                  F.instance_norm(x, activation="leaky_relu"),
+    with i2i_fast.use_backend(backend):
+        for y in (F.adalin(x, rho, g, b, activation="relu", out_pad=1), F.layer_norm(x, g[0], b[0], out_pad=2),
+                  F.instance_norm(x, activation="leaky_relu"), F.reflection_pad2d(x, (1, 2, 3, 1)),
                   F.batch_norm(x, None, None, g[0], b[0], True, activation="relu")):
             y.backward(torch.randn_like(y))
-        torch.cuda.synchronize()
-        print(shape, "triton norm grads finite:", bool(x.grad.isfinite().all()), flush=True)
+    torch.cuda.synchronize()
+    print(backend, shape, "norm family / pad grads finite:", bool(x.grad.isfinite().all()), flush=True)
 preds = [torch.randn(s, device="cuda", requires_grad=True) for s in ((1, 1, 30, 30), (1, 1, 6, 6), (1, 2))]
 F.gan_loss(preds, True, "lsgan").backward()
 torch.cuda.synchronize()
