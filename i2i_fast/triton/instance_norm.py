@@ -72,7 +72,7 @@ def _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, eps, SLOPE: tl.constexpr,
+def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, EPS: tl.constexpr, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                              INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                              PER_PLANE: tl.constexpr, BLOCK: tl.constexpr):
@@ -100,7 +100,7 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
         mean = tl.load(RM + c).to(ACC)
         var = tl.load(RV + c).to(ACC)
     ai = pid if PER_PLANE else c
-    scale = _channel(W, ai, HAS_W, 1.0, ACC) / tl.sqrt(var + eps)
+    scale = _channel(W, ai, HAS_W, 1.0, ACC) / tl.sqrt(var + EPS)  # constexpr: exact in fp64
     shift = _channel(B, ai, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
@@ -114,7 +114,7 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
 
 
 @triton.jit
-def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, eps, SLOPE: tl.constexpr,
+def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, EPS: tl.constexpr, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, INPUT_STATS: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr,
                              BLOCK: tl.constexpr):
@@ -123,7 +123,7 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
     offs = tl.arange(0, BLOCK)
     slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     mean = tl.load(MEAN + pid).to(ACC)
-    rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + eps)
+    rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + EPS)
     ai = pid if PER_PLANE else c
     w = _channel(W, ai, HAS_W, 1.0, ACC)
     b = _channel(B, ai, HAS_B, 0.0, ACC)
@@ -204,7 +204,7 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     if x.numel() > 0:
         wrap_triton(instance_norm_fwd_kernel)[(n * c,)](
             x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
-            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, eps, _slope(act, slope),
+            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, float(eps), _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
             INPUT_STATS=stats, ACT=act, ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c),
             BLOCK=_block(h * w))
@@ -229,7 +229,7 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
     if x.numel() > 0:
         wrap_triton(instance_norm_bwd_kernel)[(n * c,)](
             g, x, gx, _channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(),
-            var.contiguous(), sums, c, h * w, sN, sC, sS, eps, _slope(act, slope),
+            var.contiguous(), sums, c, h * w, sN, sC, sS, float(eps), _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
             ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), BLOCK=_block(h * w))
     if weight is None and bias is None:  # nothing to reduce (as the C++ op)
