@@ -7,6 +7,8 @@ program walks every chunk in order and adds the partials in a register: one laun
 a second one-program launch adds the partials in chunk order. No atomics: deterministic."""
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -17,6 +19,11 @@ from . import on_device
 NSLOTS = 8
 CHUNK = 4096
 ONE_PROGRAM = 16384
+
+
+def _bits(v) -> int:
+    """v's fp64 bit pattern as an int (see _scalar)."""
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
 
 
 @triton.jit
@@ -62,11 +69,19 @@ def _elem(x, y, a, KIND: tl.constexpr):
 
 
 @triton.jit
+def _scalar(bits, ACC: tl.constexpr):
+    """A float passed as its fp64 bit pattern (an int: a Python float argument would be an fp32
+    kernel scalar, rounding labels and weights of fp64 losses), in the accumulation dtype."""
+    return (tl.zeros((), tl.int64) + bits).to(tl.float64, bitcast=True).to(ACC)
+
+
+@triton.jit
 def _fwd_chunk(X, Y, G, O, n, i0, a, w, HAS_Y: tl.constexpr, KIND: tl.constexpr,
                NEED_GRAD: tl.constexpr, NONE: tl.constexpr, MEAN: tl.constexpr,
                BLOCK: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
-    one = tl.full((), 1.0, ACC)  # scalars may arrive as Python numbers (interpreter, n == 1)
-    wa = w * one
+    one = tl.full((), 1.0, ACC)  # n may arrive as a Python number (interpreter, n == 1)
+    wa = _scalar(w, ACC)
+    a = _scalar(a, ACC)
     if MEAN:
         scale = wa / (n * one)
     else:
@@ -80,7 +95,7 @@ def _fwd_chunk(X, Y, G, O, n, i0, a, w, HAS_Y: tl.constexpr, KIND: tl.constexpr,
             y = tl.load(Y + offs, mask=m, other=0.0).to(ACC)
         else:
             y = x
-        v, d = _elem(x, y, a * one, KIND)
+        v, d = _elem(x, y, a, KIND)
         s += tl.where(m, v, 0.0)
         if NEED_GRAD:
             tl.store(G + offs, (d * scale).to(G.dtype.element_ty), mask=m)
@@ -154,6 +169,7 @@ def loss_sum_kernel(PART, LOSS, n, BLOCK: tl.constexpr, ACC: tl.constexpr):
 @triton.jit
 def _bwd_chunk(S, GO, O, n, i0, sign, PER_ELEM: tl.constexpr, BLOCK: tl.constexpr,
                CHUNK: tl.constexpr, ACC: tl.constexpr):
+    sign = _scalar(sign, ACC)
     if not PER_ELEM:
         k = tl.load(GO).to(ACC)
     for j in range(0, CHUNK, BLOCK):
@@ -264,7 +280,7 @@ def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], 
             *_pad([grads[i] for i in idx] if need_grad else xs, dummy),
             *_pad([outs[i] for i in idx] if none else xs, dummy),
             *_pad([x[i].numel() for i in idx], 0), *bounds,
-            *_pad([float(params[i]) for i in idx], 0.0), *_pad([float(weights[i]) for i in idx], 0.0),
+            *_pad([_bits(params[i]) for i in idx], 0), *_pad([_bits(weights[i]) for i in idx], 0),
             part[base:] if part is not None else dummy, outs[0], c,
             NT=len(idx), HAS_Y=bool(y), KIND=kind, NEED_GRAD=need_grad, NONE=none,
             MEAN=reduction == 1, ONE=one, BLOCK=1024, CHUNK=CHUNK, ACC=_acc(x[0]))
@@ -296,6 +312,6 @@ def loss_bwd(grad_outs: list[torch.Tensor], saved: list[torch.Tensor], index: li
             *_pad([saved[index[k]] for k in ks], saved[0]),
             *_pad([go[index[k]] if per_elem else go[0] for k in ks], go[0]),
             *_pad([outs[k] for k in ks], saved[0]), *_pad([saved[index[k]].numel() for k in ks], 0),
-            *_pad(starts, c, NSLOTS), c, *_pad([float(sign[k]) for k in ks], 0.0),
+            *_pad(starts, c, NSLOTS), c, *_pad([_bits(sign[k]) for k in ks], 0),
             NT=len(ks), PER_ELEM=per_elem, BLOCK=1024, CHUNK=CHUNK, ACC=_acc(saved[0]))
     return outs
