@@ -204,6 +204,9 @@ def test_every_triton_op_runs_on_its_tensors_gpu():
     assert str(inspect.signature(op)) == "(x: torch.Tensor, k: int) -> torch.Tensor"
     op(torch.zeros(1), 3)  # CPU: no guard, runs as is
     assert calls == [3]
+    x, y = torch.zeros(1), torch.ones(1)  # the loss ops take lists of tensors
+    assert tri.first_tensor(([x, y], [y], 2)) is x and tri.first_tensor((3, y)) is y
+    assert tri.first_tensor(([], 1.0)) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")

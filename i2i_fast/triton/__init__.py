@@ -6,13 +6,23 @@ import inspect
 import torch
 
 
+def first_tensor(args):
+    """The first tensor among the arguments, looking into lists (the loss ops take lists)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            return a[0]
+    return None
+
+
 def on_device(fn):
     """Runs a Triton op on its first tensor argument's GPU: Triton launches on the current
     device, so a tensor on cuda:1 with cuda:0 current would be read by the wrong GPU (the C++
     ops take a CUDAGuard for the same reason)."""
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
-        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        t = first_tensor(args)
         if t is None or t.device.type != "cuda" or t.device.index in (None, torch.cuda.current_device()):
             return fn(*args, **kwargs)
         with torch.cuda.device(t.device):
