@@ -329,11 +329,11 @@ def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: f
         running_var.copy_((1 - m) * running_var.to(bv.dtype) + m * bv)
 
 
-def split_planes(x: Tensor) -> bool:
+def split_planes(x: Tensor, backend: str) -> bool:
     """Triton: would x's planes be split over several programs (too few planes to fill the GPU)?
     The fused one-program-per-plane instance-norm kernel cannot split, so instance norm / AdaIN
     then take the family's kernels (stats -> coefs -> apply) instead."""
-    if "triton" not in _OPS or x.numel() == 0 or _backend.select(x.device) != "triton":
+    if backend != "triton" or x.numel() == 0:
         return False
     n, c, h, w = x.shape
     return _tn.plane_grid(n * c, h * w, x.device)[0] > 1

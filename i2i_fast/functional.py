@@ -144,11 +144,10 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
-    if pad or _norm.split_planes(input):
+    if pad or _norm.split_planes(input, backend := _backend.select(input.device)):
         return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                 float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
-    backend = _backend.select(input.device)
     return _ops.instance_norm_fwd(backend, input, weight, bias, residual, None, None, float(eps),
                                   act, float(negative_slope))[0]
 
@@ -191,13 +190,12 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    if pad or _norm.split_planes(input):
+    if pad or _norm.split_planes(input, backend := _backend.select(input.device)):
         out, mean, var = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                           float(negative_slope), pad, None if use_input_stats else stats, stats=True)
         if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
             _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
         return out
-    backend = _backend.select(input.device)
     out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
                                             float(eps), act, float(negative_slope))
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:

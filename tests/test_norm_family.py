@@ -516,7 +516,8 @@ def test_triton_split_planes(norm, monkeypatch):
     monkeypatch.setattr(tn, "MIN_CHUNK", 16)
     assert tn.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
     with i2i_fast.use_backend("triton"):
-        assert _norm.split_planes(torch.empty(2, 3, 7, 5))
+        assert _norm.split_planes(torch.empty(2, 3, 7, 5), "triton")
+    assert not _norm.split_planes(torch.empty(2, 3, 7, 5), "cpu")
     check(norm, "triton", (2, 3, 7, 5), torch.float64, act="leaky_relu", with_res=True, pad=1)
     check(norm, "triton", (2, 3, 7, 5), torch.float32, act="relu", channels_last=True)
     if norm in ("instance_norm", "layer_norm"):
@@ -757,7 +758,7 @@ def test_cuda_triton_norms_compile_fullgraph():
     gy = torch.randn(1, 16, 258, 258, device="cuda")
     with i2i_fast.use_backend("triton"):
         from i2i_fast import _norm
-        assert _norm.split_planes(torch.empty(1, 16, 256, 256, device="cuda"))
+        assert _norm.split_planes(torch.empty(1, 16, 256, 256, device="cuda"), "triton")
         y = m(x)
         (gx,) = torch.autograd.grad(y, x, gy)
         yc = torch.compile(m, fullgraph=True)(x)
