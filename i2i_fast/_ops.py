@@ -195,10 +195,11 @@ def reflection_pad2d(backend: str, x: torch.Tensor, pad: list) -> torch.Tensor:
 #   dx += reflection_pad2d_bwd(ring part of dgrad(grad of the strip's outputs))
 # (the ring part of the strip: the padded positions that are not x itself, i.e. where reflect
 # and zero padding differ). Every piece is a deterministic gather or an aten convolution run
-# with cudnn.deterministic. When the border is most of the output (tiny maps), path "pad"
-# materializes the padded input instead (deterministic pad backward). padding == 0: "conv".
-PAD_CONV_BORDER_MAX = 0.5  # border outputs / all outputs above which path "pad" is used
+# with cudnn.deterministic. Path "pad" materializes the padded input instead (i2i_fast pad
+# kernel + one aten convolution; deterministic gather pad backward). padding == 0: "conv".
+# Default path: "pad" on every device (pad_conv_path says why); "border" only when forced.
 PAD_CONV_PATHS = ("border", "pad")
+PAD_CONV_DEFAULT = "pad"
 _pad_conv_forced = [None]
 
 
@@ -229,21 +230,20 @@ def _axis_bands(n, k, p, s):
 
 def pad_conv_path(h, w, kh, kw, p, s, device_type="cuda") -> str:
     """The path reflection_pad_conv2d takes for an (h, w) input on a device type:
-    "conv" (padding 0); "border" (zero-padded aten conv + border strips, no padded copy; the
-    CUDA default); "pad" (padded copy by the i2i_fast pad kernel + aten conv, its backward the
-    gather pad backward). "pad" is the CPU default: on CPU the strips' small oneDNN calls cost
-    more than the padded copy saves (measured, see README); on CUDA it is used only when the
-    border is more than PAD_CONV_BORDER_MAX of the output (tiny maps). pad_conv_force overrides."""
+    "conv" (padding 0); "pad" (padded copy by the i2i_fast pad kernel + one aten conv, its
+    backward the gather pad backward: the default on every device); "border" (zero-padded aten
+    conv + up to 4 strip convolutions and their corrections, no padded copy) only when forced
+    with pad_conv_force("border"). Why "pad" on CUDA too: it is the path with the fewest
+    launches (2 forward), while "border" adds up to 4 strips of several launches each; at batch
+    1 on a fast GPU a launch costs more than the padded copy it avoids. Not measured on a GPU
+    yet: revisit with scripts/gpu_validate.sh's path timings. On CPU the strips' small oneDNN
+    calls measured slower than the copy. The layer after a norm can also read the norm's
+    out_pad output with padding 0 (convert does that): no pad launch at all."""
     if p == 0:
         return "conv"
     if _pad_conv_forced[0] is not None:
         return _pad_conv_forced[0]
-    if device_type != "cuda":
-        return "pad"
-    ho, lo_h, hi_h = _axis_bands(h, kh, p, s)
-    wo, lo_w, hi_w = _axis_bands(w, kw, p, s)
-    border = 1 - (hi_h - lo_h) * (hi_w - lo_w) / max(ho * wo, 1)
-    return "pad" if border > PAD_CONV_BORDER_MAX else "border"
+    return PAD_CONV_DEFAULT
 
 
 def _axis_slice(r0, r1, n, p):

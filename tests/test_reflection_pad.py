@@ -387,13 +387,42 @@ def test_conv_module_repr_and_path():
     assert m.last_path == expected and f"path={expected}" in repr(m)
     with _ops.pad_conv_force("border"):
         assert m.path_for(torch.randn(1, 3, 8, 8)) == ("border" if HAS_CPP else "reference")
-    assert _ops.pad_conv_path(64, 64, 3, 3, 1, 1, "cuda") == "border"
-    assert _ops.pad_conv_path(4, 4, 7, 7, 3, 1, "cuda") == "pad"   # border is most of the output
     assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, "cpu") == "conv"
     m0 = i2i_fast.ReflectionPadConv2d(3, 4, 1)  # padding 0: a plain convolution
     x = torch.randn(1, 3, 5, 5)
     torch.testing.assert_close(m0(x), TF.conv2d(x, m0.weight, m0.bias))
     assert m0.last_path == ("conv" if HAS_CPP else "reference")
+
+
+@requires_cpp
+def test_conv_default_path_choice():
+    """The default path is the one with the fewest launches ("pad": pad kernel + one conv) on
+    every device and size, CUDA included (chooser called with device type "cuda", no GPU
+    needed); "border" stays selectable; padding 0 is "conv"; the module reports the path a CUDA
+    input takes, for path_for and for last_path / repr."""
+    shapes = [(64, 64, 3, 3, 1, 1), (256, 256, 7, 7, 3, 1), (4, 4, 7, 7, 3, 1), (64, 64, 3, 3, 1, 2),
+              (256, 256, 5, 5, 2, 1), (1, 7, 3, 3, 1, 1)]
+    for dev in ("cuda", "cpu"):
+        for shape in shapes:
+            assert _ops.pad_conv_path(*shape, dev) == "pad", (dev, shape)
+            with _ops.pad_conv_force("border"):
+                assert _ops.pad_conv_path(*shape, dev) == "border", (dev, shape)
+            with _ops.pad_conv_force("pad"):
+                assert _ops.pad_conv_path(*shape, dev) == "pad", (dev, shape)
+        assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
+        with _ops.pad_conv_force("border"):
+            assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
+    with pytest.raises(ValueError, match="path must be one of"):
+        with _ops.pad_conv_force("strips"):
+            pass
+    m = i2i_fast.ReflectionPadConv2d(64, 64, 3, padding=1)
+    cuda = torch.device("cuda")
+    x = torch.empty(1, 64, 64, 64, device="meta")
+    assert m.path_for(x, cuda) == "pad"
+    with _ops.pad_conv_force("border"):
+        assert m.path_for(x, cuda) == "border"
+    m.__dict__["_last_input"] = (64, 64, cuda)  # what forward records for a CUDA input
+    assert m.last_path == "pad" and "path=pad" in repr(m)
 
 
 @requires_cpp
@@ -551,7 +580,7 @@ def test_conv_cuda_deterministic_mode_and_tf32():
             runs.append([y] + list(torch.autograd.grad(y.square().sum(), [x, m.weight, m.bias])))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-    assert m.last_path == "border"
+    assert m.last_path == "pad"
     ref = nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect").cuda()
     ref.load_state_dict(m.state_dict())
     torch.testing.assert_close(m(x), ref(x), rtol=2e-3, atol=2e-3)  # TF32 as torch allows it
