@@ -18,7 +18,22 @@ import torch  # noqa: E402
 import i2i_fast  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+_skip_without_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def requires_cuda(test):
+    """A CUDA-only test: skipped without a GPU, and marked `cuda` so that a lent GPU runs just
+    these with `pytest -m cuda` (scripts/gpu_validate.sh; the CPU suites are CI's job)."""
+    return pytest.mark.cuda(_skip_without_cuda(test))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """CUDA-only tests that skip through their own skipif (reason naming a GPU, e.g. "needs 2
+    GPUs") get the `cuda` marker too, before `-m` selects."""
+    for item in items:
+        if any("GPU" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
 
 # Absolute slack of the parity rule (DESIGN.md section 5).
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
