@@ -200,8 +200,7 @@ def _reflection_pad(m) -> Optional[int]:
 def _plain_conv(m) -> bool:
     """A Conv2d with padding 0 that a fused module can take over (no hooks: spectral_norm and
     weight_norm are hooks; no parametrizations)."""
-    return (type(m) is nn.Conv2d and tuple(m.padding) == (0, 0) and m.groups == 1
-            and tuple(m.dilation) == (1, 1) and not _has_hooks(m)
+    return (type(m) is nn.Conv2d and tuple(m.padding) == (0, 0) and not _has_hooks(m)
             and not torch.nn.utils.parametrize.is_parametrized(m))
 
 
@@ -215,6 +214,14 @@ def _has_out_pad(norm_cls) -> bool:
 def _rpconv_cls():
     import i2i_fast
     return getattr(i2i_fast, "ReflectionPadConv2d", None)
+
+
+def _rpconv_fallback(cls, conv, p) -> Optional[str]:
+    """Why the ReflectionPadConv2d replacing ReflectionPad2d(p) -> conv would not take its
+    default path (groups, dilation, unequal strides), None when it does."""
+    m = _build_on_meta(cls, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       padding=p, dilation=conv.dilation, groups=conv.groups, bias=False)
+    return m.fallback
 
 
 # ------------------------------------------------------------------------------- swaps
@@ -244,12 +251,13 @@ def _carry(old: nn.Module, new: nn.Module, names) -> nn.Module:
 def _swap(m: nn.Module, kind: str) -> nn.Module:
     if kind == "in":
         new = _build_on_meta(fnn.InstanceNorm2d, m.num_features, m.eps, m.momentum, m.affine,
-                             m.track_running_stats)
+                             m.track_running_stats, bias=not m.affine or m.bias is not None)
         names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
                  if n in _params(m) or n in _buffers(m)]
         return _carry(m, new, names)
     if kind == "bn":
-        new = _build_on_meta(fnn.BatchNorm2d, m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        new = _build_on_meta(fnn.BatchNorm2d, m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                             bias=not m.affine or m.bias is not None)
         names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
                  if n in _params(m) or n in _buffers(m)]
         return _carry(m, new, names)
@@ -477,7 +485,7 @@ class _Planner:
                     continue
             elif p is not None and nxt is not None and type(nxt[2]) is nn.Conv2d:
                 self.plan.leave(path, "ReflectionPad2d -> Conv2d not fused: conv has hooks (spectral_norm), "
-                                "padding, groups or dilation")
+                                "parametrizations or padding")
             i += 1
 
     def _fold(self, parent, name, nxt, act):
@@ -507,13 +515,16 @@ class _Planner:
 
         def fn():
             new = _build_on_meta(cls, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                 stride=conv.stride, padding=p, bias=conv.bias is not None)
+                                 stride=conv.stride, padding=p, dilation=conv.dilation, groups=conv.groups,
+                                 bias=conv.bias is not None)
             names = ("weight", "bias") if conv.bias is not None else ("weight",)
             cparent._modules[cname] = _carry(conv, new, names)
             pad = parent._modules[name]
             parent._modules[name] = Folded(repr(pad), cname).train(pad.training)
+        why = _rpconv_fallback(cls, conv, p)
         self.plan.change(self._child_path(cparent, cname),
-                         f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d", fn, _EDIT)
+                         f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d"
+                         + (f" (path {why})" if why else ""), fn, _EDIT)
 
     # --- spectral norm
     def spectral_norms(self):

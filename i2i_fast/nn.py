@@ -2,6 +2,7 @@
 (so original checkpoints load unchanged), plus keyword-only fusion options."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -25,9 +26,12 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = False, track_running_stats: bool = False, device=None, dtype=None,
-                 *, activation: Optional[str] = None, negative_slope: float = 0.2,
+                 *, bias: bool = True, activation: Optional[str] = None, negative_slope: float = 0.2,
                  out_pad: int = 0) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        # bias=False (torch >= 2.5 norms): affine weight without bias; the fused kernels take
+        # the weight and the bias separately, so every combination runs fused
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         bias=bias)
         _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -35,9 +39,12 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
         if input.dim() == 3:  # unbatched (C, H, W), as torch
             return self.forward(input.unsqueeze(0),
                                 None if residual is None else residual.unsqueeze(0)).squeeze(0)
-        if input.size(1) != self.num_features and self.affine:
-            raise ValueError(f"expected input's size at dim=1 to match num_features "
-                             f"({self.num_features}), but got: {input.size(1)}.")
+        if input.size(1) != self.num_features:
+            if self.affine:
+                raise ValueError(f"expected input's size at dim=1 to match num_features "
+                                 f"({self.num_features}), but got: {input.size(1)}.")
+            warnings.warn("input's size at dim=1 does not match num_features. You can silence this warning by "
+                          "not passing in num_features, which is not used because affine=False", stacklevel=2)
         return F.instance_norm(
             input, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats,
@@ -62,9 +69,10 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 *, activation: Optional[str] = None, negative_slope: float = 0.2,
+                 *, bias: bool = True, activation: Optional[str] = None, negative_slope: float = 0.2,
                  out_pad: int = 0) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         bias=bias)
         _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -206,27 +214,68 @@ class AdaIN(_Fused):
 __all__ += ["ReflectionPadConv2d"]
 
 
+_CONV_GEOMETRY = frozenset(("padding", "stride", "dilation", "groups", "padding_mode",
+                            "_reversed_padding_repeated_twice"))
+
+
 class ReflectionPadConv2d(torch.nn.Conv2d):
     """nn.Sequential(nn.ReflectionPad2d(padding), nn.Conv2d(in, out, k, stride, bias=bias)) as
     one layer that never materializes the padded input.
 
     It is an nn.Conv2d with padding_mode="reflect" (same parameters weight/bias, same
     initialization and state_dict, so checkpoints of either load unchanged) whose forward runs
-    i2i_fast.functional.reflection_pad_conv2d. groups=1, dilation=1, square padding/stride. The
-    path taken per input size (``pad_conv_path``): "border" = zero-padded aten convolution
-    (cuDNN) + border outputs recomputed from thin reflect-padded strips (CUDA default); "pad" =
-    i2i_fast's padded copy + aten conv, deterministic gather backward (CPU default, where it
-    measured faster; on CUDA only for tiny maps); "conv" = padding 0; "reference"
-    = the unfused torch layers (reference backend). ``last_path`` and the repr show the last one.
+    i2i_fast.functional.reflection_pad_conv2d. It takes every nn.Conv2d argument, in
+    nn.Conv2d's order (in, out, kernel_size, stride, padding, dilation, groups, bias,
+    padding_mode, device, dtype). The path taken per input size (``pad_conv_path``): "border"
+    = zero-padded aten convolution (cuDNN) + border outputs recomputed from thin reflect-padded
+    strips (CUDA default); "pad" = i2i_fast's padded copy + aten conv, deterministic gather
+    backward (CPU default, where it measured faster; on CUDA only for tiny maps); "conv" =
+    padding 0; "reference" = the unfused torch layers (reference backend). Layers with groups,
+    dilation, unequal H/W padding or stride, or padding="same" always take "pad" (the border
+    path's strips are square, dense, undilated); padding_mode other than "reflect" is not a
+    reflection pad: nn.Conv2d's own forward ("torch"). ``fallback`` says why when the border
+    path is out of reach; ``last_path`` and the repr show the last path taken.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, device=None, dtype=None) -> None:
-        padding = F._int_arg("padding", padding, 0)
-        stride = F._int_arg("stride", stride, 1)
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "reflect",
+                 device=None, dtype=None) -> None:
+        if isinstance(dilation, bool):
+            # before it took nn.Conv2d's argument order, the 6th positional argument was bias
+            raise TypeError("ReflectionPadConv2d takes nn.Conv2d's arguments in nn.Conv2d's order (in_channels, "
+                            "out_channels, kernel_size, stride, padding, dilation, groups, bias, ...): "
+                            f"dilation={dilation!r} is a bool; pass bias by keyword")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         bias=bias, padding_mode="reflect", device=device, dtype=dtype)
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
+                         device=device, dtype=dtype)
         self.__dict__["_last_input"] = None  # (H, W, device) of the last forward input
+
+    def __setattr__(self, name, value):
+        if name in _CONV_GEOMETRY:
+            self.__dict__.pop("_general", None)  # forward re-derives its path
+        super().__setattr__(name, value)
+
+    @property
+    def fallback(self) -> Optional[str]:
+        """Why this layer does not run the default fused path (None when it does): "torch" for
+        a padding_mode that is not "reflect", else the reason it always takes path "pad"."""
+        if self.padding_mode != "reflect":
+            return f"torch: padding_mode={self.padding_mode!r} is not a reflection pad (nn.Conv2d's forward)"
+        why = []
+        if self.groups != 1:
+            why.append(f"groups={self.groups}")
+        if tuple(self.dilation) != (1, 1):
+            why.append(f"dilation={tuple(self.dilation)}")
+        if isinstance(self.padding, str) or len(set(self._reversed_padding_repeated_twice)) > 1:
+            why.append(f"padding={self.padding!r}")
+        if self.stride[0] != self.stride[1]:
+            why.append(f"stride={tuple(self.stride)}")
+        if not why:
+            return None
+        if not any(self._reversed_padding_repeated_twice):
+            return "conv: " + ", ".join(why) + " with no padding (aten conv2d)"
+        return ("pad: " + ", ".join(why) + " (the border path takes groups=1, dilation=1, one padding and "
+                "one stride; the padded copy + aten conv2d serves every case)")
 
     @property
     def last_path(self) -> Optional[str]:
@@ -240,14 +289,33 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     def path_for(self, input: Tensor, device=None) -> str:
         """The path forward(input) takes on this device and backend."""
         device = input.device if device is None else device
+        if self.padding_mode != "reflect":
+            return "torch"
         if _backend._C is None or _backend.select(device) == "reference":
             return "reference"
+        if self.fallback is not None:
+            return "pad" if any(self._reversed_padding_repeated_twice) else "conv"
         return _ops.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
                                   self.padding[0], self.stride[0], device.type)
+
+    def _forward_general(self, input: Tensor) -> Tensor:
+        if self.padding_mode != "reflect":
+            return super().forward(input)
+        pad = list(self._reversed_padding_repeated_twice)
+        if any(pad):
+            input = F.reflection_pad2d(input, pad)
+        return torch.nn.functional.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation,
+                                          self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
             self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
+        general = self.__dict__.get("_general")
+        if general is None:  # cached: the forward pays a dict lookup, not the checks
+            general = self.__dict__["_general"] = self.fallback is not None
+        if general:
+            return self._forward_general(input)
+        if not torch.compiler.is_compiling():
             p = self.padding[0]
             if (p and input.device.type == "cpu" and input.dim() == 4 and _ops._pad_conv_forced[0] is None
                     and _backend.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
@@ -258,7 +326,9 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", path={self.last_path or 'auto'}"
+        s = super().extra_repr() + f", path={self.last_path or 'auto'}"
+        why = self.fallback
+        return s + (f", fallback={why!r}" if why else "")
 
 
 # ---------------------------------------------------------------- losses (issue #5)
