@@ -226,15 +226,15 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     initialization and state_dict, so checkpoints of either load unchanged) whose forward runs
     i2i_fast.functional.reflection_pad_conv2d. It takes every nn.Conv2d argument, in
     nn.Conv2d's order (in, out, kernel_size, stride, padding, dilation, groups, bias,
-    padding_mode, device, dtype). The path taken per input size (``pad_conv_path``): "border"
-    = zero-padded aten convolution (cuDNN) + border outputs recomputed from thin reflect-padded
-    strips (CUDA default); "pad" = i2i_fast's padded copy + aten conv, deterministic gather
-    backward (CPU default, where it measured faster; on CUDA only for tiny maps); "conv" =
-    padding 0; "reference" = the unfused torch layers (reference backend). Layers with groups,
-    dilation, unequal H/W padding or stride, or padding="same" always take "pad" (the border
-    path's strips are square, dense, undilated); padding_mode other than "reflect" is not a
-    reflection pad: nn.Conv2d's own forward ("torch"). ``fallback`` says why when the border
-    path is out of reach; ``last_path`` and the repr show the last path taken.
+    padding_mode, device, dtype). The path taken (``pad_conv_path``): "pad" = i2i_fast's
+    padded copy + aten conv, deterministic gather backward (the default); "border" =
+    zero-padded aten convolution + border outputs recomputed from thin reflect-padded strips
+    (only under pad_conv_force("border")); "conv" = padding 0; "reference" = the unfused torch
+    layers (reference backend). Layers with groups, dilation, unequal H/W padding or stride,
+    or padding="same" always take "pad" (the border path's strips are square, dense,
+    undilated) as a composition of the pad op and conv2d; padding_mode other than "reflect" is
+    not a reflection pad: nn.Conv2d's own forward ("torch"). ``fallback`` says which and why;
+    ``last_path`` and the repr show the last path taken.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -274,8 +274,8 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             return None
         if not any(self._reversed_padding_repeated_twice):
             return "conv: " + ", ".join(why) + " with no padding (aten conv2d)"
-        return ("pad: " + ", ".join(why) + " (the border path takes groups=1, dilation=1, one padding and "
-                "one stride; the padded copy + aten conv2d serves every case)")
+        return ("pad: " + ", ".join(why) + " (padded copy + aten conv2d, also under pad_conv_force: the "
+                "border path takes groups=1, dilation=1, one padding and one stride)")
 
     @property
     def last_path(self) -> Optional[str]:
