@@ -1,0 +1,211 @@
+"""The CUDA emulation: kernels/*.cu compiled as host C++ and run on CPU tensors (tests only).
+
+`load()` builds the extension `i2i_fast_emu` from the SAME kernels/*.cu files: each launch
+`k<<<cfg>>>(args)` is rewritten to `::i2i_emu::launch("k", LaunchCfg(cfg), k, args)` (lines
+kept, so errors point at the .cu), `__shared__` declarations become block-shared statics
+that the runtime sizes and poisons, the c10/cuda headers are shadowed by include/c10/cuda/,
+emu.h is force-included for the builtins, and TORCH_LIBRARY_IMPL(i2i_fast, CUDA) becomes
+TORCH_LIBRARY_IMPL(i2i_fast_emu, CPU) with the schemas generated from csrc/ops.cpp.
+`EmulatedCuda()` is a TorchDispatchMode that sends every i2i_fast op with a CUDA kernel to
+its emulated twin, so the whole Python/C++ stack (autograd nodes, plane_norm, losses, the
+pad convolution) runs the CUDA kernels on CPU tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+KERNELS = os.path.join(ROOT, "kernels")
+
+
+def kernel_sources() -> list[str]:
+    return sorted(os.path.join(KERNELS, f) for f in os.listdir(KERNELS) if f.endswith(".cu"))
+
+
+def global_kernels() -> dict[str, str]:
+    """{kernel name: file} of every __global__ function in kernels/."""
+    out = {}
+    for path in kernel_sources():
+        src = open(path).read()
+        for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", src):
+            out[m.group(1)] = os.path.basename(path)
+    return out
+
+
+def _matching(src: str, i: int, open_ch: str, close_ch: str) -> int:
+    depth = 0
+    for k in range(i, len(src)):
+        if src[k] == open_ch:
+            depth += 1
+        elif src[k] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return k
+    raise ValueError(f"unbalanced {open_ch}{close_ch} at offset {i}")
+
+
+def rewrite_launches(src: str) -> str:
+    """k<...><<<cfg>>>(args) -> ::i2i_emu::launch("k", LaunchCfg(cfg), [&](auto&&... a) { k<...>(a...); }, args)."""
+    out, i = [], 0
+    while (j := src.find("<<<", i)) >= 0:
+        k, depth = j, 0  # start of the kernel expression: scan back over balanced <> and ()
+        while k > 0:
+            ch = src[k - 1]
+            if ch in ">)":
+                depth += 1
+            elif ch in "<(":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif depth == 0 and (ch.isspace() or ch in ";{},="):
+                break
+            k -= 1
+        kernel = src[k:j]
+        e = src.index(">>>", j)
+        cfg = src[j + 3:e]
+        p = e + 3
+        if src[p] != "(":
+            raise ValueError(f"launch of {kernel} without an argument list")
+        q = _matching(src, p, "(", ")")
+        args = src[p + 1:q]
+        name = re.match(r"[A-Za-z_]\w*", kernel).group(0)
+        out.append(src[i:k])
+        out.append(f'::i2i_emu::launch("{name}", ::i2i_emu::LaunchCfg({cfg}), '
+                   f'[&](auto&&... a) {{ {kernel}(a...); }}' + (f", {args})" if args.strip() else ")"))
+        i = q + 1
+    out.append(src[i:])
+    return "".join(out)
+
+
+_SHARED = re.compile(r"__shared__([^;]*?)\b(\w+)\s*(\[[^\]]*\])?\s*;")
+
+
+def _shared_repl(m) -> str:
+    name, spec = m.group(2), m.group(1)
+    align = "".join(a + " " for a in re.findall(r"alignas\([^)]*\)", spec))  # must lead the decl
+    spec = re.sub(r"alignas\([^)]*\)", "", spec)
+    return (f"{align}static thread_local{spec}{name}{m.group(3) or ''}; "
+            f"::i2i_emu::note_shared(&{name}, sizeof({name}));")
+
+
+def rewrite(src: str, path: str) -> str:
+    src = rewrite_launches(src)
+    if path.endswith(".cuh"):  # device headers (reduce.cuh): shared memory only
+        return f'#line 1 "{path}"\n' + _SHARED.sub(_shared_repl, src)
+    src = _SHARED.sub(_shared_repl, src)
+    src, n = re.subn(r"TORCH_LIBRARY_IMPL\(\s*i2i_fast\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(i2i_fast_emu, CPU,", src)
+    if n != 1:
+        raise ValueError(f"{path}: expected one TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m), found {n}")
+    return f'#line 1 "{path}"\n' + src
+
+
+def schemas() -> list[str]:
+    """The schema strings of csrc/ops.cpp's TORCH_LIBRARY(i2i_fast, m) block, in order."""
+    src = open(os.path.join(ROOT, "csrc", "ops.cpp")).read()
+    src = re.sub(r"//[^\n]*", "", src)
+    start = src.index("TORCH_LIBRARY(i2i_fast, m)")
+    body = src[start:_matching(src, src.index("{", start), "{", "}")]
+    out = []
+    for m in re.finditer(r"m\.def\(\s*((?:\"(?:[^\"\\]|\\.)*\"\s*)+)\)", body):
+        out.append("".join(re.findall(r"\"((?:[^\"\\]|\\.)*)\"", m.group(1))))
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    if not (os.path.exists(path) and open(path).read() == text):  # keep ninja incremental
+        with open(path, "w") as f:
+            f.write(text)
+
+
+_LOADED = {}
+
+
+def load(asan: bool = False, verbose: bool = False):
+    """Builds (once, incrementally) and imports the emulation; returns its Python module."""
+    if asan in _LOADED:
+        return _LOADED[asan]
+    from torch.utils import cpp_extension
+    name = "i2i_fast_emu_asan" if asan else "i2i_fast_emu"
+    build = os.path.join(ROOT, "build", name)
+    gen = os.path.join(build, "gen")
+    os.makedirs(gen, exist_ok=True)
+    sources = [os.path.join(HERE, "runtime.cpp")]
+    for path in kernel_sources():
+        dst = os.path.join(gen, os.path.basename(path)[:-3] + ".cpp")
+        _write(dst, rewrite(open(path).read(), path))
+        sources.append(dst)
+    for f in os.listdir(KERNELS):  # found first by #include "x.cuh" from gen/
+        if f.endswith(".cuh"):
+            _write(os.path.join(gen, f), rewrite(open(os.path.join(KERNELS, f)).read(), os.path.join(KERNELS, f)))
+    defs = "".join(f'  m.def("{s}");\n' for s in schemas())
+    schema_cpp = os.path.join(gen, "schemas.cpp")
+    _write(schema_cpp, "// generated from csrc/ops.cpp by tests/cuda_emu\n#include <torch/library.h>\n\n"
+                       f"TORCH_LIBRARY(i2i_fast_emu, m) {{\n{defs}}}\n")
+    sources.append(schema_cpp)
+    flags = ["-O1", "-g0", "-include", os.path.join(HERE, "emu.h"), f"-I{KERNELS}", "-Wno-unknown-pragmas"]
+    ldflags = []
+    if asan:
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address"]
+    mod = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
+                             extra_include_paths=[os.path.join(HERE, "include")], build_directory=build,
+                             verbose=verbose)
+    _LOADED[asan] = mod
+    return mod
+
+
+def asan_runtime() -> str | None:
+    """Path of gcc's libasan (to LD_PRELOAD into a Python that loads the ASan build)."""
+    try:
+        out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+    return out if os.path.isabs(out) and os.path.exists(out) else None
+
+
+def emulated_ops() -> set[str]:
+    """Names of the i2i_fast ops that have an emulated CUDA kernel (i2i_fast_emu, CPU key)."""
+    names = set()
+    for s in schemas():
+        op = s.split("(", 1)[0].strip()
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"i2i_fast_emu::{op}", "CPU"):
+            names.add(op)
+    return names
+
+
+class EmulatedCuda(TorchDispatchMode):
+    """Inside `with EmulatedCuda():`, i2i_fast ops on CPU tensors run their CUDA kernels
+    through the emulation; ops without one (the C++ and Python composites) run their CPU
+    kernel with the emulation still on, so the ops they call are emulated too."""
+
+    def __init__(self):
+        super().__init__()
+        load()
+        self.emulated = emulated_ops()
+        self.cpp = {s.split("(", 1)[0].strip() for s in schemas()}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "i2i_fast":
+            op = func._schema.name.split("::", 1)[1]
+            if op in self.emulated:
+                return getattr(getattr(torch.ops.i2i_fast_emu, op), func._overloadname)(*args, **kwargs)
+            if op in self.cpp:
+                with EmulatedCuda():
+                    return func._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def digest() -> str:
+    """Hash of everything the emulation is built from (for caching decisions in tests)."""
+    h = hashlib.sha256()
+    for path in kernel_sources() + [os.path.join(HERE, f) for f in ("emu.h", "runtime.cpp")]:
+        h.update(open(path, "rb").read())
+    return h.hexdigest()[:16]
