@@ -28,7 +28,7 @@ from torch import nn
 from . import bench
 from . import functional as FL
 from .convert import convert
-from .models import cyclegan, munit, stargan, ugatit
+from .models import cyclegan, munit, stargan, ugatit, unit
 
 VARIANTS = ("eager", "converted", "compile", "converted+compile")
 
@@ -222,8 +222,30 @@ def munit_family(device, small):
     return Family(nets, data, step, opts, f"AdaINGen dim={dim} + 3-scale MsImageDis, 1x3x{size}x{size}")
 
 
+def unit_family(device, small):
+    """PyTorch-GAN unit.py: E1/E2 (shared last block), G1/G2 (shared first block), D1, D2;
+    Adam(lr 1e-4, the script's default, betas (0.5, 0.999)): one over
+    itertools.chain(E1, E2, G1, G2 parameters), one per discriminator. As in the script, the
+    chain lists the shared blocks' parameters twice, so Adam steps them twice per iteration
+    (torch warns about the duplicates; silenced here, the behaviour kept)."""
+    dim, size = (8, 64) if small else (64, 256)
+    nets = list(unit.build(dim=dim, n_downsample=2, img_size=size))
+
+    def opts(n):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "optimizer contains a parameter group with duplicate parameters")
+            opt_g = _adam([p for m in n[:4] for p in m.parameters()], lr=1e-4)
+        return opt_g, _adam(n[4].parameters(), lr=1e-4), _adam(n[5].parameters(), lr=1e-4)
+
+    def step(n, o, d, fused):
+        return unit.training_step(*n, *d, *o, fused_losses=fused)
+    data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
+    return Family(nets, data, step, opts, f"E/G dim={dim} (shared blocks) + 2 PatchGANs, 1x3x{size}x{size}")
+
+
 FAMILIES = {"cyclegan": cyclegan_family, "ugatit": ugatit_family, "stargan": stargan_family,
-            "pix2pix": pix2pix_family, "munit": munit_family}
+            "pix2pix": pix2pix_family, "munit": munit_family, "unit": unit_family}
 
 
 def build(family: str, variant: str, device, small=None, seed=0):
@@ -233,9 +255,9 @@ def build(family: str, variant: str, device, small=None, seed=0):
     small = device.type == "cpu" if small is None else small
     torch.manual_seed(seed)
     fam = FAMILIES[family](device, small)
-    nets = [copy.deepcopy(n).to(device) for n in fam.nets]
-    if "converted" in variant:
-        nets = [convert(n, inplace=True) for n in nets]
+    nets = [n.to(device) for n in copy.deepcopy(fam.nets)]  # one deepcopy: shared modules stay shared
+    if "converted" in variant:  # converted together, so a module shared by two nets (UNIT) stays shared
+        nets = list(convert(nn.ModuleList(nets), inplace=True))
     if "compile" in variant:
         nets = [torch.compile(n) for n in nets]
     fused = "converted" in variant

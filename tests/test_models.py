@@ -767,3 +767,104 @@ def test_unit_pytorch_gan():
     assert isinstance(E.model_blocks[3], torch.nn.LeakyReLU) and isinstance(G.model_blocks[5], torch.nn.LeakyReLU)
     torch.testing.assert_close(sE(mu), mu + sE.conv_block(mu))
     torch.testing.assert_close(unit.compute_kl(mu), (mu ** 2).mean())
+
+
+# ================================================================== UNIT training step
+# (PyTorch-GAN implementations/unit/unit.py's loop; i2i_fast.models.unit.training_step)
+
+def _unit_setup(dtype=torch.float32, dim=4, size=32):
+    torch.manual_seed(0)
+    nets = [n.to(dtype) for n in unit.build(dim=dim, n_downsample=2, img_size=size)]
+    g = torch.Generator().manual_seed(5)
+    X1, X2 = ((torch.rand(1, 3, size, size, generator=g, dtype=torch.float64) * 2 - 1).to(dtype) for _ in range(2))
+    return nets, X1, X2
+
+
+def _unit_opts(nets):
+    import itertools
+    import warnings
+    with warnings.catch_warnings():   # the script's chain lists the shared blocks twice
+        warnings.simplefilter("ignore")
+        opt_G = torch.optim.Adam(itertools.chain(*(n.parameters() for n in nets[:4])), lr=1e-4, betas=(0.5, 0.999))
+    return (opt_G, torch.optim.Adam(nets[4].parameters(), lr=1e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam(nets[5].parameters(), lr=1e-4, betas=(0.5, 0.999)))
+
+
+def test_unit_build_shares_blocks_and_inits():
+    E1, E2, G1, G2, D1, D2 = unit.build(dim=4, img_size=32)
+    assert E1.shared_block is E2.shared_block and G1.shared_block is G2.shared_block
+    assert E1.shared_block is not G1.shared_block
+    assert D1.output_shape == (1, 2, 2)
+    w = D1.model[0].weight
+    assert abs(w.std().item() - 0.02) < 0.005   # weights_init_normal: N(0, 0.02)
+
+
+def test_unit_training_step_losses_and_updates():
+    """The ten G/E terms with unit.py's weights written out, MSE GAN criterion, D1/D2 terms."""
+    nets, X1, X2 = _unit_setup()
+    ref = copy.deepcopy(nets)                     # one deepcopy: the shared blocks stay shared
+    before = [copy.deepcopy(n.state_dict()) for n in nets]
+    torch.manual_seed(7)
+    losses = unit.training_step(*nets, X1, X2, *_unit_opts(nets))
+
+    rE1, rE2, rG1, rG2, rD1, rD2 = ref
+    mse, l1 = TF.mse_loss, TF.l1_loss
+    with torch.no_grad():
+        torch.manual_seed(7)                      # the same reparameterization noise, same order
+        mu1, Z1 = rE1(X1)
+        mu2, Z2 = rE2(X2)
+        rec1, rec2, fake1, fake2 = rG1(Z1), rG2(Z2), rG1(Z2), rG2(Z1)
+        mu1_, Z1_ = rE1(fake1)
+        mu2_, Z2_ = rE2(fake2)
+        cyc1, cyc2 = rG1(Z2_), rG2(Z1_)
+        ones, zeros = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+        terms = {"GAN_1": 10 * mse(rD1(fake1), ones), "GAN_2": 10 * mse(rD2(fake2), ones),
+                 "KL_1": 0.1 * (mu1 ** 2).mean(), "KL_2": 0.1 * (mu2 ** 2).mean(),
+                 "ID_1": 100 * l1(rec1, X1), "ID_2": 100 * l1(rec2, X2),
+                 "KL_1_": 0.1 * (mu1_ ** 2).mean(), "KL_2_": 0.1 * (mu2_ ** 2).mean(),
+                 "cyc_1": 100 * l1(cyc1, X1), "cyc_2": 100 * l1(cyc2, X2)}
+        d1 = mse(rD1(X1), ones) + mse(rD1(fake1), zeros)
+        d2 = mse(rD2(X2), ones) + mse(rD2(fake2), zeros)
+    for k, v in terms.items():
+        torch.testing.assert_close(losses[k], v, msg=k)
+    torch.testing.assert_close(losses["G"], sum(terms.values()))
+    torch.testing.assert_close(losses["D1"], d1)
+    torch.testing.assert_close(losses["D2"], d2)
+    torch.testing.assert_close(losses["D"], d1 + d2)
+    assert all(not v.requires_grad for v in losses.values())
+    for b, net in zip(before, nets):
+        assert params_changed(b, net)
+
+
+def test_unit_converted_step_parity_float64():
+    """convert() of the six networks (together: the shared blocks stay shared) with the fused
+    losses (two calls for the ten G/E terms, one for both discriminators) vs the original
+    step, float64: first-step losses and every parameter after the step."""
+    import i2i_fast
+    from i2i_fast.convert import FusedResidualBlock
+
+    def run(converted):
+        nets, X1, X2 = _unit_setup(torch.float64, dim=8, size=64)
+        if converted:
+            nets = list(i2i_fast.convert(torch.nn.ModuleList(nets)))
+            assert nets[0].shared_block is nets[1].shared_block
+            assert isinstance(nets[0].shared_block, FusedResidualBlock)
+        torch.manual_seed(3)
+        return nets, unit.training_step(*nets, X1, X2, *_unit_opts(nets), fused_losses=converted)
+    (ref, lr_), (conv_nets, lc) = run(False), run(True)
+    assert set(lc) == {"G", "D"}
+    for k in lc:
+        torch.testing.assert_close(lc[k], lr_[k], rtol=1e-12, atol=1e-12, msg=k)
+    for r, c in zip(ref, conv_nets):
+        # a conv bias that feeds an affine-free InstanceNorm has a gradient that is zero by
+        # math: both steps give rounding noise (~1e-17), which Adam's first step divides by
+        # its own magnitude, so those biases move by noise * lr / (|noise| + 1e-8): <= 1e-8
+        zero_grad = {f"{name}.{i}.bias" for name, m in r.named_modules() if isinstance(m, torch.nn.Sequential)
+                     for i in range(len(m) - 1) if isinstance(m[i + 1], torch.nn.InstanceNorm2d)}
+        zero_grad = {k[1:] if k.startswith(".") else k for k in zero_grad}
+        sr, sc = r.state_dict(), c.state_dict()
+        assert sr.keys() == sc.keys()
+        for k in sr:
+            atol = 1e-8 if k in zero_grad else 1e-10
+            torch.testing.assert_close(sc[k], sr[k], rtol=1e-9, atol=atol, msg=k)
+        assert zero_grad <= sr.keys() and len(zero_grad) >= 2
