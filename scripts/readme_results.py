@@ -175,7 +175,7 @@ def ops_sections(results_dir):
         gpu = bool(m.get("gpu_name"))
         label = m.get("gpu_name") or f"{m.get('cpu_model')}, {m.get('torch_num_threads')} threads"
         for r in d.get("results", []):
-            if r.get("mode") != "fwdbwd" or "op" not in r:
+            if r.get("mode") != "fwdbwd" or "op" not in r or r.get("time_ms") is None:
                 continue
             # one row per op: its first (headline) shape in the newest file that has it
             newest.setdefault((gpu, label, r["op"]), (path, m, [r]))
