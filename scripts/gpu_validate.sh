@@ -1,158 +1,201 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (torch + triton + pytest-benchmark + nvidia-ml-py
-# preinstalled, no network): build, import, tests, compute-sanitizer memcheck, benchmarks,
-# main job. Every step runs under `timeout`, logs to $OUT/<step>.log and appends its exit
-# code to $OUT/steps.txt; a failing step does not stop the next one. The whole run stays
-# within GPU_VALIDATE_BUDGET_S seconds (default 560, i.e. under 10 minutes).
+# Validates i2i_fast on a lent GPU in ONE call (docs/gpu_validation.md):
 #
-#   OUT=/some/dir bash scripts/gpu_validate.sh      # default OUT=./gpu_out
-#   GPU_VALIDATE_PART=tests|bench|triton|all (default all): with many suites the whole run may not
-#   fit one 10-minute call; run "tests" and "bench" as two calls (each builds first); "triton"
-#   times the norm family on the Triton backend (I2I_FAST_BACKEND=triton) vs eager and compile.
-#   GPU_VALIDATE_OPS=<comma list of i2i_fast.bench ops> (default: all): the main job's subset;
-#   GPU_VALIDATE_PYTEST_BENCH=0 skips `pytest benchmarks/` (the same cases again).
-# A step past its time gets SIGINT first: bench and pytest then still write what they measured.
+#   bash scripts/gpu_validate.sh                      # results: $OUT/gpu_results.tar.gz + $OUT/summary.md
+#
+# Steps in priority order, each under its own timeout; unused time is carried forward (step i
+# may run until the sum of the allotments of steps 1..i, scaled to the budget), and a failing
+# step never stops the next:
+#   build        setup.py build_ext --inplace, I2I_FAST_CUDA=1, MAX_JOBS=nproc,
+#                TORCH_CUDA_ARCH_LIST = the visible GPU's compute capability only
+#   import       import i2i_fast, i2i_fast.backends(), CUDA kernels present, torch sees the GPU
+#   tests        pytest -m cuda (the CUDA-only tests; the CPU/interpreter suites are CI's job),
+#                no -x, junit.xml; pytest-xdist / pytest-timeout when installed
+#   memcheck     compute-sanitizer memcheck of a short script at small shapes (every kernel family),
+#   racecheck    then racecheck and synccheck of the reduction kernels; skipped with the reason
+#   synccheck    when the tool is missing or refuses the device
+#   bench        core ops fp32 + bf16 vs eager: norm family, pad, every ReflectionPadConv2d path
+#                (pad, border, out_pad), losses with launch counts (scripts/gpu_validate.py bench)
+#   steps        whole training steps at the papers' sizes: CycleGAN and U-GAT-IT light (eager,
+#                converted, then the compile variants), then the other families as time allows
+#   determinism  two converted CycleGAN runs under use_deterministic_algorithms(True): bitwise
+#                equal weights; the eager original is expected to raise (recorded)
+# Everything lands in ONE archive $OUT/gpu_results.tar.gz plus $OUT/summary.md (2 files), both
+# rewritten after every step, so a call killed from outside still returns what was done.
+# Without a GPU (or GPU_VALIDATE_DRY_RUN=1) it is a dry run: every GPU step "skip: no GPU", the
+# import step runs, the archive and summary are made (meta.json says dry_run: true, and
+# scripts/ingest_gpu_results.py refuses it except with --check).
+#
+# Settings (environment): OUT (default ./gpu_out), GPU_VALIDATE_BUDGET_S (default 480: 8 min),
+# GPU_VALIDATE_DRY_RUN (auto|0|1), GPU_VALIDATE_STEPS (comma list: run only these),
+# GPU_VALIDATE_BENCH_COMPILE=1 (also time torch.compile in the bench step), GPU_VALIDATE_COMMIT
+# (recorded when the checkout has no .git), PYTHON (default python3).
 set -u
 cd "$(dirname "$0")/.." || exit 1
-OUT="${OUT:-./gpu_out}"
-mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
-PY="${PYTHON:-python}"
-BUDGET="${GPU_VALIDATE_BUDGET_S:-560}"
+ROOT="$(pwd)"
+OUT="${OUT:-$ROOT/gpu_out}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)" || exit 1
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+BUDGET="${GPU_VALIDATE_BUDGET_S:-480}"
 START=$(date +%s)
-STEPS="$OUT/steps.txt"
-: > "$STEPS"
-export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-PART="${GPU_VALIDATE_PART:-all}"
+STAGE="$(mktemp -d "${TMPDIR:-/tmp}/gpu_validate.XXXXXX")" || exit 1
+W="$STAGE/gpu_results"
+mkdir -p "$W/logs"
+trap 'rm -rf "$STAGE"' EXIT
+HELPER=("$PY" "$ROOT/scripts/gpu_validate.py")
+ONLY=",${GPU_VALIDATE_STEPS:-},"
 
-# step NAME MAX_SECONDS CMD... : runs CMD with timeout min(MAX_SECONDS, time left).
-step() {
-  local name=$1 cap=$2; shift 2
-  local left=$(( BUDGET - ($(date +%s) - START) - 15 ))
-  local t=$(( cap < left ? cap : left ))
-  if (( t < 10 )); then
-    printf '%-10s rc=skip (out of time)\n' "$name" | tee -a "$STEPS"
-    return
-  fi
-  echo "=== $name (timeout ${t}s): $*"
-  local t0=$(date +%s)
-  timeout -s INT --kill-after=20 "$t" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  local note=""
-  (( rc == 124 || rc == 130 || rc == 137 )) && note=" TIMEOUT"
-  printf '%-10s rc=%-3s %4ss%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" | tee -a "$STEPS"
-  tail -n 12 "$OUT/$name.log"
+# dry run: no GPU visible to nvidia-smi (or forced)
+DRY="${GPU_VALIDATE_DRY_RUN:-auto}"
+if [[ "$DRY" == auto ]]; then
+  if nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then DRY=0; else DRY=1; fi
+fi
+[[ "$DRY" == 1 ]] || DRY=0
+if (( DRY )); then
+  echo '{"available": false, "reason": "dry run: no GPU"}' > "$W/gpu.json"
+else
+  timeout 60 "${HELPER[@]}" gpuinfo > "$W/gpu.json" 2> "$W/logs/gpuinfo.log" \
+    || echo '{"available": false, "reason": "gpuinfo failed (logs/gpuinfo.log)"}' > "$W/gpu.json"
+fi
+ARCH="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("compute_cap") or "")' "$W/gpu.json" 2>/dev/null)}"
+
+COMMIT="$(git rev-parse HEAD 2>/dev/null || echo "${GPU_VALIDATE_COMMIT:-unknown}")"
+DIRTY=false
+[[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && DIRTY=true
+"$PY" - "$W/run.json" <<EOF
+import json, platform, sys
+json.dump({"dry_run": bool($DRY), "start_epoch": $START, "budget_s": $BUDGET,
+           "started_utc": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$COMMIT", "dirty": $( $DIRTY && echo True || echo False ),
+           "host": "$(uname -srm) $(nproc) cores", "python": "python " + platform.python_version(),
+           "arch_list": "$ARCH"}, open(sys.argv[1], "w"), indent=1)
+EOF
+{
+  echo "start $(date -u +%FT%TZ)  commit $COMMIT  dirty=$DIRTY  dry_run=$DRY  budget=${BUDGET}s"
+  uname -a; echo "nproc $(nproc)"
+  nvidia-smi 2>&1 | head -20
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+  SAN="$(command -v compute-sanitizer || true)"; echo "compute-sanitizer: ${SAN:-not on PATH}"
+} > "$W/env.txt" 2>&1
+printf 'step\tresult\trc\tseconds\ttimeout_s\tnote\n' > "$W/steps.tsv"
+
+# The archive and summary are rewritten after every step (a call killed from outside keeps them).
+# Logs are capped (first 200 + last 4000 lines) so the archive stays small.
+pack() {
+  local f
+  for f in "$W"/logs/*.log; do
+    [[ -f "$f" ]] || continue
+    if (( $(wc -l < "$f") > 4400 )); then
+      { head -n 200 "$f"; echo "[... $(( $(wc -l < "$f") - 4200 )) lines cut ...]"; tail -n 4000 "$f"; } > "$f.cut" && mv "$f.cut" "$f"
+    fi
+  done
+  "${HELPER[@]}" summarize "$W" >> "$W/logs/summarize.log" 2>&1
+  tar -czf "$OUT/gpu_results.tar.gz.tmp" -C "$STAGE" gpu_results && mv "$OUT/gpu_results.tar.gz.tmp" "$OUT/gpu_results.tar.gz"
+  cp "$W/summary.md" "$OUT/summary.md.tmp" 2>/dev/null && mv "$OUT/summary.md.tmp" "$OUT/summary.md"
 }
 
-{
-  date -u +"%Y-%m-%dT%H:%M:%SZ"
-  git rev-parse HEAD 2>/dev/null && git status --short 2>/dev/null
-  nvidia-smi 2>&1 | head -20
-  "$PY" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1
-  "$PY" -c 'import triton; print("triton", triton.__version__)' 2>&1
-  command -v nvcc && nvcc --version | tail -2
-} > "$OUT/env.txt" 2>&1
+record() {  # record NAME RESULT RC SECONDS TIMEOUT NOTE
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" >> "$W/steps.tsv"
+  printf '%-12s %-10s rc=%-4s %4ss (timeout %ss) %s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}"
+  pack
+}
 
-# I2I_FAST_CUDA=1: a missing toolkit fails the build loudly instead of skipping the kernels
-step build 300 env I2I_FAST_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e .
-step import 60 "$PY" -c 'import i2i_fast, i2i_fast._C as c; print(i2i_fast.backends()); assert c.WITH_CUDA, "built without CUDA kernels"'
-if [[ "$PART" == tests || "$PART" == all ]]; then
-# every failure is worth seeing on a first GPU run: no -x
-step tests 300 env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -q --maxfail=40 --junitxml="$OUT/junit.xml"
-
-# memcheck: fused instance norm fwd+bwd on CUDA; NCHW and channels_last, odd sizes, batch 1
-# with a large map (split-plane path), fp32 and bf16, affine + residual, running stats.
-cat > "$OUT/memcheck_in.py" <<'EOF'
-import itertools
-import torch
-import i2i_fast
-from i2i_fast import functional as F
-
-print(i2i_fast.backends())
-torch.manual_seed(0)
-cases = [  # shape, channels_last, affine+residual, running stats (eval)
-    ((2, 3, 7, 9), False, False, False),
-    ((1, 64, 256, 256), False, False, False),   # batch 1, large map: split path, vectorized
-    ((1, 32, 97, 101), False, True, False),     # split path, odd H*W (scalar loads)
-    ((2, 96, 33, 31), True, False, False),      # channels_last, C not a multiple of 32
-    ((1, 64, 128, 128), True, True, False),     # channels_last, split path
-    ((2, 40, 17, 19), False, True, True),       # running statistics (eval)
-]
-for shape, cl, affine, eval_stats in cases:
-    for dtype in (torch.float32, torch.bfloat16):
-        c = shape[1]
-        x = torch.randn(shape, device="cuda", dtype=dtype)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        w = torch.rand(c, device="cuda", dtype=dtype, requires_grad=True) if affine else None
-        b = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True) if affine else None
-        res = torch.randn_like(x) if affine else None
-        rm = torch.randn(c, device="cuda") if eval_stats else None
-        rv = torch.rand(c, device="cuda") + 0.5 if eval_stats else None
-        y = F.instance_norm(x, rm, rv, w, b, use_input_stats=not eval_stats,
-                            activation="relu", residual=res)
-        y.backward(torch.randn_like(y))
-        torch.cuda.synchronize()
-        ref = torch.relu(torch.nn.functional.instance_norm(
-            x.detach().float(), rm, rv, None if w is None else w.detach().float(),
-            None if b is None else b.detach().float(), use_input_stats=not eval_stats))
-        if res is not None:
-            ref = ref + res.float()
-        print(f"{str(shape):18} cl={cl:d} affine={affine:d} eval={eval_stats:d} {str(dtype):15} "
-              f"max|y-ref|={(y.float() - ref).abs().max().item():.2e} "
-              f"grad finite={bool(x.grad.isfinite().all())}", flush=True)
-# the other kernels, CUDA and Triton: norm family (split reductions, out_pad gather, Triton's
-# coefficient kernel), batch norm, pad, losses
-for backend, shape in itertools.product(("cuda", "triton"), ((1, 64, 256, 256), (16, 256, 32, 32), (2, 5, 7, 9))):
-    x = torch.randn(shape, device="cuda", requires_grad=True)
-    n, c = shape[:2]
-    rho = torch.rand(1, c, 1, 1, device="cuda", requires_grad=True)
-    g = torch.rand(n, c, device="cuda", requires_grad=True)
-    b = torch.randn(n, c, device="cuda", requires_grad=True)
-    with i2i_fast.use_backend(backend):
-        for y in (F.adalin(x, rho, g, b, activation="relu", out_pad=1), F.layer_norm(x, g[0], b[0], out_pad=2),
-                  F.instance_norm(x, activation="leaky_relu"), F.reflection_pad2d(x, (1, 2, 3, 1)),
-                  F.batch_norm(x, None, None, g[0], b[0], True, activation="relu")):
-            y.backward(torch.randn_like(y))
-    torch.cuda.synchronize()
-    print(backend, shape, "norm family / pad grads finite:", bool(x.grad.isfinite().all()), flush=True)
-preds = [torch.randn(s, device="cuda", requires_grad=True) for s in ((1, 1, 30, 30), (1, 1, 6, 6), (1, 2))]
-F.gan_loss(preds, True, "lsgan").backward()
-torch.cuda.synchronize()
-print("losses grads finite:", all(bool(p.grad.isfinite().all()) for p in preds))
-print("memcheck snippet done")
-EOF
-SANITIZER="$(command -v compute-sanitizer || true)"
-for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do  # often not on PATH
-  [[ -z "$SANITIZER" && -n "$d" && -x "$d/bin/compute-sanitizer" ]] && SANITIZER="$d/bin/compute-sanitizer"
+# allotments in seconds of a 480 s budget (scaled to BUDGET); the last 10 s stay for packing
+declare -A ALLOT=([build]=150 [import]=15 [tests]=100 [memcheck]=45 [racecheck]=20 [synccheck]=15
+                  [bench]=60 [steps]=45 [determinism]=20)
+ORDER=(build import tests memcheck racecheck synccheck bench steps determinism)
+CUM=0
+declare -A DEADLINE
+for s in "${ORDER[@]}"; do
+  CUM=$(( CUM + ALLOT[$s] ))
+  DEADLINE[$s]=$(( START + CUM * BUDGET / 480 ))
 done
-if [[ -n "$SANITIZER" ]]; then
-  # no caching allocator: every tensor is its own cudaMalloc, so out-of-bounds accesses show
-  step memcheck 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
-    --error-exitcode 86 --print-limit 20 "$PY" "$OUT/memcheck_in.py"
+
+wanted() { [[ "$ONLY" == ",," || "$ONLY" == *",$1,"* ]]; }
+
+# run_step NAME CMD... : CMD under timeout until NAME's deadline (SIGINT first: the drivers and
+# pytest then write what they have; KILL 10 s later); output to logs/NAME.log.
+LAST_RC=0 LAST_S=0 LAST_T=0
+run_step() {
+  local name=$1; shift
+  local t=$(( DEADLINE[$name] - $(date +%s) ))
+  if ! wanted "$name"; then record "$name" skip - 0 0 "not in GPU_VALIDATE_STEPS"; LAST_RC=skip; return; fi
+  if (( t < 5 )); then record "$name" skip - 0 "$t" "out of time"; LAST_RC=skip; return; fi
+  echo "=== $name (timeout ${t}s): $*"
+  local t0=$(date +%s)
+  timeout -s INT --kill-after=10 "$t" "$@" > "$W/logs/$name.log" 2>&1
+  local rc=$? res=ok note=""
+  (( rc != 0 )) && res=fail
+  (( rc == 124 || rc == 130 || rc == 137 )) && { res=timeout; note="stopped at its time limit"; }
+  LAST_RC=$rc LAST_S=$(( $(date +%s) - t0 )) LAST_T=$t
+  tail -n 5 "$W/logs/$name.log"
+  record "$name" "$res" "$rc" "$LAST_S" "$t" "$note"
+}
+
+gpu_step() {  # gpu_step NAME CMD... : a step that needs the GPU (skipped in a dry run)
+  if (( DRY )); then record "$1" skip - 0 0 "no GPU"; LAST_RC=skip; return; fi
+  run_step "$@"
+}
+
+# 1. build, import, backends
+gpu_step build env I2I_FAST_CUDA=1 MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="$ARCH" \
+  "$PY" setup.py build_ext --inplace
+if (( DRY )); then
+  run_step import "$PY" -c 'import torch, i2i_fast; print("torch", torch.__version__, "cuda", torch.version.cuda); print(i2i_fast.backends())'
 else
-  printf '%-10s rc=skip (compute-sanitizer not on PATH)\n' memcheck | tee -a "$STEPS"
+  run_step import "$PY" -c '
+import torch, i2i_fast, i2i_fast._C as C
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())
+print(i2i_fast.backends())
+assert C.WITH_CUDA, "built without CUDA kernels"
+assert torch.cuda.is_available(), "torch sees no GPU"'
 fi
 
-fi  # tests
+# 2. CUDA-marked tests only
+PYTEST_X=()
+"$PY" -c 'import xdist' 2>/dev/null && PYTEST_X+=(-n "${GPU_VALIDATE_TEST_WORKERS:-8}")
+"$PY" -c 'import pytest_timeout' 2>/dev/null && PYTEST_X+=(--timeout 120)
+gpu_step tests env -u I2I_FAST_BACKEND "$PY" -m pytest tests/ -m cuda -q -rfE -p no:cacheprovider \
+  --junitxml="$W/junit.xml" "${PYTEST_X[@]}"
 
-if [[ "$PART" == triton || "$PART" == all ]]; then
-step bench_triton 240 env I2I_FAST_BACKEND=triton "$PY" -m i2i_fast.bench --out "$OUT/bench_triton" \
-  --ops instance_norm,iln,adalin,layer_norm,batch_norm
-fi
+# 3. compute-sanitizer: memcheck, then racecheck and synccheck
+SAN="$(command -v compute-sanitizer || true)"
+for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do  # often not on PATH
+  [[ -z "$SAN" && -n "$d" && -x "$d/bin/compute-sanitizer" ]] && SAN="$d/bin/compute-sanitizer"
+done
+REFUSED=""
+for tool in memcheck racecheck synccheck; do
+  if (( DRY )); then record "$tool" skip - 0 0 "no GPU"; continue; fi
+  if [[ -z "$SAN" ]]; then record "$tool" skip - 0 0 "compute-sanitizer not found"; continue; fi
+  if [[ -n "$REFUSED" ]]; then record "$tool" skip - 0 0 "$REFUSED"; continue; fi
+  # memcheck without the caching allocator (any value of the variable switches caching off):
+  # every tensor its own cudaMalloc, so overruns show
+  pre=(env -u PYTORCH_NO_CUDA_MEMORY_CACHING) extra=()
+  [[ $tool == memcheck ]] && pre=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1) extra=(--leak-check no)
+  run_step "$tool" "${pre[@]}" "$SAN" --tool "$tool" "${extra[@]}" --error-exitcode 86 --print-limit 20 \
+    "${HELPER[@]}" sanitize --tool "$tool"
+  [[ "$LAST_RC" == skip ]] && continue
+  # a refusal (seen on gVisor machines: "Device not supported", then error 999) can still exit
+  # 0: check the log, not only the exit code; a run that did not reach the end is no pass
+  # (the tool's own lines start with "=========": a warning of the program cannot match)
+  pat='^=+ .*(device not supported|no supported devices|not supported on this|unable to find injection|failed to initialize)'
+  if grep -qiE "$pat" "$W/logs/$tool.log"; then
+    REFUSED="compute-sanitizer refused the device: $(grep -iE -m1 "$pat" "$W/logs/$tool.log" | tr -d '\t|' | cut -c1-120)"
+    sed -i '$d' "$W/steps.tsv"  # re-record this step as skipped, with the reason
+    record "$tool" skip "$LAST_RC" "$LAST_S" "$LAST_T" "$REFUSED"
+  elif [[ "$LAST_RC" == 0 ]] && ! grep -q 'sanitize workload done' "$W/logs/$tool.log"; then
+    sed -i '$d' "$W/steps.tsv"
+    record "$tool" fail 0 "$LAST_S" "$LAST_T" "exit 0 but the workload did not finish"
+  fi
+done
 
-if [[ "$PART" == bench || "$PART" == all ]]; then
-step bench_main 420 "$PY" -m i2i_fast.bench --out "$OUT/bench_main" ${GPU_VALIDATE_OPS:+--ops "$GPU_VALIDATE_OPS"}
-step saved 120 "$PY" -m i2i_fast.bench_steps --device cuda --saved  # $OUT/saved.log
-if [[ "${GPU_VALIDATE_PYTEST_BENCH:-1}" != 0 ]]; then
-step bench 240 env I2I_FAST_BENCH_STEPS_COMPILE=0 "$PY" -m pytest benchmarks/ --benchmark-only -q \
-  --benchmark-json="$OUT/bench.json"
-fi
-fi
+# 4. core benchmarks, 5. whole training steps, 6. determinism
+BENCH_X=()
+[[ "${GPU_VALIDATE_BENCH_COMPILE:-0}" == 1 ]] && BENCH_X+=(--compile)
+gpu_step bench "${HELPER[@]}" bench --out "$W" --deadline "$(( DEADLINE[bench] - 3 ))" "${BENCH_X[@]}"
+gpu_step steps "${HELPER[@]}" steps --out "$W" --deadline "$(( DEADLINE[steps] - 3 ))"
+gpu_step determinism env CUBLAS_WORKSPACE_CONFIG=:4096:8 "${HELPER[@]}" determinism --out "$W"
 
-# results not already written under $OUT
-[[ -d bench_results ]] && cp -r bench_results "$OUT/bench_results_default"
-ls -la "$OUT" > "$OUT/files.txt" 2>&1
-echo "=== steps ($(( $(date +%s) - START ))s total), results in $OUT"
-cat "$STEPS"
-! grep -qv ' rc=0 \| rc=skip' "$STEPS"
+pack
+echo "=== done in $(( $(date +%s) - START ))s: $OUT/gpu_results.tar.gz, $OUT/summary.md"
+cat "$OUT/summary.md" | head -n 40
+awk -F'\t' 'NR > 1 && $2 != "ok" && $2 != "skip" {bad = 1} END {exit bad}' "$W/steps.tsv"
