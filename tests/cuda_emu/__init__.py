@@ -100,6 +100,8 @@ def rewrite(src: str, path: str) -> str:
     if path.endswith(".cuh"):  # device headers (reduce.cuh): shared memory only
         return f'#line 1 "{path}"\n' + _SHARED.sub(_shared_repl, src)
     src = _SHARED.sub(_shared_repl, src)
+    if not path.startswith(KERNELS):  # the emulation's own self-test kernels
+        return f'#line 1 "{path}"\n' + src
     src, n = re.subn(r"TORCH_LIBRARY_IMPL\(\s*i2i_fast\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(i2i_fast_emu, CPU,", src)
     if n != 1:
         raise ValueError(f"{path}: expected one TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m), found {n}")
@@ -141,6 +143,9 @@ def load(asan: bool = False, verbose: bool = False):
         dst = os.path.join(gen, os.path.basename(path)[:-3] + ".cpp")
         _write(dst, rewrite(open(path).read(), path))
         sources.append(dst)
+    selftest = os.path.join(HERE, "selftest.cu")
+    _write(os.path.join(gen, "selftest.cpp"), rewrite(open(selftest).read(), selftest))
+    sources.append(os.path.join(gen, "selftest.cpp"))
     for f in os.listdir(KERNELS):  # found first by #include "x.cuh" from gen/
         if f.endswith(".cuh"):
             _write(os.path.join(gen, f), rewrite(open(os.path.join(KERNELS, f)).read(), os.path.join(KERNELS, f)))
@@ -162,12 +167,18 @@ def load(asan: bool = False, verbose: bool = False):
 
 
 def asan_runtime() -> str | None:
-    """Path of gcc's libasan (to LD_PRELOAD into a Python that loads the ASan build)."""
-    try:
-        out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
-    return out if os.path.isabs(out) and os.path.exists(out) else None
+    """LD_PRELOAD value for a Python that loads the ASan build: gcc's libasan, and libstdc++
+    (Python itself does not link it, and ASan must find the real __cxa_throw at start)."""
+    libs = []
+    for name in ("libasan.so", "libstdc++.so"):
+        try:
+            out = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return None
+        if not (os.path.isabs(out) and os.path.exists(out)):
+            return None
+        libs.append(out)
+    return " ".join(libs)
 
 
 def emulated_ops() -> set[str]:
@@ -185,9 +196,10 @@ class EmulatedCuda(TorchDispatchMode):
     through the emulation; ops without one (the C++ and Python composites) run their CPU
     kernel with the emulation still on, so the ops they call are emulated too."""
 
-    def __init__(self):
+    def __init__(self, asan: bool = False):
         super().__init__()
-        load()
+        self.asan = asan
+        load(asan)
         self.emulated = emulated_ops()
         self.cpp = {s.split("(", 1)[0].strip() for s in schemas()}
 
@@ -198,7 +210,7 @@ class EmulatedCuda(TorchDispatchMode):
             if op in self.emulated:
                 return getattr(getattr(torch.ops.i2i_fast_emu, op), func._overloadname)(*args, **kwargs)
             if op in self.cpp:
-                with EmulatedCuda():
+                with EmulatedCuda(self.asan):
                     return func._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
         return func(*args, **kwargs)
 

@@ -165,7 +165,7 @@ bool resolve_shuffles(int nthreads) {
 }
 
 void poison_shared() {
-  for (const Shared& s : S.shared) std::memset(s.ptr, 0xA5, s.size);  // NaN-like garbage
+  for (const Shared& s : S.shared) std::memset(s.ptr, 0xFF, s.size);  // NaN in fp32/fp64, -1 in ints
 }
 
 void run_block(int nthreads, uint64_t salt) {
@@ -231,6 +231,7 @@ void note_shared(void* ptr, size_t size) {
   for (const Shared& s : S.shared)
     if (s.ptr == ptr) return;
   S.shared.push_back({ptr, size});
+  std::memset(ptr, 0xFF, size);  // first declaration in this launch: nothing is written yet
   S.shared_bytes += size;
   if (S.shared_bytes > kMaxStaticShared) {
     std::ostringstream m;

@@ -1,0 +1,95 @@
+// Kernels with known defects, compiled only into the CUDA emulation, so that the tests show
+// the emulation catches each kind of defect (a harness that cannot fail proves nothing).
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace {
+
+constexpr int kT = 256;
+
+// Tree sum of x in shared memory, one partial per block; sync=false drops the barrier inside
+// the tree loop (the classic race).
+__global__ void tree_sum_kernel(const float* x, int64_t n, float* out, bool sync) {
+  __shared__ float sm[kT];
+  float v = 0;
+  for (int64_t i = blockIdx.x * int64_t(kT) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kT) v += x[i];
+  sm[threadIdx.x] = v;
+  __syncthreads();
+  for (int off = kT / 2; off > 0; off >>= 1) {
+    if (int(threadIdx.x) < off) sm[threadIdx.x] += sm[threadIdx.x + off];
+    if (sync) __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = sm[0];
+}
+
+// y[i] = x[i + shift]: a shift reads past one end of x.
+__global__ void shifted_copy_kernel(const float* x, int64_t n, int64_t shift, float* y) {
+  const int64_t i = blockIdx.x * int64_t(kT) + threadIdx.x;
+  if (i < n) y[i] = x[i + shift];
+}
+
+// Every block writes its index: the survivor depends on the block order.
+__global__ void last_block_kernel(float* out) {
+  if (threadIdx.x == 0) out[0] = float(blockIdx.x);
+}
+
+// 64 KB of static shared memory: over the 48 KB limit.
+__global__ void big_shared_kernel(float* out) {
+  __shared__ float big[16384];
+  big[threadIdx.x] = 1;
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = big[0];
+}
+
+// Full-mask shuffle: undefined when the block is not a whole number of warps.
+__global__ void shuffle_kernel(float* out) {
+  const float v = float(threadIdx.x);
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, v, 1);
+}
+
+// Reads shared memory that no thread wrote.
+__global__ void uninit_shared_kernel(float* out) {
+  __shared__ float s[kT];
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+at::Tensor run(const std::string& what, const at::Tensor& x_in, int64_t arg) {
+  const at::Tensor x = x_in.contiguous().to(at::kFloat);
+  const int64_t n = x.numel();
+  const unsigned blocks = static_cast<unsigned>(std::max<int64_t>(1, (n + kT - 1) / kT));
+  cudaStream_t st = c10::cuda::getCurrentCUDAStream();
+  at::Tensor out = at::zeros({std::max<int64_t>(n, kT)}, x.options());
+  float* o = out.data_ptr<float>();
+  if (what == "tree_sum") {
+    tree_sum_kernel<<<blocks, kT, 0, st>>>(x.data_ptr<float>(), n, o, arg != 0);
+    return out.narrow(0, 0, blocks).sum();
+  } else if (what == "shifted_copy") {
+    shifted_copy_kernel<<<blocks, kT, 0, st>>>(x.data_ptr<float>(), n, arg, o);
+  } else if (what == "last_block") {
+    last_block_kernel<<<static_cast<unsigned>(arg), kT, 0, st>>>(o);
+  } else if (what == "big_shared") {
+    big_shared_kernel<<<1, kT, 0, st>>>(o);
+  } else if (what == "shuffle") {
+    shuffle_kernel<<<1, static_cast<unsigned>(arg), 0, st>>>(o);
+  } else if (what == "uninit_shared") {
+    uninit_shared_kernel<<<2, kT, 0, st>>>(o);
+  } else if (what == "block_too_big") {
+    last_block_kernel<<<1, static_cast<unsigned>(arg), 0, st>>>(o);
+  } else if (what == "grid_y_too_big") {
+    last_block_kernel<<<dim3(1, static_cast<unsigned>(arg)), kT, 0, st>>>(o);
+  } else if (what == "empty_grid") {
+    last_block_kernel<<<0, kT, 0, st>>>(o);
+  } else {
+    TORCH_CHECK(false, "unknown selftest ", what);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(i2i_emu_selftest, m) {
+  m.def("run(str what, Tensor x, int arg) -> Tensor", &run);
+}

@@ -1,0 +1,422 @@
+"""The CUDA kernels (kernels/*.cu) executed on CPU tensors through the CUDA emulation
+(tests/cuda_emu): the emulated twins of the tests that need a GPU, at small shapes.
+
+Every op runs through the whole stack (Python wrappers, C++ autograd nodes, plane_norm,
+losses, the pad convolution) with its CUDA kernels swapped in by `EmulatedCuda`. Parity uses
+the DESIGN.md rule against float64 in fp32, fp16 and bf16; determinism is bitwise across two
+runs AND across block orders (forward, reverse, shuffled), which is how a missing barrier or
+a dependence on block order shows; the split-plane paths are forced through the emulated SM
+count. The last test asserts that every __global__ kernel in kernels/ was launched.
+"""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import i2i_fast
+from i2i_fast import functional as F
+
+import cuda_emu
+from conftest import assert_parity
+
+if not i2i_fast.backends()["cpu"][0]:
+    pytest.skip("i2i_fast._C not built", allow_module_level=True)
+
+HALF = [torch.float32, torch.float16, torch.bfloat16]
+IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+ORDERS = [("forward", 0), ("reverse", 0), ("shuffled", 1), ("shuffled", 2)]
+H200_SMS = 132
+
+
+@pytest.fixture(scope="module")
+def emu():
+    mod = cuda_emu.load()
+    mod.set_order("forward", 0)
+    mod.set_sm_count(H200_SMS)
+    yield mod
+    mod.set_order("forward", 0)
+    mod.set_sm_count(H200_SMS)
+
+
+@pytest.fixture
+def on(emu):
+    """Runs the body with the CUDA kernels emulated; yields the emulation module."""
+    with cuda_emu.EmulatedCuda():
+        yield emu
+    emu.set_order("forward", 0)
+    emu.set_sm_count(H200_SMS)
+
+
+def launches(emu, fn):
+    before = emu.launch_counts()
+    fn()
+    after = emu.launch_counts()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def same_across_orders(emu, fn, orders=ORDERS):
+    """fn() (a list of tensors) is bitwise equal twice in a row and in every block order."""
+    emu.set_order("forward", 0)
+    first = [t.clone() for t in fn()]
+    for mode, seed in [("forward", 0)] + list(orders):
+        emu.set_order(mode, seed)
+        got = fn()
+        for a, b in zip(first, got):
+            assert torch.equal(a, b), f"result differs in block order {mode}/{seed}"
+    emu.set_order("forward", 0)
+    return first
+
+
+# ------------------------------------------------------------------ the emulation itself
+def test_emulation_catches_known_defects(on):
+    run = torch.ops.i2i_emu_selftest.run
+    x = torch.randn(3000)
+    good = run("tree_sum", x, 1)
+    torch.testing.assert_close(good, x.sum(), rtol=1e-5, atol=1e-4)
+    bad = [run("tree_sum", x, 0)]  # the barrier inside the tree loop removed
+    for mode, seed in ORDERS:
+        on.set_order(mode, seed)
+        bad.append(run("tree_sum", x, 0))
+    assert any(not torch.allclose(b, good, rtol=1e-5, atol=1e-4) for b in bad), "a missing __syncthreads went unnoticed"
+    survivors = set()
+    for mode, seed in ORDERS:
+        on.set_order(mode, seed)
+        survivors.add(run("last_block", x, 7)[0].item())
+    assert len(survivors) > 1, "block order is not permuted"
+    on.set_order("forward", 0)
+    assert run("uninit_shared", x, 0)[:256].isnan().all(), "shared memory is not poisoned between blocks"
+    for what, arg, msg in [("big_shared", 0, "48 KB"), ("shuffle", 48, "full mask"),
+                           ("block_too_big", 2048, "block of 2048"), ("grid_y_too_big", 70000, "grid dimension"),
+                           ("empty_grid", 0, "empty grid")]:
+        with pytest.raises(RuntimeError, match=msg):
+            run(what, x, arg)
+    torch.testing.assert_close(run("shuffle", x, 64)[:31], torch.arange(1, 32, dtype=torch.float32))
+
+
+def test_schemas_generated_from_ops_cpp(emu):
+    for s in cuda_emu.schemas():
+        name = s.split("(", 1)[0]
+        assert str(getattr(torch.ops.i2i_fast_emu, name).default._schema).split("::", 1)[1] == \
+            str(getattr(torch.ops.i2i_fast, name).default._schema).split("::", 1)[1]
+
+
+def test_sm_count_is_settable(emu):
+    for n in (1, 4, H200_SMS):
+        emu.set_sm_count(n)
+        assert emu.sm_count() == n
+    emu.set_sm_count(H200_SMS)
+
+
+# ------------------------------------------------------------------ instance norm
+def _in_check(shape, dtype, act="leaky_relu", affine=True, residual=True, channels_last=False):
+    from test_instance_norm import check_all
+    check_all(shape, dtype, "cpu", "cpu", affine, act, residual, channels_last)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 7), (2, 4, 16, 16), (1, 3, 45, 47)], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_instance_norm_parity(on, dtype, shape, channels_last):
+    _in_check(shape, dtype, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("sms", [1, 4, H200_SMS])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_instance_norm_split_paths(on, sms, channels_last):
+    """Batch 1 with few planes: split over S chunks per plane when the tiles cannot give every
+    SM 4 blocks (4 planes fill a 1-SM device), with vector loads and with scalar ones."""
+    on.set_sm_count(sms)
+    for shape in [(1, 4, 96, 96), (1, 4, 45, 47)]:  # H*W a multiple of the vector width, and not
+        got = launches(on, lambda: _in_check(shape, torch.float32, channels_last=channels_last))
+        split = "fwd_stats_kernel" in got and "bwd_sums_kernel" in got
+        assert split == (sms > 1 or channels_last), (sms, shape, got)
+
+
+@pytest.mark.parametrize("affine,act,residual", list(itertools.product([False, True], ["relu", "tanh", None],
+                                                                       [False, True])))
+def test_instance_norm_options(on, affine, act, residual):
+    _in_check((2, 5, 9, 8), torch.float32, act, affine, residual)
+
+
+def test_instance_norm_views_with_offset_take_scalar_loads(on):
+    """A view with a storage offset (not 16-byte aligned) and H*W a multiple of the vector
+    width: the kernels must take the scalar path and still be right."""
+    base = torch.randn(1 + 2 * 4 * 8 * 8)
+    x = base[1:].view(2, 4, 8, 8).requires_grad_()
+    w, b = torch.rand(4) + 0.5, torch.randn(4)
+    y = F.instance_norm(x, weight=w, bias=b, activation="relu")
+    y.backward(torch.ones_like(y))
+    x2 = x.detach().clone().requires_grad_()
+    ref = torch.relu(TF.instance_norm(x2, weight=w, bias=b))
+    ref.backward(torch.ones_like(ref))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_instance_norm_running_stats_and_module(on):
+    theirs = torch.nn.InstanceNorm2d(6, affine=True, track_running_stats=True)
+    ours = i2i_fast.InstanceNorm2d(6, affine=True, track_running_stats=True)
+    ours.load_state_dict(theirs.state_dict())
+    xx = torch.randn(2, 6, 7, 5)
+    torch.testing.assert_close(ours(xx), theirs(xx))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    ours.eval(), theirs.eval()
+    x1 = xx.clone().requires_grad_()
+    x2 = xx.clone().requires_grad_()
+    torch.testing.assert_close(ours(x1), theirs(x2))
+    ours(x1).sum().backward(), theirs(x2).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_instance_norm_empty_and_single_pixel(on):
+    for shape in [(0, 3, 4, 4), (2, 3, 0, 4)]:
+        x = torch.randn(shape, requires_grad=True)
+        y = F.instance_norm(x)
+        assert y.shape == x.shape
+        y.sum().backward()
+    x = torch.randn(2, 3, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):  # as torch
+        F.instance_norm(x)
+    x = torch.randn(2, 3, 1, 2, requires_grad=True)
+    torch.testing.assert_close(F.instance_norm(x, activation="relu"), torch.relu(TF.instance_norm(x)))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 45, 47)], ids=str)
+def test_adain_per_plane_affine(on, shape):
+    n, c = shape[:2]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(n * c, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(n * c, dtype=torch.float64, requires_grad=True)
+    y = F.adain(x, w, b, activation="relu")
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), gy)
+    ref = torch.relu(TF.batch_norm(x.reshape(1, n * c, *shape[2:]), None, None, w, b, True).reshape(shape))
+    want = torch.autograd.grad(ref, (x, w, b), gy)
+    torch.testing.assert_close(y, ref)
+    for a, bb in zip(got, want):
+        torch.testing.assert_close(a, bb)
+
+
+def test_instance_norm_deterministic_across_block_orders(on):
+    on.set_sm_count(4)  # split path
+
+    def run():
+        torch.manual_seed(3)
+        out = []
+        for cl in (False, True):
+            x = torch.randn(1, 3, 33, 35)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            w = torch.rand(3, requires_grad=True)
+            b = torch.randn(3, requires_grad=True)
+            y = F.instance_norm(x, weight=w, bias=b, activation="relu")
+            y.backward(torch.randn_like(y))
+            out += [y.detach(), x.grad, w.grad, b.grad]
+        return out
+    same_across_orders(on, run)
+
+
+# ------------------------------------------------------------------ the norm family
+FAMILY = ["iln", "adalin", "layer_norm", "adain", "instance_norm", "batch_norm"]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+@pytest.mark.parametrize("shape", [(2, 6, 9, 11), (3, 5, 7, 1), (1, 2, 64, 65)], ids=str)
+@pytest.mark.parametrize("norm", FAMILY)
+def test_norm_family_parity(on, norm, shape, dtype):
+    from test_norm_family import check
+    pad = 1 if min(shape[2:]) > 1 else 0
+    check(norm, "cpu", shape, dtype, "leaky_relu", True, pad)
+    check(norm, "cpu", shape, dtype, None, False, 0, channels_last=True)
+
+
+@pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
+def test_norm_family_split_and_orders(on, norm):
+    """Batch 1, two planes of 4160 pixels: per-plane reductions split over 2 blocks (an uneven
+    last chunk) and merged in a fixed order; bitwise the same in every block order."""
+    from test_norm_family import make_params, ours
+    on.set_sm_count(1)
+
+    def run():
+        torch.manual_seed(5)
+        x = torch.randn(1, 2, 64, 65, requires_grad=True)
+        rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, 1, 2))
+        y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
+        y.backward(torch.randn_like(y))
+        return [y.detach(), x.grad] + [t.grad for t in (gamma, beta) if t.grad is not None]
+    got = launches(on, lambda: same_across_orders(on, run))
+    assert got.get("stats_merge_kernel") and got.get("sums_merge_kernel"), got
+
+
+def test_batch_norm_module_running_stats(on):
+    theirs = torch.nn.BatchNorm2d(5)
+    ours = i2i_fast.BatchNorm2d(5)
+    ours.load_state_dict(theirs.state_dict())
+    x1 = torch.randn(4, 5, 9, 7, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    got = launches(on, lambda: ours(x1).sum().backward())
+    theirs(x2).sum().backward()
+    assert got.get("bn_running_kernel") == 1, got
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours.buffers(), theirs.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ reflection pad + conv
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_parity(on, dtype, channels_last):
+    from test_reflection_pad import PAD_CASES, _pad_case
+    for shape, pad in PAD_CASES:
+        _pad_case("cpu", shape, pad, dtype, channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=IDS.get)
+def test_pad_bitwise_equal_to_cpu_kernels(emu, dtype):
+    """The CUDA and CPU pad kernels sum each input pixel's <= 3x3 sources in the same order."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 10).to(dtype)
+    x_view = torch.randn(1 + x.numel()).to(dtype)[1:].view_as(x)  # storage offset
+    for t in (x, x_view, x.contiguous(memory_format=torch.channels_last)):
+        pad = [3, 2, 1, 4]
+        y_cpu = torch.ops.i2i_fast.reflection_pad2d_fwd(t, pad)
+        g = torch.randn(y_cpu.shape).to(dtype)
+        with cuda_emu.EmulatedCuda():
+            y = torch.ops.i2i_fast.reflection_pad2d_fwd(t, pad)
+            gx = torch.ops.i2i_fast.reflection_pad2d_bwd(g, pad)
+        assert torch.equal(y, y_cpu)
+        assert torch.equal(gx, torch.ops.i2i_fast.reflection_pad2d_bwd(g, pad))
+
+
+@pytest.mark.parametrize("path", ["pad", "border"])
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+def test_reflection_pad_conv(on, path, dtype):
+    from test_reflection_pad import CONV_CASES, _check_conv
+    for case in CONV_CASES[:3]:
+        _check_conv(case, dtype, "cpu", path)
+
+
+def test_pad_deterministic_across_orders(on):
+    def run():
+        torch.manual_seed(1)
+        x = torch.randn(2, 3, 17, 19, requires_grad=True)
+        y = F.reflection_pad2d(x, (3, 1, 2, 4))
+        y.backward(torch.randn_like(y))
+        return [y.detach(), x.grad]
+    same_across_orders(on, run)
+
+
+# ------------------------------------------------------------------ losses
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+def test_loss_parity(on, dtype):
+    from test_losses import MODES, UGATIT_SHAPES, check, original, preds_like
+    masters = [preds_like(s, seed=i) for i, s in enumerate(UGATIT_SHAPES)]
+    reals = [True, False] * 4
+    for mode in MODES:
+        check(lambda ts: F.gan_loss(ts, reals, mode), lambda ts: sum(original(mode, t, r) for t, r in zip(ts, reals)),
+              masters, dtype, what=f"emulated {mode} {dtype}")
+    big = [preds_like((1, 3, 40, 41), seed=1), preds_like((1, 3, 40, 41), seed=2),
+           preds_like((1, 1, 70, 70), seed=3), preds_like((1, 1, 70, 70), seed=4)]
+    check(lambda ts: F.l1_loss([(ts[0], ts[1]), (ts[2], ts[3])], [10.0, 5.0]),
+          lambda ts: 10 * TF.l1_loss(ts[0], ts[1]) + 5 * TF.l1_loss(ts[2], ts[3]), big, dtype,
+          what=f"emulated l1 {dtype}")
+
+
+def test_loss_ticket_path_and_many_terms(on):
+    """> 16384 elements: one block per chunk, the last block (ticket) adds the partials; > 24
+    terms: several launches of one table each. Bitwise the same in every block order and
+    equal to float64 within the rule; one forward launch for the ticket call."""
+    from test_losses import original, preds_like
+    big = [preds_like((2, 1, 100, 100), seed=1).float().requires_grad_(),
+           preds_like((1, 1, 30, 30), seed=2).float().requires_grad_()]
+    many = [preds_like((1, 1, 3 + i % 4, 5), seed=10 + i).float().requires_grad_() for i in range(30)]
+
+    def run():
+        out = []
+        for ts, mode in ((big, "vanilla"), (many, "lsgan")):
+            loss = F.gan_loss(ts, True, mode)
+            out += [loss.detach()] + list(torch.autograd.grad(loss, ts))
+        return out
+    got = launches(on, lambda: same_across_orders(on, run))
+    runs = 2 + len(ORDERS)
+    assert got["loss_fwd_kernel"] == runs * (1 + 2), got  # per run: big 1 launch, many 2 groups
+    ticket = launches(on, lambda: F.gan_loss(big, True, "vanilla"))
+    assert ticket == {"loss_fwd_kernel": 1}, ticket
+    res = run()
+    for i, (ts, mode) in enumerate(((big, "vanilla"), (many, "lsgan"))):
+        ref = sum(original(mode, t.detach().double(), True) for t in ts)
+        loss = res[0] if i == 0 else res[1 + len(big)]
+        torch.testing.assert_close(loss.double(), ref, rtol=2e-6, atol=1e-6)
+
+
+def test_loss_reduction_none(on):
+    from test_losses import preds_like
+    a = preds_like((1, 1, 30, 30), seed=1).float().requires_grad_()
+    outs = F.gan_loss([a], True, reduction="none")
+    torch.testing.assert_close(outs[0], (a - 1) ** 2)
+    g = torch.autograd.grad(outs[0].sum(), a)[0]
+    torch.testing.assert_close(g, 2 * (a.detach() - 1))
+
+
+# ------------------------------------------------------------------ spectral norm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=IDS.get)
+def test_sn_scale_parity_and_orders(on, dtype):
+    from test_spectral_norm import _inputs, _run
+    for shape in [(1, 1), (8, 45), (64, 288)]:
+        w, u, v, gy = _inputs(*shape, dtype)
+        ref = _run(lambda w, u, v: w / torch.dot(u, torch.mv(w, v)), *(t.double() for t in (w, u, v, gy)))
+        same = _run(lambda w, u, v: w / torch.dot(u, torch.mv(w, v)), w, u, v, gy)
+        ours = same_across_orders(on, lambda: _run(F.spectral_norm_weight, w, u, v, gy), ORDERS[:2])
+        for name, a, b, c in zip(("out", "grad W"), ours, same, ref):
+            assert_parity(a, b, c, dtype, f"emulated {shape} {dtype} {name}")
+
+
+# ------------------------------------------------------------------ a converted model
+def test_converted_cyclegan_generator(on):
+    from i2i_fast.models import cyclegan
+    torch.manual_seed(0)
+    net = cyclegan.ResnetGenerator(3, 3, ngf=8, n_blocks=2).double()
+    conv = i2i_fast.convert(net)
+    x = torch.randn(1, 3, 24, 24, dtype=torch.float64)
+    got = launches(on, lambda: conv(x).sum().backward())
+    net(x).sum().backward()
+    assert got, "no emulated kernel ran"
+    torch.testing.assert_close(conv(x), net(x))
+    for (name, a), (_, b) in zip(conv.named_parameters(), net.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+# ------------------------------------------------------------------ bounds checking
+def test_out_of_bounds_fails_under_asan(emu, tmp_path):
+    """The emulated kernels built with AddressSanitizer, run in a subprocess (libasan must be
+    preloaded into Python) over odd sizes, views, channels_last, split paths and the loss
+    ticket: any out-of-bounds access aborts it. The self-test's one-past-the-end read must be
+    caught, which shows the check can fail."""
+    libs = cuda_emu.asan_runtime()
+    if libs is None:
+        pytest.skip("gcc's libasan not found")
+    env = dict(os.environ, LD_PRELOAD=libs, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    script = os.path.join(os.path.dirname(__file__), "cuda_emu", "asan_run.py")
+    ok = subprocess.run([sys.executable, script, "kernels"], env=env, capture_output=True, text=True, timeout=1200)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-6000:]
+    assert "kernels: ok" in ok.stdout
+    bad = subprocess.run([sys.executable, script, "oob"], env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 86 and "heap-buffer-overflow" in bad.stderr, bad.stdout[-2000:] + bad.stderr[-4000:]
+
+
+# ------------------------------------------------------------------ coverage (keep last)
+def test_every_kernel_was_launched(emu, request):
+    """Every __global__ kernel in kernels/ ran in this module: a new kernel without an
+    emulated test fails here."""
+    if request.config.option.keyword or request.config.option.markexpr:
+        pytest.skip("coverage needs the whole module (run without -k / -m)")
+    counts = emu.launch_counts()
+    missing = sorted(k for k in cuda_emu.global_kernels() if not counts.get(k))
+    assert not missing, f"never launched by the emulated suite: {missing}"
