@@ -346,9 +346,10 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
     def flush(interrupted=False):
         _write_json(os.path.join(out, "steps.json"), {"timestamp": _now_utc(), "device": str(dev),
                                                        "interrupted": interrupted, "rows": rows})
+        # the header and rows of `bench_steps --interleave` (scripts/readme_results.py parses them)
         lines = [f"training steps on {dev.type} ({torch.get_num_threads()} threads), variants timed one after "
-                 f"another, {budget_s:g} s of steps each; median wall ms, min wall ms, median process CPU ms "
-                 f"(scripts/gpu_validate.py steps; peak MiB in steps.json)"]
+                 f"another for {budget_s:g} s, at least {1 if smoke else 3} steps each; median wall ms, min wall ms, "
+                 f"median process CPU ms (scripts/gpu_validate.py steps; peak MiB in steps.json)"]
         for r in rows:
             if r.get("ms") is None:
                 lines.append(f"{r['family']:<9} {r['variant']:<18} not measured: {r.get('error') or r.get('why')}")
@@ -534,14 +535,15 @@ def summarize(work: str) -> int:
          f"- host: {env.get('host', '-')}; {env.get('python', '')}", "",
          "## Steps (priority order; each with its own timeout, unused time carried forward)", "",
          "| step | result | rc | s | timeout s | note |", "|---|---|---|---|---|---|"]
-    seen = {s["step"] for s in steps}
-    for s in steps:
+    last = {s["step"]: s for s in steps}  # a step re-recorded (sanitizer refusal): the last line
+    for name in list(STEPS) + [n for n in last if n not in STEPS]:
+        s = last.get(name)
+        if s is None:
+            L.append(f"| {name} | not reached | - | - | - | |")
+            continue
         res = f"skip: {s['note']}" if s["result"] == "skip" else s["result"]
         note = "" if s["result"] == "skip" else s["note"]
-        L.append(f"| {s['step']} | {res} | {s['rc']} | {s['seconds']} | {s['timeout_s']} | {note} |")
-    for name in STEPS:
-        if name not in seen:
-            L.append(f"| {name} | not reached | - | - | - | |")
+        L.append(f"| {name} | {res} | {s['rc']} | {s['seconds']} | {s['timeout_s']} | {note} |")
 
     L += ["", "## Headline", ""]
     res = _load(work, "results.json")
@@ -577,15 +579,17 @@ def summarize(work: str) -> int:
     st = _load(work, "steps.json")
     srows = (st or {}).get("rows", [])
     if srows:
-        L += ["", "Whole training steps (papers' sizes), median ms/step:", "",
-              "| family | variant | ms/step | x eager | peak MiB | first-step losses |", "|---|---|---|---|---|---|"]
+        L += ["", "Whole training steps, median ms/step:", "",
+              "| family | variant | ms/step | x eager | peak MiB | first-step losses | config |",
+              "|---|---|---|---|---|---|---|"]
         for r in srows:
             e = next((x for x in srows if x["family"] == r["family"] and x["variant"] == "eager" and x.get("ms")), None)
             if r.get("ms") is None:
-                L.append(f"| {r['family']} | {r['variant']} | not measured | - | - | {r.get('error') or r.get('why')} |")
+                L.append(f"| {r['family']} | {r['variant']} | not measured | - | - | {r.get('error') or r.get('why')} | |")
                 continue
             L.append(f"| {r['family']} | {r['variant']} | {r['ms']:.2f} | {_f(e and e['ms'] / r['ms'], '{:.2f}x')} | "
-                     f"{_f(r.get('peak_mib'), '{:.0f}')} | {'PASS' if r['parity'] else 'FAIL: ' + r['parity_detail'][:80]} |")
+                     f"{_f(r.get('peak_mib'), '{:.0f}')} | {'PASS' if r['parity'] else 'FAIL: ' + r['parity_detail'][:80]} | "
+                     f"{r.get('config', '')} |")
     else:
         L.append("\nWhole training steps: not measured" + (" (dry run)" if dry else "") + ".")
     det = _load(work, "determinism.json")

@@ -132,7 +132,18 @@ def _tiny_cyclegan(device, small):
     return bench_steps.Family(nets, data, fam.step, fam.opts, "tiny CycleGAN (test)")
 
 
-def test_gpu_drivers_on_cpu(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: at these sizes two OpenMP threads on a loaded 2-core machine made
+    the test ten times slower (spinning), and the numbers do not matter here."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     """The bench / steps / determinism / sanitize drivers and the summary, at tiny CPU sizes."""
     from i2i_fast import bench_steps
     monkeypatch.setitem(bench_steps.FAMILIES, "cyclegan", _tiny_cyclegan)
