@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -316,19 +317,61 @@ class _Strip:
 
 
 class _CudnnDeterministic:
-    """cudnn.deterministic=True around the op's aten convolutions on CUDA (restored after)."""
+    """cuDNN's weight-gradient algorithm follows a process-wide flag only (no per-call argument
+    reaches it), so it is held True while any of this op's weight gradients runs on CUDA. A
+    counter under a lock keeps overlapping calls (autograd runs CUDA backward on its own
+    device threads) from restoring it early: the value the first caller found is restored by
+    the last one to leave. Everything else passes determinism per call (_conv, _conv_dx)."""
+    _lock = threading.Lock()
+    _depth = 0
+    _saved = False
 
     def __init__(self, device):
         self.on = device.type == "cuda"
 
     def __enter__(self):
         if self.on:
-            self.prev = torch.backends.cudnn.deterministic
-            torch.backends.cudnn.deterministic = True
+            cls = type(self)
+            with cls._lock:
+                if cls._depth == 0:
+                    cls._saved = torch.backends.cudnn.deterministic
+                    torch.backends.cudnn.deterministic = True
+                cls._depth += 1
 
     def __exit__(self, *exc):
         if self.on:
-            torch.backends.cudnn.deterministic = self.prev
+            cls = type(self)
+            with cls._lock:
+                cls._depth -= 1
+                if cls._depth == 0:
+                    torch.backends.cudnn.deterministic = cls._saved
+
+
+def _conv(x, weight, bias, s, p):
+    """aten convolution with cuDNN's deterministic algorithms asked for in this call only."""
+    cudnn = torch.backends.cudnn
+    return torch.ops.aten._convolution(x, weight, bias, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                                       cudnn.benchmark, True, cudnn.enabled, cudnn.allow_tf32)
+
+
+def _conv_dx(grad, x, weight, s, p):
+    """Input gradient of _conv: the transposed convolution, deterministic in this call."""
+    cudnn = torch.backends.cudnn
+    extra = [x.shape[d] - ((grad.shape[d] - 1) * s - 2 * p + weight.shape[d]) for d in (2, 3)]
+    return torch.ops.aten._convolution(grad, weight, None, [s, s], [p, p], [1, 1], True, extra, 1,
+                                       cudnn.benchmark, True, cudnn.enabled, cudnn.allow_tf32)
+
+
+def _conv_bwd(grad, x, weight, bias_sizes, s, p, need_x, need_w, need_b):
+    """(grad x, grad weight, grad bias) of _conv; only the weight and bias gradients need the
+    process-wide flag (_CudnnDeterministic)."""
+    gx = _conv_dx(grad, x, weight, s, p) if need_x else None
+    gw = gb = None
+    if need_w or need_b:
+        with _CudnnDeterministic(x.device):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, [s, s], [p, p], [1, 1], False, [0, 0], 1, [False, need_w, need_b])
+    return gx, gw, gb
 
 
 def _conv_out_shape(x, weight, p, s):
@@ -342,17 +385,14 @@ def _pad_conv_impl(x, weight, bias, padding, stride):
     kh, kw = weight.shape[2:]
     h, w = x.shape[2:]
     path = pad_conv_path(h, w, kh, kw, p, s, x.device.type)
-    with _CudnnDeterministic(x.device):
-        if path == "pad":
-            xp = _pad_kernels(x.device)[0](x, [p] * 4)
-            y = torch.ops.aten.convolution(xp, weight, bias, [s, s], [0, 0], [1, 1], False, [0, 0], 1)
-            return y.contiguous(memory_format=_fmt(x))
-        y = torch.ops.aten.convolution(x, weight, bias, [s, s], [p, p], [1, 1], False, [0, 0], 1)
-        if path == "border":
-            for region in _strips(h, w, kh, kw, p, s):
-                st = _Strip(region, h, w, kh, kw, p, s)
-                y[:, :, st.o0:st.o1, st.q0:st.q1] = torch.ops.aten.convolution(
-                    st.input(x), weight, bias, [s, s], [0, 0], [1, 1], False, [0, 0], 1)
+    if path == "pad":
+        y = _conv(_pad_kernels(x.device)[0](x, [p] * 4), weight, bias, s, 0)
+        return y.contiguous(memory_format=_fmt(x))
+    y = _conv(x, weight, bias, s, p)
+    if path == "border":
+        for region in _strips(h, w, kh, kw, p, s):
+            st = _Strip(region, h, w, kh, kw, p, s)
+            y[:, :, st.o0:st.o1, st.q0:st.q1] = _conv(st.input(x), weight, bias, s, 0)
     return y.contiguous(memory_format=_fmt(x))
 
 
@@ -364,28 +404,31 @@ def _pad_conv_bwd_impl(grad, x, weight, padding, stride, mask):
     path = pad_conv_path(h, w, kh, kw, p, s, x.device.type)
     bias_sizes = [weight.shape[0]] if need_b else None
     grad = grad.contiguous(memory_format=_fmt(x))
-    with _CudnnDeterministic(x.device):
-        if path == "pad":
-            xp = _pad_kernels(x.device)[0](x, [p] * 4)
-            gxp, gw, gb = torch.ops.aten.convolution_backward(
-                grad, xp, weight, bias_sizes, [s, s], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b])
-            gx = _pad_kernels(x.device)[1](gxp, [p] * 4) if need_x else None
-        else:
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, [s, s], [p, p], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b])
-            if path == "border" and (need_x or need_w):
-                for region in _strips(h, w, kh, kw, p, s):
-                    st = _Strip(region, h, w, kh, kw, p, s)
-                    ring = st.ring(x.device)
-                    ring_in = torch.where(ring, st.input(x), 0)
-                    gs = grad[:, :, st.o0:st.o1, st.q0:st.q1]
-                    gi, gws, _ = torch.ops.aten.convolution_backward(
-                        gs, ring_in, weight, None, [s, s], [0, 0], [1, 1], False, [0, 0], 1,
-                        [need_x, need_w, False])
-                    if need_w:
-                        gw = gw + gws
-                    if need_x:
-                        st.fold(gx, torch.where(ring, gi, 0))
+    if path == "pad":
+        xp = _pad_kernels(x.device)[0](x, [p] * 4)
+        gxp, gw, gb = _conv_bwd(grad, xp, weight, bias_sizes, s, 0, need_x, need_w, need_b)
+        gx = _pad_kernels(x.device)[1](gxp, [p] * 4) if need_x else None
+    else:
+        gx, gw, gb = _conv_bwd(grad, x, weight, bias_sizes, s, p, need_x, need_w, need_b)
+        if path == "border" and (need_x or need_w):
+            # the strip corrections are added in fp32 (fp64 for fp64) and rounded once: in
+            # fp16/bf16 each addition in the tensor's dtype would round the border again
+            acc = torch.promote_types(x.dtype, torch.float32)
+            gx_acc = gx.to(acc) if need_x else None
+            gw_acc = gw.to(acc) if need_w else None
+            w_acc = weight.to(acc)
+            for region in _strips(h, w, kh, kw, p, s):
+                st = _Strip(region, h, w, kh, kw, p, s)
+                ring = st.ring(x.device)
+                ring_in = torch.where(ring, st.input(x), 0).to(acc)
+                gs = grad[:, :, st.o0:st.o1, st.q0:st.q1].to(acc)
+                gi, gws, _ = _conv_bwd(gs, ring_in, w_acc, None, s, 0, need_x, need_w, False)
+                if need_w:
+                    gw_acc += gws
+                if need_x:
+                    st.fold(gx_acc, torch.where(ring, gi, 0))
+            gx = gx_acc.to(x.dtype) if need_x else None
+            gw = gw_acc.to(weight.dtype) if need_w else None
     return (gx if need_x else x.new_empty((0,)), gw if need_w else weight.new_empty((0,)),
             gb if need_b else weight.new_empty((0,)))
 
