@@ -284,7 +284,11 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
                     if not smoke and (name in bench.LOSS_OPS or file == "paths" or name == "reflection_pad_conv2d"):
                         # kernel launches of one fwd+bwd (torch.profiler; its first use costs seconds)
                         for impl in ("ours", "eager"):
-                            launches[f"launches_{impl}"] = bench.count_launches(case, impl)["launches"]
+                            try:  # a profiler failure loses the count, not the timings
+                                launches[f"launches_{impl}"] = bench.count_launches(case, impl)["launches"]
+                            except Exception as e:  # noqa: BLE001
+                                launches[f"launches_{impl}"] = None
+                                launches["launches_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                     for mode in bench.MODES:
                         case.timing("ours", mode)
                         row = dict(bench.summarize(case, mode), **{"pass": ok, "parity": detail}, **launches)
