@@ -594,10 +594,79 @@ LOSS_OPS = ("loss_ugatit_d", "loss_ugatit_g", "loss_cyclegan_d", "loss_cyclegan_
 OPS.update({name: _loss_op(name) for name in LOSS_OPS})
 
 
+# ops that are not work (no kernel): bare allocations; views, detach and profiler records are
+# excluded by OpCounter too
+NOT_WORK_OPS = ("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided")
+
+
+class OpCounter:
+    """Context manager counting the ops dispatched inside it with a TorchDispatchMode: every
+    aten / i2i_fast op that does work (views, detach, bare allocations, profiler records
+    excluded), on any device, with no profiler (so nothing reaches the terminal). i2i_fast's
+    ops are called through the dispatcher meanwhile (_ops.FAST_EAGER off), so the mode sees
+    each. ``phase(name)`` attributes the following ops to `name` (by_phase) until phase(None).
+    On a GPU each counted op is one kernel launch or a few."""
+
+    def __init__(self):
+        self.total = 0
+        self.by_phase = {}
+        self.names = {}
+        self._phase = None
+        self._mode = None
+
+    def phase(self, name):
+        self._phase = name
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from . import _ops
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.name()
+                if not (func.is_view or name == "aten::detach" or name.startswith("profiler::")
+                        or name.split("::", 1)[-1].split(".")[0] in NOT_WORK_OPS):
+                    counter.total += 1
+                    counter.names[name] = counter.names.get(name, 0) + 1
+                    if counter._phase is not None:
+                        counter.by_phase[counter._phase] = counter.by_phase.get(counter._phase, 0) + 1
+                return func(*args, **(kwargs or {}))
+        self._fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from . import _ops
+        try:
+            return self._mode.__exit__(*exc)
+        finally:
+            _ops.FAST_EAGER = self._fast
+
+
+class quiet_stderr:
+    """Redirects file descriptor 2 to /dev/null inside the block: C++ messages (kineto's
+    'gpuGetDeviceCount failed', USDT probes) bypass Python's sys.stderr."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        os.close(self._null)
+        return False
+
+
 def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
-    """Kernel launches of one call of (impl, mode), counted with torch.profiler: CUDA kernels
-    and memsets on CUDA; on CPU, the top-level operators that run a kernel (views,
-    allocations and autograd bookkeeping excluded) -- the CPU analogue of a launch."""
+    """Kernel launches of one call of (impl, mode): CUDA kernels and memsets on CUDA (torch.profiler,
+    its C++ messages silenced); on CPU, the ops dispatched (OpCounter: views, allocations and
+    autograd bookkeeping excluded) -- the CPU analogue of a launch."""
     if impl == "compile" and case.device.type != "cuda":
         # inductor's CPU kernels are not dispatcher ops: nothing comparable to count
         return {"launches": None, "launch_kind": "n/a (compiled CPU code)"}
@@ -606,39 +675,21 @@ def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
     run(*args)  # warm-up (compile, triton JIT)
     synchronize(case.device)
     args = setup()
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if case.device.type == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    if case.device.type != "cuda":  # a dispatch-mode count: no profiler, no kineto messages
+        with OpCounter() as c:
+            run(*args)
+        return {"launches": c.total, "launch_kind": "cpu dispatched ops"}
     from . import _ops
     fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False  # make our ops visible to the profiler
     try:
-        with torch.profiler.profile(activities=acts) as prof:
+        with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
             run(*args)
             synchronize(case.device)
     finally:
         _ops.FAST_EAGER = fast
-    evs = prof.events()
-    if case.device.type == "cuda":
-        n = sum(1 for e in evs if e.device_type == torch.autograd.DeviceType.CUDA)
-        return {"launches": n, "launch_kind": "cuda kernels+memsets"}
-    skip = ("empty", "empty_like", "empty_strided", "view", "_unsafe_view", "reshape", "detach",
-            "expand", "as_strided", "t", "transpose", "unsqueeze", "squeeze", "to", "lift_fresh",
-            "alias", "resolve_conj", "resolve_neg", "select", "slice", "split", "unbind",
-            "promote_types", "result_type", "is_nonzero", "item", "_local_scalar_dense", "detach_")
-    ops = 0
-    for e in evs:
-        name = e.name
-        if not (name.startswith("aten::") or name.startswith("i2i_fast::")):
-            continue
-        parent = e.cpu_parent
-        while parent is not None and not (parent.name.startswith("aten::") or parent.name.startswith("i2i_fast::")):
-            parent = parent.cpu_parent
-        if parent is not None:
-            continue  # counted through its top-level operator
-        if name.split("::", 1)[1] in skip:
-            continue
-        ops += 1
-    return {"launches": ops, "launch_kind": "cpu top-level kernel ops"}
+    n = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"launches": n, "launch_kind": "cuda kernels+memsets"}
 
 
 def shapes_for(op: str, device, quick: bool = False) -> tuple:
@@ -899,7 +950,9 @@ def _progress(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _plot(rows, path) -> bool:
+def _plot(rows, path, step_rows=()) -> bool:
+    """speedup.png: op speedups (left) and whole-training-step speedups (right), each vs eager
+    PyTorch and vs torch.compile (where measured)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -907,23 +960,128 @@ def _plot(rows, path) -> bool:
     except Exception:  # noqa: BLE001 - optional
         return False
     rows = [r for r in rows if r.get("speedup_vs_eager")]
-    if not rows:
+    step_rows = [r for r in step_rows if r.get("speedup_vs_eager")]
+    panels = [p for p in (("ops (fused op vs the unfused original)", rows, lambda r: f"{r['op']} {_cell('shape', r)} "
+                           f"{r['dtype']} {r['mode']}"),
+                          ("whole training steps (converted vs original)", step_rows,
+                           lambda r: f"{r['family']} ({r['device']})")) if p[1]]
+    if not panels:
         return False
-    labels = [f"{r['op']} {_cell('shape', r)} {r['dtype']} {r['mode']}" for r in rows]
-    ys = range(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
-    ax.barh([y - 0.2 for y in ys], [r["speedup_vs_eager"] for r in rows], 0.4, label="vs eager")
-    ax.barh([y + 0.2 for y in ys], [r.get("speedup_vs_compile") or 0 for r in rows], 0.4,
-            label="vs torch.compile")
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_yticks(list(ys), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speedup (x)")
-    ax.legend()
+    height = max(0.3 * max(len(p[1]) for p in panels) + 1.5, 3.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), height), squeeze=False)
+    for ax, (title, rs, label) in zip(axes[0], panels):
+        ys = range(len(rs))
+        ax.barh([y - 0.2 for y in ys], [r["speedup_vs_eager"] for r in rs], 0.4, label="vs eager")
+        ax.barh([y + 0.2 for y in ys], [r.get("speedup_vs_compile") or 0 for r in rs], 0.4,
+                label="vs torch.compile (0: not measured)")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_yticks(list(ys), [label(r) for r in rs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("speedup (x)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+# ------------------------------------------------------------------- whole training steps
+def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=None) -> list:
+    """One row per family of i2i_fast.bench_steps (the small CPU configurations on CPU, the
+    papers' sizes on CUDA; --quick: small everywhere): original vs converted ms/step (medians of
+    interleaved steps), torch.compile of both when compile_steps, the first-step parity of
+    every variant vs the original, the ops one step dispatches (optimizer apart) and the
+    saved-activation MiB of both eager variants."""
+    from . import bench_steps
+    device = torch.device(device)
+    small = True if quick else None
+    reps = reps or (2 if quick else 5)
+    variants = ("eager", "converted") + (("compile", "converted+compile") if compile_steps else ())
+    rows = []
+    for fam in families or bench_steps.FAMILIES:
+        res = bench_steps.measure_family(fam, device, variants, reps, small, progress=_progress)
+        e, c = res["eager"], res["converted"]
+        row = {"family": fam, "config": e["config"], "device": str(device), "reps": reps,
+               "eager_ms": e["ms"], "converted_ms": c.get("ms"),
+               "speedup_vs_eager": e["ms"] / c["ms"] if c.get("ms") else None,
+               "compile_ms": None, "converted_compile_ms": None, "speedup_vs_compile": None,
+               "compile": "ok" if compile_steps else "not run"}
+        for v, key in (("compile", "compile_ms"), ("converted+compile", "converted_compile_ms")):
+            if v in res:
+                row[key] = res[v].get("ms")
+                if "error" in res[v]:
+                    row["compile"] = f"{v} failed: {res[v]['error']}"
+        if row["compile_ms"] and row["converted_compile_ms"]:
+            row["speedup_vs_compile"] = row["compile_ms"] / row["converted_compile_ms"]
+        checked = [r for v, r in res.items() if v != "eager" and "parity" in r]
+        row["parity"] = all(r["parity"] for r in checked)
+        row["parity_detail"] = "; ".join(f"{r['variant']}: {r['parity_detail']}" for r in checked)
+        for v, tag in (("eager", "eager"), ("converted", "converted")):
+            for k in ("ops", "model_ops", "optimizer_ops", "saved_mib", "launches"):
+                if res[v].get(k) is not None:
+                    row[f"{tag}_{k}"] = res[v][k]
+        if row.get("eager_ops") and row.get("converted_ops"):
+            row["ops_ratio"] = row["converted_ops"] / row["eager_ops"]
+            row["model_ops_ratio"] = row["converted_model_ops"] / row["eager_model_ops"]
+        rows.append(row)
+    return rows
+
+
+STEP_COLUMNS = [("family", "family"), ("eager_ms", "orig ms"), ("converted_ms", "conv ms"),
+                ("speedup_vs_eager", "x orig"), ("compile_ms", "compile ms"),
+                ("converted_compile_ms", "conv+comp ms"), ("speedup_vs_compile", "x comp"),
+                ("eager_ops", "ops orig"), ("converted_ops", "ops conv"), ("ops_ratio", "ops x"),
+                ("eager_model_ops", "model orig"), ("converted_model_ops", "model conv"),
+                ("model_ops_ratio", "model x"), ("eager_optimizer_ops", "optim ops"),
+                ("eager_saved_mib", "saved MiB orig"), ("converted_saved_mib", "saved MiB conv"),
+                ("parity", "first step")]
+
+
+def _step_cell(key, row):
+    v = row.get(key)
+    if key == "parity":
+        return "PASS" if v else "FAIL"
+    if v is None:
+        return "-"
+    if key.endswith("_ratio"):
+        return f"{v:.2f}"
+    if key.startswith("speedup"):
+        return f"{v:.2f}x"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def format_steps(rows, markdown=False) -> str:
+    cols = [c for c in STEP_COLUMNS if c[0] != "launches"]
+    if any(r.get("converted_launches") is not None for r in rows):
+        cols.insert(-1, ("converted_launches", "our launches"))
+    cells = [[h for _, h in cols]] + [[_step_cell(k, r) for k, _ in cols] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(c) + " |" for c in cells]
+        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
+        return "\n".join(lines)
+    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
+                     for r in cells)
+
+
+def steps_legend(rows, compile_steps, device) -> str:
+    lines = ["orig = the original modules and losses, conv = i2i_fast.convert(...) + the fused losses, same "
+             "weights, data and noise; ms = median of interleaved steps; x orig = orig ms / conv ms;",
+             "x comp = compiled original / compiled converted; first step = the first step's losses of every "
+             "variant vs the original (rtol 1e-3);",
+             "ops = ops one step dispatches (TorchDispatchMode, views and allocations excluded; at batch 1 on a "
+             "GPU each is a launch), model = forward+backward+losses, optim = Adam's (per-tensor on CPU);",
+             "saved MiB = peak of what autograd holds for backward during a step."]
+    if not compile_steps:
+        lines.append("torch.compile columns: not run" + (" on CPU (minutes of compilation per family on a small CPU); "
+                                                         "--step-compile runs them" if device.type == "cpu" else ""))
+    for r in rows:
+        lines.append(f"  {r['family']}: {r['config']}" + ("" if r["compile"] in ("ok", "not run") else f"  [{r['compile']}]")
+                     + ("" if r["parity"] else f"  [{r['parity_detail']}]"))
+    return "\n".join(lines)
 
 
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -961,6 +1119,10 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke run)")
     p.add_argument("--out", default="bench_results", help="output folder (default: bench_results/)")
+    p.add_argument("--steps", default="all", metavar="FAMILIES",
+                   help="whole-training-step families (comma list, 'all' or 'none'; default all)")
+    p.add_argument("--step-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also torch.compile the steps (default: on CUDA yes, on CPU no: minutes per family)")
     p.add_argument("--readme", nargs="+", metavar="RESULTS_JSON",
                    help="only regenerate README.md's results table from these results files")
     a = p.parse_args(argv)
@@ -1019,24 +1181,54 @@ def main(argv=None) -> int:
         if c.op.name in LOSS_OPS:
             n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
                  for impl in IMPLS}
-            kind = "CUDA kernels" if c.device.type == "cuda" else "CPU top-level ops"
+            kind = "CUDA kernels" if c.device.type == "cuda" else "CPU dispatched ops"
             print(f"launches fwd+bwd {c.key:<28} ours {n['ours']}  eager {n['eager']}  compile {n['compile']} ({kind})")
             for r in rows:
                 if r["op"] == c.op.name and tuple(r["shape"]) == c.shape and r["dtype"] == DTYPE_NAMES.get(c.dtype):
                     r.update({f"launches_{k}": v for k, v in n.items()})
+    # whole training steps of every family: the number a GAN researcher decides on
+    step_rows = []
+    compile_steps = a.step_compile if a.step_compile is not None else device.type == "cuda"
+    if a.steps != "none" and not interrupted:
+        from . import bench_steps
+        fams = list(bench_steps.FAMILIES) if a.steps == "all" else [f.strip() for f in a.steps.split(",") if f.strip()]
+        for f in fams:
+            if f not in bench_steps.FAMILIES:
+                p.error(f"unknown family {f!r}; choose from {', '.join(bench_steps.FAMILIES)}")
+        t1 = time.perf_counter()
+        try:
+            step_rows = run_steps(device, quick=a.quick, compile_steps=compile_steps, families=fams)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted in the training steps", file=sys.stderr)
+        _progress(f"training steps done in {time.perf_counter() - t1:.0f}s")
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        failed += sum(not r["parity"] for r in step_rows)
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv), "interrupted": interrupted,
             "machine": info, "copy_bw_gbps": copy_bandwidth_gbps(device)}
     with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(dict(meta, results=rows), f, indent=1)
+        json.dump(dict(meta, results=rows, steps=step_rows), f, indent=1)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(f"# i2i_fast benchmark ({stamp})\n\n")
         f.write("".join(f"- {k}: {v}\n" for k, v in info.items()))
         f.write("\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time.\n\n")
         f.write(format_table(rows, markdown=True) + "\n")
-    plotted = _plot(rows, os.path.join(a.out, "speedup.png"))
-    print(f"wrote {a.out}/results.json, results.md" + (", speedup.png" if plotted else ""))
+        if step_rows:
+            f.write("\n## Whole training steps\n\n" + format_steps(step_rows, markdown=True) + "\n\n")
+            f.write(steps_legend(step_rows, compile_steps, device) + "\n")
+    plotted = _plot(rows, os.path.join(a.out, "speedup.png"), step_rows)
+    if step_rows:
+        where = "small CPU configurations" if device.type == "cpu" or a.quick else "the papers' sizes"
+        print(f"\nwhole training steps on {device.type} ({where}"
+              + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "") + ")")
+        print(format_steps(step_rows))
+        print(steps_legend(step_rows, compile_steps, device))
+    out_dir = os.path.abspath(a.out)
+    print(f"results in {out_dir}/: results.json, results.md" + (", speedup.png (chart)" if plotted else
+                                                               " (no chart: pip install matplotlib)"))
     if failed:
         print(f"{failed} parity check(s) FAILED", file=sys.stderr)
     return 1 if failed or interrupted else 0

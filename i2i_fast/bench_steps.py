@@ -12,7 +12,8 @@ Variants of one family, all from the same initial weights and data:
 Sizes: the DESIGN.md shapes on CUDA; on CPU narrower nets and smaller images (``small``), so a
 step takes tens of milliseconds to a second. Peak memory is torch.cuda.max_memory_allocated on
 CUDA; on CPU it is not measured (None). Saved MiB (saved_peak_mib, eager variants, any device) is
-the peak of what the autograd graphs hold for backward during a step.
+the peak of what the autograd graphs hold for backward during a step. Ops (count_ops, eager
+variants, any device) are the ops one step dispatches, the optimizer's counted apart.
 """
 from __future__ import annotations
 
@@ -297,9 +298,11 @@ def run_variant(family, variant, device, ref_losses=None, budget_s=2.0, small=No
     ok, detail = compare_losses(ref_losses, losses) if ref_losses is not None else (True, "reference")
     t, peak = time_step(r, budget_s)
     saved = None if "compile" in variant else saved_peak_mib(r)
+    ops = count_ops(r)
     return {"family": family, "variant": variant, "config": r.what, "device": str(r.device),
             "ms": t.median_ms, "min_ms": t.min_ms, "reps": len(t.times_ms), "peak_mib": peak,
-            "saved_mib": saved,
+            "saved_mib": saved, "ops": ops["ops"], "optimizer_ops": ops["optimizer"], "model_ops": ops["model"],
+            **({"launches": ops["launches"]} if "launches" in ops else {}),
             "parity": ok, "parity_detail": detail, "losses": {k: float(v) for k, v in losses.items()}}
 
 
@@ -343,6 +346,94 @@ def saved_peak_mib(runner: Runner) -> float:
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         runner.run()
     return state["peak"] / 2 ** 20
+
+
+# Optional launch counter (the lead's CUDA-kernel emulation may provide one): a callable
+# () -> context manager whose value, after the block, has a ``launches`` int (kernel launches
+# of i2i_fast's kernels in the block). None: not reported.
+LAUNCH_COUNTER = None
+
+
+def count_ops(runner: Runner, run=None) -> dict:
+    """Ops one training step dispatches, counted with a TorchDispatchMode (bench.OpCounter) on
+    any device: every aten / i2i_fast op that does work (views, detach, bare allocations and
+    profiler records excluded). On a GPU at batch 1 each is a kernel launch (or a few), so this
+    is the device-independent proxy for the launch-bound step time. Returns {"ops": total,
+    "optimizer": those inside optimizer.step() (CPU Adam is per-tensor: ~10 ops per parameter;
+    a GPU's foreach Adam is a few launches), "model": the rest (forward, backward, losses)}.
+    Compiled variants are not counted (inductor's kernels are not dispatcher ops): None.
+    run: what runs the step (default runner.run), e.g. saved_peak_mib's, to measure both at once."""
+    if "compile" in runner.variant:
+        return {"ops": None, "optimizer": None, "model": None}
+    mode = bench.OpCounter()
+    hooks = []
+    for o in runner.opts:
+        hooks.append(o.register_step_pre_hook(lambda *a: mode.phase("optimizer")))
+        hooks.append(o.register_step_post_hook(lambda *a: mode.phase(None)))
+    try:
+        with mode:
+            ran = (run or runner.run)()
+    finally:
+        for h in hooks:
+            h.remove()
+    opt = mode.by_phase.get("optimizer", 0)
+    res = {"ops": mode.total, "optimizer": opt, "model": mode.total - opt}
+    if run is not None:
+        res["ran"] = ran
+    if LAUNCH_COUNTER is not None and "converted" in runner.variant:
+        try:
+            with LAUNCH_COUNTER() as c:
+                runner.run()
+            res["launches"] = c.launches
+        except Exception:  # noqa: BLE001 - an optional report
+            pass
+    return res
+
+
+def measure_family(family, device, variants=("eager", "converted"), reps=5, small=None, extras=True,
+                   progress=None) -> dict:
+    """The main job's whole-step row of one family: per variant, the first step's losses vs
+    the original eager step (parity), then `reps` steps of the variants in alternation (median
+    wall ms), and for the eager variants count_ops and saved_peak_mib (extras). A variant
+    whose construction or first step raises (torch.compile of an original on some versions)
+    is recorded with its error instead of failing the row. Returns {variant: dict}."""
+    import time
+    out, runners, first = {}, {}, {}
+    for v in variants:
+        if progress:
+            progress(f"{family}: {v} first step" + (" (compiling)" if "compile" in v else ""))
+        try:
+            r = Runner(family, v, device, small)
+            first[v] = r.run()
+            runners[v] = r
+        except Exception as e:  # noqa: BLE001 - recorded, shown in the table
+            if v == "eager":
+                raise
+            out[v] = {"family": family, "variant": v, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    ref = first["eager"]
+    times = {v: [] for v in runners}
+    if progress:
+        progress(f"{family}: timing {', '.join(runners)} interleaved, {reps} steps each")
+    for _ in range(reps):
+        for v, r in runners.items():
+            bench.synchronize(r.device)
+            t = time.perf_counter()
+            r.run()
+            bench.synchronize(r.device)
+            times[v].append((time.perf_counter() - t) * 1e3)
+    for v, r in runners.items():
+        ok, detail = compare_losses(ref, first[v]) if v != "eager" else (True, "reference")
+        ts = sorted(times[v])
+        out[v] = {"family": family, "variant": v, "config": r.what, "device": str(r.device),
+                  "ms": ts[len(ts) // 2], "min_ms": ts[0], "reps": reps, "parity": ok, "parity_detail": detail,
+                  "losses": {k: float(x) for k, x in first[v].items()}}
+        if extras and "compile" not in v:
+            if progress:
+                progress(f"{family}: {v}: ops and saved activations")
+            ops = count_ops(r, lambda: saved_peak_mib(r))   # one step measures both
+            out[v]["saved_mib"] = ops.pop("ran")
+            out[v].update({f"{k}_ops" if k not in ("ops", "launches") else k: n for k, n in ops.items()})
+    return out
 
 
 def time_step(runner: Runner, budget_s=2.0, warmup=2):
@@ -400,10 +491,27 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="the papers' sizes on CPU too (ngf=64, 256x256)")
     p.add_argument("--saved", action="store_true",
                    help="only the saved-activation peak (saved_peak_mib) of eager and converted, no timing")
+    p.add_argument("--ops", action="store_true",
+                   help="only the ops one step dispatches (count_ops), eager vs converted, optimizer apart; no timing")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     small = False if a.full else None
+    if a.ops:
+        print(f"ops dispatched by one training step on {a.device} (count_ops: non-view, non-allocation "
+              f"aten/i2i_fast ops), after one warm-up step; total = model (fwd, bwd, losses) + optimizer")
+        print(f"{'family':<9} {'eager':>7} {'converted':>9} {'ratio':>6}   {'model eager':>11} {'model conv':>10} "
+              f"{'ratio':>6}   {'optimizer':>9}")
+        for fam in a.families.split(","):
+            n = {}
+            for v in ("eager", "converted"):
+                r = Runner(fam, v, a.device, small)
+                r.run()
+                n[v] = count_ops(r)
+            e, c = n["eager"], n["converted"]
+            print(f"{fam:<9} {e['ops']:7d} {c['ops']:9d} {c['ops'] / e['ops']:6.3f}   {e['model']:11d} "
+                  f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}  [{r.what}]", flush=True)
+        return 0
     if a.saved:
         print(f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "
               f"after one warm-up step; eager vs converted")
@@ -431,7 +539,7 @@ def main(argv=None) -> int:
         return 1 if failed else 0
     print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
     print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9} "
-          f"{'saved MiB':>9}  parity")
+          f"{'saved MiB':>9} {'ops':>6} {'model ops':>9}  parity")
     failed = 0
     for fam in a.families.split(","):
         ref = run_variant(fam, "eager", a.device, budget_s=a.budget, small=small)
@@ -440,8 +548,10 @@ def main(argv=None) -> int:
             failed += not res["parity"]
             peak = "n/m" if res["peak_mib"] is None else f"{res['peak_mib']:.0f}"
             saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
+            ops = "-" if res["ops"] is None else str(res["ops"])
+            mops = "-" if res["model_ops"] is None else str(res["model_ops"])
             print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9} "
-                  f"{saved:>9}  "
+                  f"{saved:>9} {ops:>6} {mops:>9}  "
                   f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
     return 1 if failed else 0
 

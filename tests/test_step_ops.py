@@ -1,0 +1,172 @@
+"""Ops per training step (bench_steps.count_ops), the batch-1 batch norm route that keeps pix2pix
+under eager, and the main job's whole-step section (python -m i2i_fast.bench).
+
+The op count is a TorchDispatchMode over one step (views, detach, bare allocations and profiler
+records excluded): on a GPU at batch 1 each op is a launch, so it is the device-independent
+proxy for a launch-bound step. The optimizer's ops (CPU Adam: per tensor) are counted apart.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import i2i_fast
+from i2i_fast import bench, bench_steps
+
+from conftest import cpu_backends
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ the counter itself
+def test_op_counter_counts_work_not_views_and_phases():
+    x = torch.randn(4, 4)
+    with bench.OpCounter() as c:
+        y = x.view(16)                                # a view: not counted
+        z = torch.empty(3)                            # a bare allocation: not counted
+        y = y + 1                                     # counted
+        c.phase("opt")
+        y.mul_(2)                                     # counted, in phase "opt"
+        c.phase(None)
+        torch.zeros(2)                                # counted (a fill)
+    assert c.total == 3 and c.by_phase == {"opt": 1}, (c.total, c.names)
+    del z
+
+
+def test_count_ops_sees_fused_ops_and_optimizer_apart():
+    r = bench_steps.Runner("cyclegan", "converted", "cpu")
+    r.run()
+    n = bench_steps.count_ops(r)
+    assert n["ops"] == n["model"] + n["optimizer"] and n["optimizer"] > 0
+    with bench.OpCounter() as c:
+        r.run()
+    assert any(k.startswith("i2i_fast::") for k in c.names)   # the fast eager path is made visible
+
+
+# ---------------------------------------------------------------- fewer ops than eager
+_COUNTS = {}
+
+
+def _counts(family):
+    if family not in _COUNTS:
+        out = {}
+        for v in ("eager", "converted"):
+            r = bench_steps.Runner(family, v, "cpu")
+            r.run()                      # warm-up: lazy state (Adam's buffers) out of the count
+            out[v] = bench_steps.count_ops(r)
+        _COUNTS[family] = out
+    return _COUNTS[family]
+
+
+@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+def test_converted_step_dispatches_no_more_ops_than_eager(family):
+    """Small CPU configurations: the converted step (convert + fused losses) dispatches at most
+    as many ops as the original, in total and without the optimizer (the same Adam on both)."""
+    n = _counts(family)
+    e, c = n["eager"], n["converted"]
+    assert c["optimizer"] == e["optimizer"], (family, e, c)
+    assert c["ops"] <= e["ops"] and c["model"] <= e["model"], (family, e, c)
+
+
+def test_ugatit_step_ops_at_most_0_6_of_eager():
+    n = _counts("ugatit")
+    assert n["converted"]["ops"] <= 0.6 * n["eager"]["ops"], n
+    assert n["converted"]["model"] <= 0.6 * n["eager"]["model"], n
+
+
+@pytest.mark.xfail(strict=True, reason="CycleGAN: 0.65x without the optimizer (0.77x with it); the 60 norms "
+                   "followed by a reflection pad take the family path (stats, coefs, apply / sums, coefs_bwd, "
+                   "apply_bwd: 6 ops) where the fused instance norm without the pad is 2; an instance-norm "
+                   "kernel with out_pad would make it ~0.54x")
+def test_cyclegan_step_model_ops_at_most_0_6_of_eager():
+    n = _counts("cyclegan")
+    assert n["converted"]["model"] <= 0.6 * n["eager"]["model"], n
+
+
+# ------------------------------------------------------- batch norm at batch 1 (pix2pix)
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("cfg", [dict(), dict(momentum=None), dict(affine=False), dict(residual=True)],
+                         ids=["default", "momentum_none", "no_affine", "residual"])
+def test_batch_norm_batch1_matches_torch(cfg, backend):
+    """Batch 1 takes the fused instance-norm op (a channel's batch statistics are its one
+    plane's): float64 outputs, gradients, running statistics and num_batches_tracked equal
+    torch.nn.BatchNorm2d's over two training steps and an eval step."""
+    cfg = dict(cfg)
+    with_res = cfg.pop("residual", False)
+    torch.manual_seed(3)
+    ref = torch.nn.BatchNorm2d(5, **cfg).double()
+    ours = i2i_fast.BatchNorm2d(5, **cfg, activation="leaky_relu").double()
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5), ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())
+    for step, mode in enumerate(["train", "train", "eval"]):
+        ours.train(mode == "train"), ref.train(mode == "train")
+        x = (torch.randn(1, 5, 6, 7, dtype=torch.float64) * 2 + step).requires_grad_()
+        res = torch.randn(1, 5, 6, 7, dtype=torch.float64, requires_grad=True) if with_res else None
+        with i2i_fast.use_backend(backend):
+            y = ours(x, residual=res)
+        want = TF.leaky_relu(ref(x), 0.2) + (res if with_res else 0)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
+        gy = torch.randn_like(y)
+        ins = [x] + ([res] if with_res else [])
+        got = torch.autograd.grad(y, ins + list(ours.parameters()), gy)
+        exp = torch.autograd.grad(want, ins + list(ref.parameters()), gy)
+        for a, b in zip(got, exp):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"{mode} step {step}: {k}")
+
+
+@pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
+def test_batch_norm_batch1_ops():
+    """Training batch norm at batch 1: forward = the fused instance norm + the running-stats
+    update (+ num_batches_tracked), backward = one op; at batch 2 the family path remains."""
+    m = i2i_fast.BatchNorm2d(4, activation="relu")
+    for n, fwd_ops, bwd_ops in ((1, ["i2i_fast::instance_norm_fwd", "i2i_fast::bn_update_running"],
+                                 ["i2i_fast::instance_norm_bwd"]),
+                                (2, ["i2i_fast::norm_stats", "i2i_fast::norm_coefs", "i2i_fast::norm_apply",
+                                     "i2i_fast::bn_update_running"],
+                                 ["i2i_fast::norm_apply_sums", "i2i_fast::norm_coefs_bwd", "i2i_fast::norm_apply_bwd"])):
+        x = torch.randn(n, 4, 8, 8, requires_grad=True)
+        with i2i_fast.use_backend("cpu"):
+            with bench.OpCounter() as f:
+                y = m(x)
+            with bench.OpCounter() as b:
+                y.backward(torch.ones_like(y))
+        ours = [k for k in f.names if k.startswith("i2i_fast::")]
+        assert ours == fwd_ops and f.total == len(fwd_ops) + 1, f.names   # + num_batches_tracked.add_
+        assert [k for k in b.names if k.startswith("i2i_fast::")] == bwd_ops, b.names
+
+
+# --------------------------------------------------------------- the main job's steps
+def test_main_job_step_table_quiet_and_chart(tmp_path):
+    """python -m i2i_fast.bench ends with the whole-step table (parity verdict, ops, saved MiB),
+    names its results folder last, writes the chart, and no profiler/kineto message reaches
+    the terminal (the CPU launch count is a dispatch-mode count)."""
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "i2i_fast.bench", "--quick", "--ops", "loss_cyclegan_d", "--steps", "unit",
+           "--out", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = p.stdout + p.stderr
+    for noise in ("gpuGetDeviceCount", "kineto", "USDT", "ERROR"):
+        assert noise not in text, text
+    lines = p.stdout.strip().splitlines()
+    assert lines[-1].startswith("results in ") and str(out) in lines[-1]
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("family") and "orig ms" in ln)
+    row = lines[head + 1].split()
+    assert row[0] == "unit" and row[-1] == "PASS"
+    d = json.load(open(out / "results.json"))
+    (step,) = d["steps"]
+    assert step["family"] == "unit" and step["parity"]
+    assert step["converted_ops"] <= step["eager_ops"] and step["eager_saved_mib"] > 0
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "speedup.png").stat().st_size > 1000
