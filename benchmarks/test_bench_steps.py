@@ -2,12 +2,15 @@
 converted eager (i2i_fast.convert), original torch.compile, converted torch.compile.
 
 Families (i2i_fast.bench_steps): CycleGAN ResNet-9 + 70x70 PatchGAN, U-GAT-IT light, StarGAN,
-pix2pix U-Net-256, MUNIT. DESIGN.md sizes on CUDA; narrower nets and smaller images on CPU.
+pix2pix U-Net-256, MUNIT, UNIT (PyTorch-GAN). DESIGN.md sizes on CUDA; narrower nets and smaller
+images on CPU.
 Every variant first runs one step from the same weights, data and noise as the original eager
 model and must give the same losses (rtol 1e-3); then its steps are timed. extra_info: median
 ms per step, speedup vs original eager (measured in this session), peak memory (CUDA:
 torch.cuda.max_memory_allocated, MiB; CPU: not measured), saved MiB (the peak of what autograd
-holds for backward, eager variants, any device: bench_steps.saved_peak_mib). The compiled variants compile on
+holds for backward, eager variants, any device: bench_steps.saved_peak_mib), ops (what one step
+dispatches, eager variants, any device: bench_steps.count_ops; ops = model_ops + optimizer_ops,
+ops_vs_eager and model_ops_vs_eager against the original). The compiled variants compile on
 their first step (minutes on a 2-core CPU); I2I_FAST_BENCH_STEPS_COMPILE=0 skips them.
 """
 from __future__ import annotations
@@ -57,6 +60,9 @@ def test_training_step(benchmark, device, family, variant):
     res["peak_mib"] = res["peak_mib"] if res["peak_mib"] is not None else "not measured (CPU)"
     if res["saved_mib"] is not None and ref["saved_mib"]:
         res["saved_vs_eager"] = res["saved_mib"] / ref["saved_mib"]
+    if res.get("ops") is not None and ref.get("ops"):
+        res["ops_vs_eager"] = res["ops"] / ref["ops"]
+        res["model_ops_vs_eager"] = res["model_ops"] / ref["model_ops"]
     benchmark.extra_info.update(res)
 
     if variant == "eager":

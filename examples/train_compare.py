@@ -1,8 +1,11 @@
-"""Train CycleGAN and U-GAT-IT (light) for a few steps on synthetic images, the original model and
-losses next to i2i_fast.convert(model) with the fused losses (training_step(fused_losses=True))
-from the same initial weights, and print both loss curves side by side with the time per step.
+"""Train CycleGAN, U-GAT-IT (light) and UNIT for a few steps on synthetic images, the original
+model and losses next to i2i_fast.convert(model) with the fused losses
+(training_step(fused_losses=True)) from the same initial weights, and print both loss curves side
+by side with the time per step and the ops one step dispatches.
 
-    python examples/train_compare.py [--steps 8] [--device cpu|cuda] [--full]
+    python examples/train_compare.py [--steps 8] [--device cpu|cuda] [--full] [--families cyclegan,ugatit,unit]
+
+Any family of i2i_fast.bench_steps.FAMILIES works (cyclegan, ugatit, stargan, pix2pix, munit, unit).
 
 The CPU defaults (narrow nets, 64x64 images) take a minute or two on an idle 2-core CPU. Both runs
 draw the same noise. Step 0 agrees to float32 rounding; Adam's early updates are close to
@@ -39,11 +42,14 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full", action="store_true", help="the papers' sizes (256x256, ngf 64) even on CPU")
+    p.add_argument("--families", default="cyclegan,ugatit,unit",
+                   help=f"comma list of {','.join(bench_steps.FAMILIES)}")
     a = p.parse_args()
     small = not a.full and a.device == "cpu"
-    for family, keys in (("cyclegan", ("G", "D_A", "D_B")), ("ugatit", ("G", "D"))):
+    for family in a.families.split(","):
         runner, ref, t_ref = train(family, "eager", a.device, a.steps, small)
-        _, conv, t_conv = train(family, "converted", a.device, a.steps, small)
+        conv_runner, conv, t_conv = train(family, "converted", a.device, a.steps, small)
+        keys = ["G"] + sorted(k for k in ref[0].keys() & conv[0].keys() if k != "G")  # the losses both report
         print(f"\n{family}: {runner.what} on {a.device}")
         print(i2i_fast.plan(bench_steps.build(family, "eager", a.device, small)[0][0]).summary(),
               "(first network)")
@@ -56,6 +62,9 @@ def main():
         med = lambda ts: sorted(ts[1:])[len(ts[1:]) // 2] * 1e3 if len(ts) > 1 else ts[0] * 1e3
         print(f"median ms/step after the first: original {med(t_ref):.1f}, converted {med(t_conv):.1f} "
               f"({med(t_ref) / med(t_conv):.2f}x)")
+        ops = [bench_steps.count_ops(r) for r in (runner, conv_runner)]
+        print(f"ops one step dispatches: original {ops[0]['ops']} (model {ops[0]['model']}), converted "
+              f"{ops[1]['ops']} (model {ops[1]['model']}); the optimizer's {ops[0]['optimizer']} in both")
 
 
 if __name__ == "__main__":
