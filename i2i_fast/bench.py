@@ -2,8 +2,14 @@
 
 For every op in the registry (OPS) and every shape/dtype it first checks parity of the fused
 op against eager PyTorch on the same inputs (forward output and input gradients), then times
-forward, backward and forward+backward of ours / eager / torch.compile(eager), and prints and
-writes (results.json, results.md, speedup.png when matplotlib is importable) the table.
+forward, backward and forward+backward of ours / eager / torch.compile(eager), and prints the
+table. It ends with whole training steps of every family of i2i_fast.bench_steps (run_steps:
+original vs converted ms/step, torch.compile of both on CUDA or with --step-compile, the
+first-step parity, the ops one step dispatches with the optimizer's apart, the saved-activation
+MiB; the small CPU configurations on CPU, the papers' sizes on CUDA) and writes results.json,
+results.md and speedup.png (op and step speedups; needs matplotlib) into --out, named last.
+Launches are counted with a TorchDispatchMode on CPU (OpCounter) and torch.profiler on CUDA
+(its C++ messages silenced), so nothing but the tables reaches the terminal.
 
 The timing helpers (measure, copy_bandwidth_gbps, machine_info, Case, summarize) are shared
 with the pytest-benchmark suite in benchmarks/, so both report the same numbers.
@@ -996,7 +1002,7 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
     from . import bench_steps
     device = torch.device(device)
     small = True if quick else None
-    reps = reps or (2 if quick else 5)
+    reps = reps or (1 if quick else 5)
     variants = ("eager", "converted") + (("compile", "converted+compile") if compile_steps else ())
     rows = []
     for fam in families or bench_steps.FAMILIES:
