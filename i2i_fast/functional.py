@@ -495,7 +495,7 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
     tp = type(pred)
     if tp is list or tp is tuple:
         preds = pred
-    elif tp is Tensor or isinstance(pred, Tensor):
+    elif tp is Tensor:
         preds = [pred]
     else:
         return None
@@ -523,11 +523,14 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
         if len(_GAN_PLANS) < 1024:
             _GAN_PLANS[key] = plan
     first = preds[0]
-    if type(first) is not Tensor and not isinstance(first, Tensor):
+    if type(first) is not Tensor:  # subclasses (fake tensors...) take the checked path
         return None
     if not _ops.USE_CPP_AUTOGRAD or _backend.select(first.device) not in ("cpu", "cuda") \
             or torch.compiler.is_compiling():
         return None
+    for t in preds:  # a meta term would send the call to the op's fake kernel, which checks nothing
+        if type(t) is not Tensor or t.is_meta:
+            return None
     params, ws, kind, red = plan
     try:
         outs = torch.ops.i2i_fast.loss_fwd.default(preds, [], params, ws, kind, red, False)[0]
