@@ -334,6 +334,9 @@ class _Planner:
     # --- norms
     def norms(self):
         for p, m in self.model.named_modules():
+            if self.rpconv is not None and isinstance(m, self.rpconv) and m.fallback:
+                self.plan.leave(p, f"ReflectionPadConv2d runs path {m.fallback}")
+                continue
             kind = _norm_kind(m)
             if kind == "fused":
                 self.kind[id(m)] = "fused"

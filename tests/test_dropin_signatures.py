@@ -341,3 +341,7 @@ def test_convert_groups_dilation_and_bias_free_norms():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     for (n, a), (_, b) in zip(conv.state_dict().items(), net.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=n)
+    # plan() of the converted model names the layers off the default path, and why
+    again = i2i_fast.plan(conv)
+    assert any(p == "1" and "groups=2" in why for p, why in again.left_alone), str(again)
+    assert not again.changes, str(again)   # idempotent
