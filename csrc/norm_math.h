@@ -15,26 +15,27 @@ namespace i2i {
 // Activation codes shared with Python (i2i_fast/_ops.py ACTIVATIONS).
 enum Act : int { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3 };
 
-// Running mean / sum of squared deviations; count kept in the accumulator type so the
-// merge needs no int->float conversions in the hot loop.
+// Running mean / sum of squared deviations. The count is an exact integer (a float count
+// stops at 2^24); it is converted once per update, exactly below 2^24 as before.
 template <typename acc_t>
 struct Welford {
-  acc_t mean = 0, m2 = 0, n = 0;
+  acc_t mean = 0, m2 = 0;
+  int64_t n = 0;
   I2I_HD void push(acc_t x) {
     n += 1;
     acc_t d = x - mean;
-    mean += d / n;
+    mean += d / acc_t(n);
     m2 += d * (x - mean);
   }
   // Chan et al. parallel combination; order of merges is fixed by the caller (determinism).
   I2I_HD void merge(const Welford& o) {
     if (o.n == 0) return;
     if (n == 0) { *this = o; return; }
-    acc_t tot = n + o.n;
+    const int64_t tot = n + o.n;
     acc_t d = o.mean - mean;
-    acc_t f = o.n / tot;
+    acc_t f = acc_t(o.n) / acc_t(tot);
     mean += d * f;
-    m2 += o.m2 + d * d * n * f;
+    m2 += o.m2 + d * d * acc_t(n) * f;
     n = tot;
   }
 };

@@ -4,7 +4,8 @@
 // threads stride along H*W with 16-byte vector loads when aligned. channels_last: P = 32
 // channels of one sample, thread (p, l) reads channel p at spatial lanes l, l+8, ... so a warp
 // reads 32 consecutive channels (coalesced) and nothing is copied to NCHW.
-// Statistics use Welford per thread and Chan merges in a fixed tree (deterministic, fp32).
+// Statistics use Welford per thread and Chan merges in a fixed tree (deterministic, fp32); the
+// backward sums accumulate in fp64, as the CPU op and norm.cu.
 // When the tiles alone cannot fill the GPU (batch 1, large maps), each plane is split into S
 // chunks: a first kernel writes per-chunk partial states, the second merges them in a fixed
 // order and applies the normalization (or the input gradient) to its chunk.
@@ -95,7 +96,7 @@ __device__ Welford<acc_t> chunk_welford(const Params<T, acc_t>& a, const Tile<P>
       w.push(v[0]);
     } else {  // one Chan merge (one division) per 16-byte pack instead of one per element
       Welford<acc_t> pk;
-      pk.n = acc_t(VEC);
+      pk.n = VEC;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) pk.mean += v[i];
       pk.mean *= acc_t(1) / acc_t(VEC);  // exact: VEC is a power of two
@@ -112,10 +113,7 @@ __global__ void __launch_bounds__(kThreads) fwd_stats_kernel(Params<T, acc_t> a)
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const Welford<acc_t> w = chunk_welford<P, VEC>(a, t, s0, s1);
-  if (t.valid && t.l == 0) {
-    acc_t* q = a.part + (t.plane * a.S + blockIdx.y) * 3;
-    q[0] = w.mean, q[1] = w.m2, q[2] = w.n;
-  }
+  if (t.valid && t.l == 0) store_partial(a.part + (t.plane * a.S + blockIdx.y) * 2, w);
 }
 
 template <int P, int VEC, typename T, typename acc_t>
@@ -128,12 +126,8 @@ __global__ void __launch_bounds__(kThreads) fwd_apply_kernel(Params<T, acc_t> a)
   } else {
     Welford<acc_t> w;
     if (a.split) {
-      for (int j = 0; t.valid && j < a.S; ++j) {
-        const acc_t* q = a.part + (t.plane * a.S + j) * 3;
-        Welford<acc_t> o;
-        o.mean = q[0], o.m2 = q[1], o.n = q[2];
-        w.merge(o);
-      }
+      for (int j = 0; t.valid && j < a.S; ++j)
+        w.merge(load_partial(a.part + (t.plane * a.S + j) * 2, j, a.chunk, a.HW));
     } else {
       w = chunk_welford<P, VEC>(a, t, 0, a.HW);
     }
@@ -198,12 +192,12 @@ __device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P
 }
 
 template <int P, int VEC, typename T, typename acc_t>
-__device__ Sums<acc_t> chunk_sums(const Params<T, acc_t>& a, const Tile<P>& t,
-                                  const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1) {
-  Sums<acc_t> s;
+__device__ Sums<double> chunk_sums(const Params<T, acc_t>& a, const Tile<P>& t,
+                                   const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1) {
+  Sums<double> s;  // fp64: these sums feed the input and parameter gradients
   visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) s.a += dz[i], s.b += dz[i] * xh[i];
+    for (int i = 0; i < VEC; ++i) s.a += dz[i], s.b += double(dz[i]) * xh[i];
   });
   return block_reduce<P>(s);
 }
@@ -212,9 +206,9 @@ template <int P, int VEC, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bwd_sums_kernel(Params<T, acc_t> a) {
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
-  const Sums<acc_t> s = chunk_sums<P, VEC>(a, t, plane_stats<P>(a, t), s0, s1);
+  const Sums<double> s = chunk_sums<P, VEC>(a, t, plane_stats<P>(a, t), s0, s1);
   if (t.valid && t.l == 0) {
-    acc_t* q = a.part + (t.plane * a.S + blockIdx.y) * 2;
+    double* q = a.dpart + (t.plane * a.S + blockIdx.y) * 2;
     q[0] = s.a, q[1] = s.b;
   }
 }
@@ -224,20 +218,20 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const PlaneStats<T, acc_t> ps = plane_stats<P>(a, t);
-  Sums<acc_t> s;
+  Sums<double> s;
   if (a.split) {
     for (int j = 0; t.valid && j < a.S; ++j) {
-      const acc_t* q = a.part + (t.plane * a.S + j) * 2;
+      const double* q = a.dpart + (t.plane * a.S + j) * 2;
       s.a += q[0], s.b += q[1];
     }
   } else {
     s = chunk_sums<P, VEC>(a, t, ps, 0, a.HW);
   }
   if (!t.valid) return;
-  if (t.l == 0 && blockIdx.y == 0) a.sums[2 * t.plane] = s.a, a.sums[2 * t.plane + 1] = s.b;
+  if (t.l == 0 && blockIdx.y == 0) a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
   const acc_t k = ps.rstd * ps.w;
-  const acc_t m1 = a.input_stats ? s.a / acc_t(a.HW) : acc_t(0);
-  const acc_t m2 = a.input_stats ? s.b / acc_t(a.HW) : acc_t(0);
+  const acc_t m1 = a.input_stats ? acc_t(s.a / double(a.HW)) : acc_t(0);
+  const acc_t m2 = a.input_stats ? acc_t(s.b / double(a.HW)) : acc_t(0);
   visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t o, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
     acc_t v[VEC];
 #pragma unroll
@@ -249,10 +243,13 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
 // ---- host side ----
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+enum Partials { kNoPartials, kWelfordPartials, kSumPartials };
+
 // Picks the tile width, vector width and plane split; launches pass 1 (only when split) and
-// pass 2 of the given kernel pair.
+// pass 2 of the given kernel pair. Partials per chunk: (mean, m2) in the stats dtype, or the
+// backward's two sums in fp64.
 template <typename T, typename acc_t, class Launch>
-void launch(Params<T, acc_t>& a, const NormShape& s, int state_size, at::Tensor& part_buf,
+void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& part_buf,
             const at::Tensor& like, Launch&& go) {
   constexpr int V = 16 / sizeof(T);
   const bool vec = !s.channels_last && s.HW % V == 0 && aligned16(a.x) && aligned16(a.out) &&
@@ -269,9 +266,12 @@ void launch(Params<T, acc_t>& a, const NormShape& s, int state_size, at::Tensor&
   a.chunk = chunk;
   a.S = int(S);
   a.split = S > 1;
-  if (a.split && state_size > 0) {
-    part_buf = at::empty({tiles * P * S * state_size}, like.options());
+  if (a.split && kind == kWelfordPartials) {
+    part_buf = at::empty({tiles * P * S * 2}, like.options());
     a.part = part_buf.data_ptr<acc_t>();
+  } else if (a.split && kind == kSumPartials) {
+    part_buf = at::empty({tiles * P * S * 2}, like.options().dtype(at::kDouble));
+    a.dpart = part_buf.data_ptr<double>();
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(S));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -285,13 +285,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     double eps, int64_t act, double slope) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "instance_norm_fwd");
   NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
   if (io.x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_fwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      launch(a, io.s, io.input_stats ? 3 : 0, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+      launch(a, io.s, io.input_stats ? kWelfordPartials : kNoPartials, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split && a.input_stats) {
           fwd_stats_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -308,13 +308,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
     int64_t act, double slope, bool input_stats) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "instance_norm_bwd");
   NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
   if (io.x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_bwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      launch(a, io.s, 2, part, io.sums, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+      launch(a, io.s, kSumPartials, part, io.sums, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split) {
           bwd_sums_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();

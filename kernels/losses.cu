@@ -8,20 +8,19 @@
 // adds the partials in a register: no workspace. Larger calls use one block per chunk, and
 // the block that finishes last (told by a ticket counter) adds all partials in chunk order:
 // still one launch. The only atomic is that ticket; the values are never added atomically,
-// so the loss is bitwise the same whichever block comes last.
+// so the loss is bitwise the same whichever block comes last. The ticket lives in the call's
+// own workspace, zeroed on the stream before the launch, so concurrent streams, CUDA graph
+// replays and eager calls never share one.
 // __grid_constant__: the table is indexed by term in place (no per-thread copy of the table).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <map>
-#include <mutex>
-
 #include "../csrc/losses.h"
+#include "device.cuh"
 
 namespace i2i {
 namespace {
@@ -74,8 +73,7 @@ __device__ void sum_partials(const acc_t* partial, int64_t n, T* loss) {
 // Block b reduces chunks b, b + gridDim.x, ... (c0 of the table is relative to this launch).
 // one_block: a single block adds the partials in order and writes the loss. Otherwise each
 // chunk's partial goes to partial[c]; with a ticket, the last block to finish adds
-// all_partial[0..nall) (every group's, earlier groups ran before on the same stream) and
-// resets the ticket to 0 for the next launch.
+// all_partial[0..nall) (every group's, earlier groups ran before on the same stream).
 template <typename T, typename acc_t, int KIND>
 __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
     const __grid_constant__ Table<LossTerm> tab, int64_t nchunks, acc_t* partial, T* loss, bool need_grad,
@@ -117,14 +115,6 @@ __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
   if (!last) return;
   __threadfence();  // every other block's partials, fenced before their tickets, are visible
   sum_partials(all_partial, nall, loss);
-  if (threadIdx.x == 0) *ticket = 0u;
-}
-
-// Fallback second launch when no ticket can be had (first call of a stream inside CUDA graph
-// capture, where the zeroed counter cannot be allocated).
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kLossThreads) loss_sum_kernel(const acc_t* partial, int64_t n, T* loss) {
-  sum_partials(partial, n, loss);
 }
 
 template <typename T, typename acc_t>
@@ -163,30 +153,11 @@ void for_groups(const std::vector<Term>& terms, int64_t nchunks, F&& f) {
   }
 }
 
-// One zeroed unsigned counter per (device, stream), allocated on first use and kept for the
-// life of the process (leaked on purpose: freeing it after CUDA teardown would fail). Launches
-// on one stream run in order and the last block of each resets it to 0, so every launch finds
-// 0; separate streams get separate counters. nullptr while the stream is being captured and
-// has no counter yet (allocating and zeroing there would be captured too).
-unsigned* stream_ticket(const at::Tensor& like) {
-  static std::mutex mu;
-  static auto* counters = new std::map<std::pair<int, int64_t>, at::Tensor>();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const std::pair<int, int64_t> key{like.get_device(), int64_t(stream.id())};
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = counters->find(key);
-  if (it == counters->end()) {
-    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return nullptr;
-    it = counters->emplace(key, at::zeros({1}, like.options().dtype(at::kInt))).first;
-  }
-  return reinterpret_cast<unsigned*>(it->second.data_ptr<int>());
-}
-
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
     at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
     int64_t kind, int64_t reduction, bool need_grad) {
   TORCH_CHECK(!x.empty(), "i2i_fast loss_fwd: x must hold at least one tensor");
-  const c10::cuda::CUDAGuard guard(x[0].device());
+  const auto guard = gpu::device_guard(x[0], "loss_fwd");
   LossIO io = prep_loss(x, y, params, weights, kind, reduction, need_grad, kChunk);
   const bool none = reduction == kReduceNone;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -195,10 +166,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
     scalar_t* loss = none ? nullptr : io.loss.data_ptr<scalar_t>();
     const bool one_block = io.total <= kOneBlock && io.terms.size() <= size_t(kMaxTerms);
     const bool partials = !one_block && !none;
-    at::Tensor part;
-    if (partials) part = at::empty({io.nchunks}, io.x[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    at::Tensor part;  // the chunks' partials, then the ticket (acc_t slots are >= 4 B and aligned)
+    if (partials) part = at::empty({io.nchunks + 1}, io.x[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     acc_t* partial = partials ? part.data_ptr<acc_t>() : nullptr;
-    unsigned* ticket = partials ? stream_ticket(io.x[0]) : nullptr;
+    unsigned* ticket = partials ? reinterpret_cast<unsigned*>(partial + io.nchunks) : nullptr;
+    if (ticket) C10_CUDA_CHECK(cudaMemsetAsync(ticket, 0, sizeof(unsigned), stream));
     with_loss_kind(kind, [&](auto K) {
       for_groups(io.terms, io.nchunks, [&](const Table<LossTerm>& tab, int64_t base, int64_t n) {
         const unsigned grid = one_block ? 1u : static_cast<unsigned>(n);
@@ -209,10 +181,6 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-    if (partials && ticket == nullptr) {
-      loss_sum_kernel<scalar_t, acc_t><<<1, kLossThreads, 0, stream>>>(partial, io.nchunks, loss);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
   });
   return finish_loss(io);
 }
@@ -220,7 +188,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
 std::vector<at::Tensor> loss_bwd_cuda(at::TensorList grad_outs, at::TensorList saved,
                                       at::IntArrayRef index, at::ArrayRef<double> sign) {
   TORCH_CHECK(!saved.empty(), "i2i_fast loss_bwd: saved must hold at least one tensor");
-  const c10::cuda::CUDAGuard guard(saved[0].device());
+  const auto guard = gpu::device_guard(saved[0], "loss_bwd");
   ScaleIO io = prep_scale(grad_outs, saved, index, sign, kChunk);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (io.nchunks == 0) return io.out;

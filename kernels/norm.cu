@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(PA<T, acc_t> a) {
   w = block_reduce<1>(w);
   if (threadIdx.x != 0) return;
   if (a.split) {
-    acc_t* q = a.part + (p * a.S + blockIdx.y) * 3;
-    q[0] = w.mean, q[1] = w.m2, q[2] = w.n;
+    store_partial(a.part + (p * a.S + blockIdx.y) * 2, w);
   } else {
     a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
   }
@@ -51,12 +50,7 @@ __global__ void stats_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
   Welford<acc_t> w;
-  for (int j = 0; j < a.S; ++j) {
-    const acc_t* q = a.part + (p * a.S + j) * 3;
-    Welford<acc_t> o;
-    o.mean = q[0], o.m2 = q[1], o.n = q[2];
-    w.merge(o);
-  }
+  for (int j = 0; j < a.S; ++j) w.merge(load_partial(a.part + (p * a.S + j) * 2, j, a.chunk, a.HW));
   a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
 }
 
@@ -169,20 +163,21 @@ __global__ void bn_running_kernel(const S* mean, const S* var, int64_t N, int64_
 }
 
 // ---- host side ----
-// Grid of a per-plane reduction: S chunks per plane when the planes cannot fill the GPU.
+// Grid of a per-plane reduction: S chunks per plane when the planes cannot fill the GPU, with
+// two partials per chunk: Welford (mean, m2) in the stats dtype, or the backward sums in fp64.
 template <typename T, typename acc_t>
-dim3 reduction_grid(PA<T, acc_t>& a, int state, at::Tensor& part, const at::Tensor& like) {
+dim3 reduction_grid(PA<T, acc_t>& a, bool welford, at::Tensor& part, const at::Tensor& like) {
   const int64_t planes = a.N * a.C, target = int64_t(sm_count()) * 4;
   int64_t S = 1;
   if (planes < target) S = std::max<int64_t>(1, std::min((target + planes - 1) / planes, a.HW / (kThreads * 8)));
   a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
   S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
   a.S = int(S), a.split = S > 1;
-  if (a.split && state == 3) {  // Welford states in the stats dtype
-    part = at::empty({planes * S * state}, like.options());
+  if (a.split && welford) {
+    part = at::empty({planes * S * 2}, like.options());
     a.part = part.data_ptr<acc_t>();
-  } else if (a.split) {  // backward sums in fp64
-    part = at::empty({planes * S * state}, like.options().dtype(at::kDouble));
+  } else if (a.split) {
+    part = at::empty({planes * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part.data_ptr<double>();
   }
   return dim3(static_cast<unsigned>(planes), static_cast<unsigned>(S));
@@ -228,14 +223,14 @@ void with_pad(int64_t pad, F&& f) {
 }
 
 std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "norm_stats");
   PlaneIO io = prep_stats(x);
   to_nchw(io);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_stats", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, 3, part, io.mean);
+      const dim3 grid = reduction_grid(a, true, part, io.mean);
       stats_kernel<<<grid, kThreads, 0, st>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
@@ -250,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
 at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
                            const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
                            int64_t act, double slope, int64_t pad) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "norm_apply");
   PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
   const bool cl = to_nchw(io);
   if (io.out.numel() > 0) {
@@ -267,14 +262,14 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
 at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
                                 const at::Tensor& scale, const at::Tensor& shift, int64_t act,
                                 double slope, int64_t pad) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "norm_apply_sums");
   PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
   to_nchw(io);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_apply_sums", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, 2, part, io.sums);
+      const dim3 grid = reduction_grid(a, false, part, io.sums);
       with_pad(pad, [&](auto P) { sums_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
@@ -289,7 +284,7 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
 at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
                                const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
                                const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(x, "norm_apply_bwd");
   PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
   const bool cl = to_nchw(io);
   if (io.x.numel() > 0) {
@@ -310,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
                                                    const c10::optional<at::Tensor>& gamma,
                                                    const c10::optional<at::Tensor>& beta, int64_t kind,
                                                    int64_t hw, double eps) {
-  const c10::cuda::CUDAGuard guard(mean.device());
+  const auto guard = device_guard(mean, "norm_coefs");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   if (io.N > 0 && io.C > 0) {
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
@@ -327,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
     const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
-  const c10::cuda::CUDAGuard guard(mean.device());
+  const auto guard = device_guard(mean, "norm_coefs_bwd");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   if (io.N > 0 && io.C > 0) {
@@ -344,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
 
 void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
                             const at::Tensor& var_in, int64_t hw, double momentum) {
-  const c10::cuda::CUDAGuard guard(mean_in.device());
+  const auto guard = device_guard(mean_in, "bn_update_running");
   const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
   if (C == 0) return;

@@ -1,7 +1,8 @@
-// Device helpers shared by the normalization kernels (kernels/instance_norm.cu, kernels/norm.cu):
-// block size, fixed-order block reductions (deterministic: no atomics), the SM count.
+// Device helpers shared by the reduction kernels (instance_norm.cu, norm.cu, spectral_norm.cu):
+// block size, fixed-order block reductions (deterministic: no atomics), split-plane partials.
 #pragma once
-#include <c10/cuda/CUDAException.h>
+#include "../csrc/norm_math.h"
+#include "device.cuh"
 
 namespace i2i {
 namespace gpu {
@@ -33,13 +34,18 @@ __device__ St block_reduce(const St& v) {
   return r;
 }
 
-inline int sm_count() {  // of the current device, cached (ATen/cuda/CUDAContext.h pulls in cuSPARSE)
-  static int cache[64] = {0};
-  int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  int& n = cache[dev & 63];
-  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return n;
+// A plane split into chunks of `chunk` elements keeps one partial Welford state per chunk:
+// (mean, m2) are stored, the count follows from the geometry (exact, unlike a stored float).
+template <typename acc_t>
+__device__ __forceinline__ void store_partial(acc_t* q, const Welford<acc_t>& w) {
+  q[0] = w.mean, q[1] = w.m2;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> load_partial(const acc_t* q, int64_t j, int64_t chunk, int64_t n) {
+  Welford<acc_t> w;
+  w.mean = q[0], w.m2 = q[1], w.n = min(chunk, n - j * chunk);
+  return w;
 }
 
 }  // namespace gpu

@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "../csrc/reflection_pad.h"
+#include "device.cuh"
 
 namespace i2i {
 namespace {
@@ -79,7 +80,7 @@ int64_t blocks_for(int64_t total) {
 
 at::Tensor reflection_pad2d_fwd_cuda(const at::Tensor& x_in, at::IntArrayRef pad) {
   const PadGeom g = pad_geom(x_in, pad, "i2i_fast reflection_pad2d");
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = gpu::device_guard(x_in, "reflection_pad2d_fwd");
   const at::Tensor x = x_in.contiguous(g.format());
   at::Tensor y = at::empty({g.N, g.C, g.Ho(), g.Wo()}, x.options().memory_format(g.format()));
   const int64_t total = y.numel();
@@ -95,7 +96,7 @@ at::Tensor reflection_pad2d_fwd_cuda(const at::Tensor& x_in, at::IntArrayRef pad
 
 at::Tensor reflection_pad2d_bwd_cuda(const at::Tensor& grad_in, at::IntArrayRef pad) {
   const PadGeom g = pad_geom_bwd(grad_in, pad, "i2i_fast reflection_pad2d_bwd");
-  const c10::cuda::CUDAGuard guard(grad_in.device());
+  const auto guard = gpu::device_guard(grad_in, "reflection_pad2d_bwd");
   const at::Tensor gy = grad_in.contiguous(g.format());
   at::Tensor gx = at::empty({g.N, g.C, g.H, g.W}, gy.options().memory_format(g.format()));
   const int64_t total = gx.numel();

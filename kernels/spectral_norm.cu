@@ -65,7 +65,7 @@ using SigmaT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const at::Tensor& u_in,
                                                  const at::Tensor& v_in) {
-  const c10::cuda::CUDAGuard guard(w_in.device());
+  const auto guard = device_guard(w_in, "sn_scale");
   const SnIO io = prep_sn(w_in, u_in, v_in);
   at::Tensor out = at::empty_like(io.w);
   at::Tensor sigma = at::empty({}, io.w.options().dtype(sn_sigma_dtype(io.w)));
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const a
 
 at::Tensor sn_scale_bwd_cuda(const at::Tensor& grad, const at::Tensor& w_in, const at::Tensor& u_in,
                              const at::Tensor& v_in, const at::Tensor& sigma_in) {
-  const c10::cuda::CUDAGuard guard(w_in.device());
+  const auto guard = device_guard(w_in, "sn_scale_bwd");
   const SnIO io = prep_sn(w_in, u_in, v_in, grad, sigma_in);
   at::Tensor gw = at::empty_like(io.w);
   if (io.O == 0) return gw;
