@@ -21,7 +21,7 @@ import i2i_fast
 from i2i_fast import functional as F
 
 import cuda_emu
-from conftest import assert_parity
+from conftest import assert_parity, requires_cuda
 
 if not i2i_fast.backends()["cpu"][0]:
     pytest.skip("i2i_fast._C not built", allow_module_level=True)
@@ -95,6 +95,29 @@ def test_emulation_catches_known_defects(on):
         with pytest.raises(RuntimeError, match=msg):
             run(what, x, arg)
     torch.testing.assert_close(run("shuffle", x, 64)[:31], torch.arange(1, 32, dtype=torch.float32))
+
+
+def test_welford_count_is_exact_past_2_24(emu):
+    """The Welford count is an integer: merging 3-element states past 2^24 keeps it exact (a
+    float count rounds to even numbers there)."""
+    reps = (1 << 24) // 3 + 5
+    got = torch.ops.i2i_emu_selftest.run("welford_count", torch.zeros(1), reps)
+    assert got.item() == 3 * reps
+
+
+def test_entry_points_check_the_device_before_guarding():
+    """Every CUDA entry point builds its device guard through gpu::device_guard, which checks
+    that the tensor is on a CUDA device first (c10's guard would fail with its own message),
+    and none builds a CUDAGuard directly."""
+    import re
+    for name, path in ((os.path.basename(p), p) for p in cuda_emu.kernel_sources()):
+        src = open(path).read()
+        assert "CUDAGuard guard" not in src, f"{name}: a CUDAGuard made without the device check"
+        impls = re.findall(r'm\.impl\("\w+", &(\w+)\)', src)
+        for fn in impls:
+            body = src[src.index(f" {fn}(", 0):]
+            body = body[:body.index("\n}\n")]
+            assert "device_guard(" in body, f"{name}:{fn} has no device_guard"
 
 
 def test_schemas_generated_from_ops_cpp(emu):
@@ -200,6 +223,25 @@ def test_adain_per_plane_affine(on, shape):
     torch.testing.assert_close(y, ref)
     for a, bb in zip(got, want):
         torch.testing.assert_close(a, bb)
+
+
+def test_instance_norm_backward_sums_in_fp64_as_the_cpu_op(emu):
+    """The CUDA backward reduces its per-plane sums in fp64, as the CPU op: the weight and bias
+    gradients of a large plane with a large gradient offset (the fp32 sums lose digits to
+    cancellation there) agree with the CPU op's to fp32 rounding of the result."""
+    torch.manual_seed(0)
+    for sms in (H200_SMS, 1):  # split (per-chunk partials) and one block per plane
+        emu.set_sm_count(sms)
+        x = torch.randn(1, 2, 96, 96)
+        g = 1000 + torch.randn_like(x)
+        w, b = torch.rand(2) + 0.5, torch.randn(2)
+        y, mean, var = torch.ops.i2i_fast.instance_norm_fwd(x, w, b, None, None, None, 1e-5, 0, 0.2)
+        cpu = torch.ops.i2i_fast.instance_norm_bwd(g, x, mean, var, w, b, 1e-5, 0, 0.2, True)
+        with cuda_emu.EmulatedCuda():
+            emulated = torch.ops.i2i_fast.instance_norm_bwd(g, x, mean, var, w, b, 1e-5, 0, 0.2, True)
+        for name, a, c in zip(("x", "weight", "bias"), emulated, cpu):
+            torch.testing.assert_close(a, c, rtol=2e-6, atol=2e-6 * c.abs().max().item(), msg=name)
+    emu.set_sm_count(H200_SMS)
 
 
 def test_instance_norm_deterministic_across_block_orders(on):
@@ -390,6 +432,37 @@ def test_converted_cyclegan_generator(on):
     torch.testing.assert_close(conv(x), net(x))
     for (name, a), (_, b) in zip(conv.named_parameters(), net.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+# ------------------------------------------------------------------ on a lent GPU
+@requires_cuda
+def test_cuda_cpu_input_with_cuda_weight_gets_the_ops_message():
+    x, w = torch.randn(2, 3, 4, 4), torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match="expected its tensors on one CUDA device"):
+        torch.ops.i2i_fast.instance_norm_fwd(x, w, None, None, None, None, 1e-5, 0, 0.2)
+
+
+@requires_cuda
+def test_cuda_loss_ticket_is_per_call_under_graphs_and_streams():
+    """The ticket lives in each call's workspace: a graph captured on one stream, replayed on
+    another while eager calls run on the first, gives the eager loss bitwise."""
+    ts = [torch.randn(s, device="cuda") for s in ((4, 1, 256, 256), (1, 1, 30, 30))]
+    with i2i_fast.use_backend("cuda"):
+        want = F.gan_loss(ts, True, "vanilla")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side):
+            F.gan_loss(ts, True, "vanilla")  # warm-up on the capture stream
+            with torch.cuda.graph(graph, stream=side):
+                captured = F.gan_loss(ts, True, "vanilla")
+        other = torch.cuda.Stream()
+        for _ in range(3):
+            with torch.cuda.stream(other):
+                graph.replay()
+            eager = F.gan_loss(ts, True, "vanilla")
+            torch.cuda.synchronize()
+            assert torch.equal(captured, want) and torch.equal(eager, want)
 
 
 # ------------------------------------------------------------------ bounds checking

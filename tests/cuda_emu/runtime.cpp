@@ -7,9 +7,11 @@
 // order changes the result. __shared__ variables are function statics shared by the fibers of
 // the running block; they are poisoned before every block. Launch limits of a real GPU are
 // checked, and launches are counted per kernel name.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <ucontext.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -305,12 +307,12 @@ namespace {
 
 // A device per SM count: the kernels cache the SM count per device, as they should.
 void set_sm_count(int n) {
-  TORCH_CHECK(n > 0, "SM count must be positive");
+  if (n <= 0) throw std::invalid_argument("SM count must be positive");
   std::lock_guard<std::mutex> lock(i2i_emu::mu);
   auto& v = i2i_emu::sm_counts;
   auto it = std::find(v.begin(), v.end(), n);
   if (it == v.end()) {
-    TORCH_CHECK(v.size() < 64, "too many emulated devices");
+    if (v.size() >= 64) throw std::invalid_argument("too many emulated devices");
     v.push_back(n);
     it = v.end() - 1;
   }
@@ -324,7 +326,7 @@ int sm_count() {
 
 void set_order(const std::string& mode, uint64_t seed) {
   const int m = mode == "forward" ? 0 : mode == "reverse" ? 1 : mode == "shuffled" ? 2 : -1;
-  TORCH_CHECK(m >= 0, "block order must be forward, reverse or shuffled, got ", mode);
+  if (m < 0) throw std::invalid_argument("block order must be forward, reverse or shuffled, got " + mode);
   i2i_emu::order_mode = m;
   i2i_emu::order_seed = seed;
 }
@@ -341,7 +343,7 @@ void reset_counts() {
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {  // NOLINT
   m.doc() = "CUDA emulation of kernels/*.cu on CPU tensors (tests only)";
   m.def("set_sm_count", &set_sm_count, "emulate a device with this many SMs");
   m.def("sm_count", &sm_count);
