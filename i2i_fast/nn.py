@@ -312,7 +312,9 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
         general = self.__dict__.get("_general")
         if general is None:  # cached: the forward pays a dict lookup, not the checks
-            general = self.__dict__["_general"] = self.fallback is not None
+            general = self.fallback is not None
+            if not torch.compiler.is_compiling():
+                self.__dict__["_general"] = general
         if general:
             return self._forward_general(input)
         if not torch.compiler.is_compiling():

@@ -345,3 +345,15 @@ def test_convert_groups_dilation_and_bias_free_norms():
     again = i2i_fast.plan(conv)
     assert any(p == "1" and "groups=2" in why for p, why in again.left_alone), str(again)
     assert not again.changes, str(again)   # idempotent
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1, groups=2), dict(padding=(1, 2), dilation=2),
+                                dict(padding=1, padding_mode="circular")], ids=str)
+def test_conv_general_paths_compile_fullgraph(kw):
+    torch._dynamo.reset()
+    ours, ref = _conv_pair(kw)
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64, requires_grad=True)
+    y = torch.compile(ours, fullgraph=True)(x)
+    torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
+    g, = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.autograd.grad(ref(x).sum(), x)[0], rtol=1e-10, atol=1e-10)
