@@ -357,3 +357,25 @@ def test_conv_general_paths_compile_fullgraph(kw):
     torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
     g, = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g, torch.autograd.grad(ref(x).sum(), x)[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("cls", [fnn.InstanceNorm2d, fnn.BatchNorm2d], ids=lambda c: c.__name__)
+def test_norm_bias_false_with_out_pad(cls, backend):
+    """weight without bias on the norm family's path (output written reflection-padded)."""
+    torch.manual_seed(2)
+    m = cls(3, affine=True, bias=False, activation="relu", out_pad=1, dtype=torch.float64)
+    tm = getattr(nn, cls.__name__)(3, affine=True, bias=False, dtype=torch.float64)
+    _copy_params(tm, m)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    with i2i_fast.use_backend(backend):
+        y = m(x)
+    want = torch.nn.functional.pad(torch.relu(tm(x)), (1, 1, 1, 1), mode="reflect")
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    with i2i_fast.use_backend(backend):
+        got = torch.autograd.grad(y, (x, m.weight), g)
+    for a, b in zip(got, torch.autograd.grad(want, (x, tm.weight), g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(m.buffers(), tm.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
