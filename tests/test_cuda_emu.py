@@ -316,7 +316,14 @@ def test_batch_norm_module_running_stats(on):
 def test_pad_parity(on, dtype, channels_last):
     from test_reflection_pad import PAD_CASES, _pad_case
     for shape, pad in PAD_CASES:
-        _pad_case("cpu", shape, pad, dtype, channels_last)
+        r = _pad_case("cpu", shape, pad, dtype, channels_last)
+        (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+        assert yo.dtype == dtype and yo.shape == yt.shape
+        if channels_last:
+            assert yo.is_contiguous(memory_format=torch.channels_last)
+            assert go.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(yo, yt), f"{shape} {pad}: the forward is a copy, it must equal torch's"
+        assert_parity(go, gt, gr, dtype, f"emulated pad {shape} {pad} grad x")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=IDS.get)
