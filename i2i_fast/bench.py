@@ -939,12 +939,18 @@ def _cell(key, row):
 def format_table(rows, markdown=False) -> str:
     cols = [c for c in COLUMNS if c[0] not in _OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
     cells = [[h for _, h in cols]] + [[_cell(k, r) for k, _ in cols] for r in rows]
+    return _render(cells, markdown, left=4)
+
+
+def _render(cells, markdown, left) -> str:
+    """A table of string cells (header first): markdown, or aligned text with the first `left`
+    columns left-aligned and the rest right-aligned."""
     if markdown:
         lines = ["| " + " | ".join(c) + " |" for c in cells]
-        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
+        lines.insert(1, "|" + "|".join("---" for _ in cells[0]) + "|")
         return "\n".join(lines)
-    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w[i]) if i >= 4 else c.ljust(w[i]) for i, c in enumerate(r))
+    w = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i]) for i, c in enumerate(r))
                      for r in cells)
 
 
@@ -1076,13 +1082,7 @@ def format_steps(rows, markdown=False) -> str:
     if any(r.get("converted_launches") is not None for r in rows):
         cols.insert(-1, ("converted_launches", "our launches"))
     cells = [[h for _, h in cols]] + [[_step_cell(k, r) for k, _ in cols] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(c) + " |" for c in cells]
-        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
-        return "\n".join(lines)
-    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r))
-                     for r in cells)
+    return _render(cells, markdown, left=1)
 
 
 def steps_legend(rows, compile_steps, device) -> str:

@@ -479,6 +479,17 @@ def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
     return out
 
 
+
+def _per_variant(fam, device, small, measure):
+    """{variant: measure(runner)} for eager and converted, after one warm-up step each; and
+    the last runner (for its description)."""
+    out = {}
+    for v in ("eager", "converted"):
+        r = Runner(fam, v, device, small)
+        r.run()
+        out[v] = measure(r)
+    return out, r
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m i2i_fast.bench_steps", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=bench.default_device())
@@ -503,11 +514,7 @@ def main(argv=None) -> int:
         print(f"{'family':<9} {'eager':>7} {'converted':>9} {'ratio':>6}   {'model eager':>11} {'model conv':>10} "
               f"{'ratio':>6}   {'optimizer':>9}")
         for fam in a.families.split(","):
-            n = {}
-            for v in ("eager", "converted"):
-                r = Runner(fam, v, a.device, small)
-                r.run()
-                n[v] = count_ops(r)
+            n, r = _per_variant(fam, a.device, small, count_ops)
             e, c = n["eager"], n["converted"]
             print(f"{fam:<9} {e['ops']:7d} {c['ops']:9d} {c['ops'] / e['ops']:6.3f}   {e['model']:11d} "
                   f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}  [{r.what}]", flush=True)
@@ -516,11 +523,7 @@ def main(argv=None) -> int:
         print(f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "
               f"after one warm-up step; eager vs converted")
         for fam in a.families.split(","):
-            mib = {}
-            for v in ("eager", "converted"):
-                r = Runner(fam, v, a.device, small)
-                r.run()
-                mib[v] = saved_peak_mib(r)
+            mib, r = _per_variant(fam, a.device, small, saved_peak_mib)
             print(f"{fam:<9} eager {mib['eager']:9.1f}  converted {mib['converted']:9.1f}  "
                   f"ratio {mib['converted'] / mib['eager']:.3f}  [{r.what}]", flush=True)
         return 0
