@@ -1093,6 +1093,9 @@ def steps_legend(rows, compile_steps, device) -> str:
              "ops = ops one step dispatches (TorchDispatchMode, views and allocations excluded; at batch 1 on a "
              "GPU each is a launch), model = forward+backward+losses, optim = Adam's (per-tensor on CPU);",
              "saved MiB = peak of what autograd holds for backward during a step."]
+    if any(r.get("converted_launches") is not None for r in rows):
+        lines.append("our launches = kernels/*.cu launches of one converted step, counted on CPU through the "
+                     "CUDA emulation (tests/cuda_emu)")
     if not compile_steps:
         lines.append("torch.compile columns: not run" + (" on CPU (minutes of compilation per family on a small CPU); "
                                                          "--step-compile runs them" if device.type == "cpu" else ""))
@@ -1100,33 +1103,6 @@ def steps_legend(rows, compile_steps, device) -> str:
         lines.append(f"  {r['family']}: {r['config']}" + ("" if r["compile"] in ("ok", "not run") else f"  [{r['compile']}]")
                      + ("" if r["parity"] else f"  [{r['parity_detail']}]"))
     return "\n".join(lines)
-
-
-README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def readme_block(paths) -> str:
-    """The README results section: one table per committed results.json, device named."""
-    parts = []
-    for path in paths:
-        with open(path) as f:
-            d = json.load(f)
-        m = d["machine"]
-        dev = m.get("gpu_name") or f"{m.get('cpu_model')}, {m.get('torch_num_threads')} threads (CPU)"
-        parts.append(f"**{dev}**, torch {m.get('torch')}, {d['timestamp'][:10]} "
-                     f"(`{os.path.relpath(path)}`)\n\n" + format_table(d["results"], markdown=True))
-    return "\n\n".join(parts)
-
-
-def update_readme(paths, readme="README.md") -> None:
-    """Rewrites the block between the results markers of README.md from results files, so no
-    number in the README is one that a committed result file does not contain."""
-    with open(readme) as f:
-        text = f.read()
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    with open(readme, "w") as f:
-        f.write(head + README_BEGIN + "\n" + readme_block(paths) + "\n" + README_END + tail)
 
 
 def main(argv=None) -> int:
@@ -1141,12 +1117,15 @@ def main(argv=None) -> int:
                    help="whole-training-step families (comma list, 'all' or 'none'; default all)")
     p.add_argument("--step-compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also torch.compile the steps (default: on CUDA yes, on CPU no: minutes per family)")
-    p.add_argument("--readme", nargs="+", metavar="RESULTS_JSON",
-                   help="only regenerate README.md's results table from these results files")
+    p.add_argument("--launches", action="store_true",
+                   help="also count the CUDA kernel launches of each converted step through the CUDA "
+                        "emulation of a source checkout (tests/cuda_emu; builds it once, about a minute)")
     a = p.parse_args(argv)
-    if a.readme:
-        update_readme(a.readme)
-        return 0
+    if a.launches:
+        from . import bench_steps
+        why = bench_steps.use_emulated_launches()
+        if why:
+            print(f"--launches: {why}", flush=True)
 
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")

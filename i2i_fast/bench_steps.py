@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -354,6 +355,25 @@ def saved_peak_mib(runner: Runner) -> float:
 LAUNCH_COUNTER = None
 
 
+def use_emulated_launches() -> str | None:
+    """Sets LAUNCH_COUNTER to the CUDA emulation of a source checkout (tests/cuda_emu: the
+    kernels/*.cu launches a converted step makes on a GPU, counted on CPU; its first use builds
+    it, about a minute). Returns None, or why it is not available."""
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if not os.path.isdir(os.path.join(tests, "cuda_emu")):
+        return "needs a source checkout (tests/cuda_emu)"
+    global LAUNCH_COUNTER
+    try:
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        import cuda_emu
+        cuda_emu.load()
+    except Exception as e:  # noqa: BLE001 - an optional report
+        return f"CUDA emulation unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    LAUNCH_COUNTER = cuda_emu.LaunchCounter
+    return None
+
+
 def count_ops(runner: Runner, run=None) -> dict:
     """Ops one training step dispatches, counted with a TorchDispatchMode (bench.OpCounter) on
     any device: every aten / i2i_fast op that does work (views, detach, bare allocations and
@@ -502,6 +522,9 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="the papers' sizes on CPU too (ngf=64, 256x256)")
     p.add_argument("--saved", action="store_true",
                    help="only the saved-activation peak (saved_peak_mib) of eager and converted, no timing")
+    p.add_argument("--launches", action="store_true",
+                   help="with --ops: also the converted step's CUDA kernel launches, counted through the "
+                        "CUDA emulation of a source checkout (tests/cuda_emu)")
     p.add_argument("--ops", action="store_true",
                    help="only the ops one step dispatches (count_ops), eager vs converted, optimizer apart; no timing")
     a = p.parse_args(argv)
@@ -509,15 +532,21 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     small = False if a.full else None
     if a.ops:
+        if a.launches and (why := use_emulated_launches()):
+            print(f"--launches: {why}")
         print(f"ops dispatched by one training step on {a.device} (count_ops: non-view, non-allocation "
-              f"aten/i2i_fast ops), after one warm-up step; total = model (fwd, bwd, losses) + optimizer")
+              f"aten/i2i_fast ops), after one warm-up step; total = model (fwd, bwd, losses) + optimizer"
+              + ("; our launches = kernels/*.cu launches of the converted step (CUDA emulation)"
+                 if LAUNCH_COUNTER else ""))
         print(f"{'family':<9} {'eager':>7} {'converted':>9} {'ratio':>6}   {'model eager':>11} {'model conv':>10} "
-              f"{'ratio':>6}   {'optimizer':>9}")
+              f"{'ratio':>6}   {'optimizer':>9}" + (f"   {'our launches':>12}" if LAUNCH_COUNTER else ""))
         for fam in a.families.split(","):
             n, r = _per_variant(fam, a.device, small, count_ops)
             e, c = n["eager"], n["converted"]
+            launches = f"   {c['launches']:12d}" if "launches" in c else ""
             print(f"{fam:<9} {e['ops']:7d} {c['ops']:9d} {c['ops'] / e['ops']:6.3f}   {e['model']:11d} "
-                  f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}  [{r.what}]", flush=True)
+                  f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}{launches}  [{r.what}]",
+                  flush=True)
         return 0
     if a.saved:
         print(f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "

@@ -461,6 +461,20 @@ def test_converted_cyclegan_generator(on):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+def test_step_launch_counter_for_the_main_job(emu):
+    """bench_steps.use_emulated_launches() gives the main job's "our launches" column: the
+    CUDA kernel launches of one converted training step, counted through the emulation."""
+    from i2i_fast import bench_steps
+    assert bench_steps.use_emulated_launches() is None
+    try:
+        r = bench_steps.Runner("stargan", "converted", "cpu", None)
+        r.run()
+        n = bench_steps.count_ops(r)
+        assert n["launches"] > 0 and n["launches"] < n["model"], n
+    finally:
+        bench_steps.LAUNCH_COUNTER = None
+
+
 # ------------------------------------------------------------------ on a lent GPU
 @requires_cuda
 def test_cuda_cpu_input_with_cuda_weight_gets_the_ops_message():

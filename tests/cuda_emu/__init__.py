@@ -251,3 +251,23 @@ def digest() -> str:
     for path in kernel_sources() + [os.path.join(HERE, f) for f in ("emu.h", "runtime.cpp")]:
         h.update(open(path, "rb").read())
     return h.hexdigest()[:16]
+
+
+class LaunchCounter:
+    """`with LaunchCounter() as c: step()` runs the block with the CUDA kernels emulated and
+    leaves c.launches (i2i_fast kernel launches in the block) and c.by_kernel. The main job's
+    optional "our launches" column (`python -m i2i_fast.bench --launches`) uses it."""
+
+    def __enter__(self):
+        self.emu = load()
+        self.before = self.emu.launch_counts()
+        self.mode = EmulatedCuda()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        after = self.emu.launch_counts()
+        self.by_kernel = {k: n - self.before.get(k, 0) for k, n in after.items() if n != self.before.get(k, 0)}
+        self.launches = sum(self.by_kernel.values())
+        return False
