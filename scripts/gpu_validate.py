@@ -310,18 +310,28 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
                 raise
             except Exception as e:  # noqa: BLE001 - one case failing does not stop the others
                 failed += 1
-                skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file,
-                                "why": f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+                skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file, "why": f"error: {_err(e)}"})
                 print(f"ERROR {name} {shape} {dt}: {type(e).__name__}: {e}", flush=True)
-            flush()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            _case_done(flush, dev)
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted (time limit); writing what was measured", flush=True)
     flush(interrupted)
     print(f"bench: {done} cases measured, {len(skipped)} not run, {failed} failed", flush=True)
     return 1 if failed or interrupted else 0
+
+
+def _err(e, n=300) -> str:
+    """An exception as one line: its type and the first n characters of its first line."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:n] if msg else ''}"
+
+
+def _case_done(flush, dev) -> None:
+    """After every case: results written so far, and the GPU memory of the case released."""
+    flush()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------- steps
@@ -407,14 +417,10 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - recorded (torch.compile of some originals fails in torch)
-                msg = str(e).strip().splitlines()
-                rows.append({"family": fam, "variant": var, "ms": None, "seconds": time.time() - t0,
-                             "error": f"{type(e).__name__}: {msg[0][:300] if msg else ''}"})
+                rows.append({"family": fam, "variant": var, "ms": None, "seconds": time.time() - t0, "error": _err(e)})
                 failed += "compile" not in var  # a compile failure in torch is recorded, not ours
-                print(f"{fam:<9} {var:<18} ERROR {type(e).__name__}: {msg[0][:200] if msg else ''}", flush=True)
-            flush()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+                print(f"{fam:<9} {var:<18} ERROR {_err(e, 200)}", flush=True)
+            _case_done(flush, dev)
     except KeyboardInterrupt:
         interrupted = True
         print("steps: interrupted (time limit); writing what was measured", flush=True)
