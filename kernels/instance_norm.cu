@@ -291,7 +291,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_fwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      launch(a, io.s, io.input_stats ? kWelfordPartials : kNoPartials, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
+      const Partials kind = io.input_stats ? kWelfordPartials : kNoPartials;
+      launch(a, io.s, kind, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split && a.input_stats) {
           fwd_stats_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();

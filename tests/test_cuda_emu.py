@@ -120,6 +120,27 @@ def test_entry_points_check_the_device_before_guarding():
             assert "device_guard(" in body, f"{name}:{fn} has no device_guard"
 
 
+@pytest.mark.parametrize("test", ["test_instance_norm.test_cpp_op_checks_its_own_arguments",
+                                  "test_reflection_pad.test_pad_cpp_op_checks_its_own_arguments",
+                                  "test_losses.test_cpp_op_checks_its_own_arguments",
+                                  "test_spectral_norm.test_bad_input"])
+def test_cuda_entry_points_refuse_bad_arguments(on, test):
+    """The raw-op bad-input tests, run with the CUDA entry points swapped in: each refuses the
+    same arguments with the same message as the CPU op (the checks are shared host code)."""
+    import importlib
+    module, name = test.split(".")
+    before = cuda_emu.EmulatedCuda.redirected
+    getattr(importlib.import_module(module), name)()
+    assert cuda_emu.EmulatedCuda.redirected > before, "no call reached an emulated CUDA entry point"
+
+
+def test_norm_coefs_entry_points_refuse_bad_arguments(on):
+    from test_norm_family import test_coefs_bad_input
+    before = cuda_emu.EmulatedCuda.redirected
+    test_coefs_bad_input("", RuntimeError)
+    assert cuda_emu.EmulatedCuda.redirected > before
+
+
 def test_schemas_generated_from_ops_cpp(emu):
     for s in cuda_emu.schemas():
         name = s.split("(", 1)[0]

@@ -601,11 +601,16 @@ def test_cpu_channels_last_large_plane_accuracy(norm):
 
 # ------------------------------------------------------------------ BatchNorm2d (pix2pix)
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("cfg", [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False)],
-                         ids=["default", "momentum_none", "no_affine", "no_running"])
-def test_batch_norm_module_matches_torch(cfg, backend):
+@pytest.mark.parametrize("cfg", [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False),
+                                 dict(residual=True)],
+                         ids=["default", "momentum_none", "no_affine", "no_running", "residual"])
+@pytest.mark.parametrize("n", [3, 1], ids=["batch3", "batch1"])
+def test_batch_norm_module_matches_torch(cfg, backend, n):
     """i2i_fast.BatchNorm2d vs torch.nn.BatchNorm2d in float64: two training steps (outputs,
-    gradients, running_mean/var, num_batches_tracked), then eval; the state_dicts interchange."""
+    gradients, running_mean/var, num_batches_tracked), then eval; the state_dicts interchange.
+    Batch 1 takes the fused instance-norm op (a channel's batch statistics are its one plane's)."""
+    cfg = dict(cfg)
+    with_res = cfg.pop("residual", False)
     torch.manual_seed(13)
     ref = torch.nn.BatchNorm2d(4, **cfg).double()
     ours_m = i2i_fast.BatchNorm2d(4, **cfg, activation="leaky_relu").double()
@@ -616,15 +621,16 @@ def test_batch_norm_module_matches_torch(cfg, backend):
     assert ours_m.state_dict().keys() == ref.state_dict().keys()
     for step, mode in enumerate(["train", "train", "eval"]):
         ours_m.train(mode == "train"), ref.train(mode == "train")
-        x = (torch.randn(3, 4, 5, 6, dtype=torch.float64) * 2 + step).requires_grad_()
+        x = (torch.randn(n, 4, 5, 6, dtype=torch.float64) * 2 + step).requires_grad_()
+        res = torch.randn(n, 4, 5, 6, dtype=torch.float64, requires_grad=True) if with_res else None
         with i2i_fast.use_backend(backend):
-            y = ours_m(x)
-        want = TF.leaky_relu(ref(x), 0.2)
+            y = ours_m(x, residual=res)
+        want = TF.leaky_relu(ref(x), 0.2) + (res if with_res else 0)
         torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
         gy = torch.randn_like(y)
-        params = [x] + list(ref.parameters())
-        got = torch.autograd.grad(y, [x] + list(ours_m.parameters()), gy)
-        exp = torch.autograd.grad(want, params, gy)
+        ins = [x] + ([res] if with_res else [])
+        got = torch.autograd.grad(y, ins + list(ours_m.parameters()), gy)
+        exp = torch.autograd.grad(want, ins + list(ref.parameters()), gy)
         for a, b in zip(got, exp):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         for (k, a), b in zip(ours_m.state_dict().items(), ref.state_dict().values()):

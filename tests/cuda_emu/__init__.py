@@ -12,7 +12,7 @@ pad convolution) runs the CUDA kernels on CPU tensors.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import re
 import subprocess
@@ -108,7 +108,8 @@ def rewrite(src: str, path: str) -> str:
     return f'#line 1 "{path}"\n' + src
 
 
-def schemas() -> list[str]:
+@functools.lru_cache(maxsize=None)
+def schemas() -> tuple[str, ...]:
     """The schema strings of csrc/ops.cpp's TORCH_LIBRARY(i2i_fast, m) block, in order."""
     src = open(os.path.join(ROOT, "csrc", "ops.cpp")).read()
     src = re.sub(r"//[^\n]*", "", src)
@@ -117,7 +118,7 @@ def schemas() -> list[str]:
     out = []
     for m in re.finditer(r"m\.def\(\s*((?:\"(?:[^\"\\]|\\.)*\"\s*)+)\)", body):
         out.append("".join(re.findall(r"\"((?:[^\"\\]|\\.)*)\"", m.group(1))))
-    return out
+    return tuple(out)
 
 
 def _write(path: str, text: str) -> None:
@@ -211,14 +212,20 @@ def asan_runtime() -> str | None:
     return " ".join(libs)
 
 
-def emulated_ops() -> set[str]:
+@functools.lru_cache(maxsize=None)
+def emulated_ops() -> frozenset[str]:
     """Names of the i2i_fast ops that have an emulated CUDA kernel (i2i_fast_emu, CPU key)."""
     names = set()
     for s in schemas():
         op = s.split("(", 1)[0].strip()
         if torch._C._dispatch_has_kernel_for_dispatch_key(f"i2i_fast_emu::{op}", "CPU"):
             names.add(op)
-    return names
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def _op_names() -> frozenset[str]:
+    return frozenset(s.split("(", 1)[0].strip() for s in schemas())
 
 
 class EmulatedCuda(TorchDispatchMode):
@@ -226,31 +233,26 @@ class EmulatedCuda(TorchDispatchMode):
     through the emulation; ops without one (the C++ and Python composites) run their CPU
     kernel with the emulation still on, so the ops they call are emulated too."""
 
+    redirected = 0  # calls sent to an emulated CUDA kernel (a test can see its op was routed)
+
     def __init__(self, asan: bool = False):
         super().__init__()
         self.asan = asan
         load(asan)
         self.emulated = emulated_ops()
-        self.cpp = {s.split("(", 1)[0].strip() for s in schemas()}
+        self.cpp = _op_names()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "i2i_fast":
             op = func._schema.name.split("::", 1)[1]
             if op in self.emulated:
+                EmulatedCuda.redirected += 1
                 return getattr(getattr(torch.ops.i2i_fast_emu, op), func._overloadname)(*args, **kwargs)
             if op in self.cpp:
                 with EmulatedCuda(self.asan):
                     return func._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
         return func(*args, **kwargs)
-
-
-def digest() -> str:
-    """Hash of everything the emulation is built from (for caching decisions in tests)."""
-    h = hashlib.sha256()
-    for path in kernel_sources() + [os.path.join(HERE, f) for f in ("emu.h", "runtime.cpp")]:
-        h.update(open(path, "rb").read())
-    return h.hexdigest()[:16]
 
 
 class LaunchCounter:

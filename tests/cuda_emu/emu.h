@@ -32,17 +32,11 @@ using uint3 = dim3;
 extern thread_local uint3 threadIdx, blockIdx;
 extern thread_local dim3 blockDim, gridDim;
 
-// float math stays float (CUDA's overloads), min on mixed integer types as CUDA's min.
+// Unqualified math the kernels call: float stays float (CUDA's overloads), and min takes
+// mixed integer types as CUDA's min does.
 using std::sqrt;
-using std::tanh;
-using std::exp;
-using std::log;
-using std::log1p;
-using std::fabs;
 template <class A, class B>
 inline std::common_type_t<A, B> min(A a, B b) { return b < a ? b : a; }
-template <class A, class B>
-inline std::common_type_t<A, B> max(A a, B b) { return a < b ? b : a; }
 
 // ---- runtime API subset ----
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
