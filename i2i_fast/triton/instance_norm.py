@@ -1,6 +1,12 @@
 """Triton instance norm: one program per (n, c) plane, looping over H*W in BLOCK chunks;
 two-pass statistics in fp32 (fp64 for fp64 inputs); the epilogue (activation, residual) is
-fused. Strides make NCHW and channels_last work without a copy."""
+fused. Strides make NCHW and channels_last work without a copy.
+
+The optional reflection pad of the output (pad > 0, HAS_P: pad == 0 keeps the unpadded code)
+is a mirrored read of x (and of the residual, x's shape) for each padded output element in the
+forward, and in the backward a fixed-order gather of the (up to 3 x 3) padded positions that
+mirror each input pixel (_fold): no atomics, deterministic. The statistics are x's. The mirror
+helpers here are shared with triton/norm.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -47,6 +53,39 @@ def _act_grad(z, ACT: tl.constexpr, slope):
 
 
 @triton.jit
+def _reflect(t, n):
+    t = tl.where(t < 0, -t, t)
+    return tl.where(t >= n, 2 * (n - 1) - t, t)
+
+
+@triton.jit
+def _mirror(i, n, P, k: tl.constexpr):
+    # k-th padded index reading input index i (k = 0: i + P; 1, 2: the mirrors) and its validity
+    if k == 0:
+        return i + P, i >= 0
+    elif k == 1:
+        return P - i, (i >= 1) & (i <= P)
+    else:
+        return 2 * (n - 1) + P - i, (i <= n - 2) & (i >= n - 1 - P)
+
+
+@triton.jit
+def _fold(G, gbase, ih, iw, m, H, W, P, gH, gW, HAS_P: tl.constexpr, ACC: tl.constexpr):
+    """Gradient of the unpadded output at (ih, iw): the sum of its mirror sources, fixed order."""
+    if HAS_P:
+        g = tl.zeros(ih.shape, ACC)
+        for a in tl.static_range(3):
+            r, vr = _mirror(ih, H, P, a)
+            for b in tl.static_range(3):
+                q, vq = _mirror(iw, W, P, b)
+                ok = m & vr & vq
+                g += tl.load(G + gbase + r.to(tl.int64) * gH + q.to(tl.int64) * gW, mask=ok, other=0.0).to(ACC)
+    else:
+        g = tl.load(G + gbase + ih.to(tl.int64) * gH + iw.to(tl.int64) * gW, mask=m, other=0.0).to(ACC)
+    return g
+
+
+@triton.jit
 def _plane(pid, C, sN, sC):
     n = pid // C
     c = pid % C
@@ -64,18 +103,27 @@ def _channel(P, c, HAS: tl.constexpr, default, ACC: tl.constexpr):
 
 
 @triton.jit
-def _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.constexpr):
-    """Normalized input and dL/dz (through the activation), recomputed from x and the gradient."""
+def _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P: tl.constexpr,
+             ACT: tl.constexpr, ACC: tl.constexpr):
+    """Normalized input and dL/dz (through the activation), recomputed from x and the gradient
+    (with HAS_P, the gradient of the unpadded output: the fold of the padded one)."""
     xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
-    dz = tl.load(G + off, mask=m, other=0.0).to(ACC) * _act_grad(xh * w + b, ACT, slope)
+    if HAS_P:
+        g = _fold(G, gbase, idx // Wi, idx % Wi, m, Hi, Wi, P, gH, gW, True, ACC)
+    else:  # G has x's shape and strides
+        g = tl.load(G + off, mask=m, other=0.0).to(ACC)
+    dz = g * _act_grad(xh * w + b, ACT, slope)
     return xh, tl.where(m, dz, 0.0)
 
 
 @triton.jit
-def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, EPS: tl.constexpr, SLOPE: tl.constexpr,
+def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, Hi, Wi, P, sH, oN, oC, oH, oW,
+                             EPS: tl.constexpr, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
                              INPUT_STATS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                             PER_PLANE: tl.constexpr, BLOCK: tl.constexpr):
+                             PER_PLANE: tl.constexpr, HAS_P: tl.constexpr, BLOCK: tl.constexpr):
+    """x: (Hi, Wi) planes, spatial element stride sS (= x's W stride; sH its H stride); Y: the
+    output, (Hi + 2P, Wi + 2P) planes with strides (oN, oC, oH, oW) when HAS_P, else x's."""
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
     offs = tl.arange(0, BLOCK)
@@ -102,24 +150,43 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
     ai = pid if PER_PLANE else c
     scale = _channel(W, ai, HAS_W, 1.0, ACC) / tl.sqrt(var + EPS)  # constexpr: exact in fp64
     shift = _channel(B, ai, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
-    for s0 in range(0, HW, BLOCK):
-        idx = s0 + offs
-        m = idx < HW
-        off = base + idx.to(tl.int64) * sS
-        x = tl.load(X + off, mask=m, other=0.0).to(ACC)
-        y = _act((x - mean) * scale + shift, ACT, slope)
-        if HAS_R:
-            y += tl.load(R + off, mask=m, other=0.0).to(ACC)
-        tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+    if HAS_P:  # each padded output element reads its mirror source in x (and the residual)
+        _, ybase = _plane(pid, C, oN, oC)
+        Wo = Wi + 2 * P
+        for s0 in range(0, (Hi + 2 * P) * Wo, BLOCK):
+            idx = s0 + offs
+            m = idx < (Hi + 2 * P) * Wo
+            oh = idx // Wo
+            ow = idx % Wo
+            src = base + _reflect(oh - P, Hi).to(tl.int64) * sH + _reflect(ow - P, Wi).to(tl.int64) * sS
+            x = tl.load(X + src, mask=m, other=0.0).to(ACC)
+            y = _act((x - mean) * scale + shift, ACT, slope)
+            if HAS_R:
+                y += tl.load(R + src, mask=m, other=0.0).to(ACC)
+            tl.store(Y + ybase + oh.to(tl.int64) * oH + ow.to(tl.int64) * oW, y.to(Y.dtype.element_ty), mask=m)
+    else:
+        for s0 in range(0, HW, BLOCK):
+            idx = s0 + offs
+            m = idx < HW
+            off = base + idx.to(tl.int64) * sS
+            x = tl.load(X + off, mask=m, other=0.0).to(ACC)
+            y = _act((x - mean) * scale + shift, ACT, slope)
+            if HAS_R:
+                y += tl.load(R + off, mask=m, other=0.0).to(ACC)
+            tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, EPS: tl.constexpr, SLOPE: tl.constexpr,
+def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS, Hi, Wi, P, gN, gC, gH, gW,
+                             EPS: tl.constexpr, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, INPUT_STATS: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr,
-                             BLOCK: tl.constexpr):
+                             HAS_P: tl.constexpr, BLOCK: tl.constexpr):
+    """G: the output gradient, (Hi + 2P, Wi + 2P) planes with strides (gN, gC, gH, gW) when
+    HAS_P, else x's shape and strides."""
     pid = tl.program_id(0)
     c, base = _plane(pid, C, sN, sC)
+    _, gbase = _plane(pid, C, gN, gC)
     offs = tl.arange(0, BLOCK)
     slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     mean = tl.load(MEAN + pid).to(ACC)
@@ -132,7 +199,8 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
         m = idx < HW
-        xh, dz = _xhat_dz(X, G, base + idx.to(tl.int64) * sS, m, mean, rstd, w, b, slope, ACT, ACC)
+        xh, dz = _xhat_dz(X, G, base + idx.to(tl.int64) * sS, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd,
+                          w, b, slope, HAS_P, ACT, ACC)
         a1 += dz
         a2 += dz * xh
     s1 = tl.sum(a1, 0)
@@ -150,7 +218,8 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
         idx = s0 + offs
         m = idx < HW
         off = base + idx.to(tl.int64) * sS
-        xh, dz = _xhat_dz(X, G, off, m, mean, rstd, w, b, slope, ACT, ACC)
+        xh, dz = _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P,
+                          ACT, ACC)
         tl.store(GX + off, (k * (dz - m1 - xh * m2)).to(GX.dtype.element_ty), mask=m)
 
 
@@ -183,6 +252,11 @@ def _per_plane(weight, bias, c):
     return any(t is not None and t.numel() != c for t in (weight, bias))
 
 
+def _check_pad(pad, h, w):
+    # the callers validate (functional._check_out_pad); a reflection pad needs pad < H and < W
+    assert pad >= 0 and (pad == 0 or (pad < h and pad < w)), f"pad {pad} must be in [0, min(H, W)) ({h} x {w})"
+
+
 def _channel_arg(t, x):
     return x if t is None else t.reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
 
@@ -192,11 +266,14 @@ def _channel_arg(t, x):
 def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                       running_var: Optional[torch.Tensor], eps: float, act: int,
-                      slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      slope: float, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """out = reflection_pad2d(act((x - mean) * rstd * weight + bias) + residual, (pad,) * 4)
+    in x's memory format; mean, var: x's (or the running) statistics, (N, C)."""
     x, fmt, (sN, sC, sS) = _layout(x)
     n, c, h, w = x.shape
+    _check_pad(pad, h, w)
     sd = torch.float64 if x.dtype == torch.float64 else torch.float32
-    y = torch.empty_like(x, memory_format=fmt)
+    y = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=fmt)
     mean = x.new_empty((n, c), dtype=sd)
     var = x.new_empty((n, c), dtype=sd)
     r = residual.contiguous(memory_format=fmt) if residual is not None else x
@@ -204,10 +281,11 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     if x.numel() > 0:
         wrap_triton(instance_norm_fwd_kernel)[(n * c,)](
             x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
-            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, float(eps), _slope(act, slope),
+            _channel_arg(running_var, x), mean, var, c, h * w, sN, sC, sS, h, w, pad, x.stride(2), *y.stride(),
+            float(eps), _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
             INPUT_STATS=stats, ACT=act, ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c),
-            BLOCK=_block(h * w))
+            HAS_P=pad > 0, BLOCK=_block(h * w))
     if not stats:
         mean.copy_(running_mean.reshape(1, c).expand(n, c))
         var.copy_(running_var.reshape(1, c).expand(n, c))
@@ -218,10 +296,13 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
 @on_device
 def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                       weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
-                      act: int, slope: float,
-                      input_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      act: int, slope: float, input_stats: bool,
+                      pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gx, gweight, gbias) of instance_norm_fwd; grad: the gradient of its (padded) output."""
     x, fmt, (sN, sC, sS) = _layout(x)
     n, c, h, w = x.shape
+    _check_pad(pad, h, w)
+    assert tuple(grad.shape) == (n, c, h + 2 * pad, w + 2 * pad), "grad must have the padded output's shape"
     sd = mean.dtype
     g = grad.contiguous(memory_format=fmt)
     gx = torch.empty_like(x, memory_format=fmt)
@@ -229,9 +310,9 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
     if x.numel() > 0:
         wrap_triton(instance_norm_bwd_kernel)[(n * c,)](
             g, x, gx, _channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(),
-            var.contiguous(), sums, c, h * w, sN, sC, sS, float(eps), _slope(act, slope),
+            var.contiguous(), sums, c, h * w, sN, sC, sS, h, w, pad, *g.stride(), float(eps), _slope(act, slope),
             HAS_W=weight is not None, HAS_B=bias is not None, INPUT_STATS=input_stats, ACT=act,
-            ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), BLOCK=_block(h * w))
+            ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c), HAS_P=pad > 0, BLOCK=_block(h * w))
     if weight is None and bias is None:  # nothing to reduce (as the C++ op)
         return gx, sums.new_empty((0,)), sums.new_empty((0,))
     if _per_plane(weight, bias, c):  # per-plane affine: its gradients are the plane sums

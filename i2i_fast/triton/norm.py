@@ -14,13 +14,7 @@ from torch.library import triton_op, wrap_triton
 
 from . import on_device
 
-from .instance_norm import _act, _act_grad, _acc, _block, _layout, _slope
-
-
-@triton.jit
-def _reflect(t, n):
-    t = tl.where(t < 0, -t, t)
-    return tl.where(t >= n, 2 * (n - 1) - t, t)
+from .instance_norm import _act, _act_grad, _acc, _block, _fold, _layout, _reflect, _slope
 
 
 @triton.jit
@@ -125,33 +119,6 @@ def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH
         if HAS_R:
             y += tl.load(R + src, mask=m, other=0.0).to(ACC)
         tl.store(Y + ybase + oh.to(tl.int64) * oH + ow.to(tl.int64) * oW, y.to(Y.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _mirror(i, n, P, k: tl.constexpr):
-    # k-th padded index reading input index i (k = 0: i + P; 1, 2: the mirrors) and its validity
-    if k == 0:
-        return i + P, i >= 0
-    elif k == 1:
-        return P - i, (i >= 1) & (i <= P)
-    else:
-        return 2 * (n - 1) + P - i, (i <= n - 2) & (i >= n - 1 - P)
-
-
-@triton.jit
-def _fold(G, gbase, ih, iw, m, H, W, P, gH, gW, HAS_P: tl.constexpr, ACC: tl.constexpr):
-    """Gradient of the unpadded output at (ih, iw): the sum of its mirror sources, fixed order."""
-    if HAS_P:
-        g = tl.zeros(ih.shape, ACC)
-        for a in tl.static_range(3):
-            r, vr = _mirror(ih, H, P, a)
-            for b in tl.static_range(3):
-                q, vq = _mirror(iw, W, P, b)
-                ok = m & vr & vq
-                g += tl.load(G + gbase + r.to(tl.int64) * gH + q.to(tl.int64) * gW, mask=ok, other=0.0).to(ACC)
-    else:
-        g = tl.load(G + gbase + ih.to(tl.int64) * gH + iw.to(tl.int64) * gW, mask=m, other=0.0).to(ACC)
-    return g
 
 
 @triton.jit
