@@ -1,5 +1,7 @@
 """InstanceNorm2d(C, activation="relu") (fused) vs nn.Sequential(nn.InstanceNorm2d(C), nn.ReLU())
-eager and torch.compile'd: forward, backward, forward+backward (affine off, CycleGAN's default).
+eager and torch.compile'd: forward, backward, forward+backward (affine off, CycleGAN's default);
+instance_norm_pad: InstanceNorm2d(C, activation="relu", out_pad=1) vs the same + nn.ReflectionPad2d(1)
+(CycleGAN's ResnetBlock, as convert() fuses it).
 
 Every benchmark checks parity (ours vs eager: forward output and input gradient) before it
 times; a parity failure fails it. extra_info comes from i2i_fast.bench (CUDA events /
@@ -12,7 +14,7 @@ import pytest
 
 from i2i_fast import bench
 
-OPS = ["instance_norm"]  # op_case is parametrized from bench.OPS by conftest.py
+OPS = ["instance_norm", "instance_norm_pad"]  # op_case is parametrized from bench.OPS by conftest.py
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "ours"])

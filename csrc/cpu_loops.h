@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 #include <type_traits>
 
 #include "norm_math.h"
@@ -134,6 +136,65 @@ I2I_ALWAYS_INLINE void fold_row(const T* g, int64_t i, int64_t H, int64_t W, int
     for (int64_t j = 1; j <= l; ++j) acc[j] += static_cast<acc_t>(src[l - j]);
     for (int64_t j = W - 1 - r; j <= W - 2; ++j) acc[j] += static_cast<acc_t>(src[l + 2 * (W - 1) - j]);
   }
+}
+
+// Border of a reflection-padded map whose interior is written: copy each border pixel (cw
+// channels) from its mirror inside. Rows first, then full rows, so corners mirror twice.
+template <typename T>
+void fill_pad(T* y, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw) {
+  const int64_t Wo = W + 2 * P;
+  if (pix == 1) {  // NCHW: mirrored row ends, then whole rows
+    for (int64_t r = P; r < H + P; ++r) mirror_cols(y + r * Wo, W, P, P);
+    for (int64_t j = 0; j < P; ++j) {
+      std::memcpy(y + j * Wo, y + (2 * P - j) * Wo, sizeof(T) * Wo);
+      std::memcpy(y + (H + P + j) * Wo, y + (H + P - 2 - j) * Wo, sizeof(T) * Wo);
+    }
+    return;
+  }
+  auto cp = [&](int64_t r, int64_t c, int64_t sr, int64_t sc) {
+    T* d = y + (r * Wo + c) * pix;
+    const T* s = y + (sr * Wo + sc) * pix;
+    for (int64_t k = 0; k < cw; ++k) d[k] = s[k];
+  };
+  for (int64_t r = P; r < H + P; ++r)
+    for (int64_t j = 0; j < P; ++j) cp(r, j, r, 2 * P - j), cp(r, W + P + j, r, W + P - 2 - j);
+  for (int64_t j = 0; j < P; ++j)
+    for (int64_t c = 0; c < Wo; ++c) cp(j, c, 2 * P - j, c), cp(H + P + j, c, H + P - 2 - j, c);
+}
+
+// The unpadded output gradient of one task (a plane, or cw channels of a channels_last
+// sample) from its padded gradient g (first element; pixel stride pix, rows of W + 2 P): g
+// itself when P == 0 (gpix = pix), else its pad backward folded into buf (gpix = cw): each
+// pixel sums its mirror sources in a fixed order (a gather, no atomics).
+template <bool CL, typename T>
+const T* fold_grad(const T* g, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw,
+                   std::vector<T>& buf, int64_t& gpix) {
+  if (P == 0) {
+    gpix = pix;
+    return g;
+  }
+  gpix = cw;
+  if (!CL) {  // NCHW: the pad kernels' row gather, vectorized along W
+    buf.resize(H * W);
+    for (int64_t i = 0; i < H; ++i) fold_row(g, i, H, W, P, P, P, P, buf.data() + i * W);
+    return buf.data();
+  }
+  const int64_t Wo = W + 2 * P;
+  buf.assign(H * W * cw, T(0));
+  int64_t rs[3], cs[3];
+  for (int64_t i = 0; i < H; ++i) {
+    const int nr = reflect_dst(i, H, P, P, rs);
+    for (int64_t j = 0; j < W; ++j) {
+      const int nc = reflect_dst(j, W, P, P, cs);
+      T* d = buf.data() + (i * W + j) * cw;
+      for (int u = 0; u < nr; ++u)
+        for (int v = 0; v < nc; ++v) {
+          const T* s = g + (rs[u] * Wo + cs[v]) * pix;
+          for (int64_t k = 0; k < cw; ++k) d[k] += s[k];
+        }
+    }
+  }
+  return buf.data();
 }
 
 }  // namespace cpu

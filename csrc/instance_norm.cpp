@@ -48,13 +48,20 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   }
   // (x - mean) * scale + b, not x * scale + shift: a constant plane gives exactly b, as torch.
   const acc_t scale = weight_of(a, p, c) / std::sqrt(var + a.eps), shift = bias_of(a, p, c);
-  T* y = a.out + p * HW;
-  const T* r = a.res ? a.res + p * HW : nullptr;
+  // with an output pad: row by row into the padded plane's interior, then its border
+  const int64_t P = a.pad, rows = P ? a.H : 1, cols = P ? a.W : HW, Wo = a.W + 2 * P;
+  T* plane_out = a.out + p * (a.H + 2 * P) * Wo;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    const T* res = a.res ? a.res + p * HW + r * cols : nullptr;
+    T* y = plane_out + (r + P) * Wo + P;
 #pragma omp simd
-  for (int64_t i = 0; i < HW; ++i) {
-    acc_t o = act_fwd<acc_t>((static_cast<acc_t>(x[i]) - mean) * scale + shift, ACT, a.slope);
-    y[i] = static_cast<T>(r ? o + static_cast<acc_t>(r[i]) : o);
+    for (int64_t i = 0; i < cols; ++i) {
+      acc_t o = act_fwd<acc_t>((static_cast<acc_t>(xr[i]) - mean) * scale + shift, ACT, a.slope);
+      y[i] = static_cast<T>(res ? o + static_cast<acc_t>(res[i]) : o);
+    }
   }
+  if (P) fill_pad(plane_out, a.H, a.W, P, 1, 1);
 }
 
 template <typename T, typename acc_t, int ACT>
@@ -75,15 +82,18 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     scale[k] = weight_of(a, n * C + c0 + k, c0 + k) / std::sqrt(var[k] + a.eps);
     shift[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
+  // output pixel (i + P, j + P) of the (H + 2P) x (W + 2P) sample, then the border
+  const int64_t P = a.pad, Wo = a.W + 2 * P, ob = n * (a.H + 2 * P) * Wo * C + c0;
   for (int64_t i = 0; i < HW; ++i) {
-    const int64_t o = base + i * C;
+    const int64_t o = base + i * C, q = P ? ob + ((i / a.W + P) * Wo + i % a.W + P) * C : o;
 #pragma omp simd
     for (int64_t k = 0; k < cw; ++k) {
       acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT,
                                    a.slope);
-      a.out[o + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
+      a.out[q + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
     }
   }
+  if (P) fill_pad(a.out + ob, a.H, a.W, P, C, cw);
 }
 
 // ---- backward ----
@@ -93,7 +103,9 @@ template <typename T, typename acc_t, int ACT>
 void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const int64_t c = p % a.C, HW = a.HW;
   const T* x = a.x + p * HW;
-  const T* g = a.g + p * HW;
+  std::vector<T> buf;
+  int64_t gpix;
+  const T* g = fold_grad<false>(a.g + p * (a.H + 2 * a.pad) * (a.W + 2 * a.pad), a.H, a.W, a.pad, 1, 1, buf, gpix);
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
   const acc_t w = weight_of(a, p, c), b = bias_of(a, p, c);
   acc_t s1 = 0, s2 = 0;
@@ -120,6 +132,11 @@ template <typename T, typename acc_t, int ACT>
 void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   const int64_t C = a.C, HW = a.HW, cw = std::min(kCB, C - c0);
   const int64_t base = n * HW * C + c0;
+  // the unpadded gradient: element (i, k) at g[i * gs + k]
+  std::vector<T> buf;
+  int64_t gs;
+  const T* g = fold_grad<true>(a.g + n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * C + c0, a.H, a.W, a.pad, C,
+                               cw, buf, gs);
   acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB];
   double s1[kCB] = {0}, s2[kCB] = {0};  // fp64 block totals, as block_stats
   for (int64_t k = 0; k < cw; ++k) {
@@ -131,7 +148,7 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   rows_sum2<kSumBlock, acc_t>(HW, cw, s1, s2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
     const int64_t o = base + i * C + k;
     const acc_t xh = (static_cast<acc_t>(a.x[o]) - mean[k]) * rstd[k];
-    const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o]), xh, w[k], b[k], ACT, a.slope);
+    const acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i * gs + k]), xh, w[k], b[k], ACT, a.slope);
     u += dz;
     v += dz * xh;
   });
@@ -149,7 +166,7 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
 #pragma omp simd
     for (int64_t k = 0; k < cw; ++k) {
       acc_t xh = (static_cast<acc_t>(a.x[o + k]) - mean[k]) * rstd[k];
-      acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(a.g[o + k]), xh, w[k], b[k], ACT, a.slope);
+      acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i * gs + k]), xh, w[k], b[k], ACT, a.slope);
       a.out[o + k] = static_cast<T>(kk[k] * (dz - m1[k] - xh * m2[k]));
     }
   }
@@ -204,15 +221,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double eps, int64_t act, double slope) {
+    double eps, int64_t act, double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(!residual.has_value() || !residual->defined() || residual->scalar_type() == x.scalar_type(),
                 "i2i_fast instance_norm: residual must match x's device and dtype");
     auto [y, mean, var] = instance_norm_fwd_cpu(x.to(at::kFloat), weight, bias, to_float(residual),
-                                                running_mean, running_var, eps, act, slope);
+                                                running_mean, running_var, eps, act, slope, pad);
     return {y.to(x.scalar_type()), mean, var};
   }
-  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
   run_tasks<Fwd>(io);
   return finish_fwd(io);
 }
@@ -220,14 +237,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
-    int64_t act, double slope, bool input_stats) {
+    int64_t act, double slope, bool input_stats, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast instance_norm: grad must match x's device and dtype");
     auto [gx, gw, gb] = instance_norm_bwd_cpu(grad.to(at::kFloat), x.to(at::kFloat), mean, var,
-                                              weight, bias, eps, act, slope, input_stats);
+                                              weight, bias, eps, act, slope, input_stats, pad);
     return {gx.to(x.scalar_type()), gw, gb};
   }
-  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
+  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad);
   run_tasks<Bwd>(io);
   return finish_bwd(io);
 }
@@ -253,7 +270,7 @@ at::Tensor act_ref(const at::Tensor& z, int64_t act, double slope) {
 // autograd, so the gradients are themselves differentiable. Slower than the kernel, same math.
 variable_list in_double_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean,
                                  const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
-                                 double eps, int64_t act, double slope, bool input_stats) {
+                                 double eps, int64_t act, double slope, bool input_stats, int64_t pad) {
   const int64_t C = x.size(1);
   variable_list inputs;
   for (const at::Tensor* t : {&x, &w, &b})
@@ -266,6 +283,7 @@ variable_list in_double_backward(const at::Tensor& gy, const at::Tensor& x, cons
   if (w.defined()) y = y * w.to(xf.scalar_type()).reshape({-1, C, 1, 1});
   if (b.defined()) y = y + b.to(xf.scalar_type()).reshape({-1, C, 1, 1});
   y = act_ref(y, act, slope).to(x.scalar_type());
+  if (pad) y = at::reflection_pad2d(y, {pad, pad, pad, pad});
   const variable_list got = torch::autograd::grad({y}, inputs, {gy}, true, true, true);
   variable_list out;
   size_t k = 0;
@@ -277,23 +295,33 @@ variable_list in_double_backward(const at::Tensor& gy, const at::Tensor& x, cons
   return out;
 }
 
+// The residual's gradient under an output pad: i2i_fast's pad backward (a gather; no atomics),
+// which is differentiable (double backward) through its own autograd.
+at::Tensor pad_bwd(const at::Tensor& gy, int64_t pad) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::reflection_pad2d_bwd", "")
+                       .typed<at::Tensor(const at::Tensor&, c10::IntArrayRef)>();
+  return op.call(gy, {pad, pad, pad, pad});
+}
+
 struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight,
                                const OptT& bias, const OptT& residual, const OptT& running_mean,
-                               const OptT& running_var, double eps, int64_t act, double slope) {
+                               const OptT& running_var, double eps, int64_t act, double slope,
+                               int64_t pad) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_fwd", "")
                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                              const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&,
-                             const OptT&, double, int64_t, double)>();
+                             const OptT&, double, int64_t, double, int64_t)>();
     at::Tensor y, mean, var;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(y, mean, var) = op.call(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+      std::tie(y, mean, var) = op.call(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
     }
     ctx->save_for_backward({x, mean, var, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
+    ctx->saved_data["pad"] = pad;
     ctx->saved_data["input_stats"] = !(running_mean.has_value() && running_mean->defined());
     // needs_input_grad counts only the tensors given: edge index of x, weight, bias, residual
     std::vector<int64_t> edge;
@@ -310,26 +338,26 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_bwd", "")
                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const OptT&, const OptT&, double, int64_t, double, bool)>();
+                             const OptT&, const OptT&, double, int64_t, double, bool, int64_t)>();
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &mean = s[1], &var = s[2], &w = s[3], &b = s[4];
     const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
-    const int64_t act = ctx->saved_data["act"].toInt();
+    const int64_t act = ctx->saved_data["act"].toInt(), pad = ctx->saved_data["pad"].toInt();
     const bool input_stats = ctx->saved_data["input_stats"].toBool();
     const auto edge = ctx->saved_data["edge"].toIntVector();
     bool need[4];
     for (int i = 0; i < 4; ++i) need[i] = edge[i] >= 0 && ctx->needs_input_grad(edge[i]);
-    variable_list res(9);
+    variable_list res(10);
     at::Tensor gy = grads[0];
     if (!gy.defined()) return res;
-    if (need[3]) res[3] = gy;
+    if (need[3]) res[3] = pad ? pad_bwd(gy, pad) : gy;
     if (!(need[0] || need[1] || need[2])) return res;
     variable_list g;
     if (at::GradMode::is_enabled()) {
-      g = in_double_backward(gy, x, mean, var, w, b, eps, act, slope, input_stats);
+      g = in_double_backward(gy, x, mean, var, w, b, eps, act, slope, input_stats, pad);
     } else {
       auto [gx, gw, gb] = op.call(gy, x, mean, var, w.defined() ? OptT(w) : OptT(),
-                                  b.defined() ? OptT(b) : OptT(), eps, act, slope, input_stats);
+                                  b.defined() ? OptT(b) : OptT(), eps, act, slope, input_stats, pad);
       g = {gx, w.defined() ? gw.view_as(w).to(w.scalar_type()) : at::Tensor(),
            b.defined() ? gb.view_as(b).to(b.scalar_type()) : at::Tensor()};
     }
@@ -341,9 +369,10 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
     const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual,
-    const OptT& running_mean, const OptT& running_var, double eps, int64_t act, double slope) {
+    const OptT& running_mean, const OptT& running_var, double eps, int64_t act, double slope,
+    int64_t pad) {
   const variable_list r = InstanceNormFunction::apply(x, weight, bias, residual, running_mean,
-                                                      running_var, eps, act, slope);
+                                                      running_var, eps, act, slope, pad);
   return {r[0], r[1], r[2]};
 }
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include <limits>
 #include <tuple>
+#include <vector>
 
 namespace i2i {
 
@@ -91,10 +92,35 @@ inline void check_act(int64_t act, double eps) {
   TORCH_CHECK(eps >= 0, "i2i_fast instance_norm: eps must be >= 0, got ", eps);
 }
 
+// The output's reflection pad: torch's rule (each pad < the size of its axis).
+inline void check_out_pad(int64_t pad, const at::Tensor& x) {
+  TORCH_CHECK(pad >= 0, "i2i_fast norm: out_pad must be >= 0, got ", pad);
+  TORCH_CHECK(pad == 0 || (pad < x.size(2) && pad < x.size(3)), "i2i_fast norm: out_pad (", pad,
+              ") must be smaller than the input's H and W for reflection padding, got input of "
+              "shape ", x.sizes());
+  // the kernels index a padded plane's pixels in 32 bits (the CUDA divisions)
+  TORCH_CHECK(pad == 0 || (x.size(2) + 2 * pad) * (x.size(3) + 2 * pad) < (int64_t(1) << 31),
+              "i2i_fast norm: out_pad needs padded planes of fewer than 2^31 pixels, got ", x.sizes());
+}
+
+inline std::vector<int64_t> padded_sizes(const at::Tensor& x, int64_t pad) {
+  return {x.size(0), x.size(1), x.size(2) + 2 * pad, x.size(3) + 2 * pad};
+}
+
+// The gradient of a padded output: its shape, x's device and dtype, in x's layout.
+inline at::Tensor padded_grad(const at::Tensor& grad, const at::Tensor& x, const NormShape& s,
+                              int64_t pad) {
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(padded_sizes(x, pad)), "i2i_fast norm: grad must have "
+              "the output's shape ", at::IntArrayRef(padded_sizes(x, pad)), ", got ", grad.sizes());
+  TORCH_CHECK(grad.device() == x.device() && grad.scalar_type() == x.scalar_type(),
+              "i2i_fast norm: grad must match x's device and dtype");
+  return grad.contiguous(s.format());
+}
+
 // What a kernel sees: raw pointers (null where an optional input is absent) and sizes.
 template <typename T, typename acc_t>
 struct NormArgs {
-  const T* x; const T* g; const T* res; T* out;  // g: incoming gradient (bwd); out: y or grad x
+  const T* x; const T* g; const T* res; T* out;  // g: incoming (padded) gradient; out: y or grad x
   const acc_t* w; const acc_t* b;                 // affine, or null: (C,) or (N*C,) if per_plane
   const acc_t* rmean; const acc_t* rvar;          // (C,) running stats used instead of input stats
   acc_t* mean; acc_t* var;                        // (N, C): written by fwd, read by bwd
@@ -102,6 +128,7 @@ struct NormArgs {
   acc_t* part;                                    // CUDA split path: per-chunk (mean, m2)
   double* dpart;                                  // CUDA split path: per-chunk backward sums
   int64_t N, C, HW, chunk;
+  int64_t H, W, pad;                              // out / g: (H + 2 pad) x (W + 2 pad) planes
   int S, act;
   acc_t eps, slope;
   bool input_stats, split, per_plane;
@@ -131,7 +158,7 @@ struct NormIO {
   NormShape s;
   at::Tensor x, g, res, w, b, rm, rv, out, mean, var, sums;
   double eps, slope;
-  int64_t act;
+  int64_t act, pad = 0;
   bool input_stats;
 
   // weight/bias hold one value per plane (N*C) rather than per channel
@@ -148,6 +175,7 @@ struct NormIO {
     a.rmean = ptr_or_null<acc_t>(rm), a.rvar = ptr_or_null<acc_t>(rv);
     a.mean = mean.data_ptr<acc_t>(), a.var = var.data_ptr<acc_t>(), a.sums = ptr_or_null<acc_t>(sums);
     a.N = s.N, a.C = s.C, a.HW = s.HW, a.act = int(act);
+    a.H = x.size(2), a.W = x.size(3), a.pad = pad;
     a.eps = acc_t(eps), a.slope = acc_t(slope), a.input_stats = input_stats;
     a.per_plane = per_plane();
     return a;
@@ -159,10 +187,11 @@ inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& 
                        const c10::optional<at::Tensor>& residual,
                        const c10::optional<at::Tensor>& running_mean,
                        const c10::optional<at::Tensor>& running_var, double eps, int64_t act,
-                       double slope) {
+                       double slope, int64_t pad) {
   NormIO io;
   io.s = norm_shape(x_in);
   check_act(act, eps);
+  check_out_pad(pad, x_in);
   io.x = in_layout(x_in, io.s);
   io.w = affine_param(weight, io.x, "weight");
   io.b = affine_param(bias, io.x, "bias");
@@ -174,10 +203,10 @@ inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& 
   TORCH_CHECK(io.rm.defined() == io.rv.defined(),
               "i2i_fast instance_norm: running_mean and running_var go together");
   io.input_stats = !io.rm.defined();
-  io.out = at::empty_like(io.x, io.s.format());
+  io.out = at::empty(padded_sizes(io.x, pad), io.x.options().memory_format(io.s.format()));
   io.mean = at::empty({io.s.N, io.s.C}, io.x.options().dtype(stats_dtype(io.x)));
   io.var = at::empty_like(io.mean);
-  io.eps = eps, io.slope = slope, io.act = act;
+  io.eps = eps, io.slope = slope, io.act = act, io.pad = pad;
   return io;
 }
 
@@ -197,12 +226,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_fwd(NormIO& io) {
 inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean,
                        const at::Tensor& var, const c10::optional<at::Tensor>& weight,
                        const c10::optional<at::Tensor>& bias, double eps, int64_t act,
-                       double slope, bool input_stats) {
+                       double slope, bool input_stats, int64_t pad) {
   NormIO io;
   io.s = norm_shape(x_in);
   check_act(act, eps);
+  check_out_pad(pad, x_in);
   io.x = in_layout(x_in, io.s);
-  io.g = same_as_x(grad, io.x, io.s, "grad");
+  io.g = padded_grad(grad, io.x, io.s, pad);
   io.w = affine_param(weight, io.x, "weight");
   io.b = affine_param(bias, io.x, "bias");
   TORCH_CHECK(!io.w.defined() || !io.b.defined() || io.w.numel() == io.b.numel(),
@@ -213,7 +243,7 @@ inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at:
   // every plane writes its sums, except when H*W == 0
   const auto opt = io.x.options().dtype(stats_dtype(io.x));
   io.sums = io.s.HW > 0 ? at::empty({io.s.N, io.s.C, 2}, opt) : at::zeros({io.s.N, io.s.C, 2}, opt);
-  io.eps = eps, io.slope = slope, io.act = act, io.input_stats = input_stats;
+  io.eps = eps, io.slope = slope, io.act = act, io.input_stats = input_stats, io.pad = pad;
   return io;
 }
 

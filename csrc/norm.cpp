@@ -64,30 +64,6 @@ void stats_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
   for (int64_t k = 0; k < t.cw; ++k) a.stat_mean[t.plane(a.C, k)] = m[k], a.stat_var[t.plane(a.C, k)] = v[k];
 }
 
-// Border of a reflection-padded map whose interior is written: copy each border pixel (cw
-// channels) from its mirror inside. Rows first, then full rows, so corners mirror twice.
-template <typename T>
-void fill_pad(T* y, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw) {
-  const int64_t Wo = W + 2 * P;
-  if (pix == 1) {  // NCHW: mirrored row ends, then whole rows
-    for (int64_t r = P; r < H + P; ++r) mirror_cols(y + r * Wo, W, P, P);
-    for (int64_t j = 0; j < P; ++j) {
-      std::memcpy(y + j * Wo, y + (2 * P - j) * Wo, sizeof(T) * Wo);
-      std::memcpy(y + (H + P + j) * Wo, y + (H + P - 2 - j) * Wo, sizeof(T) * Wo);
-    }
-    return;
-  }
-  auto cp = [&](int64_t r, int64_t c, int64_t sr, int64_t sc) {
-    T* d = y + (r * Wo + c) * pix;
-    const T* s = y + (sr * Wo + sc) * pix;
-    for (int64_t k = 0; k < cw; ++k) d[k] = s[k];
-  };
-  for (int64_t r = P; r < H + P; ++r)
-    for (int64_t j = 0; j < P; ++j) cp(r, j, r, 2 * P - j), cp(r, W + P + j, r, W + P - 2 - j);
-  for (int64_t j = 0; j < P; ++j)
-    for (int64_t c = 0; c < Wo; ++c) cp(j, c, 2 * P - j, c), cp(H + P + j, c, H + P - 2 - j, c);
-}
-
 template <typename T, typename acc_t, int ACT, bool CL>
 void apply_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
   const Task t = Task::make<CL>(a, n, c0);
@@ -117,33 +93,7 @@ void apply_task(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
 template <bool CL, typename T, typename acc_t>
 const T* task_grad(const PA<T, acc_t>& a, const Task& t, std::vector<T>& buf, int64_t& gpix) {
   static_assert(std::is_same<T, acc_t>::value, "CPU kernels run in fp32/fp64");
-  const int64_t P = a.pad;
-  if (P == 0) {
-    gpix = t.pix;
-    return a.g + t.xb;
-  }
-  gpix = t.cw;
-  const T* g = a.g + t.ob;
-  if (!CL) {  // NCHW: the pad kernels' row gather, vectorized along W
-    buf.resize(a.HW);
-    for (int64_t i = 0; i < a.H; ++i) fold_row(g, i, a.H, a.W, P, P, P, P, buf.data() + i * a.W);
-    return buf.data();
-  }
-  buf.assign(a.HW * t.cw, T(0));
-  int64_t rs[3], cs[3];
-  for (int64_t i = 0; i < a.H; ++i) {
-    const int nr = reflect_dst(i, a.H, P, P, rs);
-    for (int64_t j = 0; j < a.W; ++j) {
-      const int nc = reflect_dst(j, a.W, P, P, cs);
-      T* d = buf.data() + (i * a.W + j) * t.cw;
-      for (int u = 0; u < nr; ++u)
-        for (int v = 0; v < nc; ++v) {
-          const T* s = g + (rs[u] * t.Wo + cs[v]) * t.pix;
-          for (int64_t k = 0; k < t.cw; ++k) d[k] += s[k];
-        }
-    }
-  }
-  return buf.data();
+  return fold_grad<CL>(a.g + t.ob, a.H, a.W, a.pad, t.pix, t.cw, buf, gpix);
 }
 
 // Shared by the two backward tasks: the plane constants and dL/dz at (i, k).

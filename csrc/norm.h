@@ -45,7 +45,6 @@ struct PlaneIO {
     a.act = int(act), a.slope = acc_t(slope);
     return a;
   }
-  std::vector<int64_t> padded_sizes() const { return {s.N, s.C, H + 2 * pad, W + 2 * pad}; }
 };
 
 inline at::Tensor plane_param(const at::Tensor& t, const at::Tensor& x, const NormShape& s,
@@ -64,10 +63,7 @@ inline PlaneIO prep_plane(const at::Tensor& x_in, int64_t act, double slope, int
   io.s = norm_shape(x_in);
   check_act(act, 0.0);
   io.H = x_in.size(2), io.W = x_in.size(3), io.pad = pad, io.act = act, io.slope = slope;
-  TORCH_CHECK(pad >= 0, "i2i_fast norm: out_pad must be >= 0, got ", pad);
-  TORCH_CHECK(pad == 0 || (pad < io.H && pad < io.W), "i2i_fast norm: out_pad (", pad,
-              ") must be smaller than the input's H and W for reflection padding, got input of "
-              "shape ", x_in.sizes());
+  check_out_pad(pad, x_in);
   io.x = in_layout(x_in, io.s);
   return io;
 }
@@ -93,7 +89,7 @@ inline PlaneIO prep_apply(const at::Tensor& x, const at::Tensor& mean, const at:
   PlaneIO io = prep_plane(x, act, slope, pad);
   set_coefs(io, mean, scale, shift);
   io.res = same_as_x(residual, io.x, io.s, "residual");
-  io.out = at::empty(io.padded_sizes(), io.x.options().memory_format(io.s.format()));
+  io.out = at::empty(padded_sizes(io.x, pad), io.x.options().memory_format(io.s.format()));
   return io;
 }
 
@@ -103,11 +99,7 @@ inline PlaneIO prep_grad(const at::Tensor& grad, const at::Tensor& x, const at::
                          double slope, int64_t pad) {
   PlaneIO io = prep_plane(x, act, slope, pad);
   set_coefs(io, mean, scale, shift);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(io.padded_sizes()), "i2i_fast norm: grad must have "
-              "the output's shape ", at::IntArrayRef(io.padded_sizes()), ", got ", grad.sizes());
-  TORCH_CHECK(grad.device() == io.x.device() && grad.scalar_type() == io.x.scalar_type(),
-              "i2i_fast norm: grad must match x's device and dtype");
-  io.g = grad.contiguous(io.s.format());
+  io.g = padded_grad(grad, io.x, io.s, pad);
   return io;
 }
 

@@ -5,20 +5,23 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(i2i_fast, m) {
-  // Instance norm with fused epilogue: out = act(((x - mean) * rstd) * w + b) + residual.
+  // Instance norm with fused epilogue:
+  //   out = reflection_pad(act(((x - mean) * rstd) * w + b) + residual, pad)
   // Statistics come from x per (n, c) plane (biased variance), or from running_mean/var (C,)
-  // when those are given (eval mode). Returns (out, mean, var) with mean/var of shape (N, C) in
-  // fp32 (fp64 for fp64 x). act: 0 none, 1 relu, 2 leaky_relu(slope), 3 tanh.
+  // when those are given (eval mode). Returns (out, mean, var): out (N, C, H + 2 pad, W + 2 pad)
+  // in x's memory format, mean/var of shape (N, C) in fp32 (fp64 for fp64 x). act: 0 none,
+  // 1 relu, 2 leaky_relu(slope), 3 tanh. pad: 0 <= pad < H, W (CycleGAN's IN-ReLU-ReflectionPad).
   m.def(
       "instance_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
-      "Tensor? running_mean, Tensor? running_var, float eps, int act, float slope) "
+      "Tensor? running_mean, Tensor? running_var, float eps, int act, float slope, int pad=0) "
       "-> (Tensor, Tensor, Tensor)");
   // Gradient of instance_norm_fwd w.r.t. x, weight and bias (the latter two (C,), or (N*C,) for
   // per-plane affine, in the stats dtype, reduced without atomics; both empty (0,) when neither
-  // weight nor bias is given). input_stats=False: mean/var were running stats.
+  // weight nor bias is given). input_stats=False: mean/var were running stats. grad has the
+  // padded output's shape; its mirror sources are gathered in a fixed order (no atomics).
   m.def(
       "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
-      "Tensor? bias, float eps, int act, float slope, bool input_stats) "
+      "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad=0) "
       "-> (Tensor, Tensor, Tensor)");
 
   // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, any norm with an

@@ -21,13 +21,14 @@ def _fmt(x: torch.Tensor):
 
 
 # ---------------------------------------------------------------- instance norm
-def _in_fwd_fake(x, weight, bias, residual, running_mean, running_var, eps, act, slope):
-    n, c = x.shape[:2]
+def _in_fwd_fake(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad=0):
+    n, c, h, w = x.shape
     sd = reference.stats_dtype(x)
-    return torch.empty_like(x, memory_format=_fmt(x)), x.new_empty((n, c), dtype=sd), x.new_empty((n, c), dtype=sd)
+    out = x.new_empty((n, c, h + 2 * pad, w + 2 * pad)).contiguous(memory_format=_fmt(x))
+    return out, x.new_empty((n, c), dtype=sd), x.new_empty((n, c), dtype=sd)
 
 
-def _in_bwd_fake(grad, x, mean, var, weight, bias, eps, act, slope, input_stats):
+def _in_bwd_fake(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad=0):
     c = x.shape[1]
     # per-(n, c) affine (AdaIN) gets per-plane gradients, per-channel affine per-channel ones,
     # no affine empty ones
@@ -38,39 +39,41 @@ def _in_bwd_fake(grad, x, mean, var, weight, bias, eps, act, slope, input_stats)
 
 
 def _in_setup(ctx, inputs, output):
-    x, weight, bias, residual, running_mean, running_var, eps, act, slope = inputs
+    x, weight, bias, residual, running_mean, running_var, eps, act, slope, *pad = inputs
     _, mean, var = output
     ctx.save_for_backward(x, mean, var, weight, bias)
-    ctx.cfg = (eps, act, slope, running_mean is None, residual is not None)
+    ctx.cfg = (eps, act, slope, running_mean is None, residual is not None, pad[0] if pad else 0, len(inputs))
     ctx.mark_non_differentiable(mean, var)
 
 
-def _in_backward_with(bwd):
+def _in_backward_with(bwd, pad_bwd):
     def backward(ctx, gy, _gmean, _gvar):
         x, mean, var, weight, bias = ctx.saved_tensors
-        eps, act, slope, input_stats, has_res = ctx.cfg
+        eps, act, slope, input_stats, has_res, pad, n_in = ctx.cfg
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():
             # create_graph=True (double backward, e.g. WGAN-GP through a discriminator with
             # InstanceNorm): differentiate the reference formula so the result is itself
             # differentiable. Slower than the kernel, same math.
-            gx, gw, gb = _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats)
+            gx, gw, gb = _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad)
         else:
-            gx, gw, gb = bwd(gy, x, mean, var, weight, bias, eps, act, slope, input_stats)
+            gx, gw, gb = bwd(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad)
             gw = gw.view_as(weight).to(weight.dtype) if weight is not None else None
             gb = gb.view_as(bias).to(bias.dtype) if bias is not None else None
+        # the residual is added before the pad: its gradient is the pad's backward of gy
+        gres = (pad_bwd()(gy, [pad] * 4) if pad else gy) if has_res and need[3] else None
         return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
-                gy if has_res else None, None, None, None, None, None)
+                gres) + (None,) * (n_in - 4)
     return backward
 
 
-def _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats):
+def _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad):
     rm, rv = (None, None) if input_stats else (mean[0], var[0])
     inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
-    if not inputs:  # only the residual needs a gradient (it is gy)
+    if not inputs:  # only the residual needs a gradient
         return None, None, None
     with torch.enable_grad():
-        y, _, _ = reference.instance_norm_fwd(x, weight, bias, None, rm, rv, eps, act, slope)
+        y, _, _ = reference.instance_norm_fwd(x, weight, bias, None, rm, rv, eps, act, slope, pad)
         grads = iter(torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True))
     out = [next(grads) if t is not None and t.requires_grad else None for t in (x, weight, bias)]
     return tuple(g if g is not None or t is None else torch.zeros_like(t)
@@ -82,7 +85,7 @@ if _backend._C is not None:  # autograd: a C++ node (csrc/instance_norm.cpp, Aut
     torch.library.register_fake("i2i_fast::instance_norm_bwd")(_in_bwd_fake)
 if _TRITON is not None:
     torch.library.register_autograd("i2i_fast::triton_instance_norm_fwd",
-                                    _in_backward_with(_TRITON.instance_norm_bwd),
+                                    _in_backward_with(_TRITON.instance_norm_bwd, lambda: _PAD_OPS["triton"][1]),
                                     setup_context=_in_setup)
 
 
@@ -108,12 +111,12 @@ if _backend._C is not None:  # the op itself: its autograd is C++
     _IN_FN["cpu"] = _IN_FN["cuda"] = torch.ops.i2i_fast.instance_norm_fwd.default
 if _TRITON is not None:
     _IN_FN["triton"] = _function(torch.ops.i2i_fast.triton_instance_norm_fwd, _in_setup,
-                                 _in_backward_with(_TRITON.instance_norm_bwd))
+                                 _in_backward_with(_TRITON.instance_norm_bwd, lambda: _PAD_OPS["triton"][1]))
 
 
 def instance_norm_fwd(backend: str, *args):
     """Runs instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps, act,
-    slope) -> (out, mean, var) on `backend`."""
+    slope, pad) -> (out, mean, var) on `backend`."""
     if backend == "reference":
         return reference.instance_norm_fwd(*args)
     if backend == "triton":

@@ -263,6 +263,22 @@ def _in_build(shape, dtype, device):
     return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
 
 
+def _in_pad_build(shape, dtype, device):
+    from .nn import InstanceNorm2d
+    c = shape[1]
+    ours = InstanceNorm2d(c, activation="relu", out_pad=1)   # what convert() makes of CycleGAN's
+    eager = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU(), nn.ReflectionPad2d(1))  # ResnetBlock
+    return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+
+
+def _in_pad_moved(shape, dtype):
+    # fwd: read x, write the padded y; bwd: read x and the padded grad, write grad_x
+    n, c, h, w = shape
+    es = torch.empty((), dtype=dtype).element_size()
+    nb, pb = n * c * h * w * es, n * c * (h + 2) * (w + 2) * es
+    return {"fwd": nb + pb, "bwd": 2 * nb + pb, "fwdbwd": 3 * nb + 2 * pb}
+
+
 def _bn_build(shape, dtype, device):
     from .nn import BatchNorm2d
     c = shape[1]
@@ -332,6 +348,10 @@ OPS = {
         moved=_elementwise_bytes(1, 2),
         shapes=((1, 256, 64, 64), (1, 64, 256, 256), (8, 256, 64, 64)),
         cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128))),
+    "instance_norm_pad": Op(
+        name="instance_norm_pad", build=_in_pad_build, make_inputs=_kink_safe_inputs((2, 3)),
+        moved=_in_pad_moved, shapes=((1, 256, 64, 64), (8, 256, 64, 64)),
+        cpu_shapes=((1, 256, 64, 64),)),
     "batch_norm": Op(
         name="batch_norm", build=_bn_build, make_inputs=_kink_safe_inputs((0, 2, 3)),
         moved=_elementwise_bytes(1, 2), shapes=((1, 128, 64, 64), (1, 64, 128, 128), (4, 256, 32, 32)),

@@ -24,10 +24,10 @@ def activation(z: torch.Tensor, act: int, slope: float) -> torch.Tensor:
     return z
 
 
-def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope):
-    """out = act((x - mean) / sqrt(var + eps) * weight + bias) + residual, statistics per (n, c)
-    plane (biased variance) or from running_mean/var. Returns (out, mean, var); mean/var (N, C)
-    in fp32 (fp64 for fp64 x) and detached."""
+def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad=0):
+    """out = reflection_pad(act((x - mean) / sqrt(var + eps) * weight + bias) + residual, pad),
+    statistics per (n, c) plane (biased variance) or from running_mean/var. Returns
+    (out, mean, var); mean/var (N, C) in fp32 (fp64 for fp64 x) and detached."""
     sd = stats_dtype(x)
     xf = x.to(sd)
     n, c = x.shape[:2]
@@ -45,7 +45,7 @@ def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps,
     y = activation(y, act, slope)
     if residual is not None:
         y = y + residual.to(sd)
-    return y.to(x.dtype), mean.detach().clone(), var.detach().clone()
+    return reflection_pad_out(y, pad).to(x.dtype), mean.detach().clone(), var.detach().clone()
 
 
 def _epilogue(y, act, slope, residual):

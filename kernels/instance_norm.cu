@@ -9,6 +9,9 @@
 // When the tiles alone cannot fill the GPU (batch 1, large maps), each plane is split into S
 // chunks: a first kernel writes per-chunk partial states, the second merges them in a fixed
 // order and applies the normalization (or the input gradient) to its chunk.
+// Output pad (scalar loads only): the forward writes each padded position from its mirrored
+// source; the backward reads the gradient of each input pixel as the fixed-order sum of its
+// mirror sources (reflect_dst, as the pad kernels: no atomics).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -29,10 +32,11 @@ using namespace gpu;
 template <typename T, typename acc_t>
 using Params = NormArgs<T, acc_t>;
 
-// The planes a thread works on: plane index n*C + c, its first element and the H*W stride.
+// The planes a thread works on: plane index n*C + c, its first element, the stride between
+// spatial positions, and the first element of its (padded) output / incoming gradient plane.
 template <int P>
 struct Tile {
-  int64_t plane, base, stride, c;
+  int64_t plane, base, stride, c, obase;
   int l;
   bool valid;
   template <class Pr>
@@ -43,6 +47,7 @@ struct Tile {
       plane = blockIdx.x;
       c = plane % a.C;
       base = plane * a.HW;
+      obase = plane * (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
       stride = 1;
       valid = true;
     } else {
@@ -52,18 +57,19 @@ struct Tile {
       valid = c < a.C;
       plane = n * a.C + c;
       base = n * a.HW * a.C + c;
+      obase = n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * a.C + c;
       stride = a.C;
     }
   }
 };
 
-// Calls f(offset) for this thread's elements of [s0, s1): VEC consecutive elements per call
-// (VEC > 1 only with stride 1 and chunk bounds that are multiples of VEC).
+// Calls f(s) for this thread's spatial positions s of [s0, s1): VEC consecutive positions per
+// call (VEC > 1 only with stride 1 and chunk bounds that are multiples of VEC).
 template <int P, int VEC, class F>
 __device__ __forceinline__ void visit(const Tile<P>& t, int64_t s0, int64_t s1, F&& f) {
   constexpr int L = kThreads / P;
   if (!t.valid) return;
-  for (int64_t s = s0 + int64_t(t.l) * VEC; s < s1; s += int64_t(L) * VEC) f(t.base + s * t.stride);
+  for (int64_t s = s0 + int64_t(t.l) * VEC; s < s1; s += int64_t(L) * VEC) f(s);
 }
 
 template <typename T, int VEC>
@@ -89,9 +95,9 @@ template <int P, int VEC, typename T, typename acc_t>
 __device__ Welford<acc_t> chunk_welford(const Params<T, acc_t>& a, const Tile<P>& t, int64_t s0,
                                         int64_t s1) {
   Welford<acc_t> w;
-  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
+  visit<P, VEC>(t, s0, s1, [&](int64_t s) {
     acc_t v[VEC];
-    load<VEC>(a.x + o, v);
+    load<VEC>(a.x + t.base + s * t.stride, v);
     if (VEC == 1) {
       w.push(v[0]);
     } else {  // one Chan merge (one division) per 16-byte pack instead of one per element
@@ -139,16 +145,28 @@ __global__ void __launch_bounds__(kThreads) fwd_apply_kernel(Params<T, acc_t> a)
   const int64_t ai = a.affine_index(t.plane, t.c);
   const acc_t w = a.w ? a.w[ai] : acc_t(1), b = a.b ? a.b[ai] : acc_t(0);
   const acc_t scale = w / sqrt(var + a.eps);  // (x - mean) * scale + b: exact b on constant planes
-  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
+  auto apply = [&](int64_t i, int64_t o) {  // input element i -> output element o
     acc_t v[VEC], r[VEC];
-    load<VEC>(a.x + o, v);
-    if (a.res) load<VEC>(a.res + o, r);
+    load<VEC>(a.x + i, v);
+    if (a.res) load<VEC>(a.res + i, r);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      v[i] = act_fwd<acc_t>((v[i] - mean) * scale + b, a.act, a.slope);
-      if (a.res) v[i] += r[i];
+    for (int k = 0; k < VEC; ++k) {
+      v[k] = act_fwd<acc_t>((v[k] - mean) * scale + b, a.act, a.slope);
+      if (a.res) v[k] += r[k];
     }
     store<VEC>(a.out + o, v);
+  };
+  if (VEC > 1 || a.pad == 0) {
+    visit<P, VEC>(t, s0, s1, [&](int64_t s) { apply(t.base + s * t.stride, t.base + s * t.stride); });
+    return;
+  }
+  // padded plane: this block's chunk of its (H + 2 pad) * (W + 2 pad) positions
+  const int64_t Wo = a.W + 2 * a.pad, HWo = (a.H + 2 * a.pad) * Wo, oc = (HWo + gridDim.y - 1) / gridDim.y;
+  const int64_t o0 = blockIdx.y * oc;
+  visit<P, 1>(t, o0, min(o0 + oc, HWo), [&](int64_t s) {
+    const int r = int(s) / int(Wo), q = int(s) - r * int(Wo);  // 32-bit: planes < 2^31 (prep_fwd)
+    const int64_t src = reflect_src(r, a.H, a.pad) * a.W + reflect_src(q, a.W, a.pad);
+    apply(t.base + src * t.stride, t.obase + s * t.stride);
   });
 }
 
@@ -172,16 +190,32 @@ __device__ PlaneStats<T, acc_t> plane_stats(const Params<T, acc_t>& a, const Til
   return ps;
 }
 
+// Gradient of the unpadded output at pixel s: the sum of the padded positions that read it,
+// rows then columns in reflect_dst's order.
+template <int P, typename T, typename acc_t>
+__device__ __forceinline__ acc_t folded_grad(const Params<T, acc_t>& a, const Tile<P>& t, int64_t s) {
+  int64_t rs[3], cs[3];
+  const int i = int(s) / int(a.W), j = int(s) - i * int(a.W);  // 32-bit: planes < 2^31 (prep_fwd)
+  const int nr = reflect_dst(i, a.H, a.pad, a.pad, rs), nc = reflect_dst(j, a.W, a.pad, a.pad, cs);
+  const int64_t Wo = a.W + 2 * a.pad;
+  acc_t g = 0;
+  for (int u = 0; u < nr; ++u)
+    for (int v = 0; v < nc; ++v) g += static_cast<acc_t>(a.g[t.obase + (rs[u] * Wo + cs[v]) * t.stride]);
+  return g;
+}
+
 // Calls f(offset, xhat[VEC], dz[VEC]) for this thread's packs of [s0, s1): the normalized
 // input and dL/dz (through the activation) recomputed from x and the incoming gradient.
 template <int P, int VEC, typename T, typename acc_t, class F>
 __device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P>& t,
                                          const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1,
                                          F&& f) {
-  visit<P, VEC>(t, s0, s1, [&](int64_t o) {
+  visit<P, VEC>(t, s0, s1, [&](int64_t s) {
+    const int64_t o = t.base + s * t.stride;
     acc_t xh[VEC], dz[VEC];
     load<VEC>(a.x + o, xh);
-    load<VEC>(a.g + o, dz);
+    if (VEC == 1 && a.pad) dz[0] = folded_grad<P>(a, t, s);
+    else load<VEC>(a.g + o, dz);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       xh[i] = (xh[i] - ps.mean) * ps.rstd;
@@ -252,7 +286,7 @@ template <typename T, typename acc_t, class Launch>
 void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& part_buf,
             const at::Tensor& like, Launch&& go) {
   constexpr int V = 16 / sizeof(T);
-  const bool vec = !s.channels_last && s.HW % V == 0 && aligned16(a.x) && aligned16(a.out) &&
+  const bool vec = !s.channels_last && a.pad == 0 && s.HW % V == 0 && aligned16(a.x) && aligned16(a.out) &&
                    (!a.g || aligned16(a.g)) && (!a.res || aligned16(a.res));
   const int P = s.channels_last ? 32 : 1, L = kThreads / P, VE = vec ? V : 1;
   const int64_t tiles = s.channels_last ? s.N * ((s.C + 31) / 32) : s.N * s.C;
@@ -284,9 +318,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double eps, int64_t act, double slope) {
+    double eps, int64_t act, double slope, int64_t pad) {
   const auto guard = device_guard(x, "instance_norm_fwd");
-  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope);
+  NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
   if (io.x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_fwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
@@ -308,9 +342,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
-    int64_t act, double slope, bool input_stats) {
+    int64_t act, double slope, bool input_stats, int64_t pad) {
   const auto guard = device_guard(x, "instance_norm_bwd");
-  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats);
+  NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad);
   if (io.x.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_bwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();

@@ -196,7 +196,7 @@ def bench_plan(device_type: str, smoke: bool):
     cpu = device_type != "cuda"
     shapes = (lambda op: op.cpu_shapes) if cpu else (lambda op: op.shapes)
     dtypes = ("fp32",) if cpu else ("fp32", "bf16")
-    norms = ("instance_norm", "adalin", "iln", "layer_norm", "batch_norm")
+    norms = ("instance_norm", "instance_norm_pad", "adalin", "iln", "layer_norm", "batch_norm")
     losses = tuple(n for n in bench.LOSS_OPS if n in ops)
     plan = []
 

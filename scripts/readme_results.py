@@ -30,7 +30,7 @@ FAMILY_NAMES = {
     "ugatit": "U-GAT-IT light", "cyclegan": "CycleGAN ResNet-9 + PatchGAN", "munit": "MUNIT",
     "unit": "UNIT", "stargan": "StarGAN", "pix2pix": "pix2pix U-Net-256 (BatchNorm)",
 }
-OP_ORDER = ("instance_norm", "adalin", "iln", "layer_norm", "batch_norm", "reflection_pad2d",
+OP_ORDER = ("instance_norm", "instance_norm_pad", "adalin", "iln", "layer_norm", "batch_norm", "reflection_pad2d",
             "reflection_pad_conv2d", "spectral_norm")
 DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 

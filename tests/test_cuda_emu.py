@@ -156,9 +156,9 @@ def test_sm_count_is_settable(emu):
 
 
 # ------------------------------------------------------------------ instance norm
-def _in_check(shape, dtype, act="leaky_relu", affine=True, residual=True, channels_last=False):
+def _in_check(shape, dtype, act="leaky_relu", affine=True, residual=True, channels_last=False, pad=0):
     from test_instance_norm import check_all
-    check_all(shape, dtype, "cpu", "cpu", affine, act, residual, channels_last)
+    check_all(shape, dtype, "cpu", "cpu", affine, act, residual, channels_last, pad)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
@@ -178,6 +178,41 @@ def test_instance_norm_split_paths(on, sms, channels_last):
         got = launches(on, lambda: _in_check(shape, torch.float32, channels_last=channels_last))
         split = "fwd_stats_kernel" in got and "bwd_sums_kernel" in got
         assert split == (sms > 1 or channels_last), (sms, shape, got)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), 1), ((1, 3, 4, 2), 1), ((2, 33, 6, 9), 3)], ids=str)
+def test_instance_norm_out_pad(on, dtype, channels_last, shape, pad):
+    """The output pad in the fused kernels: the forward writes the padded plane from mirrored
+    reads, the backward gathers the padded gradient; no family kernel, no pad kernel runs
+    (the residual's gradient is the one pad backward)."""
+    got = launches(on, lambda: _in_check(shape, dtype, channels_last=channels_last, pad=pad))
+    assert {"fwd_apply_kernel", "bwd_apply_kernel"} <= set(got), got
+    assert not {"stats_kernel", "apply_kernel", "pad_fwd_kernel"} & set(got), got
+
+
+@pytest.mark.parametrize("sms", [4, H200_SMS])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_instance_norm_out_pad_split_and_orders(on, sms, channels_last):
+    """Batch 1, planes split over S chunks: the apply kernel's chunks span the padded plane,
+    the statistics' chunks the input; bitwise equal in every block order."""
+    on.set_sm_count(sms)
+    got = launches(on, lambda: _in_check((1, 4, 45, 47), torch.float32, channels_last=channels_last, pad=3))
+    assert got.get("fwd_stats_kernel") and got.get("bwd_sums_kernel"), got
+
+    def run():
+        torch.manual_seed(3)
+        x = torch.randn(1, 3, 33, 35)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w, b = torch.rand(3, requires_grad=True), torch.randn(3, requires_grad=True)
+        y = F.instance_norm(x, weight=w, bias=b, activation="relu", out_pad=1)
+        y.backward(torch.randn_like(y))
+        return [y.detach(), x.grad, w.grad, b.grad]
+    same_across_orders(on, run)
+    on.set_sm_count(H200_SMS)
 
 
 @pytest.mark.parametrize("affine,act,residual", list(itertools.product([False, True], ["relu", "tanh", None],
@@ -306,15 +341,17 @@ def test_norm_family_parity(on, norm, shape, dtype):
 
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
 def test_norm_family_split_and_orders(on, norm):
-    """Batch 1, two planes of 4160 pixels: per-plane reductions split over 2 blocks (an uneven
-    last chunk) and merged in a fixed order; bitwise the same in every block order."""
+    """Two planes of 4160 pixels (batch 1; batch norm: batch 2, whose batch 1 is the fused
+    instance norm): per-plane reductions split over 2 blocks (an uneven last chunk) and merged
+    in a fixed order; bitwise the same in every block order."""
     from test_norm_family import make_params, ours
     on.set_sm_count(1)
+    n, c = (2, 1) if norm == "batch_norm" else (1, 2)
 
     def run():
         torch.manual_seed(5)
-        x = torch.randn(1, 2, 64, 65, requires_grad=True)
-        rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, 1, 2))
+        x = torch.randn(n, c, 64, 65, requires_grad=True)
+        rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, n, c))
         y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
         y.backward(torch.randn_like(y))
         return [y.detach(), x.grad] + [t.grad for t in (gamma, beta) if t.grad is not None]

@@ -17,22 +17,24 @@ from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requi
 ACTS = [None, "relu", "leaky_relu", "tanh"]
 
 
-def torch_chain(x, weight, bias, residual, act, slope=0.2, running=None, use_input_stats=True):
-    """The unfused original: torch instance norm, then activation, then residual add."""
+def torch_chain(x, weight, bias, residual, act, slope=0.2, running=None, use_input_stats=True, pad=0):
+    """The unfused original: torch instance norm, then activation, then residual add, then
+    CycleGAN's nn.ReflectionPad2d(pad)."""
     rm, rv = running if running is not None else (None, None)
     y = TF.instance_norm(x, rm, rv, weight, bias, use_input_stats=use_input_stats)
     y = {None: lambda t: t, "relu": torch.relu, "tanh": torch.tanh,
          "leaky_relu": lambda t: TF.leaky_relu(t, slope)}[act](y)
-    return y if residual is None else y + residual
+    y = y if residual is None else y + residual
+    return torch.nn.ReflectionPad2d(pad)(y) if pad else y
 
 
-def make_inputs(shape, dtype, device, affine, residual, channels_last=False, seed=0):
+def make_inputs(shape, dtype, device, affine, residual, channels_last=False, seed=0, pad=0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5)
     w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5 if affine else None
     b = torch.randn(shape[1], generator=g, dtype=torch.float64) if affine else None
     r = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
-    gy = torch.randn(shape, generator=g, dtype=torch.float64)
+    gy = torch.randn(shape[:2] + (shape[2] + 2 * pad, shape[3] + 2 * pad), generator=g, dtype=torch.float64)
     return x, w, b, r, gy
 
 
@@ -52,25 +54,25 @@ def run_case(fn, x, w, b, r, gy, dtype, device, channels_last=False):
     return out, grads
 
 
-def check_all(shape, dtype, device, backend, affine, act, residual, channels_last=False):
+def check_all(shape, dtype, device, backend, affine, act, residual, channels_last=False, pad=0):
     # the float64 reference sees the inputs the dtype runs see (rounded)
     x, w, b, r, gy = (None if t is None else t.to(dtype).double()
-                      for t in make_inputs(shape, dtype, device, affine, residual))
+                      for t in make_inputs(shape, dtype, device, affine, residual, pad=pad))
 
     def ours(xs, ws, bs, rs):
         with i2i_fast.use_backend(backend):
-            return F.instance_norm(xs, weight=ws, bias=bs, activation=act, residual=rs)
+            return F.instance_norm(xs, weight=ws, bias=bs, activation=act, residual=rs, out_pad=pad)
 
     def theirs(xs, ws, bs, rs):
-        return torch_chain(xs, ws, bs, rs, act)
+        return torch_chain(xs, ws, bs, rs, act, pad=pad)
 
     def ref(xs, ws, bs, rs):
         return reference.instance_norm_fwd(xs, ws, bs, rs, None, None, 1e-5,
-                                           reference.ACTIVATIONS[act], 0.2)[0]
+                                           reference.ACTIVATIONS[act], 0.2, pad)[0]
     o, go = run_case(ours, x, w, b, r, gy, dtype, device, channels_last)
     t, gt = run_case(theirs, x, w, b, r, gy, dtype, device, channels_last)
     f, gf = run_case(ref, x, w, b, r, gy, torch.float64, "cpu")
-    assert o.dtype == dtype and o.shape == x.shape
+    assert o.dtype == dtype and o.shape == gy.shape
     if channels_last:
         assert o.is_contiguous(memory_format=torch.channels_last), "channels_last output lost its layout"
     assert_parity(o, t, f, dtype, f"{backend} out")
@@ -97,6 +99,44 @@ def test_parity_cpu_shapes(backend, shape, dtype):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_parity_cpu_options(backend, affine, act, residual, channels_last):
     check_all((2, 19, 6, 5), torch.float32, "cpu", backend, affine, act, residual, channels_last)
+
+
+# The output pad (CycleGAN's IN-ReLU-ReflectionPad2d): every option, both layouts, the edge
+# geometries (pad = H - 1, W = 2, one row), a plane wider than one 16-channel block.
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("affine,act,residual", [(True, "relu", False), (False, None, True),
+                                                 (True, "leaky_relu", True), (True, "tanh", False)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape,pad", [((2, 19, 6, 5), 1), ((1, 3, 4, 2), 1), ((2, 2, 5, 7), 3),
+                                       ((1, 17, 3, 3), 2)], ids=["p1", "w2", "p3", "17c-p2"])
+def test_parity_cpu_out_pad(backend, affine, act, residual, channels_last, shape, pad):
+    check_all(shape, torch.float32, "cpu", backend, affine, act, residual, channels_last, pad)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("running", [False, True], ids=["train", "eval"])
+def test_out_pad_fp64_exact_and_one_op(backend, running):
+    """float64 against the float64 reference to rounding, and the pad is fused: one i2i_fast op
+    each way on the C++ backends (no separate pad, no plane-norm family path)."""
+    x, w, b, r, gy = make_inputs((2, 3, 6, 5), torch.float64, "cpu", True, True, pad=2)
+    rm, rv = (torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5) if running else (None, None)
+    xs, ws, bs, rs = (t.clone().requires_grad_() for t in (x, w, b, r))
+    from i2i_fast import bench
+    with i2i_fast.use_backend(backend), bench.OpCounter() as fwd:
+        y = F.instance_norm(xs, rm, rv, ws, bs, use_input_stats=not running, activation="relu", residual=rs, out_pad=2)
+    with bench.OpCounter() as bwd:
+        y.backward(gy)
+    xr, wr, br, rr = (t.clone().requires_grad_() for t in (x, w, b, r))
+    ref = reference.instance_norm_fwd(xr, wr, br, rr, rm, rv, 1e-5, 1, 0.2, 2)[0]
+    ref.backward(gy)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    for a, e in ((xs, xr), (ws, wr), (bs, br), (rs, rr)):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-11, atol=1e-11)
+    if backend == "cpu":
+        assert [k for k in fwd.names if k.startswith("i2i_fast::")] == ["i2i_fast::instance_norm_fwd"], fwd.names
+        # the residual's gradient: the pad backward of the incoming gradient
+        assert sorted(k for k in bwd.names if k.startswith("i2i_fast::")) == ["i2i_fast::instance_norm_bwd",
+                                                                              "i2i_fast::reflection_pad2d_bwd"], bwd.names
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -178,6 +218,25 @@ def test_gradcheck(backend, act):
     torch.autograd.gradcheck(f, (x, w, b, r))
     if act in (None, "tanh"):  # relu kinks make finite differences of 2nd order unreliable
         torch.autograd.gradgradcheck(f, (x, w, b, r))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("running", [False, True], ids=["train", "eval"])
+def test_gradcheck_out_pad(backend, running):
+    shape = (1, 2, 3, 3) if backend == "triton" else (2, 3, 4, 5)
+    g = torch.Generator().manual_seed(5)
+    x, r = (torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    w = (torch.rand(shape[1], dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], dtype=torch.float64, generator=g, requires_grad=True)
+    rm, rv = (torch.randn(shape[1], dtype=torch.float64), torch.rand(shape[1], dtype=torch.float64) + 0.5) \
+        if running else (None, None)
+
+    def f(x, w, b, r):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(x, rm, rv, w, b, use_input_stats=not running, activation="tanh",
+                                   residual=r, out_pad=2)
+    torch.autograd.gradcheck(f, (x, w, b, r))
+    torch.autograd.gradgradcheck(f, (x, w, b, r))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -306,13 +365,14 @@ def test_hw1_train_raises_like_torch():
 # ------------------------------------------------------------------ determinism
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_bitwise_deterministic(backend, channels_last):
+@pytest.mark.parametrize("pad", [0, 3])
+def test_bitwise_deterministic(backend, channels_last, pad):
     shape = (3, 20, 17, 9) if backend != "triton" else (2, 5, 6, 7)
-    x, w, b, r, gy = make_inputs(shape, torch.float32, "cpu", True, True)
+    x, w, b, r, gy = make_inputs(shape, torch.float32, "cpu", True, True, pad=pad)
 
     def fn(xs, ws, bs, rs):
         with i2i_fast.use_backend(backend):
-            return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="leaky_relu")
+            return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="leaky_relu", out_pad=pad)
     o1, g1 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
     o2, g2 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
     assert torch.equal(o1, o2)
@@ -349,6 +409,13 @@ def test_opcheck_cpp(channels_last, running):
     torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default, no_affine)
     gx, gw, gb = torch.ops.i2i_fast.instance_norm_bwd(*no_affine)
     assert gx.shape == x.shape and gw.shape == (0,) and gb.shape == (0,)
+    # with the output pad: a padded output (in x's layout), a padded incoming gradient
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default, args + (2,))
+    y = torch.ops.i2i_fast.instance_norm_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args], 2)[0]
+    assert y.shape == (2, 3, 9, 8) and y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default,
+                          (torch.randn_like(y), x, mean, var, args[1].detach(), args[2].detach(),
+                           1e-5, 2, 0.2, not running, 2))
 
 
 @pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
@@ -443,6 +510,14 @@ def test_cpp_op_checks_its_own_arguments():
         op(torch.randn(2, 3, 4, 4), None, None, None, None, None, 1e-5, 7, 0.2)
     with pytest.raises(RuntimeError, match="floating point"):
         op(torch.ones(2, 3, 4, 4, dtype=torch.int32), None, None, None, None, None, 1e-5, 0, 0.2)
+    with pytest.raises(RuntimeError, match=r"out_pad \(4\) must be smaller"):
+        op(torch.randn(2, 3, 4, 6), None, None, None, None, None, 1e-5, 0, 0.2, 4)
+    with pytest.raises(RuntimeError, match="out_pad must be >= 0"):
+        op(torch.randn(2, 3, 4, 6), None, None, None, None, None, 1e-5, 0, 0.2, -1)
+    x = torch.randn(2, 3, 4, 6)
+    _, m, v = op(x, None, None, None, None, None, 1e-5, 0, 0.2)
+    with pytest.raises(RuntimeError, match="grad must have the output's shape"):  # unpadded grad, pad 1
+        torch.ops.i2i_fast.instance_norm_bwd(x, x, m, v, None, None, 1e-5, 0, 0.2, True, 1)
 
 
 # ------------------------------------------------------------------ backends

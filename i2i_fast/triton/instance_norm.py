@@ -254,7 +254,8 @@ def _per_plane(weight, bias, c):
 
 def _check_pad(pad, h, w):
     # the callers validate (functional._check_out_pad); a reflection pad needs pad < H and < W
-    assert pad >= 0 and (pad == 0 or (pad < h and pad < w)), f"pad {pad} must be in [0, min(H, W)) ({h} x {w})"
+    if pad < 0 or (pad and not (pad < h and pad < w)):
+        raise ValueError(f"out_pad ({pad}) must be >= 0 and smaller than the input's H and W ({h} x {w})")
 
 
 def _channel_arg(t, x):

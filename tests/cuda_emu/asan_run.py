@@ -41,7 +41,9 @@ with cuda_emu.EmulatedCuda(asan=True):
                 outs = [F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x)),
                         F.adalin(x, rho, g2, b2, out_pad=pad), F.layer_norm(x, w, b),
                         F.batch_norm(x, torch.zeros(c), torch.ones(c), w, b, True, activation="relu"),
-                        F.adain(x, g2.flatten(), b2.flatten())]
+                        F.adain(x, g2.flatten(), b2.flatten()),
+                        F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x),
+                                        out_pad=pad)]
                 if pad:
                     outs.append(F.reflection_pad2d(x, (1, 0, pad, 1)))
                 for y in outs:
