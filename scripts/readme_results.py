@@ -105,6 +105,21 @@ def _s(ms):
     return f"{ms / 1000:.1f} s" if ms >= 10000 else f"{ms / 1000:.2f} s"
 
 
+def _newest_per_family(paths, parse):
+    """{family: value} from files newest first: each family's newest measurement; the files used."""
+    out, used = {}, []
+    for path in paths:
+        new = {f: v for f, v in parse(path).items() if f not in out}
+        if new:
+            out.update(new)
+            used.append(path)
+    return out, used
+
+
+def _files(paths):
+    return ", ".join(f"`{_rel(p)}`" for p in paths)
+
+
 def steps_section(results_dir):
     steps = _folders(results_dir, "training_steps.txt")
     full = _folders(results_dir, "training_steps_full_size.txt")
@@ -112,16 +127,16 @@ def steps_section(results_dir):
     if not (steps or full or saved):
         return []
     st = parse_steps(steps[0]) if steps else {"runs": []}
-    fu = parse_full(full[0]) if full else {}
-    sa = parse_saved(saved[0]) if saved else {}
+    fu, full_used = _newest_per_family(full, parse_full)
+    sa, saved_used = _newest_per_family(saved, parse_saved)
     families = [f for f in FAMILY_NAMES if any(f in d for d in st["runs"] + [fu, sa])]
     device = st.get("device", "cpu")
     src = steps[0] if steps else (full or saved)[0]
     what = [f"small = the small CPU configurations, {st['threads']} thread{'s' * (st['threads'] != 1)}, "
             f"{st['steps']} interleaved steps per variant, one value per run (`{_rel(steps[0])}`)"] if steps else []
-    what += [f"papers' size: `{_rel(full[0])}`"] if full else []
+    what += [f"papers' size: {_files(full_used)}"] if full_used else []
     what += [f"saved MiB = the peak of what autograd holds for backward during one step at the papers' "
-             f"size (`{_rel(saved[0])}`)"] if saved else []
+             f"size ({_files(saved_used)})"] if saved_used else []
     lines = [f"**Whole training steps, {'GPU' if _is_gpu(device) else 'CPU'}** ({_device_label(results_dir, src)}): "
              "speed-up of one step (G and D forward, backward, optimizer) of the converted model with the fused "
              "losses over the original, both eager. " + "; ".join(what) + ".",
