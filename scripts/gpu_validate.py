@@ -122,6 +122,8 @@ def sanitize(tool: str, device: str) -> int:
                         be = torch.randn(n, c, device=dev, dtype=dtype, requires_grad=True)
                         outs = [F.instance_norm(x, None, None, w, b, True, activation="relu",
                                                 residual=torch.randn_like(x)),
+                                F.instance_norm(x, None, None, w, b, True, activation="relu",
+                                                residual=torch.randn_like(x), out_pad=1),
                                 F.adalin(x, rho, g, be, activation="relu", out_pad=1),
                                 F.layer_norm(x, w, b),
                                 F.batch_norm(x, None, None, w, b, True, activation="relu")]
