@@ -103,7 +103,7 @@ template <typename T, typename acc_t, int ACT>
 void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   const int64_t c = p % a.C, HW = a.HW;
   const T* x = a.x + p * HW;
-  std::vector<T> buf;
+  thread_local std::vector<T> buf;  // reused across planes and calls: no allocation per plane
   int64_t gpix;
   const T* g = fold_grad<false>(a.g + p * (a.H + 2 * a.pad) * (a.W + 2 * a.pad), a.H, a.W, a.pad, 1, 1, buf, gpix);
   const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
