@@ -5,7 +5,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "losses.h"
@@ -142,17 +144,30 @@ static at::Tensor elem_grad(int64_t kind, const at::Tensor& x, const at::Tensor&
 }
 
 // Config packed into two saved_data entries (each entry is a hashed string key: ten of them
-// cost more than the batch-1 kernel). cfg = {nx, ny, nouts, kind, reduction, any, need...}.
-enum Cfg { kNx, kNy, kNouts, kKind, kRed, kAny, kNeed };
+// cost more than the batch-1 kernel). cfg = {nx, ny, nouts, kind, reduction, any, shared,
+// need...}; shared: the caller asked for the gradients too (loss_fwd's second output).
+enum Cfg { kNx, kNy, kNouts, kKind, kRed, kAny, kShared, kNeed };
+
+// An incoming gradient that is exactly 1 in a plain CPU scalar (loss.backward(), autograd.grad
+// of the loss): read directly, no dispatch. Anything else (CUDA: reading it would synchronize,
+// fake or functional tensors: no data) is "not known to be 1".
+bool is_unit_cpu_scalar(const at::Tensor& g) {
+  if (!g.defined() || !g.is_cpu() || g.numel() != 1 || g.layout() != at::kStrided ||
+      at::isTensorSubclassLike(g) || g.is_neg() || g.is_conj())
+    return false;
+  if (g.scalar_type() == at::kFloat) return *g.const_data_ptr<float>() == 1.0f;
+  if (g.scalar_type() == at::kDouble) return *g.const_data_ptr<double>() == 1.0;
+  return false;
+}
 
 struct LossFunction : public torch::autograd::Function<LossFunction> {
   // The gradients written by the forward leave through `grads_out`, not as outputs of the
   // node: they are never differentiated, and every node output costs autograd bookkeeping.
   static variable_list forward(AutogradContext* ctx, at::TensorList x, at::TensorList y,
                                at::ArrayRef<double> params, at::ArrayRef<double> weights,
-                               int64_t kind, int64_t reduction, bool need_grad,
+                               int64_t kind, int64_t reduction, bool need_grad, bool shared,
                                std::vector<at::Tensor>* grads_out) {
-    std::vector<int64_t> cfg{int64_t(x.size()), int64_t(y.size()), 0, kind, reduction, 0};
+    std::vector<int64_t> cfg{int64_t(x.size()), int64_t(y.size()), 0, kind, reduction, 0, shared};
     for (const auto& t : x) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
     for (const auto& t : y) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_fwd", "")
@@ -174,7 +189,7 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     pw.insert(pw.end(), weights.begin(), weights.end());
     ctx->saved_data["pw"] = pw;
     ctx->saved_data["cfg"] = cfg;
-    *grads_out = grads;
+    if (shared) *grads_out = grads;
     ctx->set_materialize_grads(false);  // unused outputs of reduction none: zeros only if needed
     return variable_list(outs.begin(), outs.end());
   }
@@ -184,8 +199,8 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     const int64_t nx = cfg[kNx], ny = cfg[kNy], nouts = cfg[kNouts];
     const int64_t* need = cfg.data() + kNeed;
     const variable_list saved = ctx->get_saved_variables();
-    // one gradient per input: x..., y..., then params, weights, kind, reduction, need_grad, grads_out
-    variable_list res(nx + ny + 6);
+    // one gradient per input: x..., y..., then params, weights, kind, reduction, need_grad, shared, grads_out
+    variable_list res(nx + ny + 7);
     std::vector<at::Tensor> go(grad_outputs.begin(), grad_outputs.begin() + nouts);
     bool defined = false;
     for (const auto& g : go) defined |= g.defined();
@@ -206,6 +221,17 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
         if (need[t]) res[t] = g;
         if (ny && need[nx + t]) res[nx + t] = -g;
       }
+      return res;
+    }
+    // grad_out == 1 and the graph is freed right after this call (release_variables drops the
+    // saved gradients): d loss / d x_t IS the saved gradient, handed out without loss_bwd's
+    // copy (1 * g is g exactly). Not when the caller holds them too, nor for y (-g).
+    bool y_needed = false;
+    for (int64_t t = 0; t < ny; ++t) y_needed |= bool(need[nx + t]);
+    if (nouts == 1 && !cfg[kShared] && !y_needed && !torch::autograd::get_current_graph_task_keep_graph() &&
+        is_unit_cpu_scalar(go[0])) {
+      for (int64_t t = 0; t < nx; ++t)
+        if (need[t]) res[t] = saved[t];
       return res;
     }
     std::vector<int64_t> index;
@@ -241,8 +267,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
                   "i2i_fast loss: the target of a bce_target loss takes no gradient (detach it)");
     }
   }
+  // the gradients leave the op only when asked for (as the schema says), so the backward can
+  // hand them out without a copy otherwise
   std::vector<at::Tensor> grads;
-  variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, &grads);
+  variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, need_grad,
+                                           &grads);
   return {std::move(outs), std::move(grads)};
 }
 

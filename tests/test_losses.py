@@ -226,19 +226,57 @@ def test_large_multi_chunk_terms(backend):
 
 
 def test_one_op_call_for_all_terms():
-    """The 8 U-GAT-IT terms run as ONE loss_fwd and ONE loss_bwd, and no mse/ones_like."""
+    """The 8 U-GAT-IT terms run as ONE loss_fwd and at most ONE loss_bwd (none for a unit
+    gradient on CPU: the saved gradients are the answer), and no mse/ones_like."""
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     ts = [preds_like(s, seed=i).float().requires_grad_() for i, s in enumerate(UGATIT_SHAPES)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        loss = F.gan_loss(ts, [True, False] * 4)
-        loss.backward()
-    names = [e.name for e in prof.events()]
-    assert names.count("i2i_fast::loss_fwd") == 1, names
-    assert names.count("i2i_fast::loss_bwd") == 1, names
+    for seed_grad, n_bwd in ((None, 0), (torch.tensor(0.5), 1)):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            loss = F.gan_loss(ts, [True, False] * 4)
+            loss.backward(seed_grad)
+        names = [e.name for e in prof.events()]
+        assert names.count("i2i_fast::loss_fwd") == 1, names
+        assert names.count("i2i_fast::loss_bwd") == n_bwd, names
     # (aten::ones_like is autograd's own seed gradient of loss.backward())
     assert not any(n in ("aten::mse_loss", "aten::zeros_like", "aten::add", "aten::sub", "aten::pow", "aten::mean")
                    for n in names), names
+
+
+def test_unit_gradient_backward_hands_out_the_saved_gradients_safely():
+    """CPU, incoming gradient exactly 1, graph not retained: the backward returns the gradients
+    the forward wrote (no loss_bwd copy). Same values as the copying path, bitwise; with
+    retain_graph it copies, so a gradient modified in place cannot leak into a second backward;
+    accumulation into .grad stays right."""
+    if not i2i_fast.backends()["cpu"][0]:
+        pytest.skip("extension not built")
+    ts = [preds_like(s, seed=i).float().requires_grad_() for i, s in enumerate(UGATIT_SHAPES)]
+    targets = [True, False] * 4
+    fast = torch.autograd.grad(F.gan_loss(ts, targets), ts)
+    copied = torch.autograd.grad(F.gan_loss(ts, targets), ts, torch.tensor(1.0), retain_graph=True)
+    for a, b in zip(fast, copied):
+        assert torch.equal(a, b)
+    loss = F.gan_loss(ts, targets)
+    first = torch.autograd.grad(loss, ts, retain_graph=True)
+    for g in first:
+        g.mul_(0)                                         # the caller owns what it got
+    second = torch.autograd.grad(loss, ts)
+    for a, b in zip(second, fast):
+        assert torch.equal(a, b)
+    for _ in range(2):
+        F.gan_loss(ts, targets).backward()
+    for t, g in zip(ts, fast):
+        torch.testing.assert_close(t.grad, 2 * g, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss2 = F.gan_loss(ts, targets)
+        loss2.backward()
+        loss2.backward()
+    # asked for (need_grad=True) the op returns its gradients; the backward then copies
+    outs, grads = torch.ops.i2i_fast.loss_fwd(ts, [], [1.0, 0.0] * 4, [1.0] * 8, 0, 1, True)
+    kept = [g.clone() for g in grads]
+    got = torch.autograd.grad(outs[0], ts)
+    for g, k, a in zip(grads, kept, got):
+        assert torch.equal(g, k) and torch.equal(a, k) and a.data_ptr() != g.data_ptr()
 
 
 # ------------------------------------------------------------------ GANLoss drop-in
