@@ -267,8 +267,7 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
     plan = bench_plan(dev.type, smoke)
     print(f"bench: {len(plan)} cases planned on {info.get('gpu_name') or info.get('cpu_model')}, "
           f"copy bandwidth {bw and round(bw)} GB/s", flush=True)
-    interrupted = False
-    try:
+    with _TimeLimit("bench", flush) as limit:
         for tier, name, op, shape, dt, path, file in plan:
             if deadline.left() < per_case_s:
                 skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file,
@@ -315,18 +314,33 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
                 skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file, "why": f"error: {_err(e)}"})
                 print(f"ERROR {name} {shape} {dt}: {type(e).__name__}: {e}", flush=True)
             _case_done(flush, dev)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("bench: interrupted (time limit); writing what was measured", flush=True)
-    flush(interrupted)
     print(f"bench: {done} cases measured, {len(skipped)} not run, {failed} failed", flush=True)
-    return 1 if failed or interrupted else 0
+    return 1 if failed or limit.interrupted else 0
 
 
 def _err(e, n=300) -> str:
     """An exception as one line: its type and the first n characters of its first line."""
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0][:n] if msg else ''}"
+
+
+class _TimeLimit:
+    """Around a phase's loop of cases: a KeyboardInterrupt (the outer time limit) ends the loop,
+    and the results measured so far are written either way (flush(interrupted))."""
+
+    def __init__(self, what, flush):
+        self.what, self.flush, self.interrupted = what, flush, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if typ is KeyboardInterrupt:
+            self.interrupted = True
+            print(f"{self.what}: interrupted (time limit); writing what was measured", flush=True)
+        if typ is None or self.interrupted:
+            self.flush(self.interrupted)
+        return self.interrupted
 
 
 def _case_done(flush, dev) -> None:
@@ -378,8 +392,7 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
         with open(os.path.join(out, "training_steps.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     flush()
-    interrupted = False
-    try:
+    with _TimeLimit("steps", flush) as limit:
         for fam, var in order:
             left = deadline.left()
             if left < need.get(var, 45.0):
@@ -423,11 +436,7 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
                 failed += "compile" not in var  # a compile failure in torch is recorded, not ours
                 print(f"{fam:<9} {var:<18} ERROR {_err(e, 200)}", flush=True)
             _case_done(flush, dev)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("steps: interrupted (time limit); writing what was measured", flush=True)
-    flush(interrupted)
-    return 1 if failed or interrupted else 0
+    return 1 if failed or limit.interrupted else 0
 
 
 # ------------------------------------------------------------------------- determinism

@@ -178,3 +178,21 @@ def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     for text in ("| bench | ok | 0 | 9 | 60 |", "| instance_norm | 1x8x16x16 | fp32 | PASS", "border",
                  "| cyclegan | converted |", "converted weights bitwise equal: True", "| build | not reached |"):
         assert text in summary, text
+
+
+def test_time_limit_writes_what_was_measured():
+    """The bench and steps loops: the outer time limit (a KeyboardInterrupt) ends the loop and
+    the results so far are written, marked interrupted; a finished loop writes them unmarked;
+    any other error propagates unwritten."""
+    gv = _module("gpu_validate")
+    calls = []
+    with gv._TimeLimit("bench", calls.append) as limit:
+        raise KeyboardInterrupt
+    assert limit.interrupted and calls == [True]
+    with gv._TimeLimit("steps", calls.append) as limit:
+        pass
+    assert not limit.interrupted and calls == [True, False]
+    with pytest.raises(ValueError):
+        with gv._TimeLimit("steps", calls.append):
+            raise ValueError("boom")
+    assert calls == [True, False]
