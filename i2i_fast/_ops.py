@@ -46,7 +46,7 @@ def _in_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, var)
 
 
-def _in_backward_with(bwd, pad_bwd):
+def _in_backward_with(bwd, backend):
     def backward(ctx, gy, _gmean, _gvar):
         x, mean, var, weight, bias = ctx.saved_tensors
         eps, act, slope, input_stats, has_res, pad, n_in = ctx.cfg
@@ -61,7 +61,7 @@ def _in_backward_with(bwd, pad_bwd):
             gw = gw.view_as(weight).to(weight.dtype) if weight is not None else None
             gb = gb.view_as(bias).to(bias.dtype) if bias is not None else None
         # the residual is added before the pad: its gradient is the pad's backward of gy
-        gres = (pad_bwd()(gy, [pad] * 4) if pad else gy) if has_res and need[3] else None
+        gres = (_PAD_OPS[backend][1](gy, [pad] * 4) if pad else gy) if has_res and need[3] else None
         return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
                 gres) + (None,) * (n_in - 4)
     return backward
@@ -85,7 +85,7 @@ if _backend._C is not None:  # autograd: a C++ node (csrc/instance_norm.cpp, Aut
     torch.library.register_fake("i2i_fast::instance_norm_bwd")(_in_bwd_fake)
 if _TRITON is not None:
     torch.library.register_autograd("i2i_fast::triton_instance_norm_fwd",
-                                    _in_backward_with(_TRITON.instance_norm_bwd, lambda: _PAD_OPS["triton"][1]),
+                                    _in_backward_with(_TRITON.instance_norm_bwd, "triton"),
                                     setup_context=_in_setup)
 
 
@@ -111,7 +111,7 @@ if _backend._C is not None:  # the op itself: its autograd is C++
     _IN_FN["cpu"] = _IN_FN["cuda"] = torch.ops.i2i_fast.instance_norm_fwd.default
 if _TRITON is not None:
     _IN_FN["triton"] = _function(torch.ops.i2i_fast.triton_instance_norm_fwd, _in_setup,
-                                 _in_backward_with(_TRITON.instance_norm_bwd, lambda: _PAD_OPS["triton"][1]))
+                                 _in_backward_with(_TRITON.instance_norm_bwd, "triton"))
 
 
 def instance_norm_fwd(backend: str, *args):

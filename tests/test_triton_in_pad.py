@@ -131,3 +131,15 @@ def test_pad_opcheck():
     gy = torch.randn(2, 3, 9, 11, device=DEV)
     torch.library.opcheck(ops.triton_instance_norm_bwd.default, (gy, x, mean, var, w, b, EPS, 1, SLOPE, True, 2),
                           test_utils=utils)
+
+
+def test_pad_bad_input():
+    """The raw ops refuse a pad torch's reflection pad refuses (>= H or W, negative)."""
+    x = torch.randn(1, 2, 3, 5)
+    ops = torch.ops.i2i_fast
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="out_pad"):
+            ops.triton_instance_norm_fwd(x, None, None, None, None, None, EPS, 0, SLOPE, bad)
+    _, mean, var = ops.triton_instance_norm_fwd(x, None, None, None, None, None, EPS, 0, SLOPE, 0)
+    with pytest.raises(ValueError, match="out_pad"):
+        ops.triton_instance_norm_bwd(torch.randn(1, 2, 9, 11), x, mean, var, None, None, EPS, 0, SLOPE, True, 3)
