@@ -9,6 +9,6 @@ __all__ = ["backends", "use_backend", "functional", "models", "InstanceNorm2d", 
 __version__ = "0.1.0"
 
 # convert(model) / plan(model): rewire the original models onto the fused modules
-from .convert import convert, plan  # noqa: E402
+from .convert import convert, plan, revert  # noqa: E402
 
-__all__ += ["convert", "plan"]
+__all__ += ["convert", "plan", "revert"]

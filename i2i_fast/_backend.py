@@ -3,11 +3,14 @@
 Backends: "cuda" (kernels/*.cu in i2i_fast._C), "triton" (i2i_fast/triton), "cpu" (csrc/ in
 i2i_fast._C), "reference" (i2i_fast/reference.py, pure PyTorch). Defaults: CUDA tensors use
 cuda, else triton, else reference; CPU tensors use cpu, else reference. I2I_FAST_BACKEND or
-`use_backend(name)` forces one; a forced backend that cannot run raises and says why.
+`use_backend(name)` forces one in the calling thread (or asyncio task) only, like torch.no_grad;
+the environment variable is the process-wide default. A forced backend that cannot run raises
+and says why.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import warnings
 
@@ -69,20 +72,24 @@ if _C is None:
     warnings.warn(f"i2i_fast: {_ext_error}; CPU/CUDA kernels unavailable, falling back to "
                   "triton/reference", RuntimeWarning, stacklevel=2)
 
-_forced: str | None = None
+# Per thread and per asyncio task, like torch's grad mode: a `with use_backend(...)` in one
+# thread must not reroute (or fail) the ops other threads run meanwhile. New threads start
+# unforced. The backward of an op runs the backend its forward chose (saved by the op), so the
+# autograd engine's worker threads need not see this variable.
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("i2i_fast_backend", default=None)
 
 
 @contextlib.contextmanager
 def use_backend(name: str | None):
-    """Force a backend inside a `with` block (None restores the default choice)."""
-    global _forced
+    """Force a backend inside a `with` block, in this thread only (None restores the default
+    choice)."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
-    prev, _forced = _forced, name
+    token = _forced.set(name)
     try:
         yield
     finally:
-        _forced = prev
+        _forced.reset(token)
 
 
 # Every op call reads I2I_FAST_BACKEND (it may change at run time). os.environ.get encodes the
@@ -103,7 +110,7 @@ def _env_backend() -> str | None:
 
 
 def _forced_name() -> str | None:
-    name = _forced or _env_backend() or None
+    name = _forced.get() or _env_backend() or None
     if name is not None and name not in BACKENDS:
         raise ValueError(f"I2I_FAST_BACKEND={name!r} is not one of {BACKENDS}")
     return name

@@ -259,7 +259,7 @@ def build(family: str, variant: str, device, small=None, seed=0):
     fam = FAMILIES[family](device, small)
     nets = [n.to(device) for n in copy.deepcopy(fam.nets)]  # one deepcopy: shared modules stay shared
     if "converted" in variant:  # converted together, so a module shared by two nets (UNIT) stays shared
-        nets = list(convert(nn.ModuleList(nets), inplace=True))
+        nets = list(convert(nn.ModuleList(nets)))
     if "compile" in variant:
         nets = [torch.compile(n) for n in nets]
     fused = "converted" in variant

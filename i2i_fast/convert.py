@@ -1,8 +1,10 @@
-"""convert(model) / plan(model): rewire a model built from the ORIGINAL image-to-image classes
-(or anyone's look-alikes) onto i2i_fast's fused modules, keeping its state_dict keys.
+"""convert(model) / plan(model) / revert(model): rewire a model built from the ORIGINAL
+image-to-image classes (or anyone's look-alikes) onto i2i_fast's fused modules, in place, keeping
+its Parameter and buffer objects and its state_dict keys; and back.
 
-Layers are recognised by structure and attribute names, not by import path:
-  * torch.nn.InstanceNorm2d                         -> i2i_fast.InstanceNorm2d (all flags, buffers)
+Layers are recognised by what they compute, not by import path:
+  * torch.nn.InstanceNorm2d, or a subclass that keeps its forward (overriding _check_input_dim
+    only)                                           -> i2i_fast.InstanceNorm2d (all flags, buffers)
   * torch.nn.BatchNorm2d (exact class)              -> i2i_fast.BatchNorm2d    (pix2pix, --norm batch)
   * class "ILN" with rho/gamma/beta (1, C, 1, 1)    -> i2i_fast.ILN              (U-GAT-IT)
   * class "adaILN" with rho (1, C, 1, 1)            -> i2i_fast.AdaLIN           (U-GAT-IT)
@@ -11,8 +13,11 @@ Layers are recognised by structure and attribute names, not by import path:
   * class "AdaptiveInstanceNorm2d" (running_mean/var buffers, assigned weight/bias)
                                                     -> AdaptiveInstanceNorm2d below, an
     i2i_fast.AdaIN keeping the class name (MUNIT finds its AdaIN layers by class name).
-Then, where the data flow is known (plain nn.Sequential, MUNIT Conv2dBlock, U-GAT-IT
-ResnetAdaILNBlock):
+  The four classes matched by name are swapped only when a float64 copy of the layer and of its
+  replacement agree on a random input (their forward is the user's code).
+Then, where the data flow is known (plain nn.Sequential; MUNIT Conv2dBlock, U-GAT-IT
+ResnetAdaILNBlock and pix2pix UnetSkipConnectionBlock when torch.fx traces their forward to the
+original's graph):
   * norm -> ReLU / LeakyReLU / Tanh: the activation runs in the norm's epilogue; its slot
     becomes a `Folded` placeholder (activations have no state: keys unchanged); also a U-Net
     block's downnorm -> the inner block's in-place LeakyReLU (UnetSkipConnectionBlock: the
@@ -23,27 +28,35 @@ ResnetAdaILNBlock):
   * torch.nn.utils.spectral_norm hooks (dim 0: Conv2d / Linear, U-GAT-IT's discriminators):
     the hook's class becomes i2i_fast.nn.FusedSpectralNorm (W / sigma fused; same u, v,
     weight_orig, state_dict); the module itself stays as it is;
-  * residual blocks x + body(x) (CycleGAN/U-GAT-IT ResnetBlock, UNIT ResidualBlock, StarGAN
-    ResidualBlock, MUNIT ResBlock, U-GAT-IT ResnetAdaILNBlock): replaced by a module holding the
-    same submodules under the same names whose last norm adds the skip (residual=x).
+  * residual blocks: any module whose only child is a plain Sequential `body` and whose forward
+    traces to x + body(x) (CycleGAN/U-GAT-IT ResnetBlock, UNIT/StarGAN ResidualBlock, MUNIT
+    ResBlock), and U-GAT-IT's ResnetAdaILNBlock: replaced by a module holding the same submodules
+    under the same names whose last norm adds the skip (residual=x), once a float64 copy of the
+    block and of its replacement agree on a random input, in train and eval mode.
 Anything else is left alone, with the reason in the plan. A module with hooks is never rewired
-(its hooks would see different tensors); a module used at several places is only swapped.
+(its hooks would see different tensors); a module used at several places, in this model or in
+another one that shares it, is only swapped, and a fusion never reaches across a container that
+another model shares.
 """
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import logging
+import operator
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.fx
 from torch import nn
 
 from . import nn as fnn
 
-__all__ = ["convert", "plan", "Plan", "Folded", "FusedResidualBlock", "FusedResnetAdaILNBlock",
+__all__ = ["convert", "plan", "revert", "Plan", "Folded", "FusedResidualBlock", "FusedResnetAdaILNBlock",
            "AdaptiveInstanceNorm2d"]
 
 log = logging.getLogger(__name__)
@@ -56,13 +69,24 @@ class AdaptiveInstanceNorm2d(fnn.AdaIN):
     get_num_adain_params find the AdaIN layers by ``__class__.__name__``."""
 
 
+# A replacement keeps the module it replaced under this attribute, set with object.__setattr__
+# so that it is not registered: not in state_dict(), modules() or .to(). revert() puts it back.
+_ORIGINAL = "_i2i_fast_original"
+
+
+def _remember(new: nn.Module, old: nn.Module) -> nn.Module:
+    object.__setattr__(new, _ORIGINAL, old)
+    return new
+
+
 class Folded(nn.Identity):
     """Placeholder for an activation (or a reflection pad) now computed by a neighbouring fused
     module. Stateless, so the state_dict keys of the container are unchanged."""
 
-    def __init__(self, what: str, into: str):
+    def __init__(self, original: nn.Module, into: str):
         super().__init__()
-        self.what, self.into = what, into
+        self.what, self.into = repr(original), into
+        _remember(self, original)
 
     def extra_repr(self) -> str:
         return f"{self.what} folded into {self.into}"
@@ -121,9 +145,37 @@ def _has_hooks(m: nn.Module) -> bool:
                 or getattr(m, "_backward_pre_hooks", None))
 
 
+# The methods whose override changes what a torch norm computes (forward and what it calls;
+# _check_input_dim only raises, so a subclass may override it and still be converted).
+_IN_METHODS = ("forward", "_get_no_batch_dim", "_handle_no_batch_input", "_apply_instance_norm")
+
+
+def _overridden(m: nn.Module, base: type, methods=("forward",)) -> list:
+    """The methods of `methods` that type(m) defines differently from `base`."""
+    return [n for n in methods if getattr(type(m), n, None) is not getattr(base, n, None)]
+
+
+def _fused_base(m: nn.Module) -> Optional[type]:
+    return next((c for c in (AdaptiveInstanceNorm2d,) + _FUSED_NORMS if isinstance(m, c)), None)
+
+
+def _changed_forward(m: nn.Module) -> Optional[str]:
+    """Why a subclass of a fusible norm class is left alone (it computes something else), or None."""
+    base, methods = _fused_base(m), ("forward",)
+    if base is None and isinstance(m, nn.InstanceNorm2d):
+        base, methods = nn.InstanceNorm2d, _IN_METHODS
+    if base is None:
+        return None
+    over = _overridden(m, base, methods)
+    return (f"{type(m).__name__}: subclass of {base.__module__.split('.')[0]}.{base.__name__} that overrides "
+            f"{', '.join(over)}; kept as it is") if over else None
+
+
 def _norm_kind(m: nn.Module) -> Optional[str]:
     """The kind of norm m is ("in", "bn", "iln", "adalin", "ln", "adain"), "fused" if it already
-    is an i2i_fast module, else None."""
+    is an i2i_fast module, else None (see _changed_forward for a subclass with its own forward)."""
+    if _changed_forward(m):
+        return None
     if isinstance(m, _FUSED_NORMS):
         return "fused"
     if isinstance(m, nn.InstanceNorm2d):
@@ -166,10 +218,91 @@ def _activation(m) -> Optional[tuple]:
     return kind, float(getattr(m, "negative_slope", 0.2))
 
 
+# ------------------------------------------------------- forward by meaning (torch.fx)
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces a module's own forward; every child module is a leaf (one call_module node)."""
+
+    def is_leaf_module(self, m, qualname):
+        return True
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}   # x + y, x += y (fx records iadd as add too)
+
+
+def _dataflow(m: nn.Module, forward=None) -> Optional[tuple]:
+    """m's forward (or `forward` run with m's attributes) as a canonical tuple: node kinds,
+    targets and arguments by position, additions' operands sorted. None if fx cannot trace it."""
+    if forward is not None:   # a stand-in sharing m's state (children, flags), with that forward
+        stand_in = object.__new__(type("canonical", (nn.Module,), {"forward": forward}))
+        stand_in.__dict__ = m.__dict__
+        m = stand_in
+    try:
+        graph = _LeafTracer().trace(m)
+    except Exception:   # noqa: BLE001 - data-dependent control flow, unsupported calls: unknown
+        return None
+    index = {}
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            return ("node", index[a])
+        if isinstance(a, (list, tuple)):
+            return tuple(arg(b) for b in a)
+        return ("const", repr(a))
+
+    out = []
+    for n in graph.nodes:
+        index[n] = len(index)
+        args = tuple(arg(a) for a in n.args)
+        target = n.target
+        if n.op == "call_function" and target in _ADDS:
+            target, args = "add", tuple(sorted(args))
+        elif n.op == "placeholder":
+            target = "input"
+        elif n.op == "call_function":
+            target = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', repr(target))}"
+        out.append((n.op, target, args, tuple(sorted((k, arg(v)) for k, v in n.kwargs.items()))))
+    return tuple(out)
+
+
+def _computes(m: nn.Module, forward) -> bool:
+    """Does m's forward compute what `forward` (the original's, over m's children) computes?"""
+    ours = _dataflow(m)
+    return ours is not None and ours == _dataflow(m, forward)
+
+
+def _conv2dblock_forward(self, x):      # MUNIT/UNIT Conv2dBlock
+    x = self.conv(self.pad(x))
+    if self.norm:
+        x = self.norm(x)
+    if self.activation:
+        x = self.activation(x)
+    return x
+
+
+def _unet_block_forward(self, x):       # pix2pix UnetSkipConnectionBlock
+    if self.outermost:
+        return self.model(x)
+    return torch.cat([x, self.model(x)], 1)
+
+
+def _adailn_block_forward(self, x, gamma, beta):   # U-GAT-IT ResnetAdaILNBlock
+    out = self.relu1(self.norm1(self.conv1(self.pad1(x)), gamma, beta))
+    out = self.norm2(self.conv2(self.pad2(out)), gamma, beta)
+    return out + x
+
+
+def _residual_forward(body_name: str):  # x + body(x): CycleGAN, U-GAT-IT, UNIT, StarGAN, MUNIT
+    def forward(self, x):
+        return x + getattr(self, body_name)(x)
+    return forward
+
+
 def _is_conv2dblock(m) -> bool:
     """MUNIT/UNIT Conv2dBlock: forward = activation(norm(conv(pad(x)))), norm/activation optional."""
     return (type(m).__name__ == "Conv2dBlock" and isinstance(getattr(m, "conv", None), nn.Conv2d)
-            and isinstance(getattr(m, "pad", None), nn.Module) and hasattr(m, "norm") and hasattr(m, "activation"))
+            and isinstance(getattr(m, "pad", None), nn.Module) and hasattr(m, "norm") and hasattr(m, "activation")
+            and _computes(m, _conv2dblock_forward))
 
 
 def _unet_inner_act(m) -> Optional[tuple]:
@@ -179,7 +312,8 @@ def _unet_inner_act(m) -> Optional[tuple]:
     the norm before the block may compute it instead."""
     model = getattr(m, "model", None)
     if (type(m).__name__ != "UnetSkipConnectionBlock" or set(m._modules) != {"model"} or _has_hooks(m)
-            or not _is_plain_sequential(model) or len(model) == 0 or _has_hooks(model)):
+            or not _is_plain_sequential(model) or len(model) == 0 or _has_hooks(model)
+            or not isinstance(getattr(m, "outermost", None), bool) or not _computes(m, _unet_block_forward)):
         return None
     first = model[0]
     if type(first) in (nn.LeakyReLU, nn.ReLU) and first.inplace:
@@ -237,9 +371,10 @@ def _carry(old: nn.Module, new: nn.Module, names) -> nn.Module:
     for n in names:
         t = getattr(old, n)
         setattr(new, n, t)
-    for n, t in list(_params(new).items()) + list(_buffers(new).items()):
-        if t is not None and t.is_meta:
+    for n in set(_params(new)) | set(_buffers(new)):   # built on meta: all must come from old
+        if n not in names and getattr(new, n) is not None:
             raise RuntimeError(f"convert: {type(old).__name__}.{n} was not carried over")
+    _remember(new, old)
     new.train(old.training)
     for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
@@ -274,6 +409,98 @@ def _swap(m: nn.Module, kind: str) -> nn.Module:
         new.weight, new.bias = m.weight, m.bias
         return new
     raise ValueError(kind)
+
+
+# ------------------------------------------------- numerical check of a rewrite (float64)
+
+_CHECK_HW = 8            # the random input's height and width: above any body's reflection pad
+_CHECK_TOL = 1e-9        # relative to the output's magnitude; float64 rewrites agree to ~1e-15
+
+
+def _f64_copy(m: nn.Module) -> nn.Module:
+    """A float64 CPU copy of m; on the meta device (no values), random ones of the same shapes."""
+    meta = any(t.is_meta for t in list(m.parameters()) + list(m.buffers()))
+    c = _deepcopy(m)
+    if meta:
+        c = c.to_empty(device="cpu")
+    c = c.to("cpu", torch.float64)
+    if meta:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, t in list(c.named_parameters()) + list(c.named_buffers()):
+                if t.is_floating_point():
+                    t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5 if n.endswith("running_var")
+                            else torch.randn(t.shape, generator=g, dtype=t.dtype))
+                else:
+                    t.zero_()
+    return c
+
+
+def _check_inputs(m: nn.Module, channels: int, per_sample: bool) -> tuple:
+    """Random float64 inputs for m: x (2, C, 9, 9), and (gamma, beta) (2, C) when per_sample. The
+    AdaIN layers inside m get per-(n, c) weight and bias (MUNIT assigns them before a forward)."""
+    g = torch.Generator().manual_seed(1)
+    for a in m.modules():
+        if _norm_kind(a) == "adain" or isinstance(a, AdaptiveInstanceNorm2d):
+            a.weight, a.bias = (torch.randn(2 * a.num_features, generator=g, dtype=torch.float64) for _ in "wb")
+    x = torch.randn(2, channels, _CHECK_HW, _CHECK_HW, generator=g, dtype=torch.float64)
+    if per_sample:
+        return x, torch.randn(2, channels, generator=g, dtype=torch.float64), \
+            torch.randn(2, channels, generator=g, dtype=torch.float64)
+    return (x,)
+
+
+def _config(m: nn.Module) -> tuple:
+    """What, besides parameter values, decides what m computes: the classes and plain attributes
+    of m and its submodules. Modules with equal configs need one check between them."""
+    return tuple((type(s), tuple(sorted((k, repr(v)) for k, v in s.__dict__.items()
+                                        if not k.startswith("_") and not isinstance(v, (torch.Tensor, nn.Module)))))
+                 for s in m.modules())
+
+
+_CHECKED: dict = {}   # (config, rewrite's kind) -> _mismatch's verdict
+
+
+def _mode_matters(m: nn.Module) -> bool:
+    return any(isinstance(s, nn.modules.dropout._DropoutNd) or getattr(s, "track_running_stats", False)
+               or (_norm_kind(s) in ("bn", "adain")) for s in m.modules())
+
+
+def _mismatch(m: nn.Module, rewrite: Callable[[nn.Module], nn.Module], channels: int,
+              per_sample: bool = False, kind: str = "") -> Optional[str]:
+    """None when rewrite(copy of m) computes what m computes (float64; train mode, and eval mode
+    where they differ; the same random numbers for both), else why not. Once per config."""
+    key = (_config(m), kind, channels, per_sample)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = _compare(m, rewrite, channels, per_sample)
+    return _CHECKED[key]
+
+
+def _compare(m, rewrite, channels, per_sample):
+    try:
+        ref = _f64_copy(m)
+        inputs = _check_inputs(ref, channels, per_sample)
+        new = rewrite(_deepcopy(ref))
+        for training in (True, False) if _mode_matters(ref) else (True,):
+            ref.train(training), new.train(training)
+            outs = []
+            for mod in (ref, new):
+                with torch.random.fork_rng(devices=[]), torch.no_grad():
+                    torch.manual_seed(0)
+                    outs.append(mod(*inputs))
+            err = (outs[0] - outs[1]).abs().max().item() if outs[0].shape == outs[1].shape else float("inf")
+            if not err <= _CHECK_TOL * (1.0 + outs[0].abs().max().item()):
+                return f"its replacement differs from it by {err:.3g} in {'train' if training else 'eval'} mode"
+    except Exception as e:   # noqa: BLE001 - anything that stops the check keeps the original
+        return f"could not be checked ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    return None
+
+
+def _channels(m: nn.Module) -> Optional[int]:
+    conv = next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
 
 
 # ------------------------------------------------------------------------------- plan
@@ -318,15 +545,46 @@ class Plan:
     __repr__ = __str__
 
 
+_BY_NAME = ("iln", "adalin", "ln", "adain")   # norm kinds recognised by class name: checked numerically
+_RESIDUAL_NAMES = ("ResnetBlock", "ResidualBlock", "ResBlock")   # the originals' names, for the plan
+
 # Application order: norm swaps, then edits of containers, then block replacements.
 _SWAP, _EDIT, _BLOCK = 0, 1, 2
 
 
+# original module -> its replacement, across convert() calls: a block or norm that two networks
+# share, converted one call each, gets the same replacement in both.
+_REPLACED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def _outside_uses(model: nn.Module) -> Counter:
+    """How often each submodule of model is registered in a module outside model (a block that
+    another, separately converted network shares). A fusion must not pair a module inside such a
+    shared container with one outside it: the other network would compute something else."""
+    gc.collect()   # only live modules count: garbage would make the result depend on timing
+    inside = {id(m) for m in model.modules()}
+    out = Counter()
+    for o in gc.get_objects():
+        if issubclass(type(o), nn.Module) and id(o) not in inside:   # type(): no __class__ lookups
+            for c in o._modules.values():
+                if c is not None and id(c) in inside:
+                    out[id(c)] += 1
+    return out
+
+
 class _Planner:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, check: bool = True):
         self.model = model
         self.plan = Plan()
+        self.check = check        # verify rewrites numerically and look for other models sharing modules
         self.uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+        if check:
+            for m in model.modules():
+                if m in _REPLACED:   # replaced in another network already: shared with it
+                    self.uses[id(m)] += 1
+            for mid, k in _outside_uses(model).items():   # every path through a shared container
+                for m in next(c for c in model.modules() if id(c) == mid).modules():
+                    self.uses[id(m)] += k
         self.path = {id(m): n for n, m in model.named_modules()}
         self.kind = {}            # id(module) -> norm kind it will have after conversion
         self.rpconv = _rpconv_cls()
@@ -342,7 +600,9 @@ class _Planner:
                 self.kind[id(m)] = "fused"
                 continue
             if kind is None:
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if _changed_forward(m):
+                    self.plan.leave(p, _changed_forward(m))
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                     self.plan.leave(p, f"{type(m).__name__}: only torch.nn.BatchNorm2d itself is fused")
                 elif isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm3d)):
                     self.plan.leave(p, f"{type(m).__name__}: only 2-D instance norm is fused")
@@ -352,6 +612,12 @@ class _Planner:
             if kind == "ln" and not self._ln_is_4d(m):
                 self.plan.leave(p, "LayerNorm outside a conv block: input may not be 4-D (fused LayerNorm is 4-D only)")
                 continue
+            if kind in _BY_NAME and self.check and m not in _REPLACED:
+                channels = m.rho.shape[1] if kind in ("iln", "adalin") else m.num_features
+                why = _mismatch(m, lambda c, k=kind: _swap(c, k), channels, kind == "adalin", kind)
+                if why:
+                    self.plan.leave(p, f"{type(m).__name__}: {why}; kept as it is")
+                    continue
             self.kind[id(m)] = kind
         # swap at every place a module is registered (shared modules stay shared)
         new = {}
@@ -374,7 +640,10 @@ class _Planner:
     def _swap_fn(self, parent, name, m, memo):
         def fn():
             if memo[id(m)] is None:
-                memo[id(m)] = _swap(m, self.kind[id(m)])
+                earlier = _REPLACED.get(m)   # shared with a network converted before: the same module,
+                plain = earlier is not None and earlier.activation is None and not earlier.out_pad
+                memo[id(m)] = earlier if plain else _swap(m, self.kind[id(m)])   # unless it fused its neighbours there
+                _REPLACED[m] = memo[id(m)]
             parent._modules[name] = memo[id(m)]
         return fn
 
@@ -433,7 +702,8 @@ class _Planner:
     def is_adailn_block(self, m):
         names = ("pad1", "conv1", "norm1", "relu1", "pad2", "conv2", "norm2")
         return (type(m).__name__ == "ResnetAdaILNBlock" and list(m._modules) == list(names)
-                and all(self.kind.get(id(getattr(m, n))) in ("adalin", "fused") for n in ("norm1", "norm2")))
+                and all(self.kind.get(id(getattr(m, n))) in ("adalin", "fused") for n in ("norm1", "norm2"))
+                and _computes(m, _adailn_block_forward))
 
     def free(self, m, root) -> bool:
         """m's output goes only where the chain says: no hooks, not registered elsewhere."""
@@ -499,7 +769,7 @@ class _Planner:
             norm = parent._modules[name]
             norm.activation = kind
             norm.negative_slope = slope
-            aparent._modules[aname] = Folded(repr(amod), name).train(amod.training)
+            aparent._modules[aname] = Folded(amod, name).train(amod.training)
         what = f"fold: {type(amod).__name__}" + (f"({slope})" if kind == "leaky_relu" else "") + " into the norm"
         self.plan.change(self._child_path(parent, name), what, fn, _EDIT)
 
@@ -508,7 +778,7 @@ class _Planner:
 
         def fn():
             parent._modules[name].out_pad = p
-            pparent._modules[pname] = Folded(repr(pmod), name).train(pmod.training)
+            pparent._modules[pname] = Folded(pmod, name).train(pmod.training)
         self.plan.change(self._child_path(parent, name), f"out_pad: norm writes its output reflection-padded by {p}",
                          fn, _EDIT)
 
@@ -523,7 +793,7 @@ class _Planner:
             names = ("weight", "bias") if conv.bias is not None else ("weight",)
             cparent._modules[cname] = _carry(conv, new, names)
             pad = parent._modules[name]
-            parent._modules[name] = Folded(repr(pad), cname).train(pad.training)
+            parent._modules[name] = Folded(pad, cname).train(pad.training)
         why = _rpconv_fallback(cls, conv, p)
         self.plan.change(self._child_path(cparent, cname),
                          f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d"
@@ -548,20 +818,28 @@ class _Planner:
             if isinstance(m, (FusedResidualBlock, FusedResnetAdaILNBlock)):
                 continue
             name = type(m).__name__
-            known = {"ResnetBlock": "conv_block", "ResidualBlock": None, "ResBlock": "model"}
+            earlier = _REPLACED.get(m)
+            if isinstance(earlier, (FusedResidualBlock, FusedResnetAdaILNBlock)):
+                self._replace_block(m, lambda b, e=earlier: e, "residual: the block a network converted "
+                                    "earlier shares with this one, replaced by the same fused block")
+                continue
             if self.is_adailn_block(m):
                 last = m.norm2
                 if _has_hooks(m) or not self.free(last, m):
                     self.plan.leave(p, "ResnetAdaILNBlock: residual add not fused (hooks or shared norm)")
                     continue
-                self._replace_block(m, FusedResnetAdaILNBlock, "residual: x + block(x) fused into norm2")
+                self._checked_block(p, m, FusedResnetAdaILNBlock, "residual: x + block(x) fused into norm2",
+                                    _channels(m), per_sample=True)
                 continue
-            if name not in known:
+            kids = list(m._modules.items())
+            body_name, body = kids[0] if len(kids) == 1 else (None, None)
+            if body is None or not _is_plain_sequential(body) or len(body) == 0:
+                if name in _RESIDUAL_NAMES:
+                    self.plan.leave(p, f"{name}: not the known residual structure (one Sequential body)")
                 continue
-            body_name = known[name] or next((n for n in ("conv_block", "main") if hasattr(m, n)), None)
-            body = getattr(m, body_name, None) if body_name else None
-            if body is None or not _is_plain_sequential(body) or len(body) == 0 or set(m._modules) != {body_name}:
-                self.plan.leave(p, f"{name}: not the known residual structure (one Sequential body)")
+            if not _computes(m, _residual_forward(body_name)):
+                if name in _RESIDUAL_NAMES:
+                    self.plan.leave(p, f"{name}: forward is not x + {body_name}(x); kept as it is")
                 continue
             last = body[-1]
             norm = last.norm if _is_conv2dblock(last) else last
@@ -574,8 +852,22 @@ class _Planner:
             if _has_hooks(m) or not self.free(norm, m) or (last is not norm and not self.free(last, m)):
                 self.plan.leave(p, f"{name}: residual add not fused (hooks or shared modules)")
                 continue
-            self._replace_block(m, lambda b, n=body_name, o=name: FusedResidualBlock(n, getattr(b, n), o),
-                                f"residual: x + {body_name}(x) fused into the last norm")
+            self._checked_block(p, m, lambda b, n=body_name, o=name: FusedResidualBlock(n, getattr(b, n), o),
+                                f"residual: x + {body_name}(x) fused into the last norm", _channels(m))
+
+    def _checked_block(self, path, m, make, what, channels, per_sample=False):
+        """Replace block m by make(m) once a float64 copy of it, converted, agrees with it."""
+        if self.check:
+            def rewrite(c):
+                holder = nn.Sequential(c)   # the copy converted as convert() would, inside and the add
+                _apply(_analyse(holder, check=False))
+                return holder[0]
+            why = "it has no Conv2d to size a test input" if channels is None else \
+                _mismatch(m, rewrite, channels, per_sample, "block")
+            if why:
+                self.plan.leave(path, f"{type(m).__name__}: residual add not fused: {why}")
+                return
+        self._replace_block(m, make, what)
 
     def _replace_block(self, m, make, what):
         memo = {}
@@ -588,7 +880,8 @@ class _Planner:
 
         def fn():
             if "new" not in memo:
-                memo["new"] = make(m).train(m.training)
+                memo["new"] = _remember(make(m), m).train(m.training)
+                _REPLACED[m] = memo["new"]
             for parent, name in sites:
                 parent._modules[name] = memo["new"]
         self.plan.change(self.path.get(id(m), ""), what, fn, _BLOCK)
@@ -599,14 +892,19 @@ def _check_module(model):
         raise TypeError(f"convert/plan expect a torch.nn.Module, got {type(model).__name__}")
 
 
-def _analyse(model: nn.Module) -> Plan:
+def _analyse(model: nn.Module, check: bool = True) -> Plan:
     _check_module(model)
-    pl = _Planner(model)
+    pl = _Planner(model, check)
     pl.norms()
     pl.chains()
     pl.spectral_norms()
     pl.residual_blocks()
     return pl.plan
+
+
+def _apply(pl: Plan) -> None:
+    for _, _, fn in sorted(pl._apply, key=lambda t: (t[0], t[1])):
+        fn()
 
 
 def plan(model: nn.Module) -> Plan:
@@ -615,28 +913,44 @@ def plan(model: nn.Module) -> Plan:
     return _analyse(model)
 
 
+def _with_originals(model):
+    """model's modules and the originals its replacements keep (and theirs)."""
+    todo, seen = list(model.modules()), set()
+    while todo:
+        m = todo.pop()
+        if id(m) not in seen:
+            seen.add(id(m))
+            yield m
+            if _ORIGINAL in m.__dict__:
+                todo.extend(m.__dict__[_ORIGINAL].modules())
+
+
 def _deepcopy(model):
     # MUNIT's AdaIN layers hold the style MLP's (non-leaf) outputs as plain attributes after a
     # forward; non-leaf tensors cannot be deep-copied, and they are reassigned before every
     # decode anyway: share them.
-    memo = {id(v): v for m in model.modules() for v in m.__dict__.values()
+    memo = {id(v): v for m in _with_originals(model) for v in m.__dict__.values()
             if isinstance(v, torch.Tensor) and not v.is_leaf}
     return copy.deepcopy(model, memo)
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Returns the model with its layers swapped for i2i_fast's fused modules and its
-    norm+activation, norm+pad+conv, pad+conv and residual-add patterns fused (see the module
-    docstring). Parameters and buffers are the same objects (inplace=True) or copies
-    (inplace=False) on the same device and dtype; state_dict keys and values are unchanged.
-    A model that is itself a single norm layer is returned as a new module.
-    Logs a summary (logger "i2i_fast.convert"; the details at DEBUG). Idempotent."""
+def convert(model: nn.Module, *, copy: bool = False) -> nn.Module:
+    """Converts the model IN PLACE and returns it: its layers swapped for i2i_fast's fused modules
+    and its norm+activation, norm+pad+conv, pad+conv and residual-add patterns fused (see the
+    module docstring). Every Parameter and buffer stays the same object, so an optimizer built
+    before convert() keeps training the model, and a module that several networks share stays
+    shared when they are converted one call each. state_dict keys and values are unchanged.
+    copy=True converts a deep copy instead (the original is untouched; build the optimizer from
+    the copy). A model that is itself a single norm layer is returned as a new module holding the
+    same Parameters. Logs a summary (logger "i2i_fast.convert"; the details at DEBUG).
+    Idempotent; revert() undoes it."""
     _check_module(model)
-    if not inplace:
+    if copy:
         model = _deepcopy(model)
+        log.warning("i2i_fast.convert(copy=True): the converted %s has new Parameter objects; an optimizer "
+                    "built on the original does not train it", type(model).__name__)
     pl = _analyse(model)
-    for _, _, fn in sorted(pl._apply, key=lambda t: (t[0], t[1])):
-        fn()
+    _apply(pl)
     if pl.root is not None:
         model = pl.root
     log.info("i2i_fast.convert(%s): %s", type(model).__name__, pl.summary())
@@ -645,3 +959,47 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     for p, w in pl.left_alone:
         log.debug("  left alone %s: %s", p, w)
     return model
+
+
+def _restore(new: nn.Module, old: nn.Module) -> nn.Module:
+    """old, holding new's current Parameters, buffers, children and flags (new may have been
+    moved, retrained or had tensors reassigned since convert)."""
+    for n, t in list(new._parameters.items()) + list(new._buffers.items()):
+        if n in old._parameters or n in old._buffers:
+            setattr(old, n, t)
+    for n in ("weight", "bias"):   # AdaIN: plain attributes assigned by the style MLP
+        if n in new.__dict__:
+            old.__dict__[n] = new.__dict__[n]
+    for n, c in new._modules.items():
+        if n in old._modules:
+            old._modules[n] = c
+    return old.train(new.training)
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Undoes convert(), IN PLACE: every module it replaced is put back (the original torch or
+    model classes, holding the same Parameter and buffer objects), the folded activations and
+    pads return, FusedSpectralNorm hooks become torch's again. Returns the model (the original
+    norm when the model itself was one). For tools that accept only stock layers, e.g. an
+    exporter; modules i2i_fast did not put there are kept."""
+    _check_module(model)
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    done = {}
+
+    def undo(m):
+        if id(m) in done:
+            return done[id(m)]
+        done[id(m)] = m
+        for name, c in list(m._modules.items()):
+            if c is not None:
+                m._modules[name] = undo(c)
+        for k, h in m._forward_pre_hooks.items():
+            if type(h) is fnn.FusedSpectralNorm:
+                h.__class__ = SpectralNorm
+        old = m.__dict__.get(_ORIGINAL)
+        if old is not None:
+            _REPLACED.pop(old, None)   # a later convert() starts from the original again
+            done[id(m)] = _restore(m, undo(old))
+        return done[id(m)]
+
+    return undo(model)

@@ -122,7 +122,7 @@ def assert_same_state(a, b, what="", exact=True):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_parity_float64(name):
     ref = build(name)
-    conv = i2i_fast.convert(ref)
+    conv = i2i_fast.convert(ref, copy=True)
     assert conv is not ref
     assert_same_state(conv, ref, name)
     inputs = FAMILIES[name][1]()
@@ -175,7 +175,7 @@ def test_family_parity_triton(name, shape):
     else:
         ref32 = ugatit.ResnetGenerator(3, 3, ngf=2, n_blocks=1, img_size=16, light=True)
     ref64 = copy.deepcopy(ref32).double()
-    conv = i2i_fast.convert(ref32)
+    conv = i2i_fast.convert(ref32, copy=True)
     inputs = (_img(*shape, dtype=torch.float32),)
     with i2i_fast.use_backend("triton"):
         ours = fwd_bwd(conv, inputs)
@@ -206,7 +206,7 @@ def _cyclegan_step(nets, A, B, fused=False):
 def test_cyclegan_training_step_matches(fused):
     """Converted nets (and, fused, the i2i_fast losses) vs the original step in float64."""
     ref = _cyclegan_nets()
-    conv = [i2i_fast.convert(n) for n in ref]
+    conv = [i2i_fast.convert(n, copy=True) for n in ref]
     A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
     lr_, lc = _cyclegan_step(ref, A, B), _cyclegan_step(conv, A, B, fused)
     assert {"G", "D_A", "D_B"} <= lc.keys()
@@ -231,7 +231,7 @@ def test_ugatit_training_step_matches(fused):
         return ugatit.training_step(*ms, A, B, G_opt, D_opt, fused_losses=fused)
 
     ref = nets()
-    conv = [i2i_fast.convert(m) for m in ref]
+    conv = [i2i_fast.convert(m, copy=True) for m in ref]
     A, B = _img(1, 3, 32, 32, seed=2), _img(1, 3, 32, 32, seed=3)
     lr_, lc = step(ref, A, B), step(conv, A, B, fused)
     assert lc.keys() == lr_.keys()
@@ -287,7 +287,7 @@ def _ddp_worker(rank, port, path):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        nets = [i2i_fast.convert(n) for n in _cyclegan_nets()]
+        nets = [i2i_fast.convert(n, copy=True) for n in _cyclegan_nets()]
         ddp = [nn.parallel.DistributedDataParallel(n) for n in nets]
         A, B = _img(2, 3, 32, 32, seed=2), _img(2, 3, 32, 32, seed=3)
         _cyclegan_step(ddp, A[rank:rank + 1], B[rank:rank + 1])    # half the batch per process
@@ -307,7 +307,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     path = str(tmp_path / "rank0.pt")
     mp.start_processes(_ddp_worker, args=(port, path), nprocs=2, start_method="spawn")
     got = torch.load(path)
-    nets = [i2i_fast.convert(n) for n in _cyclegan_nets()]
+    nets = [i2i_fast.convert(n, copy=True) for n in _cyclegan_nets()]
     _cyclegan_step(nets, _img(2, 3, 32, 32, seed=2), _img(2, 3, 32, 32, seed=3))
     for n, sd in zip(nets, got):
         for k, v in n.state_dict().items():
@@ -341,7 +341,7 @@ def test_unknown_layers_left_alone():
     assert "unknown norm layer" in alone["1"] and "unknown norm layer" in alone["3"]
     assert "not the known residual structure" in alone["5"]
     assert {p for p, _ in pl.changes} == {"5.b", "6"}          # IN swapped, SiLU not foldable
-    c = i2i_fast.convert(m)
+    c = i2i_fast.convert(m, copy=True)
     assert type(c[1]) is MyNorm and type(c[3]) is nn.GroupNorm and type(c[2]) is nn.ReLU
     assert type(c[7]) is nn.SiLU and c[6].activation is None
     x = _img(2, 3, 8, 8)
@@ -352,7 +352,7 @@ def test_unknown_layers_left_alone():
 
 def test_single_norm_model_and_1d_norm():
     n = nn.InstanceNorm2d(4, affine=True, track_running_stats=True).double()
-    c = i2i_fast.convert(n, inplace=True)
+    c = i2i_fast.convert(n)
     assert isinstance(c, i2i_fast.InstanceNorm2d) and c.weight is n.weight and c.running_mean is n.running_mean
     assert c.affine and c.track_running_stats and c.momentum == n.momentum
     assert "only 2-D" in dict(i2i_fast.plan(nn.Sequential(nn.InstanceNorm1d(4))).left_alone)["0"]
@@ -370,7 +370,7 @@ def test_convert_twice_is_a_noop():
     for name in ("cyclegan_resnet_dropout", "ugatit_gen_light", "munit_adaingen", "stargan_gen"):
         c = i2i_fast.convert(build(name))
         assert i2i_fast.plan(c).changes == [], name
-        c2 = i2i_fast.convert(c)
+        c2 = i2i_fast.convert(c, copy=True)
         assert repr(c2) == repr(c) and list(c2.state_dict()) == list(c.state_dict())
 
 
@@ -384,7 +384,7 @@ def test_pix2pix_batchnorm():
     c = pl.counts()
     assert c["swap"] == 11 and c["fold"] == 5, pl   # 5 down + 6 up norms; each downnorm feeds an inner block
     assert sum("LeakyReLU(0.2) into the norm" in w for _, w in pl.changes) == 5
-    conv = i2i_fast.convert(unet)
+    conv = i2i_fast.convert(unet, copy=True)
     second = conv.model.model[1]                                       # the block below the outermost
     assert isinstance(second.model[0], nn.LeakyReLU)                   # fed by a conv: not folded
     assert second.model[2].activation == "leaky_relu"                  # its downnorm computes ...
@@ -432,7 +432,7 @@ def test_pix2pix_training_step_matches():
         fam = bench_steps.FAMILIES["pix2pix"]("cpu", True)
         nets = [n.double() for n in fam.nets]
         if converted:
-            nets = [i2i_fast.convert(n) for n in nets]
+            nets = [i2i_fast.convert(n, copy=True) for n in nets]
         data = tuple(t.double() for t in fam.data)
         torch.manual_seed(1)   # dropout masks
         return nets, fam.step(nets, fam.opts(nets), data, converted)
@@ -474,7 +474,7 @@ def test_unet_fold_needs_inplace_activation():
     hooked = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch")   # a hook on an inner model: no fold
     hooked.model.model[1].model[3].model.register_forward_pre_hook(lambda m, args: None)
     assert i2i_fast.plan(hooked).counts()["fold"] == 4
-    conv = i2i_fast.convert(unet).double()
+    conv = i2i_fast.convert(unet, copy=True).double()
     x = _img(2, 3, 128, 128)
     r = fwd_bwd(unet.double(), (x,))
     check_parity(fwd_bwd(conv, (x,)), r, r, F64, "unet out-of-place")
@@ -497,7 +497,7 @@ def test_inplace_keeps_parameter_objects_and_optimizer():
     m = build("cyclegan_resnet")
     params = [id(p) for p in m.parameters()]
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    assert i2i_fast.convert(m, inplace=True) is m
+    assert i2i_fast.convert(m) is m
     assert [id(p) for p in m.parameters()] == params
     assert isinstance(m.model[10], FusedResidualBlock)
     before = copy.deepcopy(m.state_dict())
@@ -511,7 +511,7 @@ def test_hooks_block_fusion_but_keep_working():
     seen = []
     m.model[2].register_forward_hook(lambda mod, i, o: seen.append(o.detach().clone()))
     m.model[10].register_forward_hook(lambda mod, i, o: None)
-    c = i2i_fast.convert(m)
+    c = i2i_fast.convert(m, copy=True)
     assert isinstance(c.model[2], i2i_fast.InstanceNorm2d) and c.model[2].activation is None
     assert type(c.model[3]) is nn.ReLU                     # not folded: the hook sees the norm output
     assert type(c.model[10]).__name__ == "ResnetBlock"     # hooked block not replaced
@@ -539,7 +539,7 @@ def test_plan_changes_nothing_and_convert_logs(caplog):
     pl = i2i_fast.plan(m)
     assert repr(m) == text and pl.changes and "changes:" in str(pl)
     with caplog.at_level(logging.INFO, logger="i2i_fast.convert"):
-        i2i_fast.convert(m)
+        i2i_fast.convert(m, copy=True)
     assert any("i2i_fast.convert(ResnetGenerator)" in r.getMessage() for r in caplog.records)
     with pytest.raises(TypeError):
         i2i_fast.convert(lambda x: x)
@@ -548,7 +548,7 @@ def test_plan_changes_nothing_and_convert_logs(caplog):
 def test_munit_after_forward_and_layer_norm_in_linear_block():
     g = build("munit_adaingen")
     g(FAMILIES["munit_adaingen"][1]()[0])       # AdaIN layers now hold non-leaf weight/bias
-    c = i2i_fast.convert(g)
+    c = i2i_fast.convert(g, copy=True)
     assert c.get_num_adain_params(c.dec) == g.get_num_adain_params(g.dec)
     blk = munit.LinearBlock(4, 4, norm="ln")
     assert "fused LayerNorm is 4-D only" in dict(i2i_fast.plan(blk).left_alone)["norm"]
@@ -570,7 +570,7 @@ def test_dtype_preserved():
 @requires_cuda
 def test_cuda_device_and_parity():
     ref = build("cyclegan_resnet", torch.float32).cuda()
-    conv = i2i_fast.convert(ref)
+    conv = i2i_fast.convert(ref, copy=True)
     assert all(t.is_cuda for t in conv.state_dict().values())
     inputs = (_img(2, 3, 32, 32, dtype=torch.float32).cuda(),)
     ref64 = copy.deepcopy(ref).double()

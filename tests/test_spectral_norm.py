@@ -153,7 +153,7 @@ def test_convert_installs_the_hook_and_compiles():
     pl = i2i_fast.plan(d)
     n_sn = sum(isinstance(h, SpectralNorm) for m in d.modules() for h in m._forward_pre_hooks.values())
     assert pl.counts()["spectral_norm"] == n_sn > 0
-    c = i2i_fast.convert(d)
+    c = i2i_fast.convert(d, copy=True)
     hooks = [h for m in c.modules() for h in m._forward_pre_hooks.values()]
     assert all(type(h) is FusedSpectralNorm for h in hooks) and "spectral_norm" not in i2i_fast.plan(c).counts()
     assert list(c.state_dict()) == list(d.state_dict())
