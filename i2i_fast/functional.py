@@ -318,8 +318,9 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     weight and bias; deterministic (cuDNN in deterministic mode, gather-based pad backward)."""
     if type(padding) is not int or type(stride) is not int or padding < 0 or stride < 1:
         padding, stride = _int_arg("padding", padding, 0), _int_arg("stride", stride, 1)
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
-        # autocast does not reach custom ops: cast as it casts conv2d's arguments
+    if (isinstance(input, Tensor) and torch.amp.is_autocast_available(input.device.type)
+            and torch.is_autocast_enabled(input.device.type)):
+        # autocast does not reach custom ops: cast as it casts conv2d's arguments (meta has none)
         dt = torch.get_autocast_dtype(input.device.type)
         input, weight = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t for t in (input, weight))
         bias = bias.to(dt) if isinstance(bias, Tensor) and bias.is_floating_point() else bias

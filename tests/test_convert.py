@@ -604,3 +604,216 @@ def test_out_pad_fusion():
     # dropout between norm and pad: no out_pad (the padded border would get its own mask)
     d = i2i_fast.convert(build("cyclegan_resnet_dropout"))
     assert getattr(d.model[10].conv_block[2], "out_pad", 0) == 0
+
+
+# ------------------------------------------ identity: convert in place, the trainers' way
+
+@pytest.mark.parametrize("family", ["cyclegan", "unit"])
+def test_trainer_builds_optimizers_then_converts(family):
+    """As CycleGAN's create_model or PyTorch-GAN's unit.py do it: networks, then optimizers, then
+    each network converted on its own call (UNIT: E1/E2 and G1/G2 share a block). Three float64
+    steps with the original losses match the unconverted twin's, weights included (to 1e-8: Adam
+    turns the roundoff in a conv bias's ~0 gradient before an instance norm into steps of ~lr;
+    an untrained network would be off by ~lr = 2e-4)."""
+    torch.manual_seed(0)
+    fam = bench_steps.FAMILIES[family]("cpu", True)
+    nets = [n.double() for n in fam.nets]
+    twin = copy.deepcopy(nets)                      # one deepcopy: the twin shares its blocks too
+    data = tuple(t.double() for t in fam.data)
+    opts, twin_opts = fam.opts(nets), fam.opts(twin)
+    ids = [id(p) for n in nets for p in n.parameters()]
+    nets = [i2i_fast.convert(n) for n in nets]
+    assert [id(p) for n in nets for p in n.parameters()] == ids
+    if family == "unit":
+        assert nets[0].shared_block is nets[1].shared_block and isinstance(nets[0].shared_block, FusedResidualBlock)
+        assert nets[2].shared_block is nets[3].shared_block and isinstance(nets[2].shared_block, FusedResidualBlock)
+    for step in range(3):
+        torch.manual_seed(step)
+        ref = fam.step(twin, twin_opts, data, False)
+        torch.manual_seed(step)
+        got = fam.step(nets, opts, data, False)
+        for k in ref:
+            assert abs(float(got[k]) - float(ref[k])) <= 1e-9 * (1 + abs(float(ref[k]))), (family, step, k)
+    for a, b in zip(nets, twin):
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sb:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-8, msg=f"{family} {k}")
+
+
+def test_copy_keeps_the_original_and_warns(caplog):
+    m = build("cyclegan_resnet")
+    with caplog.at_level(logging.WARNING, logger="i2i_fast.convert"):
+        c = i2i_fast.convert(m, copy=True)
+    assert c is not m and isinstance(c.model[10], FusedResidualBlock) and type(m.model[10]).__name__ == "ResnetBlock"
+    assert not {id(p) for p in c.parameters()} & {id(p) for p in m.parameters()}
+    assert any("optimizer" in r.getMessage() for r in caplog.records)
+
+
+def test_fusion_never_crosses_a_container_another_model_shares():
+    """shared = Sequential(conv, IN) is followed by ReLU in model A and by a conv in model B:
+    folding A's ReLU into the shared IN would change B."""
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4))
+    a = nn.Sequential(shared, nn.ReLU()).double()
+    b = nn.Sequential(shared, nn.Conv2d(4, 2, 1)).double()
+    x = _img(2, 3, 8, 8)
+    want = b(x)
+    i2i_fast.convert(a)
+    assert type(a[1]) is nn.ReLU and a[0][1].activation is None
+    assert "used elsewhere" in dict(i2i_fast.plan(a).left_alone).get("0.1", "used elsewhere")
+    torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)   # the shared IN is swapped: fp64 rounding
+
+
+def test_revert_gives_back_the_original_modules():
+    for name in ("cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_unet", "ugatit_dis"):
+        m = build(name)
+        text, ids = repr(m), [id(p) for p in m.parameters()]
+        inputs = FAMILIES[name][1]()
+        ref = fwd_bwd(copy.deepcopy(m), inputs)      # a twin: spectral norm's forward steps its state
+        i2i_fast.convert(m)
+        r = i2i_fast.revert(m)
+        assert r is m and repr(r) == text, name
+        assert [id(p) for p in r.parameters()] == ids, name
+        assert not any(type(s).__module__.startswith("i2i_fast.nn") or isinstance(s, Folded) for s in r.modules())
+        got = fwd_bwd(r, inputs)
+        assert all(torch.equal(a, b) for a, b in zip(got[0] + got[1], ref[0] + ref[1])), name
+        assert all(torch.equal(got[2][k], ref[2][k]) for k in ref[2]), name
+        i2i_fast.convert(r)                                  # and converted again
+        assert isinstance(r, nn.Module) and i2i_fast.plan(r).changes == []
+
+
+def test_revert_after_moving_the_converted_model():
+    n = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, track_running_stats=True), nn.ReLU())
+    i2i_fast.convert(n)
+    n.double()
+    n(_img(2, 3, 8, 8))
+    i2i_fast.revert(n)
+    assert type(n[1]) is nn.InstanceNorm2d and n[1].running_mean.dtype == F64 and n[1].running_mean.abs().sum() > 0
+    assert type(n[2]) is nn.ReLU
+
+
+# ------------------------------------------------- recognition by meaning, not by names
+
+class DoubledIN(nn.InstanceNorm2d):
+    def forward(self, x):
+        return 2 * super().forward(x) + 1
+
+
+class CheckedIN(nn.InstanceNorm2d):
+    def _check_input_dim(self, x):
+        if x.dim() != 4:
+            raise ValueError("4-D only")
+
+
+class HalfSkip(nn.Module):                       # CycleGAN's child name, another forward
+    def __init__(self, c):
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c))
+
+    def forward(self, x):
+        return x + 0.5 * self.conv_block(x)
+
+
+class ReluAfterAdd(HalfSkip):                    # activation after the add
+    def forward(self, x):
+        return torch.relu(x + self.conv_block(x))
+
+
+class DropoutOnSkip(HalfSkip):                   # an extra child: dropout on the body's output
+    def __init__(self, c):
+        super().__init__(c)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return x + self.drop(self.conv_block(x))
+
+
+class MyResBlock(HalfSkip):                      # anyone's block computing x + body(x): fused
+    def forward(self, x):
+        residual = x
+        out = self.conv_block(x)
+        out += residual
+        return out
+
+
+class NoSkipAdaILNBlock(nn.Module):
+    """U-GAT-IT ResnetAdaILNBlock's children and names, without the skip connection."""
+
+    def __init__(self, c):
+        super().__init__()
+        blk = ugatit.ResnetAdaILNBlock(c, False)
+        for n, m in blk.named_children():
+            setattr(self, n, m)
+
+    def forward(self, x, gamma, beta):
+        out = self.relu1(self.norm1(self.conv1(self.pad1(x)), gamma, beta))
+        return self.norm2(self.conv2(self.pad2(out)), gamma, beta)
+
+
+NoSkipAdaILNBlock.__name__ = "ResnetAdaILNBlock"
+
+
+class ILN(nn.Module):
+    """U-GAT-IT's ILN parameters and class name, biased variances in its forward."""
+
+    def __init__(self, c, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.rho = nn.Parameter(torch.full((1, c, 1, 1), 0.3))
+        self.gamma = nn.Parameter(torch.ones(1, c, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        i = (x - x.mean((2, 3), keepdim=True)) / (x.var((2, 3), unbiased=False, keepdim=True) + self.eps).sqrt()
+        ln = (x - x.mean((1, 2, 3), keepdim=True)) / (x.var((1, 2, 3), unbiased=False, keepdim=True) + self.eps).sqrt()
+        return (self.rho * i + (1 - self.rho) * ln) * self.gamma + self.beta
+
+
+def test_look_alikes_are_left_alone_with_the_reason():
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"doubled": DoubledIN(4), "checked": CheckedIN(4), "halfskip": HalfSkip(4), "reluadd": ReluAfterAdd(4),
+                       "dropskip": DropoutOnSkip(4), "mine": MyResBlock(4), "noskip": NoSkipAdaILNBlock(4),
+                       "ilnlike": ILN(4)}).double()
+    pl = i2i_fast.plan(m)
+    alone = dict(pl.left_alone)
+    assert "overrides forward" in alone["doubled"]
+    assert "forward is not x + conv_block(x)" not in alone.get("halfskip", "")   # HalfSkip is not a known name,
+    assert "ILN: its replacement differs" in alone["ilnlike"]                  # but not fused either:
+    changed = {p for p, _ in pl.changes}
+    assert {"halfskip", "reluadd", "dropskip", "noskip", "doubled", "ilnlike"}.isdisjoint(changed)
+    assert {"checked", "mine", "mine.conv_block.2"} <= changed
+    x, g, b = _img(2, 4, 8, 8), _img(2, 4, seed=2), _img(2, 4, seed=3)
+    ref = {k: (v(x, g, b) if k == "noskip" else v(x)) for k, v in m.items() if k != "dropskip"}
+    i2i_fast.convert(m)
+    assert type(m["doubled"]) is DoubledIN and isinstance(m["checked"], i2i_fast.InstanceNorm2d)
+    assert isinstance(m["mine"], FusedResidualBlock) and type(m["noskip"]) is NoSkipAdaILNBlock
+    for k, want in ref.items():
+        got = m[k](x, g, b) if k == "noskip" else m[k](x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=k)
+
+
+def test_known_names_with_another_forward_say_why():
+    half = type("ResnetBlock", (HalfSkip,), {})(4)
+    pl = i2i_fast.plan(nn.Sequential(half).double())
+    assert "forward is not x + conv_block(x)" in dict(pl.left_alone)["0"]
+
+
+def test_numerical_check_rejects_a_wrong_rewrite():
+    import importlib
+    cv = importlib.import_module("i2i_fast.convert")   # the module (i2i_fast.convert is the function)
+    blk = MyResBlock(4).double()
+    assert cv._mismatch(blk, lambda c: c, 4, kind="test-same") is None
+    why = cv._mismatch(blk, lambda c: c.conv_block, 4, kind="test-body-only")
+    assert why and "differs" in why
+
+
+def test_convert_a_meta_model():
+    with torch.device("meta"):
+        g = _resnet_g()
+        u = ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=2, img_size=32, light=True)
+    for m in (g, u):
+        keys = list(m.state_dict())
+        i2i_fast.convert(m)
+        assert list(m.state_dict()) == keys and all(t.is_meta for t in m.state_dict().values())
+        assert any(isinstance(s, (FusedResidualBlock, FusedResnetAdaILNBlock)) for s in m.modules())
+    assert g(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 3, 32, 32)

@@ -379,3 +379,38 @@ def test_norm_bias_false_with_out_pad(cls, backend):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     for a, b in zip(m.buffers(), tm.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------- meta tensors: shapes, as torch's do
+
+def _meta_cases():
+    from i2i_fast import functional as F
+    c = lambda *s: torch.empty(*s, device="meta")  # noqa: E731
+    x = c(2, 4, 6, 7)
+    return {  # name -> (call, shape)
+        "instance_norm": (lambda: F.instance_norm(x), (2, 4, 6, 7)),
+        "instance_norm_pad": (lambda: F.instance_norm(x, activation="relu", out_pad=1), (2, 4, 8, 9)),
+        "instance_norm_running": (lambda: F.instance_norm(x, c(4), c(4), use_input_stats=False), (2, 4, 6, 7)),
+        "batch_norm": (lambda: F.batch_norm(x, c(4), c(4), training=True), (2, 4, 6, 7)),
+        "batch_norm_eval": (lambda: F.batch_norm(x, c(4), c(4)), (2, 4, 6, 7)),
+        "iln": (lambda: F.iln(x, c(1, 4, 1, 1), c(1, 4, 1, 1), c(1, 4, 1, 1)), (2, 4, 6, 7)),
+        "adalin": (lambda: F.adalin(x, c(1, 4, 1, 1), c(2, 4), c(2, 4)), (2, 4, 6, 7)),
+        "layer_norm": (lambda: F.layer_norm(x, c(4), c(4)), (2, 4, 6, 7)),
+        "adain": (lambda: F.adain(x, c(8), c(8)), (2, 4, 6, 7)),
+        "reflection_pad2d": (lambda: F.reflection_pad2d(x, 2), (2, 4, 10, 11)),
+        "reflection_pad_conv2d": (lambda: F.reflection_pad_conv2d(x, c(3, 4, 3, 3), c(3), 1), (2, 3, 6, 7)),
+        "gan_loss": (lambda: F.gan_loss([x, c(2, 1, 3, 3)], False, "vanilla"), ()),
+        "gan_loss_none": (lambda: F.gan_loss(x, True, "hinge", reduction="none"), (2, 4, 6, 7)),
+        "l1_loss": (lambda: F.l1_loss([(x, c(2, 4, 6, 7))]), ()),
+        "bce_with_logits": (lambda: F.bce_with_logits([(x, c(2, 4, 6, 7))]), ()),
+        "spectral_norm_weight": (lambda: F.spectral_norm_weight(c(3, 36), c(3), c(36)), (3, 36)),
+        "gradient_penalty": (lambda: F.gradient_penalty(nn.Conv2d(4, 1, 3, device="meta"), x, c(2, 4, 6, 7)), ()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_meta_cases()))
+def test_functional_on_meta_tensors(name):
+    call, shape = _meta_cases()[name]
+    out = call()
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    assert out.is_meta and tuple(out.shape) == shape

@@ -542,6 +542,44 @@ def test_backends_report_and_forcing(monkeypatch):
             pass
 
 
+def test_use_backend_is_per_thread():
+    """Threads forcing different backends at once (and one forcing none): each gets its own
+    backend, bitwise its single-threaded result; none sees another's choice."""
+    import contextlib
+    import threading
+    from i2i_fast import _backend
+    x = torch.randn(2, 3, 9, 10)
+    names = cpu_backends() + [None]
+    want = {}
+    for b in names:
+        with i2i_fast.use_backend(b):
+            want[b] = (_backend.select(x.device), F.instance_norm(x, activation="relu"))
+
+    # the Triton interpreter patches module state while it runs: one thread of it (a GPU has no such limit)
+    workers = [b for b in names * 2 if b != "triton"] + (["triton"] if "triton" in names else [])
+    start = threading.Barrier(len(workers))
+    errors = []
+
+    def worker(b):
+        start.wait()
+        for _ in range(8):
+            try:
+                with i2i_fast.use_backend(b) if b else contextlib.nullcontext():
+                    got = (_backend.select(x.device), F.instance_norm(x, activation="relu"))
+            except Exception as e:  # noqa: BLE001 - reported below
+                got = (repr(e), None)
+            if got[0] != want[b][0] or not torch.equal(got[1], want[b][1]):
+                errors.append((b, got[0]))
+
+    threads = [threading.Thread(target=worker, args=(b,)) for b in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert len({w[0] for w in want.values()}) >= 2
+
+
 def test_default_backend_on_cpu():
     from i2i_fast import _backend
     expected = "cpu" if i2i_fast.backends()["cpu"][0] else "reference"
