@@ -95,14 +95,16 @@ def _shared_repl(m) -> str:
             f"::i2i_emu::note_shared(&{name}, sizeof({name}));")
 
 
-def rewrite(src: str, path: str) -> str:
+def rewrite(src: str, path: str, ns: str = "i2i_fast_emu") -> str:
+    """The emulated source of a kernels/*.cu (or the self-test) file, its ops registered in the
+    library namespace `ns` (one per build variant, so two variants can load in one process)."""
     src = rewrite_launches(src)
     if path.endswith(".cuh"):  # device headers (reduce.cuh): shared memory only
         return f'#line 1 "{path}"\n' + _SHARED.sub(_shared_repl, src)
     src = _SHARED.sub(_shared_repl, src)
     if not path.startswith(KERNELS):  # the emulation's own self-test kernels
-        return f'#line 1 "{path}"\n' + src
-    src, n = re.subn(r"TORCH_LIBRARY_IMPL\(\s*i2i_fast\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(i2i_fast_emu, CPU,", src)
+        return f'#line 1 "{path}"\n' + src.replace("TORCH_LIBRARY(i2i_emu_selftest,", f"TORCH_LIBRARY({selftest_ns(ns)},")
+    src, n = re.subn(r"TORCH_LIBRARY_IMPL\(\s*i2i_fast\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({ns}, CPU,", src)
     if n != 1:
         raise ValueError(f"{path}: expected one TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m), found {n}")
     return f'#line 1 "{path}"\n' + src
@@ -159,41 +161,56 @@ def _prelude(gen: str, name: str, flags: list[str]) -> str:
     return path
 
 
-def load(asan: bool = False, verbose: bool = False):
+# Build variants: plain; under AddressSanitizer (bounds); traced (every access of the kernels
+# reaches trace.cpp through gcc's thread-sanitizer instrumentation, no sanitizer runtime linked).
+VARIANTS = {"plain": "i2i_fast_emu", "asan": "i2i_fast_emu_asan", "trace": "i2i_fast_emu_trace"}  # -> name
+
+
+def selftest_ns(ns: str) -> str:
+    """The self-test kernels' op namespace of the variant whose ops are in `ns`."""
+    return "i2i_emu_selftest" + ns[len("i2i_fast_emu"):]
+
+
+def load(asan: bool = False, verbose: bool = False, trace: bool = False):
     """Builds (once, incrementally) and imports the emulation; returns its Python module."""
-    if asan in _LOADED:
-        return _LOADED[asan]
+    variant = "trace" if trace else "asan" if asan else "plain"
+    if asan and trace:
+        raise ValueError("the asan and trace variants are separate builds")
+    if variant in _LOADED:
+        return _LOADED[variant]
     from torch.utils import cpp_extension
-    name = "i2i_fast_emu_asan" if asan else "i2i_fast_emu"
+    name = VARIANTS[variant]
     build = os.path.join(ROOT, "build", name)
     gen = os.path.join(build, "gen")
     os.makedirs(gen, exist_ok=True)
-    sources = [os.path.join(HERE, "runtime.cpp")]
+    sources = [os.path.join(HERE, "runtime.cpp")] + ([os.path.join(HERE, "trace.cpp")] if trace else [])
     for path in kernel_sources():
         dst = os.path.join(gen, os.path.basename(path)[:-3] + ".cpp")
-        _write(dst, rewrite(open(path).read(), path))
+        _write(dst, rewrite(open(path).read(), path, name))
         sources.append(dst)
     selftest = os.path.join(HERE, "selftest.cu")
-    _write(os.path.join(gen, "selftest.cpp"), rewrite(open(selftest).read(), selftest))
+    _write(os.path.join(gen, "selftest.cpp"), rewrite(open(selftest).read(), selftest, name))
     sources.append(os.path.join(gen, "selftest.cpp"))
     for f in os.listdir(KERNELS):  # found first by #include "x.cuh" from gen/
         if f.endswith(".cuh"):
-            _write(os.path.join(gen, f), rewrite(open(os.path.join(KERNELS, f)).read(), os.path.join(KERNELS, f)))
+            _write(os.path.join(gen, f), rewrite(open(os.path.join(KERNELS, f)).read(), os.path.join(KERNELS, f), name))
     defs = "".join(f'  m.def("{s}");\n' for s in schemas())
     schema_cpp = os.path.join(gen, "schemas.cpp")
     _write(schema_cpp, "// generated from csrc/ops.cpp by tests/cuda_emu\n#include <torch/library.h>\n\n"
-                       f"TORCH_LIBRARY(i2i_fast_emu, m) {{\n{defs}}}\n")
+                       f"TORCH_LIBRARY({name}, m) {{\n{defs}}}\n")
     sources.append(schema_cpp)
     flags = ["-O1", "-g0", f"-I{KERNELS}", "-Wno-unknown-pragmas"]
     ldflags = []
     if asan:
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
+    if trace:   # line tables (-g1) name the access sites
+        flags = ["-O1", "-g1", f"-I{KERNELS}", "-Wno-unknown-pragmas", "-DI2I_EMU_TRACE=1", "-fsanitize=thread"]
     flags = ["-include", _prelude(gen, name, flags)] + flags
     mod = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                              extra_include_paths=[os.path.join(HERE, "include")], build_directory=build,
                              verbose=verbose)
-    _LOADED[asan] = mod
+    _LOADED[variant] = mod
     return mod
 
 
@@ -213,12 +230,12 @@ def asan_runtime() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def emulated_ops() -> frozenset[str]:
-    """Names of the i2i_fast ops that have an emulated CUDA kernel (i2i_fast_emu, CPU key)."""
+def emulated_ops(ns: str = "i2i_fast_emu") -> frozenset[str]:
+    """Names of the i2i_fast ops that have an emulated CUDA kernel (in `ns`, CPU key)."""
     names = set()
     for s in schemas():
         op = s.split("(", 1)[0].strip()
-        if torch._C._dispatch_has_kernel_for_dispatch_key(f"i2i_fast_emu::{op}", "CPU"):
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::{op}", "CPU"):
             names.add(op)
     return frozenset(names)
 
@@ -235,11 +252,12 @@ class EmulatedCuda(TorchDispatchMode):
 
     redirected = 0  # calls sent to an emulated CUDA kernel (a test can see its op was routed)
 
-    def __init__(self, asan: bool = False):
+    def __init__(self, asan: bool = False, trace: bool = False):
         super().__init__()
-        self.asan = asan
-        load(asan)
-        self.emulated = emulated_ops()
+        self.asan, self.trace = asan, trace
+        load(asan, trace=trace)
+        self.ns = VARIANTS["trace" if trace else "asan" if asan else "plain"]
+        self.emulated = emulated_ops(self.ns)
         self.cpp = _op_names()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -248,9 +266,9 @@ class EmulatedCuda(TorchDispatchMode):
             op = func._schema.name.split("::", 1)[1]
             if op in self.emulated:
                 EmulatedCuda.redirected += 1
-                return getattr(getattr(torch.ops.i2i_fast_emu, op), func._overloadname)(*args, **kwargs)
+                return getattr(getattr(getattr(torch.ops, self.ns), op), func._overloadname)(*args, **kwargs)
             if op in self.cpp:
-                with EmulatedCuda(self.asan):
+                with EmulatedCuda(self.asan, self.trace):
                     return func._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
         return func(*args, **kwargs)
 
@@ -273,3 +291,73 @@ class LaunchCounter:
         self.by_kernel = {k: n - self.before.get(k, 0) for k, n in after.items() if n != self.before.get(k, 0)}
         self.launches = sum(self.by_kernel.values())
         return False
+
+
+class MemoryTrace:
+    """`with MemoryTrace() as t: op()` runs the block with the CUDA kernels emulated by the traced
+    build and leaves t.launches: per launch its kernel, grid, compulsory and modelled DRAM
+    sectors, and per access site (file:line of the kernel source) its warp requests, bytes,
+    32-byte sectors (global) or wavefronts (shared). A MODEL of a GPU's memory traffic (see
+    docs/cuda_emulation.md), never a measurement. l2_bytes sizes the modelled L2."""
+
+    def __init__(self, l2_bytes: int = 50 << 20):
+        self.l2_bytes = l2_bytes
+
+    def __enter__(self):
+        self.emu = load(trace=True)
+        self.emu.set_l2_bytes(self.l2_bytes)
+        self.mode = EmulatedCuda(trace=True)
+        self.emu.trace_start()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        self.launches = self.emu.trace_stop()
+        names = _site_names(self.emu.trace_library(), {s["pc"] for lc in self.launches for s in lc["sites"]})
+        for lc in self.launches:
+            for s in lc["sites"]:
+                s["site"] = names[s["pc"]]
+        return False
+
+    def sites(self, space: str = "global") -> dict:
+        """{(kernel, site, "load"|"store"): totals of requests, bytes, sectors, wavefronts}."""
+        out = {}
+        for lc in self.launches:
+            for s in lc["sites"]:
+                if s["space"] == space:
+                    key = (lc["kernel"], s["site"], "store" if s["write"] else "load")
+                    tot = out.setdefault(key, dict.fromkeys(("requests", "bytes", "sectors", "wavefronts",
+                                                               "ideal_wavefronts"), 0))
+                    for k in tot:
+                        tot[k] += s[k]
+        return out
+
+    def bytes(self) -> dict:
+        """Totals over the launches: compulsory (each launch's distinct sectors read and written)
+        and the L2 model's DRAM reads and writes, in bytes."""
+        tot = lambda k: 32 * sum(lc[k] for lc in self.launches)  # noqa: E731
+        return {"compulsory": tot("read_sectors") + tot("written_sectors"),
+                "dram": tot("dram_read_sectors") + tot("dram_written_sectors"),
+                "dram_read": tot("dram_read_sectors"), "dram_written": tot("dram_written_sectors")}
+
+
+def _site_names(lib: str, pcs) -> dict:
+    """{pc: "file:line"}: the innermost inlined frame inside kernels/ or the self-test (the
+    source line of the access), else the innermost frame."""
+    pcs = sorted(pcs)
+    out = subprocess.run(["addr2line", "-e", lib, "-i", "-a"] + [hex(p) for p in pcs],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    frames, cur = {}, None
+    for line in out:
+        if line.startswith("0x"):
+            cur = int(line, 16)
+            frames[cur] = []
+        elif cur is not None:
+            frames[cur].append(line.split(" (discriminator")[0].strip())
+    names = {}
+    for pc in pcs:
+        fr = frames.get(pc) or ["??:0"]
+        ours = [f for f in fr if f.startswith((KERNELS, os.path.join(HERE, "selftest")))]
+        names[pc] = os.path.relpath((ours or fr)[0], ROOT) if (ours or fr)[0].startswith("/") else (ours or fr)[0]
+    return names

@@ -15,7 +15,7 @@ assert emu.asan, "the ASan build was not loaded"
 
 if sys.argv[1] == "oob":
     x = torch.randn(1000)
-    torch.ops.i2i_emu_selftest.run("shifted_copy", x, 1)
+    getattr(torch.ops, cuda_emu.selftest_ns(cuda_emu.VARIANTS["asan"])).run("shifted_copy", x, 1)
     print("oob: not caught")
     sys.exit(0)
 

@@ -29,8 +29,9 @@ struct dim3 {
 using uint3 = dim3;
 
 // The running CUDA thread's coordinates: set by the scheduler before it resumes a fiber.
-extern thread_local uint3 threadIdx, blockIdx;
-extern thread_local dim3 blockDim, gridDim;
+// constinit: read directly, without a TLS init call (which the memory tracer would see).
+extern constinit thread_local uint3 threadIdx, blockIdx;
+extern constinit thread_local dim3 blockDim, gridDim;
 
 // Unqualified math the kernels call: float stays float (CUDA's overloads), and min takes
 // mixed integer types as CUDA's min does.

@@ -6,7 +6,8 @@
 // shuffled by a seed), so a missing barrier, a shared-memory race or a dependence on block
 // order changes the result. __shared__ variables are function statics shared by the fibers of
 // the running block; they are poisoned before every block. Launch limits of a real GPU are
-// checked, and launches are counted per kernel name.
+// checked, and launches are counted per kernel name. The traced variant (I2I_EMU_TRACE) also
+// reports each launch and block to the memory tracer (trace.cpp).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <ucontext.h>
@@ -26,9 +27,13 @@
 #else
 #define I2I_EMU_ASAN 0
 #endif
+#ifndef I2I_EMU_TRACE
+#define I2I_EMU_TRACE 0
+#endif
+#include "trace.h"
 
-thread_local uint3 threadIdx, blockIdx;
-thread_local dim3 blockDim, gridDim;
+constinit thread_local uint3 threadIdx, blockIdx;
+constinit thread_local dim3 blockDim, gridDim;
 
 namespace i2i_emu {
 namespace {
@@ -47,6 +52,7 @@ struct Fiber {
   unsigned char value[8];  // the value a lane offers to the shuffle, then the one it gets
   unsigned char got[8];
   void* fake = nullptr;  // ASan: this fiber's fake stack while it is switched out
+  bool quiet = false;    // inside the runtime (barrier, shuffle): not kernel code
 };
 
 struct Shared { void* ptr; size_t size; };
@@ -64,8 +70,12 @@ struct Sched {
   void* main_fake = nullptr;  // ASan: the launching thread's stack, told to it at switches
   const void* main_bottom = nullptr;
   size_t main_size = 0;
+  bool in_fiber = false;  // a fiber runs (S.cur is the one); false while the scheduler runs
 };
 thread_local Sched S;
+// The running fiber, or null: a trivially initialized thread_local, so that the code a fiber runs
+// around its kernel body reaches it without S's TLS init call (the memory tracer sees those).
+constinit thread_local Fiber* t_fiber = nullptr;
 
 // Settings and counters, shared by all host threads.
 std::mutex mu;
@@ -85,7 +95,10 @@ void switch_to_fiber(Fiber& f) {
 #if I2I_EMU_ASAN
   __sanitizer_start_switch_fiber(&S.main_fake, f.stack.get(), kStack);
 #endif
+  S.in_fiber = true;  // the fiber clears it (quietly) before it switches back
+  t_fiber = &f;
   swapcontext(&S.main, &f.ctx);
+  t_fiber = nullptr;
 #if I2I_EMU_ASAN
   __sanitizer_finish_switch_fiber(S.main_fake, nullptr, nullptr);
 #endif
@@ -99,25 +112,32 @@ void entered_fiber(Fiber& f) {
 #endif
 }
 
-void yield_to_main() {
+void yield_to_main() {  // called quiet (inside a barrier or shuffle)
   Fiber& f = S.fibers[S.cur];
 #if I2I_EMU_ASAN
   __sanitizer_start_switch_fiber(&f.fake, S.main_bottom, S.main_size);
 #endif
+  S.in_fiber = false;
   swapcontext(&f.ctx, &S.main);
   entered_fiber(S.fibers[S.cur]);
 }
 
-void fiber_entry() {
+void fiber_entry() {  // the fiber starts quiet: only the kernel body is kernel code
   entered_fiber(S.fibers[S.cur]);
   try {
-    S.body(S.ctx);
+    void (*body)(void*) = S.body;
+    void* ctx = S.ctx;
+    t_fiber->quiet = false;
+    body(ctx);
+    t_fiber->quiet = true;
   } catch (const std::exception& e) {
     fail(e.what());
   } catch (...) {
     fail("unknown exception in an emulated CUDA thread");
   }
+  S.fibers[S.cur].quiet = true;
   S.fibers[S.cur].state = kDone;
+  S.in_fiber = false;
 #if I2I_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, S.main_bottom, S.main_size);  // this stack is done
 #endif
@@ -175,6 +195,7 @@ void run_block(int nthreads, uint64_t salt) {
     Fiber& f = S.fibers[i];
     if (!f.stack) f.stack.reset(new char[kStack]);
     f.state = kRun;
+    f.quiet = true;
     f.fake = nullptr;
     f.tid = uint3(unsigned(i % blockDim.x), unsigned(i / blockDim.x % blockDim.y),
                   unsigned(i / (blockDim.x * blockDim.y)));
@@ -212,13 +233,44 @@ void run_block(int nthreads, uint64_t salt) {
 
 }  // namespace
 
+Running running() {
+  if (!S.in_fiber || S.fibers[S.cur].quiet) return {-1, nullptr, 0};
+  return {S.cur, S.fibers[S.cur].stack.get(), kStack};
+}
+
+size_t shared_count() { return S.shared.size(); }
+
+void shared_range(size_t i, const void** ptr, size_t* size) {
+  *ptr = S.shared[i].ptr;
+  *size = S.shared[i].size;
+}
+
+bool runtime_memory(uintptr_t a) {
+  auto in = [a](const void* p, size_t n) { return a >= uintptr_t(p) && a < uintptr_t(p) + n; };
+  return in(&S, sizeof(S)) || in(&t_fiber, sizeof(t_fiber)) || in(S.fibers.data(), S.fibers.size() * sizeof(Fiber))
+         || in(S.shared.data(), S.shared.size() * sizeof(Shared));
+}
+
+void set_quiet(bool quiet) {
+  if (t_fiber) t_fiber->quiet = quiet;
+}
+
+namespace {
+struct Quiet {  // runtime code on a fiber (the tracer skips it)
+  Quiet() { set_quiet(true); }
+  ~Quiet() { set_quiet(false); }
+};
+}  // namespace
+
 void syncthreads() {
+  Quiet q;
   if (S.cur < 0) throw std::runtime_error("__syncthreads outside an emulated kernel");
   S.fibers[S.cur].state = kBarrier;
   yield_to_main();
 }
 
 void shfl_exchange(unsigned mask, void* value, size_t size, unsigned delta) {
+  Quiet q;
   if (S.cur < 0) throw std::runtime_error("__shfl_down_sync outside an emulated kernel");
   Fiber& f = S.fibers[S.cur];
   if (mask != 0xffffffffu) fail("__shfl_down_sync: only the full mask is emulated");
@@ -230,6 +282,7 @@ void shfl_exchange(unsigned mask, void* value, size_t size, unsigned delta) {
 }
 
 void note_shared(void* ptr, size_t size) {
+  Quiet q;
   for (const Shared& s : S.shared)
     if (s.ptr == ptr) return;
   S.shared.push_back({ptr, size});
@@ -267,12 +320,24 @@ void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* c
   if (S.fibers.size() < threads) S.fibers.resize(threads);
   gridDim = c.grid, blockDim = c.block;
   const int64_t nblocks = int64_t(c.grid.x) * c.grid.y * c.grid.z;
+#if I2I_EMU_TRACE
+  int sms;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    sms = sm_counts[device.load()];
+  }
+  trace::launch_begin(name, unsigned(nblocks), unsigned(threads), sms);
+  struct End { ~End() { trace::launch_end(); } } end;  // also when the launch throws
+#endif
   for (int64_t b : order(nblocks, 0x5EED)) {
     blockIdx = uint3(unsigned(b % c.grid.x), unsigned(b / c.grid.x % c.grid.y),
                      unsigned(b / (int64_t(c.grid.x) * c.grid.y)));
     poison_shared();
     run_block(int(threads), uint64_t(b) + 1);
     S.cur = -1;
+#if I2I_EMU_TRACE
+    trace::block_end();
+#endif
     if (!S.error.empty()) {
       std::ostringstream m;
       m << "CUDA emulation: kernel " << name << ", block (" << blockIdx.x << "," << blockIdx.y << "," << blockIdx.z
@@ -343,6 +408,12 @@ void reset_counts() {
 
 }  // namespace
 
+#if I2I_EMU_TRACE
+namespace i2i_emu::trace {
+void bind(pybind11::module_& m);
+}
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {  // NOLINT
   m.doc() = "CUDA emulation of kernels/*.cu on CPU tensors (tests only)";
   m.def("set_sm_count", &set_sm_count, "emulate a device with this many SMs");
@@ -351,4 +422,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {  // NOLINT
   m.def("launch_counts", &launch_counts, "launches per kernel name since the last reset");
   m.def("reset_counts", &reset_counts);
   m.attr("asan") = bool(I2I_EMU_ASAN);
+  m.attr("traced") = bool(I2I_EMU_TRACE);
+#if I2I_EMU_TRACE
+  i2i_emu::trace::bind(m);
+#endif
 }
