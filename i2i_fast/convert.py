@@ -298,6 +298,15 @@ def _residual_forward(body_name: str):  # x + body(x): CycleGAN, U-GAT-IT, UNIT,
     return forward
 
 
+_CONTAINERS = {"Conv2dBlock": _conv2dblock_forward, "UnetSkipConnectionBlock": _unet_block_forward,
+               "ResnetAdaILNBlock": _adailn_block_forward}
+
+
+def _adds(m: nn.Module) -> bool:
+    """Does m's forward add tensors (a residual look-alike)?"""
+    return any(op == "call_function" and target == "add" for op, target, _, _ in _dataflow(m) or ())
+
+
 def _is_conv2dblock(m) -> bool:
     """MUNIT/UNIT Conv2dBlock: forward = activation(norm(conv(pad(x)))), norm/activation optional."""
     return (type(m).__name__ == "Conv2dBlock" and isinstance(getattr(m, "conv", None), nn.Conv2d)
@@ -711,6 +720,11 @@ class _Planner:
 
     def chains(self):
         covered = set()
+        for p, m in self.model.named_modules():   # the originals' containers, another forward
+            original = _CONTAINERS.get(type(m).__name__)
+            if original is not None and _dataflow(m) is not None and not _computes(m, original):
+                self.plan.leave(p, f"{type(m).__name__}: forward is not the original's; its layers are swapped "
+                                "but not fused with each other")
         for p, root in self.model.named_modules():
             if id(root) in covered:
                 continue
@@ -838,7 +852,7 @@ class _Planner:
                     self.plan.leave(p, f"{name}: not the known residual structure (one Sequential body)")
                 continue
             if not _computes(m, _residual_forward(body_name)):
-                if name in _RESIDUAL_NAMES:
+                if name in _RESIDUAL_NAMES or _adds(m):
                     self.plan.leave(p, f"{name}: forward is not x + {body_name}(x); kept as it is")
                 continue
             last = body[-1]

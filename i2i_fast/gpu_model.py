@@ -206,7 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="NxCxHxW,...")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--layouts", default="nchw,channels_last")
-    p.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+    p.add_argument("--steps", default="", help="also model one converted training step of these families "
+                   "(comma list of cyclegan,ugatit,stargan,pix2pix,munit,unit, or all)")
+    p.add_argument("--out", default=None, help="also write the tables (markdown) to this file")
     a = p.parse_args(argv)
     try:
         emulation().load(trace=True)
@@ -217,12 +219,24 @@ def main(argv=None) -> int:
     print("model, not measured: kernels/*.cu traced on a CPU through tests/cuda_emu; DRAM = an LRU model of "
           "the H200's 50 MB L2; time = sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us)")
     print(render([], header=True))
-    rows = table(a.ops.split(","), shapes, a.dtypes.split(","), [lt == "channels_last" for lt in a.layouts.split(",")])
+    rows = table(a.ops.split(","), shapes, a.dtypes.split(","), [lt == "channels_last" for lt in a.layouts.split(",")]) \
+        if a.ops else []
     text = ("## Memory traffic per op: model, not measured\n\n" + render(rows) + "\n\n"
             f"must-move: inputs read once, outputs written once (the main job's GB/s). compulsory: each launch's "
             f"distinct 32-byte sectors. DRAM: an LRU model of an H200's 50 MB L2 over the launches of the call. "
             f"coalescing: bytes requested / (32 x sectors) per warp request, worst site with >= "
             f"{100 * SITE_SHARE:.0f}% of the bytes. predicted: sum over launches of max(DRAM / 4.3 TB/s, 2.5 us).\n")
+    if a.steps:
+        from .bench_steps import FAMILIES
+        steps = []
+        for fam in (list(FAMILIES) if a.steps == "all" else a.steps.split(",")):
+            steps.append(step_model(fam))
+            print(render_steps(steps[-1:]).splitlines()[-1], flush=True)
+        text += ("\n## One training step, norm/pad/activation/loss work: model, not measured\n\n" + render_steps(steps)
+                 + "\n\nThe small CPU configuration of each family (bench_steps), one step, the optimizer and the "
+                 "convolutions and matrix products left out. eager: the original step's remaining ops and the bytes "
+                 "each touches (inputs and outputs). ours: the converted step's kernels/*.cu launches, their DRAM "
+                 "bytes from the L2 model, and its remaining ops counted as eager's.\n")
     if a.out:
         with open(a.out, "w") as f:
             f.write(text)

@@ -777,8 +777,9 @@ def test_look_alikes_are_left_alone_with_the_reason():
     pl = i2i_fast.plan(m)
     alone = dict(pl.left_alone)
     assert "overrides forward" in alone["doubled"]
-    assert "forward is not x + conv_block(x)" not in alone.get("halfskip", "")   # HalfSkip is not a known name,
-    assert "ILN: its replacement differs" in alone["ilnlike"]                  # but not fused either:
+    assert "forward is not x + conv_block(x)" in alone["halfskip"] and "forward is not x +" in alone["reluadd"]
+    assert "ResnetAdaILNBlock: forward is not the original's" in alone["noskip"]
+    assert "ILN: its replacement differs" in alone["ilnlike"]
     changed = {p for p, _ in pl.changes}
     assert {"halfskip", "reluadd", "dropskip", "noskip", "doubled", "ilnlike"}.isdisjoint(changed)
     assert {"checked", "mine", "mine.conv_block.2"} <= changed
