@@ -82,12 +82,21 @@ __device__ __forceinline__ void load(const T* p, acc_t (&v)[VEC]) {
   for (int i = 0; i < VEC; ++i) v[i] = static_cast<acc_t>(k.v[i]);
 }
 
+// A 16-byte pack is written with one st.global.v4 (__stwb: the default write-back policy). The
+// plain `*reinterpret_cast<Pack*>(p) = k` compiled to VEC element stores (2-byte ones in fp16)
+// in these kernels with nvcc 13, whatever the pointer's declared alignment.
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
   Pack<T, VEC> k;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) k.v[i] = static_cast<T>(v[i]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+  if constexpr (sizeof(k) == 16) {
+    uint4 u;
+    memcpy(&u, &k, sizeof(u));
+    __stwb(reinterpret_cast<uint4*>(p), u);
+  } else {
+    *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+  }
 }
 
 // ---- forward ----
