@@ -82,12 +82,21 @@ __device__ __forceinline__ void load(const T* p, acc_t (&v)[VEC]) {
   for (int i = 0; i < VEC; ++i) v[i] = static_cast<acc_t>(k.v[i]);
 }
 
+// A 16-byte pack is written with one st.global.v4 (__stwb: the default write-back policy). The
+// plain `*reinterpret_cast<Pack*>(p) = k` compiled to VEC element stores (2-byte ones in fp16)
+// in these kernels with nvcc 13, whatever the pointer's declared alignment.
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
   Pack<T, VEC> k;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) k.v[i] = static_cast<T>(v[i]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+  if constexpr (sizeof(k) == 16) {
+    uint4 u;
+    memcpy(&u, &k, sizeof(u));
+    __stwb(reinterpret_cast<uint4*>(p), u);
+  } else {
+    *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+  }
 }
 
 // ---- forward ----
@@ -122,8 +131,14 @@ __global__ void __launch_bounds__(kThreads) fwd_stats_kernel(Params<T, acc_t> a)
   if (t.valid && t.l == 0) store_partial(a.part + (t.plane * a.S + blockIdx.y) * 2, w);
 }
 
+// Resident blocks per SM fwd_apply_kernel is compiled for. With no minimum, ptxas (13.0) held its
+// fp32 instances to 32 registers (100% occupancy) at the cost of 4-16 bytes of spills; 6 blocks
+// (<= 40 registers, 75%) keep fp32/fp16/bf16 spill-free, fp64 takes up to 62 registers (4 blocks).
+template <typename acc_t>
+constexpr int kApplyMinBlocks = sizeof(acc_t) == 8 ? 4 : 6;
+
 template <int P, int VEC, typename T, typename acc_t>
-__global__ void __launch_bounds__(kThreads) fwd_apply_kernel(Params<T, acc_t> a) {
+__global__ void __launch_bounds__(kThreads, kApplyMinBlocks<acc_t>) fwd_apply_kernel(Params<T, acc_t> a) {
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   acc_t mean = 0, var = 0;

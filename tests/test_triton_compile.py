@@ -23,6 +23,7 @@ import torch
 
 import i2i_fast
 from i2i_fast import functional as F
+from test_compiler_facts import cf, check_facts_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -173,13 +174,15 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
     assert not fp64_with_fp32_scalar, fp64_with_fp32_scalar
     (tmp_path / "specs.json").write_text(json.dumps(specs))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(HERE / "triton_aot.py"), str(tmp_path / "specs.json"), "90"],
+    proc = subprocess.run([sys.executable, str(HERE / "triton_aot.py"), str(tmp_path / "specs.json"), "90",
+                           "--facts", str(tmp_path / "facts.json")],
                           capture_output=True, text=True, env=env, timeout=1800)
     out = proc.stdout + proc.stderr
     if proc.returncode == 3:
         pytest.skip(out.strip().splitlines()[-1])
     assert proc.returncode == 0, out[-6000:]
     assert f"compiled {len(specs)}/{len(specs)}" in out
+    check_facts_table("triton", cf.triton_section(json.loads((tmp_path / "facts.json").read_text())))
 
 
 def test_every_triton_op_runs_on_its_tensors_gpu():

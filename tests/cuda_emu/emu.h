@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <tuple>
 #include <type_traits>
@@ -91,6 +92,9 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 
 template <class T>
 inline T __ldcg(const T* p) { return *p; }
+template <class T>
+inline void __stwb(T* p, T v) { *p = v; }
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
