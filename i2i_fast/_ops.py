@@ -14,6 +14,21 @@ if _backend._triton_error is None:
     from .triton import instance_norm as _TRITON  # registers i2i_fast::triton_instance_norm_*
 
 
+def onnx_exporting() -> bool:
+    """True while torch.onnx.export traces a model, with either exporter. The exporters cannot
+    translate i2i_fast's custom ops, so the ops then run their reference math (reference.py:
+    aten ops that have standard ONNX equivalents). torch.onnx.is_in_onnx_export imports two
+    modules per call (~3 us), so it is asked only under a tracer: TorchScript's
+    (dynamo=False) or torch.export's (the default exporter); eager calls pay ~0.1 us."""
+    return (torch._C._is_tracing() or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export()
+
+
+def select(device: torch.device) -> str:
+    """The backend an op on `device` runs with: _backend.select's, or "reference" during an
+    ONNX export."""
+    return "reference" if onnx_exporting() else _backend.select(device)
+
+
 def _fmt(x: torch.Tensor):
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
