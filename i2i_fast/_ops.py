@@ -18,9 +18,12 @@ def onnx_exporting() -> bool:
     """True while torch.onnx.export traces a model, with either exporter. The exporters cannot
     translate i2i_fast's custom ops, so the ops then run their reference math (reference.py:
     aten ops that have standard ONNX equivalents). torch.onnx.is_in_onnx_export imports two
-    modules per call (~3 us), so it is asked only under a tracer: TorchScript's
-    (dynamo=False) or torch.export's (the default exporter); eager calls pay ~0.1 us."""
-    return (torch._C._is_tracing() or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export()
+    modules per call (~3 us), so it is asked only under a tracer: torch.export's (the default
+    exporter) or TorchScript's (dynamo=False); eager calls pay ~0.1 us. Under torch.compile the
+    answer is False without a call dynamo cannot trace (torch._C._is_tracing)."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export()
+    return torch._C._is_tracing() and torch.onnx.is_in_onnx_export()
 
 
 def select(device: torch.device) -> str:
