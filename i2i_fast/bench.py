@@ -1120,8 +1120,9 @@ def _cell(key, row):
 
 
 TIMING_LEGEND = (f"min = fastest sample, IQR = interquartile range of the samples (ms); a row whose samples "
-                 f"spread wider than IQR {NOISY_REL_IQR:.0%} of the median or a median {NOISY_MEDIAN_OVER_MIN:g}x "
-                 f"the min after {NOISY_RETRIES + 1} measurements is marked noisy, with the ratio of the medians "
+                 f"still spread wider than IQR {NOISY_REL_IQR:.0%} of the median or a median "
+                 f"{NOISY_MEDIAN_OVER_MIN:g}x the min, or with more than {NOISY_PREEMPTED_CALLS:.0%} of its calls "
+                 f"preempted, after {NOISY_RETRIES + 1} measurements is marked noisy, with the ratio of the medians "
                  f"and of the minima.")
 
 
@@ -1254,6 +1255,7 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
                     row["compile"] = f"{v} failed: {res[v]['error']}"
         if row["compile_ms"] and row["converted_compile_ms"]:
             row["speedup_vs_compile"] = row["compile_ms"] / row["converted_compile_ms"]
+            row["speedup_vs_compile_min"] = res["compile"]["min_ms"] / res["converted+compile"]["min_ms"]
         checked = [r for v, r in res.items() if v != "eager" and "parity" in r]
         row["parity"] = all(r["parity"] for r in checked)
         row["parity_detail"] = "; ".join(f"{r['variant']}: {r['parity_detail']}" for r in checked)
@@ -1286,8 +1288,8 @@ def _step_cell(key, row):
         return "-"
     if key.endswith("_ratio"):
         return f"{v:.2f}"
-    if key == "speedup_vs_eager" and row.get("noisy"):
-        return noisy_ratio(v, row.get("speedup_vs_eager_min"))
+    if key.startswith("speedup") and row.get("noisy"):
+        return noisy_ratio(v, row.get(key + "_min"))
     if key.startswith("speedup"):
         return f"{v:.2f}x"
     if isinstance(v, float):
