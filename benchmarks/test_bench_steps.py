@@ -64,6 +64,7 @@ def test_training_step(benchmark, device, family, variant):
         res["ops_vs_eager"] = res["ops"] / ref["ops"]
         res["model_ops_vs_eager"] = res["model_ops"] / ref["model_ops"]
     benchmark.extra_info.update(res)
+    bench.warn_if_noisy(res, f"{family} {variant} step on {device}")
 
     if variant == "eager":
         runner.run()

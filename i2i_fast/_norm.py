@@ -343,7 +343,7 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, runnin
     """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
     with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns
     (out, mean, var), also the per-plane statistics (N, C) used (detached)."""
-    backend = _backend.select(x.device)
+    backend = _ops.select(x.device)
     if backend == "reference":
         out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
         if not stats:

@@ -14,6 +14,24 @@ if _backend._triton_error is None:
     from .triton import instance_norm as _TRITON  # registers i2i_fast::triton_instance_norm_*
 
 
+def onnx_exporting() -> bool:
+    """True while torch.onnx.export traces a model, with either exporter. The exporters cannot
+    translate i2i_fast's custom ops, so the ops then run their reference math (reference.py:
+    aten ops that have standard ONNX equivalents). torch.onnx.is_in_onnx_export imports two
+    modules per call (~3 us), so it is asked only under a tracer: torch.export's (the default
+    exporter) or TorchScript's (dynamo=False); eager calls pay ~0.1 us. Under torch.compile the
+    answer is False without a call dynamo cannot trace (torch._C._is_tracing)."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export()
+    return torch._C._is_tracing() and torch.onnx.is_in_onnx_export()
+
+
+def select(device: torch.device) -> str:
+    """The backend an op on `device` runs with: _backend.select's, or "reference" during an
+    ONNX export."""
+    return "reference" if onnx_exporting() else _backend.select(device)
+
+
 def _fmt(x: torch.Tensor):
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last

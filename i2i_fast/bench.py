@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import math
 import os
 import platform
@@ -54,6 +55,12 @@ def full_shapes() -> bool:
     return os.environ.get("I2I_FAST_BENCH_FULL", "0") == "1"
 
 
+def quick_selection() -> bool:
+    """I2I_FAST_BENCH_QUICK=1: the benchmark suite's quick selection (benchmarks/conftest.py),
+    timed with the main job's --quick budgets."""
+    return os.environ.get("I2I_FAST_BENCH_QUICK", "0") == "1"
+
+
 def default_dtypes(device) -> list:
     return ["fp32", "bf16"] if torch.device(device).type == "cuda" else ["fp32"]
 
@@ -64,9 +71,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# When to distrust a timing: on a loaded machine a call can lose a scheduler quantum (~4 ms) to
+# another process, which for a 0.1 ms op turns the median into noise. Wider than these, the
+# samples are re-measured (NOISY_RETRIES times at most), then reported as noisy.
+NOISY_REL_IQR = 0.5          # interquartile range / median: the middle half of the samples disagree
+NOISY_MEDIAN_OVER_MIN = 3.0  # median / fastest sample: most calls lost time to something else
+# Preemption: every time the scheduler switches one of this process's threads out for another
+# process (involuntary context switch), the call waits up to a scheduler quantum. With all
+# samples hit alike (a 2-thread op on 2 busy cores waits a quantum per parallel region) the
+# spread stays narrow and only this shows it.
+SCHED_QUANTUM_MS = 4.0        # a 250 Hz scheduler tick
+PREEMPTED_COST = 0.25         # a call is disturbed when its switches x a quantum pass this share of the median
+NOISY_PREEMPTED_CALLS = 0.25  # noisy when more than this share of the calls is disturbed
+NOISY_RETRIES = 2
+NOISY_MIN_SAMPLES = 4        # fewer samples have no meaningful quartiles: never called noisy
+
+
 @dataclass
 class Timing:
     times_ms: list
+    switches: Optional[list] = None  # involuntary context switches during each call (CPU timings)
+
+    @staticmethod
+    def pool(timings) -> "Timing":
+        """The samples of several measurements of one thing."""
+        sw = [t.switches for t in timings]
+        return Timing([x for t in timings for x in t.times_ms], None if None in sw else [n for s in sw for n in s])
 
     @property
     def median_ms(self) -> float:
@@ -75,6 +105,113 @@ class Timing:
     @property
     def min_ms(self) -> float:
         return min(self.times_ms)
+
+    @property
+    def iqr_ms(self) -> Optional[float]:
+        """Interquartile range (None below 2 samples)."""
+        if len(self.times_ms) < 2:
+            return None
+        q1, _, q3 = statistics.quantiles(self.times_ms, n=4)
+        return q3 - q1
+
+    def noise(self) -> Optional[str]:
+        """Why these samples cannot be trusted (None when they can)."""
+        if len(self.times_ms) < NOISY_MIN_SAMPLES:
+            return None
+        med = self.median_ms
+        why = []
+        if self.iqr_ms > NOISY_REL_IQR * med:
+            why.append(f"IQR {self.iqr_ms / med:.0%} of the median")
+        if med > NOISY_MEDIAN_OVER_MIN * self.min_ms:
+            why.append(f"median {med / max(self.min_ms, 1e-9):.1f}x the min")
+        hit = self.disturbed_calls
+        if hit is not None and hit > NOISY_PREEMPTED_CALLS * len(self.times_ms):
+            why.append(f"{hit} of {len(self.times_ms)} calls preempted")
+        return ", ".join(why) or None
+
+    @property
+    def disturbed_calls(self) -> Optional[int]:
+        """Calls whose preemptions may have cost more than PREEMPTED_COST of the median (None
+        when not recorded)."""
+        if self.switches is None:
+            return None
+        return sum(n * SCHED_QUANTUM_MS > PREEMPTED_COST * self.median_ms for n in self.switches)
+
+    def spread(self) -> dict:
+        """min, IQR and preempted calls, for a results row."""
+        return {"min_ms": self.min_ms, "iqr_ms": self.iqr_ms, "preempted_calls": self.disturbed_calls}
+
+
+def involuntary_switches() -> Optional[int]:
+    """Involuntary context switches of this process so far (all threads); None where
+    getrusage is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def until_quiet(measure_once: Callable[[], dict]) -> tuple:
+    """(timings, noise): measure_once() -> {name: Timing}, taken again while any of them is
+    noisy, NOISY_RETRIES times at most; noise says why the last one still is (None: it is not)."""
+    for attempt in range(NOISY_RETRIES + 1):
+        timings = measure_once()
+        noise = "; ".join(f"{k}: {why}" for k, t in timings.items() if (why := t.noise()))
+        if not noise:
+            return timings, None
+    return timings, f"{noise} (after {attempt + 1} measurements)"
+
+
+class MachineLoad:
+    """How loaded the machine was: the load average when created and, on report(), the CPU
+    time this process got against the wall time since (all threads; on a machine shared with
+    other work it falls below the threads torch runs)."""
+
+    def __init__(self):
+        self.load = _loadavg()
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+
+    def report(self) -> dict:
+        wall = time.perf_counter() - self.wall0
+        cpu = time.process_time() - self.cpu0
+        return {"loadavg_start": self.load, "loadavg_end": _loadavg(), "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(), "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
+                "cpu_per_wall": round(cpu / wall, 2) if wall > 0 else None}
+
+    def header(self) -> str:
+        la = self.load
+        return ("machine load: " + (f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min)" if la
+                                    else "load average unavailable") + f" on {os.cpu_count()} CPUs")
+
+    @staticmethod
+    def summary(r: dict) -> str:
+        la = r["loadavg_end"]
+        return (f"machine load: this process got {r['process_cpu_s']:.0f} s CPU in {r['wall_s']:.0f} s wall "
+                f"({r['cpu_per_wall']} CPU/wall, torch {r['torch_threads']} threads); load average now "
+                + (f"{la[0]:.2f} on {r['cpu_count']} CPUs" if la else "unavailable"))
+
+
+class _NoCudaRuntimeFilter(logging.Filter):
+    """Drops torch.utils.cpp_extension's "No CUDA runtime is found" (logged when torch.compile
+    imports it on a machine with a CUDA toolkit but no GPU): a benchmark on CPU says so itself."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_no_cuda_warning() -> None:
+    """Installs _NoCudaRuntimeFilter when no GPU is visible (idempotent)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not torch.cuda.is_available() and not any(isinstance(f, _NoCudaRuntimeFilter) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeFilter())
+
+
+def _loadavg() -> Optional[list]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every OS
+        return None
 
 
 def measure(run: Callable, device, *, setup: Optional[Callable[[], tuple]] = None,
@@ -101,13 +238,16 @@ def measure(run: Callable, device, *, setup: Optional[Callable[[], tuple]] = Non
             end.record()
         torch.cuda.synchronize(device)
         return Timing([start.elapsed_time(end) for start, end in ev])
-    times = []
+    times, switches = [], []
     for _ in range(reps):
         args = setup()
+        sw = involuntary_switches()
         t = time.perf_counter()
         run(*args)
         times.append((time.perf_counter() - t) * 1e3)
-    return Timing(times)
+        if sw is not None:
+            switches.append(involuntary_switches() - sw)
+    return Timing(times, switches if len(switches) == reps else None)
 
 
 def pedantic_args(run: Callable, device, setup: Optional[Callable[[], tuple]] = None) -> dict:
@@ -130,6 +270,13 @@ def pedantic_args(run: Callable, device, setup: Optional[Callable[[], tuple]] = 
 _COPY_BW: dict = {}
 
 
+def warn_if_noisy(info: dict, what: str) -> None:
+    """A warning (shown in pytest's summary) for a benchmark whose timings are noisy."""
+    if info.get("noisy"):
+        import warnings
+        warnings.warn(f"noisy timing, {what}: {info['noisy']}", stacklevel=2)
+
+
 def pytest_benchmark_case(benchmark, case, mode: str, impl: str) -> None:
     """The body every benchmarks/ suite shares: parity first (a failure fails the benchmark),
     skip a failed torch.compile with its reason, extra_info from summarize(), then
@@ -144,6 +291,7 @@ def pytest_benchmark_case(benchmark, case, mode: str, impl: str) -> None:
         benchmark.extra_info["compile"] = f"failed: {case.compile_error}"
         pytest.skip(f"torch.compile failed: {case.compile_error}")
     benchmark.extra_info.update(summarize(case, mode, impl))
+    warn_if_noisy(benchmark.extra_info, f"{case.key} {device} {mode} {impl}")
     cuda = case.device.type == "cuda"
     median_s = case.timing(impl, mode).median_ms * 1e-3
     rounds = max(5, min(200 if cuda else 30, int((0.3 if cuda else 0.5) / max(median_s, 1e-6))))
@@ -762,6 +910,7 @@ class Case:
         self.compile_error: Optional[str] = None
         self.compile_s: Optional[float] = None
         self._timings: dict = {}
+        self._noise: dict = {}  # mode -> why its timings are noisy (None: they are not)
         self._parity = None
 
     @property
@@ -881,21 +1030,32 @@ class Case:
         per = dict(budget_s=kw["budget_s"] / n, min_reps=max(1, -(-kw["min_reps"] // n)),
                    max_reps=max(1, kw["max_reps"] // n))
         fns = {i: self.fn(i, mode) for i in impls}
-        times: dict = {i: [] for i in impls}
-        for r in range(n):
-            for i in impls:
-                run, setup = fns[i]
-                times[i] += measure(run, self.device, setup=setup, warmup=kw["warmup"] if r == 0 else 1,
-                                    **per).times_ms
+
+        def rounds():
+            samples: dict = {i: [] for i in impls}
+            for r in range(n):
+                for i in impls:
+                    run, setup = fns[i]
+                    samples[i].append(measure(run, self.device, setup=setup, warmup=kw["warmup"] if r == 0 else 1,
+                                              **per))
+            return {i: Timing.pool(t) for i, t in samples.items()}
+        timings, self._noise[mode] = until_quiet(rounds)
         self._timings[("compile", mode)] = None
-        self._timings.update({(i, mode): Timing(t) for i, t in times.items()})
+        self._timings.update({(i, mode): t for i, t in timings.items()})
+
+    def noise(self, mode: str) -> Optional[str]:
+        """Why the timings of `mode` cannot be trusted, or None (measures them if needed)."""
+        self.timing("ours", mode)
+        return self._noise[mode]
 
 
 _CASES: dict = {}
 
 
-def get_case(op: str, shape, dtype, device, *, quick=False) -> Case:
-    """The Case for these arguments, built once per process (so torch.compile runs once)."""
+def get_case(op: str, shape, dtype, device, *, quick=None) -> Case:
+    """The Case for these arguments, built once per process (so torch.compile runs once);
+    quick=None: quick_selection()."""
+    quick = quick_selection() if quick is None else quick
     key = (op, tuple(shape), dtype, str(torch.device(device)), quick)
     if key not in _CASES:
         _CASES[key] = Case(OPS[op], shape, dtype, device, quick=quick)
@@ -911,8 +1071,8 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
          "bytes": case.moved[mode], "rotating_sets": len(case.inputs),
          "time_ms": None, "gbps": None}
     if t is not None:
-        d.update(time_ms=t.median_ms, min_ms=t.min_ms, reps=len(t.times_ms),
-                 gbps=case.moved[mode] / (t.median_ms * 1e-3) / 1e9)
+        d.update(time_ms=t.median_ms, reps=len(t.times_ms), gbps=case.moved[mode] / (t.median_ms * 1e-3) / 1e9,
+                 **t.spread(), noisy=case.noise(mode))
         bw = copy_bandwidth_gbps(case.device)
         if bw:
             d.update(copy_bw_gbps=bw, pct_of_copy_bw=100.0 * d["gbps"] / bw)
@@ -923,7 +1083,10 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
         for base in ("eager", "compile"):
             tb = case.timing(base, mode)
             d[f"{base}_ms"] = tb.median_ms if tb else None
+            d[f"{base}_min_ms"] = tb.min_ms if tb else None
+            d[f"{base}_iqr_ms"] = tb.iqr_ms if tb else None
             d[f"speedup_vs_{base}"] = tb.median_ms / t.median_ms if tb else None
+            d[f"speedup_vs_{base}_min"] = tb.min_ms / t.min_ms if tb else None
     if mode == "fwdbwd":  # peak memory of forward+backward (CUDA; None = not measured)
         d["peak_mb"] = case.peak_mb(impl)
         if impl == "ours":
@@ -933,7 +1096,7 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
 
 # ---------------------------------------------------------------------------------- CLI
 COLUMNS = [("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("mode", "mode"), ("pass", "pass"),
-           ("time_ms", "ours ms"), ("eager_ms", "eager ms"), ("compile_ms", "compile ms"),
+           ("time_ms", "ours ms"), ("min_ms", "ours min"), ("iqr_ms", "ours IQR"), ("eager_ms", "eager ms"), ("compile_ms", "compile ms"),
            ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"), ("gbps", "GB/s"),
            ("pct_of_copy_bw", "% copy BW"), ("peak_mb", "peak MiB"), ("eager_peak_mb", "eager peak MiB")]
 _OPTIONAL_COLUMNS = ("pct_of_copy_bw", "peak_mb", "eager_peak_mb")  # shown when measured (CUDA)
@@ -951,9 +1114,28 @@ def _cell(key, row):
         return "-"
     if isinstance(v, float):
         if key.startswith("speedup"):
-            return f"{v:.2f}x"
+            return noisy_ratio(v, row.get(key + "_min")) if row.get("noisy") else f"{v:.2f}x"
         return f"{v:.3f}" if key.endswith("_ms") else f"{v:.1f}"
     return str(v)
+
+
+TIMING_LEGEND = (f"min = fastest sample, IQR = interquartile range of the samples (ms); a row whose samples "
+                 f"still spread wider than IQR {NOISY_REL_IQR:.0%} of the median or a median "
+                 f"{NOISY_MEDIAN_OVER_MIN:g}x the min, or with more than {NOISY_PREEMPTED_CALLS:.0%} of its calls "
+                 f"preempted, after {NOISY_RETRIES + 1} measurements is marked noisy, with the ratio of the medians "
+                 f"and of the minima.")
+
+
+def noisy_ratio(median_ratio, min_ratio) -> str:
+    """A speedup whose timings are noisy: both the medians' and the minima's ratio, never one
+    bare number."""
+    both = f"{median_ratio:.2f}x median, {min_ratio:.2f}x min" if min_ratio else f"{median_ratio:.2f}x median"
+    return f"noisy ({both})"
+
+
+def noisy_notes(rows, label) -> str:
+    """One line per noisy row: which timings were too wide and why."""
+    return "\n".join(f"noisy: {label(r)}: {r['noisy']}" for r in rows if r.get("noisy"))
 
 
 def format_table(rows, markdown=False) -> str:
@@ -1008,18 +1190,30 @@ def _plot(rows, path, step_rows=()) -> bool:
         ops = [1 / r["model_ops_ratio"] if r.get("model_ops_ratio") else math.nan for r in rs]
         steps = rs is step_rows and any(not math.isnan(o) for o in ops)   # steps: fewer ops as a factor too
         off, wd = (0.28, 0.27) if steps else (0.2, 0.4)
-        ax.barh([y - off for y in ys], eager, wd, label="vs eager")
+        # a noisy row is drawn grey and hatched, labelled with the medians' and the minima's ratio
+        noisy = [bool(r.get("noisy")) for r in rs]
+        series = [(eager, -off, "vs eager")]
         if any(not math.isnan(c) for c in comp):
-            ax.barh([y + (0 if steps else off) for y in ys], comp, wd, label="vs torch.compile")
+            series.append((comp, 0 if steps else off, "vs torch.compile"))
         else:
             ax.plot([], [], " ", label="torch.compile: not run")
+        for k, (vals, shift, name) in enumerate(series):
+            at = [y + shift for y in ys]
+            ax.barh(at, [math.nan if n else v for v, n in zip(vals, noisy)], wd, label=name)
+            ax.barh(at, [v if n else math.nan for v, n in zip(vals, noisy)], wd, color="lightgrey", hatch="//",
+                    edgecolor="grey", label="noisy timing (not a measured speedup)" if k == 0 and any(noisy) else None)
+        for y, r in zip(ys, rs):
+            if r.get("noisy"):
+                ax.annotate(noisy_ratio(r["speedup_vs_eager"], r.get("speedup_vs_eager_min")) + " vs eager",
+                            (r["speedup_vs_eager"], y - off), fontsize=6, va="center", xytext=(3, 0),
+                            textcoords="offset points")
         if steps:
             ax.barh([y + off for y in ys], ops, wd, color="tab:gray", label="ops dispatched (w/o optimizer): orig / conv")
         vals = [v for v in eager + comp if not math.isnan(v) and v > 0]
         if vals and max(vals) / min(vals) > 20:
             ax.set_xscale("log")
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks(list(ys), [label(r) for r in rs], fontsize=7)
+        ax.set_yticks(list(ys), [label(r) + (" [noisy]" if r.get("noisy") else "") for r in rs], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("speedup (x)")
         ax.set_title(title, fontsize=9)
@@ -1047,8 +1241,11 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
         res = bench_steps.measure_family(fam, device, variants, reps, small, progress=_progress)
         e, c = res["eager"], res["converted"]
         row = {"family": fam, "config": e["config"], "device": str(device), "reps": reps,
-               "eager_ms": e["ms"], "converted_ms": c.get("ms"),
+               "eager_ms": e["ms"], "converted_ms": c.get("ms"), "eager_min_ms": e["min_ms"],
+               "eager_iqr_ms": e["iqr_ms"], "converted_min_ms": c.get("min_ms"), "converted_iqr_ms": c.get("iqr_ms"),
+               "noisy": e["noisy"],
                "speedup_vs_eager": e["ms"] / c["ms"] if c.get("ms") else None,
+               "speedup_vs_eager_min": e["min_ms"] / c["min_ms"] if c.get("min_ms") else None,
                "compile_ms": None, "converted_compile_ms": None, "speedup_vs_compile": None,
                "compile": "ok" if compile_steps else "not run"}
         for v, key in (("compile", "compile_ms"), ("converted+compile", "converted_compile_ms")):
@@ -1058,6 +1255,7 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
                     row["compile"] = f"{v} failed: {res[v]['error']}"
         if row["compile_ms"] and row["converted_compile_ms"]:
             row["speedup_vs_compile"] = row["compile_ms"] / row["converted_compile_ms"]
+            row["speedup_vs_compile_min"] = res["compile"]["min_ms"] / res["converted+compile"]["min_ms"]
         checked = [r for v, r in res.items() if v != "eager" and "parity" in r]
         row["parity"] = all(r["parity"] for r in checked)
         row["parity_detail"] = "; ".join(f"{r['variant']}: {r['parity_detail']}" for r in checked)
@@ -1072,8 +1270,8 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
     return rows
 
 
-STEP_COLUMNS = [("family", "family"), ("eager_ms", "orig ms"), ("converted_ms", "conv ms"),
-                ("speedup_vs_eager", "x orig"), ("compile_ms", "compile ms"),
+STEP_COLUMNS = [("family", "family"), ("eager_ms", "orig ms"), ("eager_iqr_ms", "orig IQR"), ("converted_ms", "conv ms"),
+                ("converted_iqr_ms", "conv IQR"), ("speedup_vs_eager", "x orig"), ("compile_ms", "compile ms"),
                 ("converted_compile_ms", "conv+comp ms"), ("speedup_vs_compile", "x comp"),
                 ("eager_ops", "ops orig"), ("converted_ops", "ops conv"), ("ops_ratio", "ops x"),
                 ("eager_model_ops", "model orig"), ("converted_model_ops", "model conv"),
@@ -1090,6 +1288,8 @@ def _step_cell(key, row):
         return "-"
     if key.endswith("_ratio"):
         return f"{v:.2f}"
+    if key.startswith("speedup") and row.get("noisy"):
+        return noisy_ratio(v, row.get(key + "_min"))
     if key.startswith("speedup"):
         return f"{v:.2f}x"
     if isinstance(v, float):
@@ -1119,6 +1319,10 @@ def steps_legend(rows, compile_steps, device) -> str:
     if not compile_steps:
         lines.append("torch.compile columns: not run" + (" on CPU (minutes of compilation per family on a small CPU); "
                                                          "--step-compile runs them" if device.type == "cpu" else ""))
+    lines.append("IQR = interquartile range of the interleaved steps (ms); noisy: see the single-op legend")
+    notes = noisy_notes(rows, lambda r: f"{r['family']} steps")
+    if notes:
+        lines.append(notes)
     for r in rows:
         lines.append(f"  {r['family']}: {r['config']}" + ("" if r["compile"] in ("ok", "not run") else f"  [{r['compile']}]")
                      + ("" if r["parity"] else f"  [{r['parity_detail']}]"))
@@ -1155,10 +1359,13 @@ def main(argv=None) -> int:
         if name not in known:
             p.error(f"unknown {what} {name!r}; choose from {', '.join(known)}")
     device = torch.device(a.device)
+    quiet_no_cuda_warning()
+    load = MachineLoad()
     info = machine_info(device)
     print(f"i2i_fast.bench on {info.get('gpu_name') or info.get('cpu_model')} "
           f"(torch {info['torch']}, triton {info['triton']}"
           + ("" if device.type == "cuda" else f", {info['torch_num_threads']} threads") + ")")
+    print(load.header())
 
     cases = [get_case(o, shape, DTYPES[d], device, quick=a.quick)
              for o in ops for shape in shapes_for(o, device, a.quick) for d in dtypes]
@@ -1193,6 +1400,10 @@ def main(argv=None) -> int:
             print(f"note: torch.compile failed for {c.key}: {c.compile_error}")
 
     print(format_table(rows))
+    print(TIMING_LEGEND)
+    notes = noisy_notes(rows, lambda r: f"{r['op']} {_cell('shape', r)} {r['dtype']} {r['mode']}")
+    if notes:
+        print(notes)
     # losses (issue #5): kernel launches of one forward+backward, ours / eager / compiled
     for c in cases if not interrupted else ():
         if c.op.name in LOSS_OPS:
@@ -1224,15 +1435,20 @@ def main(argv=None) -> int:
         failed += sum(not r["parity"] for r in step_rows)
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_report = load.report()
     meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv), "interrupted": interrupted,
-            "machine": info, "copy_bw_gbps": copy_bandwidth_gbps(device)}
+            "machine": info, "machine_load": load_report, "copy_bw_gbps": copy_bandwidth_gbps(device)}
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(dict(meta, results=rows, steps=step_rows), f, indent=1)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(f"# i2i_fast benchmark ({stamp})\n\n")
         f.write("".join(f"- {k}: {v}\n" for k, v in info.items()))
-        f.write("\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time.\n\n")
+        f.write(f"- {MachineLoad.summary(load_report)}\n")
+        f.write("\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time. "
+                + TIMING_LEGEND + "\n\n")
         f.write(format_table(rows, markdown=True) + "\n")
+        if notes:
+            f.write("\n" + notes.replace("\n", "\n\n") + "\n")
         if step_rows:
             f.write("\n## Whole training steps\n\n" + format_steps(step_rows, markdown=True) + "\n\n")
             f.write(steps_legend(step_rows, compile_steps, device) + "\n")
@@ -1243,6 +1459,7 @@ def main(argv=None) -> int:
               + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "") + ")")
         print(format_steps(step_rows))
         print(steps_legend(step_rows, compile_steps, device))
+    print(MachineLoad.summary(load_report))
     out_dir = os.path.abspath(a.out)
     print(f"results in {out_dir}/: results.json, results.md" + (", speedup.png (chart)" if plotted else
                                                                " (no chart: pip install matplotlib)"))

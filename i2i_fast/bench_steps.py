@@ -33,6 +33,7 @@ from .convert import convert
 from .models import cyclegan, munit, stargan, ugatit, unit
 
 VARIANTS = ("eager", "converted", "compile", "converted+compile")
+COMPILE_OPTIONS = {"fallback_random": True}  # inductor config of the compiled variants (see build)
 
 
 @dataclass
@@ -261,7 +262,11 @@ def build(family: str, variant: str, device, small=None, seed=0):
     if "converted" in variant:  # converted together, so a module shared by two nets (UNIT) stays shared
         nets = list(convert(nn.ModuleList(nets)))
     if "compile" in variant:
-        nets = [torch.compile(n) for n in nets]
+        # inductor's own RNG draws other numbers than eager's generator for the same seed;
+        # UNIT samples its latent code with randn inside the model, so its compiled first step
+        # would differ from the original's. fallback_random keeps torch's generator in the
+        # compiled graph (as eager: one call per draw), so every variant sees the same noise.
+        nets = [torch.compile(n, options=COMPILE_OPTIONS) for n in nets]
     fused = "converted" in variant
     return nets, fam.opts(nets), lambda n, o, d: fam.step(n, o, d, fused), fam.data, fam.what
 
@@ -297,11 +302,11 @@ def run_variant(family, variant, device, ref_losses=None, budget_s=2.0, small=No
     r = runner or Runner(family, variant, device, small)
     losses = r.run()
     ok, detail = compare_losses(ref_losses, losses) if ref_losses is not None else (True, "reference")
-    t, peak = time_step(r, budget_s)
+    t, peak, noise = time_step(r, budget_s)
     saved = None if "compile" in variant else saved_peak_mib(r)
     ops = count_ops(r)
     return {"family": family, "variant": variant, "config": r.what, "device": str(r.device),
-            "ms": t.median_ms, "min_ms": t.min_ms, "reps": len(t.times_ms), "peak_mib": peak,
+            "ms": t.median_ms, **t.spread(), "reps": len(t.times_ms), "noisy": noise, "peak_mib": peak,
             "saved_mib": saved, "ops": ops["ops"], "optimizer_ops": ops["optimizer"], "model_ops": ops["model"],
             **({"launches": ops["launches"]} if "launches" in ops else {}),
             "parity": ok, "parity_detail": detail, "losses": {k: float(v) for k, v in losses.items()}}
@@ -431,22 +436,14 @@ def measure_family(family, device, variants=("eager", "converted"), reps=5, smal
                 raise
             out[v] = {"family": family, "variant": v, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
     ref = first["eager"]
-    times = {v: [] for v in runners}
     if progress:
         progress(f"{family}: timing {', '.join(runners)} interleaved, {reps} steps each")
-    for _ in range(reps):
-        for v, r in runners.items():
-            bench.synchronize(r.device)
-            t = time.perf_counter()
-            r.run()
-            bench.synchronize(r.device)
-            times[v].append((time.perf_counter() - t) * 1e3)
+    (wall, _), noise = alternate(runners, reps)
     for v, r in runners.items():
         ok, detail = compare_losses(ref, first[v]) if v != "eager" else (True, "reference")
-        ts = sorted(times[v])
         out[v] = {"family": family, "variant": v, "config": r.what, "device": str(r.device),
-                  "ms": ts[len(ts) // 2], "min_ms": ts[0], "reps": reps, "parity": ok, "parity_detail": detail,
-                  "losses": {k: float(x) for k, x in first[v].items()}}
+                  "ms": wall[v].median_ms, **wall[v].spread(), "reps": reps, "noisy": noise, "parity": ok,
+                  "parity_detail": detail, "losses": {k: float(x) for k, x in first[v].items()}}
         if extras and "compile" not in v:
             if progress:
                 progress(f"{family}: {v}: ops and saved activations")
@@ -457,9 +454,12 @@ def measure_family(family, device, variants=("eager", "converted"), reps=5, smal
 
 
 def time_step(runner: Runner, budget_s=2.0, warmup=2):
-    """Median ms per step (bench.measure) and peak memory (CUDA: max_memory_allocated over a
-    step, MiB; CPU: None, not measured)."""
-    t = bench.measure(runner.run, runner.device, budget_s=budget_s, warmup=warmup, min_reps=3, max_reps=50)
+    """(timing, peak, noise): the steps' bench.Timing (re-measured while too wide:
+    bench.until_quiet), peak memory (CUDA: max_memory_allocated over a step, MiB; CPU: None,
+    not measured) and why the timing is noisy (None when it is not)."""
+    timings, noise = bench.until_quiet(lambda: {"step": bench.measure(runner.run, runner.device, budget_s=budget_s,
+                                                                       warmup=warmup, min_reps=3, max_reps=50)})
+    t = timings["step"]
     peak = None
     if runner.device.type == "cuda":
         torch.cuda.synchronize()
@@ -467,7 +467,7 @@ def time_step(runner: Runner, budget_s=2.0, warmup=2):
         runner.run()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
-    return t, peak
+    return t, peak, noise
 
 
 def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
@@ -476,27 +476,44 @@ def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
     the original eager one first. Per variant: median wall ms and median CPU ms of this process
     (time.process_time: all threads; on a shared machine it moves less than wall time when
     other processes compete for the cores)."""
-    import time
     runners = {v: Runner(family, v, device, small) for v in variants}
     first = {v: r.run() for v, r in runners.items()}       # parity, warm-up, compilation
     ref = first.get("eager")
-    wall = {v: [] for v in variants}
-    cpu = {v: [] for v in variants}
-    for _ in range(reps):
-        for v, r in runners.items():
-            bench.synchronize(r.device)
-            w, c = time.perf_counter(), time.process_time()
-            r.run()
-            bench.synchronize(r.device)
-            wall[v].append((time.perf_counter() - w) * 1e3)
-            cpu[v].append((time.process_time() - c) * 1e3)
-    med = lambda xs: sorted(xs)[len(xs) // 2]
+    (wall, cpu), noise = alternate(runners, reps)
     out = {}
     for v, r in runners.items():
         ok, detail = compare_losses(ref, first[v]) if ref is not None and v != "eager" else (True, "reference")
-        out[v] = {"family": family, "variant": v, "config": r.what, "ms": med(wall[v]), "min_ms": min(wall[v]),
-                  "cpu_ms": med(cpu[v]), "reps": reps, "parity": ok, "parity_detail": detail}
+        out[v] = {"family": family, "variant": v, "config": r.what, "ms": wall[v].median_ms, **wall[v].spread(),
+                  "cpu_ms": cpu[v].median_ms, "reps": reps, "noisy": noise, "parity": ok, "parity_detail": detail}
     return out
+
+
+def alternate(runners: dict, reps: int) -> tuple:
+    """((wall, cpu), noise): `reps` steps of every runner in alternation, so they share the
+    background load; wall and process-CPU bench.Timing (ms) per variant, taken again while the
+    wall times spread too wide (bench.until_quiet); noise: why they still do, or None."""
+    import time
+    cpu: dict = {}
+
+    def once():
+        wall = {v: [] for v in runners}
+        cpu.update({v: [] for v in runners})
+        switches = {v: [] for v in runners}
+        for _ in range(reps):
+            for v, r in runners.items():
+                bench.synchronize(r.device)
+                sw = bench.involuntary_switches()
+                w, c = time.perf_counter(), time.process_time()
+                r.run()
+                bench.synchronize(r.device)
+                wall[v].append((time.perf_counter() - w) * 1e3)
+                cpu[v].append((time.process_time() - c) * 1e3)
+                if sw is not None:
+                    switches[v].append(bench.involuntary_switches() - sw)
+        return {v: bench.Timing(t, switches[v] if runners[v].device.type == "cpu" and len(switches[v]) == len(t)
+                                else None) for v, t in wall.items()}
+    wall, noise = bench.until_quiet(once)
+    return (wall, {v: bench.Timing(t) for v, t in cpu.items()}), noise
 
 
 
@@ -531,6 +548,8 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     small = False if a.full else None
+    bench.quiet_no_cuda_warning()
+    print(bench.MachineLoad().header())
     if a.ops:
         if a.launches and (why := use_emulated_launches()):
             print(f"--launches: {why}")
@@ -566,8 +585,12 @@ def main(argv=None) -> int:
             for v, r in res.items():
                 failed += not r["parity"]
                 x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
+                if r["noisy"] and e:
+                    x = bench.noisy_ratio(e["ms"] / r["ms"], e["min_ms"] / r["min_ms"])
                 print(f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
                       f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
+            if e and e["noisy"]:
+                print(f"noisy: {fam}: {e['noisy']}")
         return 1 if failed else 0
     print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
     print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9} "
@@ -582,9 +605,13 @@ def main(argv=None) -> int:
             saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
             ops = "-" if res["ops"] is None else str(res["ops"])
             mops = "-" if res["model_ops"] is None else str(res["model_ops"])
-            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {ref['ms'] / res['ms']:7.2f}x {peak:>9} "
+            x = (bench.noisy_ratio(ref["ms"] / res["ms"], ref["min_ms"] / res["min_ms"])
+                 if res["noisy"] or ref["noisy"] else f"{ref['ms'] / res['ms']:7.2f}x")
+            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {x:>8} {peak:>9} "
                   f"{saved:>9} {ops:>6} {mops:>9}  "
                   f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
+            if res["noisy"]:
+                print(f"noisy: {fam} {var}: {res['noisy']}")
     return 1 if failed else 0
 
 

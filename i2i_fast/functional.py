@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _norm, _ops, reference
+from . import _norm, _ops, reference
 from .reference import ACTIVATIONS
 
 __all__ = ["instance_norm", "batch_norm", "iln", "adalin", "layer_norm", "adain"]
@@ -144,7 +144,7 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
-    if _norm.split_planes(input, backend := _backend.select(input.device)):
+    if _norm.split_planes(input, backend := _ops.select(input.device)):
         return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                 float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
@@ -190,7 +190,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    if _norm.split_planes(input, backend := _backend.select(input.device)):
+    if _norm.split_planes(input, backend := _ops.select(input.device)):
         out, mean, var = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
                                           float(negative_slope), pad, None if use_input_stats else stats, stats=True)
         if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
@@ -223,7 +223,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
         return _norm.reference_norm(_norm.BN if training else _norm.IN, input, None, weight, bias, residual,
                                     float(eps), act, float(negative_slope), pad,
                                     None if training else (running_mean, running_var))
-    backend = _backend.select(input.device)
+    backend = _ops.select(input.device)
     if not training:
         if running_mean is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
@@ -295,7 +295,7 @@ def reflection_pad2d(input: Tensor, pad) -> Tensor:
     if isinstance(input, Tensor) and input.dim() == 3:
         return reflection_pad2d(input.unsqueeze(0), pad).squeeze(0)
     _check_padded_input(input, pad)
-    return _ops.reflection_pad2d(_backend.select(input.device), input, pad)
+    return _ops.reflection_pad2d(_ops.select(input.device), input, pad)
 
 
 def _int_arg(name, v, lo):
@@ -349,7 +349,7 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     if h + 2 * padding < weight.shape[2] or w + 2 * padding < weight.shape[3]:
         raise ValueError(f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the "
                          f"kernel {tuple(weight.shape[2:])}")
-    return _ops.reflection_pad_conv2d(_backend.select(input.device), input, weight, bias, padding, stride)
+    return _ops.reflection_pad_conv2d(_ops.select(input.device), input, weight, bias, padding, stride)
 
 
 # ---------------------------------------------------------------- losses (issue #5)
@@ -458,7 +458,7 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
     preds = _common("pred", preds)
     params, ws, kind, red = _gan_plan(mode, len(preds), target_is_real, target_real_label, target_fake_label,
                                       for_discriminator, reduction, weights)
-    backend = _backend.select(preds[0].device)
+    backend = _ops.select(preds[0].device)
     outs = _ops.loss(backend, preds, [], params, ws, kind, red)
     if red == 0:
         return outs if was_list else outs[0]
@@ -531,7 +531,7 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
     first = preds[0]
     if type(first) is not Tensor:  # subclasses (fake tensors...) take the checked path
         return None
-    if not _ops.USE_CPP_AUTOGRAD or _backend.select(first.device) not in ("cpu", "cuda") \
+    if not _ops.USE_CPP_AUTOGRAD or _ops.select(first.device) not in ("cpu", "cuda") \
             or torch.compiler.is_compiling():
         return None
     for t in preds:  # a meta term would send the call to the op's fake kernel, which checks nothing
@@ -572,7 +572,7 @@ def _pairs(pairs, what):
 def _pair_loss(kind, a, b, was_list, weights, reduction):
     red = _reduction(reduction)
     ws = _weights(weights, len(a))
-    backend = _backend.select(a[0].device)
+    backend = _ops.select(a[0].device)
     outs = _ops.loss(backend, a, b, [0.0] * len(a), ws, reference.LOSS_KINDS[kind], red)
     if red == 0:
         return outs if was_list else outs[0]
@@ -676,4 +676,4 @@ def spectral_norm_weight(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
     if u.device != weight.device or v.device != weight.device or u.dtype != weight.dtype or v.dtype != weight.dtype:
         raise ValueError(f"u ({u.dtype} on {u.device}) and v ({v.dtype} on {v.device}) must match the weight "
                          f"({weight.dtype} on {weight.device})")
-    return _ops.sn_scale(_backend.select(weight.device), weight, u, v)[0]
+    return _ops.sn_scale(_ops.select(weight.device), weight, u, v)[0]

@@ -291,7 +291,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         device = input.device if device is None else device
         if self.padding_mode != "reflect":
             return "torch"
-        if _backend._C is None or _backend.select(device) == "reference":
+        if _backend._C is None or _ops.select(device) == "reference":
             return "reference"
         if self.fallback is not None:
             return "pad" if any(self._reversed_padding_repeated_twice) else "conv"
@@ -320,7 +320,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         if not torch.compiler.is_compiling():
             p = self.padding[0]
             if (p and input.device.type == "cpu" and input.dim() == 4 and _ops._pad_conv_forced[0] is None
-                    and _backend.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
+                    and _ops.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
                 # CPU path "pad" without the functional's Python layers (~20 us, 5% of a small
                 # layer): the pad op checks the input and pad, conv2d the dtypes and devices
                 xp = torch.ops.i2i_fast.reflection_pad2d_fwd.default(input, [p, p, p, p])
