@@ -75,36 +75,45 @@ void for_tasks(int64_t N, int64_t C, bool channels_last, int64_t per_plane, Fn&&
   });
 }
 
-// Two-pass mean and biased variance of one NCHW plane of n elements.
+// Two-pass mean and biased variance of one NCHW plane of n elements: vectorized fp32 (fp64)
+// lanes over blocks of kSumBlock, fp64 block totals, so the error does not grow with the
+// number of blocks (1024^2 planes and up). Pass 1 sums x - x[0]: shifted by a value of the
+// plane, the lanes round relative to the data's spread, not to its offset (x + 1e6). Pass 2
+// sums d = x - mean and d^2; m2 = sum d^2 - (sum d)^2 / n removes the rounding of mean.
 template <typename T, typename acc_t>
 I2I_ALWAYS_INLINE void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& var) {
-  acc_t s = 0, m2 = 0, unused = 0;
-  plane_sum2<kSumBlock, acc_t>(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]); });
-  mean = s / n;
-  const acc_t m = mean;
-  plane_sum2<kSumBlock, acc_t>(n, m2, unused, [&](int64_t i, acc_t& a, acc_t&) {
-    const acc_t d = static_cast<acc_t>(x[i]) - m;
-    a += d * d;
+  const acc_t pivot = n > 0 ? static_cast<acc_t>(x[0]) : acc_t(0);
+  double s = 0, s1 = 0, m2 = 0, unused = 0;
+  plane_sum2<kSumBlock, acc_t>(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) {
+    a += static_cast<acc_t>(x[i]) - pivot;
   });
-  var = m2 / n;
+  mean = static_cast<acc_t>(double(pivot) + s / n);
+  const acc_t m = mean;
+  plane_sum2<kSumBlock, acc_t>(n, s1, m2, [&](int64_t i, acc_t& a, acc_t& b) {
+    const acc_t d = static_cast<acc_t>(x[i]) - m;
+    a += d;
+    b += d * d;
+  });
+  var = static_cast<acc_t>(centered_m2(m2, s1, n) / n);
 }
 
 // The same for cw (<= kCB) channels of a channels_last sample: x points at its first channel,
-// rows of C elements, n rows.
+// rows of C elements, n rows; each channel shifted by its value in row 0.
 template <typename T, typename acc_t>
 I2I_ALWAYS_INLINE void block_stats(const T* x, int64_t n, int64_t C, int64_t cw, acc_t* mean, acc_t* var) {
-  // fp64 block totals: a block is only kSumBlock / kCB rows per channel here, so a 256x256
-  // plane has 16x more blocks than in NCHW, and fp32 totals were measurably less accurate
-  double s[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
+  acc_t pivot[kCB] = {0};
+  for (int64_t k = 0; n > 0 && k < cw; ++k) pivot[k] = static_cast<acc_t>(x[k]);
+  double s[kCB] = {0}, s1[kCB] = {0}, m2[kCB] = {0}, unused[kCB] = {0};
   rows_sum2<kSumBlock, acc_t>(n, cw, s, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
-    u += static_cast<acc_t>(x[i * C + k]);
+    u += static_cast<acc_t>(x[i * C + k]) - pivot[k];
   });
-  for (int64_t k = 0; k < cw; ++k) mean[k] = static_cast<acc_t>(s[k] / n);
-  rows_sum2<kSumBlock, acc_t>(n, cw, m2, unused, [&](int64_t i, int64_t k, acc_t& u, acc_t&) {
+  for (int64_t k = 0; k < cw; ++k) mean[k] = static_cast<acc_t>(double(pivot[k]) + s[k] / n);
+  rows_sum2<kSumBlock, acc_t>(n, cw, s1, m2, [&](int64_t i, int64_t k, acc_t& u, acc_t& v) {
     const acc_t d = static_cast<acc_t>(x[i * C + k]) - mean[k];
-    u += d * d;
+    u += d;
+    v += d * d;
   });
-  for (int64_t k = 0; k < cw; ++k) var[k] = static_cast<acc_t>(m2[k] / n);
+  for (int64_t k = 0; k < cw; ++k) var[k] = static_cast<acc_t>(centered_m2(m2[k], s1[k], n) / n);
 }
 
 // ---- NCHW reflection padding, shared by the pad kernels and the norms' output pad ----

@@ -1,7 +1,7 @@
 // CPU kernels of i2i_fast::instance_norm_fwd / instance_norm_bwd.
 // NCHW: one task per (n, c) plane, contiguous inner loops. channels_last: one task per
 // (n, block of kCB channels), the inner loop runs over channels (unit stride).
-// Statistics are two-pass (mean, then centered squares) in fp32/fp64; loops are written so the
+// Statistics are two-pass (cpu_loops.h plane_stats: shifted sums, then centered squares); loops are written so the
 // compiler vectorizes them (omp simd); the activation is a template constant.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -47,7 +47,7 @@ void fwd_nchw(const Args<T, acc_t>& a, int64_t p) {
     var = a.rvar[c];
   }
   // (x - mean) * scale + b, not x * scale + shift: a constant plane gives exactly b, as torch.
-  const acc_t scale = weight_of(a, p, c) / std::sqrt(var + a.eps), shift = bias_of(a, p, c);
+  const acc_t scale = weight_of(a, p, c) * inv_std(var, a.eps), shift = bias_of(a, p, c);
   // with an output pad: row by row into the padded plane's interior, then its border
   const int64_t P = a.pad, rows = P ? a.H : 1, cols = P ? a.W : HW, Wo = a.W + 2 * P;
   T* plane_out = a.out + p * (a.H + 2 * P) * Wo;
@@ -79,7 +79,7 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     for (int64_t k = 0; k < cw; ++k) mean[k] = a.rmean[c0 + k], var[k] = a.rvar[c0 + k];
   }
   for (int64_t k = 0; k < cw; ++k) {
-    scale[k] = weight_of(a, n * C + c0 + k, c0 + k) / std::sqrt(var[k] + a.eps);
+    scale[k] = weight_of(a, n * C + c0 + k, c0 + k) * inv_std(var[k], a.eps);
     shift[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
   // output pixel (i + P, j + P) of the (H + 2P) x (W + 2P) sample, then the border
@@ -106,7 +106,7 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   thread_local std::vector<T> buf;  // reused across planes and calls: no allocation per plane
   int64_t gpix;
   const T* g = fold_grad<false>(a.g + p * (a.H + 2 * a.pad) * (a.W + 2 * a.pad), a.H, a.W, a.pad, 1, 1, buf, gpix);
-  const acc_t mean = a.mean[p], rstd = acc_t(1) / std::sqrt(a.var[p] + a.eps);
+  const acc_t mean = a.mean[p], rstd = inv_std(a.var[p], a.eps);
   const acc_t w = weight_of(a, p, c), b = bias_of(a, p, c);
   acc_t s1 = 0, s2 = 0;
   plane_sum2<kSumBlock, acc_t>(HW, s1, s2, [&](int64_t i, acc_t& u, acc_t& v) {
@@ -117,14 +117,13 @@ void bwd_nchw(const Args<T, acc_t>& a, int64_t p) {
   });
   a.sums[2 * p] = s1;
   a.sums[2 * p + 1] = s2;
-  const acc_t k = rstd * w, m1 = a.input_stats ? s1 / HW : acc_t(0),
-              m2 = a.input_stats ? s2 / HW : acc_t(0);
+  const acc_t k = rstd * w, m1 = s1 / HW, m2 = s2 / HW;
   T* gx = a.out + p * HW;
 #pragma omp simd
   for (int64_t i = 0; i < HW; ++i) {
     acc_t xh = (static_cast<acc_t>(x[i]) - mean) * rstd;
     acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i]), xh, w, b, ACT, a.slope);
-    gx[i] = static_cast<T>(k * (dz - m1 - xh * m2));
+    gx[i] = static_cast<T>(in_grad(k, dz, xh, m1, m2, a.input_stats));
   }
 }
 
@@ -141,7 +140,7 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   double s1[kCB] = {0}, s2[kCB] = {0};  // fp64 block totals, as block_stats
   for (int64_t k = 0; k < cw; ++k) {
     mean[k] = a.mean[n * C + c0 + k];
-    rstd[k] = acc_t(1) / std::sqrt(a.var[n * C + c0 + k] + a.eps);
+    rstd[k] = inv_std(a.var[n * C + c0 + k], a.eps);
     w[k] = weight_of(a, n * C + c0 + k, c0 + k);
     b[k] = bias_of(a, n * C + c0 + k, c0 + k);
   }
@@ -158,8 +157,8 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     a.sums[2 * p] = static_cast<acc_t>(s1[k]);
     a.sums[2 * p + 1] = static_cast<acc_t>(s2[k]);
     kk[k] = rstd[k] * w[k];
-    m1[k] = a.input_stats ? static_cast<acc_t>(s1[k] / HW) : acc_t(0);
-    m2[k] = a.input_stats ? static_cast<acc_t>(s2[k] / HW) : acc_t(0);
+    m1[k] = static_cast<acc_t>(s1[k] / HW);
+    m2[k] = static_cast<acc_t>(s2[k] / HW);
   }
   for (int64_t i = 0; i < HW; ++i) {
     const int64_t o = base + i * C;
@@ -167,7 +166,7 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     for (int64_t k = 0; k < cw; ++k) {
       acc_t xh = (static_cast<acc_t>(a.x[o + k]) - mean[k]) * rstd[k];
       acc_t dz = norm_dz<acc_t>(static_cast<acc_t>(g[i * gs + k]), xh, w[k], b[k], ACT, a.slope);
-      a.out[o + k] = static_cast<T>(kk[k] * (dz - m1[k] - xh * m2[k]));
+      a.out[o + k] = static_cast<T>(in_grad(kk[k], dz, xh, m1[k], m2[k], a.input_stats));
     }
   }
 }

@@ -125,8 +125,7 @@ struct NormArgs {
   const acc_t* rmean; const acc_t* rvar;          // (C,) running stats used instead of input stats
   acc_t* mean; acc_t* var;                        // (N, C): written by fwd, read by bwd
   acc_t* sums;                                    // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
-  acc_t* part;                                    // CUDA split path: per-chunk (mean, m2)
-  double* dpart;                                  // CUDA split path: per-chunk backward sums
+  double* dpart;                                  // CUDA split path: per-chunk fp64 sums (stats or backward)
   int64_t N, C, HW, chunk;
   int64_t H, W, pad;                              // out / g: (H + 2 pad) x (W + 2 pad) planes
   int S, act;

@@ -18,7 +18,6 @@ struct PlaneArgs {
   const T* x; const T* g; const T* res; T* out;    // g: gradient of the (padded) output
   const acc_t *mean, *scale, *shift, *c0, *c1;     // (N, C) per plane
   acc_t *stat_mean, *stat_var, *sums;              // outputs: (N, C), (N, C), (N, C, 2)
-  acc_t* part;                                     // CUDA: per-chunk partial states
   double* dpart;                                   // CUDA: per-chunk partial sums (fp64)
   int64_t N, C, H, W, HW, pad, chunk;
   int S, act;

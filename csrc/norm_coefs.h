@@ -52,7 +52,7 @@ I2I_HD void coefs_sample(const CoefArgs<S>& a, int64_t n) {
     const double b = a.b ? double(a.b[a.b_per_sample ? o + c : c]) : 0.0;
     double sc, sh;
     if (a.kind == 0) {
-      a.rin[o + c] = 1 / sqrt(double(v[c]) + a.eps);
+      a.rin[o + c] = inv_std(double(v[c]), a.eps);  // torch's rule: 0 for var + eps == 0
       sc = g * a.rin[o + c], sh = b;
     } else if (a.kind == 1) {
       const double r = a.rho[c];
@@ -148,7 +148,7 @@ I2I_HD void coefs_channel_bn(const CoefArgs<S>& a, int64_t c) {
   double mb, vb;
   bn_channel_stats(a.mean, a.var, N, C, c, mb, vb);
   for (int64_t n = 0, p = c; n < N; ++n, p += C) a.dm[p] = double(a.mean[p]) - mb;
-  const double r = 1 / sqrt(vb + a.eps);
+  const double r = inv_std(vb, a.eps);
   a.rln[c] = r;
   for (int64_t n = 0, p = c; n < N; ++n, p += C) {
     const double g = a.g ? double(a.g[a.g_per_sample ? p : c]) : 1.0;

@@ -1,4 +1,4 @@
-// Math shared by the CPU (csrc/) and CUDA (kernels/) kernels: Welford/Chan statistics and
+// Math shared by the CPU (csrc/) and CUDA (kernels/) kernels: plane statistics, inv_std and
 // the fused epilogue (activation) with its derivative. Header-only, host+device.
 #pragma once
 #include <cmath>
@@ -15,30 +15,48 @@ namespace i2i {
 // Activation codes shared with Python (i2i_fast/_ops.py ACTIVATIONS).
 enum Act : int { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3 };
 
-// Running mean / sum of squared deviations. The count is an exact integer (a float count
-// stops at 2^24); it is converted once per update, exactly below 2^24 as before.
-template <typename acc_t>
-struct Welford {
-  acc_t mean = 0, m2 = 0;
-  int64_t n = 0;
-  I2I_HD void push(acc_t x) {
-    n += 1;
-    acc_t d = x - mean;
-    mean += d / acc_t(n);
-    m2 += d * (x - mean);
-  }
-  // Chan et al. parallel combination; order of merges is fixed by the caller (determinism).
-  I2I_HD void merge(const Welford& o) {
-    if (o.n == 0) return;
-    if (n == 0) { *this = o; return; }
-    const int64_t tot = n + o.n;
-    acc_t d = o.mean - mean;
-    acc_t f = acc_t(o.n) / acc_t(tot);
-    mean += d * f;
-    m2 += o.m2 + d * d * acc_t(n) * f;
-    n = tot;
+// Sum of squared deviations from the mean of n values, from the sums of d = x - ref and of d^2
+// for any reference ref (a pivot, or a rounded mean): sd2 - sd^2 / n removes ref's distance
+// from the mean. fp64; never negative (rounding); NaN propagates.
+I2I_HD double centered_m2(double sd2, double sd, int64_t n) {
+  const double m2 = sd2 - sd * (sd / double(n));
+  return m2 < 0 ? 0.0 : m2;
+}
+
+// One-pass plane statistics of the CUDA kernels (as the Triton kernels' _shifted_sums): the
+// sums of d = x - pivot and d^2 in fp64, one pivot per plane (its first element) for every
+// thread and chunk, so partial states merge by addition in a fixed order. Shifted, the sums
+// round relative to the data's spread, not its offset (x + 1e6); fp64 keeps the error from
+// growing with the plane (32768^2 planes) and d^2 in range (|x| up to fp32's limit). fp64
+// adds cost nothing measurable on H100/H200 (the pass is bandwidth-bound).
+struct ShiftedSums {
+  double s1 = 0, s2 = 0;
+  I2I_HD void push(double d) { s1 += d, s2 += d * d; }
+  I2I_HD void merge(const ShiftedSums& o) { s1 += o.s1, s2 += o.s2; }
+  // mean and biased variance of the n values pushed
+  template <typename acc_t>
+  I2I_HD void finish(double pivot, int64_t n, acc_t& mean, acc_t& var) const {
+    mean = acc_t(pivot + s1 / double(n));
+    var = acc_t(centered_m2(s2, s1, n) / double(n));
   }
 };
+
+// 1 / sqrt(var + eps) with torch's batch/instance norm rule: 0 where var + eps == 0 (eps = 0 on
+// a constant plane, or denormal data whose variance underflows), so the output there is the
+// bias, not NaN or Inf.
+template <typename acc_t>
+I2I_HD acc_t inv_std(acc_t var, acc_t eps) {
+  const acc_t v = var + eps;
+  return v == acc_t(0) ? acc_t(0) : acc_t(1) / std::sqrt(v);
+}
+
+// Instance norm's input gradient from dz = dL/dz, xhat and the plane means m1 = mean(dz),
+// m2 = mean(dz xhat): k (dz - m1 - xhat m2) with input statistics, k dz with running ones (eval
+// mode's gradient does not depend on x: an infinite x must not make it NaN, as in torch).
+template <typename acc_t>
+I2I_HD acc_t in_grad(acc_t k, acc_t dz, acc_t xh, acc_t m1, acc_t m2, bool input_stats) {
+  return input_stats ? k * (dz - m1 - xh * m2) : k * dz;
+}
 
 template <typename acc_t>
 I2I_HD acc_t act_fwd(acc_t z, int act, acc_t slope) {

@@ -43,7 +43,7 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
     sd = mean.dtype
     g, b = _rows(gamma, c, sd), _rows(beta, c, sd)
     if kind == IN:
-        r = torch.rsqrt(var + eps)
+        r = reference.inv_std(var, eps)
         scale = r if g is None else r * g
         shift = torch.zeros_like(mean) if b is None else b.expand(n, c)
         return scale, shift, (r,)
@@ -51,7 +51,7 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
         if any(p is not None and p.numel() != c for p in (gamma, beta)):
             raise ValueError("batch norm takes per-channel gamma/beta (C elements)")
         dm = mean - mean.mean(0, keepdim=True)
-        r = torch.rsqrt((var + dm * dm).mean(0, keepdim=True) + eps)
+        r = reference.inv_std((var + dm * dm).mean(0, keepdim=True), eps)
         scale = (r if g is None else r * g).expand(n, c)
         shift = scale * dm if b is None else b + scale * dm
         return scale, shift, (dm, r)
@@ -344,7 +344,7 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, runnin
     with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns
     (out, mean, var), also the per-plane statistics (N, C) used (detached)."""
     backend = _ops.select(x.device)
-    if backend == "reference":
+    if backend == "reference" or x.shape[2] * x.shape[3] == 0:  # empty planes: the originals' empty result
         out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
         if not stats:
             return out

@@ -14,6 +14,13 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def inv_std(v: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(v + eps), 0 where v + eps == 0: torch's batch/instance norm rule (eps = 0 on a
+    constant plane gives the bias, not NaN; csrc/norm_math.h inv_std)."""
+    v = v + eps
+    return torch.where(v == 0, torch.zeros_like(v), torch.rsqrt(torch.where(v == 0, torch.ones_like(v), v)))
+
+
 def activation(z: torch.Tensor, act: int, slope: float) -> torch.Tensor:
     if act == 1:
         return torch.relu(z)
@@ -37,7 +44,7 @@ def instance_norm_fwd(x, weight, bias, residual, running_mean, running_var, eps,
     else:
         mean = running_mean.to(sd).reshape(1, c).expand(n, c)
         var = running_var.to(sd).reshape(1, c).expand(n, c)
-    y = (xf - mean[:, :, None, None]) / torch.sqrt(var[:, :, None, None] + eps)
+    y = (xf - mean[:, :, None, None]) * inv_std(var[:, :, None, None], eps)
     if weight is not None:  # per channel (C,) or per (n, c) plane (N*C,)
         y = y * weight.to(sd).reshape(-1, c, 1, 1)
     if bias is not None:

@@ -4,8 +4,8 @@
 // threads stride along H*W with 16-byte vector loads when aligned. channels_last: P = 32
 // channels of one sample, thread (p, l) reads channel p at spatial lanes l, l+8, ... so a warp
 // reads 32 consecutive channels (coalesced) and nothing is copied to NCHW.
-// Statistics use Welford per thread and Chan merges in a fixed tree (deterministic, fp32); the
-// backward sums accumulate in fp64, as the CPU op and norm.cu.
+// Statistics are ShiftedSums (norm_math.h: fp64 sums of x - the plane's first element) merged
+// in a fixed tree (deterministic); the backward sums accumulate in fp64, as the CPU op and norm.cu.
 // When the tiles alone cannot fill the GPU (batch 1, large maps), each plane is split into S
 // chunks: a first kernel writes per-chunk partial states, the second merges them in a fixed
 // order and applies the normalization (or the input gradient) to its chunk.
@@ -100,25 +100,21 @@ __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
 }
 
 // ---- forward ----
+// The plane's pivot for ShiftedSums: its first element (every chunk of the plane uses it).
+template <int P, typename T, typename acc_t>
+__device__ __forceinline__ double pivot_of(const Params<T, acc_t>& a, const Tile<P>& t) {
+  return t.valid ? double(a.x[t.base]) : 0.0;
+}
+
 template <int P, int VEC, typename T, typename acc_t>
-__device__ Welford<acc_t> chunk_welford(const Params<T, acc_t>& a, const Tile<P>& t, int64_t s0,
-                                        int64_t s1) {
-  Welford<acc_t> w;
+__device__ ShiftedSums chunk_stats(const Params<T, acc_t>& a, const Tile<P>& t, int64_t s0, int64_t s1) {
+  const double pivot = pivot_of<P>(a, t);
+  ShiftedSums w;
   visit<P, VEC>(t, s0, s1, [&](int64_t s) {
     acc_t v[VEC];
     load<VEC>(a.x + t.base + s * t.stride, v);
-    if (VEC == 1) {
-      w.push(v[0]);
-    } else {  // one Chan merge (one division) per 16-byte pack instead of one per element
-      Welford<acc_t> pk;
-      pk.n = VEC;
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) pk.mean += v[i];
-      pk.mean *= acc_t(1) / acc_t(VEC);  // exact: VEC is a power of two
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) pk.m2 += (v[i] - pk.mean) * (v[i] - pk.mean);
-      w.merge(pk);
-    }
+    for (int i = 0; i < VEC; ++i) w.push(double(v[i]) - pivot);
   });
   return block_reduce<P>(w);
 }
@@ -127,8 +123,11 @@ template <int P, int VEC, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) fwd_stats_kernel(Params<T, acc_t> a) {
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
-  const Welford<acc_t> w = chunk_welford<P, VEC>(a, t, s0, s1);
-  if (t.valid && t.l == 0) store_partial(a.part + (t.plane * a.S + blockIdx.y) * 2, w);
+  const ShiftedSums w = chunk_stats<P, VEC>(a, t, s0, s1);
+  if (t.valid && t.l == 0) {
+    double* q = a.dpart + (t.plane * a.S + blockIdx.y) * 2;
+    q[0] = w.s1, q[1] = w.s2;
+  }
 }
 
 // Resident blocks per SM fwd_apply_kernel is compiled for. With no minimum, ptxas (13.0) held its
@@ -145,21 +144,22 @@ __global__ void __launch_bounds__(kThreads, kApplyMinBlocks<acc_t>) fwd_apply_ke
   if (!a.input_stats) {
     if (t.valid) mean = a.rmean[t.c], var = a.rvar[t.c];
   } else {
-    Welford<acc_t> w;
-    if (a.split) {
-      for (int j = 0; t.valid && j < a.S; ++j)
-        w.merge(load_partial(a.part + (t.plane * a.S + j) * 2, j, a.chunk, a.HW));
+    ShiftedSums w;
+    if (a.split) {  // the chunk partials, added in chunk order
+      for (int j = 0; t.valid && j < a.S; ++j) {
+        const double* q = a.dpart + (t.plane * a.S + j) * 2;
+        w.merge({q[0], q[1]});
+      }
     } else {
-      w = chunk_welford<P, VEC>(a, t, 0, a.HW);
+      w = chunk_stats<P, VEC>(a, t, 0, a.HW);
     }
-    mean = w.mean;
-    var = w.m2 / acc_t(a.HW);
+    w.finish(pivot_of<P>(a, t), a.HW, mean, var);
     if (t.valid && t.l == 0 && blockIdx.y == 0) a.mean[t.plane] = mean, a.var[t.plane] = var;
   }
   if (!t.valid) return;
   const int64_t ai = a.affine_index(t.plane, t.c);
   const acc_t w = a.w ? a.w[ai] : acc_t(1), b = a.b ? a.b[ai] : acc_t(0);
-  const acc_t scale = w / sqrt(var + a.eps);  // (x - mean) * scale + b: exact b on constant planes
+  const acc_t scale = w * inv_std(var, a.eps);  // (x - mean) * scale + b: exact b on constant planes
   auto apply = [&](int64_t i, int64_t o) {  // input element i -> output element o
     acc_t v[VEC], r[VEC];
     load<VEC>(a.x + i, v);
@@ -199,7 +199,7 @@ __device__ PlaneStats<T, acc_t> plane_stats(const Params<T, acc_t>& a, const Til
   PlaneStats<T, acc_t> ps{0, 0, 1, 0};
   if (!t.valid) return ps;
   ps.mean = a.mean[t.plane];
-  ps.rstd = acc_t(1) / sqrt(a.var[t.plane] + a.eps);
+  ps.rstd = inv_std(a.var[t.plane], a.eps);
   if (a.w) ps.w = a.w[a.affine_index(t.plane, t.c)];
   if (a.b) ps.b = a.b[a.affine_index(t.plane, t.c)];
   return ps;
@@ -278,13 +278,11 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
   }
   if (!t.valid) return;
   if (t.l == 0 && blockIdx.y == 0) a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
-  const acc_t k = ps.rstd * ps.w;
-  const acc_t m1 = a.input_stats ? acc_t(s.a / double(a.HW)) : acc_t(0);
-  const acc_t m2 = a.input_stats ? acc_t(s.b / double(a.HW)) : acc_t(0);
+  const acc_t k = ps.rstd * ps.w, m1 = acc_t(s.a / double(a.HW)), m2 = acc_t(s.b / double(a.HW));
   visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t o, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
     acc_t v[VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = k * (dz[i] - m1 - xh[i] * m2);
+    for (int i = 0; i < VEC; ++i) v[i] = in_grad(k, dz[i], xh[i], m1, m2, a.input_stats);
     store<VEC>(a.out + o, v);
   });
 }
@@ -292,11 +290,11 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
 // ---- host side ----
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-enum Partials { kNoPartials, kWelfordPartials, kSumPartials };
+enum Partials { kNoPartials, kSumPartials };
 
 // Picks the tile width, vector width and plane split; launches pass 1 (only when split) and
-// pass 2 of the given kernel pair. Partials per chunk: (mean, m2) in the stats dtype, or the
-// backward's two sums in fp64.
+// pass 2 of the given kernel pair. Partials per chunk: two fp64 sums (ShiftedSums forward, the
+// backward's sums).
 template <typename T, typename acc_t, class Launch>
 void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& part_buf,
             const at::Tensor& like, Launch&& go) {
@@ -315,10 +313,7 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
   a.chunk = chunk;
   a.S = int(S);
   a.split = S > 1;
-  if (a.split && kind == kWelfordPartials) {
-    part_buf = at::empty({tiles * P * S * 2}, like.options());
-    a.part = part_buf.data_ptr<acc_t>();
-  } else if (a.split && kind == kSumPartials) {
+  if (a.split && kind == kSumPartials) {
     part_buf = at::empty({tiles * P * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part_buf.data_ptr<double>();
   }
@@ -340,7 +335,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "instance_norm_fwd_cuda", [&] {
       Params<scalar_t, at::opmath_type<scalar_t>> a = io.args<scalar_t, at::opmath_type<scalar_t>>();
       at::Tensor part;
-      const Partials kind = io.input_stats ? kWelfordPartials : kNoPartials;
+      const Partials kind = io.input_stats ? kSumPartials : kNoPartials;
       launch(a, io.s, kind, part, io.mean, [&](auto P, auto VEC, dim3 grid, cudaStream_t st) {
         if (a.split && a.input_stats) {
           fwd_stats_kernel<decltype(P)::value, decltype(VEC)::value><<<grid, kThreads, 0, st>>>(a);

@@ -29,19 +29,21 @@ using namespace gpu;
 template <typename T, typename acc_t>
 using PA = PlaneArgs<T, acc_t>;
 
-// ---- statistics ----
+// ---- statistics: ShiftedSums (norm_math.h), pivot = the plane's first element ----
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) stats_kernel(PA<T, acc_t> a) {
   const int64_t p = blockIdx.x, s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const T* x = a.x + p * a.HW;
-  Welford<acc_t> w;
-  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) w.push(static_cast<acc_t>(x[i]));
+  const double pivot = double(x[0]);
+  ShiftedSums w;
+  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) w.push(double(x[i]) - pivot);
   w = block_reduce<1>(w);
   if (threadIdx.x != 0) return;
   if (a.split) {
-    store_partial(a.part + (p * a.S + blockIdx.y) * 2, w);
+    double* q = a.dpart + (p * a.S + blockIdx.y) * 2;
+    q[0] = w.s1, q[1] = w.s2;
   } else {
-    a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
+    w.finish(pivot, a.HW, a.stat_mean[p], a.stat_var[p]);
   }
 }
 
@@ -49,9 +51,9 @@ template <typename T, typename acc_t>
 __global__ void stats_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  Welford<acc_t> w;
-  for (int j = 0; j < a.S; ++j) w.merge(load_partial(a.part + (p * a.S + j) * 2, j, a.chunk, a.HW));
-  a.stat_mean[p] = w.mean, a.stat_var[p] = w.m2 / acc_t(a.HW);
+  ShiftedSums w;  // the chunk partials, added in chunk order
+  for (int j = 0; j < a.S; ++j) w.merge({a.dpart[(p * a.S + j) * 2], a.dpart[(p * a.S + j) * 2 + 1]});
+  w.finish(double(a.x[p * a.HW]), a.HW, a.stat_mean[p], a.stat_var[p]);
 }
 
 // ---- apply ----
@@ -164,19 +166,16 @@ __global__ void bn_running_kernel(const S* mean, const S* var, int64_t N, int64_
 
 // ---- host side ----
 // Grid of a per-plane reduction: S chunks per plane when the planes cannot fill the GPU, with
-// two partials per chunk: Welford (mean, m2) in the stats dtype, or the backward sums in fp64.
+// two fp64 partials per chunk (ShiftedSums, or the backward sums).
 template <typename T, typename acc_t>
-dim3 reduction_grid(PA<T, acc_t>& a, bool welford, at::Tensor& part, const at::Tensor& like) {
+dim3 reduction_grid(PA<T, acc_t>& a, at::Tensor& part, const at::Tensor& like) {
   const int64_t planes = a.N * a.C, target = int64_t(sm_count()) * 4;
   int64_t S = 1;
   if (planes < target) S = std::max<int64_t>(1, std::min((target + planes - 1) / planes, a.HW / (kThreads * 8)));
   a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
   S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
   a.S = int(S), a.split = S > 1;
-  if (a.split && welford) {
-    part = at::empty({planes * S * 2}, like.options());
-    a.part = part.data_ptr<acc_t>();
-  } else if (a.split) {
+  if (a.split) {
     part = at::empty({planes * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part.data_ptr<double>();
   }
@@ -230,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_stats", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, true, part, io.mean);
+      const dim3 grid = reduction_grid(a, part, io.mean);
       stats_kernel<<<grid, kThreads, 0, st>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
@@ -269,7 +268,7 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_apply_sums", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, false, part, io.sums);
+      const dim3 grid = reduction_grid(a, part, io.sums);
       with_pad(pad, [&](auto P) { sums_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {

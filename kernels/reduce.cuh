@@ -34,19 +34,5 @@ __device__ St block_reduce(const St& v) {
   return r;
 }
 
-// A plane split into chunks of `chunk` elements keeps one partial Welford state per chunk:
-// (mean, m2) are stored, the count follows from the geometry (exact, unlike a stored float).
-template <typename acc_t>
-__device__ __forceinline__ void store_partial(acc_t* q, const Welford<acc_t>& w) {
-  q[0] = w.mean, q[1] = w.m2;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ Welford<acc_t> load_partial(const acc_t* q, int64_t j, int64_t chunk, int64_t n) {
-  Welford<acc_t> w;
-  w.mean = q[0], w.m2 = q[1], w.n = min(chunk, n - j * chunk);
-  return w;
-}
-
 }  // namespace gpu
 }  // namespace i2i

@@ -61,3 +61,15 @@ def assert_parity(ours, same, ref64, dtype, what=""):
     base = (same - ref64)[~nan].abs().max().item() if (~nan).any() else 0.0
     bound = 2 * base + ATOL[dtype]
     assert err <= bound, f"{what}: max error {err:.3g} > bound {bound:.3g} (torch {dtype} error {base:.3g})"
+
+
+def offset_planes(shape, offset, seed=0):
+    """fp32 x = offset + v, v on a 1/16 grid in +- pairs in every (n, c) plane: each value, each
+    plane's mean (exactly `offset`) and variance are exact in fp32 and float64, so torch's error
+    is its output rounding alone, while statistics that sum raw fp32 values lose the offset's
+    low bits (issue 21: accumulation error at x + 1e4..1e6 offsets and on large planes)."""
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    v = torch.round(torch.randn(n, c, h * w // 2, generator=g, dtype=torch.float64) * 16) / 16
+    v = torch.cat([v, -v, v.new_zeros(n, c, h * w % 2)], 2)[:, :, torch.randperm(h * w, generator=g)]
+    return (offset + v).reshape(shape).float()

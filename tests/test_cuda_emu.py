@@ -21,7 +21,7 @@ import i2i_fast
 from i2i_fast import functional as F
 
 import cuda_emu
-from conftest import assert_parity, requires_cuda
+from conftest import assert_parity, offset_planes, requires_cuda
 
 if not i2i_fast.backends()["cpu"][0]:
     pytest.skip("i2i_fast._C not built", allow_module_level=True)
@@ -95,14 +95,6 @@ def test_emulation_catches_known_defects(on):
         with pytest.raises(RuntimeError, match=msg):
             run(what, x, arg)
     torch.testing.assert_close(run("shuffle", x, 64)[:31], torch.arange(1, 32, dtype=torch.float32))
-
-
-def test_welford_count_is_exact_past_2_24(emu):
-    """The Welford count is an integer: merging 3-element states past 2^24 keeps it exact (a
-    float count rounds to even numbers there)."""
-    reps = (1 << 24) // 3 + 5
-    got = torch.ops.i2i_emu_selftest.run("welford_count", torch.zeros(1), reps)
-    assert got.item() == 3 * reps
 
 
 def test_entry_points_check_the_device_before_guarding():
@@ -337,6 +329,31 @@ def test_norm_family_parity(on, norm, shape, dtype):
     pad = 1 if min(shape[2:]) > 1 else 0
     check(norm, "cpu", shape, dtype, "leaky_relu", True, pad)
     check(norm, "cpu", shape, dtype, None, False, 0, channels_last=True)
+
+
+@pytest.mark.parametrize("sms", [1, H200_SMS])
+def test_statistics_at_large_offsets(on, sms):
+    """Issue 21 on the CUDA kernels: ShiftedSums (fp64 sums of x - the plane's first element)
+    hold the parity rule at x + 1e3..1e6, one block per plane and split into chunks (sms=1);
+    before: fp32 Welford per thread and fp32 Chan merges."""
+    from test_instance_norm import check_x
+    from test_norm_family import check
+    on.set_sm_count(sms)
+    check_x(offset_planes((2, 3, 6, 6), 1e6), "cpu")
+    check_x(torch.randn(1, 2, 96, 96, generator=torch.Generator().manual_seed(0)) + 1e3, "cpu")
+    check("layer_norm", "cpu", (2, 3, 6, 6), torch.float32, offset=1e6)
+    check("iln", "cpu", (1, 2, 96, 96), torch.float32, offset=1e3)
+
+
+def test_edge_rules(on):
+    """Issue 21's edge values on the CUDA kernels: eps = 0 with zero variance and denormals,
+    eval mode's gradient at an infinite input, NaN/Inf loss gradients (the CPU tests' cases)."""
+    import test_instance_norm
+    import test_losses
+    test_instance_norm.test_eps0_zero_variance_and_denormals("cpu")
+    test_instance_norm.test_eval_mode_gradient_with_infinite_input("cpu")
+    for mode in test_losses.MODES:
+        test_losses.test_nan_inf_gradients_like_original("cpu", mode)
 
 
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])

@@ -12,7 +12,7 @@ import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast import reference
 
-from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
 
 ACTS = [None, "relu", "leaky_relu", "tanh"]
 
@@ -78,6 +78,95 @@ def check_all(shape, dtype, device, backend, affine, act, residual, channels_las
     assert_parity(o, t, f, dtype, f"{backend} out")
     for name, a, bb, c in zip(["x", "weight", "bias", "residual"][: len(go)], go, gt, gf):
         assert_parity(a, bb, c, dtype, f"{backend} grad {name}")
+
+
+def check_x(x, backend, act="relu"):
+    """Forward and input gradient of F.instance_norm on the fp32 tensor x: ours vs float64,
+    slack from torch fp32."""
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def ours(xs, ws, bs, rs):
+        with i2i_fast.use_backend(backend):
+            return F.instance_norm(xs, activation=act)
+
+    def theirs(xs, ws, bs, rs):
+        return torch_chain(xs, None, None, None, act)
+
+    results = [run_case(fn, x.double(), None, None, None, gy, dt, "cpu")
+               for fn, dt in ((ours, x.dtype), (theirs, x.dtype), (theirs, torch.float64))]
+    (o, (go,)), (t, (gt,)), (f, (gf,)) = results
+    assert_parity(o, t, f, x.dtype, f"{backend} out")
+    assert_parity(go, gt, gf, x.dtype, f"{backend} grad x")
+    return o, go
+
+
+# ------------------------------------------------------------------ numerics at the edges (issue 21)
+def kernel_backends():
+    """cpu_backends() without the last-resort reference backend (fp32 torch ops, not the kernels)."""
+    return [b for b in cpu_backends() if b != "reference"]
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("shape, offset", [((2, 3, 6, 6), 1e6), ((1, 2, 64, 64), 1e4)], ids=["6x6+1e6", "64x64+1e4"])
+def test_statistics_at_large_offsets(backend, shape, offset):
+    """Plane statistics of x + 1e4..1e6 hold the parity rule: they sum x minus a pivot of the
+    plane (before: raw fp32 sums, 0.1-0.3 error at 1e6 where torch had 0.04)."""
+    check_x(offset_planes(shape, offset), backend)
+
+
+@pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
+def test_cpu_statistics_of_a_large_plane():
+    """A 1024x1024 plane (pix2pixHD/SPADE size) with a mean of 100: the block totals are fp64, so
+    the error does not grow with the plane (before: 3e-5 where torch had 2.6e-6)."""
+    check_x(torch.randn(1, 2, 1024, 1024, generator=torch.Generator().manual_seed(3)) + 100, "cpu")
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs the Triton interpreter")
+def test_triton_statistics_with_gpu_lane_counts(monkeypatch):
+    """Programs of 16 lanes on a 128x128 plane: each lane sums 1024 values, as a GPU program's
+    1024 lanes do on a 1024x1024 plane. fp64 shifted lane sums hold the rule (before, fp32
+    lanes: 1.3e-4 where torch had 1.9e-5)."""
+    from i2i_fast.triton import instance_norm as tin
+    monkeypatch.setattr(tin, "_block", lambda hw: 16)
+    check_x(torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0)) + 1e3, "triton", act=None)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_eps0_zero_variance_and_denormals(backend):
+    """eps = 0 on a constant plane: torch's inverse std is 0 where var + eps == 0, so the output is
+    the bias, not NaN; denormal planes (variance underflows to 0) give the bias, not +-Inf."""
+    w, b = torch.tensor([2.0, 3.0]), torch.tensor([0.5, -0.25])
+    for x in (torch.full((2, 2, 3, 3), 7.0), torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(2)) * 1e-42):
+        x.requires_grad_()
+        with i2i_fast.use_backend(backend):
+            y = F.instance_norm(x, weight=w, bias=b, eps=0.0)
+        ref = TF.instance_norm(x.detach(), weight=w, bias=b, eps=0.0)
+        assert torch.equal(y, ref), f"{backend}: {y.flatten()[:4]} != torch's {ref.flatten()[:4]}"
+        y.backward(torch.randn_like(y))
+        assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_eval_mode_gradient_with_infinite_input(backend):
+    """Eval mode (running statistics): the input gradient is w / sqrt(rv + eps) * dy whatever x
+    is, as torch; an infinite x gave NaN (xhat * 0 in the input-statistics formula)."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    x[0, 0, 0, 0], x[1, 2, 3, 1] = float("inf"), float("-inf")
+    rm, rv, w, b = torch.zeros(3), torch.full((3,), 4.0), torch.rand(3) + 0.5, torch.randn(3)
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    for act, torch_act in ((None, lambda t: t), ("relu", torch.relu)):
+        xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with i2i_fast.use_backend(backend):
+            y = F.instance_norm(xs, rm, rv, w, b, use_input_stats=False, activation=act)
+        yt = torch_act(TF.instance_norm(xt, rm, rv, w, b, use_input_stats=False))
+        y.backward(gy), yt.backward(gy)
+        torch.testing.assert_close(y, yt)
+        torch.testing.assert_close(xs.grad, xt.grad)
+    for mod in (i2i_fast.BatchNorm2d(3).eval(), i2i_fast.InstanceNorm2d(3, track_running_stats=True).eval()):
+        xs = x.clone().requires_grad_()
+        with i2i_fast.use_backend(backend):
+            mod(xs).sum().backward()
+        assert torch.isfinite(xs.grad).all(), type(mod).__name__
 
 
 # ------------------------------------------------------------------ parity on CPU tensors

@@ -490,6 +490,27 @@ def test_nan_inf_propagate_like_original(backend, mode):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_inf_gradients_like_original(backend, mode):
+    """The backward of every mode with NaN/Inf predictions: the original's gradient element for
+    element (issue 21: Triton's hinge, linear and abs derivatives were NaN at a NaN input where
+    torch gives the constant -1/n)."""
+    p = torch.tensor([[0.5, float("nan"), float("inf"), -float("inf"), 30.0, -30.0, 0.0, 1.0, -1.0]])
+    for is_real in (True, False):
+        pa, pb = p.clone().requires_grad_(), p.clone().requires_grad_()
+        with i2i_fast.use_backend(backend):
+            F.gan_loss(pa, is_real, mode).backward()
+        original(mode, pb, is_real).backward()
+        torch.testing.assert_close(pa.grad, pb.grad, equal_nan=True, msg=f"{mode} {is_real}")
+    a, b = p.clone().requires_grad_(), torch.zeros_like(p)
+    with i2i_fast.use_backend(backend):
+        F.l1_loss([(a, b)]).backward()
+    ref = p.clone().requires_grad_()
+    torch.nn.L1Loss()(ref, b).backward()
+    torch.testing.assert_close(a.grad, ref.grad, equal_nan=True, msg="l1")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_empty_prediction_mean_is_nan_like_torch(backend):
     p = torch.zeros(0, 1, 3, 3)
     with i2i_fast.use_backend(backend):

@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 import i2i_fast
 from i2i_fast import functional as F
 
-from conftest import assert_parity, cpu_backends, cuda_backends, requires_cuda
+from conftest import assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
 from test_norms import orig_adain, orig_lin, orig_munit_ln
 
 NORMS = ["iln", "adalin", "layer_norm", "adain", "instance_norm", "batch_norm"]
@@ -70,7 +70,7 @@ def original(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
 
 
 def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels_last=False, seed=0,
-          device="cpu"):
+          device="cpu", offset=None):
     """Forward and every gradient: ours(dtype) vs original(float64), slack from original(dtype)."""
     torch.manual_seed(seed)
     n, c = shape[:2]
@@ -80,6 +80,8 @@ def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels
     # the float64 reference sees the inputs the dtype runs see (rounded), so the rule measures
     # the computation's error, not the rounding of the inputs
     x64 = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype).double()
+    if offset is not None:  # fp32 planes with exact statistics around a large offset
+        x64 = offset_planes(shape, offset, seed).double()
     r64 = torch.randn(shape, dtype=torch.float64).to(dtype).double() if with_res else None
     p64 = tuple(t.to(param_dtype(dtype)).double() for t in make_params(norm, n, c, seed=seed))
     results = {}
@@ -151,6 +153,40 @@ def test_batch1_large_map_accuracy():
     """(1, 64, 64, 64) U-GAT-IT decoder-like shape: LN statistics merged over planes."""
     for norm in ("adalin", "layer_norm"):
         check(norm, cpu_backends()[0], (1, 64, 64, 64), torch.float32, "relu", False, 1)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends() if b != "reference"])
+@pytest.mark.parametrize("norm", ["layer_norm", "iln", "batch_norm"])
+def test_statistics_at_large_offsets(norm, backend):
+    """Issue 21: the plane statistics of x + 1e6 sum x minus a pivot of the plane (before: raw
+    fp32 sums, several times torch's error)."""
+    check(norm, backend, (2, 3, 6, 6), torch.float32, offset=1e6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("norm", NORMS)
+def test_empty_planes_like_original(norm, backend):
+    """H = 0: the originals return an empty tensor and zero parameter gradients (ours raised
+    on the norm_coefs path: hw must be > 0)."""
+    check(norm, backend, (2, 3, 0, 5), torch.float32)
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs the Triton interpreter")
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_triton_statistics_with_gpu_lane_counts(monkeypatch, split):
+    """norm_stats with 16-lane programs on 128x128 planes: 1024 values per lane, as a GPU
+    program's 1024 lanes on a 1024x1024 plane; split: chunk partials merged (before, fp32 lanes
+    and merges: past the parity bound)."""
+    from i2i_fast.triton import norm as tn
+    monkeypatch.setattr(tn, "_block", lambda hw: 16)
+    monkeypatch.setattr(tn, "MIN_CHUNK", 1024)
+    monkeypatch.setattr(tn, "INTERPRETER_SMS", 4 if split else 0)
+    x = torch.randn(1, 2, 128, 128, generator=torch.Generator().manual_seed(0)) * 0.01 + 1e3
+    mean, var = torch.ops.i2i_fast.triton_norm_stats(x)
+    x64 = x.double()
+    assert_parity(mean, x.mean((2, 3)), x64.mean((2, 3)), torch.float32, "mean")
+    var64 = x64.var((2, 3), unbiased=False)  # relative errors: var is 1e-4 (before: 1.2e-4, torch 1.6e-8)
+    assert_parity(var / var64, x.var((2, 3), unbiased=False) / var64, var64 / var64, torch.float32, "var")
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

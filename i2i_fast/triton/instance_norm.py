@@ -117,6 +117,41 @@ def _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slop
 
 
 @triton.jit
+def _inv_std(var, eps):
+    # 1 / sqrt(var + eps), 0 where var + eps == 0: torch's rule (norm_math.h inv_std)
+    v = var + eps
+    return tl.where(v == 0, 0.0, 1.0 / tl.sqrt(tl.where(v == 0, 1.0, v)))
+
+
+@triton.jit
+def _shifted_sums(X, base, start, end, W, sH, sW, pivot, BLOCK: tl.constexpr):
+    """Sums of d = x - pivot and d^2 over the elements [start, end) of a plane (element idx at
+    base + (idx // W) sH + (idx % W) sW), one pass, fp64 lanes. Shifted by a value of the plane
+    (pivot), the sums round relative to the data's spread, not to its offset (x + 1e6); fp64
+    keeps their error from growing with the plane (32768^2) and d^2 in range (|x| to 1e38)."""
+    offs = tl.arange(0, BLOCK)
+    a1 = tl.zeros([BLOCK], tl.float64)
+    a2 = tl.zeros([BLOCK], tl.float64)
+    for s0 in range(start, end, BLOCK):
+        idx = s0 + offs
+        m = idx < end
+        off = base + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
+        d = tl.where(m, tl.load(X + off, mask=m, other=0.0).to(tl.float64) - pivot, 0.0)
+        a1 += d
+        a2 += d * d
+    return tl.sum(a1, 0), tl.sum(a2, 0)
+
+
+@triton.jit
+def _mean_m2(pivot, s1, s2, n):
+    """Mean and sum of squared deviations of n values from _shifted_sums (as norm_math.h
+    centered_m2: never negative, NaN propagates)."""
+    q = s1 / n
+    m2 = s2 - s1 * q
+    return pivot + q, tl.where(m2 < 0, 0.0, m2)
+
+
+@triton.jit
 def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS, Hi, Wi, P, sH, oN, oC, oH, oW,
                              EPS: tl.constexpr, SLOPE: tl.constexpr,
                              HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
@@ -129,26 +164,18 @@ def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR, C, HW, sN, sC, sS
     offs = tl.arange(0, BLOCK)
     slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     if INPUT_STATS:
-        acc = tl.zeros([BLOCK], ACC)
-        for s0 in range(0, HW, BLOCK):
-            idx = s0 + offs
-            acc += tl.load(X + base + idx.to(tl.int64) * sS, mask=idx < HW, other=0.0).to(ACC)
-        mean = tl.sum(acc, 0) / HW
-        acc = tl.zeros([BLOCK], ACC)
-        for s0 in range(0, HW, BLOCK):
-            idx = s0 + offs
-            m = idx < HW
-            x = tl.load(X + base + idx.to(tl.int64) * sS, mask=m, other=0.0).to(ACC)
-            d = tl.where(m, x - mean, 0.0)
-            acc += d * d
-        var = tl.sum(acc, 0) / HW
+        pivot = tl.load(X + base).to(tl.float64)
+        s1, s2 = _shifted_sums(X, base, 0, HW, Wi, sH, sS, pivot, BLOCK)
+        mean, m2 = _mean_m2(pivot, s1, s2, HW)
+        mean = mean.to(ACC)
+        var = (m2 / HW).to(ACC)
         tl.store(MEAN + pid, mean)
         tl.store(VAR + pid, var)
     else:
         mean = tl.load(RM + c).to(ACC)
         var = tl.load(RV + c).to(ACC)
     ai = pid if PER_PLANE else c
-    scale = _channel(W, ai, HAS_W, 1.0, ACC) / tl.sqrt(var + EPS)  # constexpr: exact in fp64
+    scale = _channel(W, ai, HAS_W, 1.0, ACC) * _inv_std(var, EPS)  # constexpr: exact in fp64
     shift = _channel(B, ai, HAS_B, 0.0, ACC)  # (x - mean) * scale + b: exact on constant planes
     if HAS_P:  # each padded output element reads its mirror source in x (and the residual)
         _, ybase = _plane(pid, C, oN, oC)
@@ -190,29 +217,25 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
     offs = tl.arange(0, BLOCK)
     slope = tl.full((), SLOPE, ACC)  # exact in fp64 (a float argument would be fp32)
     mean = tl.load(MEAN + pid).to(ACC)
-    rstd = 1.0 / tl.sqrt(tl.load(VAR + pid).to(ACC) + EPS)
+    rstd = _inv_std(tl.load(VAR + pid).to(ACC), EPS)
     ai = pid if PER_PLANE else c
     w = _channel(W, ai, HAS_W, 1.0, ACC)
     b = _channel(B, ai, HAS_B, 0.0, ACC)
-    a1 = tl.zeros([BLOCK], ACC)
-    a2 = tl.zeros([BLOCK], ACC)
+    a1 = tl.zeros([BLOCK], tl.float64)  # fp64 lanes, as the CUDA kernels' sums: the error must
+    a2 = tl.zeros([BLOCK], tl.float64)  # not grow with the values per lane (large planes)
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
         m = idx < HW
         xh, dz = _xhat_dz(X, G, base + idx.to(tl.int64) * sS, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd,
                           w, b, slope, HAS_P, ACT, ACC)
-        a1 += dz
-        a2 += dz * xh
+        a1 += dz.to(tl.float64)
+        a2 += dz.to(tl.float64) * xh
     s1 = tl.sum(a1, 0)
     s2 = tl.sum(a2, 0)
-    tl.store(SUMS + 2 * pid, s1)
-    tl.store(SUMS + 2 * pid + 1, s2)
-    if INPUT_STATS:
-        m1 = s1 / HW
-        m2 = s2 / HW
-    else:
-        m1 = 0.0
-        m2 = 0.0
+    tl.store(SUMS + 2 * pid, s1.to(SUMS.dtype.element_ty))
+    tl.store(SUMS + 2 * pid + 1, s2.to(SUMS.dtype.element_ty))
+    m1 = (s1 / HW).to(ACC)
+    m2 = (s2 / HW).to(ACC)
     k = rstd * w
     for s0 in range(0, HW, BLOCK):
         idx = s0 + offs
@@ -220,7 +243,11 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR, SUMS, C, HW, sN, sC, sS,
         off = base + idx.to(tl.int64) * sS
         xh, dz = _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P,
                           ACT, ACC)
-        tl.store(GX + off, (k * (dz - m1 - xh * m2)).to(GX.dtype.element_ty), mask=m)
+        if INPUT_STATS:
+            gx = k * (dz - m1 - xh * m2)
+        else:  # eval mode: the gradient does not depend on x (an infinite x gives no NaN), as torch
+            gx = k * dz
+        tl.store(GX + off, gx.to(GX.dtype.element_ty), mask=m)
 
 
 def _layout(x: torch.Tensor):

@@ -34,6 +34,13 @@ def _log1p(e):
 
 
 @triton.jit
+def _const(x, v):
+    # v broadcast to x's block; zeros_like, not 0 * x, so a NaN in x does not reach constant
+    # derivatives (torch's hinge / linear / abs backward give the constant there)
+    return tl.zeros_like(x) + v
+
+
+@triton.jit
 def _elem(x, y, a, KIND: tl.constexpr):
     if KIND == 0:
         r = x - a
@@ -47,15 +54,15 @@ def _elem(x, y, a, KIND: tl.constexpr):
     elif KIND == 2:
         z = 1.0 + a * x
         v = tl.where(z < 0, 0.0, z)
-        d = tl.where(z <= 0, 0.0, a + 0.0 * x)
+        d = tl.where(z <= 0, 0.0, _const(x, a))
     elif KIND == 3:
         v = a * x
-        d = a + 0.0 * x
+        d = _const(x, a)
     elif KIND == 4:
         z = a * x
         e = tl.exp(z)
         v = tl.where(z > 20.0, z, tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e)))
-        d = tl.where(z > 20.0, a + 0.0 * x, a * (e / (e + 1.0)))
+        d = tl.where(z > 20.0, _const(x, a), a * (e / (e + 1.0)))
     elif KIND == 6:  # bce with a per-element target y
         e = tl.exp(-tl.abs(x))
         log_sig = tl.where(x < 0, x, 0.0) - _log1p(e)
@@ -64,7 +71,7 @@ def _elem(x, y, a, KIND: tl.constexpr):
     else:
         r = x - y
         v = tl.abs(r)
-        d = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0)) + 0.0 * x
+        d = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, _const(x, 0.0)))
     return v, d
 
 

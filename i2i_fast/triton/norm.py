@@ -14,7 +14,8 @@ from torch.library import triton_op, wrap_triton
 
 from . import on_device
 
-from .instance_norm import _act, _act_grad, _acc, _block, _fold, _layout, _reflect, _slope
+from .instance_norm import (_act, _act_grad, _acc, _block, _fold, _inv_std, _layout, _mean_m2, _reflect,
+                            _shifted_sums, _slope)
 
 
 @triton.jit
@@ -34,38 +35,28 @@ def _span(CHUNK, total):
 @triton.jit
 def norm_stats_kernel(X, MEAN, VAR, PART, C, H, W, CHUNK, sN, sC, sH, sW, SPLIT: tl.constexpr,
                       ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Two-pass mean / squared deviations of a chunk of a plane; SPLIT: the chunk's (mean, M2)
-    go to PART for norm_stats_merge_kernel, else the plane's mean and biased variance."""
+    """Mean / squared deviations of a chunk of a plane (fp64 shifted sums, _shifted_sums);
+    SPLIT: the chunk's (mean, M2) go to PART (fp64) for norm_stats_merge_kernel, else the
+    plane's mean and biased variance."""
     pid = tl.program_id(0)
     base = (pid // C).to(tl.int64) * sN + (pid % C).to(tl.int64) * sC
-    offs = tl.arange(0, BLOCK)
     HW = H * W
     start, end = _span(CHUNK, HW)
-    acc = tl.zeros([BLOCK], ACC)
-    for s0 in range(start, end, BLOCK):
-        idx = s0 + offs
-        off = base + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
-        acc += tl.load(X + off, mask=idx < end, other=0.0).to(ACC)
-    mean = tl.sum(acc, 0) / (end - start)
-    acc = tl.zeros([BLOCK], ACC)
-    for s0 in range(start, end, BLOCK):
-        idx = s0 + offs
-        m = idx < end
-        off = base + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
-        d = tl.where(m, tl.load(X + off, mask=m, other=0.0).to(ACC) - mean, 0.0)
-        acc += d * d
+    pivot = tl.load(X + base).to(tl.float64)  # one pivot per plane, whichever the chunk
+    s1, s2 = _shifted_sums(X, base, start, end, W, sH, sW, pivot, BLOCK)
+    mean, m2 = _mean_m2(pivot, s1, s2, end - start)
     if SPLIT:
         q = PART + 2 * (pid * tl.num_programs(1) + tl.program_id(1))
         tl.store(q, mean)
-        tl.store(q + 1, tl.sum(acc, 0))
+        tl.store(q + 1, m2)
     else:
-        tl.store(MEAN + pid, mean)
-        tl.store(VAR + pid, tl.sum(acc, 0) / HW)
+        tl.store(MEAN + pid, mean.to(ACC))
+        tl.store(VAR + pid, (m2 / HW).to(ACC))
 
 
 @triton.jit
 def norm_stats_merge_kernel(PART, MEAN, VAR, P, S, HW, CHUNK, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Chan merge of each plane's S chunk states, in chunk order (deterministic)."""
+    """Chan merge of each plane's S chunk states (fp64), in chunk order (deterministic)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < P
     cnt = tl.zeros([BLOCK], ACC)
@@ -79,8 +70,8 @@ def norm_stats_merge_kernel(PART, MEAN, VAR, P, S, HW, CHUNK, ACC: tl.constexpr,
         mean += d * (nb / tot)
         m2 += tl.load(PART + 2 * (i * S + j) + 1, mask=m, other=0.0).to(ACC) + d * d * (cnt * nb / tot)
         cnt = tot
-    tl.store(MEAN + i, mean, mask=m)
-    tl.store(VAR + i, m2 / HW, mask=m)
+    tl.store(MEAN + i, mean.to(MEAN.dtype.element_ty), mask=m)
+    tl.store(VAR + i, (m2 / HW).to(VAR.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -93,8 +84,8 @@ def norm_sums_merge_kernel(PART, SUMS, P, S, ACC: tl.constexpr, BLOCK: tl.conste
     for j in range(0, S):
         a1 += tl.load(PART + 2 * (i * S + j), mask=m, other=0.0).to(ACC)
         a2 += tl.load(PART + 2 * (i * S + j) + 1, mask=m, other=0.0).to(ACC)
-    tl.store(SUMS + 2 * i, a1, mask=m)
-    tl.store(SUMS + 2 * i + 1, a2, mask=m)
+    tl.store(SUMS + 2 * i, a1.to(SUMS.dtype.element_ty), mask=m)
+    tl.store(SUMS + 2 * i + 1, a2.to(SUMS.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -141,17 +132,17 @@ def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     offs = tl.arange(0, BLOCK)
     start, end = _span(CHUNK, H * W)
-    a1 = tl.zeros([BLOCK], ACC)
-    a2 = tl.zeros([BLOCK], ACC)
+    a1 = tl.zeros([BLOCK], tl.float64)  # fp64 lanes (as the CUDA sums): no error growth with
+    a2 = tl.zeros([BLOCK], tl.float64)  # the values per lane on large planes
     for s0 in range(start, end, BLOCK):
         idx = s0 + offs
         d, dz = _d_dz(X, G, n * sN + c * sC, n * gN + c * gC, idx, idx < end, H, W, P, sH, sW,
                       gH, gW, mean, scale, shift, slope, HAS_P, ACT, ACC)
-        a1 += dz
-        a2 += dz * d
+        a1 += dz.to(tl.float64)
+        a2 += dz.to(tl.float64) * d
     q = SUMS + 2 * (pid * tl.num_programs(1) + tl.program_id(1)) if SPLIT else SUMS + 2 * pid
-    tl.store(q, tl.sum(a1, 0))
-    tl.store(q + 1, tl.sum(a2, 0))
+    tl.store(q, tl.sum(a1, 0).to(SUMS.dtype.element_ty))
+    tl.store(q + 1, tl.sum(a2, 0).to(SUMS.dtype.element_ty))
 
 
 @triton.jit
@@ -227,12 +218,12 @@ def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     var = x.new_full((n, c), float("nan"), dtype=sd)
     if x.numel() > 0:
         S, chunk, block = plane_grid(n * c, h * w, x.device)
-        part = x.new_empty((n * c, S, 2), dtype=sd) if S > 1 else mean
+        part = x.new_empty((n * c, S, 2), dtype=torch.float64) if S > 1 else mean
         wrap_triton(norm_stats_kernel)[(n * c, S)](x, mean, var, part, c, h, w, chunk, *_strides(x),
                                                    SPLIT=S > 1, ACC=_acc(x), BLOCK=block)
         if S > 1:
             wrap_triton(norm_stats_merge_kernel)[_merge_grid(n * c)](part, mean, var, n * c, S, h * w, chunk,
-                                                                     ACC=_acc(x), BLOCK=128)
+                                                                     ACC=tl.float64, BLOCK=128)
     return mean, var
 
 
@@ -265,13 +256,13 @@ def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, sca
     if x.numel() > 0:
         g = grad.contiguous(memory_format=fmt)
         S, chunk, block = plane_grid(n * c, h * w, x.device)
-        part = x.new_empty((n * c, S, 2), dtype=sd) if S > 1 else sums
+        part = x.new_empty((n * c, S, 2), dtype=torch.float64) if S > 1 else sums
         wrap_triton(norm_apply_sums_kernel)[(n * c, S)](
             g, x, part, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w,
             pad, chunk, *_strides(x), *_strides(g), _slope(act, slope), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
             SPLIT=S > 1, BLOCK=block)
         if S > 1:
-            wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=_acc(x), BLOCK=128)
+            wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=tl.float64, BLOCK=128)
     return sums
 
 
@@ -349,7 +340,7 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
     if KIND == 3:  # Chan merge of the plane statistics over the samples of each channel
         dm = tl.where(m, mean - (tl.sum(mean, 0) / _f64(N))[None, :], 0.0)
         vb = tl.sum(var + dm * dm, 0) / _f64(N)
-        rl = (1.0 / tl.sqrt(vb + EPS))[None, :] + zf
+        rl = _inv_std(vb, EPS)[None, :] + zf
         sd = zf
         rin = zf
         sc = g * rl
@@ -361,7 +352,7 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
         rl = 1.0 / tl.sqrt(vln + EPS)
         sd = tl.sqrt(vln)
         if KIND == 0:
-            rin = 1.0 / tl.sqrt(var + EPS)
+            rin = _inv_std(var, EPS)
             sc = g * rin
             sh = b
         elif KIND == 1:
