@@ -23,11 +23,14 @@ _TWO_PASS = ("the norm family reads x twice (statistics kernel, then apply kerne
 _CL_COPY = ("channels_last: the entry points copy x to NCHW per kernel (plane_norm), so each launch reads "
             "another copy")
 _CL_MERGE = ("channels_last takes the split-plane path, whose apply kernel merges the plane's partials in "
-             "every thread (reduce.cuh load_partial): 4-byte loads of the same partials, x16 the data's "
-             "loads")
+             "every thread: narrow loads of the same partials, many times the data's load requests")
 _PAD_BORDER = "the mirrored border rows and columns are gathered element by element (kernels/reflection_pad.cu)"
-KNOWN_MISSES = {
+_FP64_PARTIALS = ("the split-plane partials are two fp64 sums per chunk (16 bytes): at this small plane "
+                  "they are over 10% of the bf16 data")
+KNOWN_MISSES = {  # (op, layout) or, where a dtype differs, (op, layout, dtype)
     ("instance_norm", "channels_last"): {"coalescing": _CL_MERGE, "compulsory": _CL_MERGE},
+    ("instance_norm", "channels_last", "bf16"): {"coalescing": _CL_MERGE, "compulsory": _CL_MERGE,
+                                                 "dram": _FP64_PARTIALS},
     ("instance_norm_pad", "nchw"): {"coalescing": _PAD_BORDER},
     ("instance_norm_pad", "channels_last"): {"coalescing": _CL_MERGE, "compulsory": _CL_MERGE},
     ("reflection_pad2d", "nchw"): {"coalescing": _PAD_BORDER},
@@ -96,5 +99,5 @@ def test_traffic_targets(emu, op, dtype, layout):
     missed = {"coalescing": any(r["worst_coalescing"] < COALESCED for r in res.values()),
               "compulsory": any(r["compulsory_ratio"] > COMPULSORY for r in res.values()),
               "dram": any(r["dram_ratio"] > DRAM for r in res.values())}
-    known = KNOWN_MISSES.get((op, layout), {})
+    known = KNOWN_MISSES.get((op, layout, dtype), KNOWN_MISSES.get((op, layout), {}))
     assert {t for t, m in missed.items() if m} == set(known), f"targets missed vs KNOWN_MISSES:\n{rows}"

@@ -157,7 +157,7 @@ def test_converted_generator_onnx_round_trip(name, exporter, tmp_path):
     """The converted generator exports to standard ONNX; onnxruntime reproduces the ORIGINAL
     model's output."""
     original, inputs = _generator(name)
-    converted = i2i_fast.convert(original).eval()
+    converted = i2i_fast.convert(original, copy=True).eval()
     proto, got = _export_and_run(converted, inputs, EXPORTERS[exporter], tmp_path)
     needs_pad = any(isinstance(m, nn.ReflectionPad2d) for m in original.modules())
     _check_graph(proto, {"Pad"} if needs_pad else set())

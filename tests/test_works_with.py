@@ -58,7 +58,7 @@ def test_autocast_grad_scaler_training_step(dtype):
     and no farther from the fp32 step's than the original's under the same autocast (the fused
     norms keep their statistics in fp32), and the parameters are updated."""
     G, D = _nets()
-    G_c, D_c = i2i_fast.convert(G), i2i_fast.convert(D)
+    G_c, D_c = i2i_fast.convert(G, copy=True), i2i_fast.convert(D, copy=True)
     before = [p.detach().clone() for p in G_c.parameters()]
     _, grads_32, _ = _amp_step(*_nets(), None, fused=False)
     loss_o, grads_o, _ = _amp_step(G, D, dtype, fused=False)
@@ -76,7 +76,7 @@ def test_channels_last_converted_model():
     """A converted model in channels_last takes and returns channels_last tensors and computes
     what the original computes."""
     G, _ = _nets()
-    G_c = i2i_fast.convert(G).to(memory_format=torch.channels_last)
+    G_c = i2i_fast.convert(G, copy=True).to(memory_format=torch.channels_last)
     x = A.contiguous(memory_format=torch.channels_last).requires_grad_()
     y = G_c(x)
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -90,7 +90,7 @@ def test_activation_checkpointing(how):
     """torch.utils.checkpoint (non-reentrant) around a converted generator, or its blocks:
     the same gradients as without checkpointing, and as the original's."""
     G, _ = _nets()
-    G_c = i2i_fast.convert(G)
+    G_c = i2i_fast.convert(G, copy=True)
 
     def grads(model, run):
         model.zero_grad(set_to_none=True)
@@ -117,7 +117,7 @@ def test_torch_export(name):
     torch.manual_seed(0)
     G = _nets()[0] if name == "cyclegan_resnet" else munit.AdaINGen(3, MUNIT_GEN)
     G.eval()
-    G_c = i2i_fast.convert(G).eval()
+    G_c = i2i_fast.convert(G, copy=True).eval()
     ep = torch.export.export(G_c, (A,))
     fused = {str(n.target) for n in ep.graph.nodes if "i2i_fast" in str(n.target)}
     assert fused, ep.graph
