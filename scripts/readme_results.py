@@ -10,7 +10,9 @@ Sources (a folder is named <device>-<YYYY-MM-DD>[-suffix]; the newest folder hol
   training_steps_full_size.txt  the papers' sizes: "<family> median ms {...} <ratio>x" lines
   saved_activations.txt         bench_steps --saved output (the block run with --full)
   results.json                  python -m i2i_fast.bench: single ops (per op, the fwdbwd row of its first shape)
-GPU results come first; a device with no committed file is said to be not measured.
+  gpu_model.md                  python -m i2i_fast.gpu_model --steps all: the per-step memory-traffic MODEL
+GPU results come first; a device with no committed file is said to be not measured; the model
+comes last, labelled as one.
 """
 from __future__ import annotations
 
@@ -220,6 +222,25 @@ def ops_sections(results_dir):
 
 
 # ------------------------------------------------------------------ the block
+_MODEL_STEPS = "## One training step"
+
+
+def model_section(results_dir):
+    """The step table of the newest gpu_model.md: a model computed on a CPU, never a measurement."""
+    paths = _folders(results_dir, "gpu_model.md")
+    if not paths:
+        return []
+    text = open(paths[0]).read()
+    if _MODEL_STEPS not in text:
+        return []
+    table = [ln for ln in text.split(_MODEL_STEPS, 1)[1].splitlines() if ln.startswith("|")]
+    return ([f"**H200 memory traffic of one training step, a MODEL, not measured** (`{_rel(paths[0])}`, "
+             "`python -m i2i_fast.gpu_model --steps all`): the norm, pad, activation and loss work of each family's "
+             "small CPU configuration; our kernels/*.cu traced through the CUDA emulation with an LRU model of the "
+             "50 MB L2, beside eager's ops and the bytes they touch. Convolutions and the optimizer are left out."]
+            + [""] + table)
+
+
 def block(results_dir=os.path.join(ROOT, "benchmarks", "results")) -> str:
     ops = ops_sections(results_dir)
     steps = steps_section(results_dir)
@@ -235,6 +256,9 @@ def block(results_dir=os.path.join(ROOT, "benchmarks", "results")) -> str:
     if steps and not steps_gpu:
         parts.append(steps)
     parts += cpu_ops
+    model = model_section(results_dir)
+    if model:
+        parts.append(model)
     text = "\n\n".join("\n".join(p) for p in parts)
     return text.replace(NO_GPU + "\n\n", NO_GPU + "\n")  # one paragraph with what follows
 
