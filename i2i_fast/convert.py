@@ -634,7 +634,7 @@ class _Planner:
             def root():
                 self.plan.root = _swap(self.model, self.kind[id(self.model)])
             self.plan.change("", f"swap: {type(self.model).__name__} -> i2i_fast {self._target(self.model)} "
-                             "(a new module is returned, even with inplace=True)", root, _SWAP)
+                             "(a new module holding the same Parameters is returned)", root, _SWAP)
         for parent in self.model.modules():
             for name, m in parent._modules.items():
                 if m is not None and self.kind.get(id(m)) not in (None, "fused"):
