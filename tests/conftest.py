@@ -67,7 +67,7 @@ def offset_planes(shape, offset, seed=0):
     """fp32 x = offset + v, v on a 1/16 grid in +- pairs in every (n, c) plane: each value, each
     plane's mean (exactly `offset`) and variance are exact in fp32 and float64, so torch's error
     is its output rounding alone, while statistics that sum raw fp32 values lose the offset's
-    low bits (issue 21: accumulation error at x + 1e4..1e6 offsets and on large planes)."""
+    low bits (accumulation error at x + 1e4..1e6 offsets and on large planes)."""
     g = torch.Generator().manual_seed(seed)
     n, c, h, w = shape
     v = torch.round(torch.randn(n, c, h * w // 2, generator=g, dtype=torch.float64) * 16) / 16

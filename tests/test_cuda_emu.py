@@ -333,7 +333,7 @@ def test_norm_family_parity(on, norm, shape, dtype):
 
 @pytest.mark.parametrize("sms", [1, H200_SMS])
 def test_statistics_at_large_offsets(on, sms):
-    """Issue 21 on the CUDA kernels: ShiftedSums (fp64 sums of x - the plane's first element)
+    """Statistics at large offsets on the CUDA kernels: ShiftedSums (fp64 sums of x - the plane's first element)
     hold the parity rule at x + 1e3..1e6, one block per plane and split into chunks (sms=1);
     before: fp32 Welford per thread and fp32 Chan merges."""
     from test_instance_norm import check_x
@@ -346,7 +346,7 @@ def test_statistics_at_large_offsets(on, sms):
 
 
 def test_edge_rules(on):
-    """Issue 21's edge values on the CUDA kernels: eps = 0 with zero variance and denormals,
+    """Torch's edge values on the CUDA kernels: eps = 0 with zero variance and denormals,
     eval mode's gradient at an infinite input, NaN/Inf loss gradients (the CPU tests' cases)."""
     import test_instance_norm
     import test_losses

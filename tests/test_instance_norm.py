@@ -100,7 +100,7 @@ def check_x(x, backend, act="relu"):
     return o, go
 
 
-# ------------------------------------------------------------------ numerics at the edges (issue 21)
+# ------------------------------------------------------------------ numerics at the edges
 def kernel_backends():
     """cpu_backends() without the last-resort reference backend (fp32 torch ops, not the kernels)."""
     return [b for b in cpu_backends() if b != "reference"]

@@ -493,7 +493,7 @@ def test_nan_inf_propagate_like_original(backend, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_nan_inf_gradients_like_original(backend, mode):
     """The backward of every mode with NaN/Inf predictions: the original's gradient element for
-    element (issue 21: Triton's hinge, linear and abs derivatives were NaN at a NaN input where
+    element (Triton's hinge, linear and abs derivatives were NaN at a NaN input where
     torch gives the constant -1/n)."""
     p = torch.tensor([[0.5, float("nan"), float("inf"), -float("inf"), 30.0, -30.0, 0.0, 1.0, -1.0]])
     for is_real in (True, False):

@@ -158,7 +158,7 @@ def test_batch1_large_map_accuracy():
 @pytest.mark.parametrize("backend", [b for b in cpu_backends() if b != "reference"])
 @pytest.mark.parametrize("norm", ["layer_norm", "iln", "batch_norm"])
 def test_statistics_at_large_offsets(norm, backend):
-    """Issue 21: the plane statistics of x + 1e6 sum x minus a pivot of the plane (before: raw
+    """The plane statistics of x + 1e6 sum x minus a pivot of the plane (before: raw
     fp32 sums, several times torch's error)."""
     check(norm, backend, (2, 3, 6, 6), torch.float32, offset=1e6)
 
