@@ -2,7 +2,7 @@
 
 Run: ``pytest benchmarks/ --benchmark-only`` (add ``--benchmark-json=FILE`` to keep results).
 Devices: CUDA when visible, else CPU; I2I_FAST_BENCH_DEVICES=cpu,cuda overrides.
-Shapes: the DESIGN.md list on CUDA (fp32 and bf16); the small CPU list in fp32 on CPU, or the
+Shapes: the GPU list (docs/benchmarks.md) on CUDA (fp32 and bf16); the small CPU list in fp32 on CPU, or the
 full list with I2I_FAST_BENCH_FULL=1. Timing and machine info live in i2i_fast.bench, shared
 with the main job ``python -m i2i_fast.bench``; a benchmark whose timings stay too wide is
 flagged (extra_info["noisy"] and a warning), and the header says how loaded the machine is.

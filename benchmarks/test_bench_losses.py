@@ -1,4 +1,4 @@
-"""Fused losses (issue #5) vs the original eager formulas and torch.compile of them, on whole
+"""Fused losses vs the original eager formulas and torch.compile of them, on whole
 loss computations of one training step (bench.LOSS_OPS): U-GAT-IT discriminator step (16
 LSGAN terms: logits + CAM logits of the global and local D, both domains) and generator step
 (adversarial LSGAN, CAM BCE x1000, cycle/identity L1 x10), CycleGAN D and G terms (LSGAN +

@@ -2,7 +2,7 @@
 converted eager (i2i_fast.convert), original torch.compile, converted torch.compile.
 
 Families (i2i_fast.bench_steps): CycleGAN ResNet-9 + 70x70 PatchGAN, U-GAT-IT light, StarGAN,
-pix2pix U-Net-256, MUNIT, UNIT (PyTorch-GAN). DESIGN.md sizes on CUDA; narrower nets and smaller
+pix2pix U-Net-256, MUNIT, UNIT (PyTorch-GAN). the GPU sizes (docs/benchmarks.md) on CUDA; narrower nets and smaller
 images on CPU.
 Every variant first runs one step from the same weights, data and noise as the original eager
 model and must give the same losses (rtol 1e-3); then its steps are timed. extra_info: median

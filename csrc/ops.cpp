@@ -75,7 +75,7 @@ TORCH_LIBRARY(i2i_fast, m) {
       "plane_norm_ref_grads(Tensor grad, Tensor x, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
       "int pad) -> Tensor[]");
-  // ---- reflection pad (issue #4) ----
+  // ---- reflection pad ----
   // out = x reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
   // >= 0 and < the size of its axis); NCHW or channels_last, the output keeps the layout.
   m.def("reflection_pad2d_fwd(Tensor x, int[4] pad) -> Tensor");
@@ -98,7 +98,7 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("sn_scale(Tensor weight, Tensor u, Tensor v) -> (Tensor, Tensor)");
   // Its weight gradient: grad / sigma - (sum(grad * W) / sigma^2) u v^T.
   m.def("sn_scale_bwd(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma) -> Tensor");
-  // ---- losses (issue #5; csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
+  // ---- losses (csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
   // Many loss terms reduced in one launch, no target tensor. kind: 0 square (x-a)^2, 1 bce
   // with logits vs a, 2 hinge relu(1+a x), 3 linear a x, 4 softplus(a x), 5 abs |x-y| (y given).
   // reduction 0 none / 1 mean / 2 sum; params[t] = a, weights[t] = w. Returns (outs, grads):

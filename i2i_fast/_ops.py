@@ -142,7 +142,7 @@ def instance_norm_fwd(backend: str, *args):
     return _IN_FN[backend](*args)
 
 
-# ---------------------------------------------------------------- reflection pad (issue #4)
+# ---------------------------------------------------------------- reflection pad
 _TRITON_PAD = None
 if _backend._triton_error is None:
     from .triton import reflection_pad as _TRITON_PAD  # registers i2i_fast::triton_reflection_pad2d_*
@@ -521,7 +521,7 @@ def reflection_pad_conv2d(backend: str, x, weight, bias, padding: int, stride: i
     return _PAD_CONV_FN.apply(x, weight, bias, p, s)
 
 
-# ---------------------------------------------------------------- losses (issue #5)
+# ---------------------------------------------------------------- losses
 # loss_fwd(x[], y[], params, weights, kind, reduction, need_grad) -> (outs[], grads[]):
 # forward computes the loss AND the gradient in one pass (one launch for all terms);
 # loss_bwd only scales the saved gradients by grad_out (one launch).

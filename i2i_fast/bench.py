@@ -394,7 +394,7 @@ class Op:
     """One benchmarked op. build(shape, dtype, device) -> (ours, eager baseline) modules with
     the same parameters; make_inputs(shape, dtype, device, generator) -> tuple of input tensors
     (those with requires_grad get gradients checked and timed); moved(shape, dtype) -> bytes that
-    must move per mode; shapes (CUDA) and cpu_shapes as in DESIGN.md section 6."""
+    must move per mode; shapes (CUDA) and cpu_shapes as in docs/benchmarks.md."""
     name: str
     build: Callable
     make_inputs: Callable
@@ -516,7 +516,7 @@ OPS = {
 }
 
 
-# ---- reflection pad (issue #4) ----
+# ---- reflection pad ----
 # reflection_pad2d shapes are (N, C, H, W, pad); reflection_pad_conv2d shapes are
 # (N, C_in, H, W, C_out, kernel, stride, padding): the (pad, conv) pairs of the reference models.
 class _ReflectionPad(nn.Module):
@@ -633,7 +633,7 @@ OPS["spectral_norm"] = Op(
     cpu_shapes=((256, 2048),))
 
 
-# ---------------------------------------------------------------- losses (issue #5)
+# ---------------------------------------------------------------- losses
 # Whole loss computations of one training step, fused (i2i_fast.functional) vs the original
 # eager formulas. "shape" is (batch, image size): the D outputs follow the models at that
 # size ((1,1,30,30) local / (1,1,6,6) global PatchGAN and (B,2) CAM logits for U-GAT-IT at
@@ -867,7 +867,7 @@ def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
 
 
 def shapes_for(op: str, device, quick: bool = False) -> tuple:
-    """The DESIGN.md shapes on CUDA; the small CPU list with --quick or on CPU (unless
+    """The GPU shapes (docs/benchmarks.md) on CUDA; the small CPU list with --quick or on CPU (unless
     I2I_FAST_BENCH_FULL=1)."""
     small = quick or (torch.device(device).type == "cpu" and not full_shapes())
     return OPS[op].cpu_shapes if small else OPS[op].shapes
@@ -1404,7 +1404,7 @@ def main(argv=None) -> int:
     notes = noisy_notes(rows, lambda r: f"{r['op']} {_cell('shape', r)} {r['dtype']} {r['mode']}")
     if notes:
         print(notes)
-    # losses (issue #5): kernel launches of one forward+backward, ours / eager / compiled
+    # losses: kernel launches of one forward+backward, ours / eager / compiled
     for c in cases if not interrupted else ():
         if c.op.name in LOSS_OPS:
             n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)

@@ -9,7 +9,7 @@ Variants of one family, all from the same initial weights and data:
                     gradient_penalty, fewer fused calls): the step as an i2i_fast user writes it
   compile           torch.compile of the original modules
   converted+compile torch.compile of the converted modules, the fused losses
-Sizes: the DESIGN.md shapes on CUDA; on CPU narrower nets and smaller images (``small``), so a
+Sizes: the GPU shapes (docs/benchmarks.md) on CUDA; on CPU narrower nets and smaller images (``small``), so a
 step takes tens of milliseconds to a second. Peak memory is torch.cuda.max_memory_allocated on
 CUDA; on CPU it is not measured (None). Saved MiB (saved_peak_mib, eager variants, any device) is
 the peak of what the autograd graphs hold for backward during a step. Ops (count_ops, eager

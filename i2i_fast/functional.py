@@ -261,7 +261,7 @@ def _update_running_stats(running_mean, running_var, mean, var, momentum, hw):
         running_var.copy_(rv.mean(0))
 
 
-# ---------------------------------------------------------------- reflection pad (issue #4)
+# ---------------------------------------------------------------- reflection pad
 __all__ += ["reflection_pad2d", "reflection_pad_conv2d"]
 
 
@@ -352,7 +352,7 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     return _ops.reflection_pad_conv2d(_ops.select(input.device), input, weight, bias, padding, stride)
 
 
-# ---------------------------------------------------------------- losses (issue #5)
+# ---------------------------------------------------------------- losses
 # gan_loss / l1_loss: many terms in one fused launch, no target tensor; the forward computes
 # the loss and its gradient in the same pass, the backward only scales the saved gradient.
 __all__ += ["gan_loss", "l1_loss", "bce_with_logits", "gradient_penalty"]

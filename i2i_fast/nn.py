@@ -210,7 +210,7 @@ class AdaIN(_Fused):
         return f"{self.num_features}, eps={self.eps}" + self._fusion_repr()
 
 
-# ---------------------------------------------------------------- reflection pad (issue #4)
+# ---------------------------------------------------------------- reflection pad
 __all__ += ["ReflectionPadConv2d"]
 
 
@@ -333,7 +333,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         return s + (f", fallback={why!r}" if why else "")
 
 
-# ---------------------------------------------------------------- losses (issue #5)
+# ---------------------------------------------------------------- losses
 __all__ += ["GANLoss"]
 
 

@@ -109,7 +109,7 @@ def sn_scale(weight, u, v):
     return weight / sigma, sigma.detach().to(stats_dtype(weight))
 
 
-# ---------------------------------------------------------------- reflection pad (issue #4)
+# ---------------------------------------------------------------- reflection pad
 def reflection_pad2d_fwd(x, pad):
     """x (N, C, H, W) reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""
     return F.pad(x, tuple(pad), mode="reflect")
@@ -130,7 +130,7 @@ def reflection_pad_out(y, pad):
 
 
 
-# ---------------------------------------------------------------- losses (issue #5)
+# ---------------------------------------------------------------- losses
 # Kind codes shared with csrc/losses.h; reduction codes 0 none, 1 mean, 2 sum.
 LOSS_KINDS = {"square": 0, "bce": 1, "hinge": 2, "linear": 3, "softplus": 4, "abs": 5, "bce_target": 6}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}

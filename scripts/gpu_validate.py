@@ -189,7 +189,7 @@ def _block_op(variant):
 
 def bench_plan(device_type: str, smoke: bool):
     """[(tier, op name, Op, shape, dtype name, forced pad-conv path or None, file)] in priority
-    order: tier 1 = every op once at its first DESIGN.md shape, fp32 and bf16 (losses and the
+    order: tier 1 = every op once at its first GPU shape, fp32 and bf16 (losses and the
     norm->pad->conv block fp32); tier 2 = the other shapes and dtypes. file: "results" (the
     ops as the default user gets them; the README's table) or "paths" (the other
     ReflectionPadConv2d paths and the block)."""

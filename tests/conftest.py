@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
         if any("GPU" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)
 
-# Absolute slack of the parity rule (DESIGN.md section 5).
+# Absolute slack of the parity rule (tests/conftest.py).
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 

@@ -1,6 +1,6 @@
 """i2i_fast.convert / plan on the reference networks (i2i_fast.models, the "original" models).
 
-Parity rule (DESIGN.md section 5): the unconverted model in float64 is the reference; in float64
+Parity rule (tests/conftest.py): the unconverted model in float64 is the reference; in float64
 the converted model must match it within atol 1e-10 (errors are ~1e-15). Tiny widths and 32x32
 images keep the file fast on a 2-core CPU.
 """

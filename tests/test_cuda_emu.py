@@ -3,7 +3,7 @@
 
 Every op runs through the whole stack (Python wrappers, C++ autograd nodes, plane_norm,
 losses, the pad convolution) with its CUDA kernels swapped in by `EmulatedCuda`. Parity uses
-the DESIGN.md rule against float64 in fp32, fp16 and bf16; determinism is bitwise across two
+the parity rule (tests/conftest.py) against float64 in fp32, fp16 and bf16; determinism is bitwise across two
 runs AND across block orders (forward, reverse, shuffled), which is how a missing barrier or
 a dependence on block order shows; the split-plane paths are forced through the emulated SM
 count. The last test asserts that every __global__ kernel in kernels/ was launched.

@@ -1,4 +1,4 @@
-"""Fused losses (issue #5): F.gan_loss, F.l1_loss, F.gradient_penalty, i2i_fast.GANLoss.
+"""Fused losses: F.gan_loss, F.l1_loss, F.gradient_penalty, i2i_fast.GANLoss.
 Values and gradients against the ORIGINAL formulas written out here (MSELoss vs ones_like,
 BCEWithLogitsLoss vs expand_as, softplus forms, hinge, WGAN, StarGAN/CycleGAN gradient
 penalties, L1) on every backend that runs here, list forms vs sums of single terms,

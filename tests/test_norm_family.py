@@ -1,6 +1,6 @@
 """The fused normalization family (ILN, AdaLIN, MUNIT LayerNorm, AdaIN, training-mode BatchNorm
 and InstanceNorm with the output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
-test_norms.py) under the DESIGN section 5 rule, every epilogue combination, gradients of every
+test_norms.py) under the parity rule of tests/conftest.py, every epilogue combination, gradients of every
 input, opcheck, compile, determinism, saved memory and bad input."""
 import itertools
 
@@ -528,7 +528,7 @@ def test_triton_coefficients_match_cpu(kind, dtype):
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
 def test_triton_large_tile_fallback(norm, monkeypatch):
     """Past COEF_TILE_MAX (padded N x C) the Triton path keeps the torch-op coefficient math of
-    _norm.coefs: the same results (DESIGN section 5 rule)."""
+    _norm.coefs: the same results (the parity rule of tests/conftest.py)."""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
     from i2i_fast.triton import norm as tn

@@ -1,4 +1,4 @@
-"""reflection_pad2d and ReflectionPadConv2d / functional.reflection_pad_conv2d (issue #4):
+"""reflection_pad2d and ReflectionPadConv2d / functional.reflection_pad_conv2d:
 parity with torch and the float64 reference on every backend that runs here, gradients,
 double backward, determinism (also under torch.use_deterministic_algorithms(True)), opcheck,
 torch.compile(fullgraph=True), state_dict interchange with nn.Conv2d, bad input."""
@@ -238,7 +238,7 @@ def test_pad_cpp_op_checks_its_own_arguments():
 
 
 # =================================================================== ReflectionPadConv2d
-# (in, out, kernel, stride, padding, (H, W), bias): the shapes of issue #4, small spatial sizes
+# (in, out, kernel, stride, padding, (H, W), bias): the reference models' shapes, small spatial sizes
 CONV_CASES = [
     (3, 5, 7, 1, 3, (12, 13), True),     # CycleGAN / U-GAT-IT stem and head
     (4, 4, 3, 1, 1, (9, 10), True),      # ResNet block

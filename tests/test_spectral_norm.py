@@ -1,6 +1,6 @@
 """Fused spectral normalization: i2i_fast::sn_scale (W / sigma, sigma = u . (W v)) on every
 backend, and FusedSpectralNorm, the torch.nn.utils.spectral_norm hook that convert() installs
-(U-GAT-IT's discriminators): parity with torch in float64 (DESIGN section 5 rule), gradcheck,
+(U-GAT-IT's discriminators): parity with torch in float64 (the parity rule of tests/conftest.py), gradcheck,
 double backward, opcheck, determinism, compile, state_dict, bad input."""
 import pytest
 import torch

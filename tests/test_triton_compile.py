@@ -6,7 +6,7 @@ the ops run through the triton backend with the interpreter's launcher replaced 
 (kernel, arguments, constexprs, num_warps: nothing executes), every combination of the
 epilogue, dtype, layout, kind and parameter options; the arguments get Triton's own launch
 specialization (an int equal to 1 becomes a constexpr, divisibility by 16 an attribute, block
-sizes and plane splits as on an H100, also at DESIGN.md's GPU shapes); tests/triton_aot.py then
+sizes and plane splits as on an H100, also at the GPU shapes of docs/benchmarks.md); tests/triton_aot.py then
 compiles each distinct specialization to a cubin in a process without the interpreter. fp16 and
 bf16 launches are recorded too (never executed, so the CPU interpreter's dtype support does not
 matter)."""
@@ -92,7 +92,7 @@ def _workload():
 
 
 def _gpu_shapes_workload():
-    """The norms at DESIGN.md's GPU shapes (nothing executes, so no cost but the allocation),
+    """The norms at the GPU shapes of docs/benchmarks.md (nothing executes, so no cost but the allocation),
     to record the block sizes and plane splits an H100 launch would get."""
     for shape, dt in itertools.product([(1, 256, 64, 64), (1, 64, 256, 256), (16, 256, 32, 32)],
                                        (torch.float32, torch.bfloat16)):
