@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -364,14 +363,10 @@ def use_emulated_launches() -> str | None:
     """Sets LAUNCH_COUNTER to the CUDA emulation of a source checkout (tests/cuda_emu: the
     kernels/*.cu launches a converted step makes on a GPU, counted on CPU; its first use builds
     it, about a minute). Returns None, or why it is not available."""
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    if not os.path.isdir(os.path.join(tests, "cuda_emu")):
-        return "needs a source checkout (tests/cuda_emu)"
+    from .gpu_model import emulation   # lazy: gpu_model imports bench, which imports this module
     global LAUNCH_COUNTER
     try:
-        if tests not in sys.path:
-            sys.path.insert(0, tests)
-        import cuda_emu
+        cuda_emu = emulation()
         cuda_emu.load()
     except Exception as e:  # noqa: BLE001 - an optional report
         return f"CUDA emulation unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -422,7 +417,6 @@ def measure_family(family, device, variants=("eager", "converted"), reps=5, smal
     wall ms), and for the eager variants count_ops and saved_peak_mib (extras). A variant
     whose construction or first step raises (torch.compile of an original on some versions)
     is recorded with its error instead of failing the row. Returns {variant: dict}."""
-    import time
     out, runners, first = {}, {}, {}
     for v in variants:
         if progress:

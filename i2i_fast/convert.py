@@ -591,8 +591,9 @@ class _Planner:
             for m in model.modules():
                 if m in _REPLACED:   # replaced in another network already: shared with it
                     self.uses[id(m)] += 1
+            by_id = {id(m): m for m in model.modules()}
             for mid, k in _outside_uses(model).items():   # every path through a shared container
-                for m in next(c for c in model.modules() if id(c) == mid).modules():
+                for m in by_id[mid].modules():
                     self.uses[id(m)] += k
         self.path = {id(m): n for n, m in model.named_modules()}
         self.kind = {}            # id(module) -> norm kind it will have after conversion
