@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "trace.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -348,6 +349,10 @@ void submit(const char* name, const LaunchCfg& cfg, std::function<void()> job) {
 }
 
 void check_launch_bounds(const char* kernel, const char* where, unsigned max_threads) {
+  struct Quiet {  // runtime code on a fiber: not the kernel's memory traffic (trace.cpp)
+    Quiet() { set_quiet(true); }
+    ~Quiet() { set_quiet(false); }
+  } quiet;
   const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
   if (bounds_on && threads > max_threads) {
     std::ostringstream m;
