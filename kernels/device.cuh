@@ -24,6 +24,15 @@ inline c10::cuda::CUDAGuard device_guard(const at::Tensor& x, const char* op) {
   return c10::cuda::CUDAGuard(x.device());
 }
 
+// gridDim.x of a launch of n blocks. CUDA allows at most 2^31 - 1: a plain cast to unsigned
+// fails the launch from 2^31 blocks and wraps from 2^32 (blocks, so planes, left unwritten).
+constexpr int64_t kMaxGridX = 2147483647;
+inline unsigned grid_dim(int64_t n, const char* op) {
+  TORCH_CHECK(n <= kMaxGridX, "i2i_fast ", op, ": ", n, " blocks exceed CUDA's gridDim.x limit of ", kMaxGridX,
+              " (2^31 - 1)");
+  return static_cast<unsigned>(n);
+}
+
 // SM count of the current device, cached per device (ATen/cuda/CUDAContext.h pulls in cuSPARSE).
 // Atomic slots: entry points run on several host threads (autograd's device threads).
 inline int sm_count() {

@@ -317,7 +317,7 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
     part_buf = at::empty({tiles * P * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part_buf.data_ptr<double>();
   }
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(S));
+  const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(S));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (s.channels_last) go(std::integral_constant<int, 32>(), std::integral_constant<int, 1>(), grid, stream);
   else if (vec) go(std::integral_constant<int, 1>(), std::integral_constant<int, V>(), grid, stream);

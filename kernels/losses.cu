@@ -108,12 +108,17 @@ __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
   if (ticket == nullptr) return;  // reduction none, or not the last group of a long list
   __shared__ bool last;
   if (threadIdx.x == 0) {
-    __threadfence();  // this block's partials are visible device-wide before its ticket
-    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    // Both fences are needed. Release: thread 0 wrote this block's partials; they are visible
+    // device-wide before its ticket. Acquire: by the thread that saw the last ticket, between
+    // that atomic and its reads (a fence in the other threads, after the barrier, would not
+    // follow the atomic in their own order); the barrier then orders every thread's reads after it.
+    __threadfence();
+    const bool is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    if (is_last) __threadfence();
+    last = is_last;
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();  // every other block's partials, fenced before their tickets, are visible
   sum_partials(all_partial, nall, loss);
 }
 
@@ -173,7 +178,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(
     if (ticket) C10_CUDA_CHECK(cudaMemsetAsync(ticket, 0, sizeof(unsigned), stream));
     with_loss_kind(kind, [&](auto K) {
       for_groups(io.terms, io.nchunks, [&](const Table<LossTerm>& tab, int64_t base, int64_t n) {
-        const unsigned grid = one_block ? 1u : static_cast<unsigned>(n);
+        const unsigned grid = one_block ? 1u : gpu::grid_dim(n, "loss_fwd");
         const bool last_group = base + n == io.nchunks;
         loss_fwd_kernel<scalar_t, acc_t, decltype(K)::value><<<grid, kLossThreads, 0, stream>>>(
             tab, n, partials ? partial + base : nullptr, loss, need_grad, none, one_block,
@@ -196,7 +201,7 @@ std::vector<at::Tensor> loss_bwd_cuda(at::TensorList grad_outs, at::TensorList s
     using acc_t = at::opmath_type<scalar_t>;
     for_groups(io.terms, io.nchunks, [&](const Table<ScaleTerm>& tab, int64_t, int64_t n) {
       if (n == 0) return;
-      loss_bwd_kernel<scalar_t, acc_t><<<static_cast<unsigned>(n), kLossThreads, 0, stream>>>(tab, n, io.per_elem);
+      loss_bwd_kernel<scalar_t, acc_t><<<gpu::grid_dim(n, "loss_bwd"), kLossThreads, 0, stream>>>(tab, n, io.per_elem);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -179,7 +179,7 @@ dim3 reduction_grid(PA<T, acc_t>& a, at::Tensor& part, const at::Tensor& like) {
     part = at::empty({planes * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part.data_ptr<double>();
   }
-  return dim3(static_cast<unsigned>(planes), static_cast<unsigned>(S));
+  return dim3(grid_dim(planes, "norm plane statistics"), static_cast<unsigned>(S));
 }
 
 // Grid of an elementwise pass over n elements per plane: blocks of >= 8 elements per thread.
@@ -188,10 +188,10 @@ dim3 elementwise_grid(PA<T, acc_t>& a, int64_t n) {
   int64_t chunk = int64_t(kThreads) * 8;
   if ((n + chunk - 1) / chunk > 65535) chunk = (n + 65534) / 65535;
   a.chunk = chunk;
-  return dim3(static_cast<unsigned>(a.N * a.C), static_cast<unsigned>(std::max<int64_t>(1, (n + chunk - 1) / chunk)));
+  return dim3(grid_dim(a.N * a.C, "norm apply"), static_cast<unsigned>(std::max<int64_t>(1, (n + chunk - 1) / chunk)));
 }
 
-unsigned merge_blocks(int64_t planes) { return static_cast<unsigned>((planes + kThreads - 1) / kThreads); }
+unsigned merge_blocks(int64_t planes) { return grid_dim((planes + kThreads - 1) / kThreads, "norm merge"); }
 
 // The NCHW copy the kernels read, and whether the output must go back to channels_last.
 bool to_nchw(PlaneIO& io) {
@@ -309,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
   if (io.N > 0 && io.C > 0) {
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
       const CoefArgs<scalar_t> a = io.args<scalar_t>();
-      const unsigned blocks = static_cast<unsigned>((coef_units(a) + kCoefThreads - 1) / kCoefThreads);
+      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "norm_coefs");
       coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -327,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   if (io.N > 0 && io.C > 0) {
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cuda", [&] {
       const CoefArgs<scalar_t> a = io.args<scalar_t>();
-      const unsigned blocks = static_cast<unsigned>((coef_units(a) + kCoefThreads - 1) / kCoefThreads);
+      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "norm_coefs_bwd");
       coefs_bwd_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           a, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -342,7 +342,7 @@ void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, c
   const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
   if (C == 0) return;
-  const unsigned blocks = static_cast<unsigned>((C + kCoefThreads - 1) / kCoefThreads);
+  const unsigned blocks = grid_dim((C + kCoefThreads - 1) / kCoefThreads, "bn_update_running");
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cuda", [&] {
     using S = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {

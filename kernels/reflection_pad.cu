@@ -87,7 +87,7 @@ at::Tensor reflection_pad2d_fwd_cuda(const at::Tensor& x_in, at::IntArrayRef pad
   if (total == 0) return y;
   cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "i2i_fast_reflection_pad2d_fwd_cuda", [&] {
-    pad_fwd_kernel<scalar_t><<<static_cast<unsigned>(blocks_for(total)), kPadThreads, 0, st>>>(
+    pad_fwd_kernel<scalar_t><<<gpu::grid_dim(blocks_for(total), "reflection_pad2d_fwd"), kPadThreads, 0, st>>>(
         x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -104,7 +104,7 @@ at::Tensor reflection_pad2d_bwd_cuda(const at::Tensor& grad_in, at::IntArrayRef 
   cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "i2i_fast_reflection_pad2d_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    pad_bwd_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks_for(total)), kPadThreads, 0, st>>>(
+    pad_bwd_kernel<scalar_t, acc_t><<<gpu::grid_dim(blocks_for(total), "reflection_pad2d_bwd"), kPadThreads, 0, st>>>(
         gy.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), g, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const a
   if (io.O == 0) return {out, sigma.zero_()};
   at::Tensor part = at::empty({io.O}, io.w.options().dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned rows = static_cast<unsigned>(io.O);
+  const unsigned rows = grid_dim(io.O, "sn_scale");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.w.scalar_type(), "i2i_fast_sn_scale_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     row_part_kernel<scalar_t, false><<<rows, kThreads, 0, stream>>>(
@@ -96,7 +96,7 @@ at::Tensor sn_scale_bwd_cuda(const at::Tensor& grad, const at::Tensor& w_in, con
   at::Tensor part = at::empty({io.O}, io.w.options().dtype(at::kDouble));
   const at::Tensor sg = io.sigma.contiguous();  // 0-d fp64 on the device: read by the kernel
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned rows = static_cast<unsigned>(io.O);
+  const unsigned rows = grid_dim(io.O, "sn_scale_bwd");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.w.scalar_type(), "i2i_fast_sn_scale_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     row_part_kernel<scalar_t, true><<<rows, kThreads, 0, stream>>>(

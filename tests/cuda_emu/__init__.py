@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import subprocess
+import zlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -95,19 +96,73 @@ def _shared_repl(m) -> str:
             f"::i2i_emu::note_shared(&{name}, sizeof({name}));")
 
 
+def _split_params(params: str) -> list[str]:
+    """The names of a parameter list's parameters (top-level commas; the last identifier of each)."""
+    parts, depth, cur = [], 0, ""
+    for ch in params:
+        depth += ch in "<([" and 1 or ch in ">)]" and -1 or 0
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    names = []
+    for p in (p.split("=")[0].strip() for p in parts):
+        if p and p != "void":
+            names.append(re.search(r"(\w+)\s*(?:\[[^\]]*\])?$", p).group(1))
+    return names
+
+
+def insert_kernel_checks(src: str, path: str) -> str:
+    """At the top of every __global__ function body, on its line: a static_assert that its parameters
+    fit the launch limit (I2I_EMU_PARAMS_FIT) and, with __launch_bounds__(N[, M]), a check of the
+    block size against N at every launch."""
+    out, i = [], 0
+    where = os.path.relpath(path, ROOT)
+    for m in re.finditer(r"__global__\s+void\s+", src):
+        p, bounds = m.end(), None
+        if src.startswith("__launch_bounds__", p):
+            q = src.index("(", p)
+            e = _matching(src, q, "(", ")")
+            bounds, p = src[q + 1:e], e + 1
+        nm = re.compile(r"\s*(\w+)\s*\(").match(src, p)
+        lp = nm.end() - 1
+        rp = _matching(src, lp, "(", ")")
+        body = src.index("{", rp)
+        if ";" in src[rp:body]:  # a declaration
+            continue
+        name = nm.group(1)
+        check = f'I2I_EMU_PARAMS_FIT("{name}"' + "".join(f", decltype({a})" for a in _split_params(src[lp + 1:rp])) + ");"
+        if bounds:
+            line = src.count("\n", 0, m.start()) + 1
+            check += f' ::i2i_emu::launch_bounds("{name}", "{where}:{line}", {bounds});'
+        out += [src[i:body + 1], " " + check]
+        i = body + 1
+    out.append(src[i:])
+    return "".join(out)
+
+
+def _guard_ops(src: str, call: str) -> str:
+    """m.impl("op", &fn) / m.def("schema", &fn) -> &::i2i_emu::Guarded<&fn>::call (emu.h: an
+    emulated entry point flushes its streams at its end and poisons what it allocates)."""
+    return re.sub(rf'(m\.{call}\(\s*"(?:[^"\\]|\\.)*"\s*,\s*)&(\w+)\s*\)', r"\1&::i2i_emu::Guarded<&\2>::call)", src)
+
+
 def rewrite(src: str, path: str, ns: str = "i2i_fast_emu") -> str:
     """The emulated source of a kernels/*.cu (or the self-test) file, its ops registered in the
     library namespace `ns` (one per build variant, so two variants can load in one process)."""
-    src = rewrite_launches(src)
+    src = insert_kernel_checks(rewrite_launches(src), path)
     if path.endswith(".cuh"):  # device headers (reduce.cuh): shared memory only
         return f'#line 1 "{path}"\n' + _SHARED.sub(_shared_repl, src)
     src = _SHARED.sub(_shared_repl, src)
     if not path.startswith(KERNELS):  # the emulation's own self-test kernels
-        return f'#line 1 "{path}"\n' + src.replace("TORCH_LIBRARY(i2i_emu_selftest,", f"TORCH_LIBRARY({selftest_ns(ns)},")
+        src = re.sub(r"TORCH_LIBRARY(_FRAGMENT)?\(i2i_emu_selftest,", rf"TORCH_LIBRARY\1({selftest_ns(ns)},", src)
+        return f'#line 1 "{path}"\n' + _guard_ops(src, "def")
     src, n = re.subn(r"TORCH_LIBRARY_IMPL\(\s*i2i_fast\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({ns}, CPU,", src)
     if n != 1:
         raise ValueError(f"{path}: expected one TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m), found {n}")
-    return f'#line 1 "{path}"\n' + src
+    return f'#line 1 "{path}"\n' + _guard_ops(src, "impl")
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,6 +221,16 @@ def _prelude(gen: str, name: str, flags: list[str]) -> str:
 VARIANTS = {"plain": "i2i_fast_emu", "asan": "i2i_fast_emu_asan", "trace": "i2i_fast_emu_trace"}  # -> name
 
 
+# The emulation's own kernels with planted defects: selftest.cu (barriers, block order, shared
+# memory, launches, traffic), selftest_checks.cu (poison, streams, graphs, launch bounds).
+SELFTESTS = [os.path.join(HERE, "selftest.cu"), os.path.join(HERE, "selftest_checks.cu")]
+# Every uninitialized local starts as 0xFE bytes (gcc's pattern), not as what the reused fiber stack
+# held. Without -fno-tree-fre gcc folds a value merged with the pattern-initialized local into the
+# value (the read of `s` in `float s; if (c) s = 2; use(s)` becomes 2), which undoes the pattern.
+# Not in the traced variant: its code generation is what the memory-traffic model measures.
+POISON_LOCALS = ["-ftrivial-auto-var-init=pattern", "-fno-tree-fre"]
+
+
 def selftest_ns(ns: str) -> str:
     """The self-test kernels' op namespace of the variant whose ops are in `ns`."""
     return "i2i_emu_selftest" + ns[len("i2i_fast_emu"):]
@@ -183,14 +248,16 @@ def load(asan: bool = False, verbose: bool = False, trace: bool = False):
     build = os.path.join(ROOT, "build", name)
     gen = os.path.join(build, "gen")
     os.makedirs(gen, exist_ok=True)
-    sources = [os.path.join(HERE, "runtime.cpp")] + ([os.path.join(HERE, "trace.cpp")] if trace else [])
+    sources = [os.path.join(HERE, "runtime.cpp"), os.path.join(HERE, "streams.cpp")]
+    sources += [os.path.join(HERE, "trace.cpp")] if trace else []
     for path in kernel_sources():
         dst = os.path.join(gen, os.path.basename(path)[:-3] + ".cpp")
         _write(dst, rewrite(open(path).read(), path, name))
         sources.append(dst)
-    selftest = os.path.join(HERE, "selftest.cu")
-    _write(os.path.join(gen, "selftest.cpp"), rewrite(open(selftest).read(), selftest, name))
-    sources.append(os.path.join(gen, "selftest.cpp"))
+    for selftest in SELFTESTS:
+        dst = os.path.join(gen, os.path.basename(selftest)[:-3] + ".cpp")
+        _write(dst, rewrite(open(selftest).read(), selftest, name))
+        sources.append(dst)
     for f in os.listdir(KERNELS):  # found first by #include "x.cuh" from gen/
         if f.endswith(".cuh"):
             _write(os.path.join(gen, f), rewrite(open(os.path.join(KERNELS, f)).read(), os.path.join(KERNELS, f), name))
@@ -199,13 +266,16 @@ def load(asan: bool = False, verbose: bool = False, trace: bool = False):
     _write(schema_cpp, "// generated from csrc/ops.cpp by tests/cuda_emu\n#include <torch/library.h>\n\n"
                        f"TORCH_LIBRARY({name}, m) {{\n{defs}}}\n")
     sources.append(schema_cpp)
-    flags = ["-O1", "-g0", f"-I{KERNELS}", "-Wno-unknown-pragmas"]
+    flags = ["-O1", "-g0", f"-I{KERNELS}", "-Wno-unknown-pragmas"] + POISON_LOCALS
     ldflags = []
     if asan:
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
     if trace:   # line tables (-g1) name the access sites
         flags = ["-O1", "-g1", f"-I{KERNELS}", "-Wno-unknown-pragmas", "-DI2I_EMU_TRACE=1", "-fsanitize=thread"]
+    # emu.h reaches the sources through the precompiled header, which ninja's dependency files
+    # do not list: its checksum in the command line rebuilds them when it changes.
+    flags.append(f"-DI2I_EMU_H_CRC={zlib.crc32(open(os.path.join(HERE, 'emu.h'), 'rb').read())}")
     flags = ["-include", _prelude(gen, name, flags)] + flags
     mod = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                              extra_include_paths=[os.path.join(HERE, "include")], build_directory=build,
@@ -260,6 +330,17 @@ class EmulatedCuda(TorchDispatchMode):
         self.emulated = emulated_ops(self.ns)
         self.cpp = _op_names()
 
+    def __enter__(self):  # tensors allocated in the block start poisoned (NaN)
+        self.emu = load(self.asan, trace=self.trace)
+        self.emu.scope(True)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.emu.scope(False)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "i2i_fast":
@@ -270,6 +351,9 @@ class EmulatedCuda(TorchDispatchMode):
             if op in self.cpp:
                 with EmulatedCuda(self.asan, self.trace):
                     return func._op_dk(torch._C.DispatchKey.CPU, *args, **kwargs)
+        if self.emu.capturing():
+            from .checks import captured_host_op
+            return captured_host_op(self.emu, func, args, kwargs)
         return func(*args, **kwargs)
 
 

@@ -31,6 +31,7 @@
 #define I2I_EMU_TRACE 0
 #endif
 #include "trace.h"
+#include "checks.h"
 
 constinit thread_local uint3 threadIdx, blockIdx;
 constinit thread_local dim3 blockDim, gridDim;
@@ -193,7 +194,11 @@ void poison_shared() {
 void run_block(int nthreads, uint64_t salt) {
   for (int i = 0; i < nthreads; ++i) {
     Fiber& f = S.fibers[i];
-    if (!f.stack) f.stack.reset(new char[kStack]);
+    if (!f.stack) {
+      f.stack.reset(new char[kStack]);
+      std::memset(f.stack.get(), kStackPoisonByte, kStack);  // below the poisoned depth too (stack_overran)
+    }
+    if (poison_enabled()) poison_stack(f.stack.get(), kStack);
     f.state = kRun;
     f.quiet = true;
     f.fake = nullptr;
@@ -295,7 +300,7 @@ void note_shared(void* ptr, size_t size) {
   }
 }
 
-void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* ctx) {
+void check_launch(const char* name, const LaunchCfg& c) {
   std::ostringstream bad;
   const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;
   if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0) bad << "empty grid";
@@ -308,6 +313,11 @@ void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* c
       << ", block " << c.block.x << "x" << c.block.y << "x" << c.block.z << "): " << bad.str();
     throw std::runtime_error(m.str());
   }
+}
+
+void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* ctx) {
+  check_launch(name, c);
+  const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;
   if (S.cur >= 0) throw std::runtime_error("CUDA emulation: a kernel launched from inside a kernel");
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -335,6 +345,8 @@ void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* c
     poison_shared();
     run_block(int(threads), uint64_t(b) + 1);
     S.cur = -1;
+    if (poison_enabled())
+      for (int i = 0; i < int(threads); ++i) stack_overran(S.fibers[i].stack.get(), kStack);
 #if I2I_EMU_TRACE
     trace::block_end();
 #endif
@@ -360,11 +372,6 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
   if (attr != cudaDevAttrMultiProcessorCount || d < 0 || d >= int(i2i_emu::sm_counts.size()))
     return cudaErrorInvalidValue;
   *v = i2i_emu::sm_counts[d];
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) {
-  std::memset(p, value, n);
   return cudaSuccess;
 }
 
@@ -426,4 +433,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {  // NOLINT
 #if I2I_EMU_TRACE
   i2i_emu::trace::bind(m);
 #endif
+  i2i_emu::bind_checks(m);
 }
