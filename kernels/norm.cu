@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(PA<T, acc_t> a) {
   const acc_t m = a.mean[t.plane], sc = a.scale[t.plane], sh = a.shift[t.plane];
   const int64_t o0 = blockIdx.y * a.chunk, e = min(o0 + a.chunk, HWo);
   visit<P, 1>(t, o0, e, [&](int64_t o) {
-    const int64_t i = t.base + t.stride * (PAD ? reflect_src(o / Wo, a.H, a.pad) * a.W + reflect_src(o % Wo, a.W, a.pad) : o);
+    const int64_t src = PAD ? reflect_src(o / Wo, a.H, a.pad) * a.W + reflect_src(o % Wo, a.W, a.pad) : o;
+    const int64_t i = t.base + src * t.stride;
     acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[i]) - m) * sc + sh, a.act, a.slope);
     if (a.res) v += static_cast<acc_t>(a.res[i]);
     a.out[t.obase + o * t.stride] = static_cast<T>(v);
@@ -257,7 +258,9 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
     dispatch(io, "norm_apply", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, (a.H + 2 * pad) * (a.W + 2 * pad));
-        with_pad(pad, [&](auto D) { apply_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+        with_pad(pad, [&](auto D) {
+          apply_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -276,7 +279,9 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
       at::Tensor part;
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = reduction_grid(a, P, part, io.sums);
-        with_pad(pad, [&](auto D) { sums_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+        with_pad(pad, [&](auto D) {
+          sums_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
@@ -298,7 +303,9 @@ at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, cons
     dispatch(io, "norm_apply_bwd", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, a.HW);
-        with_pad(pad, [&](auto D) { bwd_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+        with_pad(pad, [&](auto D) {
+          bwd_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
