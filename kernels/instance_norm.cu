@@ -8,10 +8,14 @@
 // in a fixed tree (deterministic); the backward sums accumulate in fp64, as the CPU op and norm.cu.
 // When the tiles alone cannot fill the GPU (batch 1, large maps), each plane is split into S
 // chunks: a first kernel writes per-chunk partial states, the second merges them in a fixed
-// order and applies the normalization (or the input gradient) to its chunk.
+// order and applies the normalization (or the input gradient) to its chunk, so x is read twice
+// (the second read mostly an L2 hit; one pass would need a grid-wide barrier). The partials are
+// chunk-major (Partial) and merged once per block by its first warp into shared memory: lanes
+// of consecutive planes make 16-byte coalesced loads, read once per block, not once per thread.
 // Output pad (scalar loads only): the forward writes each padded position from its mirrored
 // source; the backward reads the gradient of each input pixel as the fixed-order sum of its
-// mirror sources (reflect_dst, as the pad kernels: no atomics).
+// mirror sources (reflect_dst, as the pad kernels: no atomics). The padded side's coalescing is
+// below 90% for the reason written in reflection_pad.cu.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,46 +36,6 @@ using namespace gpu;
 template <typename T, typename acc_t>
 using Params = NormArgs<T, acc_t>;
 
-// The planes a thread works on: plane index n*C + c, its first element, the stride between
-// spatial positions, and the first element of its (padded) output / incoming gradient plane.
-template <int P>
-struct Tile {
-  int64_t plane, base, stride, c, obase;
-  int l;
-  bool valid;
-  template <class Pr>
-  __device__ Tile(const Pr& a) {
-    const int p = threadIdx.x % P;
-    l = threadIdx.x / P;
-    if (P == 1) {
-      plane = blockIdx.x;
-      c = plane % a.C;
-      base = plane * a.HW;
-      obase = plane * (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
-      stride = 1;
-      valid = true;
-    } else {
-      const int64_t tiles_per_n = (a.C + P - 1) / P;
-      const int64_t n = blockIdx.x / tiles_per_n;
-      c = (blockIdx.x % tiles_per_n) * P + p;
-      valid = c < a.C;
-      plane = n * a.C + c;
-      base = n * a.HW * a.C + c;
-      obase = n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * a.C + c;
-      stride = a.C;
-    }
-  }
-};
-
-// Calls f(s) for this thread's spatial positions s of [s0, s1): VEC consecutive positions per
-// call (VEC > 1 only with stride 1 and chunk bounds that are multiples of VEC).
-template <int P, int VEC, class F>
-__device__ __forceinline__ void visit(const Tile<P>& t, int64_t s0, int64_t s1, F&& f) {
-  constexpr int L = kThreads / P;
-  if (!t.valid) return;
-  for (int64_t s = s0 + int64_t(t.l) * VEC; s < s1; s += int64_t(L) * VEC) f(s);
-}
-
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
 
@@ -82,20 +46,44 @@ __device__ __forceinline__ void load(const T* p, acc_t (&v)[VEC]) {
   for (int i = 0; i < VEC; ++i) v[i] = static_cast<acc_t>(k.v[i]);
 }
 
-// A 16-byte pack is written with one st.global.v4 (__stwb: the default write-back policy). The
-// plain `*reinterpret_cast<Pack*>(p) = k` compiled to VEC element stores (2-byte ones in fp16)
-// in these kernels with nvcc 13, whatever the pointer's declared alignment.
+// A 16-byte pack is written with store16 (reduce.cuh): one st.global.v4.
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
   Pack<T, VEC> k;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) k.v[i] = static_cast<T>(v[i]);
   if constexpr (sizeof(k) == 16) {
-    uint4 u;
-    memcpy(&u, &k, sizeof(u));
-    __stwb(reinterpret_cast<uint4*>(p), u);
+    store16(p, k);
   } else {
     *reinterpret_cast<Pack<T, VEC>*>(p) = k;
+  }
+}
+
+// ---- split-plane partials (reduce.cuh: Partial) ----
+// The state of this thread's plane, its S chunk partials merged in chunk order (deterministic).
+// NCHW (P = 1): the block's threads share one plane, so every thread merges with warp-uniform
+// (broadcast) loads; channels_last: the first warp merges, lane i plane i, and shares the
+// states through shared memory.
+template <class St, int P, typename T, typename acc_t>
+__device__ St merged_partials(const Params<T, acc_t>& a, const Tile<P>& t) {
+  auto merge = [&] {
+    St w;
+#pragma unroll 1  // one partial in flight: unrolled, the loads spilled the pad path's registers
+    for (int64_t j = 0; t.valid && j < a.S; ++j) {
+      const Partial q = *partial(a, j, t.plane);
+      w.merge({q.a, q.b});
+    }
+    return w;
+  };
+  if constexpr (P == 1) {
+    return merge();
+  } else {
+    static_assert(P <= kWarp, "one warp merges the planes of a tile");
+    __shared__ alignas(16) unsigned char raw[P * sizeof(St)];
+    St* sm = reinterpret_cast<St*>(raw);
+    if (threadIdx.x < P) sm[threadIdx.x] = merge();
+    __syncthreads();
+    return sm[threadIdx.x % P];
   }
 }
 
@@ -124,10 +112,7 @@ __global__ void __launch_bounds__(kThreads) fwd_stats_kernel(Params<T, acc_t> a)
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const ShiftedSums w = chunk_stats<P, VEC>(a, t, s0, s1);
-  if (t.valid && t.l == 0) {
-    double* q = a.dpart + (t.plane * a.S + blockIdx.y) * 2;
-    q[0] = w.s1, q[1] = w.s2;
-  }
+  if (t.valid && t.l == 0) store16(partial(a, blockIdx.y, t.plane), Partial{w.s1, w.s2});
 }
 
 // Resident blocks per SM fwd_apply_kernel is compiled for. With no minimum, ptxas (13.0) held its
@@ -144,15 +129,7 @@ __global__ void __launch_bounds__(kThreads, kApplyMinBlocks<acc_t>) fwd_apply_ke
   if (!a.input_stats) {
     if (t.valid) mean = a.rmean[t.c], var = a.rvar[t.c];
   } else {
-    ShiftedSums w;
-    if (a.split) {  // the chunk partials, added in chunk order
-      for (int j = 0; t.valid && j < a.S; ++j) {
-        const double* q = a.dpart + (t.plane * a.S + j) * 2;
-        w.merge({q[0], q[1]});
-      }
-    } else {
-      w = chunk_stats<P, VEC>(a, t, 0, a.HW);
-    }
+    const ShiftedSums w = a.split ? merged_partials<ShiftedSums>(a, t) : chunk_stats<P, VEC>(a, t, 0, a.HW);
     w.finish(pivot_of<P>(a, t), a.HW, mean, var);
     if (t.valid && t.l == 0 && blockIdx.y == 0) a.mean[t.plane] = mean, a.var[t.plane] = var;
   }
@@ -256,10 +233,7 @@ __global__ void __launch_bounds__(kThreads) bwd_sums_kernel(Params<T, acc_t> a) 
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const Sums<double> s = chunk_sums<P, VEC>(a, t, plane_stats<P>(a, t), s0, s1);
-  if (t.valid && t.l == 0) {
-    double* q = a.dpart + (t.plane * a.S + blockIdx.y) * 2;
-    q[0] = s.a, q[1] = s.b;
-  }
+  if (t.valid && t.l == 0) store16(partial(a, blockIdx.y, t.plane), Partial{s.a, s.b});
 }
 
 template <int P, int VEC, typename T, typename acc_t>
@@ -267,15 +241,7 @@ __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a)
   const Tile<P> t(a);
   const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const PlaneStats<T, acc_t> ps = plane_stats<P>(a, t);
-  Sums<double> s;
-  if (a.split) {
-    for (int j = 0; t.valid && j < a.S; ++j) {
-      const double* q = a.dpart + (t.plane * a.S + j) * 2;
-      s.a += q[0], s.b += q[1];
-    }
-  } else {
-    s = chunk_sums<P, VEC>(a, t, ps, 0, a.HW);
-  }
+  const Sums<double> s = a.split ? merged_partials<Sums<double>>(a, t) : chunk_sums<P, VEC>(a, t, ps, 0, a.HW);
   if (!t.valid) return;
   if (t.l == 0 && blockIdx.y == 0) a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
   const acc_t k = ps.rstd * ps.w, m1 = acc_t(s.a / double(a.HW)), m2 = acc_t(s.b / double(a.HW));
@@ -301,8 +267,8 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
   constexpr int V = 16 / sizeof(T);
   const bool vec = !s.channels_last && a.pad == 0 && s.HW % V == 0 && aligned16(a.x) && aligned16(a.out) &&
                    (!a.g || aligned16(a.g)) && (!a.res || aligned16(a.res));
-  const int P = s.channels_last ? 32 : 1, L = kThreads / P, VE = vec ? V : 1;
-  const int64_t tiles = s.channels_last ? s.N * ((s.C + 31) / 32) : s.N * s.C;
+  const int P = s.channels_last ? kTilePlanes : 1, L = kThreads / P, VE = vec ? V : 1;
+  const int64_t tiles = tile_count(s.N, s.C, s.channels_last);
   const int64_t target = int64_t(sm_count()) * 4;
   const int64_t min_chunk = int64_t(L) * VE * 4;  // >= 4 loads per thread per block
   int64_t S = 1;
@@ -314,7 +280,7 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
   a.S = int(S);
   a.split = S > 1;
   if (a.split && kind == kSumPartials) {
-    part_buf = at::empty({tiles * P * S * 2}, like.options().dtype(at::kDouble));
+    part_buf = at::empty({s.N * s.C * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part_buf.data_ptr<double>();
   }
   const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(S));

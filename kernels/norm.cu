@@ -7,8 +7,13 @@
 // results are bitwise reproducible. The elementwise passes (apply, bwd) give every plane
 // enough blocks to cover it. The output pad is a mirrored read in apply and a fixed-order
 // gather of the mirror sources (norm_math.h reflect_dst) in the backward passes.
-// Layout: NCHW; channels_last inputs are run on an NCHW copy (a channels_last tile path like
-// instance_norm.cu's is future work).
+// Layout: NCHW, and channels_last read and written in place: a block works on a Tile
+// (reduce.cuh) of 32 channels of one sample, a warp's lanes on consecutive channels (coalesced).
+// Two passes over x (statistics, then apply; sums, then gradient), 1.5x the compulsory bytes of
+// one: a layer norm / AdaLIN sample (C*H*W) or a batch norm channel (N*H*W) is megabytes at the
+// main shapes, more than an SM holds, so a single pass would need a grid-wide barrier with x
+// kept on chip across all SMs (a cooperative launch, which the CUDA emulation cannot run). The
+// second read is of data the first just streamed, mostly an L2 hit (the model: DRAM ~1.0x).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -30,116 +35,123 @@ template <typename T, typename acc_t>
 using PA = PlaneArgs<T, acc_t>;
 
 // ---- statistics: ShiftedSums (norm_math.h), pivot = the plane's first element ----
-template <typename T, typename acc_t>
+template <int P, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) stats_kernel(PA<T, acc_t> a) {
-  const int64_t p = blockIdx.x, s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
-  const T* x = a.x + p * a.HW;
-  const double pivot = double(x[0]);
+  const Tile<P> t(a);
+  const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
+  const double pivot = t.valid ? double(a.x[t.base]) : 0.0;
   ShiftedSums w;
-  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) w.push(double(x[i]) - pivot);
-  w = block_reduce<1>(w);
-  if (threadIdx.x != 0) return;
-  if (a.split) {
-    double* q = a.dpart + (p * a.S + blockIdx.y) * 2;
-    q[0] = w.s1, q[1] = w.s2;
-  } else {
-    w.finish(pivot, a.HW, a.stat_mean[p], a.stat_var[p]);
-  }
+  visit<P, 1>(t, s0, s1, [&](int64_t i) { w.push(double(a.x[t.base + i * t.stride]) - pivot); });
+  w = block_reduce<P>(w);
+  if (!t.valid || t.l != 0) return;
+  if (a.split) store16(partial(a, blockIdx.y, t.plane), Partial{w.s1, w.s2});
+  else w.finish(pivot, a.HW, a.stat_mean[t.plane], a.stat_var[t.plane]);
 }
 
+// One thread per plane, so a warp's lanes read adjacent chunk-major partials.
 template <typename T, typename acc_t>
-__global__ void stats_merge_kernel(PA<T, acc_t> a) {
+__global__ void stats_merge_kernel(PA<T, acc_t> a, bool channels_last) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
   ShiftedSums w;  // the chunk partials, added in chunk order
-  for (int j = 0; j < a.S; ++j) w.merge({a.dpart[(p * a.S + j) * 2], a.dpart[(p * a.S + j) * 2 + 1]});
-  w.finish(double(a.x[p * a.HW]), a.HW, a.stat_mean[p], a.stat_var[p]);
+  for (int j = 0; j < a.S; ++j) {
+    const Partial q = *partial(a, j, p);
+    w.merge({q.a, q.b});
+  }
+  const int64_t n = p / a.C, first = channels_last ? n * a.HW * a.C + (p - n * a.C) : p * a.HW;
+  w.finish(double(a.x[first]), a.HW, a.stat_mean[p], a.stat_var[p]);
 }
 
 // ---- apply ----
-template <bool PAD, typename T, typename acc_t>
+template <bool PAD, int P, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) apply_kernel(PA<T, acc_t> a) {
-  const int64_t p = blockIdx.x, Wo = a.W + 2 * a.pad, HWo = (a.H + 2 * a.pad) * Wo;
-  const acc_t m = a.mean[p], sc = a.scale[p], sh = a.shift[p];
-  const T* x = a.x + p * a.HW;
-  const T* r = a.res ? a.res + p * a.HW : nullptr;
-  T* y = a.out + p * HWo;
-  const int64_t e = min((int64_t(blockIdx.y) + 1) * a.chunk, HWo);
-  for (int64_t o = blockIdx.y * a.chunk + threadIdx.x; o < e; o += kThreads) {
-    const int64_t i = PAD ? reflect_src(o / Wo, a.H, a.pad) * a.W + reflect_src(o % Wo, a.W, a.pad) : o;
-    acc_t v = act_fwd<acc_t>((static_cast<acc_t>(x[i]) - m) * sc + sh, a.act, a.slope);
-    if (r) v += static_cast<acc_t>(r[i]);
-    y[o] = static_cast<T>(v);
-  }
+  const Tile<P> t(a);
+  if (!t.valid) return;
+  const int64_t Wo = a.W + 2 * a.pad, HWo = (a.H + 2 * a.pad) * Wo;
+  const acc_t m = a.mean[t.plane], sc = a.scale[t.plane], sh = a.shift[t.plane];
+  const int64_t o0 = blockIdx.y * a.chunk, e = min(o0 + a.chunk, HWo);
+  visit<P, 1>(t, o0, e, [&](int64_t o) {
+    const int64_t src = PAD ? reflect_src(o / Wo, a.H, a.pad) * a.W + reflect_src(o % Wo, a.W, a.pad) : o;
+    const int64_t i = t.base + src * t.stride;
+    acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[i]) - m) * sc + sh, a.act, a.slope);
+    if (a.res) v += static_cast<acc_t>(a.res[i]);
+    a.out[t.obase + o * t.stride] = static_cast<T>(v);
+  });
 }
 
 // ---- backward ----
-// Gradient of the unpadded output at pixel i of a plane whose padded gradient starts at g.
-template <bool PAD, typename T, typename acc_t>
-__device__ __forceinline__ acc_t grad_at(const PA<T, acc_t>& a, const T* g, int64_t i) {
-  if (!PAD) return static_cast<acc_t>(g[i]);
+// Gradient of the unpadded output at pixel i of the tile's plane.
+template <bool PAD, int P, typename T, typename acc_t>
+__device__ __forceinline__ acc_t grad_at(const PA<T, acc_t>& a, const Tile<P>& t, int64_t i) {
+  if (!PAD) return static_cast<acc_t>(a.g[t.obase + i * t.stride]);
   const int64_t Wo = a.W + 2 * a.pad;
   int64_t rs[3], cs[3];
   const int nr = reflect_dst(i / a.W, a.H, a.pad, a.pad, rs), nc = reflect_dst(i % a.W, a.W, a.pad, a.pad, cs);
   acc_t s = 0;
   for (int u = 0; u < nr; ++u)
-    for (int v = 0; v < nc; ++v) s += static_cast<acc_t>(g[rs[u] * Wo + cs[v]]);
+    for (int v = 0; v < nc; ++v) s += static_cast<acc_t>(a.g[t.obase + (rs[u] * Wo + cs[v]) * t.stride]);
   return s;
 }
 
 template <typename T, typename acc_t>
 struct PlaneCoef {
-  acc_t m, sc, sh;
-  __device__ PlaneCoef(const PA<T, acc_t>& a, int64_t p) : m(a.mean[p]), sc(a.scale[p]), sh(a.shift[p]) {}
+  acc_t m = 0, sc = 0, sh = 0;
+  template <int P>
+  __device__ PlaneCoef(const PA<T, acc_t>& a, const Tile<P>& t) {
+    if (t.valid) m = a.mean[t.plane], sc = a.scale[t.plane], sh = a.shift[t.plane];
+  }
 };
 
-template <bool PAD, typename T, typename acc_t>
-__global__ void __launch_bounds__(kThreads) sums_kernel(PA<T, acc_t> a) {
-  const int64_t p = blockIdx.x, s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
-  const int64_t HWo = (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
-  const PlaneCoef<T, acc_t> k(a, p);
-  const T* x = a.x + p * a.HW;
-  const T* g = a.g + p * HWo;
+// Resident blocks per SM sums_kernel is compiled for. With no minimum, ptxas (13.0) held its
+// one-plane padded fp32/fp16/bf16 instances to 32 registers at the cost of 16-36 bytes of spills;
+// 6 blocks (<= 40 registers) keep them spill-free. fp64 and the 32-plane tiles take up to 64
+// registers (4 blocks; 6 spilled them).
+template <int P, typename acc_t>
+constexpr int kSumsMinBlocks = P == 1 && sizeof(acc_t) < 8 ? 6 : 4;
+
+template <bool PAD, int P, typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads, kSumsMinBlocks<P, acc_t>) sums_kernel(PA<T, acc_t> a) {
+  const Tile<P> t(a);
+  const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
+  const PlaneCoef<T, acc_t> k(a, t);
   // fp64 accumulation: these sums feed every parameter gradient (as the CPU kernel's totals)
   Sums<double> s;
-  for (int64_t i = s0 + threadIdx.x; i < s1; i += kThreads) {
-    const acc_t d = static_cast<acc_t>(x[i]) - k.m;
-    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, g, i), d, k.sc, k.sh, a.act, a.slope);
+  visit<P, 1>(t, s0, s1, [&](int64_t i) {
+    const acc_t d = static_cast<acc_t>(a.x[t.base + i * t.stride]) - k.m;
+    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, t, i), d, k.sc, k.sh, a.act, a.slope);
     s.a += dz, s.b += double(dz) * d;
-  }
-  s = block_reduce<1>(s);
-  if (threadIdx.x != 0) return;
-  if (a.split) {
-    double* q = a.dpart + (p * a.S + blockIdx.y) * 2;
-    q[0] = s.a, q[1] = s.b;
-  } else {
-    a.sums[2 * p] = acc_t(s.a), a.sums[2 * p + 1] = acc_t(s.b);
-  }
+  });
+  s = block_reduce<P>(s);
+  if (!t.valid || t.l != 0) return;
+  if (a.split) store16(partial(a, blockIdx.y, t.plane), Partial{s.a, s.b});
+  else a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
 }
 
 template <typename T, typename acc_t>
 __global__ void sums_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  double s1 = 0, s2 = 0;
-  for (int j = 0; j < a.S; ++j) s1 += a.dpart[(p * a.S + j) * 2], s2 += a.dpart[(p * a.S + j) * 2 + 1];
-  a.sums[2 * p] = acc_t(s1), a.sums[2 * p + 1] = acc_t(s2);
+  Sums<double> s;  // the chunk partials, added in chunk order
+  for (int j = 0; j < a.S; ++j) {
+    const Partial q = *partial(a, j, p);
+    s.merge({q.a, q.b});
+  }
+  a.sums[2 * p] = acc_t(s.a), a.sums[2 * p + 1] = acc_t(s.b);
 }
 
-template <bool PAD, typename T, typename acc_t>
+template <bool PAD, int P, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
-  const int64_t p = blockIdx.x, HWo = (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
-  const PlaneCoef<T, acc_t> k(a, p);
-  const acc_t c0 = a.c0[p], c1 = a.c1[p];
-  const T* x = a.x + p * a.HW;
-  const T* g = a.g + p * HWo;
-  T* gx = a.out + p * a.HW;
+  const Tile<P> t(a);
+  if (!t.valid) return;
+  const PlaneCoef<T, acc_t> k(a, t);
+  const acc_t c0 = a.c0[t.plane], c1 = a.c1[t.plane];
   const int64_t e = min((int64_t(blockIdx.y) + 1) * a.chunk, a.HW);
-  for (int64_t i = blockIdx.y * a.chunk + threadIdx.x; i < e; i += kThreads) {
-    const acc_t d = static_cast<acc_t>(x[i]) - k.m;
-    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, g, i), d, k.sc, k.sh, a.act, a.slope);
-    gx[i] = static_cast<T>(k.sc * dz + c0 + c1 * d);
-  }
+  visit<P, 1>(t, blockIdx.y * a.chunk, e, [&](int64_t i) {
+    const int64_t xi = t.base + i * t.stride;
+    const acc_t d = static_cast<acc_t>(a.x[xi]) - k.m;
+    const acc_t dz = norm_dz<acc_t>(grad_at<PAD>(a, t, i), d, k.sc, k.sh, a.act, a.slope);
+    a.out[xi] = static_cast<T>(k.sc * dz + c0 + c1 * d);
+  });
 }
 
 // ---- per-plane coefficients: one thread per unit (sample; channel for batch norm) runs
@@ -165,48 +177,42 @@ __global__ void bn_running_kernel(const S* mean, const S* var, int64_t N, int64_
 }
 
 // ---- host side ----
-// Grid of a per-plane reduction: S chunks per plane when the planes cannot fill the GPU, with
-// two fp64 partials per chunk (ShiftedSums, or the backward sums).
+// Planes per block: a Tile<kTilePlanes> of channels on channels_last, one plane on NCHW.
+template <class F>
+void with_tile(bool channels_last, F&& f) {
+  if (channels_last) f(std::integral_constant<int, kTilePlanes>());
+  else f(std::integral_constant<int, 1>());
+}
+
+// Grid of a per-plane reduction: S chunks per plane when the tiles cannot fill the GPU, with
+// two fp64 partials per chunk (ShiftedSums, or the backward's sums). P: planes per tile.
 template <typename T, typename acc_t>
-dim3 reduction_grid(PA<T, acc_t>& a, at::Tensor& part, const at::Tensor& like) {
-  const int64_t planes = a.N * a.C, target = int64_t(sm_count()) * 4;
+dim3 reduction_grid(PA<T, acc_t>& a, int P, at::Tensor& part, const at::Tensor& like) {
+  const int64_t tiles = tile_count(a.N, a.C, P > 1), target = int64_t(sm_count()) * 4;
+  const int64_t min_chunk = int64_t(kThreads / P) * 8;  // >= 8 loads per thread per block
   int64_t S = 1;
-  if (planes < target) S = std::max<int64_t>(1, std::min((target + planes - 1) / planes, a.HW / (kThreads * 8)));
+  if (tiles < target) S = std::max<int64_t>(1, std::min((target + tiles - 1) / tiles, a.HW / min_chunk));
   a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
   S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
   a.S = int(S), a.split = S > 1;
   if (a.split) {
-    part = at::empty({planes * S * 2}, like.options().dtype(at::kDouble));
+    part = at::empty({a.N * a.C * S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part.data_ptr<double>();
   }
-  return dim3(grid_dim(planes, "norm plane statistics"), static_cast<unsigned>(S));
+  return dim3(grid_dim(tiles, "norm plane statistics"), static_cast<unsigned>(S));
 }
 
-// Grid of an elementwise pass over n elements per plane: blocks of >= 8 elements per thread.
+// Grid of an elementwise pass over n positions per plane: blocks of >= 8 elements per thread.
 template <typename T, typename acc_t>
-dim3 elementwise_grid(PA<T, acc_t>& a, int64_t n) {
-  int64_t chunk = int64_t(kThreads) * 8;
+dim3 elementwise_grid(PA<T, acc_t>& a, int P, int64_t n) {
+  int64_t chunk = int64_t(kThreads / P) * 8;
   if ((n + chunk - 1) / chunk > 65535) chunk = (n + 65534) / 65535;
   a.chunk = chunk;
-  return dim3(grid_dim(a.N * a.C, "norm apply"), static_cast<unsigned>(std::max<int64_t>(1, (n + chunk - 1) / chunk)));
+  return dim3(grid_dim(tile_count(a.N, a.C, P > 1), "norm apply"),
+              static_cast<unsigned>(std::max<int64_t>(1, (n + chunk - 1) / chunk)));
 }
 
 unsigned merge_blocks(int64_t planes) { return grid_dim((planes + kThreads - 1) / kThreads, "norm merge"); }
-
-// The NCHW copy the kernels read, and whether the output must go back to channels_last.
-bool to_nchw(PlaneIO& io) {
-  if (!io.s.channels_last) return false;
-  io.x = io.x.contiguous();
-  if (io.res.defined()) io.res = io.res.contiguous();
-  if (io.g.defined()) io.g = io.g.contiguous();
-  if (io.out.defined()) io.out = at::empty(io.out.sizes(), io.out.options().memory_format(at::MemoryFormat::Contiguous));
-  io.s.channels_last = false;
-  return true;
-}
-
-at::Tensor back(const at::Tensor& t, bool cl) {
-  return cl ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
-}
 
 template <class F>
 void dispatch(const PlaneIO& io, const char* name, F&& f) {
@@ -224,16 +230,17 @@ void with_pad(int64_t pad, F&& f) {
 std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
   const auto guard = device_guard(x, "norm_stats");
   PlaneIO io = prep_stats(x);
-  to_nchw(io);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_stats", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, part, io.mean);
-      stats_kernel<<<grid, kThreads, 0, st>>>(a);
+      with_tile(io.s.channels_last, [&](auto P) {
+        const dim3 grid = reduction_grid(a, P, part, io.mean);
+        stats_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
-        stats_merge_kernel<<<merge_blocks(a.N * a.C), kThreads, 0, st>>>(a);
+        stats_merge_kernel<<<merge_blocks(a.N * a.C), kThreads, 0, st>>>(a, io.s.channels_last);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
@@ -246,16 +253,19 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
                            int64_t act, double slope, int64_t pad) {
   const auto guard = device_guard(x, "norm_apply");
   PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
-  const bool cl = to_nchw(io);
   if (io.out.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_apply", [&](auto a) {
-      const dim3 grid = elementwise_grid(a, (a.H + 2 * pad) * (a.W + 2 * pad));
-      with_pad(pad, [&](auto P) { apply_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      with_tile(io.s.channels_last, [&](auto P) {
+        const dim3 grid = elementwise_grid(a, P, (a.H + 2 * pad) * (a.W + 2 * pad));
+        with_pad(pad, [&](auto D) {
+          apply_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return back(io.out, cl);
+  return io.out;
 }
 
 at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
@@ -263,13 +273,16 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
                                 double slope, int64_t pad) {
   const auto guard = device_guard(x, "norm_apply_sums");
   PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
-  to_nchw(io);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_apply_sums", [&](auto a) {
       at::Tensor part;
-      const dim3 grid = reduction_grid(a, part, io.sums);
-      with_pad(pad, [&](auto P) { sums_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      with_tile(io.s.channels_last, [&](auto P) {
+        const dim3 grid = reduction_grid(a, P, part, io.sums);
+        with_pad(pad, [&](auto D) {
+          sums_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
         sums_merge_kernel<<<merge_blocks(a.N * a.C), kThreads, 0, st>>>(a);
@@ -285,16 +298,19 @@ at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, cons
                                const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
   const auto guard = device_guard(x, "norm_apply_bwd");
   PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
-  const bool cl = to_nchw(io);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
     dispatch(io, "norm_apply_bwd", [&](auto a) {
-      const dim3 grid = elementwise_grid(a, a.HW);
-      with_pad(pad, [&](auto P) { bwd_kernel<decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
+      with_tile(io.s.channels_last, [&](auto P) {
+        const dim3 grid = elementwise_grid(a, P, a.HW);
+        with_pad(pad, [&](auto D) {
+          bwd_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
+        });
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return back(io.out, cl);
+  return io.out;
 }
 
 constexpr int kCoefThreads = 32;

@@ -1,6 +1,9 @@
 // Device helpers shared by the reduction kernels (instance_norm.cu, norm.cu, spectral_norm.cu):
-// block size, fixed-order block reductions (deterministic: no atomics), split-plane partials.
+// block size, the plane tiles of NCHW and channels_last inputs, fixed-order block reductions
+// (deterministic: no atomics), split-plane partials.
 #pragma once
+#include <cstring>
+
 #include "../csrc/norm_math.h"
 #include "device.cuh"
 
@@ -8,6 +11,80 @@ namespace i2i {
 namespace gpu {
 
 constexpr int kThreads = 256;
+constexpr int kWarp = 32;
+
+// The planes a thread works on: plane index n*C + c, its first element, the stride between
+// spatial positions, and the first element of its (padded) output / incoming gradient plane.
+// NCHW: P = 1, a block's kThreads threads stride along one plane. channels_last: P = 32
+// channels of one sample, thread (p, l) reads channel p at spatial lanes l, l + L, ... so a
+// warp reads 32 consecutive channels (coalesced) and nothing is copied to NCHW. Blocks:
+// blockIdx.x = plane (NCHW) or (sample, 32-channel tile); blockIdx.y = chunk of positions.
+template <int P>
+struct Tile {
+  int64_t plane, base, stride, c, obase;
+  int l;
+  bool valid;
+  template <class Pr>
+  __device__ Tile(const Pr& a) {
+    const int p = threadIdx.x % P;
+    l = threadIdx.x / P;
+    if (P == 1) {
+      plane = blockIdx.x;
+      c = plane % a.C;
+      base = plane * a.HW;
+      obase = plane * (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
+      stride = 1;
+      valid = true;
+    } else {
+      const int64_t tiles_per_n = (a.C + P - 1) / P;
+      const int64_t n = blockIdx.x / tiles_per_n;
+      c = (blockIdx.x % tiles_per_n) * P + p;
+      valid = c < a.C;
+      plane = n * a.C + c;
+      base = n * a.HW * a.C + c;
+      obase = n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * a.C + c;
+      stride = a.C;
+    }
+  }
+};
+
+// Planes of a tile: P = 32 on channels_last, 1 on NCHW.
+constexpr int kTilePlanes = 32;
+
+// Tiles (blockIdx.x) of an (N, C) input.
+inline int64_t tile_count(int64_t N, int64_t C, bool channels_last) {
+  return channels_last ? N * ((C + kTilePlanes - 1) / kTilePlanes) : N * C;
+}
+
+// Calls f(s) for this thread's spatial positions s of [s0, s1): VEC consecutive positions per
+// call (VEC > 1 only with stride 1 and chunk bounds that are multiples of VEC).
+template <int P, int VEC, class F>
+__device__ __forceinline__ void visit(const Tile<P>& t, int64_t s0, int64_t s1, F&& f) {
+  constexpr int L = kThreads / P;
+  if (!t.valid) return;
+  for (int64_t s = s0 + int64_t(t.l) * VEC; s < s1; s += int64_t(L) * VEC) f(s);
+}
+
+// A 16-byte value is written with one st.global.v4 (__stwb: the default write-back policy). The
+// plain `*reinterpret_cast<Pack*>(p) = k` compiled to element stores (2-byte ones in fp16) in
+// instance_norm.cu with nvcc 13, whatever the pointer's declared alignment.
+template <class V>
+__device__ __forceinline__ void store16(void* p, const V& v) {
+  static_assert(sizeof(V) == 16, "one 16-byte store");
+  uint4 u;
+  memcpy(&u, &v, sizeof(u));
+  __stwb(reinterpret_cast<uint4*>(p), u);
+}
+
+// Split-plane partials: two fp64 sums of one (chunk, plane), ShiftedSums or the backward's Sums.
+// Stored chunk-major, [S][N*C], so the planes of a channels_last tile are adjacent: its first
+// warp writes (store16) and reads them with 16-byte coalesced accesses.
+struct alignas(16) Partial { double a, b; };
+
+template <class A>
+__device__ __forceinline__ Partial* partial(const A& a, int64_t chunk, int64_t plane) {
+  return reinterpret_cast<Partial*>(a.dpart) + chunk * (a.N * a.C) + plane;
+}
 
 template <typename acc_t>
 struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)

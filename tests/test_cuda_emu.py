@@ -356,24 +356,31 @@ def test_edge_rules(on):
         test_losses.test_nan_inf_gradients_like_original("cpu", mode)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
-def test_norm_family_split_and_orders(on, norm):
-    """Two planes of 4160 pixels (batch 1; batch norm: batch 2, whose batch 1 is the fused
-    instance norm): per-plane reductions split over 2 blocks (an uneven last chunk) and merged
-    in a fixed order; bitwise the same in every block order."""
+def test_norm_family_split_and_orders(on, norm, channels_last):
+    """Planes of 4160 pixels (batch 1; batch norm: batch 2, whose batch 1 is the fused
+    instance norm): per-plane reductions split over several blocks (an uneven last chunk) and
+    merged in a fixed order; bitwise the same in every block order. channels_last: 3 channels
+    (a partial tile of 32), read in place."""
     from test_norm_family import make_params, ours
     on.set_sm_count(1)
     n, c = (2, 1) if norm == "batch_norm" else (1, 2)
+    c = 3 if channels_last else c
 
-    def run():
+    def run(layout=torch.channels_last if channels_last else torch.contiguous_format):
         torch.manual_seed(5)
-        x = torch.randn(n, c, 64, 65, requires_grad=True)
+        x = torch.randn(n, c, 64, 65).contiguous(memory_format=layout).requires_grad_()
         rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, n, c))
         y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
-        y.backward(torch.randn_like(y))
+        y.backward(torch.randn(y.shape).contiguous(memory_format=layout))
         return [y.detach(), x.grad] + [t.grad for t in (gamma, beta) if t.grad is not None]
-    got = launches(on, lambda: same_across_orders(on, run))
-    assert got.get("stats_merge_kernel") and got.get("sums_merge_kernel"), got
+    got = {}
+    first = launches(on, lambda: got.update(r=same_across_orders(on, run)))
+    assert first.get("stats_merge_kernel") and first.get("sums_merge_kernel"), first
+    if channels_last:  # the same values as the NCHW path (up to the reduction trees' rounding)
+        for a, b in zip(got["r"], run(torch.contiguous_format)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_module_running_stats(on):
