@@ -110,10 +110,13 @@ __global__ void __launch_bounds__(kLossThreads) loss_fwd_kernel(
   if (threadIdx.x == 0) {
     __threadfence();  // this block's partials are visible device-wide before its ticket
     last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    // acquire: every other block's partials, fenced before their tickets, are visible to this
+    // thread, and through the barrier to the whole block (a fence after the barrier would
+    // order thread 0 only: the others did not take the ticket)
+    __threadfence();
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();  // every other block's partials, fenced before their tickets, are visible
   sum_partials(all_partial, nall, loss);
 }
 

@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "check.h"
+
 // The entry points check their tensors' device against this type; emulated tensors are CPU.
 #define I2I_GPU_DEVICE_TYPE c10::DeviceType::CPU
 
@@ -51,8 +53,10 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t str
 
 namespace i2i_emu {
 
-// Block-wide barrier and warp exchange, implemented by the fiber scheduler.
+// Block-wide barrier and warp exchange, implemented by the fiber scheduler. The barrier is
+// told its call site: the checks (check.h) require every thread of a block at the same one.
 void syncthreads();
+void syncthreads_at(const char* file, int line);
 void shfl_exchange(unsigned mask, void* value, size_t size, unsigned delta);
 // Records a __shared__ variable of the running kernel (size limit, poisoning between blocks).
 void note_shared(void* ptr, size_t size);
@@ -79,7 +83,7 @@ void launch(const char* name, const LaunchCfg& cfg, F&& kernel, A&&... args) {
 
 }  // namespace i2i_emu
 
-inline void __syncthreads() { ::i2i_emu::syncthreads(); }
+#define __syncthreads() ::i2i_emu::syncthreads_at(__FILE__, __LINE__)
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <class T>
