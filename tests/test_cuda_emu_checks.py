@@ -140,3 +140,13 @@ def test_shared_memory_helpers_in_kernels_are_recognised():
     losses = os.path.join(cuda_emu.KERNELS, "losses.cu")
     out = cuda_emu.rewrite(open(losses).read(), losses)
     assert '"warp_sums", true)' in out and '"last", false)' in out
+
+
+def test_environment_switch_starts_the_checks_off(emu):
+    import subprocess
+    import sys
+    env = dict(os.environ, I2I_EMU_CHECKS="0",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", "import cuda_emu; print(cuda_emu.load().checks())"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

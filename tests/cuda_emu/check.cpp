@@ -52,10 +52,13 @@ constexpr int kPageShift = 12;             // reads are filtered by a bitmap of 
 constexpr uint64_t kPageGranules = (uint64_t(1) << kPageShift) / kGranule;
 
 // On unless the environment says I2I_EMU_CHECKS=0; set_checks() changes it at run time.
-std::atomic<bool> g_enabled{[] {
+// A plain bool read with __atomic builtins: std::atomic's load may be an instrumented
+// out-of-line function, which would call the hooks that read it.
+bool g_enabled = [] {
   const char* e = std::getenv("I2I_EMU_CHECKS");
   return !(e && std::string(e) == "0");
-}()};
+}();
+I2I_NO_TSAN inline bool on() { return __atomic_load_n(&g_enabled, __ATOMIC_RELAXED); }
 
 struct Who {   // one access of a shadowed byte
   int32_t thread = kNone;
@@ -381,8 +384,8 @@ I2I_NO_TSAN void global_access(uintptr_t a, uint32_t size, bool write, int32_t t
 
 }  // namespace
 
-I2I_NO_TSAN bool enabled() { return g_enabled.load(std::memory_order_relaxed); }
-I2I_NO_TSAN void set_enabled(bool on) { g_enabled.store(on); }
+I2I_NO_TSAN bool enabled() { return on(); }
+I2I_NO_TSAN void set_enabled(bool enable) { __atomic_store_n(&g_enabled, enable, __ATOMIC_RELAXED); }
 
 I2I_NO_TSAN void launch_begin(const char* kernel) {
   Busy busy(false);
@@ -543,7 +546,11 @@ I2I_NO_TSAN std::string barrier_release(int nthreads) {
 }
 
 // ---- the hooks' entry points (hooks.cpp) ----
+// With the checks off and no tracer, a hook returns before its TLS read (a call here).
+constexpr bool kTraced = I2I_EMU_TRACE;
+
 I2I_NO_TSAN void access(uintptr_t a, uint32_t size, bool write, uintptr_t pc) {
+  if (!kTraced && !on()) return;
   Hot& h = t_hot;
   if (h.in_hook) return;
   h.in_hook = true;
@@ -555,6 +562,7 @@ I2I_NO_TSAN void access(uintptr_t a, uint32_t size, bool write, uintptr_t pc) {
 }
 
 I2I_NO_TSAN void atomic(uintptr_t a, uint32_t size, bool read, bool write, uintptr_t pc) {
+  if (!kTraced && !on()) return;
   Hot& h = t_hot;
   if (h.in_hook) return;
   h.in_hook = true;
@@ -569,6 +577,7 @@ I2I_NO_TSAN void atomic(uintptr_t a, uint32_t size, bool read, bool write, uintp
 }
 
 I2I_NO_TSAN void fence() {
+  if (!on()) return;
   Hot& h = t_hot;
   if (h.in_hook) return;
   h.in_hook = true;

@@ -2,10 +2,9 @@
 // the launching OS thread. Fibers run until they finish or wait: at __syncthreads (released
 // when every live thread of the block waits there; check.cpp requires one call site and no
 // exited thread) or at a warp shuffle (exchanged when all 32 lanes of the warp wait there,
-// full mask asserted). Blocks,
-// and the threads within a scheduling round, run in a permutable order (forward, reverse, or
-// shuffled by a seed), so a missing barrier, a shared-memory race or a dependence on block
-// order changes the result. __shared__ variables are function statics shared by the fibers of
+// full mask asserted). Blocks, and the threads within a scheduling round, run in a permutable
+// order (forward, reverse, or shuffled by a seed), so a missing barrier, a shared-memory race
+// or a dependence on block order changes the result. __shared__ variables are function statics shared by the fibers of
 // the running block; they are poisoned before every block. Launch limits of a real GPU are
 // checked, and launches are counted per kernel name. The traced variant (I2I_EMU_TRACE) also
 // reports each launch and block to the memory tracer (trace.cpp).
