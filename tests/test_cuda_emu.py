@@ -77,16 +77,24 @@ def test_emulation_catches_known_defects(on):
     x = torch.randn(3000)
     good = run("tree_sum", x, 1)
     torch.testing.assert_close(good, x.sum(), rtol=1e-5, atol=1e-4)
+    on.set_checks(False)  # the thread order alone shows it (the race check names it at once)
     bad = [run("tree_sum", x, 0)]  # the barrier inside the tree loop removed
     for mode, seed in ORDERS:
         on.set_order(mode, seed)
         bad.append(run("tree_sum", x, 0))
+    on.set_checks(True)
     assert any(not torch.allclose(b, good, rtol=1e-5, atol=1e-4) for b in bad), "a missing __syncthreads went unnoticed"
+    with pytest.raises(RuntimeError, match="shared-memory race on __shared__ sm"):
+        run("tree_sum", x, 0)
     survivors = set()
+    on.set_checks(False)  # the block order alone shows it (the happens-before check names it at once)
     for mode, seed in ORDERS:
         on.set_order(mode, seed)
         survivors.add(run("last_block", x, 7)[0].item())
+    on.set_checks(True)
     assert len(survivors) > 1, "block order is not permuted"
+    with pytest.raises(RuntimeError, match="global memory written by another block of this launch"):
+        run("last_block", x, 7)
     on.set_order("forward", 0)
     assert run("uninit_shared", x, 0)[:256].isnan().all(), "shared memory is not poisoned between blocks"
     for what, arg, msg in [("big_shared", 0, "48 KB"), ("shuffle", 48, "full mask"),

@@ -88,12 +88,20 @@ def rewrite_launches(src: str) -> str:
 _SHARED = re.compile(r"__shared__([^;]*?)\b(\w+)\s*(\[[^\]]*\])?\s*;")
 
 
+def _in_helper(src: str, pos: int) -> bool:
+    """Whether the declaration at `pos` is in a __device__ function (a helper the block may call
+    more than once), not in a __global__ kernel: the nearer of the two keywords before it."""
+    return src.rfind("__device__", 0, pos) > src.rfind("__global__", 0, pos)
+
+
 def _shared_repl(m) -> str:
     name, spec = m.group(2), m.group(1)
     align = "".join(a + " " for a in re.findall(r"alignas\([^)]*\)", spec))  # must lead the decl
     spec = re.sub(r"alignas\([^)]*\)", "", spec)
+    helper = "true" if _in_helper(m.string, m.start()) else "false"
     return (f"{align}static thread_local{spec}{name}{m.group(3) or ''}; "
-            f"::i2i_emu::note_shared(&{name}, sizeof({name}));")
+            f"::i2i_emu::note_shared(&{name}, sizeof({name})); "
+            f'::i2i_emu::check::SharedScope i2i_scope_{name}(&{name}, sizeof({name}), "{name}", {helper});')
 
 
 def _split_params(params: str) -> list[str]:
@@ -203,7 +211,8 @@ def _prelude(gen: str, name: str, flags: list[str]) -> str:
             "-DTORCH_API_INCLUDE_EXTENSION_H", f"-I{os.path.join(HERE, 'include')}"]
            + [a for p in cpp_extension.include_paths() for a in ("-isystem", p)]
            + ["-isystem", sysconfig.get_path("include"), "-fPIC", "-std=c++20"] + flags + [path, "-o", path + ".gch"])
-    sign = " ".join(cmd) + "\n" + torch.__version__ + "\n" + open(os.path.join(HERE, "emu.h")).read()
+    sign = " ".join(cmd) + "\n" + torch.__version__ + "\n" + "".join(open(os.path.join(HERE, h)).read()
+                                                                   for h in ("emu.h", "check.h"))
     sign_path = path + ".sign"
     if not (os.path.exists(path + ".gch") and os.path.exists(sign_path) and open(sign_path).read() == sign):
         try:
@@ -216,8 +225,12 @@ def _prelude(gen: str, name: str, flags: list[str]) -> str:
     return path
 
 
-# Build variants: plain; under AddressSanitizer (bounds); traced (every access of the kernels
-# reaches trace.cpp through gcc's thread-sanitizer instrumentation, no sanitizer runtime linked).
+# Build variants: plain; under AddressSanitizer (bounds); traced (the memory-traffic model).
+# plain and trace are instrumented: every access of the kernels reaches hooks.cpp through gcc's
+# thread-sanitizer instrumentation (no sanitizer runtime linked), for the checks (check.h) and
+# the tracer (trace.cpp). -g1: line tables, so that the checks and the tracer name source lines.
+INSTRUMENTED = ["-g1", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-mtls-dialect=gnu2",
+                "-DI2I_EMU_CHECKED=1"]
 VARIANTS = {"plain": "i2i_fast_emu", "asan": "i2i_fast_emu_asan", "trace": "i2i_fast_emu_trace"}  # -> name
 
 
@@ -248,8 +261,8 @@ def load(asan: bool = False, verbose: bool = False, trace: bool = False):
     build = os.path.join(ROOT, "build", name)
     gen = os.path.join(build, "gen")
     os.makedirs(gen, exist_ok=True)
-    sources = [os.path.join(HERE, "runtime.cpp"), os.path.join(HERE, "streams.cpp")]
-    sources += [os.path.join(HERE, "trace.cpp")] if trace else []
+    sources = [os.path.join(HERE, f) for f in ["runtime.cpp", "streams.cpp", "check.cpp"]
+               + ([] if asan else ["hooks.cpp"]) + (["trace.cpp"] if trace else [])]
     for path in kernel_sources():
         dst = os.path.join(gen, os.path.basename(path)[:-3] + ".cpp")
         _write(dst, rewrite(open(path).read(), path, name))
@@ -266,16 +279,17 @@ def load(asan: bool = False, verbose: bool = False, trace: bool = False):
     _write(schema_cpp, "// generated from csrc/ops.cpp by tests/cuda_emu\n#include <torch/library.h>\n\n"
                        f"TORCH_LIBRARY({name}, m) {{\n{defs}}}\n")
     sources.append(schema_cpp)
-    flags = ["-O1", "-g0", f"-I{KERNELS}", "-Wno-unknown-pragmas"] + POISON_LOCALS
+    flags = ["-O1", f"-I{KERNELS}", "-Wno-unknown-pragmas"] + ([] if trace else POISON_LOCALS)
     ldflags = []
     if asan:
-        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        flags += ["-g0", "-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
-    if trace:   # line tables (-g1) name the access sites
-        flags = ["-O1", "-g1", f"-I{KERNELS}", "-Wno-unknown-pragmas", "-DI2I_EMU_TRACE=1", "-fsanitize=thread"]
-    # emu.h reaches the sources through the precompiled header, which ninja's dependency files
-    # do not list: its checksum in the command line rebuilds them when it changes.
-    flags.append(f"-DI2I_EMU_H_CRC={zlib.crc32(open(os.path.join(HERE, 'emu.h'), 'rb').read())}")
+    else:
+        flags += INSTRUMENTED + (["-DI2I_EMU_TRACE=1"] if trace else [])
+    # emu.h and check.h reach the sources through the precompiled header, which ninja's dependency
+    # files do not list: their checksum in the command line rebuilds the sources when they change.
+    headers = b"".join(open(os.path.join(HERE, h), "rb").read() for h in ("emu.h", "check.h"))
+    flags.append(f"-DI2I_EMU_H_CRC={zlib.crc32(headers)}")
     flags = ["-include", _prelude(gen, name, flags)] + flags
     mod = cpp_extension.load(name=name, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                              extra_include_paths=[os.path.join(HERE, "include")], build_directory=build,
@@ -360,10 +374,14 @@ class EmulatedCuda(TorchDispatchMode):
 class LaunchCounter:
     """`with LaunchCounter() as c: step()` runs the block with the CUDA kernels emulated and
     leaves c.launches (i2i_fast kernel launches in the block) and c.by_kernel. The main job's
-    optional "our launches" column (`python -m i2i_fast.bench --launches`) uses it."""
+    optional "our launches" column (`python -m i2i_fast.bench --launches`) uses it. It counts
+    with the checks (check.h) off: a whole training step, several times slower with them; the
+    tests run every kernel with them on."""
 
     def __enter__(self):
         self.emu = load()
+        self.checks = self.emu.checks()
+        self.emu.set_checks(False)
         self.before = self.emu.launch_counts()
         self.mode = EmulatedCuda()
         self.mode.__enter__()
@@ -371,6 +389,7 @@ class LaunchCounter:
 
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
+        self.emu.set_checks(self.checks)
         after = self.emu.launch_counts()
         self.by_kernel = {k: n - self.before.get(k, 0) for k, n in after.items() if n != self.before.get(k, 0)}
         self.launches = sum(self.by_kernel.values())

@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "check.h"
+
 // The entry points check their tensors' device against this type; emulated tensors are CPU.
 #define I2I_GPU_DEVICE_TYPE c10::DeviceType::CPU
 
@@ -63,8 +65,10 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 
 namespace i2i_emu {
 
-// Block-wide barrier and warp exchange, implemented by the fiber scheduler.
+// Block-wide barrier and warp exchange, implemented by the fiber scheduler. The barrier is
+// told its call site: the checks (check.h) require every thread of a block at the same one.
 void syncthreads();
+void syncthreads_at(const char* file, int line);
 void shfl_exchange(unsigned mask, void* value, size_t size, unsigned delta);
 // Records a __shared__ variable of the running kernel (size limit, poisoning between blocks).
 void note_shared(void* ptr, size_t size);
@@ -128,7 +132,7 @@ void launch(const char* name, const LaunchCfg& cfg, F&& kernel, A&&... args) {
   static_assert(::i2i_emu::param_bytes<__VA_ARGS__>() <= ::i2i_emu::kMaxKernelParamBytes,       \
                 "CUDA emulation: the parameters of " kernel " exceed kMaxKernelParamBytes (4 KB)")
 
-inline void __syncthreads() { ::i2i_emu::syncthreads(); }
+#define __syncthreads() ::i2i_emu::syncthreads_at(__FILE__, __LINE__)
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <class T>

@@ -1,10 +1,10 @@
 // The CUDA emulation's runtime: runs every CUDA thread of a block as a fiber (ucontext) on
 // the launching OS thread. Fibers run until they finish or wait: at __syncthreads (released
-// when every live thread of the block waits there; exited threads drop out) or at a warp
-// shuffle (exchanged when all 32 lanes of the warp wait there, full mask asserted). Blocks,
-// and the threads within a scheduling round, run in a permutable order (forward, reverse, or
-// shuffled by a seed), so a missing barrier, a shared-memory race or a dependence on block
-// order changes the result. __shared__ variables are function statics shared by the fibers of
+// when every live thread of the block waits there; check.cpp requires one call site and no
+// exited thread) or at a warp shuffle (exchanged when all 32 lanes of the warp wait there,
+// full mask asserted). Blocks, and the threads within a scheduling round, run in a permutable
+// order (forward, reverse, or shuffled by a seed), so a missing barrier, a shared-memory race
+// or a dependence on block order changes the result. __shared__ variables are function statics shared by the fibers of
 // the running block; they are poisoned before every block. Launch limits of a real GPU are
 // checked, and launches are counted per kernel name. The traced variant (I2I_EMU_TRACE) also
 // reports each launch and block to the memory tracer (trace.cpp).
@@ -30,6 +30,10 @@
 #ifndef I2I_EMU_TRACE
 #define I2I_EMU_TRACE 0
 #endif
+#ifndef I2I_EMU_CHECKED  // every access instrumented (hooks.cpp): the access checks run
+#define I2I_EMU_CHECKED 0
+#endif
+#include "check.h"
 #include "trace.h"
 #include "checks.h"
 
@@ -47,6 +51,7 @@ struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<char[]> stack;
   uint3 tid;
+  int index = 0;  // linear thread index in the block
   State state = kRun;
   unsigned mask = 0, delta = 0;
   size_t size = 0;
@@ -202,6 +207,7 @@ void run_block(int nthreads, uint64_t salt) {
     f.state = kRun;
     f.quiet = true;
     f.fake = nullptr;
+    f.index = i;
     f.tid = uint3(unsigned(i % blockDim.x), unsigned(i / blockDim.x % blockDim.y),
                   unsigned(i / (blockDim.x * blockDim.y)));
     getcontext(&f.ctx);
@@ -231,6 +237,10 @@ void run_block(int nthreads, uint64_t salt) {
       fail("deadlock: some threads wait at __syncthreads while others wait at a warp shuffle");
       return;
     }
+    if (const std::string e = check::barrier_release(nthreads); !e.empty()) {  // call sites, exited threads
+      fail(e);
+      return;
+    }
     for (int i = 0; i < nthreads; ++i)
       if (S.fibers[i].state == kBarrier) S.fibers[i].state = kRun;
   }
@@ -238,9 +248,13 @@ void run_block(int nthreads, uint64_t salt) {
 
 }  // namespace
 
-Running running() {
-  if (!S.in_fiber || S.fibers[S.cur].quiet) return {-1, nullptr, 0};
-  return {S.cur, S.fibers[S.cur].stack.get(), kStack};
+// Called on every instrumented access: not instrumented itself, and reads only trivially
+// initialized thread_locals (S's TLS wrapper is a call). t_fiber is set while a fiber runs;
+// the runtime code a fiber runs is quiet.
+__attribute__((no_sanitize_thread)) Running running() {
+  const Fiber* f = t_fiber;
+  if (f == nullptr || f->quiet) return {-1, nullptr, 0};
+  return {f->index, f->stack.get(), kStack};
 }
 
 size_t shared_count() { return S.shared.size(); }
@@ -272,6 +286,13 @@ void syncthreads() {
   if (S.cur < 0) throw std::runtime_error("__syncthreads outside an emulated kernel");
   S.fibers[S.cur].state = kBarrier;
   yield_to_main();
+}
+
+void syncthreads_at(const char* file, int line) {
+  Quiet q;
+  if (S.cur < 0) throw std::runtime_error("__syncthreads outside an emulated kernel");
+  check::barrier_arrive(S.cur, file, line);
+  syncthreads();
 }
 
 void shfl_exchange(unsigned mask, void* value, size_t size, unsigned delta) {
@@ -339,14 +360,17 @@ void run_grid(const char* name, const LaunchCfg& c, void (*body)(void*), void* c
   trace::launch_begin(name, unsigned(nblocks), unsigned(threads), sms);
   struct End { ~End() { trace::launch_end(); } } end;  // also when the launch throws
 #endif
+  check::launch_begin(name);
   for (int64_t b : order(nblocks, 0x5EED)) {
     blockIdx = uint3(unsigned(b % c.grid.x), unsigned(b / c.grid.x % c.grid.y),
                      unsigned(b / (int64_t(c.grid.x) * c.grid.y)));
     poison_shared();
+    check::block_begin(int(threads));
     run_block(int(threads), uint64_t(b) + 1);
     S.cur = -1;
     if (poison_enabled())
       for (int i = 0; i < int(threads); ++i) stack_overran(S.fibers[i].stack.get(), kStack);
+    if (const std::string e = check::block_end(); !e.empty()) fail(e);
 #if I2I_EMU_TRACE
     trace::block_end();
 #endif
@@ -430,6 +454,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {  // NOLINT
   m.def("reset_counts", &reset_counts);
   m.attr("asan") = bool(I2I_EMU_ASAN);
   m.attr("traced") = bool(I2I_EMU_TRACE);
+  m.attr("checked") = bool(I2I_EMU_CHECKED);
+  m.def("set_checks", &i2i_emu::check::set_enabled,
+        "turn the GPU-semantics checks (shared races, helper reuse, global happens-before, barrier sites) on or off");
+  m.def("checks", &i2i_emu::check::enabled);
 #if I2I_EMU_TRACE
   i2i_emu::trace::bind(m);
 #endif

@@ -103,6 +103,8 @@ int classify(uintptr_t a, const Running& r) {
   return kGlobal;
 }
 
+}  // namespace
+
 // Not instrumented (it reads the guard); everything it calls runs with the guard set.
 __attribute__((no_sanitize_thread)) void record(uintptr_t a, uint32_t size, bool write, uintptr_t pc) {
   if (t_busy || t_state == nullptr || !T.in_launch) return;
@@ -123,6 +125,8 @@ __attribute__((no_sanitize_thread)) void record(uintptr_t a, uint32_t size, bool
   }
   t_busy = false;
 }
+
+namespace {
 
 void count_request(Launch& l, uint64_t key, const std::vector<Access>& acc) {
   const bool write = key & 1;
@@ -296,68 +300,3 @@ void bind(pybind11::module_& m) {
 
 }  // namespace i2i_emu::trace
 #undef T
-
-// ---- gcc -fsanitize=thread callbacks (no sanitizer runtime is linked: these are it) ----
-// Plain accesses are recorded at their call site; atomics are performed (as the compiler asked)
-// and recorded as a read and a write.
-#define I2I_NO_TSAN __attribute__((no_sanitize_thread))
-#define I2I_PC reinterpret_cast<uintptr_t>(__builtin_return_address(0))
-
-extern "C" {
-using ::i2i_emu::trace::record;
-
-I2I_NO_TSAN void __tsan_init() {}
-I2I_NO_TSAN void __tsan_func_entry(void*) {}
-I2I_NO_TSAN void __tsan_func_exit() {}
-I2I_NO_TSAN void __tsan_vptr_update(void**, void*) {}
-I2I_NO_TSAN void __tsan_vptr_read(void**) {}
-
-#define I2I_RW(n)                                                                                      \
-  I2I_NO_TSAN void __tsan_read##n(void* a) { record(uintptr_t(a), n, false, I2I_PC); }                 \
-  I2I_NO_TSAN void __tsan_write##n(void* a) { record(uintptr_t(a), n, true, I2I_PC); }                 \
-  I2I_NO_TSAN void __tsan_unaligned_read##n(void* a) { record(uintptr_t(a), n, false, I2I_PC); }       \
-  I2I_NO_TSAN void __tsan_unaligned_write##n(void* a) { record(uintptr_t(a), n, true, I2I_PC); }       \
-  I2I_NO_TSAN void __tsan_volatile_read##n(void* a) { record(uintptr_t(a), n, false, I2I_PC); }        \
-  I2I_NO_TSAN void __tsan_volatile_write##n(void* a) { record(uintptr_t(a), n, true, I2I_PC); }
-I2I_RW(1) I2I_RW(2) I2I_RW(4) I2I_RW(8) I2I_RW(16)
-I2I_NO_TSAN void __tsan_read_range(void* a, unsigned long n) { record(uintptr_t(a), uint32_t(n), false, I2I_PC); }
-I2I_NO_TSAN void __tsan_write_range(void* a, unsigned long n) { record(uintptr_t(a), uint32_t(n), true, I2I_PC); }
-
-// gcc passes the memory order as an int (__ATOMIC_* values); the atomics run seq_cst.
-#define I2I_ATOMICS(bits, T)                                                                           \
-  I2I_NO_TSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                                 \
-    record(uintptr_t(a), sizeof(T), false, I2I_PC);                                                     \
-    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                        \
-  }                                                                                                     \
-  I2I_NO_TSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                              \
-    record(uintptr_t(a), sizeof(T), true, I2I_PC);                                                      \
-    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                           \
-  }                                                                                                     \
-  I2I_ATOMIC_RMW(bits, T, exchange, exchange_n) I2I_ATOMIC_RMW(bits, T, fetch_add, fetch_add)          \
-  I2I_ATOMIC_RMW(bits, T, fetch_sub, fetch_sub) I2I_ATOMIC_RMW(bits, T, fetch_and, fetch_and)          \
-  I2I_ATOMIC_RMW(bits, T, fetch_or, fetch_or) I2I_ATOMIC_RMW(bits, T, fetch_xor, fetch_xor)            \
-  I2I_ATOMIC_RMW(bits, T, fetch_nand, fetch_nand)                                                       \
-  I2I_NO_TSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {  \
-    record(uintptr_t(a), sizeof(T), false, I2I_PC), record(uintptr_t(a), sizeof(T), true, I2I_PC);     \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);             \
-  }                                                                                                     \
-  I2I_NO_TSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {    \
-    record(uintptr_t(a), sizeof(T), false, I2I_PC), record(uintptr_t(a), sizeof(T), true, I2I_PC);     \
-    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
-  }                                                                                                     \
-  I2I_NO_TSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {        \
-    record(uintptr_t(a), sizeof(T), false, I2I_PC), record(uintptr_t(a), sizeof(T), true, I2I_PC);     \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                   \
-    return c;                                                                                           \
-  }
-#define I2I_ATOMIC_RMW(bits, T, op, builtin)                                                           \
-  I2I_NO_TSAN T __tsan_atomic##bits##_##op(volatile T* a, T v, int) {                                  \
-    record(uintptr_t(a), sizeof(T), false, I2I_PC), record(uintptr_t(a), sizeof(T), true, I2I_PC);     \
-    return __atomic_##builtin(a, v, __ATOMIC_SEQ_CST);                                                  \
-  }
-I2I_ATOMICS(8, unsigned char) I2I_ATOMICS(16, unsigned short) I2I_ATOMICS(32, unsigned)
-I2I_ATOMICS(64, unsigned long long)
-
-I2I_NO_TSAN void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-I2I_NO_TSAN void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
-}

@@ -1,8 +1,9 @@
 // Between the emulation's runtime (runtime.cpp) and its memory tracer (trace.cpp, built only
-// into the traced variant i2i_fast_emu_trace). The traced variant compiles every source with
-// gcc's thread-sanitizer instrumentation but links no sanitizer runtime: trace.cpp defines the
-// __tsan_* callbacks, so every load, store and atomic of the emulated kernels reaches it with
-// its address, size and call site (tsan, unlike asan, keeps the store of an `a[i] += v`).
+// into the traced variant i2i_fast_emu_trace). The instrumented variants compile every source
+// with gcc's thread-sanitizer instrumentation but link no sanitizer runtime: hooks.cpp defines
+// the __tsan_* callbacks, so every load, store and atomic of the emulated kernels reaches the
+// tracer (and the checks, check.h) with its address, size and call site (tsan, unlike asan,
+// keeps the store of an `a[i] += v`).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +26,8 @@ bool runtime_memory(uintptr_t a);
 void set_quiet(bool quiet);
 
 namespace trace {
+// One access of the running CUDA thread (from the instrumentation hooks, hooks.cpp).
+void record(uintptr_t a, uint32_t size, bool write, uintptr_t pc);
 void launch_begin(const char* name, unsigned grid, unsigned threads, int sm_count);
 void block_end();
 void launch_end();
