@@ -83,7 +83,9 @@ __device__ St merged_partials(const Params<T, acc_t>& a, const Tile<P>& t) {
     St* sm = reinterpret_cast<St*>(raw);
     if (threadIdx.x < P) sm[threadIdx.x] = merge();
     __syncthreads();
-    return sm[threadIdx.x % P];
+    const St r = sm[threadIdx.x % P];
+    __syncthreads();  // safe to call again: the next call's writes wait for these reads
+    return r;
   }
 }
 

@@ -24,9 +24,12 @@ __global__ void uninit_local_kernel(const float* x, int64_t n, float* y) {
 
 // The same defect with s exempt from the compile-time pattern and kept on the fiber stack: it
 // reads what the stack holds. Without the stack poison that is block 0's s, left by the same
-// thread of the previous block (so the result is right by luck); with it, NaN.
+// thread of the previous block (so the result is right by luck); with it, NaN. s is the deep end
+// of an 8 KB frame: in the instrumented variant the access callbacks that the launch code makes
+// before the kernel starts write their frames on this stack, but not that far down.
 __global__ void uninit_stack_kernel(const float* x, int64_t n, float* y) {
-  [[gnu::uninitialized]] volatile float s;
+  [[gnu::uninitialized]] volatile float deep[2048];
+  volatile float& s = deep[0];
   if (blockIdx.x == 0) s = 2.0f;
   const int64_t i = blockIdx.x * int64_t(kT) + threadIdx.x;
   if (i < n) y[i] = x[i] * s;
