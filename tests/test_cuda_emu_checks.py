@@ -76,11 +76,19 @@ def test_unwritten_outputs_read_nan(on):
 def test_workspace_freed_on_another_stream(on):
     """A workspace written on the current stream, read by a side stream, freed without waiting
     for the side stream: its block goes back to the current stream's pool (poisoned in that
-    stream's order), so the side stream's later read gets NaN. With the side stream synchronized
-    before the free, right; with immediate launches (streams off), right by luck."""
+    stream's order), so the side stream's later read is a use after free, reported with its
+    line by the access checks, and NaN without them. With the side stream synchronized before
+    the free, right; with immediate launches (streams off), right by luck."""
     x = torch.randn(700)
     assert torch.equal(check("freed_workspace", x, 1)[:700], x)
-    bad = check("freed_workspace", x, 0)[:700]
+    with pytest.raises(RuntimeError, match=r"use after free: thread \(\d+,0,0\) reads at "
+                                           r"tests/cuda_emu/selftest_checks\.cu:\d+ memory freed"):
+        check("freed_workspace", x, 0)
+    on.set_checks(False)
+    try:
+        bad = check("freed_workspace", x, 0)[:700]
+    finally:
+        on.set_checks(True)
     assert bad.isnan().all(), "the read of a workspace freed on another stream went unnoticed"
     on.set_streams(False)
     assert torch.equal(check("freed_workspace", x, 0)[:700], x)

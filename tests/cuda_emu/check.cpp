@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "checks.h"
 #include "emu.h"
 #include "trace.h"
 
@@ -332,6 +333,16 @@ I2I_NO_TSAN void global_meet(const Write& w, int32_t t, bool write, uintptr_t pc
   fail(m.str());
 }
 
+// Memory freed while work was still queued (streams.cpp): poisoned in its stream's order, kept
+// until the queues are empty, so the caching allocator of a GPU could have handed it out again.
+I2I_NO_TSAN void freed_access(bool write, int32_t t, uintptr_t pc) {
+  std::ostringstream m;
+  m << "use after free: " << thread_name(t) << (write ? " writes" : " reads") << " at " << site(pc)
+    << " memory freed while this work was queued (its stream's later work may reuse it: synchronize the stream "
+       "that uses it, or record_stream, before the free)";
+  fail(m.str());
+}
+
 I2I_NO_TSAN void global_access(uintptr_t a, uint32_t size, bool write, int32_t t, uintptr_t pc) {
   State& s = *t_st;
   const uint64_t g0 = a / kGranule, g1 = (a + size - 1) / kGranule;
@@ -465,6 +476,7 @@ I2I_NO_TSAN void check_access(Hot& h, uintptr_t a, uint32_t size, bool write, ui
   if (r.fiber < 0 || a - uintptr_t(r.stack_lo) < r.stack_size) return;   // registers and locals
   Busy busy(false);
   if (Buffer* b = buffer_of(a)) shared_access(*b, a, size, write, r.fiber, pc);
+  else if (freed_memory(a)) freed_access(write, r.fiber, pc);
   else if (!(write && runtime_memory(a))) global_access(a, size, write, r.fiber, pc);   // the scheduler's state
 }
 

@@ -2,6 +2,7 @@
 // fiber stacks, and the Python bindings of the switches.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace pybind11 {
 class module_;
@@ -14,6 +15,8 @@ namespace i2i_emu {
 constexpr unsigned char kStackPoisonByte = 0xFF;
 
 bool poison_enabled();
+// Whether a is in memory freed while work was queued and not yet released (a use after free).
+bool freed_memory(uintptr_t a);
 // Fills the top of a fiber stack (the depth blocks have used so far) before a block.
 void poison_stack(char* stack, size_t size);
 // After a block: a fiber that went below the poisoned depth makes later blocks poison deeper.

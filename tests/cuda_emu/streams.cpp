@@ -138,7 +138,20 @@ bool any_queued() {
   return false;
 }
 
+// Memory freed while work was queued, from its poison (run in its stream's order) until it is
+// released once the queues are empty: a kernel that touches it then uses it after its free (the
+// checks of check.cpp ask freed_memory). Graph allocations are not in it: their replays reuse them.
+std::map<uintptr_t, uintptr_t>& freed_ranges() {  // start -> end
+  static auto* m = new std::map<uintptr_t, uintptr_t>;
+  return *m;
+}
+std::atomic<int> n_freed{0};
+
 void release(Held* h) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(mu());
+    if (freed_ranges().erase(uintptr_t(h->ptr))) --n_freed;
+  }
   if (h->mapped) munmap(h->ptr, h->n);
   delete h;  // and with it the wrapped allocator's DataPtr
 }
@@ -157,7 +170,13 @@ void execute(Node& nd) {
     case NodeKind::kLaunch:
     case NodeKind::kHost: nd.run(); break;
     case NodeKind::kMemset: std::memset(nd.ptr, nd.value, nd.n); break;
-    case NodeKind::kPoison: std::memset(nd.ptr, kStackPoisonByte, nd.n); break;
+    case NodeKind::kPoison: {
+      std::memset(nd.ptr, kStackPoisonByte, nd.n);
+      std::lock_guard<std::recursive_mutex> lock(mu());
+      for (const Held* h : deferred())
+        if (h->ptr == nd.ptr && freed_ranges().emplace(uintptr_t(nd.ptr), uintptr_t(nd.ptr) + nd.n).second) ++n_freed;
+      break;
+    }
     case NodeKind::kRecord: nd.ev->done = std::max(nd.ev->done, nd.gen); break;
     case NodeKind::kWait: break;  // the scheduler ran it only once the event was reached
   }
@@ -363,6 +382,13 @@ void check_launch_bounds(const char* kernel, const char* where, unsigned max_thr
 }
 
 bool poison_enabled() { return poison_on; }
+
+bool freed_memory(uintptr_t a) {
+  if (n_freed.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard<std::recursive_mutex> lock(mu());
+  auto it = freed_ranges().upper_bound(a);
+  return it != freed_ranges().begin() && a < std::prev(it)->second;
+}
 
 void poison_stack(char* stack, size_t size) {
   const size_t d = std::min(size, stack_depth.load());
