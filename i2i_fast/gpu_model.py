@@ -92,7 +92,7 @@ _NOT_MODELLED = ("convolution", "convolution_backward", "mm", "addmm", "bmm", "l
 
 class _Touched:
     """TorchDispatchMode counting the ops of a step outside _NOT_MODELLED, the optimizer and
-    i2i_fast's own ops (those are traced), and the bytes each touches (tensor inputs and outputs,
+    i2i_fast's own ops and their emulated twins (those are traced), and the bytes each touches (tensor inputs and outputs,
     each storage once per op)."""
 
     def __init__(self):
@@ -108,7 +108,7 @@ class _Touched:
                 out = func(*args, **(kwargs or {}))
                 name = func.name()
                 base = name.split("::", 1)[-1].split(".")[0]
-                if not (outer.skip or func.namespace == "i2i_fast" or func.is_view or base in _NOT_MODELLED
+                if not (outer.skip or func.namespace.startswith("i2i_fast") or func.is_view or base in _NOT_MODELLED
                         or base in bench.NOT_WORK_OPS or base == "detach" or name.startswith("profiler::")):
                     seen = {}
                     for t in tree_leaves((args, kwargs, out)):

@@ -106,3 +106,14 @@ def test_traffic_targets(emu, op, dtype, layout):
               "dram": any(r["dram_ratio"] > DRAM for r in res.values())}
     known = KNOWN_MISSES.get((op, layout, dtype), KNOWN_MISSES.get((op, layout), {}))
     assert {t for t, m in missed.items() if m} == set(known), f"targets missed vs KNOWN_MISSES:\n{rows}"
+
+
+def test_step_model_counts_emulated_kernels_once(emu):
+    """The step model counts the converted step's kernels as launches (traced) and its other ops
+    apart: the calls of i2i_fast's ops and of their emulated twins are not other ops, so an
+    instance norm under the emulation adds launches and no op."""
+    from i2i_fast import functional as F
+    x = torch.randn(2, 8, 32, 32)
+    with gpu_model._Touched() as touched, cuda_emu.MemoryTrace() as t:
+        F.instance_norm(x)
+    assert len(t.launches) >= 1 and touched.ops == 0 and touched.bytes == 0
