@@ -92,8 +92,8 @@ _NOT_MODELLED = ("convolution", "convolution_backward", "mm", "addmm", "bmm", "l
 
 class _Touched:
     """TorchDispatchMode counting the ops of a step outside _NOT_MODELLED, the optimizer and
-    i2i_fast's own ops and their emulated twins (those are traced), and the bytes each touches (tensor inputs and outputs,
-    each storage once per op)."""
+    i2i_fast's own ops and their emulated twins (those are traced), and the bytes each touches
+    (tensor inputs and outputs, each storage once per op)."""
 
     def __init__(self):
         self.ops, self.bytes, self.skip = 0, 0, False
