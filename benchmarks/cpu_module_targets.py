@@ -89,13 +89,13 @@ def _ugatit_d_case(variant=None):
         return LF.gan_loss(preds, targets, "lsgan")
 
     if variant == "checked":  # gan_loss's checked path (what every call took before the fast path)
-        from i2i_fast import _backend, _ops
+        from i2i_fast import _backend, ops
 
         def ours_loss():  # noqa: F811
             ps, _ = LF._as_terms("pred", preds)
             ps = LF._common("pred", ps)
             params, ws, kind, red = LF._gan_plan("lsgan", len(ps), targets, 1.0, 0.0, True, "mean", None)
-            return _ops.loss(_backend.select(ps[0].device), ps, [], params, ws, kind, red)[0]
+            return ops.loss.loss(_backend.select(ps[0].device), ps, [], params, ws, kind, red)[0]
 
     if variant == "two_calls":  # real terms, then fake terms: two fused calls and an add
         def ours_loss():  # noqa: F811

@@ -2,7 +2,7 @@
 from . import functional, models
 from ._backend import backends, use_backend
 from .nn import ILN, AdaIN, AdaLIN, BatchNorm2d, InstanceNorm2d, LayerNorm
-from .nn import GANLoss, ReflectionPadConv2d  # issues #4, #5
+from .nn import GANLoss, ReflectionPadConv2d
 
 __all__ = ["backends", "use_backend", "functional", "models", "InstanceNorm2d", "BatchNorm2d", "ILN", "AdaLIN", "LayerNorm", "AdaIN",
            "ReflectionPadConv2d", "GANLoss"]

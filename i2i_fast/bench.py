@@ -793,7 +793,7 @@ class OpCounter:
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
-        from . import _ops
+        from .ops import common as _ops
         counter = self
 
         class _Mode(TorchDispatchMode):
@@ -812,7 +812,7 @@ class OpCounter:
         return self
 
     def __exit__(self, *exc):
-        from . import _ops
+        from .ops import common as _ops
         try:
             return self._mode.__exit__(*exc)
         finally:
@@ -853,7 +853,7 @@ def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
         with OpCounter() as c:
             run(*args)
         return {"launches": c.total, "launch_kind": "cpu dispatched ops"}
-    from . import _ops
+    from .ops import common as _ops
     fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False  # make our ops visible to the profiler
     try:
         with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _norm, _ops, reference
+from . import ops, reference
+from .codes import NormKind, Reduction
 from .reference import ACTIVATIONS
 
 __all__ = ["instance_norm", "batch_norm", "iln", "adalin", "layer_norm", "adain"]
@@ -16,7 +17,7 @@ __all__ = ["instance_norm", "batch_norm", "iln", "adalin", "layer_norm", "adain"
 def _act_code(activation) -> int:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
-    return ACTIVATIONS[activation]
+    return int(ACTIVATIONS[activation])  # a plain int: what the ops' schemas and compile take
 
 
 def _check_channel(name: str, t: Optional[Tensor], x: Tensor) -> None:
@@ -81,8 +82,8 @@ def _check_out_pad(out_pad, x) -> int:
     return out_pad
 
 
-# iln, adalin, layer_norm (and instance_norm / adain with an output pad) run the plane-affine
-# normalization family (_norm.py): plane statistics -> per-plane scale/shift -> one fused apply.
+# iln, adalin, layer_norm and training-mode batch_norm run the plane-affine normalization family
+# (ops/plane_norm.py): plane statistics -> per-plane scale/shift -> one fused apply.
 def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
         activation: Optional[str] = None, negative_slope: float = 0.2,
         residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
@@ -94,7 +95,7 @@ def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e
     c = input.shape[1]
     for name, t in (("rho", rho), ("gamma", gamma), ("beta", beta)):
         _check_param(name, t, input, (c,))
-    return _norm.plane_norm(_norm.LIN, input, rho, gamma, beta, residual, float(eps),
+    return ops.plane_norm.plane_norm(NormKind.ILN, input, rho, gamma, beta, residual, float(eps),
                             _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
@@ -110,7 +111,7 @@ def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float =
         _check_param(name, t, input, (n * c,))
         if t.dim() != 2:
             raise ValueError(f"{name} must have shape (N, C) = {(n, c)}, got {tuple(t.shape)}")
-    return _norm.plane_norm(_norm.LIN, input, rho, gamma, beta, residual, float(eps),
+    return ops.plane_norm.plane_norm(NormKind.ILN, input, rho, gamma, beta, residual, float(eps),
                             _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
@@ -127,7 +128,7 @@ def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Ten
     if gamma is not None:
         for name, t in (("gamma", gamma), ("beta", beta)):
             _check_param(name, t, input, (input.shape[1],))
-    return _norm.plane_norm(_norm.LN, input, None, gamma, beta, residual, float(eps),
+    return ops.plane_norm.plane_norm(NormKind.LAYER, input, None, gamma, beta, residual, float(eps),
                             _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
 
 
@@ -144,11 +145,11 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
-    if _norm.split_planes(input, backend := _ops.select(input.device)):
-        return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+    if ops.plane_norm.split_planes(input, backend := ops.common.select(input.device)):
+        return ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
                                 float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
-    return _ops.instance_norm_fwd(backend, input, weight, bias, residual, None, None, float(eps),
+    return ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, None, None, float(eps),
                                   act, float(negative_slope), pad)[0]
 
 
@@ -190,13 +191,13 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    if _norm.split_planes(input, backend := _ops.select(input.device)):
-        out, mean, var = _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+    if ops.plane_norm.split_planes(input, backend := ops.common.select(input.device)):
+        out, mean, var = ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
                                           float(negative_slope), pad, None if use_input_stats else stats, stats=True)
         if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
             _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
         return out
-    out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
+    out, mean, var = ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
                                             float(eps), act, float(negative_slope), pad)
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
         _update_running_stats(running_mean, running_var, mean, var, momentum,
@@ -220,33 +221,33 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
     pad = _check_out_pad(out_pad, input)
     n, c, h, w = input.shape
     if input.numel() == 0:  # as torch: an empty result, the running statistics unchanged
-        return _norm.reference_norm(_norm.BN if training else _norm.IN, input, None, weight, bias, residual,
+        return ops.plane_norm.reference_norm(NormKind.BATCH if training else NormKind.INSTANCE, input, None, weight, bias, residual,
                                     float(eps), act, float(negative_slope), pad,
                                     None if training else (running_mean, running_var))
-    backend = _ops.select(input.device)
+    backend = ops.common.select(input.device)
     if not training:
         if running_mean is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
-        if _norm.split_planes(input, backend):
-            return _norm.plane_norm(_norm.IN, input, None, weight, bias, residual, float(eps), act,
+        if ops.plane_norm.split_planes(input, backend):
+            return ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
                                     float(negative_slope), pad, (running_mean, running_var))
         # eval: the running statistics normalize each plane, as the fused instance norm's eval mode
-        return _ops.instance_norm_fwd(backend, input, weight, bias, residual, running_mean, running_var,
+        return ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, running_mean, running_var,
                                       float(eps), act, float(negative_slope), pad)[0]
     if n * h * w <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
-    if n == 1 and not _norm.split_planes(input, backend):
+    if n == 1 and not ops.plane_norm.split_planes(input, backend):
         # batch 1 (pix2pix's default): the batch statistics of a channel are its one plane's, so
         # training batch norm IS instance norm with the per-channel affine: the fused instance
         # norm is one op each way (the family's path is stats, coefs, apply / sums, coefs_bwd,
         # apply_bwd); its (1, C) statistics feed the running-statistics update
-        out, mean, var = _ops.instance_norm_fwd(backend, input, weight, bias, residual, None, None,
+        out, mean, var = ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, None, None,
                                                 float(eps), act, float(negative_slope), pad)
     else:
-        out, mean, var = _norm.plane_norm(_norm.BN, input, None, weight, bias, residual, float(eps), act,
+        out, mean, var = ops.plane_norm.plane_norm(NormKind.BATCH, input, None, weight, bias, residual, float(eps), act,
                                           float(negative_slope), pad, stats=True)
     if running_mean is not None:
-        _norm.bn_update_running(running_mean, running_var, mean, var, h * w, momentum)
+        ops.plane_norm.bn_update_running(running_mean, running_var, mean, var, h * w, momentum)
     return out
 
 
@@ -295,7 +296,7 @@ def reflection_pad2d(input: Tensor, pad) -> Tensor:
     if isinstance(input, Tensor) and input.dim() == 3:
         return reflection_pad2d(input.unsqueeze(0), pad).squeeze(0)
     _check_padded_input(input, pad)
-    return _ops.reflection_pad2d(_ops.select(input.device), input, pad)
+    return ops.reflection_pad.reflection_pad2d(ops.common.select(input.device), input, pad)
 
 
 def _int_arg(name, v, lo):
@@ -349,7 +350,7 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     if h + 2 * padding < weight.shape[2] or w + 2 * padding < weight.shape[3]:
         raise ValueError(f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the "
                          f"kernel {tuple(weight.shape[2:])}")
-    return _ops.reflection_pad_conv2d(_ops.select(input.device), input, weight, bias, padding, stride)
+    return ops.reflection_pad_conv.reflection_pad_conv2d(ops.common.select(input.device), input, weight, bias, padding, stride)
 
 
 # ---------------------------------------------------------------- losses
@@ -409,12 +410,12 @@ def _weights(weights, n):
 def _reduction(reduction):
     if reduction not in reference.REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return reference.REDUCTIONS[reduction]
+    return int(reference.REDUCTIONS[reduction])
 
 
 def _gan_kind(mode, is_real, for_discriminator, real_label, fake_label):
     """(kind, parameter) of one term, as the originals define the mode."""
-    k = reference.LOSS_KINDS
+    k = {name: int(code) for name, code in reference.LOSS_KINDS.items()}
     sign = -1.0 if is_real else 1.0
     if mode == "lsgan":
         return k["square"], real_label if is_real else fake_label
@@ -458,9 +459,9 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
     preds = _common("pred", preds)
     params, ws, kind, red = _gan_plan(mode, len(preds), target_is_real, target_real_label, target_fake_label,
                                       for_discriminator, reduction, weights)
-    backend = _ops.select(preds[0].device)
-    outs = _ops.loss(backend, preds, [], params, ws, kind, red)
-    if red == 0:
+    backend = ops.common.select(preds[0].device)
+    outs = ops.loss.loss(backend, preds, [], params, ws, kind, red)
+    if red == Reduction.NONE:
         return outs if was_list else outs[0]
     return outs[0]
 
@@ -531,7 +532,7 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
     first = preds[0]
     if type(first) is not Tensor:  # subclasses (fake tensors...) take the checked path
         return None
-    if not _ops.USE_CPP_AUTOGRAD or _ops.select(first.device) not in ("cpu", "cuda") \
+    if not ops.loss.USE_CPP_AUTOGRAD or ops.common.select(first.device) not in ("cpu", "cuda") \
             or torch.compiler.is_compiling():
         return None
     for t in preds:  # a meta term would send the call to the op's fake kernel, which checks nothing
@@ -542,7 +543,7 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
         outs = torch.ops.i2i_fast.loss_fwd.default(preds, [], params, ws, kind, red, False)[0]
     except (RuntimeError, TypeError):  # mixed dtypes, devices, non-tensors: the checked path
         return None
-    if red == 0:
+    if red == Reduction.NONE:
         return list(outs) if tp is list or tp is tuple else outs[0]
     return outs[0]
 
@@ -572,9 +573,9 @@ def _pairs(pairs, what):
 def _pair_loss(kind, a, b, was_list, weights, reduction):
     red = _reduction(reduction)
     ws = _weights(weights, len(a))
-    backend = _ops.select(a[0].device)
-    outs = _ops.loss(backend, a, b, [0.0] * len(a), ws, reference.LOSS_KINDS[kind], red)
-    if red == 0:
+    backend = ops.common.select(a[0].device)
+    outs = ops.loss.loss(backend, a, b, [0.0] * len(a), ws, int(reference.LOSS_KINDS[kind]), red)
+    if red == Reduction.NONE:
         return outs if was_list else outs[0]
     return outs[0]
 
@@ -676,4 +677,4 @@ def spectral_norm_weight(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
     if u.device != weight.device or v.device != weight.device or u.dtype != weight.dtype or v.dtype != weight.dtype:
         raise ValueError(f"u ({u.dtype} on {u.device}) and v ({v.dtype} on {v.device}) must match the weight "
                          f"({weight.dtype} on {weight.device})")
-    return _ops.sn_scale(_ops.select(weight.device), weight, u, v)[0]
+    return ops.spectral_norm.sn_scale(ops.common.select(weight.device), weight, u, v)[0]

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, _ops
+from . import _backend, ops
 from . import functional as F
 from .reference import ACTIVATIONS
 
@@ -32,7 +32,7 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
         # the weight and the bias separately, so every combination runs fused
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias)
-        _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
@@ -73,7 +73,7 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
                  out_pad: int = 0) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias)
-        _Fused._init_fusion(self, activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
@@ -109,17 +109,19 @@ def _fusion_repr(m) -> str:
     return s + (f", out_pad={m.out_pad}" if m.out_pad else "")
 
 
-class _Fused(torch.nn.Module):
-    """Keyword-only fusion options shared by the norm modules."""
+def _init_fusion(m: torch.nn.Module, activation, negative_slope, eps, out_pad=0) -> None:
+    """The keyword-only fusion options every norm module takes, checked and stored on m."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    m.activation = None if activation == "none" else activation
+    m.negative_slope = negative_slope
+    m.out_pad = _check_pad(out_pad)
 
-    def _init_fusion(self, activation, negative_slope, eps, out_pad=0):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu', 'tanh'; got {activation!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.activation = None if activation == "none" else activation
-        self.negative_slope = negative_slope
-        self.out_pad = _check_pad(out_pad)
+
+class _Fused(torch.nn.Module):
+    """Base of the norm modules that have no torch counterpart to subclass."""
 
     def _fusion(self) -> dict:
         return {"activation": self.activation, "negative_slope": self.negative_slope,
@@ -135,7 +137,7 @@ class ILN(_Fused):
     def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
                  negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
         self.rho = torch.nn.Parameter(torch.zeros(1, num_features, 1, 1))
         self.gamma = torch.nn.Parameter(torch.ones(1, num_features, 1, 1))
@@ -155,7 +157,7 @@ class AdaLIN(_Fused):
     def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
                  negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
         self.rho = torch.nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
 
@@ -173,7 +175,7 @@ class LayerNorm(_Fused):
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, *,
                  activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.affine = num_features, eps, affine
         if affine:
             self.gamma = torch.nn.Parameter(torch.empty(num_features).uniform_())
@@ -194,7 +196,7 @@ class AdaIN(_Fused):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
                  activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
         super().__init__()
-        self._init_fusion(activation, negative_slope, eps, out_pad)
+        _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight: Optional[Tensor] = None
         self.bias: Optional[Tensor] = None
@@ -291,11 +293,11 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         device = input.device if device is None else device
         if self.padding_mode != "reflect":
             return "torch"
-        if _backend._C is None or _ops.select(device) == "reference":
+        if _backend._C is None or ops.common.select(device) == "reference":
             return "reference"
         if self.fallback is not None:
             return "pad" if any(self._reversed_padding_repeated_twice) else "conv"
-        return _ops.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
+        return ops.reflection_pad_conv.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
                                   self.padding[0], self.stride[0], device.type)
 
     def _forward_general(self, input: Tensor) -> Tensor:
@@ -319,8 +321,8 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             return self._forward_general(input)
         if not torch.compiler.is_compiling():
             p = self.padding[0]
-            if (p and input.device.type == "cpu" and input.dim() == 4 and _ops._pad_conv_forced[0] is None
-                    and _ops.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
+            if (p and input.device.type == "cpu" and input.dim() == 4 and ops.reflection_pad_conv._pad_conv_forced[0] is None
+                    and ops.common.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
                 # CPU path "pad" without the functional's Python layers (~20 us, 5% of a small
                 # layer): the pad op checks the input and pad, conv2d the dtypes and devices
                 xp = torch.ops.i2i_fast.reflection_pad2d_fwd.default(input, [p, p, p, p])

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Activation codes shared with csrc/norm_math.h.
-ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "leaky_relu": 2, "tanh": 3}
+from .codes import Activation, LossKind, Reduction
+
+# the activation argument of the functional API and modules -> its code
+ACTIVATIONS = {None: Activation.NONE, **{a.name.lower(): a for a in Activation}}
 
 
 def stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -22,11 +24,11 @@ def inv_std(v: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def activation(z: torch.Tensor, act: int, slope: float) -> torch.Tensor:
-    if act == 1:
+    if act == Activation.RELU:
         return torch.relu(z)
-    if act == 2:
+    if act == Activation.LEAKY_RELU:
         return F.leaky_relu(z, slope)
-    if act == 3:
+    if act == Activation.TANH:
         return torch.tanh(z)
     return z
 
@@ -131,48 +133,48 @@ def reflection_pad_out(y, pad):
 
 
 # ---------------------------------------------------------------- losses
-# Kind codes shared with csrc/losses.h; reduction codes 0 none, 1 mean, 2 sum.
-LOSS_KINDS = {"square": 0, "bce": 1, "hinge": 2, "linear": 3, "softplus": 4, "abs": 5, "bce_target": 6}
-REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+# the functional API's names -> codes
+LOSS_KINDS = {k.name.lower(): k for k in LossKind}
+REDUCTIONS = {r.name.lower(): r for r in Reduction}
 
 
 def loss_elem(kind, x, y, a):
     """Elementwise loss f(x; a) of loss_fwd, written as torch's own ops compute it."""
-    if kind == 0:
+    if kind == LossKind.SQUARE:
         return (x - a) ** 2
-    if kind == 1:  # BCEWithLogitsLoss vs a constant target a
+    if kind == LossKind.BCE:  # BCEWithLogitsLoss vs a constant target a
         return (1 - a) * x - F.logsigmoid(x)
-    if kind == 2:
+    if kind == LossKind.HINGE:
         return torch.relu(1 + a * x)
-    if kind == 3:
+    if kind == LossKind.LINEAR:
         return a * x
-    if kind == 4:
+    if kind == LossKind.SOFTPLUS:
         return F.softplus(a * x)
-    if kind == 5:
+    if kind == LossKind.ABS:
         return (x - y).abs()
-    if kind == 6:  # BCEWithLogitsLoss vs a target tensor
+    if kind == LossKind.BCE_TARGET:  # BCEWithLogitsLoss vs a target tensor
         return (1 - y) * x - F.logsigmoid(x)
     raise ValueError(f"unknown loss kind {kind}")
 
 
 def loss_elem_grad(kind, x, y, a):
     """d f / d x, as torch's backward formulas compute it (relu/threshold, softplus threshold)."""
-    if kind == 0:
+    if kind == LossKind.SQUARE:
         return 2 * (x - a)
-    if kind == 1:
+    if kind == LossKind.BCE:
         return torch.sigmoid(x) - a
-    if kind == 2:
+    if kind == LossKind.HINGE:
         z = 1 + a * x
         return torch.where(z <= 0, torch.zeros_like(z), torch.full_like(z, a))
-    if kind == 3:
+    if kind == LossKind.LINEAR:
         return torch.full_like(x, a)
-    if kind == 4:
+    if kind == LossKind.SOFTPLUS:
         z = a * x
         e = torch.exp(z)
         return torch.where(z > 20, torch.full_like(z, a), a * (e / (e + 1)))
-    if kind == 5:
+    if kind == LossKind.ABS:
         return torch.sign(x - y)
-    if kind == 6:
+    if kind == LossKind.BCE_TARGET:
         return torch.sigmoid(x) - y
     raise ValueError(f"unknown loss kind {kind}")
 
@@ -186,14 +188,14 @@ def loss_value(x, y, params, weights, kind, reduction):
     for t, xt in enumerate(x):
         yt = y[t].to(sd) if y else None
         v = loss_elem(kind, xt.to(sd), yt, params[t])
-        if reduction == 0:
+        if reduction == Reduction.NONE:
             outs.append((v * weights[t]).to(xt.dtype))
             continue
-        s = v.sum() * (weights[t] / xt.numel() if reduction == 1 and xt.numel() else weights[t])
-        if reduction == 1 and xt.numel() == 0:
+        s = v.sum() * (weights[t] / xt.numel() if reduction == Reduction.MEAN and xt.numel() else weights[t])
+        if reduction == Reduction.MEAN and xt.numel() == 0:
             s = v.sum() * float("nan")
         total = s if total is None else total + s
-    return outs if reduction == 0 else [total.to(x[0].dtype)]
+    return outs if reduction == Reduction.NONE else [total.to(x[0].dtype)]
 
 
 def loss_fwd(x, y, params, weights, kind, reduction, need_grad):
@@ -206,7 +208,7 @@ def loss_fwd(x, y, params, weights, kind, reduction, need_grad):
             sd = stats_dtype(x[0])
             for t, xt in enumerate(x):
                 d = loss_elem_grad(kind, xt.to(sd), y[t].to(sd) if y else None, params[t])
-                scale = weights[t] / xt.numel() if reduction == 1 and xt.numel() else weights[t]
+                scale = weights[t] / xt.numel() if reduction == Reduction.MEAN and xt.numel() else weights[t]
                 grads.append((d * scale).to(xt.dtype).contiguous())
     return outs, grads
 

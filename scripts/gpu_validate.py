@@ -95,7 +95,7 @@ def sanitize(tool: str, device: str) -> int:
     with block reductions (norm statistics and backward sums, split-plane merges, losses)."""
     import torch
     import i2i_fast
-    from i2i_fast import _ops
+    from i2i_fast.ops import reflection_pad_conv
     from i2i_fast import functional as F
 
     print(i2i_fast.backends(), flush=True)
@@ -137,10 +137,10 @@ def sanitize(tool: str, device: str) -> int:
                         ok = all(bool(t.grad.isfinite().all()) for t in (x, w, b))
                         print(f"{tool} {backend} norms {shape} {dtype} cl={cl:d}: grads finite {ok}", flush=True)
             if full:
-                for path in _ops.PAD_CONV_PATHS:
+                for path in reflection_pad_conv.PAD_CONV_PATHS:
                     m = i2i_fast.ReflectionPadConv2d(8, 6, 3, padding=1).to(dev)
                     x = torch.randn(2, 8, 13, 11, device=dev, requires_grad=True)
-                    with _ops.pad_conv_force(path):
+                    with reflection_pad_conv.pad_conv_force(path):
                         m(x).square().sum().backward()
                     sync()
                     print(f"{tool} {backend} pad conv {path}: ok", flush=True)
@@ -244,7 +244,8 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
     baseline only with with_compile); rewrites results.json / pad_conv_paths.json (the format
     of python -m i2i_fast.bench, so the README generator reads them) after every case."""
     import torch
-    from i2i_fast import _ops, bench
+    from i2i_fast import bench
+    from i2i_fast.ops import reflection_pad_conv
 
     dev = torch.device(device)
     info = bench.machine_info(dev)
@@ -275,7 +276,7 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
                 continue
             t0 = time.time()
             try:
-                with _ops.pad_conv_force(path):
+                with reflection_pad_conv.pad_conv_force(path):
                     case = bench.Case(op, shape, bench.DTYPES[dt], dev, quick=True)
                     if not with_compile:
                         case.compile_error = "not measured (gpu_validate time budget)"

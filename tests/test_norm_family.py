@@ -10,6 +10,7 @@ import torch.nn.functional as TF
 
 import i2i_fast
 from i2i_fast import functional as F
+from i2i_fast.codes import Activation, NormKind
 
 from conftest import assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
 from test_norms import orig_adain, orig_lin, orig_munit_ln
@@ -268,25 +269,25 @@ def test_opcheck_ops():
     xl = x.contiguous(memory_format=torch.channels_last)
     for xx in (x, xl):
         torch.library.opcheck(ops.norm_stats.default, (xx,))
-        torch.library.opcheck(ops.norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), 2, 0.2, 1))
-        torch.library.opcheck(ops.norm_apply_sums.default, (g, xx, mean, scale, shift, 1, 0.2, 1))
-        torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, 3, 0.2, 1))
-    for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
-                              (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (2, (None, torch.rand(3), torch.randn(3))),
-                              (3, (None, torch.rand(3), torch.randn(3)))):
+        torch.library.opcheck(ops.norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), Activation.LEAKY_RELU, 0.2, 1))
+        torch.library.opcheck(ops.norm_apply_sums.default, (g, xx, mean, scale, shift, Activation.RELU, 0.2, 1))
+        torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, Activation.TANH, 0.2, 1))
+    for kind, (r, gm, bt) in ((NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
+                              (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+                              (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
+                              (NormKind.BATCH, (None, torch.rand(3), torch.randn(3)))):
         torch.library.opcheck(ops.norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
         torch.library.opcheck(ops.norm_coefs_bwd.default,
                               (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5))
     # the family's entry op (C++ autograd node): every kind, with residual / pad / running stats
-    for kind, (r, gm, bt) in ((0, (None, torch.rand(3), torch.randn(3))),
-                              (1, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (2, (None, torch.rand(3), torch.randn(3))),
-                              (3, (None, torch.rand(3), torch.randn(3)))):
+    for kind, (r, gm, bt) in ((NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
+                              (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+                              (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
+                              (NormKind.BATCH, (None, torch.rand(3), torch.randn(3)))):
         args = [t.requires_grad_() if t is not None else None for t in (x.clone(), r, gm, bt, torch.randn_like(x))]
-        torch.library.opcheck(ops.plane_norm.default, (*args, None, None, kind, 1e-5, 2, 0.2, 1))
+        torch.library.opcheck(ops.plane_norm.default, (*args, None, None, kind, 1e-5, Activation.LEAKY_RELU, 0.2, 1))
     torch.library.opcheck(ops.plane_norm.default, (x.clone().requires_grad_(), None, None, None, None,
-                                                   torch.randn(3), torch.rand(3) + 0.5, 0, 1e-5, 1, 0.0, 1))
+                                                   torch.randn(3), torch.rand(3) + 0.5, NormKind.INSTANCE, 1e-5, Activation.RELU, 0.0, 1))
     if i2i_fast.backends()["triton"][0]:
         schema = ("test_schema",)  # fake tensors can't enter the interpreter
         torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
@@ -410,17 +411,17 @@ def test_cuda_deterministic(norm, backend):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_coefficients_match_python(norm, dtype):
     """The CPU extension's norm_coefs / norm_coefs_bwd (fp64 loops, fp32 or fp64 statistics in
-    and out) and _norm.coefs / coefs_backward (torch ops in fp64, used by the other backends)
+    and out) and plane_norm_ops.coefs / coefs_backward (torch ops in fp64, used by the other backends)
     are the same math; absent parameters get empty gradients."""
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
-    from i2i_fast import _norm
-    kind = {"iln": _norm.LIN, "adalin": _norm.LIN, "layer_norm": _norm.LN, "batch_norm": _norm.BN}.get(norm, _norm.IN)
+    from i2i_fast.ops import plane_norm as plane_norm_ops
+    kind = {"iln": NormKind.ILN, "adalin": NormKind.ILN, "layer_norm": NormKind.LAYER, "batch_norm": NormKind.BATCH}.get(norm, NormKind.INSTANCE)
     torch.manual_seed(12)
     n, c, hw = 3, 5, 7
     mean, var = torch.randn(n, c, dtype=torch.float64), torch.rand(n, c, dtype=torch.float64) + 0.1
     rho, gamma, beta = make_params(norm, n, c)
-    rho = rho if kind == _norm.LIN else None
+    rho = rho if kind == NormKind.ILN else None
     sums = torch.randn(n, c, 2, dtype=torch.float64)
     ops = torch.ops.i2i_fast
     low = [None if t is None else t.to(dtype) for t in (mean, var, rho, gamma, beta, sums)]
@@ -430,11 +431,11 @@ def test_cpu_coefficients_match_python(norm, dtype):
         assert got.dtype == dtype
         torch.testing.assert_close(got.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
     scale, shift = ops.norm_coefs(*low[:5], kind, hw, 1e-5)
-    ps, pt, aux = _norm.coefs(kind, mean, var, hw, rho, gamma, beta, 1e-5)
+    ps, pt, aux = plane_norm_ops.coefs(kind, mean, var, hw, rho, gamma, beta, 1e-5)
     close(scale, ps)
     close(shift, pt)
     c0, c1, drho, dg, db = ops.norm_coefs_bwd(*low[:5], low[5], kind, hw, 1e-5)
-    dm, dv, pr, pg, pb = _norm.coefs_backward(kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux,
+    dm, dv, pr, pg, pb = plane_norm_ops.coefs_backward(kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux,
                                               sums[..., 0], sums[..., 1])
     close(c0, dm / hw)
     close(c1, dv * 2 / hw)
@@ -442,7 +443,7 @@ def test_cpu_coefficients_match_python(norm, dtype):
         if p is None:
             assert got.numel() == 0
         else:
-            close(got, _norm._param_grad(d, p).reshape(-1))
+            close(got, plane_norm_ops._param_grad(d, p).reshape(-1))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -483,9 +484,9 @@ def test_coefs_bad_input(prefix, error):
     with pytest.raises(error, match="sums must be"):
         coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
     if not prefix:
-        from i2i_fast import _norm
+        from i2i_fast.ops import plane_norm as plane_norm_ops
         with pytest.raises(ValueError, match="per-channel gamma/beta"):
-            _norm.coefs(_norm.BN, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
+            plane_norm_ops.coefs(NormKind.BATCH, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
 
 
 def _triton_and_cpu():
@@ -494,7 +495,7 @@ def _triton_and_cpu():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("kind", [0, 1, 2, 3], ids=["in", "lin", "ln", "bn"])
+@pytest.mark.parametrize("kind", list(NormKind), ids=["in", "lin", "ln", "bn"])
 def test_triton_coefficients_match_cpu(kind, dtype):
     """triton_norm_coefs / _bwd (every plane in one program, tile reductions over channels or
     samples) and the CPU extension's fp64 loops are the same math: every parameter layout,
@@ -506,13 +507,13 @@ def test_triton_coefficients_match_cpu(kind, dtype):
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for (n, c), hw, layout in itertools.product([(1, 1), (1, 5), (2, 1), (3, 7), (5, 3)], [1, 9],
                                                 ["none", "c", "nc"]):
-        if (kind == 3 and layout == "nc") or (kind == 1 and layout == "none"):
+        if (kind == NormKind.BATCH and layout == "nc") or (kind == NormKind.ILN and layout == "none"):
             continue  # batch norm: per-channel affine only; ILN/adaILN always have gamma/beta
         def rnd(*shape, pos=False):
             t = torch.rand(shape, generator=g, dtype=torch.float64) + 0.1 if pos else torch.randn(shape, generator=g, dtype=torch.float64)
             return t.to(dtype)
         mean, var, sums = rnd(n, c), rnd(n, c, pos=True), rnd(n, c, 2)
-        rho = rnd(c, pos=True).clamp(max=1) if kind == 1 else None
+        rho = rnd(c, pos=True).clamp(max=1) if kind == NormKind.ILN else None
         shape = {"none": None, "c": (c,), "nc": (n * c,)}[layout]
         gamma, beta = (None, None) if shape is None else (rnd(*shape, pos=True), rnd(*shape))
         args = (mean, var, rho, gamma, beta)
@@ -528,7 +529,7 @@ def test_triton_coefficients_match_cpu(kind, dtype):
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
 def test_triton_large_tile_fallback(norm, monkeypatch):
     """Past COEF_TILE_MAX (padded N x C) the Triton path keeps the torch-op coefficient math of
-    _norm.coefs: the same results (the parity rule of tests/conftest.py)."""
+    plane_norm_ops.coefs: the same results (the parity rule of tests/conftest.py)."""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
     from i2i_fast.triton import norm as tn
@@ -546,14 +547,14 @@ def test_triton_split_planes(norm, monkeypatch):
     programs one after another, so a repeat-and-compare here could not fail.)"""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
-    from i2i_fast import _norm
+    from i2i_fast.ops import plane_norm as plane_norm_ops
     from i2i_fast.triton import norm as tn
     monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
     monkeypatch.setattr(tn, "MIN_CHUNK", 16)
     assert tn.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
     with i2i_fast.use_backend("triton"):
-        assert _norm.split_planes(torch.empty(2, 3, 7, 5), "triton")
-    assert not _norm.split_planes(torch.empty(2, 3, 7, 5), "cpu")
+        assert plane_norm_ops.split_planes(torch.empty(2, 3, 7, 5), "triton")
+    assert not plane_norm_ops.split_planes(torch.empty(2, 3, 7, 5), "cpu")
     check(norm, "triton", (2, 3, 7, 5), torch.float64, act="leaky_relu", with_res=True, pad=1)
     check(norm, "triton", (2, 3, 7, 5), torch.float32, act="relu", channels_last=True)
     if norm in ("instance_norm", "layer_norm"):
@@ -720,7 +721,7 @@ def test_bn_update_running_op():
     buffers), the pure-torch fallback agrees, opcheck (a mutating op), bad input."""
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
-    from i2i_fast import _norm
+    from i2i_fast.ops import plane_norm as plane_norm_ops
     torch.manual_seed(14)
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
     mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
@@ -735,8 +736,8 @@ def test_bn_update_running_op():
         torch.testing.assert_close(rv.double(), want_v, **tol)
     rm, rv = ref_m.clone(), ref_v.clone()
     with pytest.MonkeyPatch.context() as mp:  # the fallback of backends without the op
-        mp.setattr(_norm, "_backend", type("B", (), {"_C": None}))
-        _norm.bn_update_running(rm, rv, mean, var, 30, 0.3)
+        mp.setattr(plane_norm_ops, "_backend", type("B", (), {"_C": None}))
+        plane_norm_ops.bn_update_running(rm, rv, mean, var, 30, 0.3)
     torch.testing.assert_close(rm, want_m, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rv, want_v, rtol=1e-12, atol=1e-12)
     torch.library.opcheck(torch.ops.i2i_fast.bn_update_running.default,
@@ -799,8 +800,8 @@ def test_cuda_triton_norms_compile_fullgraph():
     x = torch.randn(1, 3, 258, 258, device="cuda", requires_grad=True)
     gy = torch.randn(1, 16, 258, 258, device="cuda")
     with i2i_fast.use_backend("triton"):
-        from i2i_fast import _norm
-        assert _norm.split_planes(torch.empty(1, 16, 256, 256, device="cuda"), "triton")
+        from i2i_fast.ops import plane_norm as plane_norm_ops
+        assert plane_norm_ops.split_planes(torch.empty(1, 16, 256, 256, device="cuda"), "triton")
         y = m(x)
         (gx,) = torch.autograd.grad(y, x, gy)
         yc = torch.compile(m, fullgraph=True)(x)

@@ -1,5 +1,5 @@
 """ILN, AdaLIN (U-GAT-IT), LayerNorm, AdaIN (MUNIT): the original formulas written out here,
-state_dict layout, gradients and bad input. These modules run the reference math for now."""
+state_dict layout, gradients and bad input of the drop-in modules, which run the selected backend's kernels."""
 import pytest
 import torch
 import torch.nn.functional as TF

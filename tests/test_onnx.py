@@ -1,7 +1,7 @@
 """torch.onnx.export of converted models and of every drop-in module, with the default
 (torch.export-based) exporter and the TorchScript one (dynamo=False).
 
-While an export traces, the i2i_fast ops run their reference math (_ops.onnx_exporting), so
+While an export traces, the i2i_fast ops run their reference math (ops.common.onnx_exporting), so
 the graph holds standard ONNX ops only (the norms as ReduceMean / Sub / Div..., Pad with mode
 reflect, the activations, Add); onnxruntime's output must equal the original model's to fp32
 rounding. Small widths and 32x32-64x64 images keep the file within a minute or two on CPU.
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import i2i_fast
-from i2i_fast import _ops
+from i2i_fast import ops
 from i2i_fast.models import unit
 
 from test_convert import FAMILIES, build
@@ -183,7 +183,7 @@ def test_dropin_module_onnx_round_trip(name, exporter, tmp_path):
 def test_fused_ops_outside_onnx_export():
     """The fallback is for ONNX export only: eager calls, torch.export and jit tracing keep the
     fused ops."""
-    assert not _ops.onnx_exporting()
+    assert not ops.common.onnx_exporting()
     m = i2i_fast.InstanceNorm2d(4, activation="relu")
     ep = torch.export.export(m, (X,))
     assert any("i2i_fast" in str(n.target) for n in ep.graph.nodes), ep.graph

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as TF
 
 import i2i_fast
-from i2i_fast import _ops, reference
+from i2i_fast import reference
+from i2i_fast.ops import reflection_pad as pad_ops, reflection_pad_conv
 from i2i_fast import functional as F
 
 from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
@@ -153,7 +154,7 @@ def test_pad_bitwise_deterministic(backend, channels_last):
 def test_pad_backends_agree_bitwise():
     """Every backend sums a pixel's sources in the same order: identical gradients."""
     g = _master((2, 3, 11, 12), 7).float()
-    outs = {b: _ops._PAD_OPS[b][1](g, [3, 2, 4, 1]) for b in _ops._PAD_OPS if b in cpu_backends()}
+    outs = {b: pad_ops.OPS[b].bwd(g, [3, 2, 4, 1]) for b in pad_ops.OPS if b in cpu_backends()}
     first = next(iter(outs.values()))
     for b, o in outs.items():
         assert torch.equal(o, first), b
@@ -282,7 +283,7 @@ def _check_conv(case, dtype, backend="cpu", path=None, channels_last=False, devi
     x, w, b, gy = _conv_masters(case, n)
 
     def ours(xs, ws, bs):
-        with i2i_fast.use_backend(backend), _ops.pad_conv_force(path):
+        with i2i_fast.use_backend(backend), reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, p, s)
     o = _run_conv(ours, x, w, b, gy, dtype, device, channels_last)
     t = _run_conv(_seq_conv(p, s), x, w, b, gy, dtype, device, channels_last)
@@ -305,7 +306,7 @@ def test_conv_parity_fp64_exact_paths(case, path):
     x, w, b, gy = _conv_masters(case)
 
     def ours(xs, ws, bs):
-        with _ops.pad_conv_force(path):
+        with reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, p, s)
     o = _run_conv(ours, x, w, b, gy, torch.float64)
     r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
@@ -347,7 +348,7 @@ def test_conv_gradcheck(path):
     args = tuple(t.requires_grad_() for t in (x, w, b))
 
     def fn(xs, ws, bs):
-        with _ops.pad_conv_force(path):
+        with reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, 2, 2)
     assert torch.autograd.gradcheck(fn, args, fast_mode=True)
     assert torch.autograd.gradgradcheck(fn, args, fast_mode=True)
@@ -385,9 +386,9 @@ def test_conv_module_repr_and_path():
     m(torch.randn(1, 3, 8, 8))
     expected = "pad" if HAS_CPP else "reference"
     assert m.last_path == expected and f"path={expected}" in repr(m)
-    with _ops.pad_conv_force("border"):
+    with reflection_pad_conv.pad_conv_force("border"):
         assert m.path_for(torch.randn(1, 3, 8, 8)) == ("border" if HAS_CPP else "reference")
-    assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, "cpu") == "conv"
+    assert reflection_pad_conv.pad_conv_path(64, 64, 3, 3, 0, 1, "cpu") == "conv"
     m0 = i2i_fast.ReflectionPadConv2d(3, 4, 1)  # padding 0: a plain convolution
     x = torch.randn(1, 3, 5, 5)
     torch.testing.assert_close(m0(x), TF.conv2d(x, m0.weight, m0.bias))
@@ -404,22 +405,22 @@ def test_conv_default_path_choice():
               (256, 256, 5, 5, 2, 1), (1, 7, 3, 3, 1, 1)]
     for dev in ("cuda", "cpu"):
         for shape in shapes:
-            assert _ops.pad_conv_path(*shape, dev) == "pad", (dev, shape)
-            with _ops.pad_conv_force("border"):
-                assert _ops.pad_conv_path(*shape, dev) == "border", (dev, shape)
-            with _ops.pad_conv_force("pad"):
-                assert _ops.pad_conv_path(*shape, dev) == "pad", (dev, shape)
-        assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
-        with _ops.pad_conv_force("border"):
-            assert _ops.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
+            assert reflection_pad_conv.pad_conv_path(*shape, dev) == "pad", (dev, shape)
+            with reflection_pad_conv.pad_conv_force("border"):
+                assert reflection_pad_conv.pad_conv_path(*shape, dev) == "border", (dev, shape)
+            with reflection_pad_conv.pad_conv_force("pad"):
+                assert reflection_pad_conv.pad_conv_path(*shape, dev) == "pad", (dev, shape)
+        assert reflection_pad_conv.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
+        with reflection_pad_conv.pad_conv_force("border"):
+            assert reflection_pad_conv.pad_conv_path(64, 64, 3, 3, 0, 1, dev) == "conv"
     with pytest.raises(ValueError, match="path must be one of"):
-        with _ops.pad_conv_force("strips"):
+        with reflection_pad_conv.pad_conv_force("strips"):
             pass
     m = i2i_fast.ReflectionPadConv2d(64, 64, 3, padding=1)
     cuda = torch.device("cuda")
     x = torch.empty(1, 64, 64, 64, device="meta")
     assert m.path_for(x, cuda) == "pad"
-    with _ops.pad_conv_force("border"):
+    with reflection_pad_conv.pad_conv_force("border"):
         assert m.path_for(x, cuda) == "border"
     m.__dict__["_last_input"] = (64, 64, cuda)  # what forward records for a CUDA input
     assert m.last_path == "pad" and "path=pad" in repr(m)
@@ -442,7 +443,7 @@ def test_conv_bitwise_deterministic(path, channels_last):
 @pytest.mark.parametrize("path", CONV_PATHS)
 def test_conv_opcheck(path):
     x, w, b, gy = (t.float() for t in _conv_masters((3, 4, 3, 2, 1, (9, 8), True)))
-    with _ops.pad_conv_force(path):
+    with reflection_pad_conv.pad_conv_force(path):
         torch.library.opcheck(torch.ops.i2i_fast.reflection_pad_conv2d.default,
                               (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 2))
         for mask in ([True, True, True], [False, True, False], [True, False, False]):
@@ -611,7 +612,7 @@ def test_conv_raw_op_matches_reference(path, case):
     """The custom op pair itself (the CUDA route; CPU's "pad" path is a composition around it)."""
     _, _, k, s, p, _, bias = case
     x, w, b, gy = _conv_masters(case)
-    with _ops.pad_conv_force(path):
+    with reflection_pad_conv.pad_conv_force(path):
         y = torch.ops.i2i_fast.reflection_pad_conv2d(x, w, b, p, s)
         gx, gw, gb = torch.ops.i2i_fast.reflection_pad_conv2d_bwd(gy, x, w, p, s, [True, True, bias])
     r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
@@ -631,7 +632,7 @@ def test_conv_compile_fullgraph_border_op(x_grad):
     ref = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
     ref.load_state_dict(m.state_dict())
     x = torch.randn(2, 3, 10, 9, requires_grad=x_grad)
-    with _ops.pad_conv_force("border"):
+    with reflection_pad_conv.pad_conv_force("border"):
         y = torch.compile(m, fullgraph=True)(x)
         y.square().sum().backward()
     ref(x).square().sum().backward()
@@ -658,7 +659,7 @@ def test_conv_border_corrections_accumulate_in_fp32(dtype):
             y = TF.conv2d(TF.pad(x, (1,) * 4, mode="reflect"), w)
             y.backward(gy64.to(dtype).to(dt))
         else:
-            with _ops.pad_conv_force(path):
+            with reflection_pad_conv.pad_conv_force(path):
                 y = F.reflection_pad_conv2d(x, w, None, 1, 1)
                 y.backward(gy64.to(dtype))
         grads[path] = (x.grad.double(), w.grad.double())
@@ -675,7 +676,7 @@ def test_cudnn_deterministic_flag_survives_overlapping_calls():
     torch.backends.cudnn.deterministic = False
     try:
         dev = torch.device("cuda")  # the guard acts for CUDA tensors only; no GPU needed
-        a, b = _ops._CudnnDeterministic(dev), _ops._CudnnDeterministic(dev)
+        a, b = reflection_pad_conv._CudnnDeterministic(dev), reflection_pad_conv._CudnnDeterministic(dev)
         a.__enter__()
         b.__enter__()
         a.__exit__(None, None, None)
@@ -686,7 +687,7 @@ def test_cudnn_deterministic_flag_survives_overlapping_calls():
 
         def worker():
             for _ in range(200):
-                with _ops._CudnnDeterministic(dev):
+                with reflection_pad_conv._CudnnDeterministic(dev):
                     seen.append(torch.backends.cudnn.deterministic)
             go.wait()
         threads = [threading.Thread(target=worker) for _ in range(3)]
@@ -696,7 +697,7 @@ def test_cudnn_deterministic_flag_survives_overlapping_calls():
         for t in threads:
             t.join()
         assert all(seen) and torch.backends.cudnn.deterministic is False
-        with _ops._CudnnDeterministic(torch.device("cpu")):
+        with reflection_pad_conv._CudnnDeterministic(torch.device("cpu")):
             assert torch.backends.cudnn.deterministic is False  # CPU convolutions: untouched
     finally:
         torch.backends.cudnn.deterministic = prev

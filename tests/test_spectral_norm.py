@@ -7,7 +7,6 @@ import torch
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 import i2i_fast
-from i2i_fast import _ops
 from i2i_fast import functional as F
 from i2i_fast.nn import FusedSpectralNorm
 

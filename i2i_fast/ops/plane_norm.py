@@ -16,15 +16,16 @@ statistics and coefficients are saved for backward.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from . import _backend, _ops, reference
+from .. import _backend, reference
+from ..codes import NormKind
+from .common import memory_format, select
+from .reflection_pad import OPS as PAD_OPS
 
-IN, LIN, LN, BN = 0, 1, 2, 3  # kinds: instance norm (biased), U-GAT-IT ILN/adaILN, MUNIT
-# LayerNorm, training-mode batch norm (biased, over N, H, W; eval mode is IN with running stats)
 
 
 def _unbias(n: int) -> float:
@@ -42,12 +43,12 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
     n, c = mean.shape
     sd = mean.dtype
     g, b = _rows(gamma, c, sd), _rows(beta, c, sd)
-    if kind == IN:
+    if kind == NormKind.INSTANCE:
         r = reference.inv_std(var, eps)
         scale = r if g is None else r * g
         shift = torch.zeros_like(mean) if b is None else b.expand(n, c)
         return scale, shift, (r,)
-    if kind == BN:  # Chan merge over the samples of each channel
+    if kind == NormKind.BATCH:  # Chan merge over the samples of each channel
         if any(p is not None and p.numel() != c for p in (gamma, beta)):
             raise ValueError("batch norm takes per-channel gamma/beta (C elements)")
         dm = mean - mean.mean(0, keepdim=True)
@@ -59,7 +60,7 @@ def coefs(kind: int, mean: Tensor, var: Tensor, hw: int, rho, gamma, beta, eps: 
     dm = mean - m_ln
     m2 = (var.sum(1, keepdim=True) + (dm * dm).sum(1, keepdim=True)) * hw  # Chan merge
     v_ln = m2 * (_unbias(c * hw) / (c * hw))
-    if kind == LIN:
+    if kind == NormKind.ILN:
         rh = _rows(rho, c, sd)
         r_in = torch.rsqrt(var * _unbias(hw) + eps)
         r_ln = torch.rsqrt(v_ln + eps)
@@ -91,12 +92,12 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
     one = torch.ones((), dtype=sd, device=mean.device)
     gg = one if g is None else g
     drho = dg = None
-    if kind == IN:
+    if kind == NormKind.INSTANCE:
         (r,) = aux
         dvar = s2 * gg * (-0.5) * r ** 3
         dmean = -scale * s1
         dg = s2 * r
-    elif kind == BN:  # c0, c1 of grad x = scale dz + c0 + c1 (x - mean_plane), as dmean, dvar
+    elif kind == NormKind.BATCH:  # c0, c1 of grad x = scale dz + c0 + c1 (x - mean_plane), as dmean, dvar
         dm, r = aux
         s2m = s2 + dm * s1  # sum dz (x - batch mean) per plane
         m = n * hw
@@ -104,7 +105,7 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
         c0 = -gg * r * s1.sum(0, keepdim=True) / m + c1 * dm
         dmean, dvar = c0 * hw, c1 * (hw / 2)
         dg = s2m * r
-    elif kind == LIN:
+    elif kind == NormKind.ILN:
         dm, rh, r_in, r_ln, k = aux
         dg = s2 * k + s1 * (1 - rh) * r_ln * dm
         drho = gg * s2 * (r_in - r_ln) - gg * s1 * r_ln * dm
@@ -128,12 +129,6 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
 
 
 # --------------------------------------------------------------------------- kernels per backend
-def _fmt(x: Tensor):
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _fake_stats(x):
     n, c = x.shape[:2]
     sd = reference.stats_dtype(x)
@@ -146,7 +141,7 @@ def _fake_plane_norm(x, rho, gamma, beta, residual, rm, rv, kind, eps, act, slop
 
 def _fake_apply(x, mean, scale, shift, residual, act, slope, pad):
     n, c, h, w = x.shape
-    return x.new_empty((n, c, h + 2 * pad, w + 2 * pad)).contiguous(memory_format=_fmt(x))
+    return x.new_empty((n, c, h + 2 * pad, w + 2 * pad)).contiguous(memory_format=memory_format(x))
 
 
 def _fake_sums(grad, x, mean, scale, shift, act, slope, pad):
@@ -154,7 +149,7 @@ def _fake_sums(grad, x, mean, scale, shift, act, slope, pad):
 
 
 def _fake_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad):
-    return torch.empty_like(x, memory_format=_fmt(x))
+    return torch.empty_like(x, memory_format=memory_format(x))
 
 
 def _fake_coefs(mean, var, rho, gamma, beta, kind, hw, eps):
@@ -167,7 +162,14 @@ def _fake_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, eps):
     return torch.empty_like(mean), torch.empty_like(mean), flat(rho), flat(gamma), flat(beta)
 
 
-_OPS = {}
+class PlaneNormOps(NamedTuple):
+    stats: Callable       # x -> (mean, var) per plane
+    apply: Callable       # the forward's elementwise pass
+    apply_sums: Callable  # backward pass 1: per-plane (sum dz, sum dz (x - mean))
+    apply_bwd: Callable   # backward pass 2: grad x
+
+
+_OPS: dict[str, PlaneNormOps] = {}
 _CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/norm.cpp)
 if _backend._C is not None:
     torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
@@ -180,26 +182,38 @@ if _backend._C is not None:
                          ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
         torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
     _c = torch.ops.i2i_fast
-    _OPS["cpu"] = _OPS["cuda"] = (_c.norm_stats, _c.norm_apply, _c.norm_apply_sums, _c.norm_apply_bwd)
+    _OPS["cpu"] = _OPS["cuda"] = PlaneNormOps(_c.norm_stats, _c.norm_apply, _c.norm_apply_sums, _c.norm_apply_bwd)
 if _backend._triton_error is None:
-    from .triton import norm as _tn  # noqa: F401  (registers i2i_fast::triton_norm_*)
+    from ..triton import norm as _tn  # noqa: F401  (registers i2i_fast::triton_norm_*)
     _t = torch.ops.i2i_fast
-    _OPS["triton"] = (_t.triton_norm_stats, _t.triton_norm_apply, _t.triton_norm_apply_sums,
-                      _t.triton_norm_apply_bwd)
+    _OPS["triton"] = PlaneNormOps(_t.triton_norm_stats, _t.triton_norm_apply, _t.triton_norm_apply_sums,
+                                  _t.triton_norm_apply_bwd)
 
 
 def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
     """The family's oracle: the originals' formulas (reference.py), then the output pad."""
-    if kind == LIN:
+    if kind == NormKind.ILN:
         y = reference.lin_fwd(x, rho, gamma, beta, eps, act, slope, residual)
-    elif kind == LN:
+    elif kind == NormKind.LAYER:
         y = reference.layer_norm_fwd(x, gamma, beta, eps, act, slope, residual)
-    elif kind == BN:
+    elif kind == NormKind.BATCH:
         y = reference.batch_norm_fwd(x, gamma, beta, eps, act, slope, residual)
     else:
         rm, rv = running if running is not None else (None, None)
         y = reference.instance_norm_fwd(x, gamma, beta, residual, rm, rv, eps, act, slope)[0]
     return reference.reflection_pad_out(y, pad)
+
+
+class _Cfg(NamedTuple):
+    kind: int
+    eps: float
+    act: int
+    slope: float
+    pad: int
+    backend: str
+    has_residual: bool
+    running_mean: Optional[Tensor]  # eval-mode instance norm: the statistics used, else None
+    running_var: Optional[Tensor]
 
 
 class _PlaneNorm(torch.autograd.Function):
@@ -208,10 +222,10 @@ class _PlaneNorm(torch.autograd.Function):
     past COEF_TILE_MAX planes use the torch-op math above (coefs / coefs_backward)."""
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, residual, rmean, rvar, kind, eps, act, slope, pad, backend):
-        stats, apply, _, _ = _OPS[backend]
+        ops = _OPS[backend]
         n, c, h, w = x.shape
         if rmean is None:
-            mean, var = stats(x)
+            mean, var = ops.stats(x)
         else:  # eval-mode instance norm: running statistics are constants
             sd = reference.stats_dtype(x)
             mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
@@ -220,9 +234,9 @@ class _PlaneNorm(torch.autograd.Function):
             scale, shift = torch.ops.i2i_fast.triton_norm_coefs(mean, var, rho, gamma, beta, kind, h * w, eps)
         else:
             scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
-        out = apply(x, mean, scale, shift, residual, act, slope, pad)
+        out = ops.apply(x, mean, scale, shift, residual, act, slope, pad)
         ctx.save_for_backward(x, mean, var, scale, shift, rho, gamma, beta)
-        ctx.cfg = (kind, eps, act, slope, pad, backend, rmean is None, residual is not None, rmean, rvar)
+        ctx.cfg = _Cfg(kind, eps, act, slope, pad, backend, residual is not None, rmean, rvar)
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)  # no zero tensors for the statistics' gradients
         return out, mean, var
@@ -230,19 +244,26 @@ class _PlaneNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
         x, mean, var, scale, shift, rho, gamma, beta = ctx.saved_tensors
-        kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
+        cfg = ctx.cfg
+        kind, eps, pad = cfg.kind, cfg.eps, cfg.pad
         need = ctx.needs_input_grad
         none = (None,) * 8
         if gy is None:
             return (None,) * 5 + none
-        if torch.is_grad_enabled():  # create_graph: differentiate the reference formula
-            return _double_backward(ctx, gy) + none
-        _, _, sums_op, bwd_op = _OPS[backend]
+        gres = None
+        if cfg.has_residual and need[4]:  # the padded gradient folded: the (gather) pad backward
+            gres = gy if pad == 0 else PAD_OPS[cfg.backend].bwd(gy, [pad] * 4)
+        if torch.is_grad_enabled():  # create_graph=True
+            ts = (x, rho, gamma, beta)
+            grads = ref_grads(gy, x, rho, gamma, beta, cfg.running_mean, cfg.running_var, kind, eps, cfg.act,
+                              cfg.slope, pad)
+            return tuple(g if t is not None and t.requires_grad else None for g, t in zip(grads, ts)) + (gres,) + none
+        ops = _OPS[cfg.backend]
         n, c, h, w = x.shape
         hw = h * w
-        gx = drho = dg = db = gres = None
+        gx = drho = dg = db = None
         if any(need[:4]):
-            sums = sums_op(gy, x, mean, scale, shift, act, slope, pad)
+            sums = ops.apply_sums(gy, x, mean, scale, shift, cfg.act, cfg.slope, pad)
             if hw > 0 and _tn.coefs_fit(n, c):
                 c0, c1, drho, dg, db = torch.ops.i2i_fast.triton_norm_coefs_bwd(
                     mean, var, rho, gamma, beta, sums, kind, hw, eps)
@@ -253,44 +274,19 @@ class _PlaneNorm(torch.autograd.Function):
                                                            scale, aux, s1, s2)
                 c0, c1 = dmean / hw, dvar * (2.0 / hw)
             if need[0]:
-                if not input_stats:  # running statistics are constants
+                if cfg.running_mean is not None:  # running statistics are constants
                     c0 = c1 = torch.zeros_like(mean)
-                gx = bwd_op(gy, x, mean, scale, shift, c0, c1, act, slope, pad)
-        if has_res and need[4]:
-            if pad == 0:
-                gres = gy
-            else:  # fold the padded gradient: the (deterministic, gather) pad backward
-                gres = _ops._PAD_OPS[backend][1](gy, [pad] * 4)
+                gx = ops.apply_bwd(gy, x, mean, scale, shift, c0, c1, cfg.act, cfg.slope, pad)
         return (gx, _param_grad(drho, rho) if need[1] else None,
                 _param_grad(dg, gamma) if need[2] else None,
                 _param_grad(db, beta) if need[3] else None, gres) + none
 
 
-def _double_backward(ctx, gy):
-    x, mean, var, scale, shift, rho, gamma, beta = ctx.saved_tensors
-    kind, eps, act, slope, pad, backend, input_stats, has_res, rmean, rvar = ctx.cfg
-    ts = (x, rho, gamma, beta)
-    inputs = [t for t in ts if t is not None and t.requires_grad]
-    grads = {}
-    if inputs:
-        with torch.enable_grad():
-            running = None if input_stats else (rmean, rvar)
-            y = reference_norm(kind, x, rho, gamma, beta, None, eps, act, slope, pad, running)
-            got = torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True)
-        grads = {id(t): g for t, g in zip(inputs, got)}
-    out = [grads.get(id(t)) if t is not None else None for t in ts]
-    out = [torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g
-           for g, t in zip(out, ts)]
-    gres = None
-    if has_res:
-        gres = gy if pad == 0 else torch.ops.aten.reflection_pad2d_backward(gy, x, [pad] * 4)
-    return tuple(out) + (gres,)
-
-
-def _ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad):
-    """i2i_fast::plane_norm_ref_grads: the create_graph backward of the C++ plane_norm op
-    (called from its C++ autograd node with grad mode on; CompositeImplicitAutograd, so the
-    result is differentiable). An empty tensor where an input needs no gradient."""
+def ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad):
+    """The create-graph backward (double backward): the reference formulas differentiated by
+    autograd, so the result is itself differentiable. [d x, d rho, d gamma, d beta]: zeros
+    where an input needs a gradient it does not get, an empty tensor where it needs none.
+    i2i_fast::plane_norm_ref_grads (CompositeImplicitAutograd) for the C++ autograd node."""
     ts = (x, rho, gamma, beta)
     inputs = [t for t in ts if t is not None and t.requires_grad]
     grads = {}
@@ -311,7 +307,7 @@ def _ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad)
 
 if _backend._C is not None:
     torch.library.register_fake("i2i_fast::plane_norm")(_fake_plane_norm)
-    torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(_ref_grads)
+    torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(ref_grads)
 
 
 def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: float) -> None:
@@ -343,7 +339,7 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, runnin
     """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
     with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns
     (out, mean, var), also the per-plane statistics (N, C) used (detached)."""
-    backend = _ops.select(x.device)
+    backend = select(x.device)
     if backend == "reference" or x.shape[2] * x.shape[3] == 0:  # empty planes: the originals' empty result
         out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
         if not stats:
@@ -354,9 +350,9 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, runnin
         return out, xf.mean((2, 3)), xf.var((2, 3), unbiased=False)
     rm, rv = running if running is not None else (None, None)
     if backend in _CPP:
-        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, kind, float(eps),
+        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, int(kind), float(eps),
                                                     int(act), float(slope), int(pad))
     else:
-        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, kind, float(eps), int(act),
+        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, int(kind), float(eps), int(act),
                                float(slope), int(pad), backend)
     return res if stats else res[0]
