@@ -9,6 +9,7 @@ run, no memory touched), and the kernel parameter limit. The poison, the stream 
 launch-bounds check are on by default, so tests/test_cuda_emu.py runs every kernel under them.
 """
 import os
+import re
 import subprocess
 
 import pytest
@@ -50,17 +51,61 @@ def test_checks_are_on_by_default(emu):
     assert emu.poison() and emu.streams() and emu.launch_checks()
 
 
+SELFTEST = os.path.join(cuda_emu.HERE, "selftest_checks.cu")
+
+
+def line_of(text: str) -> str:
+    """`tests/cuda_emu/selftest_checks.cu:<line>` of the line of selftest_checks.cu containing `text`."""
+    hits = [i + 1 for i, s in enumerate(open(SELFTEST).read().splitlines()) if text in s]
+    assert len(hits) == 1, (text, hits)
+    return re.escape(f"tests/cuda_emu/selftest_checks.cu:{hits[0]}")
+
+
+@pytest.fixture
+def checks_off(on):
+    on.set_checks(False)
+    try:
+        yield on
+    finally:
+        on.set_checks(True)
+
+
 def test_uninitialized_local_read(on):
-    """s is set by block 0 only. A plain local gets gcc's 0xFE pattern (a huge negative float)
-    in the other blocks; one exempt from the pattern and kept on the fiber stack reads the stack
-    poison (NaN), and without the poison the value block 0 left there: right, by luck."""
+    """s is set by block 0 only. A plain local gets gcc's 0xFE pattern in the other blocks, one
+    exempt from the pattern and kept on the fiber stack reads the stack poison (0x7FFF7FFF, a
+    NaN): the access checks report the global store of a value computed from either, with its
+    line."""
+    x = torch.randn(1000)
+    pattern = line_of("if (i < n) y[i] = x[i] * s;  // the plain local")
+    with pytest.raises(RuntimeError, match=rf"kernel uninit_local_kernel, block \(1,0,0\): uninitialized local: "
+                                           rf"thread \(\d+,0,0\) stores at {pattern} a value computed from a local "
+                                           r"read before it was written \(stored bytes 0x[0-9a-f]{8}, .* as fp32: "
+                                           r"gcc's -ftrivial-auto-var-init pattern 0xFE\)"):
+        check("uninit_local", x, 1)
+    stack = line_of("if (i < n) y[i] = x[i] * s;  // the stack-resident local")
+    with pytest.raises(RuntimeError, match=rf"kernel uninit_stack_kernel, block \(1,0,0\): uninitialized local: "
+                                           rf"thread \(\d+,0,0\) stores at {stack} a value computed from a local "
+                                           r"read before it was written \(stored bytes 0x7fff7fff, nan as fp32: the "
+                                           r"fiber-stack poison 0x7FFF\)"):
+        check("uninit_local", x, 0)
+    # legitimate NaN (the inputs' and x86's), inf and large values are not taken for the poison
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e35, -3e35, 0.0, -1.0] * 40)
+    special[0] = torch.tensor([-0x400000], dtype=torch.int32).view(torch.float32)[0]  # 0xFFC00000, x86's NaN
+    out = check("freed_workspace", special, 1)[:special.numel()]
+    assert torch.equal(out.view(torch.int32), special.view(torch.int32))
+
+
+def test_uninitialized_local_read_with_the_check_off(checks_off):
+    """With the access checks off, only the values show it: the pattern's huge floats, the
+    stack poison's NaN; without the poison, block 0's stale value on the stack (right by luck)."""
     x = torch.randn(1000)
     want = 2 * x
     pattern = check("uninit_local", x, 1)[:1000]
     assert torch.equal(pattern[:256], want[:256]) and (pattern[256:] < -1e30).sum() + (pattern[256:] > 1e30).sum() > 500
     stack = check("uninit_local", x, 0)[:1000]
     assert torch.equal(stack[:256], want[:256]) and stack[256:].isnan().all()
-    on.set_poison(False)
+    assert (stack[256:].view(torch.int32) == 0x7FFF7FFF).all(), "the stack poison's payload reaches the output"
+    checks_off.set_poison(False)
     assert torch.equal(check("uninit_local", x, 0)[:1000], want), "the stale stack value is block 0's"
 
 
@@ -94,22 +139,33 @@ def test_workspace_freed_on_another_stream(on):
     assert torch.equal(check("freed_workspace", x, 0)[:700], x)
 
 
-def test_graph_replay_that_skips_a_reset(on):
-    """A last-block ticket zeroed by a host store at call time: a captured graph does not repeat
-    it, so the second replay finds no last block and keeps the old sum. Zeroed by
-    cudaMemsetAsync (as kernels/losses.cu does), the replays equal eager calls; without the graph
-    emulation (eager re-runs) the defect passes."""
+def _ticket_replays(emu, fix, eager=False):
     torch.manual_seed(0)
     static = (torch.randn(3000),)
     new = [(torch.randn(3000),), (torch.randn(3000),)]
     close = lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-4)  # noqa: E731
+    return replay_matches_eager(emu, lambda t: check("ticket_sum", t, fix), static, new, eager=eager, equal=close)
 
-    def run(fix):
-        return lambda t: check("ticket_sum", t, fix)
-    assert replay_matches_eager(on, run(1), static, new, equal=close) == []
-    bad = replay_matches_eager(on, run(0), static, new, equal=close)
+
+def test_graph_replay_that_skips_a_reset(on):
+    """A last-block ticket zeroed by a host store at call time: a captured graph does not repeat
+    it, so the second replay reads the ticket as the first replay left it. The access checks
+    report that read with its line. Zeroed by cudaMemsetAsync (as kernels/losses.cu does), the
+    replays equal eager calls."""
+    assert _ticket_replays(on, 1) == []
+    with pytest.raises(RuntimeError, match=rf"kernel ticket_sum_kernel, block \(\d+,0,0\): graph replay depends on "
+                                           rf"state its previous replay left: thread \(0,0,0\) reads \(atomically\) "
+                                           rf"at {line_of('if (atomicAdd(ticket, 1u)')} global memory that nothing "
+                                           r"in this replay wrote first"):
+        _ticket_replays(on, 0)
+
+
+def test_graph_replay_that_skips_a_reset_with_the_check_off(checks_off):
+    """With the access checks off, only the value shows it: the second replay finds no last block
+    and returns the old sum. Without the graph emulation (eager re-runs) the defect passes."""
+    bad = _ticket_replays(checks_off, 0)
     assert bad and bad[0].startswith("replay 1"), bad
-    assert replay_matches_eager(on, run(0), static, new, eager=True, equal=close) == []
+    assert _ticket_replays(checks_off, 0, eager=True) == []
 
 
 def test_block_over_its_launch_bounds(on):

@@ -13,6 +13,12 @@
 // what each thread acquired (an atomic on the address, then a fence; shared with the whole block
 // at the next barrier). A read or a write of a byte another block wrote must be ordered by a
 // release the reading thread acquired.
+// Uninitialized locals: the value of each global store, read at the thread's next global access
+// or at block end (the hook runs before the store), must not come from the fiber-stack poison or
+// gcc's pattern for uninitialized locals.
+// Graph replays: the granules a replay has written (kernels, memsets, poison nodes) and, kept from
+// the previous replay, what it wrote and the values it left; a read of one of those, not yet
+// written in this replay and still holding that value, depends on the previous replay.
 //
 // This file is compiled with the thread-sanitizer instrumentation like every source of the
 // instrumented variants: its functions are not instrumented (I2I_NO_TSAN), `t_busy` turns away
@@ -24,7 +30,9 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <sstream>
@@ -51,6 +59,13 @@ constexpr uint64_t kGranule = 4;           // global bytes are tracked per 4-byt
 constexpr int kWriters = 4;                // ...with at most this many writing threads each
 constexpr int kPageShift = 12;             // reads are filtered by a bitmap of written granules per 4 KB page
 constexpr uint64_t kPageGranules = (uint64_t(1) << kPageShift) / kGranule;
+// Stored values that come from an uninitialized local: the fiber-stack poison's payload, gcc's
+// pattern itself, or a float of the pattern (-1.7e38 in fp32, -5.5e303 in fp64) scaled by anything
+// over 1/64, which no kernel computes from the tests' inputs.
+constexpr uint32_t kPattern32 = uint32_t(kLocalPatternByte) * 0x01010101u;
+constexpr uint16_t kPattern16 = uint16_t(kPattern32), kStackPoison16 = uint16_t(kStackPoison32);
+constexpr float kPatternDerived32 = 0x1p120f;
+constexpr double kPatternDerived64 = 0x1p1000;
 
 // On unless the environment says I2I_EMU_CHECKS=0; set_checks() changes it at run time.
 // A plain bool read with __atomic builtins: std::atomic's load may be an instrumented
@@ -100,6 +115,20 @@ struct Write {        // the last write of one thread to some bytes of a global 
 struct Granule { Write w[kWriters]; };
 struct PageBits { uint64_t bits[kPageGranules / 64] = {}; };
 
+struct LastWrite {    // a global granule written by a graph replay: by whom, and its value at the replay's end
+  uintptr_t pc = 0;   // the kernel's store, or 0 for a memset or poison node
+  const char* what = "";
+  uint32_t value = 0;
+};
+struct GraphShadow { std::unordered_map<uint64_t, LastWrite> prev, cur; };   // the last replay's, this one's
+
+struct Store {        // the last global store, its value checked at the next access (the hook runs before it)
+  uintptr_t addr = 0;
+  uint32_t size = 0;
+  int32_t thread = kNone;
+  uintptr_t pc = 0;
+};
+
 struct Release {      // an atomic made after a fence: releases what that fence covers
   int32_t block, thread;
   uint32_t epoch;     // barrier epoch and time of the fence
@@ -133,6 +162,9 @@ struct State {
   uint64_t cached_page = UINT64_MAX;             // the last page a read looked up, and its bits
   const PageBits* cached_bits = nullptr;
   std::unordered_map<uintptr_t, std::vector<Release>> releases;   // per atomic address
+  const char* kernel_name = "";
+  Store pending;                                 // size 0: none
+  GraphShadow* replaying = nullptr;              // a graph replays on this thread
 };
 // Everything the hooks read on every access in one thread_local (each one read is a TLS
 // descriptor call in a dlopen'ed library).
@@ -343,8 +375,104 @@ I2I_NO_TSAN void freed_access(bool write, int32_t t, uintptr_t pc) {
   fail(m.str());
 }
 
+// ---- uninitialized locals: the value a thread stores to global memory ----
+I2I_NO_TSAN bool from_uninitialized(const unsigned char* p, uint32_t size) {
+  if (size == 2) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v == kStackPoison16 || v == kPattern16;
+  }
+  if (size == 4) {
+    uint32_t v;
+    float f;
+    std::memcpy(&v, p, 4), std::memcpy(&f, p, 4);
+    return v == kStackPoison32 || v == kPattern32 || (std::isfinite(f) && std::fabs(f) >= kPatternDerived32);
+  }
+  if (size == 8) {
+    uint64_t v;
+    double d;
+    std::memcpy(&v, p, 8), std::memcpy(&d, p, 8);
+    // (a float pair with an inf or NaN in its upper half is a huge double too: not one of ours)
+    const bool upper_float_special = (v >> 55 & 0xFF) == 0xFF;
+    return v == kStackPoisonWord || v == uint64_t(kPattern32) * 0x100000001ull
+           || (std::isfinite(d) && std::fabs(d) >= kPatternDerived64 && !upper_float_special);
+  }
+  if (size == 16) {   // a vector of floats or halves: the exact payloads only
+    for (int k = 0; k < 4; ++k) {
+      uint32_t v;
+      std::memcpy(&v, p + 4 * k, 4);
+      if (v == kStackPoison32 || v == kPattern32) return true;
+    }
+  }
+  return false;
+}
+
+I2I_NO_TSAN void check_stored(State& s) {
+  const Store st = s.pending;
+  s.pending.size = 0;
+  const auto* p = reinterpret_cast<const unsigned char*>(st.addr);
+  if (st.size == 0 || !from_uninitialized(p, st.size)) return;
+  std::ostringstream m;
+  m << "uninitialized local: " << thread_name(st.thread) << " stores at " << site(st.pc)
+    << " a value computed from a local read before it was written (stored bytes 0x" << std::hex;
+  for (uint32_t i = st.size; i-- > 0;) m << (p[i] < 16 ? "0" : "") << int(p[i]);
+  m << std::dec;
+  if (st.size == 4) {
+    float f;
+    std::memcpy(&f, p, 4);
+    m << ", " << f << " as fp32";
+  }
+  bool stack = false;   // the stack poison's payload in some 2-byte lane; else the pattern's
+  for (uint32_t i = 0; i + 2 <= st.size; i += 2) {
+    uint16_t v;
+    std::memcpy(&v, p + i, 2);
+    stack |= v == kStackPoison16;
+  }
+  m << ": " << (stack ? "the fiber-stack poison 0x7FFF" : "gcc's -ftrivial-auto-var-init pattern 0xFE")
+    << "); on a GPU it is whatever that register or local memory held";
+  fail(m.str());
+}
+
+// ---- graph replays: state the previous replay left ----
+I2I_NO_TSAN void replay_access(State& s, uintptr_t a, uint32_t size, bool write, int32_t t, uintptr_t pc,
+                               bool atomic) {
+  GraphShadow& gs = *s.replaying;
+  for (uint64_t g = a / kGranule; g <= (a + size - 1) / kGranule; ++g) {
+    if (write) {
+      gs.cur[g] = {pc, s.kernel_name, 0};
+      continue;
+    }
+    if (gs.cur.count(g)) continue;
+    auto it = gs.prev.find(g);
+    if (it == gs.prev.end()) continue;
+    uint32_t now;
+    std::memcpy(&now, reinterpret_cast<const void*>(g * kGranule), sizeof(now));
+    if (now != it->second.value) continue;   // written since (new inputs copied in, a host step)
+    const LastWrite& w = it->second;
+    std::ostringstream m;
+    m << "graph replay depends on state its previous replay left: " << thread_name(t)
+      << (atomic ? " reads (atomically) at " : " reads at ") << site(pc)
+      << " global memory that nothing in this replay wrote first, as the previous replay left it (last written by ";
+    if (w.pc) m << "kernel " << w.what << " at " << site(w.pc);
+    else m << w.what;
+    m << "): a reset done outside the captured work, such as a host store at capture time, is not repeated by "
+         "a replay; put it on the stream, e.g. cudaMemsetAsync";
+    fail(m.str());
+    return;
+  }
+}
+
 I2I_NO_TSAN void global_access(uintptr_t a, uint32_t size, bool write, int32_t t, uintptr_t pc) {
   State& s = *t_st;
+  if (s.pending.size) {
+    check_stored(s);
+    if (s.failed) return;
+  }
+  if (write) s.pending = {a, size, t, pc};
+  if (s.replaying) {
+    replay_access(s, a, size, write, t, pc, false);
+    if (s.failed) return;
+  }
   const uint64_t g0 = a / kGranule, g1 = (a + size - 1) / kGranule;
   if (!write) {   // most reads: nothing written in their page, or not in their granules
     bool hit = false;
@@ -408,6 +536,8 @@ I2I_NO_TSAN void launch_begin(const char* kernel) {
   State& s = *t_st;
   s.in_launch = true;
   s.kernel = kernel;
+  s.kernel_name = kernel;
+  s.pending.size = 0;
   s.error.clear();
   s.bufs.clear();
   s.written.clear();
@@ -426,6 +556,7 @@ I2I_NO_TSAN void block_begin(int nthreads) {
   s.epoch = 0;
   s.threads.assign(size_t(nthreads), ThreadState{});
   s.block_acquired.clear();
+  s.pending.size = 0;
   for (Buffer& b : s.bufs) {
     b.recs.clear();
     b.calls.assign(b.helper ? size_t(nthreads) : 0, {});
@@ -435,6 +566,7 @@ I2I_NO_TSAN void block_begin(int nthreads) {
 I2I_NO_TSAN std::string block_end() {
   if (!t_st || !t_st->in_launch) return "";
   Busy busy(false);
+  if (t_st->error.empty()) check_stored(*t_st);
   for (Buffer& b : t_st->bufs)
     if (b.helper && t_st->error.empty()) check_reuse(b);
   std::string e;
@@ -480,14 +612,17 @@ I2I_NO_TSAN void check_access(Hot& h, uintptr_t a, uint32_t size, bool write, ui
   else if (!(write && runtime_memory(a))) global_access(a, size, write, r.fiber, pc);   // the scheduler's state
 }
 
-I2I_NO_TSAN void check_atomic(uintptr_t a, uint32_t size) {
-  (void)size;
+I2I_NO_TSAN void check_atomic(uintptr_t a, uint32_t size, bool read, bool write, uintptr_t pc) {
   if (!t_st || !t_st->in_launch || t_busy) return;
   const Running r = running();
   if (r.fiber < 0 || a - uintptr_t(r.stack_lo) < r.stack_size) return;
   Busy busy(false);
   State& s = *t_st;
   if (buffer_of(a)) return;   // shared atomics do not race with each other
+  if (s.replaying) {
+    if (read) replay_access(s, a, size, false, r.fiber, pc, true);
+    if (write) replay_access(s, a, size, true, r.fiber, pc, true);
+  }
   ThreadState& th = s.threads[r.fiber];
   std::vector<Release>& rel = s.releases[a];
   th.pending.push_back({a, rel.size()});   // it reads the value every earlier atomic left
@@ -578,12 +713,10 @@ I2I_NO_TSAN void atomic(uintptr_t a, uint32_t size, bool read, bool write, uintp
   Hot& h = t_hot;
   if (h.in_hook) return;
   h.in_hook = true;
-  check_atomic(a, size);
+  check_atomic(a, size, read, write, pc);
 #if I2I_EMU_TRACE
   if (read) trace::record(a, size, false, pc);
   if (write) trace::record(a, size, true, pc);
-#else
-  (void)read, (void)write, (void)pc;
 #endif
   h.in_hook = false;
 }
@@ -595,6 +728,44 @@ I2I_NO_TSAN void fence() {
   h.in_hook = true;
   check_fence();
   h.in_hook = false;
+}
+
+// ---- graph replays (streams.cpp) ----
+namespace {
+std::map<int, GraphShadow>& graph_shadows() {   // per graph id; replays run on the calling thread
+  static auto* m = new std::map<int, GraphShadow>;
+  return *m;
+}
+}  // namespace
+
+I2I_NO_TSAN void replay_begin(int id) {
+  if (!on()) return;
+  Busy busy(false);
+  if (!t_st) t_st = new State;
+  t_st->replaying = &graph_shadows()[id];
+  t_st->replaying->cur.clear();
+}
+
+I2I_NO_TSAN void replay_end() {
+  if (!t_st || !t_st->replaying) return;
+  Busy busy(false);
+  GraphShadow& gs = *t_st->replaying;
+  for (auto& [g, w] : gs.cur) std::memcpy(&w.value, reinterpret_cast<const void*>(g * kGranule), sizeof(w.value));
+  gs.prev.swap(gs.cur);
+  gs.cur.clear();
+  t_st->replaying = nullptr;
+}
+
+I2I_NO_TSAN void replay_wrote(const void* p, size_t n, const char* what) {
+  if (!t_st || !t_st->replaying || n == 0) return;
+  Busy busy(false);
+  const uintptr_t a = uintptr_t(p);
+  for (uint64_t g = a / kGranule; g <= (a + n - 1) / kGranule; ++g) t_st->replaying->cur[g] = {0, what, 0};
+}
+
+I2I_NO_TSAN void graph_forget(int id) {
+  Busy busy(false);
+  graph_shadows().erase(id);
 }
 
 }  // namespace i2i_emu::check

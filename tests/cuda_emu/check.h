@@ -10,6 +10,10 @@
 //     __threadfence(), in that thread or before a __syncthreads of its block);
 //   - barriers: every live thread of a block waits at the same __syncthreads call site, and no
 //     thread exits while the others wait at a barrier.
+//   - uninitialized locals: a global store of a value computed from a local read before it was
+//     written (the fiber-stack poison's payload, or gcc's -ftrivial-auto-var-init pattern);
+//   - graph replays: a replay that reads global memory it has not written yet, as the previous
+//     replay left it (a reset the capture did not record).
 // The access checks need every load and store: the instrumented variants (plain and trace) send
 // them here through the thread-sanitizer hooks (hooks.cpp). set_checks(false) turns all off.
 #pragma once

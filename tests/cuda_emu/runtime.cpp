@@ -201,7 +201,7 @@ void run_block(int nthreads, uint64_t salt) {
     Fiber& f = S.fibers[i];
     if (!f.stack) {
       f.stack.reset(new char[kStack]);
-      std::memset(f.stack.get(), kStackPoisonByte, kStack);  // below the poisoned depth too (stack_overran)
+      fill_stack_poison(f.stack.get(), kStack);  // below the poisoned depth too (stack_overran)
     }
     if (poison_enabled()) poison_stack(f.stack.get(), kStack);
     f.state = kRun;

@@ -14,17 +14,19 @@ namespace {
 constexpr int kT = 256;
 
 // y = x * s, s set by block 0 only (the planted defect: the other blocks read s uninitialized).
-// A plain local: -ftrivial-auto-var-init=pattern makes it 0xFE bytes in every block but block 0.
+// A plain local: -ftrivial-auto-var-init=pattern makes it 0xFE bytes in every block but block 0
+// (-1.7e38), and the products the other blocks store are reported as computed from it.
 __global__ void uninit_local_kernel(const float* x, int64_t n, float* y) {
   float s;
   if (blockIdx.x == 0) s = 2.0f;
   const int64_t i = blockIdx.x * int64_t(kT) + threadIdx.x;
-  if (i < n) y[i] = x[i] * s;
+  if (i < n) y[i] = x[i] * s;  // the plain local
 }
 
 // The same defect with s exempt from the compile-time pattern and kept on the fiber stack: it
 // reads what the stack holds. Without the stack poison that is block 0's s, left by the same
-// thread of the previous block (so the result is right by luck); with it, NaN. s is the deep end
+// thread of the previous block (so the result is right by luck); with it, NaN (0x7FFF7FFF, the
+// stack poison's payload, which the access checks recognize in the stored value). s is the deep end
 // of an 8 KB frame: in the instrumented variant the access callbacks that the launch code makes
 // before the kernel starts write their frames on this stack, but not that far down.
 __global__ void uninit_stack_kernel(const float* x, int64_t n, float* y) {
@@ -32,7 +34,7 @@ __global__ void uninit_stack_kernel(const float* x, int64_t n, float* y) {
   volatile float& s = deep[0];
   if (blockIdx.x == 0) s = 2.0f;
   const int64_t i = blockIdx.x * int64_t(kT) + threadIdx.x;
-  if (i < n) y[i] = x[i] * s;
+  if (i < n) y[i] = x[i] * s;  // the stack-resident local
 }
 
 __global__ void copy_kernel(const float* x, int64_t n, float* y) {

@@ -1,14 +1,16 @@
 // Checks of the CUDA emulation that a GPU's asynchrony and resources would show (tests only):
 // - poison: every CPU tensor allocated while the emulation runs (an emulated entry point, or a
 //   `with EmulatedCuda()` block) starts as 0xFF bytes (NaN in every float type), fiber stacks are
-//   refilled with it before every block, and the kernels are built with
-//   -ftrivial-auto-var-init=pattern: an unwritten output or an uninitialized local shows;
+//   refilled with 0x7FFF (NaN too, another payload) before every block, and the kernels are built
+//   with -ftrivial-auto-var-init=pattern: an unwritten output shows as NaN, and a stored value
+//   computed from an uninitialized local is reported by the access checks (check.cpp);
 // - streams: launches, memsets and event records/waits are queued per emulated stream and run at
 //   synchronization points (the end of each entry point, cuda*Synchronize, a host ATen call inside
 //   an entry point); memory freed while work is queued is poisoned in its stream's order and kept
 //   until the queues are empty, so a read of a workspace freed on another stream reads NaN;
 // - graphs: a capture records the launches, memsets (and, through the Python hook, the host ATen
 //   ops) of a call; replay runs them again on the same buffers; the graph keeps what it allocated;
+//   the access checks report a replay that reads what the previous replay left (check.cpp);
 // - launch resources: __launch_bounds__ against the block size (the parameter size is a
 //   static_assert, see emu.h), and a grid-only mode that checks launches without running blocks
 //   (tensors then come from untouched MAP_NORESERVE mappings, so huge shapes cost nothing).
@@ -169,9 +171,13 @@ void execute(Node& nd) {
   switch (nd.kind) {
     case NodeKind::kLaunch:
     case NodeKind::kHost: nd.run(); break;
-    case NodeKind::kMemset: std::memset(nd.ptr, nd.value, nd.n); break;
+    case NodeKind::kMemset:
+      std::memset(nd.ptr, nd.value, nd.n);
+      check::replay_wrote(nd.ptr, nd.n, "a cudaMemsetAsync");
+      break;
     case NodeKind::kPoison: {
       std::memset(nd.ptr, kStackPoisonByte, nd.n);
+      check::replay_wrote(nd.ptr, nd.n, "the poison of its free during the capture");
       std::lock_guard<std::recursive_mutex> lock(mu());
       for (const Held* h : deferred())
         if (h->ptr == nd.ptr && freed_ranges().emplace(uintptr_t(nd.ptr), uintptr_t(nd.ptr) + nd.n).second) ++n_freed;
@@ -390,10 +396,20 @@ bool freed_memory(uintptr_t a) {
   return it != freed_ranges().begin() && a < std::prev(it)->second;
 }
 
+// Not instrumented: the scheduler's own stores (a hook call for each would cost more than the fill).
+__attribute__((no_sanitize_thread)) void fill_stack_poison(char* p, size_t n) {
+  for (size_t i = 0; i < n; i += sizeof(kStackPoisonWord)) std::memcpy(p + i, &kStackPoisonWord, sizeof(kStackPoisonWord));
+}
+
+__attribute__((no_sanitize_thread)) bool stack_poison_at(const char* p) {
+  const size_t k = uintptr_t(p) % sizeof(kStackPoisonWord);
+  return static_cast<unsigned char>(*p) == static_cast<unsigned char>(kStackPoisonWord >> (8 * k));
+}
+
 void poison_stack(char* stack, size_t size) {
   const size_t d = std::min(size, stack_depth.load());
   I2I_EMU_UNPOISON(stack + size - d, d);
-  std::memset(stack + size - d, kStackPoisonByte, d);
+  fill_stack_poison(stack + size - d, d);
 }
 
 void stack_overran(const char* stack, size_t size) {
@@ -402,7 +418,7 @@ void stack_overran(const char* stack, size_t size) {
   const char* band = stack + size - d - kStackCanary;
   I2I_EMU_UNPOISON(band, kStackCanary);
   for (size_t i = 0; i < kStackCanary; ++i)
-    if (static_cast<unsigned char>(band[i]) != kStackPoisonByte) {
+    if (!stack_poison_at(band + i)) {
       stack_depth = std::min(size, 2 * d);
       return;
     }
@@ -479,6 +495,10 @@ void replay(int id) {
     g = it->second;
   }
   flush_all();
+  check::replay_begin(id);
+  struct End {
+    ~End() { check::replay_end(); }
+  } end;
   for (Node& nd : g->nodes) {
     if (nd.kind == NodeKind::kWait) continue;  // replayed in capture order
     execute(nd);
@@ -493,6 +513,7 @@ void graph_destroy(int id) {
     if (it == graphs().end()) return;
     g = it->second;
     graphs().erase(it);
+    check::graph_forget(id);
     for (void* p : g->freed) {
       auto h = held().find(p);
       if (h != held().end()) {
