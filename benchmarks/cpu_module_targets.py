@@ -217,7 +217,7 @@ def profile_in_relu(clock=time.perf_counter, n=10, reps=15):
     rows["backward only (autograd.grad, retained graph)"] = (
         t(lambda: torch.autograd.grad(ye, x, g, retain_graph=True)),
         t(lambda: torch.autograd.grad(yo, x, g, retain_graph=True)))
-    del ye, yo
+    ye = yo = None  # the two graphs freed before the next rows
 
     def step(m, mode):
         def f():

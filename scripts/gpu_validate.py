@@ -164,7 +164,7 @@ def _block_op(variant):
     with padding 0: what convert() builds). Eager: the four torch modules."""
     import torch
     from torch import nn
-    from i2i_fast import bench
+    from i2i_fast.bench import cases
     import i2i_fast
 
     def build(shape, dtype, device):
@@ -182,8 +182,8 @@ def _block_op(variant):
     def inputs(shape, dtype, device, gen):
         return (torch.randn(shape[:4], generator=gen).to(device=device, dtype=dtype).requires_grad_(),)
     sh = ((1, 256, 64, 64, 256, 3, 1, 1), (8, 256, 64, 64, 256, 3, 1, 1), (1, 64, 256, 256, 128, 3, 2, 1))
-    return bench.Op(name=f"in_relu_pad_conv[{variant}]", build=build, make_inputs=inputs,
-                    moved=bench.OPS["reflection_pad_conv2d"].moved, shapes=sh,
+    return cases.Op(name=f"in_relu_pad_conv[{variant}]", build=build, make_inputs=inputs,
+                    moved=cases.OPS["reflection_pad_conv2d"].moved, shapes=sh,
                     cpu_shapes=((1, 16, 32, 32, 16, 3, 1, 1),))
 
 
@@ -193,13 +193,13 @@ def bench_plan(device_type: str, smoke: bool):
     norm->pad->conv block fp32); tier 2 = the other shapes and dtypes. file: "results" (the
     ops as the default user gets them; the README's table) or "paths" (the other
     ReflectionPadConv2d paths and the block)."""
-    from i2i_fast import bench
-    ops, blocks = bench.OPS, {v: _block_op(v) for v in ("pad", "border", "out_pad")}
+    from i2i_fast.bench import cases
+    ops, blocks = cases.OPS, {v: _block_op(v) for v in ("pad", "border", "out_pad")}
     cpu = device_type != "cuda"
     shapes = (lambda op: op.cpu_shapes) if cpu else (lambda op: op.shapes)
     dtypes = ("fp32",) if cpu else ("fp32", "bf16")
     norms = ("instance_norm", "instance_norm_pad", "adalin", "iln", "layer_norm", "batch_norm")
-    losses = tuple(n for n in bench.LOSS_OPS if n in ops)
+    losses = tuple(n for n in cases.LOSS_OPS if n in ops)
     plan = []
 
     def add(tier, name, op, shape, dt, path=None, file="results"):
@@ -244,11 +244,12 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
     baseline only with with_compile); rewrites results.json / pad_conv_paths.json (the format
     of python -m i2i_fast.bench, so the README generator reads them) after every case."""
     import torch
-    from i2i_fast import _ops, bench
+    from i2i_fast import _ops
+    from i2i_fast.bench import cases, counting, machine, report, timing
 
     dev = torch.device(device)
-    info = bench.machine_info(dev)
-    bw = bench.copy_bandwidth_gbps(dev)
+    info = machine.machine_info(dev)
+    bw = machine.copy_bandwidth_gbps(dev)
     files = {"results": [], "paths": []}
     skipped, failed, done = [], 0, 0
     stamp = _now_utc()
@@ -262,7 +263,7 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
             with open(os.path.join(out, name.replace(".json", ".md")), "w") as f:
                 f.write(f"# gpu_validate bench ({stamp}) on {info.get('gpu_name') or info.get('cpu_model')}\n\n"
                         "Median ms; x = speed-up of ours; GB/s = bytes that must move / our time.\n\n")
-                f.write(bench.format_table(files[key], markdown=True) + "\n" if files[key] else "(no rows)\n")
+                f.write(report.format_table(files[key], markdown=True) + "\n" if files[key] else "(no rows)\n")
     flush()
     plan = bench_plan(dev.type, smoke)
     print(f"bench: {len(plan)} cases planned on {info.get('gpu_name') or info.get('cpu_model')}, "
@@ -276,23 +277,23 @@ def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compi
             t0 = time.time()
             try:
                 with _ops.pad_conv_force(path):
-                    case = bench.Case(op, shape, bench.DTYPES[dt], dev, quick=True)
+                    case = cases.Case(op, shape, timing.DTYPES[dt], dev, quick=True)
                     if not with_compile:
                         case.compile_error = "not measured (gpu_validate time budget)"
                     ok, detail = case.parity()
                     failed += not ok
                     launches = {}
-                    if not smoke and (name in bench.LOSS_OPS or file == "paths" or name == "reflection_pad_conv2d"):
+                    if not smoke and (name in cases.LOSS_OPS or file == "paths" or name == "reflection_pad_conv2d"):
                         # kernel launches of one fwd+bwd (torch.profiler; its first use costs seconds)
                         for impl in ("ours", "eager"):
                             try:  # a profiler failure loses the count, not the timings
-                                launches[f"launches_{impl}"] = bench.count_launches(case, impl)["launches"]
+                                launches[f"launches_{impl}"] = counting.count_launches(case, impl)["launches"]
                             except Exception as e:  # noqa: BLE001
                                 launches[f"launches_{impl}"] = None
                                 launches["launches_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                    for mode in bench.MODES:
+                    for mode in timing.MODES:
                         case.timing("ours", mode)
-                        row = dict(bench.summarize(case, mode), **{"pass": ok, "parity": detail}, **launches)
+                        row = dict(cases.summarize(case, mode), **{"pass": ok, "parity": detail}, **launches)
                         row.update(op=name, tier=tier)
                         if not with_compile:
                             row["compile"] = "not measured (time budget)"
@@ -345,6 +346,7 @@ class _TimeLimit:
 
 def _case_done(flush, dev) -> None:
     """After every case: results written so far, and the GPU memory of the case released."""
+    import torch
     flush()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -360,12 +362,12 @@ STEP_ORDER = [("cyclegan", "eager"), ("cyclegan", "converted"), ("ugatit", "eage
 
 
 def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: float = 1.5) -> int:
-    """Whole training steps at the papers' sizes (CUDA; bench_steps' small sizes on CPU), in
+    """Whole training steps at the papers' sizes (CUDA; bench.steps' small sizes on CPU), in
     STEP_ORDER while time is left: ms/step (median wall), CPU ms, peak memory, first-step
     losses vs eager. Writes steps.json and training_steps.txt (the format of
-    `python -m i2i_fast.bench_steps --interleave`, read by scripts/readme_results.py)."""
+    `python -m i2i_fast.bench.steps --interleave`, read by scripts/readme_results.py)."""
     import torch
-    from i2i_fast import bench, bench_steps
+    from i2i_fast.bench import steps, timing
 
     dev = torch.device(device)
     order = STEP_ORDER[:2] if smoke else STEP_ORDER
@@ -376,7 +378,7 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
     def flush(interrupted=False):
         _write_json(os.path.join(out, "steps.json"), {"timestamp": _now_utc(), "device": str(dev),
                                                        "interrupted": interrupted, "rows": rows})
-        # the header and rows of `bench_steps --interleave` (scripts/readme_results.py parses them)
+        # the header and rows of `python -m i2i_fast.bench.steps --interleave` (scripts/readme_results.py parses them)
         lines = [f"training steps on {dev.type} ({torch.get_num_threads()} threads), variants timed one after "
                  f"another for {budget_s:g} s, at least {1 if smoke else 3} steps each; median wall ms, min wall ms, "
                  f"median process CPU ms (scripts/gpu_validate.py steps; peak MiB in steps.json)"]
@@ -400,18 +402,18 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
                 continue
             t0 = time.time()
             try:
-                r = bench_steps.Runner(fam, var, dev, small=True if smoke else None)
+                r = steps.Runner(fam, var, dev, small=True if smoke else None)
                 losses = r.run()  # warm-up (and compilation)
-                ok, detail = (bench_steps.compare_losses(ref[fam], losses) if fam in ref and var != "eager"
+                ok, detail = (steps.compare_losses(ref[fam], losses) if fam in ref and var != "eager"
                               else (True, "reference"))
                 if var == "eager":
                     ref[fam] = losses
                 wall, cpu = [], []
                 while len(wall) < (1 if smoke else 3) or (sum(wall) < budget_s * 1e3 and len(wall) < 50):
-                    bench.synchronize(dev)
+                    timing.synchronize(dev)
                     w, c = time.perf_counter(), time.process_time()
                     r.run()
-                    bench.synchronize(dev)
+                    timing.synchronize(dev)
                     wall.append((time.perf_counter() - w) * 1e3)
                     cpu.append((time.process_time() - c) * 1e3)
                 peak = None
@@ -447,7 +449,7 @@ def run_determinism(out: str, device: str, smoke: bool) -> int:
     kernel): recorded, not a failure. Writes determinism.json."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA initializes
     import torch
-    from i2i_fast import bench, bench_steps
+    from i2i_fast.bench import steps, timing
 
     dev = torch.device(device)
     n_steps = 1 if smoke else 2
@@ -456,11 +458,11 @@ def run_determinism(out: str, device: str, smoke: bool) -> int:
     try:
         weights = []
         for _ in range(2):
-            r = bench_steps.Runner("cyclegan", "converted", dev, small=True if smoke else None)
+            r = steps.Runner("cyclegan", "converted", dev, small=True if smoke else None)
             res["config"] = r.what
             for _ in range(n_steps):
                 r.run()
-            bench.synchronize(dev)
+            timing.synchronize(dev)
             weights.append([p.detach().clone() for n in r.nets for p in n.parameters()])
             del r
         diff = [(a - b).abs().max().item() for a, b in zip(*weights) if not torch.equal(a, b)]
@@ -469,9 +471,9 @@ def run_determinism(out: str, device: str, smoke: bool) -> int:
     except Exception as e:  # noqa: BLE001
         res.update(converted_bitwise_equal=False, converted_error=f"{type(e).__name__}: {str(e)[:500]}")
     try:
-        r = bench_steps.Runner("cyclegan", "eager", dev, small=True if smoke else None)
+        r = steps.Runner("cyclegan", "eager", dev, small=True if smoke else None)
         r.run()
-        bench.synchronize(dev)
+        timing.synchronize(dev)
         res["eager"] = "ran without error" + (" (unexpected on CUDA)" if dev.type == "cuda" else " (CPU)")
     except RuntimeError as e:
         res["eager"] = f"raised as expected: {str(e).strip().splitlines()[0][:300]}"

@@ -6,11 +6,11 @@ README is one a committed results file holds.
     python scripts/readme_results.py --check   # exit 1 if README.md's block is stale
 
 Sources (a folder is named <device>-<YYYY-MM-DD>[-suffix]; the newest folder holding a file wins):
-  training_steps.txt            bench_steps --interleave output: converted vs original step time
+  training_steps.txt            python -m i2i_fast.bench.steps --interleave output: converted vs original step time
   training_steps_full_size.txt  the papers' sizes: "<family> median ms {...} <ratio>x" lines
-  saved_activations.txt         bench_steps --saved output (the block run with --full)
+  saved_activations.txt         python -m i2i_fast.bench.steps --saved output (the block run with --full)
   results.json                  python -m i2i_fast.bench: single ops (per op, the fwdbwd row of its first shape)
-  gpu_model.md                  python -m i2i_fast.gpu_model --steps all: the per-step memory-traffic MODEL
+  gpu_model.md                  python -m i2i_fast.bench.gpu_model --steps all: the per-step memory-traffic MODEL
 GPU results come first; a device with no committed file is said to be not measured; the model
 comes last, labelled as one.
 """
@@ -87,6 +87,7 @@ def parse_full(path):
     return out
 
 
+_STEPS_COMMAND = re.compile(r"bench[._]steps")  # the step runner, before and after it joined i2i_fast.bench
 _SAVED = re.compile(r"^(\w+)\s+eager\s+([\d.]+)\s+converted\s+([\d.]+)\s+ratio\s+([\d.]+)")
 
 
@@ -94,7 +95,7 @@ def parse_saved(path):
     """{family: (eager MiB, converted MiB, ratio)} of the --full block of a --saved log."""
     blocks, full = {}, None
     for line in open(path):
-        if line.startswith("#") and "bench_steps" in line:
+        if line.startswith("#") and _STEPS_COMMAND.search(line):
             full = "--full" in line
             continue
         m = _SAVED.match(line)
@@ -235,7 +236,7 @@ def model_section(results_dir):
         return []
     table = [ln for ln in text.split(_MODEL_STEPS, 1)[1].splitlines() if ln.startswith("|")]
     return ([f"**H200 memory traffic of one training step, a MODEL, not measured** (`{_rel(paths[0])}`, "
-             "`python -m i2i_fast.gpu_model --steps all`): the norm, pad, activation and loss work of each family's "
+             "`python -m i2i_fast.bench.gpu_model --steps all`): the norm, pad, activation and loss work of each family's "
              "small CPU configuration; our kernels/*.cu traced through the CUDA emulation with an LRU model of the "
              "50 MB L2, beside eager's ops and the bytes they touch. Convolutions and the optimizer are left out."]
             + [""] + table)

@@ -121,9 +121,9 @@ def test_ingest_gpu_archive_into_results_and_readme(tmp_path):
 
 
 def _tiny_cyclegan(device, small):
-    """CycleGAN's family at a tenth of bench_steps' small CPU size (ResNet-6, ngf 4, 32x32):
+    """CycleGAN's family at a tenth of bench.steps' small CPU size (ResNet-6, ngf 4, 32x32):
     the real models, convert and training step, cheap enough for a shared 2-core machine."""
-    from i2i_fast import bench_steps
+    from i2i_fast.bench import steps as bench_steps
     from i2i_fast.models import cyclegan
     fam = bench_steps.cyclegan_family(device, True)
     nets = [cyclegan.define_G(3, 3, 4, "resnet_6blocks", norm="instance") for _ in range(2)]
@@ -145,7 +145,7 @@ def one_thread():
 
 def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     """The bench / steps / determinism / sanitize drivers and the summary, at tiny CPU sizes."""
-    from i2i_fast import bench_steps
+    from i2i_fast.bench import steps as bench_steps
     monkeypatch.setitem(bench_steps.FAMILIES, "cyclegan", _tiny_cyclegan)
     gv = _module("gpu_validate")
     out = str(tmp_path)

@@ -1,5 +1,5 @@
 """The CUDA emulation's memory tracer (tests/cuda_emu/trace.cpp) and the per-op traffic model
-built on it (i2i_fast/gpu_model.py): a MODEL of GPU memory traffic, computed on the CPU.
+built on it (i2i_fast/bench/gpu_model.py): a MODEL of GPU memory traffic, computed on the CPU.
 
 The tracer is shown to fail on purpose-built kernels (an uncoalesced read, a working set read
 twice through an L2 too small for it); then every op's forward and backward, at a small shape,
@@ -10,7 +10,7 @@ true."""
 import pytest
 import torch
 
-from i2i_fast import gpu_model
+from i2i_fast.bench import gpu_model
 
 cuda_emu = pytest.importorskip("cuda_emu")
 

@@ -1,4 +1,4 @@
-"""Ops per training step (bench_steps.count_ops), the batch-1 batch norm route that keeps pix2pix
+"""Ops per training step (steps.count_ops), the batch-1 batch norm route that keeps pix2pix
 under eager, and the main job's whole-step section (python -m i2i_fast.bench).
 
 The op count is a TorchDispatchMode over one step (views, detach, bare allocations and profiler
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import i2i_fast
-from i2i_fast import bench, bench_steps
+from i2i_fast.bench import counting, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ------------------------------------------------------------------ the counter itself
 def test_op_counter_counts_work_not_views_and_phases():
     x = torch.randn(4, 4)
-    with bench.OpCounter() as c:
+    with counting.OpCounter() as c:
         y = x.view(16)                                # a view: not counted
         z = torch.empty(3)                            # a bare allocation: not counted
         y = y + 1                                     # counted
@@ -35,11 +35,11 @@ def test_op_counter_counts_work_not_views_and_phases():
 
 
 def test_count_ops_sees_fused_ops_and_optimizer_apart():
-    r = bench_steps.Runner("cyclegan", "converted", "cpu")
+    r = steps.Runner("cyclegan", "converted", "cpu")
     r.run()
-    n = bench_steps.count_ops(r)
+    n = steps.count_ops(r)
     assert n["ops"] == n["model"] + n["optimizer"] and n["optimizer"] > 0
-    with bench.OpCounter() as c:
+    with counting.OpCounter() as c:
         r.run()
     assert any(k.startswith("i2i_fast::") for k in c.names)   # the fast eager path is made visible
 
@@ -52,14 +52,14 @@ def _counts(family):
     if family not in _COUNTS:
         out = {}
         for v in ("eager", "converted"):
-            r = bench_steps.Runner(family, v, "cpu")
+            r = steps.Runner(family, v, "cpu")
             r.run()                      # warm-up: lazy state (Adam's buffers) out of the count
-            out[v] = bench_steps.count_ops(r)
+            out[v] = steps.count_ops(r)
         _COUNTS[family] = out
     return _COUNTS[family]
 
 
-@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+@pytest.mark.parametrize("family", list(steps.FAMILIES))
 def test_converted_step_dispatches_no_more_ops_than_eager(family):
     """Small CPU configurations: the converted step (convert + fused losses) dispatches at most
     as many ops as the original, in total and without the optimizer (the same Adam on both)."""
@@ -93,9 +93,9 @@ def test_batch_norm_batch1_ops():
                                  ["i2i_fast::norm_apply_sums", "i2i_fast::norm_coefs_bwd", "i2i_fast::norm_apply_bwd"])):
         x = torch.randn(n, 4, 8, 8, requires_grad=True)
         with i2i_fast.use_backend("cpu"):
-            with bench.OpCounter() as f:
+            with counting.OpCounter() as f:
                 y = m(x)
-            with bench.OpCounter() as b:
+            with counting.OpCounter() as b:
                 y.backward(torch.ones_like(y))
         ours = [k for k in f.names if k.startswith("i2i_fast::")]
         assert ours == fwd_ops and f.total == len(fwd_ops) + 1, f.names   # + num_batches_tracked.add_

@@ -8,19 +8,20 @@ efficiency (bytes requested / sectors x 32 per warp request, sites with at least
 bytes); and a predicted H200 time, the sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us).
 Nothing here is measured on a GPU.
 
-  python -m i2i_fast.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
-  python -m i2i_fast.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
+  python -m i2i_fast.bench.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
+  python -m i2i_fast.bench.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
-from . import bench
+from . import cases
+from .counting import NOT_WORK_OPS, emulation
+from .steps import FAMILIES, Runner
 
 HBM_BYTES_PER_S = 4.3e12      # H200 HBM3e, peak (the model's bandwidth)
 LAUNCH_FLOOR_S = 2.5e-6       # a launch's floor: launch latency and a wave's ramp
@@ -29,17 +30,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # the ops with CUDA kernels, and the main job's GPU shapes for them
 OPS = ("instance_norm", "instance_norm_pad", "batch_norm", "adalin", "iln", "layer_norm", "reflection_pad2d")
 SHAPES = ((1, 256, 64, 64), (8, 256, 64, 64))
-
-
-def emulation():
-    """The CUDA emulation module of a source checkout, or raises RuntimeError saying why not."""
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    if not os.path.isdir(os.path.join(tests, "cuda_emu")):
-        raise RuntimeError("needs a source checkout (tests/cuda_emu)")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import cuda_emu
-    return cuda_emu
 
 
 def op_shape(op: str, shape: tuple) -> tuple:
@@ -65,7 +55,7 @@ def model(trace, must_move: int) -> dict:
 def trace_op(op: str, shape: tuple, dtype: torch.dtype, channels_last: bool = False) -> dict:
     """{"fwd": row, "bwd": row} of one op call (ours, as the main job builds it)."""
     cuda_emu = emulation()
-    spec = bench.OPS[op]
+    spec = cases.OPS[op]
     shape = op_shape(op, shape)
     ours = spec.build(shape, dtype, "cpu")[0]
     inputs = spec.make_inputs(shape, dtype, "cpu", torch.Generator().manual_seed(0))
@@ -109,7 +99,7 @@ class _Touched:
                 name = func.name()
                 base = name.split("::", 1)[-1].split(".")[0]
                 if not (outer.skip or func.namespace.startswith("i2i_fast") or func.is_view or base in _NOT_MODELLED
-                        or base in bench.NOT_WORK_OPS or base == "detach" or name.startswith("profiler::")):
+                        or base in NOT_WORK_OPS or base == "detach" or name.startswith("profiler::")):
                     seen = {}
                     for t in tree_leaves((args, kwargs, out)):
                         if isinstance(t, torch.Tensor):
@@ -126,15 +116,14 @@ class _Touched:
 
 
 def step_model(family: str) -> dict:
-    """One training step of `family` (the small CPU configuration of bench_steps), eager original
+    """One training step of `family` (the small CPU configuration of bench.steps), eager original
     vs converted: launches / ops and bytes of the norm, pad, activation and loss work (the
     converted step's kernels/*.cu through the traced emulation and L2 model, plus its remaining
     ops counted like eager's)."""
-    from . import bench_steps
     cuda_emu = emulation()
     out = {"family": family}
     for variant in ("eager", "converted"):
-        r = bench_steps.Runner(family, variant, "cpu")
+        r = Runner(family, variant, "cpu")
         r.run()   # warm-up (lazy state, first-step allocations)
         hooks = [h for o in r.opts for h in (o.register_step_pre_hook(lambda *a: setattr(touched, "skip", True)),
                                              o.register_step_post_hook(lambda *a: setattr(touched, "skip", False)))]
@@ -201,7 +190,7 @@ def render(rows, header=True) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m i2i_fast.gpu_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench.gpu_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="NxCxHxW,...")
     p.add_argument("--dtypes", default="fp32,bf16")
@@ -227,13 +216,12 @@ def main(argv=None) -> int:
             f"coalescing: bytes requested / (32 x sectors) per warp request, worst site with >= "
             f"{100 * SITE_SHARE:.0f}% of the bytes. predicted: sum over launches of max(DRAM / 4.3 TB/s, 2.5 us).\n")
     if a.steps:
-        from .bench_steps import FAMILIES
         steps = []
         for fam in (list(FAMILIES) if a.steps == "all" else a.steps.split(",")):
             steps.append(step_model(fam))
             print(render_steps(steps[-1:]).splitlines()[-1], flush=True)
         text += ("\n## One training step, norm/pad/activation/loss work: model, not measured\n\n" + render_steps(steps)
-                 + "\n\nThe small CPU configuration of each family (bench_steps), one step, the optimizer and the "
+                 + "\n\nThe small CPU configuration of each family (bench.steps), one step, the optimizer and the "
                  "convolutions and matrix products left out. eager: the original step's remaining ops and the bytes "
                  "each touches (inputs and outputs). ours: the converted step's kernels/*.cu launches, their DRAM "
                  "bytes from the L2 model, and its remaining ops counted as eager's.\n")

@@ -1,5 +1,5 @@
 """Whole training steps (G and D: forward, backward, optimizer) of the reference models, for the
-benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench_steps``) and the example
+benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench.steps``) and the example
 (examples/train_compare.py).
 
 Variants of one family, all from the same initial weights and data:
@@ -26,10 +26,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import bench
-from . import functional as FL
-from .convert import convert
-from .models import cyclegan, munit, stargan, ugatit, unit
+from .. import functional as FL
+from ..convert import convert
+from ..models import cyclegan, munit, stargan, ugatit, unit
+from .counting import OpCounter, emulation
+from .report import noisy_ratio
+from .timing import (
+    MachineLoad,
+    Timing,
+    default_device,
+    involuntary_switches,
+    measure,
+    quiet_no_cuda_warning,
+    synchronize,
+    until_quiet,
+)
 
 VARIANTS = ("eager", "converted", "compile", "converted+compile")
 COMPILE_OPTIONS = {"fallback_random": True}  # inductor config of the compiled variants (see build)
@@ -363,7 +374,6 @@ def use_emulated_launches() -> str | None:
     """Sets LAUNCH_COUNTER to the CUDA emulation of a source checkout (tests/cuda_emu: the
     kernels/*.cu launches a converted step makes on a GPU, counted on CPU; its first use builds
     it, about a minute). Returns None, or why it is not available."""
-    from .gpu_model import emulation   # lazy: gpu_model imports bench, which imports this module
     global LAUNCH_COUNTER
     try:
         cuda_emu = emulation()
@@ -375,7 +385,7 @@ def use_emulated_launches() -> str | None:
 
 
 def count_ops(runner: Runner, run=None) -> dict:
-    """Ops one training step dispatches, counted with a TorchDispatchMode (bench.OpCounter) on
+    """Ops one training step dispatches, counted with a TorchDispatchMode (OpCounter) on
     any device: every aten / i2i_fast op that does work (views, detach, bare allocations and
     profiler records excluded). On a GPU at batch 1 each is a kernel launch (or a few), so this
     is the device-independent proxy for the launch-bound step time. Returns {"ops": total,
@@ -385,7 +395,7 @@ def count_ops(runner: Runner, run=None) -> dict:
     run: what runs the step (default runner.run), e.g. saved_peak_mib's, to measure both at once."""
     if "compile" in runner.variant:
         return {"ops": None, "optimizer": None, "model": None}
-    mode = bench.OpCounter()
+    mode = OpCounter()
     hooks = []
     for o in runner.opts:
         hooks.append(o.register_step_pre_hook(lambda *a: mode.phase("optimizer")))
@@ -448,10 +458,10 @@ def measure_family(family, device, variants=("eager", "converted"), reps=5, smal
 
 
 def time_step(runner: Runner, budget_s=2.0, warmup=2):
-    """(timing, peak, noise): the steps' bench.Timing (re-measured while too wide:
-    bench.until_quiet), peak memory (CUDA: max_memory_allocated over a step, MiB; CPU: None,
+    """(timing, peak, noise): the steps' Timing (re-measured while too wide:
+    until_quiet), peak memory (CUDA: max_memory_allocated over a step, MiB; CPU: None,
     not measured) and why the timing is noisy (None when it is not)."""
-    timings, noise = bench.until_quiet(lambda: {"step": bench.measure(runner.run, runner.device, budget_s=budget_s,
+    timings, noise = until_quiet(lambda: {"step": measure(runner.run, runner.device, budget_s=budget_s,
                                                                        warmup=warmup, min_reps=3, max_reps=50)})
     t = timings["step"]
     peak = None
@@ -484,8 +494,8 @@ def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
 
 def alternate(runners: dict, reps: int) -> tuple:
     """((wall, cpu), noise): `reps` steps of every runner in alternation, so they share the
-    background load; wall and process-CPU bench.Timing (ms) per variant, taken again while the
-    wall times spread too wide (bench.until_quiet); noise: why they still do, or None."""
+    background load; wall and process-CPU Timing (ms) per variant, taken again while the
+    wall times spread too wide (until_quiet); noise: why they still do, or None."""
     import time
     cpu: dict = {}
 
@@ -495,19 +505,19 @@ def alternate(runners: dict, reps: int) -> tuple:
         switches = {v: [] for v in runners}
         for _ in range(reps):
             for v, r in runners.items():
-                bench.synchronize(r.device)
-                sw = bench.involuntary_switches()
+                synchronize(r.device)
+                sw = involuntary_switches()
                 w, c = time.perf_counter(), time.process_time()
                 r.run()
-                bench.synchronize(r.device)
+                synchronize(r.device)
                 wall[v].append((time.perf_counter() - w) * 1e3)
                 cpu[v].append((time.process_time() - c) * 1e3)
                 if sw is not None:
-                    switches[v].append(bench.involuntary_switches() - sw)
-        return {v: bench.Timing(t, switches[v] if runners[v].device.type == "cpu" and len(switches[v]) == len(t)
+                    switches[v].append(involuntary_switches() - sw)
+        return {v: Timing(t, switches[v] if runners[v].device.type == "cpu" and len(switches[v]) == len(t)
                                 else None) for v, t in wall.items()}
-    wall, noise = bench.until_quiet(once)
-    return (wall, {v: bench.Timing(t) for v, t in cpu.items()}), noise
+    wall, noise = until_quiet(once)
+    return (wall, {v: Timing(t) for v, t in cpu.items()}), noise
 
 
 
@@ -522,8 +532,8 @@ def _per_variant(fam, device, small, measure):
     return out, r
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench_steps", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default=bench.default_device())
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench.steps", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=default_device())
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant")
@@ -542,8 +552,8 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     small = False if a.full else None
-    bench.quiet_no_cuda_warning()
-    print(bench.MachineLoad().header())
+    quiet_no_cuda_warning()
+    print(MachineLoad().header())
     if a.ops:
         if a.launches and (why := use_emulated_launches()):
             print(f"--launches: {why}")
@@ -580,7 +590,7 @@ def main(argv=None) -> int:
                 failed += not r["parity"]
                 x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
                 if r["noisy"] and e:
-                    x = bench.noisy_ratio(e["ms"] / r["ms"], e["min_ms"] / r["min_ms"])
+                    x = noisy_ratio(e["ms"] / r["ms"], e["min_ms"] / r["min_ms"])
                 print(f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
                       f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
             if e and e["noisy"]:
@@ -599,7 +609,7 @@ def main(argv=None) -> int:
             saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
             ops = "-" if res["ops"] is None else str(res["ops"])
             mops = "-" if res["model_ops"] is None else str(res["model_ops"])
-            x = (bench.noisy_ratio(ref["ms"] / res["ms"], ref["min_ms"] / res["min_ms"])
+            x = (noisy_ratio(ref["ms"] / res["ms"], ref["min_ms"] / res["min_ms"])
                  if res["noisy"] or ref["noisy"] else f"{ref['ms'] / res['ms']:7.2f}x")
             print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {x:>8} {peak:>9} "
                   f"{saved:>9} {ops:>6} {mops:>9}  "
