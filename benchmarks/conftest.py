@@ -11,6 +11,7 @@ I2I_FAST_BENCH_QUICK=1 (CI) runs the quick selection: every test function once, 
 op and shape, forward+backward, each implementation, and the training steps of QUICK_FAMILY
 (every variant, the compiled ones included), with the main job's --quick timing budgets.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,11 @@ QUICK_MODE = "fwdbwd"
 def pytest_report_header(config):
     timing.quiet_no_cuda_warning()
     avail = {k: v[0] for k, v in i2i_fast.backends().items()}
-    return [f"i2i_fast bench: devices={bench_devices()} full_shapes={timing.full_shapes()} "
-            f"quick_selection={timing.quick_selection()} backends={avail}", timing.MachineLoad().header()]
+    return [
+        f"i2i_fast bench: devices={bench_devices()} full_shapes={timing.full_shapes()} "
+        f"quick_selection={timing.quick_selection()} backends={avail}",
+        timing.MachineLoad().header(),
+    ]
 
 
 def quick_keep(items) -> list:
@@ -66,9 +70,13 @@ def pytest_generate_tests(metafunc):
     """A test with an `op_case` argument and a module-level OPS list runs once per
     (op, device, shape, dtype) of those ops on this machine."""
     if "op_case" in metafunc.fixturenames:
-        op_cases = [(op, dev, shape, timing.DTYPES[dt]) for op in metafunc.module.OPS
-                 for dev in bench_devices() for shape in cases.shapes_for(op, dev)
-                 for dt in timing.default_dtypes(dev)]
+        op_cases = [
+            (op, dev, shape, timing.DTYPES[dt])
+            for op in metafunc.module.OPS
+            for dev in bench_devices()
+            for shape in cases.shapes_for(op, dev)
+            for dt in timing.default_dtypes(dev)
+        ]
         ids = [f"{op}-{dev}-{'x'.join(map(str, s))}-{timing.DTYPE_NAMES[dt]}" for op, dev, s, dt in op_cases]
         metafunc.parametrize("op_case", op_cases, ids=ids)
 

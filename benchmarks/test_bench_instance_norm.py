@@ -8,6 +8,7 @@ times; a parity failure fails it. extra_info comes from i2i_fast.bench (CUDA eve
 perf_counter medians); pytest-benchmark's own table from pedantic() rounds of the same
 callable (cases.pytest_benchmark_case, shared by every suite here).
 """
+
 from __future__ import annotations
 
 import pytest

@@ -9,12 +9,12 @@ Every benchmark checks parity first (loss and every input gradient vs eager). Th
 launches of one forward+backward (torch.profiler: CUDA kernels on CUDA, top-level kernel ops
 on CPU) go into extra_info["launches"]. CPU timings on a shared machine are noisy.
 """
+
 from __future__ import annotations
 
 import pytest
 
 from i2i_fast.bench import cases, counting, timing
-
 
 OPS = list(cases.LOSS_OPS)  # op_case is parametrized from cases.OPS by conftest.py
 

@@ -3,13 +3,20 @@ normalization's W / sigma (U-GAT-IT discriminators' largest weight matrices): th
 modules vs the original modules
 (as written in i2i_fast.models) eager and torch.compile'd; forward, backward, forward+backward.
 Parity (ours vs eager: output and every input gradient) is asserted before any timing."""
+
 from __future__ import annotations
 
 import pytest
 
 from i2i_fast.bench import cases, timing
 
-OPS = ["adalin", "iln", "layer_norm", "batch_norm", "spectral_norm"]  # op_case is parametrized from cases.OPS by conftest.py
+OPS = [
+    "adalin",
+    "iln",
+    "layer_norm",
+    "batch_norm",
+    "spectral_norm",
+]  # op_case is parametrized from cases.OPS by conftest.py
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "ours"])

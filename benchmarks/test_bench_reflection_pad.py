@@ -5,6 +5,7 @@ ones on CPU). Every benchmark checks parity (ours vs eager: forward output and i
 before it times. extra_info holds i2i_fast.bench's medians and speedups, the path the module
 took and the bytes of padded tensors it did not materialize (0 on the "pad" path).
 """
+
 from __future__ import annotations
 
 import pytest

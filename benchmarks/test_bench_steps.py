@@ -13,15 +13,15 @@ dispatches, eager variants, any device: steps.count_ops; ops = model_ops + optim
 ops_vs_eager and model_ops_vs_eager against the original). The compiled variants compile on
 their first step (minutes on a 2-core CPU); I2I_FAST_BENCH_STEPS_COMPILE=0 skips them.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
+from conftest import bench_devices
 
 from i2i_fast.bench import steps, timing
-
-from conftest import bench_devices
 
 _EAGER: dict = {}
 _COMPILE_ERROR: dict = {}  # (device, family) -> why torch.compile of the ORIGINAL model fails
@@ -46,8 +46,11 @@ def test_training_step(benchmark, device, family, variant):
         pytest.skip(f"torch.compile fails on the original model already: {_COMPILE_ERROR[key]}")
     runner = steps.Runner(family, variant, device)
     try:
-        res = ref if variant == "eager" else steps.run_variant(family, variant, device, ref["losses"],
-                                                                     budget_s=1.0, runner=runner)
+        res = (
+            ref
+            if variant == "eager"
+            else steps.run_variant(family, variant, device, ref["losses"], budget_s=1.0, runner=runner)
+        )
     except Exception as e:  # noqa: BLE001 - only torch.compile of the original code is excused
         if variant != "compile":
             raise

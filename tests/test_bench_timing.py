@@ -2,6 +2,7 @@
 preemption criteria, bounded re-measurement, "noisy" rows that never show a bare ratio, the
 machine-load header, the silenced "No CUDA runtime" warning, and the benchmark suite's quick
 selection that CI runs."""
+
 import logging
 import os
 import subprocess
@@ -37,6 +38,7 @@ def test_until_quiet_retries_a_bounded_number_of_times():
     def noisy():
         calls.append(1)
         return {"ours": timing.Timing([1, 1, 1, 5, 5, 5, 9, 9])}
+
     timings, why = timing.until_quiet(noisy)
     assert len(calls) == timing.NOISY_RETRIES + 1
     assert why.startswith("ours: IQR") and f"after {len(calls)} measurements" in why
@@ -47,6 +49,7 @@ def test_until_quiet_retries_a_bounded_number_of_times():
     def settles():
         calls.append(1)
         return {"ours": timing.Timing(next(answers))}
+
     timings, why = timing.until_quiet(settles)
     assert why is None and len(calls) == 2 and timings["ours"].times_ms == QUIET
 
@@ -69,6 +72,7 @@ def test_noisy_case_row_table_and_chart(monkeypatch, tmp_path):
         calls.append(1)
         t = real(*args, **kw)
         return timing.Timing(t.times_ms, [1] * len(t.times_ms))
+
     monkeypatch.setattr(cases, "measure", preempted)
     case = cases.Case(cases.OPS["reflection_pad2d"], (1, 4, 16, 16, 1), torch.float32, "cpu", quick=True)
     case.compile_error = "not compiled in this test"  # eager and ours only: no minutes of compiling
@@ -86,8 +90,15 @@ def test_noisy_case_row_table_and_chart(monkeypatch, tmp_path):
 
 
 def test_noisy_step_row():
-    row = {"family": "unit", "eager_ms": 10.0, "converted_ms": 5.0, "speedup_vs_eager": 2.0,
-           "speedup_vs_eager_min": 1.5, "noisy": "eager: IQR 90% of the median", "parity": True}
+    row = {
+        "family": "unit",
+        "eager_ms": 10.0,
+        "converted_ms": 5.0,
+        "speedup_vs_eager": 2.0,
+        "speedup_vs_eager_min": 1.5,
+        "noisy": "eager: IQR 90% of the median",
+        "parity": True,
+    }
     assert "noisy (2.00x median, 1.50x min)" in report.format_steps([row])
     assert "2.00x" not in report.format_steps([dict(row, noisy=None)]).replace("2.00x", "", 1)
 
@@ -108,6 +119,7 @@ def test_no_cuda_runtime_warning_silenced():
 
     def record(msg):
         return logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, ("/usr/local/cuda",), None)
+
     assert not log.filter(record("No CUDA runtime is found, using CUDA_HOME='%s'"))
     assert log.filter(record("another warning %s"))
 
@@ -116,16 +128,34 @@ def test_benchmark_quick_selection_covers_every_test_function():
     """I2I_FAST_BENCH_QUICK=1 (CI) collects each benchmark test function, forward+backward
     only, each implementation, and the UNIT training steps of every variant."""
     env = dict(os.environ, I2I_FAST_BENCH_QUICK="1")
-    p = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "--collect-only", "-q",
-                        "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks/",
+            "--benchmark-only",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     ids = [ln for ln in p.stdout.splitlines() if "::" in ln]
     functions = {i.split("[")[0] for i in ids}
-    assert functions == {"benchmarks/test_bench_instance_norm.py::test_instance_norm_relu",
-                         "benchmarks/test_bench_losses.py::test_loss",
-                         "benchmarks/test_bench_norm_family.py::test_norm_family",
-                         "benchmarks/test_bench_reflection_pad.py::test_reflection_pad",
-                         "benchmarks/test_bench_steps.py::test_training_step"}
+    assert functions == {
+        "benchmarks/test_bench_instance_norm.py::test_instance_norm_relu",
+        "benchmarks/test_bench_losses.py::test_loss",
+        "benchmarks/test_bench_norm_family.py::test_norm_family",
+        "benchmarks/test_bench_reflection_pad.py::test_reflection_pad",
+        "benchmarks/test_bench_steps.py::test_training_step",
+    }
     ops = [i for i in ids if "test_training_step" not in i]
     assert all("-fwdbwd-" in i for i in ops) and len(ops) == 3 * (len(functions) - 1)
     steps = sorted(i.split("[")[1].split("-", 1)[1] for i in ids if "test_training_step" in i)  # less the device

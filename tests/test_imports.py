@@ -5,6 +5,7 @@ import time, except ``if TYPE_CHECKING:`` blocks, which never run). An import in
 or method runs when it is called, after every module has loaded: that is the accepted way to
 reach a module that would otherwise close a cycle, so it is left out of the graph.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,8 @@ def modules(pkg_dir: str = PKG_DIR, pkg: str = "i2i_fast") -> dict:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level_imports(tree: ast.Module):
@@ -83,7 +85,7 @@ def import_graph(mods: dict) -> dict:
             else:
                 if node.level:
                     base = name.split(".")
-                    base = base[:len(base) - node.level + (1 if is_pkg else 0)]
+                    base = base[: len(base) - node.level + (1 if is_pkg else 0)]
                     base = ".".join(base + ([node.module] if node.module else []))
                 else:
                     base = node.module or ""
@@ -146,23 +148,40 @@ def test_no_import_cycle_in_package():
     assert not found, "module-level import cycles in i2i_fast:\n" + "\n".join(_describe(c, graph) for c in found)
 
 
-@pytest.mark.parametrize("files, expect", [
-    # a <-> b through a relative from-import of a sibling module: a cycle
-    ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "from .a import x\n"}, [["p.a", "p.b"]]),
-    # the same import inside a function is left out: no cycle
-    ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "def f():\n    from .a import x\n"}, []),
-    # TYPE_CHECKING imports never run; a try block's do
-    ({"__init__.py": "", "a.py": "from . import b\n",
-      "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n"}, []),
-    ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "try:\n    import p.a\nexcept ImportError:\n    pass\n"},
-     [["p.a", "p.b"]]),
-    # a compiled submodule (no source: not bound by the package's __init__) is not the package
-    ({"__init__.py": "from . import a\n", "a.py": "from . import _ext\n"}, []),
-    ({"__init__.py": "from . import a\nX = 1\n", "a.py": "from . import X\n"}, [["p", "p.a"]]),
-    # a subpackage's module importing its parent package's module, and back
-    ({"__init__.py": "", "c.py": "from .s import d\n", "s/__init__.py": "", "s/d.py": "from .. import c\n"},
-     [["p.c", "p.s.d"]]),
-])
+@pytest.mark.parametrize(
+    "files, expect",
+    [
+        # a <-> b through a relative from-import of a sibling module: a cycle
+        ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "from .a import x\n"}, [["p.a", "p.b"]]),
+        # the same import inside a function is left out: no cycle
+        ({"__init__.py": "", "a.py": "from . import b\n", "b.py": "def f():\n    from .a import x\n"}, []),
+        # TYPE_CHECKING imports never run; a try block's do
+        (
+            {
+                "__init__.py": "",
+                "a.py": "from . import b\n",
+                "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n",
+            },
+            [],
+        ),
+        (
+            {
+                "__init__.py": "",
+                "a.py": "from . import b\n",
+                "b.py": "try:\n    import p.a\nexcept ImportError:\n    pass\n",
+            },
+            [["p.a", "p.b"]],
+        ),
+        # a compiled submodule (no source: not bound by the package's __init__) is not the package
+        ({"__init__.py": "from . import a\n", "a.py": "from . import _ext\n"}, []),
+        ({"__init__.py": "from . import a\nX = 1\n", "a.py": "from . import X\n"}, [["p", "p.a"]]),
+        # a subpackage's module importing its parent package's module, and back
+        (
+            {"__init__.py": "", "c.py": "from .s import d\n", "s/__init__.py": "", "s/d.py": "from .. import c\n"},
+            [["p.c", "p.s.d"]],
+        ),
+    ],
+)
 def test_cycle_detection(tmp_path, files, expect):
     """The checker itself: it finds cycles through each import form and skips function-level ones."""
     for rel, text in files.items():

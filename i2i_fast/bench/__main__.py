@@ -1,4 +1,5 @@
 """``python -m i2i_fast.bench``: the main job (i2i_fast.bench.cli)."""
+
 import sys
 
 from .cli import main

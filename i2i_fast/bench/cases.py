@@ -1,5 +1,6 @@
 """The benchmarked ops (OPS: ours and its eager baseline, inputs, bytes that must move, shapes)
 and Case: one (op, shape, dtype, device) with its parity check, torch.compile baseline and timings."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ from .timing import (
 
 # Parity of ours vs eager PyTorch on the same inputs: (atol, rtol). rtol for bf16/fp16 is one
 # unit in the last place (two independently rounded results may differ by one ulp).
-TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 2 ** -6), torch.float16: (1e-2, 2 ** -9)}
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 2**-6), torch.float16: (1e-2, 2**-9)}
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Op:
     the same parameters; make_inputs(shape, dtype, device, generator) -> tuple of input tensors
     (those with requires_grad get gradients checked and timed); moved(shape, dtype) -> bytes that
     must move per mode; shapes (CUDA) and cpu_shapes as in docs/benchmarks.md."""
+
     name: str
     build: Callable
     make_inputs: Callable
@@ -46,6 +48,7 @@ class Op:
 
 def _in_build(shape, dtype, device):
     from ..nn import InstanceNorm2d
+
     c = shape[1]
     ours = InstanceNorm2d(c, activation="relu")
     eager = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU())
@@ -54,8 +57,9 @@ def _in_build(shape, dtype, device):
 
 def _in_pad_build(shape, dtype, device):
     from ..nn import InstanceNorm2d
+
     c = shape[1]
-    ours = InstanceNorm2d(c, activation="relu", out_pad=1)   # what convert() makes of CycleGAN's
+    ours = InstanceNorm2d(c, activation="relu", out_pad=1)  # what convert() makes of CycleGAN's
     eager = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU(), nn.ReflectionPad2d(1))  # ResnetBlock
     return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
 
@@ -70,8 +74,9 @@ def _in_pad_moved(shape, dtype):
 
 def _bn_build(shape, dtype, device):
     from ..nn import BatchNorm2d
+
     c = shape[1]
-    ours = BatchNorm2d(c, activation="leaky_relu")      # pix2pix: BatchNorm2d -> LeakyReLU(0.2)
+    ours = BatchNorm2d(c, activation="leaky_relu")  # pix2pix: BatchNorm2d -> LeakyReLU(0.2)
     eager = nn.Sequential(nn.BatchNorm2d(c), nn.LeakyReLU(0.2))
     return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
 
@@ -81,6 +86,7 @@ def _kink_safe_inputs(dims):
     sigma of the activation's kink (statistics over `dims`) are moved to +-0.05 sigma: there,
     rounding differences between two correct implementations flip the mask and a whole
     plane's gradient would differ."""
+
     def make(shape, dtype, device, gen):
         x = torch.randn(shape, generator=gen).to(dtype).double()
         mean = x.mean(dims, keepdim=True)
@@ -88,6 +94,7 @@ def _kink_safe_inputs(dims):
         z = (x - mean) / std
         x = torch.where(z.abs() < 0.01, mean + torch.where(z < 0, -0.05, 0.05) * std, x)
         return (x.to(device=device, dtype=dtype).requires_grad_(),)
+
     return make
 
 
@@ -97,15 +104,18 @@ def _elementwise_bytes(reads_fwd, reads_bwd):
         nb = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         f, b = (reads_fwd + 1) * nb, (reads_bwd + 1) * nb
         return {"fwd": f, "bwd": b, "fwdbwd": f + b}
+
     return moved
 
 
 def _family_build(kind):
     """Ours vs the original module (U-GAT-IT adaILN/ILN, MUNIT LayerNorm as written in
     i2i_fast.models), ours loaded from the original's state_dict."""
+
     def build(shape, dtype, device):
         from .. import nn as fused
         from ..models import munit, ugatit
+
         c = shape[1]
         eager = {"adalin": ugatit.adaILN, "iln": ugatit.ILN, "layer_norm": munit.LayerNorm}[kind](c)
         ours = {"adalin": fused.AdaLIN, "iln": fused.ILN, "layer_norm": fused.LayerNorm}[kind](c)
@@ -114,6 +124,7 @@ def _family_build(kind):
                 p.uniform_(0.2, 0.8)
         ours.load_state_dict(eager.state_dict())
         return ours.to(device=device, dtype=dtype), eager.to(device=device, dtype=dtype)
+
     return build
 
 
@@ -133,27 +144,53 @@ _NORM_SHAPES = ((1, 256, 64, 64), (1, 128, 128, 128), (1, 64, 256, 256), (8, 256
 
 OPS = {
     "instance_norm": Op(
-        name="instance_norm", build=_in_build, make_inputs=_kink_safe_inputs((2, 3)),
+        name="instance_norm",
+        build=_in_build,
+        make_inputs=_kink_safe_inputs((2, 3)),
         moved=_elementwise_bytes(1, 2),
         shapes=((1, 256, 64, 64), (1, 64, 256, 256), (8, 256, 64, 64)),
-        cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128))),
+        cpu_shapes=((1, 256, 64, 64), (1, 64, 128, 128)),
+    ),
     "instance_norm_pad": Op(
-        name="instance_norm_pad", build=_in_pad_build, make_inputs=_kink_safe_inputs((2, 3)),
-        moved=_in_pad_moved, shapes=((1, 256, 64, 64), (8, 256, 64, 64)),
-        cpu_shapes=((1, 256, 64, 64),)),
+        name="instance_norm_pad",
+        build=_in_pad_build,
+        make_inputs=_kink_safe_inputs((2, 3)),
+        moved=_in_pad_moved,
+        shapes=((1, 256, 64, 64), (8, 256, 64, 64)),
+        cpu_shapes=((1, 256, 64, 64),),
+    ),
     "batch_norm": Op(
-        name="batch_norm", build=_bn_build, make_inputs=_kink_safe_inputs((0, 2, 3)),
-        moved=_elementwise_bytes(1, 2), shapes=((1, 128, 64, 64), (1, 64, 128, 128), (4, 256, 32, 32)),
-        cpu_shapes=((1, 64, 128, 128),)),
+        name="batch_norm",
+        build=_bn_build,
+        make_inputs=_kink_safe_inputs((0, 2, 3)),
+        moved=_elementwise_bytes(1, 2),
+        shapes=((1, 128, 64, 64), (1, 64, 128, 128), (4, 256, 32, 32)),
+        cpu_shapes=((1, 64, 128, 128),),
+    ),
     "adalin": Op(
-        name="adalin", build=_family_build("adalin"), make_inputs=_adalin_inputs,
-        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
+        name="adalin",
+        build=_family_build("adalin"),
+        make_inputs=_adalin_inputs,
+        moved=_elementwise_bytes(1, 2),
+        shapes=_NORM_SHAPES,
+        cpu_shapes=((1, 256, 64, 64),),
+    ),
     "iln": Op(
-        name="iln", build=_family_build("iln"), make_inputs=_x_inputs,
-        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
+        name="iln",
+        build=_family_build("iln"),
+        make_inputs=_x_inputs,
+        moved=_elementwise_bytes(1, 2),
+        shapes=_NORM_SHAPES,
+        cpu_shapes=((1, 256, 64, 64),),
+    ),
     "layer_norm": Op(
-        name="layer_norm", build=_family_build("layer_norm"), make_inputs=_x_inputs,
-        moved=_elementwise_bytes(1, 2), shapes=_NORM_SHAPES, cpu_shapes=((1, 256, 64, 64),)),
+        name="layer_norm",
+        build=_family_build("layer_norm"),
+        make_inputs=_x_inputs,
+        moved=_elementwise_bytes(1, 2),
+        shapes=_NORM_SHAPES,
+        cpu_shapes=((1, 256, 64, 64),),
+    ),
 }
 
 
@@ -167,6 +204,7 @@ class _ReflectionPad(nn.Module):
 
     def forward(self, x):
         from ..functional import reflection_pad2d
+
         return reflection_pad2d(x, self.pad)
 
 
@@ -188,6 +226,7 @@ def _pad_moved(shape, dtype):
 
 def _pad_conv_build(shape, dtype, device):
     from ..nn import ReflectionPadConv2d
+
     n, ci, h, w, co, k, s, p = shape
     ours = ReflectionPadConv2d(ci, co, k, stride=s, padding=p)
     eager = nn.Sequential(nn.ReflectionPad2d(p), nn.Conv2d(ci, co, k, stride=s))
@@ -216,21 +255,28 @@ def padded_bytes(shape, dtype) -> int:
 
 
 OPS["reflection_pad2d"] = Op(
-    name="reflection_pad2d", build=_pad_build, make_inputs=_pad_inputs, moved=_pad_moved,
+    name="reflection_pad2d",
+    build=_pad_build,
+    make_inputs=_pad_inputs,
+    moved=_pad_moved,
     shapes=((1, 64, 256, 256, 3), (1, 256, 64, 64, 1), (8, 256, 64, 64, 1)),
-    cpu_shapes=((1, 256, 64, 64, 1), (1, 64, 128, 128, 3)))
+    cpu_shapes=((1, 256, 64, 64, 1), (1, 64, 128, 128, 3)),
+)
 OPS["reflection_pad_conv2d"] = Op(
-    name="reflection_pad_conv2d", build=_pad_conv_build, make_inputs=_pad_conv_inputs,
+    name="reflection_pad_conv2d",
+    build=_pad_conv_build,
+    make_inputs=_pad_conv_inputs,
     moved=_pad_conv_moved,
-    shapes=((1, 3, 256, 256, 64, 7, 1, 3),      # CycleGAN / U-GAT-IT stem
-            (1, 256, 64, 64, 256, 3, 1, 1),     # ResNet block, batch 1
-            (8, 256, 64, 64, 256, 3, 1, 1),     # ResNet block, batch 8
-            (1, 64, 256, 256, 3, 7, 1, 3),      # head 7x7 64 -> 3
-            (1, 64, 256, 256, 128, 3, 2, 1),    # U-GAT-IT downsampling (reflect 1, stride 2)
-            (1, 128, 256, 256, 64, 5, 1, 2)),   # MUNIT 5x5 upsampling conv
-    cpu_shapes=((1, 3, 128, 128, 32, 7, 1, 3),
-                (1, 64, 64, 64, 64, 3, 1, 1),
-                (1, 32, 64, 64, 64, 3, 2, 1)))
+    shapes=(
+        (1, 3, 256, 256, 64, 7, 1, 3),  # CycleGAN / U-GAT-IT stem
+        (1, 256, 64, 64, 256, 3, 1, 1),  # ResNet block, batch 1
+        (8, 256, 64, 64, 256, 3, 1, 1),  # ResNet block, batch 8
+        (1, 64, 256, 256, 3, 7, 1, 3),  # head 7x7 64 -> 3
+        (1, 64, 256, 256, 128, 3, 2, 1),  # U-GAT-IT downsampling (reflect 1, stride 2)
+        (1, 128, 256, 256, 64, 5, 1, 2),
+    ),  # MUNIT 5x5 upsampling conv
+    cpu_shapes=((1, 3, 128, 128, 32, 7, 1, 3), (1, 64, 64, 64, 64, 3, 1, 1), (1, 32, 64, 64, 64, 3, 2, 1)),
+)
 # ---- end reflection pad ----
 
 
@@ -249,13 +295,16 @@ class _SnWeight(nn.Module):
     def forward(self, w):
         if self.fused:
             from ..functional import spectral_norm_weight
+
             return spectral_norm_weight(w, self.u, self.v)
         return w / torch.dot(self.u, torch.mv(w, self.v))
 
 
 def _sn_build(shape, dtype, device):
-    return (_SnWeight(*shape, True).to(device=device, dtype=dtype),
-            _SnWeight(*shape, False).to(device=device, dtype=dtype))
+    return (
+        _SnWeight(*shape, True).to(device=device, dtype=dtype),
+        _SnWeight(*shape, False).to(device=device, dtype=dtype),
+    )
 
 
 def _sn_inputs(shape, dtype, device, gen):
@@ -269,9 +318,13 @@ def _sn_moved(shape, dtype):
 
 
 OPS["spectral_norm"] = Op(
-    name="spectral_norm", build=_sn_build, make_inputs=_sn_inputs, moved=_sn_moved,
-    shapes=((512, 4096), (1024, 8192), (2048, 16384)),   # U-GAT-IT D's last convs (4x4 kernels) at ngf 64
-    cpu_shapes=((256, 2048),))
+    name="spectral_norm",
+    build=_sn_build,
+    make_inputs=_sn_inputs,
+    moved=_sn_moved,
+    shapes=((512, 4096), (1024, 8192), (2048, 16384)),  # U-GAT-IT D's last convs (4x4 kernels) at ngf 64
+    cpu_shapes=((256, 2048),),
+)
 
 
 # ---------------------------------------------------------------- losses
@@ -288,6 +341,7 @@ def _patch(size, n_layers):  # PatchGAN output side of a k4 s2 (n_layers-2 times
 
 def _loss_defs():
     from .. import functional as LF
+
     mse, l1, bce = nn.functional.mse_loss, nn.functional.l1_loss, nn.functional.binary_cross_entropy_with_logits
 
     def lsgan(p, real):
@@ -308,6 +362,7 @@ def _loss_defs():
 
     def ugd_ours(*t):
         return LF.gan_loss(list(t), [True, False] * (len(t) // 2), "lsgan")
+
     defs["loss_ugatit_d"] = (ugd_inputs, ugd_eager, ugd_ours)
 
     # U-GAT-IT G step, both directions: adversarial LSGAN (4 terms per direction, x1), CAM
@@ -321,15 +376,19 @@ def _loss_defs():
     def ugg_eager(*t):
         adv, cam, img = t[:8], t[8:12], t[12:]
         loss = sum(lsgan(p, True) for p in adv)
-        loss = loss + 1000 * sum(bce(c, torch.ones_like(c) if k % 2 == 0 else torch.zeros_like(c))
-                                 for k, c in enumerate(cam))
+        loss = loss + 1000 * sum(
+            bce(c, torch.ones_like(c) if k % 2 == 0 else torch.zeros_like(c)) for k, c in enumerate(cam)
+        )
         return loss + 10 * sum(l1(img[k], img[k + 1]) for k in range(0, 8, 2))
 
     def ugg_ours(*t):
         adv, cam, img = t[:8], t[8:12], t[12:]
-        return (LF.gan_loss(list(adv), True, "lsgan")
-                + LF.gan_loss(list(cam), [True, False, True, False], "vanilla", weights=1000.0)
-                + LF.l1_loss([(img[k], img[k + 1]) for k in range(0, 8, 2)], 10.0))
+        return (
+            LF.gan_loss(list(adv), True, "lsgan")
+            + LF.gan_loss(list(cam), [True, False, True, False], "vanilla", weights=1000.0)
+            + LF.l1_loss([(img[k], img[k + 1]) for k in range(0, 8, 2)], 10.0)
+        )
+
     defs["loss_ugatit_g"] = (ugg_inputs, ugg_eager, ugg_ours)
 
     # CycleGAN D step (both Ds): 0.5 * (lsgan(D(real), True) + lsgan(D(fake), False)) each.
@@ -342,6 +401,7 @@ def _loss_defs():
 
     def cgd_ours(*t):
         return LF.gan_loss(list(t), [True, False, True, False], "lsgan", weights=0.5)
+
     defs["loss_cyclegan_d"] = (cgd_inputs, cgd_eager, cgd_ours)
 
     # CycleGAN G step: lsgan G_A, G_B + cycle L1 x10 (two) + identity L1 x5 (two).
@@ -351,13 +411,19 @@ def _loss_defs():
 
     def cgg_eager(*t):
         img = t[2:]
-        return (lsgan(t[0], True) + lsgan(t[1], True)
-                + 10 * (l1(img[0], img[1]) + l1(img[2], img[3])) + 5 * (l1(img[4], img[5]) + l1(img[6], img[7])))
+        return (
+            lsgan(t[0], True)
+            + lsgan(t[1], True)
+            + 10 * (l1(img[0], img[1]) + l1(img[2], img[3]))
+            + 5 * (l1(img[4], img[5]) + l1(img[6], img[7]))
+        )
 
     def cgg_ours(*t):
         img = t[2:]
-        return (LF.gan_loss([t[0], t[1]], True, "lsgan")
-                + LF.l1_loss([(img[k], img[k + 1]) for k in range(0, 8, 2)], [10.0, 10.0, 5.0, 5.0]))
+        return LF.gan_loss([t[0], t[1]], True, "lsgan") + LF.l1_loss(
+            [(img[k], img[k + 1]) for k in range(0, 8, 2)], [10.0, 10.0, 5.0, 5.0]
+        )
+
     defs["loss_cyclegan_g"] = (cgg_inputs, cgg_eager, cgg_ours)
 
     # MUNIT MsImageDis lsgan, D (fake -> 0, real -> 1 at 3 scales) + G (fake -> 1), one domain.
@@ -370,8 +436,8 @@ def _loss_defs():
         return d + sum(torch.mean((o - 1) ** 2) for o in t[6:])
 
     def mu_ours(*t):
-        return (LF.gan_loss(list(t[:6]), [False] * 3 + [True] * 3, "lsgan")
-                + LF.gan_loss(list(t[6:]), True, "lsgan"))
+        return LF.gan_loss(list(t[:6]), [False] * 3 + [True] * 3, "lsgan") + LF.gan_loss(list(t[6:]), True, "lsgan")
+
     defs["loss_munit"] = (mu_inputs, mu_eager, mu_ours)
     return defs
 
@@ -392,8 +458,9 @@ def _loss_op(name):
 
     def make_inputs(shape, dtype, device, gen):
         specs = _loss_defs()[name][0](*shape)
-        return tuple((torch.randn(sh, generator=gen) * 2).to(device=device, dtype=dtype).requires_grad_(rg)
-                     for sh, rg in specs)
+        return tuple(
+            (torch.randn(sh, generator=gen) * 2).to(device=device, dtype=dtype).requires_grad_(rg) for sh, rg in specs
+        )
 
     def moved(shape, dtype):
         specs = _loss_defs()[name][0](*shape)
@@ -401,8 +468,15 @@ def _loss_op(name):
         nread = sum(math.prod(sh) for sh, _ in specs) * es
         ngrad = sum(math.prod(sh) for sh, rg in specs if rg) * es
         return {"fwd": nread, "bwd": 2 * ngrad, "fwdbwd": nread + 2 * ngrad}
-    return Op(name=name, build=build, make_inputs=make_inputs, moved=moved,
-              shapes=((1, 256), (4, 256)), cpu_shapes=((1, 256),))
+
+    return Op(
+        name=name,
+        build=build,
+        make_inputs=make_inputs,
+        moved=moved,
+        shapes=((1, 256), (4, 256)),
+        cpu_shapes=((1, 256),),
+    )
 
 
 LOSS_OPS = ("loss_ugatit_d", "loss_ugatit_g", "loss_cyclegan_d", "loss_cyclegan_g", "loss_munit")
@@ -414,7 +488,6 @@ def shapes_for(op: str, device, quick: bool = False) -> tuple:
     I2I_FAST_BENCH_FULL=1)."""
     small = quick or (torch.device(device).type == "cpu" and not full_shapes())
     return OPS[op].cpu_shapes if small else OPS[op].shapes
-
 
 
 # -------------------------------------------------------------------------------- cases
@@ -448,8 +521,9 @@ class Case:
         self.inputs = [op.make_inputs(self.shape, dtype, self.device, gen) for _ in range(sets)]
         with torch.no_grad():
             out = self.eager(*self.inputs[0])
-        self.grads = [torch.randn(out.shape, generator=gen).to(device=self.device, dtype=out.dtype)
-                      for _ in range(sets)]
+        self.grads = [
+            torch.randn(out.shape, generator=gen).to(device=self.device, dtype=out.dtype) for _ in range(sets)
+        ]
         self._compiled = None
         self.compile_error: Optional[str] = None
         self.compile_s: Optional[float] = None
@@ -501,14 +575,17 @@ class Case:
         def next_set():
             i[0] = (i[0] + 1) % len(sets)
             return sets[i[0]]
+
         if mode == "fwd":
             return (lambda inp, g: m(*inp)), next_set
         if mode == "fwdbwd":
             return (lambda inp, g: self._fwdbwd(m, inp, g)), next_set
         if mode == "bwd":
+
             def forward():
                 inp, g = next_set()
                 return m(*inp), [t for t in inp if t.requires_grad], g
+
             return (lambda out, diff, g: torch.autograd.grad(out, diff, g)), forward
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
@@ -548,7 +625,7 @@ class Case:
             torch.cuda.reset_peak_memory_stats(self.device)
             out = self._fwdbwd(self.module(impl), self.inputs[0], self.grads[0])
             synchronize(self.device)
-            self._timings[key] = (torch.cuda.max_memory_allocated(self.device) - base) / 2 ** 20
+            self._timings[key] = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
             del out
         return self._timings[key]
 
@@ -568,11 +645,11 @@ class Case:
         if self.device.type == "cuda":
             kw = dict(budget_s=0.1 if self.quick else 0.3, warmup=10, min_reps=20, max_reps=1000)
         else:
-            kw = dict(budget_s=0.2 if self.quick else 0.6, warmup=2, min_reps=3 if self.quick else 5,
-                      max_reps=200)
+            kw = dict(budget_s=0.2 if self.quick else 0.6, warmup=2, min_reps=3 if self.quick else 5, max_reps=200)
         n = self.ROUNDS
-        per = dict(budget_s=kw["budget_s"] / n, min_reps=max(1, -(-kw["min_reps"] // n)),
-                   max_reps=max(1, kw["max_reps"] // n))
+        per = dict(
+            budget_s=kw["budget_s"] / n, min_reps=max(1, -(-kw["min_reps"] // n)), max_reps=max(1, kw["max_reps"] // n)
+        )
         fns = {i: self.fn(i, mode) for i in impls}
 
         def rounds():
@@ -580,9 +657,11 @@ class Case:
             for r in range(n):
                 for i in impls:
                     run, setup = fns[i]
-                    samples[i].append(measure(run, self.device, setup=setup, warmup=kw["warmup"] if r == 0 else 1,
-                                              **per))
+                    samples[i].append(
+                        measure(run, self.device, setup=setup, warmup=kw["warmup"] if r == 0 else 1, **per)
+                    )
             return {i: Timing.pool(t) for i, t in samples.items()}
+
         timings, self._noise[mode] = until_quiet(rounds)
         self._timings[("compile", mode)] = None
         self._timings.update({(i, mode): t for i, t in timings.items()})
@@ -610,13 +689,27 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
     """time_ms (median), GB/s, % of copy bandwidth (CUDA) of (impl, mode); for impl="ours"
     also the baselines' medians and the speedups, all measured in this process."""
     t = case.timing(impl, mode)
-    d = {"op": case.op.name, "shape": list(case.shape), "dtype": DTYPE_NAMES.get(case.dtype, str(case.dtype)),
-         "device": str(case.device), "mode": mode, "impl": impl, "backend": case.backend,
-         "bytes": case.moved[mode], "rotating_sets": len(case.inputs),
-         "time_ms": None, "gbps": None}
+    d = {
+        "op": case.op.name,
+        "shape": list(case.shape),
+        "dtype": DTYPE_NAMES.get(case.dtype, str(case.dtype)),
+        "device": str(case.device),
+        "mode": mode,
+        "impl": impl,
+        "backend": case.backend,
+        "bytes": case.moved[mode],
+        "rotating_sets": len(case.inputs),
+        "time_ms": None,
+        "gbps": None,
+    }
     if t is not None:
-        d.update(time_ms=t.median_ms, reps=len(t.times_ms), gbps=case.moved[mode] / (t.median_ms * 1e-3) / 1e9,
-                 **t.spread(), noisy=case.noise(mode))
+        d.update(
+            time_ms=t.median_ms,
+            reps=len(t.times_ms),
+            gbps=case.moved[mode] / (t.median_ms * 1e-3) / 1e9,
+            **t.spread(),
+            noisy=case.noise(mode),
+        )
         bw = copy_bandwidth_gbps(case.device)
         if bw:
             d.update(copy_bw_gbps=bw, pct_of_copy_bw=100.0 * d["gbps"] / bw)
@@ -638,12 +731,12 @@ def summarize(case: Case, mode: str, impl: str = "ours") -> dict:
     return d
 
 
-
 def pytest_benchmark_case(benchmark, case, mode: str, impl: str) -> None:
     """The body every benchmarks/ suite shares: parity first (a failure fails the benchmark),
     skip a failed torch.compile with its reason, extra_info from summarize(), then
     pytest-benchmark's pedantic rounds of the same callable."""
     import pytest
+
     device = str(case.device)
     benchmark.group = f"{case.key} {device} {mode}"
     ok, detail = case.parity()
@@ -658,5 +751,6 @@ def pytest_benchmark_case(benchmark, case, mode: str, impl: str) -> None:
     median_s = case.timing(impl, mode).median_ms * 1e-3
     rounds = max(5, min(200 if cuda else 30, int((0.3 if cuda else 0.5) / max(median_s, 1e-6))))
     run, setup = case.fn(impl, mode)
-    benchmark.pedantic(**pedantic_args(run, case.device, setup), rounds=rounds,
-                       warmup_rounds=10 if cuda else 2, iterations=1)
+    benchmark.pedantic(
+        **pedantic_args(run, case.device, setup), rounds=rounds, warmup_rounds=10 if cuda else 2, iterations=1
+    )

@@ -17,6 +17,7 @@ Timing: CUDA events around each call after warm-up, inputs rotated over a footpr
 than L2; CPU: time.perf_counter after warm-up. Eager, compile and ours are timed in alternating
 rounds (samples pooled per implementation). The statistic is always the median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,25 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
     for fam in families or FAMILIES:
         res = measure_family(fam, device, variants, reps, small, progress=_progress)
         e, c = res["eager"], res["converted"]
-        row = {"family": fam, "config": e["config"], "device": str(device), "reps": reps,
-               "eager_ms": e["ms"], "converted_ms": c.get("ms"), "eager_min_ms": e["min_ms"],
-               "eager_iqr_ms": e["iqr_ms"], "converted_min_ms": c.get("min_ms"), "converted_iqr_ms": c.get("iqr_ms"),
-               "noisy": e["noisy"],
-               "speedup_vs_eager": e["ms"] / c["ms"] if c.get("ms") else None,
-               "speedup_vs_eager_min": e["min_ms"] / c["min_ms"] if c.get("min_ms") else None,
-               "compile_ms": None, "converted_compile_ms": None, "speedup_vs_compile": None,
-               "compile": "ok" if compile_steps else "not run"}
+        row = {
+            "family": fam,
+            "config": e["config"],
+            "device": str(device),
+            "reps": reps,
+            "eager_ms": e["ms"],
+            "converted_ms": c.get("ms"),
+            "eager_min_ms": e["min_ms"],
+            "eager_iqr_ms": e["iqr_ms"],
+            "converted_min_ms": c.get("min_ms"),
+            "converted_iqr_ms": c.get("iqr_ms"),
+            "noisy": e["noisy"],
+            "speedup_vs_eager": e["ms"] / c["ms"] if c.get("ms") else None,
+            "speedup_vs_eager_min": e["min_ms"] / c["min_ms"] if c.get("min_ms") else None,
+            "compile_ms": None,
+            "converted_compile_ms": None,
+            "speedup_vs_compile": None,
+            "compile": "ok" if compile_steps else "not run",
+        }
         for v, key in (("compile", "compile_ms"), ("converted+compile", "converted_compile_ms")):
             if v in res:
                 row[key] = res[v].get("ms")
@@ -90,22 +102,33 @@ def run_steps(device, *, quick=False, compile_steps=False, families=None, reps=N
     return rows
 
 
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m i2i_fast.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default=default_device())
-    p.add_argument("--dtype", default=None,
-                   help="comma list of fp32,bf16,fp16 (default: fp32 on CPU, fp32,bf16 on CUDA)")
+    p.add_argument(
+        "--dtype", default=None, help="comma list of fp32,bf16,fp16 (default: fp32 on CPU, fp32,bf16 on CUDA)"
+    )
     p.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke run)")
     p.add_argument("--out", default="bench_results", help="output folder (default: bench_results/)")
-    p.add_argument("--steps", default="all", metavar="FAMILIES",
-                   help="whole-training-step families (comma list, 'all' or 'none'; default all)")
-    p.add_argument("--step-compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also torch.compile the steps (default: on CUDA yes, on CPU no: minutes per family)")
-    p.add_argument("--launches", action="store_true",
-                   help="also count the CUDA kernel launches of each converted step through the CUDA "
-                        "emulation of a source checkout (tests/cuda_emu; builds it once, about a minute)")
+    p.add_argument(
+        "--steps",
+        default="all",
+        metavar="FAMILIES",
+        help="whole-training-step families (comma list, 'all' or 'none'; default all)",
+    )
+    p.add_argument(
+        "--step-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also torch.compile the steps (default: on CUDA yes, on CPU no: minutes per family)",
+    )
+    p.add_argument(
+        "--launches",
+        action="store_true",
+        help="also count the CUDA kernel launches of each converted step through the CUDA "
+        "emulation of a source checkout (tests/cuda_emu; builds it once, about a minute)",
+    )
     a = p.parse_args(argv)
     if a.launches:
         why = use_emulated_launches()
@@ -123,13 +146,20 @@ def main(argv=None) -> int:
     quiet_no_cuda_warning()
     load = MachineLoad()
     info = machine_info(device)
-    print(f"i2i_fast.bench on {info.get('gpu_name') or info.get('cpu_model')} "
-          f"(torch {info['torch']}, triton {info['triton']}"
-          + ("" if device.type == "cuda" else f", {info['torch_num_threads']} threads") + ")")
+    print(
+        f"i2i_fast.bench on {info.get('gpu_name') or info.get('cpu_model')} "
+        f"(torch {info['torch']}, triton {info['triton']}"
+        + ("" if device.type == "cuda" else f", {info['torch_num_threads']} threads")
+        + ")"
+    )
     print(load.header())
 
-    cases = [get_case(o, shape, DTYPES[d], device, quick=a.quick)
-             for o in ops for shape in shapes_for(o, device, a.quick) for d in dtypes]
+    cases = [
+        get_case(o, shape, DTYPES[d], device, quick=a.quick)
+        for o in ops
+        for shape in shapes_for(o, device, a.quick)
+        for d in dtypes
+    ]
 
     failed = 0
     for c in cases:  # parity first
@@ -145,14 +175,16 @@ def main(argv=None) -> int:
         for ci, c in enumerate(cases):
             for mi, mode in enumerate(MODES):
                 what = "compiling + timing" if c._compiled is None and c.compile_error is None else "timing"
-                _progress(f"[{ci * len(MODES) + mi + 1}/{steps}] {what} {c.key} {mode}: eager, compile, ours "
-                          f"interleaved ({time.perf_counter() - t0:.0f}s)")
+                _progress(
+                    f"[{ci * len(MODES) + mi + 1}/{steps}] {what} {c.key} {mode}: eager, compile, ours "
+                    f"interleaved ({time.perf_counter() - t0:.0f}s)"
+                )
                 c.timing("ours", mode)
                 rows.append(dict(summarize(c, mode), **{"pass": c.parity()[0], "parity": c.parity()[1]}))
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted after {len(rows)} of {steps} rows: writing those", file=sys.stderr)
-        cases = cases[:(len(rows) + len(MODES) - 1) // len(MODES)]
+        cases = cases[: (len(rows) + len(MODES) - 1) // len(MODES)]
     _progress(f"done in {time.perf_counter() - t0:.0f}s")
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -168,8 +200,10 @@ def main(argv=None) -> int:
     # losses: kernel launches of one forward+backward, ours / eager / compiled
     for c in cases if not interrupted else ():
         if c.op.name in LOSS_OPS:
-            n = {impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
-                 for impl in IMPLS}
+            n = {
+                impl: (count_launches(c, impl)["launches"] if impl != "compile" or c.compiled() is not None else None)
+                for impl in IMPLS
+            }
             kind = "CUDA kernels" if c.device.type == "cuda" else "CPU dispatched ops"
             print(f"launches fwd+bwd {c.key:<28} ours {n['ours']}  eager {n['eager']}  compile {n['compile']} ({kind})")
             for r in rows:
@@ -196,16 +230,23 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_report = load.report()
-    meta = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else list(argv), "interrupted": interrupted,
-            "machine": info, "machine_load": load_report, "copy_bw_gbps": copy_bandwidth_gbps(device)}
+    meta = {
+        "timestamp": stamp,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "interrupted": interrupted,
+        "machine": info,
+        "machine_load": load_report,
+        "copy_bw_gbps": copy_bandwidth_gbps(device),
+    }
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(dict(meta, results=rows, steps=step_rows), f, indent=1)
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(f"# i2i_fast benchmark ({stamp})\n\n")
         f.write("".join(f"- {k}: {v}\n" for k, v in info.items()))
         f.write(f"- {MachineLoad.summary(load_report)}\n")
-        f.write("\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time. "
-                + TIMING_LEGEND + "\n\n")
+        f.write(
+            "\nMedian times; x = speedup of ours; GB/s = bytes that must move / ours' time. " + TIMING_LEGEND + "\n\n"
+        )
         f.write(format_table(rows, markdown=True) + "\n")
         if notes:
             f.write("\n" + notes.replace("\n", "\n\n") + "\n")
@@ -215,14 +256,19 @@ def main(argv=None) -> int:
     plotted = _plot(rows, os.path.join(a.out, "speedup.png"), step_rows)
     if step_rows:
         where = "small CPU configurations" if device.type == "cpu" or a.quick else "the papers' sizes"
-        print(f"\nwhole training steps on {device.type} ({where}"
-              + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "") + ")")
+        print(
+            f"\nwhole training steps on {device.type} ({where}"
+            + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+            + ")"
+        )
         print(format_steps(step_rows))
         print(steps_legend(step_rows, compile_steps, device))
     print(MachineLoad.summary(load_report))
     out_dir = os.path.abspath(a.out)
-    print(f"results in {out_dir}/: results.json, results.md" + (", speedup.png (chart)" if plotted else
-                                                               " (no chart: pip install matplotlib)"))
+    print(
+        f"results in {out_dir}/: results.json, results.md"
+        + (", speedup.png (chart)" if plotted else " (no chart: pip install matplotlib)")
+    )
     if failed:
         print(f"{failed} parity check(s) FAILED", file=sys.stderr)
     return 1 if failed or interrupted else 0

@@ -1,5 +1,6 @@
 """Counting what a call dispatches: ops (OpCounter, any device), CUDA kernel launches
 (count_launches), and the CUDA emulation that counts kernels/*.cu launches on a CPU."""
+
 from __future__ import annotations
 
 import os
@@ -37,18 +38,24 @@ class OpCounter:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         from .. import _ops
+
         counter = self
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 name = func.name()
-                if not (func.is_view or name == "aten::detach" or name.startswith("profiler::")
-                        or name.split("::", 1)[-1].split(".")[0] in NOT_WORK_OPS):
+                if not (
+                    func.is_view
+                    or name == "aten::detach"
+                    or name.startswith("profiler::")
+                    or name.split("::", 1)[-1].split(".")[0] in NOT_WORK_OPS
+                ):
                     counter.total += 1
                     counter.names[name] = counter.names.get(name, 0) + 1
                     if counter._phase is not None:
                         counter.by_phase[counter._phase] = counter.by_phase.get(counter._phase, 0) + 1
                 return func(*args, **(kwargs or {}))
+
         self._fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False
         self._mode = _Mode()
         self._mode.__enter__()
@@ -56,6 +63,7 @@ class OpCounter:
 
     def __exit__(self, *exc):
         from .. import _ops
+
         try:
             return self._mode.__exit__(*exc)
         finally:
@@ -97,10 +105,15 @@ def count_launches(case: "Case", impl: str, mode: str = "fwdbwd") -> dict:
             run(*args)
         return {"launches": c.total, "launch_kind": "cpu dispatched ops"}
     from .. import _ops
+
     fast, _ops.FAST_EAGER = _ops.FAST_EAGER, False  # make our ops visible to the profiler
     try:
-        with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with (
+            quiet_stderr(),
+            torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            ) as prof,
+        ):
             run(*args)
             synchronize(case.device)
     finally:
@@ -117,4 +130,5 @@ def emulation():
     if tests not in sys.path:
         sys.path.insert(0, tests)
     import cuda_emu
+
     return cuda_emu

@@ -1,4 +1,5 @@
 """What a result was measured on: device-to-device copy bandwidth and the machine description."""
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ def copy_bandwidth_gbps(device) -> Optional[float]:
 def _triton_version() -> Optional[str]:
     try:
         import triton
+
         return triton.__version__
     except Exception:  # noqa: BLE001 - optional
         return None
@@ -52,6 +54,7 @@ def _cpu_model() -> str:
 def _nvml_info(index: int) -> dict:
     try:
         import pynvml
+
         pynvml.nvmlInit()
         try:
             h = None
@@ -59,7 +62,8 @@ def _nvml_info(index: int) -> dict:
             if hasattr(props, "pci_bus_id"):  # CUDA_VISIBLE_DEVICES may renumber devices
                 try:
                     h = pynvml.nvmlDeviceGetHandleByPciBusId(
-                        f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
+                        f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+                    )
                 except Exception:  # noqa: BLE001
                     h = None
             if h is None:
@@ -67,10 +71,11 @@ def _nvml_info(index: int) -> dict:
 
             def s(v):
                 return v.decode() if isinstance(v, bytes) else v
+
             return {
                 "gpu_name": s(pynvml.nvmlDeviceGetName(h)),
                 "driver": s(pynvml.nvmlSystemGetDriverVersion()),
-                "gpu_memory_total_gib": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2 ** 30, 2),
+                "gpu_memory_total_gib": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 2),
                 "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
                 "mem_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
                 "sm_clock_now_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
@@ -84,17 +89,28 @@ def _nvml_info(index: int) -> dict:
 def machine_info(device=None) -> dict:
     """Device, library versions and kernel backends: JSON-serializable."""
     device = torch.device(device or default_device())
-    info = {"device": str(device), "torch": torch.__version__, "triton": _triton_version(),
-            "python": platform.python_version(),
-            "i2i_fast_backends": {k: v[0] for k, v in _backend.backends().items()}}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "i2i_fast_backends": {k: v[0] for k, v in _backend.backends().items()},
+    }
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         p = torch.cuda.get_device_properties(index)
-        info.update({"gpu_name": p.name, "gpu_sm_count": p.multi_processor_count,
-                     "gpu_capability": f"{p.major}.{p.minor}", "gpu_memory_total_gib":
-                     round(p.total_memory / 2 ** 30, 2), "cuda": torch.version.cuda})
+        info.update(
+            {
+                "gpu_name": p.name,
+                "gpu_sm_count": p.multi_processor_count,
+                "gpu_capability": f"{p.major}.{p.minor}",
+                "gpu_memory_total_gib": round(p.total_memory / 2**30, 2),
+                "cuda": torch.version.cuda,
+            }
+        )
         info.update(_nvml_info(index))
     else:
-        info.update({"cpu_model": _cpu_model(), "torch_num_threads": torch.get_num_threads(),
-                     "cpu_count": os.cpu_count()})
+        info.update(
+            {"cpu_model": _cpu_model(), "torch_num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        )
     return info

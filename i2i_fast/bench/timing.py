@@ -1,5 +1,6 @@
 """Timing shared by the main job, the whole-step runs and the pytest-benchmark suite: the
 device and selection defaults, measure() and its noise verdict, the machine-load report."""
+
 from __future__ import annotations
 
 import logging
@@ -45,17 +46,17 @@ def synchronize(device: torch.device) -> None:
 # When to distrust a timing: on a loaded machine a call can lose a scheduler quantum (~4 ms) to
 # another process, which for a 0.1 ms op turns the median into noise. Wider than these, the
 # samples are re-measured (NOISY_RETRIES times at most), then reported as noisy.
-NOISY_REL_IQR = 0.5          # interquartile range / median: the middle half of the samples disagree
+NOISY_REL_IQR = 0.5  # interquartile range / median: the middle half of the samples disagree
 NOISY_MEDIAN_OVER_MIN = 3.0  # median / fastest sample: most calls lost time to something else
 # Preemption: every time the scheduler switches one of this process's threads out for another
 # process (involuntary context switch), the call waits up to a scheduler quantum. With all
 # samples hit alike (a 2-thread op on 2 busy cores waits a quantum per parallel region) the
 # spread stays narrow and only this shows it.
-SCHED_QUANTUM_MS = 4.0        # a 250 Hz scheduler tick
-PREEMPTED_COST = 0.25         # a call is disturbed when its switches x a quantum pass this share of the median
+SCHED_QUANTUM_MS = 4.0  # a 250 Hz scheduler tick
+PREEMPTED_COST = 0.25  # a call is disturbed when its switches x a quantum pass this share of the median
 NOISY_PREEMPTED_CALLS = 0.25  # noisy when more than this share of the calls is disturbed
 NOISY_RETRIES = 2
-NOISY_MIN_SAMPLES = 4        # fewer samples have no meaningful quartiles: never called noisy
+NOISY_MIN_SAMPLES = 4  # fewer samples have no meaningful quartiles: never called noisy
 
 
 @dataclass
@@ -146,21 +147,32 @@ class MachineLoad:
     def report(self) -> dict:
         wall = time.perf_counter() - self.wall0
         cpu = time.process_time() - self.cpu0
-        return {"loadavg_start": self.load, "loadavg_end": _loadavg(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
-                "cpu_per_wall": round(cpu / wall, 2) if wall > 0 else None}
+        return {
+            "loadavg_start": self.load,
+            "loadavg_end": _loadavg(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": round(wall, 1),
+            "process_cpu_s": round(cpu, 1),
+            "cpu_per_wall": round(cpu / wall, 2) if wall > 0 else None,
+        }
 
     def header(self) -> str:
         la = self.load
-        return ("machine load: " + (f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min)" if la
-                                    else "load average unavailable") + f" on {os.cpu_count()} CPUs")
+        return (
+            "machine load: "
+            + (f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min)" if la else "load average unavailable")
+            + f" on {os.cpu_count()} CPUs"
+        )
 
     @staticmethod
     def summary(r: dict) -> str:
         la = r["loadavg_end"]
-        return (f"machine load: this process got {r['process_cpu_s']:.0f} s CPU in {r['wall_s']:.0f} s wall "
-                f"({r['cpu_per_wall']} CPU/wall, torch {r['torch_threads']} threads); load average now "
-                + (f"{la[0]:.2f} on {r['cpu_count']} CPUs" if la else "unavailable"))
+        return (
+            f"machine load: this process got {r['process_cpu_s']:.0f} s CPU in {r['wall_s']:.0f} s wall "
+            f"({r['cpu_per_wall']} CPU/wall, torch {r['torch_threads']} threads); load average now "
+            + (f"{la[0]:.2f} on {r['cpu_count']} CPUs" if la else "unavailable")
+        )
 
 
 class _NoCudaRuntimeFilter(logging.Filter):
@@ -185,8 +197,16 @@ def _loadavg() -> Optional[list]:
         return None
 
 
-def measure(run: Callable, device, *, setup: Optional[Callable[[], tuple]] = None,
-            budget_s: float = 0.5, warmup: int = 3, min_reps: int = 5, max_reps: int = 500) -> Timing:
+def measure(
+    run: Callable,
+    device,
+    *,
+    setup: Optional[Callable[[], tuple]] = None,
+    budget_s: float = 0.5,
+    warmup: int = 3,
+    min_reps: int = 5,
+    max_reps: int = 500,
+) -> Timing:
     """Times run(*setup()) after `warmup` calls; as many calls as fit in budget_s (within
     [min_reps, max_reps]), one sample per call; setup() is not timed. CUDA: an event pair
     around each call on the current stream; CPU: time.perf_counter."""
@@ -200,8 +220,7 @@ def measure(run: Callable, device, *, setup: Optional[Callable[[], tuple]] = Non
     per_call = (time.perf_counter() - t0) / max(warmup, 1)
     reps = int(min(max_reps, max(min_reps, budget_s / max(per_call, 1e-6))))
     if device.type == "cuda":
-        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(reps)]
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         for start, end in ev:
             args = setup()
             start.record()
@@ -235,6 +254,7 @@ def pedantic_args(run: Callable, device, setup: Optional[Callable[[], tuple]] = 
         args = setup()
         synchronize(device)
         return args, {}
+
     return {"target": target, "setup": pre}
 
 
@@ -242,5 +262,5 @@ def warn_if_noisy(info: dict, what: str) -> None:
     """A warning (shown in pytest's summary) for a benchmark whose timings are noisy."""
     if info.get("noisy"):
         import warnings
-        warnings.warn(f"noisy timing, {what}: {info['noisy']}", stacklevel=2)
 
+        warnings.warn(f"noisy timing, {what}: {info['noisy']}", stacklevel=2)
