@@ -11,6 +11,7 @@ I2I_FAST_BENCH_QUICK=1 (CI) runs the quick selection: every test function once, 
 op and shape, forward+backward, each implementation, and the training steps of QUICK_FAMILY
 (every variant, the compiled ones included), with the main job's --quick timing budgets.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,12 @@ import os
 import torch
 
 import i2i_fast
-from i2i_fast import bench
+from i2i_fast.bench import cases, machine, timing
 
 
 def bench_devices() -> list:
     env = os.environ.get("I2I_FAST_BENCH_DEVICES")
-    devices = [d.strip() for d in env.split(",") if d.strip()] if env else [bench.default_device()]
+    devices = [d.strip() for d in env.split(",") if d.strip()] if env else [timing.default_device()]
     return [d for d in devices if d != "cuda" or torch.cuda.is_available()]
 
 
@@ -34,10 +35,13 @@ QUICK_MODE = "fwdbwd"
 
 
 def pytest_report_header(config):
-    bench.quiet_no_cuda_warning()
+    timing.quiet_no_cuda_warning()
     avail = {k: v[0] for k, v in i2i_fast.backends().items()}
-    return [f"i2i_fast bench: devices={bench_devices()} full_shapes={bench.full_shapes()} "
-            f"quick_selection={bench.quick_selection()} backends={avail}", bench.MachineLoad().header()]
+    return [
+        f"i2i_fast bench: devices={bench_devices()} full_shapes={timing.full_shapes()} "
+        f"quick_selection={timing.quick_selection()} backends={avail}",
+        timing.MachineLoad().header(),
+    ]
 
 
 def quick_keep(items) -> list:
@@ -55,7 +59,7 @@ def quick_keep(items) -> list:
 
 
 def pytest_collection_modifyitems(config, items):
-    if not bench.quick_selection():
+    if not timing.quick_selection():
         return
     keep = quick_keep(items)
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
@@ -66,16 +70,20 @@ def pytest_generate_tests(metafunc):
     """A test with an `op_case` argument and a module-level OPS list runs once per
     (op, device, shape, dtype) of those ops on this machine."""
     if "op_case" in metafunc.fixturenames:
-        cases = [(op, dev, shape, bench.DTYPES[dt]) for op in metafunc.module.OPS
-                 for dev in bench_devices() for shape in bench.shapes_for(op, dev)
-                 for dt in bench.default_dtypes(dev)]
-        ids = [f"{op}-{dev}-{'x'.join(map(str, s))}-{bench.DTYPE_NAMES[dt]}" for op, dev, s, dt in cases]
-        metafunc.parametrize("op_case", cases, ids=ids)
+        op_cases = [
+            (op, dev, shape, timing.DTYPES[dt])
+            for op in metafunc.module.OPS
+            for dev in bench_devices()
+            for shape in cases.shapes_for(op, dev)
+            for dt in timing.default_dtypes(dev)
+        ]
+        ids = [f"{op}-{dev}-{'x'.join(map(str, s))}-{timing.DTYPE_NAMES[dt]}" for op, dev, s, dt in op_cases]
+        metafunc.parametrize("op_case", op_cases, ids=ids)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     devices = bench_devices() or ["cpu"]
-    machine_info.update(bench.machine_info(devices[0]))
-    machine_info["machine_load"] = bench.MachineLoad().header()
+    machine_info.update(machine.machine_info(devices[0]))
+    machine_info["machine_load"] = timing.MachineLoad().header()
     if len(devices) > 1:
-        machine_info["i2i_fast_devices"] = {d: bench.machine_info(d) for d in devices}
+        machine_info["i2i_fast_devices"] = {d: machine.machine_info(d) for d in devices}

@@ -29,6 +29,7 @@ the machine make single rounds noisy: the median of interleaved rounds is the fi
 The best round of each side (min over rounds) is printed too: on a loaded machine it is the
 closest to an unloaded figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,15 +54,19 @@ def _in_relu_case(variant):
 
     def make(m):
         if variant == "grad":
+
             def step():
                 torch.autograd.grad(m(x), x, g)
         elif variant == "accumulate":
+
             def step():
                 m(x).backward(g)
         else:
+
             def step():
                 x.grad = None
                 m(x).backward(g)
+
         return step
 
     def check():
@@ -72,6 +77,7 @@ def _in_relu_case(variant):
         ours(x).backward(g)
         torch.testing.assert_close(x.grad, ge, rtol=1e-4, atol=1e-4)
         x.grad = None
+
     return make(eager), make(ours), check, 20
 
 
@@ -98,12 +104,14 @@ def _ugatit_d_case(variant=None):
             return ops.loss.loss(_backend.select(ps[0].device), ps, [], params, ws, kind, red)[0]
 
     if variant == "two_calls":  # real terms, then fake terms: two fused calls and an add
+
         def ours_loss():  # noqa: F811
             return LF.gan_loss(preds[0::2], True, "lsgan") + LF.gan_loss(preds[1::2], False, "lsgan")
 
     def make(f):
         def step():
             torch.autograd.grad(f(), preds)
+
         return step
 
     def check():
@@ -111,6 +119,7 @@ def _ugatit_d_case(variant=None):
         torch.testing.assert_close(b, a)
         for u, v in zip(torch.autograd.grad(a, preds), torch.autograd.grad(b, preds)):
             torch.testing.assert_close(v, u)
+
     return make(eager_loss), make(ours_loss), check, 400
 
 
@@ -129,7 +138,7 @@ def measure(name, variant=None, rounds=21, calls=None, warmup=3, clock=time.perf
     faults = {"eager": 0, "ours": 0}
     for r in range(rounds):
         pair = {}
-        for impl in (("eager", "ours") if r % 2 == 0 else ("ours", "eager")):
+        for impl in ("eager", "ours") if r % 2 == 0 else ("ours", "eager"):
             f = eager if impl == "eager" else ours
             f0 = _minflt()
             t0 = clock()
@@ -138,11 +147,20 @@ def measure(name, variant=None, rounds=21, calls=None, warmup=3, clock=time.perf
             pair[impl] = (clock() - t0) / n
             faults[impl] += _minflt() - f0
         te.append(pair["eager"]), to.append(pair["ours"]), ratios.append(pair["eager"] / pair["ours"])
-    return {"case": name + (f"[{variant}]" if variant else ""), "eager_us": statistics.median(te) * 1e6,
-            "ours_us": statistics.median(to) * 1e6, "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds, "calls": n,
-            "eager_best_us": min(te) * 1e6, "ours_best_us": min(to) * 1e6,
-            "eager_faults": faults["eager"] / (rounds * n), "ours_faults": faults["ours"] / (rounds * n)}
+    return {
+        "case": name + (f"[{variant}]" if variant else ""),
+        "eager_us": statistics.median(te) * 1e6,
+        "ours_us": statistics.median(to) * 1e6,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "rounds": rounds,
+        "calls": n,
+        "eager_best_us": min(te) * 1e6,
+        "ours_best_us": min(to) * 1e6,
+        "eager_faults": faults["eager"] / (rounds * n),
+        "ours_faults": faults["ours"] / (rounds * n),
+    }
 
 
 def _minflt():
@@ -203,21 +221,37 @@ def profile_in_relu(clock=time.perf_counter, n=10, reps=15):
     t = lambda f: _best(f, n, reps, clock)  # noqa: E731
     rows = {}
     with torch.no_grad():
-        rows["kernels forward (no grad)"] = (t(lambda: torch.relu(torch.nn.functional.instance_norm(xd))),
-                                             t(lambda: op_f(xd, None, None, None, None, None, 1e-5, 1, 0.2)))
+        rows["kernels forward (no grad)"] = (
+            t(lambda: torch.relu(torch.nn.functional.instance_norm(xd))),
+            t(lambda: op_f(xd, None, None, None, None, None, 1e-5, 1, 0.2)),
+        )
         # eager's backward kernels: relu's threshold_backward + the batch-norm backward of instance norm
         xe = xd.reshape(1, 256, 4096)
         rows["kernels backward"] = (
-            t(lambda: torch.ops.aten.threshold_backward(g, re, 0)) + t(lambda: torch.ops.aten.native_batch_norm_backward(
-                gr.reshape(1, 256, 4096), xe, None, None, None, mean.reshape(256), torch.rsqrt(var.reshape(256) + 1e-5),
-                True, 1e-5, [True, False, False])),
-            t(lambda: op_b(g, xd, mean, var, None, None, 1e-5, 1, 0.2, True)))
+            t(lambda: torch.ops.aten.threshold_backward(g, re, 0))
+            + t(
+                lambda: torch.ops.aten.native_batch_norm_backward(
+                    gr.reshape(1, 256, 4096),
+                    xe,
+                    None,
+                    None,
+                    None,
+                    mean.reshape(256),
+                    torch.rsqrt(var.reshape(256) + 1e-5),
+                    True,
+                    1e-5,
+                    [True, False, False],
+                )
+            ),
+            t(lambda: op_b(g, xd, mean, var, None, None, 1e-5, 1, 0.2, True)),
+        )
     rows["module forward (grad mode)"] = (t(lambda: eager(x)), t(lambda: ours(x)))
     ye, yo = eager(x), ours(x)
     rows["backward only (autograd.grad, retained graph)"] = (
         t(lambda: torch.autograd.grad(ye, x, g, retain_graph=True)),
-        t(lambda: torch.autograd.grad(yo, x, g, retain_graph=True)))
-    del ye, yo
+        t(lambda: torch.autograd.grad(yo, x, g, retain_graph=True)),
+    )
+    ye = yo = None  # the two graphs freed before the next rows
 
     def step(m, mode):
         def f():
@@ -228,7 +262,9 @@ def profile_in_relu(clock=time.perf_counter, n=10, reps=15):
                 m(x).backward(g)
             else:
                 torch.autograd.grad(m(x), x, g)
+
         return f
+
     for mode in ("grad", "set_to_none", "accumulate"):
         rows[f"forward+backward [{mode}]"] = (t(step(eager, mode)), t(step(ours, mode)))
     x.grad = None
@@ -244,14 +280,24 @@ def main(argv=None):
     ap.add_argument("--target", default="all", choices=["all", "in_relu", "ugatit_d"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep-heap", action="store_true", help="glibc: no heap trimming (see keep_heap)")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="cpu: this thread's CPU time (time.thread_time; use with --threads 1), which "
-                         "other processes' load does not inflate as it does wall time")
-    ap.add_argument("--checked-loss", action="store_true",
-                    help="gan_loss without its eager fast path (the checked Python path), for comparison")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this thread's CPU time (time.thread_time; use with --threads 1), which "
+        "other processes' load does not inflate as it does wall time",
+    )
+    ap.add_argument(
+        "--checked-loss",
+        action="store_true",
+        help="gan_loss without its eager fast path (the checked Python path), for comparison",
+    )
     ap.add_argument("--profile", action="store_true", help="in_relu: time its pieces (profile_in_relu)")
-    ap.add_argument("--cold-heap", action="store_true",
-                    help="skip warm_heap(): glibc's thresholds as a process that never freed a block over 4 MiB")
+    ap.add_argument(
+        "--cold-heap",
+        action="store_true",
+        help="skip warm_heap(): glibc's thresholds as a process that never freed a block over 4 MiB",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.keep_heap and not keep_heap():
@@ -274,16 +320,21 @@ def main(argv=None):
         jobs += [("in_relu", v) for v in ("set_to_none", "accumulate", "grad")]
     if a.target in ("all", "ugatit_d"):
         jobs += [("ugatit_d", None), ("ugatit_d", "checked"), ("ugatit_d", "two_calls")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, {a.rounds} interleaved rounds"
-          + (", glibc heap kept (no trim)" if a.keep_heap else "") + (", cold heap" if a.cold_heap else "")
-          + (", gan_loss checked path" if a.checked_loss else "") + f", {a.clock} clock")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, {a.rounds} interleaved rounds"
+        + (", glibc heap kept (no trim)" if a.keep_heap else "")
+        + (", cold heap" if a.cold_heap else "")
+        + (", gan_loss checked path" if a.checked_loss else "")
+        + f", {a.clock} clock"
+    )
     for name, v in jobs:
-        r = measure(name, v, a.rounds, calls=a.calls and (a.calls if name == "in_relu" else 20 * a.calls),
-                    clock=clock)
-        print(f"{r['case']:<24} eager {r['eager_us']:9.1f} us  ours {r['ours_us']:9.1f} us  "
-              f"eager/ours median {r['ratio_median']:.2f}x (rounds {r['ratio_min']:.2f}..{r['ratio_max']:.2f})  "
-              f"page faults/call eager {r['eager_faults']:.0f} ours {r['ours_faults']:.0f}; best rounds "
-              f"{r['eager_best_us']:.0f} / {r['ours_best_us']:.0f} us = {r['eager_best_us'] / r['ours_best_us']:.2f}x")
+        r = measure(name, v, a.rounds, calls=a.calls and (a.calls if name == "in_relu" else 20 * a.calls), clock=clock)
+        print(
+            f"{r['case']:<24} eager {r['eager_us']:9.1f} us  ours {r['ours_us']:9.1f} us  "
+            f"eager/ours median {r['ratio_median']:.2f}x (rounds {r['ratio_min']:.2f}..{r['ratio_max']:.2f})  "
+            f"page faults/call eager {r['eager_faults']:.0f} ours {r['ours_faults']:.0f}; best rounds "
+            f"{r['eager_best_us']:.0f} / {r['ours_best_us']:.0f} us = {r['eager_best_us'] / r['ours_best_us']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -6,19 +6,20 @@ instance_norm_pad: InstanceNorm2d(C, activation="relu", out_pad=1) vs the same +
 Every benchmark checks parity (ours vs eager: forward output and input gradient) before it
 times; a parity failure fails it. extra_info comes from i2i_fast.bench (CUDA events /
 perf_counter medians); pytest-benchmark's own table from pedantic() rounds of the same
-callable (bench.pytest_benchmark_case, shared by every suite here).
+callable (cases.pytest_benchmark_case, shared by every suite here).
 """
+
 from __future__ import annotations
 
 import pytest
 
-from i2i_fast import bench
+from i2i_fast.bench import cases, timing
 
-OPS = ["instance_norm", "instance_norm_pad"]  # op_case is parametrized from bench.OPS by conftest.py
+OPS = ["instance_norm", "instance_norm_pad"]  # op_case is parametrized from cases.OPS by conftest.py
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "ours"])
-@pytest.mark.parametrize("mode", bench.MODES)
+@pytest.mark.parametrize("mode", timing.MODES)
 def test_instance_norm_relu(benchmark, op_case, mode, impl):
     op, device, shape, dtype = op_case
-    bench.pytest_benchmark_case(benchmark, bench.get_case(op, shape, dtype, device), mode, impl)
+    cases.pytest_benchmark_case(benchmark, cases.get_case(op, shape, dtype, device), mode, impl)

@@ -7,7 +7,7 @@ by side with the time per step and the ops one step dispatches; the curves also 
     python examples/train_compare.py [--steps 8] [--device cpu|cuda] [--full] [--families cyclegan,ugatit,unit]
                                      [--png loss_curves.png]
 
-Any family of i2i_fast.bench_steps.FAMILIES works (cyclegan, ugatit, stargan, pix2pix, munit, unit).
+Any family of i2i_fast.bench.steps.FAMILIES works (cyclegan, ugatit, stargan, pix2pix, munit, unit).
 
 The CPU defaults (narrow nets, 64x64 images) take a minute or two on an idle 2-core CPU. Both runs
 draw the same noise. Step 0 agrees to float32 rounding; Adam's early updates are close to
@@ -21,7 +21,7 @@ import time
 import torch
 
 import i2i_fast
-from i2i_fast import bench_steps
+from i2i_fast.bench import steps as bench_steps
 
 
 def train(family, variant, device, steps, small):

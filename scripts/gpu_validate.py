@@ -12,6 +12,7 @@ runs their code on CPU: the GPU-only paths cannot rot unnoticed. Every driver wr
 files after each case, and stops starting new cases at --deadline (epoch seconds) or on SIGINT
 (the step's timeout), keeping what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ def gpuinfo() -> dict:
     name, driver, memory_gib, compute_cap ("9.0"), source; or available False and why."""
     try:
         import pynvml
+
         pynvml.nvmlInit()
         try:
             if pynvml.nvmlDeviceGetCount() < 1:
@@ -64,23 +66,38 @@ def gpuinfo() -> dict:
             h = pynvml.nvmlDeviceGetHandleByIndex(0)
             s = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
-            return {"available": True, "name": s(pynvml.nvmlDeviceGetName(h)),
-                    "driver": s(pynvml.nvmlSystemGetDriverVersion()),
-                    "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2 ** 30, 2),
-                    "compute_cap": f"{major}.{minor}", "count": pynvml.nvmlDeviceGetCount(),
-                    "source": "nvidia-ml-py"}
+            return {
+                "available": True,
+                "name": s(pynvml.nvmlDeviceGetName(h)),
+                "driver": s(pynvml.nvmlSystemGetDriverVersion()),
+                "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 2),
+                "compute_cap": f"{major}.{minor}",
+                "count": pynvml.nvmlDeviceGetCount(),
+                "source": "nvidia-ml-py",
+            }
         finally:
             pynvml.nvmlShutdown()
     except Exception as e:  # noqa: BLE001 - fall back to nvidia-smi
         why = f"nvidia-ml-py: {type(e).__name__}: {e}"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
         if out.returncode == 0 and lines:
             name, drv, mem, cap = [x.strip() for x in lines[0].split(",")]
-            return {"available": True, "name": name, "driver": drv, "memory_gib": round(float(mem) / 1024, 2),
-                    "compute_cap": cap, "count": len(lines), "source": "nvidia-smi"}
+            return {
+                "available": True,
+                "name": name,
+                "driver": drv,
+                "memory_gib": round(float(mem) / 1024, 2),
+                "compute_cap": cap,
+                "count": len(lines),
+                "source": "nvidia-smi",
+            }
         why += f"; nvidia-smi rc={out.returncode}"
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         why += f"; nvidia-smi: {type(e).__name__}: {e}"
@@ -94,6 +111,7 @@ def sanitize(tool: str, device: str) -> int:
     losses one block and multi-block, the Triton backend too); racecheck/synccheck: the kernels
     with block reductions (norm statistics and backward sums, split-plane merges, losses)."""
     import torch
+
     import i2i_fast
     from i2i_fast.ops import reflection_pad_conv
     from i2i_fast import functional as F
@@ -108,8 +126,8 @@ def sanitize(tool: str, device: str) -> int:
     for backend in backends:
         with i2i_fast.use_backend(backend):
             for shape in shapes:
-                for dtype in ((torch.float32, torch.bfloat16) if full and dev.type == "cuda" else (torch.float32,)):
-                    for cl in ((False, True) if full else (False,)):
+                for dtype in (torch.float32, torch.bfloat16) if full and dev.type == "cuda" else (torch.float32,):
+                    for cl in (False, True) if full else (False,):
                         n, c = shape[:2]
                         x = torch.randn(shape, device=dev, dtype=dtype)
                         if cl:
@@ -120,13 +138,15 @@ def sanitize(tool: str, device: str) -> int:
                         rho = torch.rand(1, c, 1, 1, device=dev, dtype=dtype, requires_grad=True)
                         g = torch.rand(n, c, device=dev, dtype=dtype, requires_grad=True)
                         be = torch.randn(n, c, device=dev, dtype=dtype, requires_grad=True)
-                        outs = [F.instance_norm(x, None, None, w, b, True, activation="relu",
-                                                residual=torch.randn_like(x)),
-                                F.instance_norm(x, None, None, w, b, True, activation="relu",
-                                                residual=torch.randn_like(x), out_pad=1),
-                                F.adalin(x, rho, g, be, activation="relu", out_pad=1),
-                                F.layer_norm(x, w, b),
-                                F.batch_norm(x, None, None, w, b, True, activation="relu")]
+                        outs = [
+                            F.instance_norm(x, None, None, w, b, True, activation="relu", residual=torch.randn_like(x)),
+                            F.instance_norm(
+                                x, None, None, w, b, True, activation="relu", residual=torch.randn_like(x), out_pad=1
+                            ),
+                            F.adalin(x, rho, g, be, activation="relu", out_pad=1),
+                            F.layer_norm(x, w, b),
+                            F.batch_norm(x, None, None, w, b, True, activation="relu"),
+                        ]
                         if full:
                             rm, rv = torch.randn(c, device=dev), torch.rand(c, device=dev) + 0.5
                             outs.append(F.instance_norm(x, rm, rv, w, b, False))
@@ -150,8 +170,10 @@ def sanitize(tool: str, device: str) -> int:
             a = torch.randn(2, 3, 64, 80, device=dev, requires_grad=True)
             F.l1_loss([(a, torch.randn_like(a))], [10.0]).backward()
             sync()
-            print(f"{tool} {backend} losses: grads finite "
-                  f"{all(bool(p.grad.isfinite().all()) for p in preds + [a])}", flush=True)
+            print(
+                f"{tool} {backend} losses: grads finite {all(bool(p.grad.isfinite().all()) for p in preds + [a])}",
+                flush=True,
+            )
     print("sanitize workload done", flush=True)
     return 0
 
@@ -164,8 +186,9 @@ def _block_op(variant):
     with padding 0: what convert() builds). Eager: the four torch modules."""
     import torch
     from torch import nn
-    from i2i_fast import bench
+
     import i2i_fast
+    from i2i_fast.bench import cases
 
     def build(shape, dtype, device):
         n, ci, h, w, co, k, s, p = shape
@@ -181,10 +204,16 @@ def _block_op(variant):
 
     def inputs(shape, dtype, device, gen):
         return (torch.randn(shape[:4], generator=gen).to(device=device, dtype=dtype).requires_grad_(),)
+
     sh = ((1, 256, 64, 64, 256, 3, 1, 1), (8, 256, 64, 64, 256, 3, 1, 1), (1, 64, 256, 256, 128, 3, 2, 1))
-    return bench.Op(name=f"in_relu_pad_conv[{variant}]", build=build, make_inputs=inputs,
-                    moved=bench.OPS["reflection_pad_conv2d"].moved, shapes=sh,
-                    cpu_shapes=((1, 16, 32, 32, 16, 3, 1, 1),))
+    return cases.Op(
+        name=f"in_relu_pad_conv[{variant}]",
+        build=build,
+        make_inputs=inputs,
+        moved=cases.OPS["reflection_pad_conv2d"].moved,
+        shapes=sh,
+        cpu_shapes=((1, 16, 32, 32, 16, 3, 1, 1),),
+    )
 
 
 def bench_plan(device_type: str, smoke: bool):
@@ -193,17 +222,19 @@ def bench_plan(device_type: str, smoke: bool):
     norm->pad->conv block fp32); tier 2 = the other shapes and dtypes. file: "results" (the
     ops as the default user gets them; the README's table) or "paths" (the other
     ReflectionPadConv2d paths and the block)."""
-    from i2i_fast import bench
-    ops, blocks = bench.OPS, {v: _block_op(v) for v in ("pad", "border", "out_pad")}
+    from i2i_fast.bench import cases
+
+    ops, blocks = cases.OPS, {v: _block_op(v) for v in ("pad", "border", "out_pad")}
     cpu = device_type != "cuda"
     shapes = (lambda op: op.cpu_shapes) if cpu else (lambda op: op.shapes)
     dtypes = ("fp32",) if cpu else ("fp32", "bf16")
     norms = ("instance_norm", "instance_norm_pad", "adalin", "iln", "layer_norm", "batch_norm")
-    losses = tuple(n for n in bench.LOSS_OPS if n in ops)
+    losses = tuple(n for n in cases.LOSS_OPS if n in ops)
     plan = []
 
     def add(tier, name, op, shape, dt, path=None, file="results"):
         plan.append((tier, name, op, tuple(shape), dt, path, file))
+
     for dt in dtypes:
         for n in norms + ("reflection_pad2d",):
             add(1, n, ops[n], shapes(ops[n])[0], dt)
@@ -216,10 +247,12 @@ def bench_plan(device_type: str, smoke: bool):
         add(1, n, ops[n], shapes(ops[n])[0], "fp32")
     if smoke:  # one case of each kind at tiny shapes: the code paths, not the numbers
         tiny = (1, 4, 12, 12, 4, 3, 1, 1)
-        return [(1, "instance_norm", ops["instance_norm"], (1, 8, 16, 16), "fp32", None, "results"),
-                (1, "reflection_pad_conv2d[border]", ops["reflection_pad_conv2d"], tiny, "fp32", "border", "paths"),
-                (1, blocks["out_pad"].name, blocks["out_pad"], tiny, "fp32", None, "paths"),
-                (1, "loss_cyclegan_d", ops["loss_cyclegan_d"], (1, 64), "fp32", None, "results")]
+        return [
+            (1, "instance_norm", ops["instance_norm"], (1, 8, 16, 16), "fp32", None, "results"),
+            (1, "reflection_pad_conv2d[border]", ops["reflection_pad_conv2d"], tiny, "fp32", "border", "paths"),
+            (1, blocks["out_pad"].name, blocks["out_pad"], tiny, "fp32", None, "paths"),
+            (1, "loss_cyclegan_d", ops["loss_cyclegan_d"], (1, 64), "fp32", None, "results"),
+        ]
     for dt in dtypes:
         for n in norms + ("reflection_pad2d",):
             for sh in shapes(ops[n])[1:]:
@@ -230,89 +263,106 @@ def bench_plan(device_type: str, smoke: bool):
                 add(2, "reflection_pad_conv2d", pc, sh, dt)
                 add(2, "reflection_pad_conv2d[border]", pc, sh, dt, "border", "paths")
         for v in ("out_pad", "pad", "border"):
-            for sh in shapes(blocks[v])[(1 if dt == "fp32" else 0):]:
+            for sh in shapes(blocks[v])[(1 if dt == "fp32" else 0) :]:
                 add(2, blocks[v].name, blocks[v], sh, dt, v if v != "out_pad" else None, "paths")
         for n in losses:
-            for sh in shapes(ops[n])[(1 if dt == "fp32" else 0):]:
+            for sh in shapes(ops[n])[(1 if dt == "fp32" else 0) :]:
                 add(2, n, ops[n], sh, dt)
     return plan
 
 
-def run_bench(out: str, device: str, deadline: Deadline, smoke: bool, with_compile: bool,
-              per_case_s: float = 4.0) -> int:
+def run_bench(
+    out: str, device: str, deadline: Deadline, smoke: bool, with_compile: bool, per_case_s: float = 4.0
+) -> int:
     """Times the plan case by case (parity first; fwd, bwd, fwd+bwd; ours vs eager, compile
     baseline only with with_compile); rewrites results.json / pad_conv_paths.json (the format
     of python -m i2i_fast.bench, so the README generator reads them) after every case."""
     import torch
-    from i2i_fast import bench
+
+    from i2i_fast.bench import cases, counting, machine, report, timing
     from i2i_fast.ops import reflection_pad_conv
 
     dev = torch.device(device)
-    info = bench.machine_info(dev)
-    bw = bench.copy_bandwidth_gbps(dev)
+    info = machine.machine_info(dev)
+    bw = machine.copy_bandwidth_gbps(dev)
     files = {"results": [], "paths": []}
     skipped, failed, done = [], 0, 0
     stamp = _now_utc()
 
     def flush(interrupted=False):
         for key, name in (("results", "results.json"), ("paths", "pad_conv_paths.json")):
-            meta = {"timestamp": stamp, "argv": ["scripts/gpu_validate.py", "bench"] + (["--smoke"] if smoke else []),
-                    "interrupted": interrupted, "machine": info, "copy_bw_gbps": bw,
-                    "not_run": [s for s in skipped if s["file"] == key], "results": files[key]}
+            meta = {
+                "timestamp": stamp,
+                "argv": ["scripts/gpu_validate.py", "bench"] + (["--smoke"] if smoke else []),
+                "interrupted": interrupted,
+                "machine": info,
+                "copy_bw_gbps": bw,
+                "not_run": [s for s in skipped if s["file"] == key],
+                "results": files[key],
+            }
             _write_json(os.path.join(out, name), meta)
             with open(os.path.join(out, name.replace(".json", ".md")), "w") as f:
-                f.write(f"# gpu_validate bench ({stamp}) on {info.get('gpu_name') or info.get('cpu_model')}\n\n"
-                        "Median ms; x = speed-up of ours; GB/s = bytes that must move / our time.\n\n")
-                f.write(bench.format_table(files[key], markdown=True) + "\n" if files[key] else "(no rows)\n")
+                f.write(
+                    f"# gpu_validate bench ({stamp}) on {info.get('gpu_name') or info.get('cpu_model')}\n\n"
+                    "Median ms; x = speed-up of ours; GB/s = bytes that must move / our time.\n\n"
+                )
+                f.write(report.format_table(files[key], markdown=True) + "\n" if files[key] else "(no rows)\n")
+
     flush()
     plan = bench_plan(dev.type, smoke)
-    print(f"bench: {len(plan)} cases planned on {info.get('gpu_name') or info.get('cpu_model')}, "
-          f"copy bandwidth {bw and round(bw)} GB/s", flush=True)
+    print(
+        f"bench: {len(plan)} cases planned on {info.get('gpu_name') or info.get('cpu_model')}, "
+        f"copy bandwidth {bw and round(bw)} GB/s",
+        flush=True,
+    )
     with _TimeLimit("bench", flush) as limit:
         for tier, name, op, shape, dt, path, file in plan:
             if deadline.left() < per_case_s:
-                skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file,
-                                "why": "out of time"})
+                skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file, "why": "out of time"})
                 continue
             t0 = time.time()
             try:
                 with reflection_pad_conv.pad_conv_force(path):
-                    case = bench.Case(op, shape, bench.DTYPES[dt], dev, quick=True)
+                    case = cases.Case(op, shape, timing.DTYPES[dt], dev, quick=True)
                     if not with_compile:
                         case.compile_error = "not measured (gpu_validate time budget)"
                     ok, detail = case.parity()
                     failed += not ok
                     launches = {}
-                    if not smoke and (name in bench.LOSS_OPS or file == "paths" or name == "reflection_pad_conv2d"):
+                    if not smoke and (name in cases.LOSS_OPS or file == "paths" or name == "reflection_pad_conv2d"):
                         # kernel launches of one fwd+bwd (torch.profiler; its first use costs seconds)
                         for impl in ("ours", "eager"):
                             try:  # a profiler failure loses the count, not the timings
-                                launches[f"launches_{impl}"] = bench.count_launches(case, impl)["launches"]
+                                launches[f"launches_{impl}"] = counting.count_launches(case, impl)["launches"]
                             except Exception as e:  # noqa: BLE001
                                 launches[f"launches_{impl}"] = None
                                 launches["launches_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                    for mode in bench.MODES:
+                    for mode in timing.MODES:
                         case.timing("ours", mode)
-                        row = dict(bench.summarize(case, mode), **{"pass": ok, "parity": detail}, **launches)
+                        row = dict(cases.summarize(case, mode), **{"pass": ok, "parity": detail}, **launches)
                         row.update(op=name, tier=tier)
                         if not with_compile:
                             row["compile"] = "not measured (time budget)"
                         if op.name.startswith(("reflection_pad_conv2d", "in_relu_pad_conv")):
                             conv = case.ours[-1] if isinstance(case.ours, torch.nn.Sequential) else case.ours
-                            row["path"] = (conv.path_for(case.inputs[0][0]) if hasattr(conv, "path_for")
-                                           else "out_pad")
+                            row["path"] = conv.path_for(case.inputs[0][0]) if hasattr(conv, "path_for") else "out_pad"
                         files[file].append(row)
                 done += 1
                 fb = files[file][-1]
-                print(f"{'PASS' if ok else 'FAIL'} {name} {'x'.join(map(str, shape))} {dt}: fwd+bwd ours "
-                      f"{fb['time_ms']:.3f} ms, eager {fb.get('eager_ms') or float('nan'):.3f} ms "
-                      f"({time.time() - t0:.1f}s)", flush=True)
+                print(
+                    f"{'PASS' if ok else 'FAIL'} {name} {'x'.join(map(str, shape))} {dt}: fwd+bwd ours "
+                    f"{fb['time_ms']:.3f} ms, eager {fb.get('eager_ms') or float('nan'):.3f} ms "
+                    f"({time.time() - t0:.1f}s)",
+                    flush=True,
+                )
                 del case
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - one case failing does not stop the others
                 failed += 1
-                skipped.append({"op": name, "shape": list(shape), "dtype": dt, "file": file, "why": f"error: {_err(e)}"})
+                skipped.append(
+                    {"op": name, "shape": list(shape), "dtype": dt, "file": file, "why": f"error: {_err(e)}"}
+                )
                 print(f"ERROR {name} {shape} {dt}: {type(e).__name__}: {e}", flush=True)
             _case_done(flush, dev)
     print(f"bench: {done} cases measured, {len(skipped)} not run, {failed} failed", flush=True)
@@ -346,27 +396,43 @@ class _TimeLimit:
 
 def _case_done(flush, dev) -> None:
     """After every case: results written so far, and the GPU memory of the case released."""
+    import torch
+
     flush()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------- steps
-STEP_ORDER = [("cyclegan", "eager"), ("cyclegan", "converted"), ("ugatit", "eager"), ("ugatit", "converted"),
-              ("cyclegan", "converted+compile"), ("cyclegan", "compile"),
-              ("ugatit", "converted+compile"), ("ugatit", "compile"),
-              ("stargan", "eager"), ("stargan", "converted"), ("pix2pix", "eager"), ("pix2pix", "converted"),
-              ("munit", "eager"), ("munit", "converted"),
-              ("stargan", "converted+compile"), ("pix2pix", "converted+compile"), ("munit", "converted+compile")]
+STEP_ORDER = [
+    ("cyclegan", "eager"),
+    ("cyclegan", "converted"),
+    ("ugatit", "eager"),
+    ("ugatit", "converted"),
+    ("cyclegan", "converted+compile"),
+    ("cyclegan", "compile"),
+    ("ugatit", "converted+compile"),
+    ("ugatit", "compile"),
+    ("stargan", "eager"),
+    ("stargan", "converted"),
+    ("pix2pix", "eager"),
+    ("pix2pix", "converted"),
+    ("munit", "eager"),
+    ("munit", "converted"),
+    ("stargan", "converted+compile"),
+    ("pix2pix", "converted+compile"),
+    ("munit", "converted+compile"),
+]
 
 
 def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: float = 1.5) -> int:
-    """Whole training steps at the papers' sizes (CUDA; bench_steps' small sizes on CPU), in
+    """Whole training steps at the papers' sizes (CUDA; bench.steps' small sizes on CPU), in
     STEP_ORDER while time is left: ms/step (median wall), CPU ms, peak memory, first-step
     losses vs eager. Writes steps.json and training_steps.txt (the format of
-    `python -m i2i_fast.bench_steps --interleave`, read by scripts/readme_results.py)."""
+    `python -m i2i_fast.bench.steps --interleave`, read by scripts/readme_results.py)."""
     import torch
-    from i2i_fast import bench, bench_steps
+
+    from i2i_fast.bench import steps, timing
 
     dev = torch.device(device)
     order = STEP_ORDER[:2] if smoke else STEP_ORDER
@@ -375,23 +441,29 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
     need = {"eager": 10.0, "converted": 10.0}  # seconds a variant needs at least to be started
 
     def flush(interrupted=False):
-        _write_json(os.path.join(out, "steps.json"), {"timestamp": _now_utc(), "device": str(dev),
-                                                       "interrupted": interrupted, "rows": rows})
-        # the header and rows of `bench_steps --interleave` (scripts/readme_results.py parses them)
-        lines = [f"training steps on {dev.type} ({torch.get_num_threads()} threads), variants timed one after "
-                 f"another for {budget_s:g} s, at least {1 if smoke else 3} steps each; median wall ms, min wall ms, "
-                 f"median process CPU ms (scripts/gpu_validate.py steps; peak MiB in steps.json)"]
+        _write_json(
+            os.path.join(out, "steps.json"),
+            {"timestamp": _now_utc(), "device": str(dev), "interrupted": interrupted, "rows": rows},
+        )
+        # the header and rows of `python -m i2i_fast.bench.steps --interleave` (scripts/readme_results.py parses them)
+        lines = [
+            f"training steps on {dev.type} ({torch.get_num_threads()} threads), variants timed one after "
+            f"another for {budget_s:g} s, at least {1 if smoke else 3} steps each; median wall ms, min wall ms, "
+            f"median process CPU ms (scripts/gpu_validate.py steps; peak MiB in steps.json)"
+        ]
         for r in rows:
             if r.get("ms") is None:
                 lines.append(f"{r['family']:<9} {r['variant']:<18} not measured: {r.get('error') or r.get('why')}")
                 continue
-            e = next((x for x in rows if x["family"] == r["family"] and x["variant"] == "eager"
-                      and x.get("ms")), None)
+            e = next((x for x in rows if x["family"] == r["family"] and x["variant"] == "eager" and x.get("ms")), None)
             x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
-            lines.append(f"{r['family']:<9} {r['variant']:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  "
-                         f"{x}  {'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]")
+            lines.append(
+                f"{r['family']:<9} {r['variant']:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  "
+                f"{x}  {'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]"
+            )
         with open(os.path.join(out, "training_steps.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
     flush()
     with _TimeLimit("steps", flush) as limit:
         for fam, var in order:
@@ -401,18 +473,19 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
                 continue
             t0 = time.time()
             try:
-                r = bench_steps.Runner(fam, var, dev, small=True if smoke else None)
+                r = steps.Runner(fam, var, dev, small=True if smoke else None)
                 losses = r.run()  # warm-up (and compilation)
-                ok, detail = (bench_steps.compare_losses(ref[fam], losses) if fam in ref and var != "eager"
-                              else (True, "reference"))
+                ok, detail = (
+                    steps.compare_losses(ref[fam], losses) if fam in ref and var != "eager" else (True, "reference")
+                )
                 if var == "eager":
                     ref[fam] = losses
                 wall, cpu = [], []
                 while len(wall) < (1 if smoke else 3) or (sum(wall) < budget_s * 1e3 and len(wall) < 50):
-                    bench.synchronize(dev)
+                    timing.synchronize(dev)
                     w, c = time.perf_counter(), time.process_time()
                     r.run()
-                    bench.synchronize(dev)
+                    timing.synchronize(dev)
                     wall.append((time.perf_counter() - w) * 1e3)
                     cpu.append((time.process_time() - c) * 1e3)
                 peak = None
@@ -420,15 +493,31 @@ def run_steps(out: str, device: str, deadline: Deadline, smoke: bool, budget_s: 
                     torch.cuda.reset_peak_memory_stats()
                     r.run()
                     torch.cuda.synchronize()
-                    peak = torch.cuda.max_memory_allocated() / 2 ** 20
+                    peak = torch.cuda.max_memory_allocated() / 2**20
                 med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-                rows.append({"family": fam, "variant": var, "config": r.what, "ms": med(wall), "min_ms": min(wall),
-                             "cpu_ms": med(cpu), "reps": len(wall), "peak_mib": peak, "parity": ok,
-                             "parity_detail": detail, "first_step_s": None, "seconds": time.time() - t0,
-                             "losses": {k: float(v) for k, v in losses.items()}})
+                rows.append(
+                    {
+                        "family": fam,
+                        "variant": var,
+                        "config": r.what,
+                        "ms": med(wall),
+                        "min_ms": min(wall),
+                        "cpu_ms": med(cpu),
+                        "reps": len(wall),
+                        "peak_mib": peak,
+                        "parity": ok,
+                        "parity_detail": detail,
+                        "first_step_s": None,
+                        "seconds": time.time() - t0,
+                        "losses": {k: float(v) for k, v in losses.items()},
+                    }
+                )
                 failed += not ok
-                print(f"{fam:<9} {var:<18} {med(wall):9.2f} ms/step  peak {peak and round(peak)} MiB  "
-                      f"{'PASS' if ok else 'FAIL'} ({time.time() - t0:.1f}s)", flush=True)
+                print(
+                    f"{fam:<9} {var:<18} {med(wall):9.2f} ms/step  peak {peak and round(peak)} MiB  "
+                    f"{'PASS' if ok else 'FAIL'} ({time.time() - t0:.1f}s)",
+                    flush=True,
+                )
                 del r
             except KeyboardInterrupt:
                 raise
@@ -448,7 +537,8 @@ def run_determinism(out: str, device: str, smoke: bool) -> int:
     kernel): recorded, not a failure. Writes determinism.json."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA initializes
     import torch
-    from i2i_fast import bench, bench_steps
+
+    from i2i_fast.bench import steps, timing
 
     dev = torch.device(device)
     n_steps = 1 if smoke else 2
@@ -457,22 +547,26 @@ def run_determinism(out: str, device: str, smoke: bool) -> int:
     try:
         weights = []
         for _ in range(2):
-            r = bench_steps.Runner("cyclegan", "converted", dev, small=True if smoke else None)
+            r = steps.Runner("cyclegan", "converted", dev, small=True if smoke else None)
             res["config"] = r.what
             for _ in range(n_steps):
                 r.run()
-            bench.synchronize(dev)
+            timing.synchronize(dev)
             weights.append([p.detach().clone() for n in r.nets for p in n.parameters()])
             del r
         diff = [(a - b).abs().max().item() for a, b in zip(*weights) if not torch.equal(a, b)]
-        res.update(converted_bitwise_equal=not diff, tensors=len(weights[0]), tensors_differing=len(diff),
-                   max_abs_diff=max(diff) if diff else 0.0)
+        res.update(
+            converted_bitwise_equal=not diff,
+            tensors=len(weights[0]),
+            tensors_differing=len(diff),
+            max_abs_diff=max(diff) if diff else 0.0,
+        )
     except Exception as e:  # noqa: BLE001
         res.update(converted_bitwise_equal=False, converted_error=f"{type(e).__name__}: {str(e)[:500]}")
     try:
-        r = bench_steps.Runner("cyclegan", "eager", dev, small=True if smoke else None)
+        r = steps.Runner("cyclegan", "eager", dev, small=True if smoke else None)
         r.run()
-        bench.synchronize(dev)
+        timing.synchronize(dev)
         res["eager"] = "ran without error" + (" (unexpected on CUDA)" if dev.type == "cuda" else " (CPU)")
     except RuntimeError as e:
         res["eager"] = f"raised as expected: {str(e).strip().splitlines()[0][:300]}"
@@ -506,6 +600,7 @@ def _load(work, name):
 def _junit(work):
     """(counts, failing [(test, message)]) from junit.xml, or (None, [])."""
     import xml.etree.ElementTree as ET
+
     path = os.path.join(work, "junit.xml")
     if not os.path.exists(path):
         return None, []
@@ -514,7 +609,7 @@ def _junit(work):
     except ET.ParseError as e:
         return {"error": f"junit.xml unreadable: {e}"}, []
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for ts in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+    for ts in [root] if root.tag == "testsuite" else root.iter("testsuite"):
         for k in counts:
             counts[k] += int(ts.get(k, 0) or 0)
     bad = []
@@ -542,21 +637,38 @@ def summarize(work: str) -> int:
     device = gpu.get("name") if gpu.get("available") else None
     started = env.get("started_utc", _now_utc())
     wall = int(time.time() - float(env.get("start_epoch", time.time())))
-    meta = {"schema": 1, "kind": "i2i_fast gpu_validate", "dry_run": dry, "device": device,
-            "device_source": gpu.get("source"), "gpu": gpu, "date": started[:10], "started_utc": started,
-            "wall_s": wall, "budget_s": env.get("budget_s"), "commit": env.get("commit"),
-            "dirty": env.get("dirty"), "steps": steps}
+    meta = {
+        "schema": 1,
+        "kind": "i2i_fast gpu_validate",
+        "dry_run": dry,
+        "device": device,
+        "device_source": gpu.get("source"),
+        "gpu": gpu,
+        "date": started[:10],
+        "started_utc": started,
+        "wall_s": wall,
+        "budget_s": env.get("budget_s"),
+        "commit": env.get("commit"),
+        "dirty": env.get("dirty"),
+        "steps": steps,
+    }
     _write_json(os.path.join(work, "meta.json"), meta)
 
     title = "dry run, no GPU: nothing measured" if dry else (device or "no GPU visible")
-    L = [f"# gpu_validate: {title}", "",
-         f"- started {started}, wall {wall} s of a {env.get('budget_s')} s budget; commit "
-         f"{env.get('commit') or 'unknown'}{' (working tree modified)' if env.get('dirty') else ''}",
-         f"- GPU: {device or gpu.get('reason') or 'none'}"
-         + (f", driver {gpu.get('driver')}, {gpu.get('memory_gib')} GiB, sm {gpu.get('compute_cap')}" if device else ""),
-         f"- host: {env.get('host', '-')}; {env.get('python', '')}", "",
-         "## Steps (priority order; each with its own timeout, unused time carried forward)", "",
-         "| step | result | rc | s | timeout s | note |", "|---|---|---|---|---|---|"]
+    L = [
+        f"# gpu_validate: {title}",
+        "",
+        f"- started {started}, wall {wall} s of a {env.get('budget_s')} s budget; commit "
+        f"{env.get('commit') or 'unknown'}{' (working tree modified)' if env.get('dirty') else ''}",
+        f"- GPU: {device or gpu.get('reason') or 'none'}"
+        + (f", driver {gpu.get('driver')}, {gpu.get('memory_gib')} GiB, sm {gpu.get('compute_cap')}" if device else ""),
+        f"- host: {env.get('host', '-')}; {env.get('python', '')}",
+        "",
+        "## Steps (priority order; each with its own timeout, unused time carried forward)",
+        "",
+        "| step | result | rc | s | timeout s | note |",
+        "|---|---|---|---|---|---|",
+    ]
     last = {s["step"]: s for s in steps}  # a step re-recorded (sanitizer refusal): the last line
     for name in list(STEPS) + [n for n in last if n not in STEPS]:
         s = last.get(name)
@@ -572,57 +684,83 @@ def summarize(work: str) -> int:
     paths = _load(work, "pad_conv_paths.json")
     rows = [r for r in (res or {}).get("results", []) if r.get("mode") == "fwdbwd"]
     if rows:
-        L += [f"Single ops, forward+backward, median ms (copy bandwidth {_f(res.get('copy_bw_gbps'), '{:.0f}')} GB/s;"
-              " compile baseline: " + ("measured" if any(r.get("compile_ms") for r in rows) else "not measured") + ")",
-              "", "| op | shape | dtype | parity | ours ms | eager ms | x eager | % copy BW | launches ours/eager |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            f"Single ops, forward+backward, median ms (copy bandwidth {_f(res.get('copy_bw_gbps'), '{:.0f}')} GB/s;"
+            " compile baseline: " + ("measured" if any(r.get("compile_ms") for r in rows) else "not measured") + ")",
+            "",
+            "| op | shape | dtype | parity | ours ms | eager ms | x eager | % copy BW | launches ours/eager |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            la = (f"{r['launches_ours']}/{r['launches_eager']}" if r.get("launches_ours") is not None else "-")
-            L.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | "
-                     f"{'PASS' if r.get('pass') else 'FAIL'} | {_f(r.get('time_ms'))} | {_f(r.get('eager_ms'))} | "
-                     f"{_f(r.get('speedup_vs_eager'), '{:.2f}x')} | {_f(r.get('pct_of_copy_bw'), '{:.0f}%')} | {la} |")
+            la = f"{r['launches_ours']}/{r['launches_eager']}" if r.get("launches_ours") is not None else "-"
+            L.append(
+                f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | "
+                f"{'PASS' if r.get('pass') else 'FAIL'} | {_f(r.get('time_ms'))} | {_f(r.get('eager_ms'))} | "
+                f"{_f(r.get('speedup_vs_eager'), '{:.2f}x')} | {_f(r.get('pct_of_copy_bw'), '{:.0f}%')} | {la} |"
+            )
     else:
         L.append("Single ops: not measured" + (" (dry run)" if dry else "") + ".")
     prow = [r for r in (paths or {}).get("results", []) if r.get("mode") == "fwdbwd"]
     if prow or rows:
         pc = [r for r in rows if r["op"] == "reflection_pad_conv2d"] + prow
         if pc:
-            L += ["", "ReflectionPadConv2d paths, forward+backward, median ms (eager = ReflectionPad2d + cuDNN conv):",
-                  "", "| case | shape | dtype | path | ours ms | eager ms | x eager | launches ours/eager |",
-                  "|---|---|---|---|---|---|---|---|"]
+            L += [
+                "",
+                "ReflectionPadConv2d paths, forward+backward, median ms (eager = ReflectionPad2d + cuDNN conv):",
+                "",
+                "| case | shape | dtype | path | ours ms | eager ms | x eager | launches ours/eager |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for r in pc:
-                la = (f"{r['launches_ours']}/{r['launches_eager']}" if r.get("launches_ours") is not None else "-")
-                L.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r.get('path', '-')} | "
-                         f"{_f(r.get('time_ms'))} | {_f(r.get('eager_ms'))} | {_f(r.get('speedup_vs_eager'), '{:.2f}x')} | {la} |")
+                la = f"{r['launches_ours']}/{r['launches_eager']}" if r.get("launches_ours") is not None else "-"
+                L.append(
+                    f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r.get('path', '-')} | "
+                    f"{_f(r.get('time_ms'))} | {_f(r.get('eager_ms'))} | {_f(r.get('speedup_vs_eager'), '{:.2f}x')} | {la} |"
+                )
     not_run = (res or {}).get("not_run", []) + (paths or {}).get("not_run", [])
     if not_run:
-        L.append(f"\nBench cases not run: {len(not_run)} ("
-                 + "; ".join(sorted({n['why'] for n in not_run}))[:300] + ").")
+        L.append(
+            f"\nBench cases not run: {len(not_run)} (" + "; ".join(sorted({n["why"] for n in not_run}))[:300] + ")."
+        )
     st = _load(work, "steps.json")
     srows = (st or {}).get("rows", [])
     if srows:
-        L += ["", "Whole training steps, median ms/step:", "",
-              "| family | variant | ms/step | x eager | peak MiB | first-step losses | config |",
-              "|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "Whole training steps, median ms/step:",
+            "",
+            "| family | variant | ms/step | x eager | peak MiB | first-step losses | config |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in srows:
             e = next((x for x in srows if x["family"] == r["family"] and x["variant"] == "eager" and x.get("ms")), None)
             if r.get("ms") is None:
-                L.append(f"| {r['family']} | {r['variant']} | not measured | - | - | {r.get('error') or r.get('why')} | |")
+                L.append(
+                    f"| {r['family']} | {r['variant']} | not measured | - | - | {r.get('error') or r.get('why')} | |"
+                )
                 continue
-            L.append(f"| {r['family']} | {r['variant']} | {r['ms']:.2f} | {_f(e and e['ms'] / r['ms'], '{:.2f}x')} | "
-                     f"{_f(r.get('peak_mib'), '{:.0f}')} | {'PASS' if r['parity'] else 'FAIL: ' + r['parity_detail'][:80]} | "
-                     f"{r.get('config', '')} |")
+            L.append(
+                f"| {r['family']} | {r['variant']} | {r['ms']:.2f} | {_f(e and e['ms'] / r['ms'], '{:.2f}x')} | "
+                f"{_f(r.get('peak_mib'), '{:.0f}')} | {'PASS' if r['parity'] else 'FAIL: ' + r['parity_detail'][:80]} | "
+                f"{r.get('config', '')} |"
+            )
     else:
         L.append("\nWhole training steps: not measured" + (" (dry run)" if dry else "") + ".")
     det = _load(work, "determinism.json")
     if det:
-        L.append(f"\nDeterminism ({det.get('config', '')}, use_deterministic_algorithms(True), 2 runs x "
-                 f"{det.get('steps_per_run')} steps): "
-                 f"converted weights bitwise equal: {det.get('converted_bitwise_equal')}"
-                 + (f" ({det.get('tensors_differing')} of {det.get('tensors')} tensors differ, max |d| "
-                    f"{det.get('max_abs_diff')})" if det.get("tensors_differing") else "")
-                 + (f"; error {det['converted_error']}" if det.get("converted_error") else "")
-                 + f"; eager: {det.get('eager')}.")
+        L.append(
+            f"\nDeterminism ({det.get('config', '')}, use_deterministic_algorithms(True), 2 runs x "
+            f"{det.get('steps_per_run')} steps): "
+            f"converted weights bitwise equal: {det.get('converted_bitwise_equal')}"
+            + (
+                f" ({det.get('tensors_differing')} of {det.get('tensors')} tensors differ, max |d| "
+                f"{det.get('max_abs_diff')})"
+                if det.get("tensors_differing")
+                else ""
+            )
+            + (f"; error {det['converted_error']}" if det.get("converted_error") else "")
+            + f"; eager: {det.get('eager')}."
+        )
     else:
         L.append("\nDeterminism: not measured" + (" (dry run)" if dry else "") + ".")
 
@@ -636,10 +774,23 @@ def summarize(work: str) -> int:
             L += ["", "Failing:", ""] + [f"- `{t}`: {m}" for t, m in bad[:40]]
             if len(bad) > 40:
                 L.append(f"- ... and {len(bad) - 40} more (junit.xml)")
-    L += ["", "## Archive", "", "gpu_results.tar.gz: " + ", ".join(sorted(
-        os.path.relpath(os.path.join(d, f), work) for d, _, fs in os.walk(work) for f in fs
-        if not f.endswith(".tmp")) + (["summary.md"] if not os.path.exists(os.path.join(work, "summary.md")) else [])),
-        "", "Ingest: `python scripts/ingest_gpu_results.py gpu_results.tar.gz` (docs/gpu_validation.md)."]
+    L += [
+        "",
+        "## Archive",
+        "",
+        "gpu_results.tar.gz: "
+        + ", ".join(
+            sorted(
+                os.path.relpath(os.path.join(d, f), work)
+                for d, _, fs in os.walk(work)
+                for f in fs
+                if not f.endswith(".tmp")
+            )
+            + (["summary.md"] if not os.path.exists(os.path.join(work, "summary.md")) else [])
+        ),
+        "",
+        "Ingest: `python scripts/ingest_gpu_results.py gpu_results.tar.gz` (docs/gpu_validation.md).",
+    ]
     with open(os.path.join(work, "summary.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     return 0

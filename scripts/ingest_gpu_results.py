@@ -12,6 +12,7 @@ non-GPU one) is refused with exit code 2; --check validates any archive's layout
 it only into a temporary folder, writing nothing in the repository. --root DIR works on another
 checkout (tests use a temporary one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,10 @@ def ingest(archive: str, root: str = REPO, check: bool = False, readme: bool = T
     """(exit code, message lines)."""
     files = read_archive(archive)
     meta = json.loads(files["meta.json"])
-    what = (f"{'dry run' if meta.get('dry_run') else meta.get('device') or 'no GPU'}, {meta.get('date')}, "
-            f"commit {meta.get('commit')}, {len(files)} files")
+    what = (
+        f"{'dry run' if meta.get('dry_run') else meta.get('device') or 'no GPU'}, {meta.get('date')}, "
+        f"commit {meta.get('commit')}, {len(files)} files"
+    )
     if check:
         with tempfile.TemporaryDirectory() as tmp:  # unpack as ingest would, outside the repository
             for rel, data in files.items():

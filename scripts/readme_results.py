@@ -6,14 +6,15 @@ README is one a committed results file holds.
     python scripts/readme_results.py --check   # exit 1 if README.md's block is stale
 
 Sources (a folder is named <device>-<YYYY-MM-DD>[-suffix]; the newest folder holding a file wins):
-  training_steps.txt            bench_steps --interleave output: converted vs original step time
+  training_steps.txt            python -m i2i_fast.bench.steps --interleave output: converted vs original step time
   training_steps_full_size.txt  the papers' sizes: "<family> median ms {...} <ratio>x" lines
-  saved_activations.txt         bench_steps --saved output (the block run with --full)
+  saved_activations.txt         python -m i2i_fast.bench.steps --saved output (the block run with --full)
   results.json                  python -m i2i_fast.bench: single ops (per op, the fwdbwd row of its first shape)
-  gpu_model.md                  python -m i2i_fast.gpu_model --steps all: the per-step memory-traffic MODEL
+  gpu_model.md                  python -m i2i_fast.bench.gpu_model --steps all: the per-step memory-traffic MODEL
 GPU results come first; a device with no committed file is said to be not measured; the model
 comes last, labelled as one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,19 +30,34 @@ NO_GPU = "GPU: not measured (no GPU results file is committed yet)."
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 FAMILY_NAMES = {
-    "ugatit": "U-GAT-IT light", "cyclegan": "CycleGAN ResNet-9 + PatchGAN", "munit": "MUNIT",
-    "unit": "UNIT", "stargan": "StarGAN", "pix2pix": "pix2pix U-Net-256 (BatchNorm)",
+    "ugatit": "U-GAT-IT light",
+    "cyclegan": "CycleGAN ResNet-9 + PatchGAN",
+    "munit": "MUNIT",
+    "unit": "UNIT",
+    "stargan": "StarGAN",
+    "pix2pix": "pix2pix U-Net-256 (BatchNorm)",
 }
-OP_ORDER = ("instance_norm", "instance_norm_pad", "adalin", "iln", "layer_norm", "batch_norm", "reflection_pad2d",
-            "reflection_pad_conv2d", "spectral_norm")
+OP_ORDER = (
+    "instance_norm",
+    "instance_norm_pad",
+    "adalin",
+    "iln",
+    "layer_norm",
+    "batch_norm",
+    "reflection_pad2d",
+    "reflection_pad_conv2d",
+    "spectral_norm",
+)
 DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 
 def _folders(results_dir, name):
     """Folders under results_dir holding `name`, newest first (date in the folder name, then name)."""
     paths = glob.glob(os.path.join(results_dir, "*", name))
-    key = lambda p: ((DATE.search(os.path.basename(os.path.dirname(p))) or DATE.search("0000-00-00")).group(1),
-                     os.path.basename(os.path.dirname(p)))
+    key = lambda p: (
+        (DATE.search(os.path.basename(os.path.dirname(p))) or DATE.search("0000-00-00")).group(1),
+        os.path.basename(os.path.dirname(p)),
+    )
     return sorted(paths, key=key, reverse=True)
 
 
@@ -87,6 +103,7 @@ def parse_full(path):
     return out
 
 
+_STEPS_COMMAND = re.compile(r"bench[._]steps")  # the step runner, before and after it joined i2i_fast.bench
 _SAVED = re.compile(r"^(\w+)\s+eager\s+([\d.]+)\s+converted\s+([\d.]+)\s+ratio\s+([\d.]+)")
 
 
@@ -94,7 +111,7 @@ def parse_saved(path):
     """{family: (eager MiB, converted MiB, ratio)} of the --full block of a --saved log."""
     blocks, full = {}, None
     for line in open(path):
-        if line.startswith("#") and "bench_steps" in line:
+        if line.startswith("#") and _STEPS_COMMAND.search(line):
             full = "--full" in line
             continue
         m = _SAVED.match(line)
@@ -134,17 +151,31 @@ def steps_section(results_dir):
     families = [f for f in FAMILY_NAMES if any(f in d for d in st["runs"] + [fu, sa])]
     device = st.get("device", "cpu")
     src = steps[0] if steps else (full or saved)[0]
-    what = [f"small = the small CPU configurations, {st['threads']} thread{'s' * (st['threads'] != 1)}, "
-            f"{st['steps']} interleaved steps per variant, one value per run (`{_rel(steps[0])}`)"] if steps else []
+    what = (
+        [
+            f"small = the small CPU configurations, {st['threads']} thread{'s' * (st['threads'] != 1)}, "
+            f"{st['steps']} interleaved steps per variant, one value per run (`{_rel(steps[0])}`)"
+        ]
+        if steps
+        else []
+    )
     what += [f"papers' size: {_files(full_used)}"] if full_used else []
-    what += [f"saved MiB = the peak of what autograd holds for backward during one step at the papers' "
-             f"size ({_files(saved_used)})"] if saved_used else []
-    lines = [f"**Whole training steps, {'GPU' if _is_gpu(device) else 'CPU'}** ({_device_label(results_dir, src)}): "
-             "speed-up of one step (G and D forward, backward, optimizer) of the converted model with the fused "
-             "losses over the original, both eager. " + "; ".join(what) + ".",
-             "",
-             "| family | step speed-up, small | step speed-up, papers' size | saved MiB, original -> converted |",
-             "|---|---|---|---|"]
+    what += (
+        [
+            f"saved MiB = the peak of what autograd holds for backward during one step at the papers' "
+            f"size ({_files(saved_used)})"
+        ]
+        if saved_used
+        else []
+    )
+    lines = [
+        f"**Whole training steps, {'GPU' if _is_gpu(device) else 'CPU'}** ({_device_label(results_dir, src)}): "
+        "speed-up of one step (G and D forward, backward, optimizer) of the converted model with the fused "
+        "losses over the original, both eager. " + "; ".join(what) + ".",
+        "",
+        "| family | step speed-up, small | step speed-up, papers' size | saved MiB, original -> converted |",
+        "|---|---|---|---|",
+    ]
     for f in families:
         small = ", ".join(f"{r[f]:.2f}x" for r in st["runs"] if f in r) or "not measured"
         big = f"{fu[f][2]:.2f}x ({_s(fu[f][1])} vs {_s(fu[f][0])})" if f in fu else "not measured"
@@ -204,19 +235,26 @@ def ops_sections(results_dir):
         rows = sorted((r for _, _, rs in parts for r in rs), key=_op_key)
         torchs = sorted({m.get("torch") for _, m, _ in parts})
         dirs = sorted({os.path.basename(os.path.dirname(p)) for p, _, _ in parts})
-        src = (f"`benchmarks/results/{{{','.join(dirs)}}}/results.json`" if len(dirs) > 1
-               else f"`benchmarks/results/{dirs[0]}/results.json`")
-        lines = [f"**Single ops, {'CPU' if cpu else 'GPU'}** ({label}, torch {', '.join(torchs)}): forward + "
-                 f"backward, median ms; x = speed-up of ours; GB/s = bytes that must move / our time ({src}).",
-                 "",
-                 "| op | shape | dtype | parity | ours ms | x eager | x compile | GB/s |",
-                 "|---|---|---|---|---|---|---|---|"]
+        src = (
+            f"`benchmarks/results/{{{','.join(dirs)}}}/results.json`"
+            if len(dirs) > 1
+            else f"`benchmarks/results/{dirs[0]}/results.json`"
+        )
+        lines = [
+            f"**Single ops, {'CPU' if cpu else 'GPU'}** ({label}, torch {', '.join(torchs)}): forward + "
+            f"backward, median ms; x = speed-up of ours; GB/s = bytes that must move / our time ({src}).",
+            "",
+            "| op | shape | dtype | parity | ours ms | x eager | x compile | GB/s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             x = lambda k: "-" if r.get(k) is None else f"{r[k]:.2f}x"
             gbps = "-" if r.get("gbps") is None else f"{r['gbps']:.1f}"
-            lines.append(f"| {r['op']} | {_shape(r['op'], r['shape'])} | {r.get('dtype', '-')} | "
-                         f"{'PASS' if r.get('pass') else 'FAIL'} | {r['time_ms']:.3f} | "
-                         f"{x('speedup_vs_eager')} | {x('speedup_vs_compile')} | {gbps} |")
+            lines.append(
+                f"| {r['op']} | {_shape(r['op'], r['shape'])} | {r.get('dtype', '-')} | "
+                f"{'PASS' if r.get('pass') else 'FAIL'} | {r['time_ms']:.3f} | "
+                f"{x('speedup_vs_eager')} | {x('speedup_vs_compile')} | {gbps} |"
+            )
         out[(cpu, label)] = lines
     return out
 
@@ -234,11 +272,16 @@ def model_section(results_dir):
     if _MODEL_STEPS not in text:
         return []
     table = [ln for ln in text.split(_MODEL_STEPS, 1)[1].splitlines() if ln.startswith("|")]
-    return ([f"**H200 memory traffic of one training step, a MODEL, not measured** (`{_rel(paths[0])}`, "
-             "`python -m i2i_fast.gpu_model --steps all`): the norm, pad, activation and loss work of each family's "
-             "small CPU configuration; our kernels/*.cu traced through the CUDA emulation with an LRU model of the "
-             "50 MB L2, beside eager's ops and the bytes they touch. Convolutions and the optimizer are left out."]
-            + [""] + table)
+    return (
+        [
+            f"**H200 memory traffic of one training step, a MODEL, not measured** (`{_rel(paths[0])}`, "
+            "`python -m i2i_fast.bench.gpu_model --steps all`): the norm, pad, activation and loss work of each family's "
+            "small CPU configuration; our kernels/*.cu traced through the CUDA emulation with an LRU model of the "
+            "50 MB L2, beside eager's ops and the bytes they touch. Convolutions and the optimizer are left out."
+        ]
+        + [""]
+        + table
+    )
 
 
 def block(results_dir=os.path.join(ROOT, "benchmarks", "results")) -> str:

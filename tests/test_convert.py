@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import i2i_fast
-from i2i_fast import bench_steps
+from i2i_fast.bench import steps
 from i2i_fast.convert import Folded, FusedResidualBlock, FusedResnetAdaILNBlock
 from i2i_fast.models import cyclegan, munit, stargan, ugatit, unit
 
@@ -242,15 +242,15 @@ def test_ugatit_training_step_matches(fused):
             assert_parity(a, b, b, F64, f"after the step: {k}")
 
 
-@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+@pytest.mark.parametrize("family", list(steps.FAMILIES))
 def test_bench_steps_converted_step_matches(family):
     """The benchmark's "converted" step (convert + the i2i_fast losses) of every family: its
     first-step losses equal the original's (same weights, data, noise), float32 CPU configs."""
-    ref = bench_steps.Runner(family, "eager", "cpu").run()
-    got = bench_steps.Runner(family, "converted", "cpu").run()
-    ok, detail = bench_steps.compare_losses(ref, got)
+    ref = steps.Runner(family, "eager", "cpu").run()
+    got = steps.Runner(family, "converted", "cpu").run()
+    ok, detail = steps.compare_losses(ref, got)
     assert ok, detail
-    assert not bench_steps.compare_losses(ref, {k: v * 1.01 for k, v in got.items()})[0]
+    assert not steps.compare_losses(ref, {k: v * 1.01 for k, v in got.items()})[0]
 
 
 # --------------------------------------------------------------------- torch.compile
@@ -399,7 +399,7 @@ def test_pix2pix_batchnorm():
 
 
 def test_saved_peak_mib_counts_live_graph_storages():
-    """bench_steps.saved_peak_mib: distinct non-parameter storages, counted while their graph
+    """steps.saved_peak_mib: distinct non-parameter storages, counted while their graph
     lives (a freed graph's bytes leave the count), views of one storage once."""
     w = torch.nn.Parameter(torch.randn(1024))
 
@@ -412,15 +412,15 @@ def test_saved_peak_mib_counts_live_graph_storages():
             (x * w).sum().backward()                  # saves x (4 KiB) and w (a parameter)
             y = torch.randn(2048, requires_grad=True)  # the first graph is freed: peak 8 KiB, not 12
             (y[:1024] * y[1024:] * w).sum().backward()
-    assert bench_steps.saved_peak_mib(Stub()) * 2 ** 20 == 8192 + 4096  # y's storage + y[:1024] * y[1024:]
+    assert steps.saved_peak_mib(Stub()) * 2 ** 20 == 8192 + 4096  # y's storage + y[:1024] * y[1024:]
 
 
 @pytest.mark.parametrize("family", ["ugatit", "munit"])
 def test_converted_step_saves_less_for_backward(family):
     """The fused norms keep x and (N, C) statistics for backward where the originals keep
     several full-size intermediates: the converted step's saved-activation peak is lower."""
-    eager = bench_steps.saved_peak_mib(bench_steps.Runner(family, "eager", "cpu"))
-    converted = bench_steps.saved_peak_mib(bench_steps.Runner(family, "converted", "cpu"))
+    eager = steps.saved_peak_mib(steps.Runner(family, "eager", "cpu"))
+    converted = steps.saved_peak_mib(steps.Runner(family, "converted", "cpu"))
     assert converted < 0.8 * eager, (family, eager, converted)
 
 
@@ -429,7 +429,7 @@ def test_pix2pix_training_step_matches():
     losses vs the original step in float64: losses, every parameter and running statistic."""
     def run(converted):
         torch.manual_seed(0)
-        fam = bench_steps.FAMILIES["pix2pix"]("cpu", True)
+        fam = steps.FAMILIES["pix2pix"]("cpu", True)
         nets = [n.double() for n in fam.nets]
         if converted:
             nets = [i2i_fast.convert(n, copy=True) for n in nets]
@@ -616,7 +616,7 @@ def test_trainer_builds_optimizers_then_converts(family):
     turns the roundoff in a conv bias's ~0 gradient before an instance norm into steps of ~lr;
     an untrained network would be off by ~lr = 2e-4)."""
     torch.manual_seed(0)
-    fam = bench_steps.FAMILIES[family]("cpu", True)
+    fam = steps.FAMILIES[family]("cpu", True)
     nets = [n.double() for n in fam.nets]
     twin = copy.deepcopy(nets)                      # one deepcopy: the twin shares its blocks too
     data = tuple(t.double() for t in fam.data)

@@ -552,17 +552,17 @@ def test_converted_cyclegan_generator(on):
 
 
 def test_step_launch_counter_for_the_main_job(emu):
-    """bench_steps.use_emulated_launches() gives the main job's "our launches" column: the
+    """steps.use_emulated_launches() gives the main job's "our launches" column: the
     CUDA kernel launches of one converted training step, counted through the emulation."""
-    from i2i_fast import bench_steps
-    assert bench_steps.use_emulated_launches() is None
+    from i2i_fast.bench import steps
+    assert steps.use_emulated_launches() is None
     try:
-        r = bench_steps.Runner("stargan", "converted", "cpu", None)
+        r = steps.Runner("stargan", "converted", "cpu", None)
         r.run()
-        n = bench_steps.count_ops(r)
+        n = steps.count_ops(r)
         assert n["launches"] > 0 and n["launches"] < n["model"], n
     finally:
-        bench_steps.LAUNCH_COUNTER = None
+        steps.LAUNCH_COUNTER = None
 
 
 # ------------------------------------------------------------------ on a lent GPU

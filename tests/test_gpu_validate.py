@@ -2,6 +2,7 @@
 summary still made), the ingest command on that archive (refused, --check accepted) and on a
 GPU-like archive (into a temporary checkout), and the GPU-only Python drivers of the script run
 on CPU at tiny sizes, so that none of it rots between lent GPUs."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,8 +32,9 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_out")
     env = dict(os.environ, OUT=str(out), GPU_VALIDATE_DRY_RUN="1", PYTHON=sys.executable)
     t0 = time.time()
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_validate.sh")], env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "gpu_validate.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     return out, p, time.time() - t0
 
 
@@ -48,8 +50,13 @@ def test_dry_run_makes_archive_and_summary(dry_run):
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
         names = set(tar.getnames())
         meta = json.load(tar.extractfile("gpu_results/meta.json"))
-    assert {"gpu_results/meta.json", "gpu_results/summary.md", "gpu_results/steps.tsv",
-            "gpu_results/env.txt", "gpu_results/logs/import.log"} <= names
+    assert {
+        "gpu_results/meta.json",
+        "gpu_results/summary.md",
+        "gpu_results/steps.tsv",
+        "gpu_results/env.txt",
+        "gpu_results/logs/import.log",
+    } <= names
     assert meta["dry_run"] is True and meta["device"] is None
     assert [s["step"] for s in meta["steps"]] == ["build", "import"] + list(GPU_STEPS[1:])
     print(f"dry run wall time: {wall:.1f} s")
@@ -59,12 +66,20 @@ def test_ingest_refuses_dry_run_but_checks_it(dry_run, tmp_path):
     out = dry_run[0]
     ingest = os.path.join(ROOT, "scripts", "ingest_gpu_results.py")
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
-    p = subprocess.run([sys.executable, ingest, str(out / "gpu_results.tar.gz"), "--root", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, ingest, str(out / "gpu_results.tar.gz"), "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "dry run" in p.stderr, p.stderr
     assert os.listdir(tmp_path / "benchmarks" / "results") == []
-    p = subprocess.run([sys.executable, ingest, str(out / "gpu_results.tar.gz"), "--check", "--root", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, ingest, str(out / "gpu_results.tar.gz"), "--check", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "archive OK (dry run" in p.stdout and "would be refused" in p.stdout
     assert os.listdir(tmp_path / "benchmarks" / "results") == []
@@ -73,12 +88,31 @@ def test_ingest_refuses_dry_run_but_checks_it(dry_run, tmp_path):
 def _gpu_archive(path, device="cuda", extra=None):
     """An archive shaped like a real GPU run's (hand-made: no GPU here)."""
     machine = {"device": device, "torch": "2.11.0+cu130", "gpu_name": "NVIDIA H200" if device == "cuda" else None}
-    row = {"op": "instance_norm", "shape": [1, 256, 64, 64], "dtype": "fp32", "device": device, "mode": "fwdbwd",
-           "impl": "ours", "time_ms": 0.05, "eager_ms": 0.2, "speedup_vs_eager": 4.0, "gbps": 900.0, "pass": True}
+    row = {
+        "op": "instance_norm",
+        "shape": [1, 256, 64, 64],
+        "dtype": "fp32",
+        "device": device,
+        "mode": "fwdbwd",
+        "impl": "ours",
+        "time_ms": 0.05,
+        "eager_ms": 0.2,
+        "speedup_vs_eager": 4.0,
+        "gbps": 900.0,
+        "pass": True,
+    }
     files = {
-        "meta.json": json.dumps({"schema": 1, "dry_run": False, "device": "NVIDIA H200", "date": "2026-12-01",
-                                 "gpu": {"available": True, "name": "NVIDIA H200", "source": "nvidia-ml-py"},
-                                 "commit": "0" * 40, "steps": []}),
+        "meta.json": json.dumps(
+            {
+                "schema": 1,
+                "dry_run": False,
+                "device": "NVIDIA H200",
+                "date": "2026-12-01",
+                "gpu": {"available": True, "name": "NVIDIA H200", "source": "nvidia-ml-py"},
+                "commit": "0" * 40,
+                "steps": [],
+            }
+        ),
         "summary.md": "# gpu_validate: NVIDIA H200\n",
         "steps.tsv": "step\tresult\trc\tseconds\ttimeout_s\tnote\nbuild\tok\t0\t90\t150\t\n",
         "results.json": json.dumps({"timestamp": "2026-12-01T00:00:00+00:00", "machine": machine, "results": [row]}),
@@ -121,10 +155,11 @@ def test_ingest_gpu_archive_into_results_and_readme(tmp_path):
 
 
 def _tiny_cyclegan(device, small):
-    """CycleGAN's family at a tenth of bench_steps' small CPU size (ResNet-6, ngf 4, 32x32):
+    """CycleGAN's family at a tenth of bench.steps' small CPU size (ResNet-6, ngf 4, 32x32):
     the real models, convert and training step, cheap enough for a shared 2-core machine."""
-    from i2i_fast import bench_steps
+    from i2i_fast.bench import steps as bench_steps
     from i2i_fast.models import cyclegan
+
     fam = bench_steps.cyclegan_family(device, True)
     nets = [cyclegan.define_G(3, 3, 4, "resnet_6blocks", norm="instance") for _ in range(2)]
     nets += [cyclegan.define_D(3, 4, "basic", norm="instance") for _ in range(2)]
@@ -137,6 +172,7 @@ def one_thread():
     """One intra-op thread: at these sizes two OpenMP threads on a loaded 2-core machine made
     the test ten times slower (spinning), and the numbers do not matter here."""
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -145,7 +181,8 @@ def one_thread():
 
 def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     """The bench / steps / determinism / sanitize drivers and the summary, at tiny CPU sizes."""
-    from i2i_fast import bench_steps
+    from i2i_fast.bench import steps as bench_steps
+
     monkeypatch.setitem(bench_steps.FAMILIES, "cyclegan", _tiny_cyclegan)
     gv = _module("gpu_validate")
     out = str(tmp_path)
@@ -155,11 +192,15 @@ def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     assert {r["op"] for r in res["results"]} == {"instance_norm", "loss_cyclegan_d"}
     assert all(r["pass"] and r["time_ms"] > 0 for r in res["results"] + paths["results"])
     assert {(r["op"], r["path"]) for r in paths["results"]} == {
-        ("reflection_pad_conv2d[border]", "border"), ("in_relu_pad_conv[out_pad]", "out_pad")}
+        ("reflection_pad_conv2d[border]", "border"),
+        ("in_relu_pad_conv[out_pad]", "out_pad"),
+    }
     assert gv.run_steps(out, "cpu", gv.Deadline(0), smoke=True) == 0
     steps = json.load(open(tmp_path / "steps.json"))["rows"]
     assert [(r["family"], r["variant"], r["parity"]) for r in steps] == [
-        ("cyclegan", "eager", True), ("cyclegan", "converted", True)]
+        ("cyclegan", "eager", True),
+        ("cyclegan", "converted", True),
+    ]
     assert "cyclegan  converted" in (tmp_path / "training_steps.txt").read_text()
     assert gv.run_determinism(out, "cpu", smoke=True) == 0
     assert json.load(open(tmp_path / "determinism.json"))["converted_bitwise_equal"] is True
@@ -175,8 +216,14 @@ def test_gpu_drivers_on_cpu(tmp_path, monkeypatch, one_thread):
     (tmp_path / "steps.tsv").write_text("step\tresult\trc\tseconds\ttimeout_s\tnote\nbench\tok\t0\t9\t60\t\n")
     assert gv.summarize(out) == 0
     summary = (tmp_path / "summary.md").read_text()
-    for text in ("| bench | ok | 0 | 9 | 60 |", "| instance_norm | 1x8x16x16 | fp32 | PASS", "border",
-                 "| cyclegan | converted |", "converted weights bitwise equal: True", "| build | not reached |"):
+    for text in (
+        "| bench | ok | 0 | 9 | 60 |",
+        "| instance_norm | 1x8x16x16 | fp32 | PASS",
+        "border",
+        "| cyclegan | converted |",
+        "converted weights bitwise equal: True",
+        "| build | not reached |",
+    ):
         assert text in summary, text
 
 

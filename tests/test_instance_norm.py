@@ -210,10 +210,10 @@ def test_out_pad_fp64_exact_and_one_op(backend, running):
     x, w, b, r, gy = make_inputs((2, 3, 6, 5), torch.float64, "cpu", True, True, pad=2)
     rm, rv = (torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5) if running else (None, None)
     xs, ws, bs, rs = (t.clone().requires_grad_() for t in (x, w, b, r))
-    from i2i_fast import bench
-    with i2i_fast.use_backend(backend), bench.OpCounter() as fwd:
+    from i2i_fast.bench import counting
+    with i2i_fast.use_backend(backend), counting.OpCounter() as fwd:
         y = F.instance_norm(xs, rm, rv, ws, bs, use_input_stats=not running, activation="relu", residual=rs, out_pad=2)
-    with bench.OpCounter() as bwd:
+    with counting.OpCounter() as bwd:
         y.backward(gy)
     xr, wr, br, rr = (t.clone().requires_grad_() for t in (x, w, b, r))
     ref = reference.instance_norm_fwd(xr, wr, br, rr, rm, rv, 1e-5, 1, 0.2, 2)[0]

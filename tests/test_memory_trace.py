@@ -1,5 +1,5 @@
 """The CUDA emulation's memory tracer (tests/cuda_emu/trace.cpp) and the per-op traffic model
-built on it (i2i_fast/gpu_model.py): a MODEL of GPU memory traffic, computed on the CPU.
+built on it (i2i_fast/bench/gpu_model.py): a MODEL of GPU memory traffic, computed on the CPU.
 
 The tracer is shown to fail on purpose-built kernels (an uncoalesced read, a working set read
 twice through an L2 too small for it); then every op's forward and backward, at a small shape,
@@ -7,10 +7,11 @@ is held to the targets (coalescing >= 90% on sites carrying >= 1% of the bytes; 
 <= 1.02x and modelled DRAM bytes <= 1.10x the bytes that must move), except the misses listed in
 KNOWN_MISSES with their reason: a listed miss that starts to pass fails too, so the list stays
 true."""
+
 import pytest
 import torch
 
-from i2i_fast import gpu_model
+from i2i_fast.bench import gpu_model
 
 cuda_emu = pytest.importorskip("cuda_emu")
 
@@ -18,22 +19,35 @@ COALESCED, COMPULSORY, DRAM = 0.90, 1.02, 1.10
 SHAPE = (2, 8, 32, 32)
 
 # (op, layout) -> {target: why it is missed}; the same for fp32 and bf16, forward and backward.
-_TWO_PASS = ("the norm family reads x twice (statistics kernel, then apply kernel; sums kernel, then gradient "
-             "kernel): a sample's (layer norm, AdaLIN) or a channel's (batch norm) statistics span more than one "
-             "SM holds, so one pass needs a grid-wide barrier with x kept on chip (kernels/norm.cu); the L2 model "
-             "keeps the second read off DRAM")
-_CL_SPLIT = ("channels_last has too few 32-channel tiles here to fill the GPU, so each plane is split: a statistics "
-             "kernel, then the apply kernel, read x twice; the L2 model keeps the second read off DRAM")
-_CL_NARROW = ("bf16 channels_last with C = 8: a position's 8 channels are 16 bytes, half a 32-byte sector (a warp "
-              "reads 32 channels; from C = 16 on its reads fill whole sectors)")
-_PAD_BORDER = ("a warp's consecutive outputs read inputs shifted by the pad (one sector more than the data per "
-               "request) and the mirrored border columns are gathered element by element (kernels/reflection_pad.cu)")
-_FP64_PARTIALS = ("the split-plane partials are two fp64 sums per chunk (16 bytes): at this small plane "
-                  "they are over 10% of the bf16 data")
+_TWO_PASS = (
+    "the norm family reads x twice (statistics kernel, then apply kernel; sums kernel, then gradient "
+    "kernel): a sample's (layer norm, AdaLIN) or a channel's (batch norm) statistics span more than one "
+    "SM holds, so one pass needs a grid-wide barrier with x kept on chip (kernels/norm.cu); the L2 model "
+    "keeps the second read off DRAM"
+)
+_CL_SPLIT = (
+    "channels_last has too few 32-channel tiles here to fill the GPU, so each plane is split: a statistics "
+    "kernel, then the apply kernel, read x twice; the L2 model keeps the second read off DRAM"
+)
+_CL_NARROW = (
+    "bf16 channels_last with C = 8: a position's 8 channels are 16 bytes, half a 32-byte sector (a warp "
+    "reads 32 channels; from C = 16 on its reads fill whole sectors)"
+)
+_PAD_BORDER = (
+    "a warp's consecutive outputs read inputs shifted by the pad (one sector more than the data per "
+    "request) and the mirrored border columns are gathered element by element (kernels/reflection_pad.cu)"
+)
+_FP64_PARTIALS = (
+    "the split-plane partials are two fp64 sums per chunk (16 bytes): at this small plane "
+    "they are over 10% of the bf16 data"
+)
 KNOWN_MISSES = {  # (op, layout) or, where a dtype differs, (op, layout, dtype)
     ("instance_norm", "channels_last"): {"compulsory": _CL_SPLIT},
-    ("instance_norm", "channels_last", "bf16"): {"coalescing": _CL_NARROW, "compulsory": _CL_SPLIT,
-                                                 "dram": _FP64_PARTIALS},
+    ("instance_norm", "channels_last", "bf16"): {
+        "coalescing": _CL_NARROW,
+        "compulsory": _CL_SPLIT,
+        "dram": _FP64_PARTIALS,
+    },
     ("instance_norm_pad", "nchw"): {"coalescing": _PAD_BORDER},
     ("instance_norm_pad", "channels_last"): {"compulsory": _CL_SPLIT},
     ("reflection_pad2d", "nchw"): {"coalescing": _PAD_BORDER},
@@ -57,7 +71,7 @@ def test_uncoalesced_reads_are_reported(emu):
     with cuda_emu.MemoryTrace() as t:
         _selftest(emu)("strided_copy", x, 8)
     (load,) = [v for (k, site, d), v in t.sites().items() if d == "load"]
-    assert load["bytes"] / (32 * load["sectors"]) <= 0.30      # 4 of every 32 bytes used
+    assert load["bytes"] / (32 * load["sectors"]) <= 0.30  # 4 of every 32 bytes used
     with cuda_emu.MemoryTrace() as t:
         _selftest(emu)("strided_copy", x, 1)
     (load,) = [v for (k, site, d), v in t.sites().items() if d == "load"]
@@ -84,6 +98,7 @@ def test_reading_twice_through_a_small_l2_costs_twice(emu, l2_kib, ratio):
 def test_sites_name_the_kernel_source(emu):
     x = torch.randn(*SHAPE)
     from i2i_fast import functional as F
+
     with cuda_emu.MemoryTrace() as t:
         F.instance_norm(x, activation="relu")
     sites = {site for _, site, _ in t.sites()}
@@ -92,18 +107,28 @@ def test_sites_name_the_kernel_source(emu):
     assert files <= {"kernels/instance_norm.cu", "kernels/reduce.cuh", "csrc/norm_math.h"}, sites
 
 
-CASES = [(op, dt, layout) for op in gpu_model.OPS for layout in ("nchw", "channels_last")
-         for dt in (("fp32", "bf16") if op == "instance_norm" else ("fp32",))]
+CASES = [
+    (op, dt, layout)
+    for op in gpu_model.OPS
+    for layout in ("nchw", "channels_last")
+    for dt in (("fp32", "bf16") if op == "instance_norm" else ("fp32",))
+]
 
 
 @pytest.mark.parametrize("op,dtype,layout", CASES, ids=["-".join(c) for c in CASES])
 def test_traffic_targets(emu, op, dtype, layout):
     res = gpu_model.trace_op(op, SHAPE, gpu_model.DTYPES[dtype], layout == "channels_last")
-    rows = "\n".join(gpu_model.render([dict(r, op=op, shape="x".join(map(str, SHAPE)), dtype=dtype, layout=layout,
-                                             dir=d)], header=False) for d, r in res.items())
-    missed = {"coalescing": any(r["worst_coalescing"] < COALESCED for r in res.values()),
-              "compulsory": any(r["compulsory_ratio"] > COMPULSORY for r in res.values()),
-              "dram": any(r["dram_ratio"] > DRAM for r in res.values())}
+    rows = "\n".join(
+        gpu_model.render(
+            [dict(r, op=op, shape="x".join(map(str, SHAPE)), dtype=dtype, layout=layout, dir=d)], header=False
+        )
+        for d, r in res.items()
+    )
+    missed = {
+        "coalescing": any(r["worst_coalescing"] < COALESCED for r in res.values()),
+        "compulsory": any(r["compulsory_ratio"] > COMPULSORY for r in res.values()),
+        "dram": any(r["dram_ratio"] > DRAM for r in res.values()),
+    }
     known = KNOWN_MISSES.get((op, layout, dtype), KNOWN_MISSES.get((op, layout), {}))
     assert {t for t, m in missed.items() if m} == set(known), f"targets missed vs KNOWN_MISSES:\n{rows}"
 
@@ -113,6 +138,7 @@ def test_step_model_counts_emulated_kernels_once(emu):
     apart: the calls of i2i_fast's ops and of their emulated twins are not other ops, so an
     instance norm under the emulation adds launches and no op."""
     from i2i_fast import functional as F
+
     x = torch.randn(2, 8, 32, 32)
     with gpu_model._Touched() as touched, cuda_emu.MemoryTrace() as t:
         F.instance_norm(x)

@@ -1,10 +1,11 @@
-"""Ops per training step (bench_steps.count_ops), the batch-1 batch norm route that keeps pix2pix
+"""Ops per training step (steps.count_ops), the batch-1 batch norm route that keeps pix2pix
 under eager, and the main job's whole-step section (python -m i2i_fast.bench).
 
 The op count is a TorchDispatchMode over one step (views, detach, bare allocations and profiler
 records excluded): on a GPU at batch 1 each op is a launch, so it is the device-independent
 proxy for a launch-bound step. The optimizer's ops (CPU Adam: per tensor) are counted apart.
 """
+
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import i2i_fast
-from i2i_fast import bench, bench_steps
+from i2i_fast.bench import counting, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,26 +23,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ------------------------------------------------------------------ the counter itself
 def test_op_counter_counts_work_not_views_and_phases():
     x = torch.randn(4, 4)
-    with bench.OpCounter() as c:
-        y = x.view(16)                                # a view: not counted
-        z = torch.empty(3)                            # a bare allocation: not counted
-        y = y + 1                                     # counted
+    with counting.OpCounter() as c:
+        y = x.view(16)  # a view: not counted
+        z = torch.empty(3)  # a bare allocation: not counted
+        y = y + 1  # counted
         c.phase("opt")
-        y.mul_(2)                                     # counted, in phase "opt"
+        y.mul_(2)  # counted, in phase "opt"
         c.phase(None)
-        torch.zeros(2)                                # counted (a fill)
+        torch.zeros(2)  # counted (a fill)
     assert c.total == 3 and c.by_phase == {"opt": 1}, (c.total, c.names)
     del z
 
 
 def test_count_ops_sees_fused_ops_and_optimizer_apart():
-    r = bench_steps.Runner("cyclegan", "converted", "cpu")
+    r = steps.Runner("cyclegan", "converted", "cpu")
     r.run()
-    n = bench_steps.count_ops(r)
+    n = steps.count_ops(r)
     assert n["ops"] == n["model"] + n["optimizer"] and n["optimizer"] > 0
-    with bench.OpCounter() as c:
+    with counting.OpCounter() as c:
         r.run()
-    assert any(k.startswith("i2i_fast::") for k in c.names)   # the fast eager path is made visible
+    assert any(k.startswith("i2i_fast::") for k in c.names)  # the fast eager path is made visible
 
 
 # ---------------------------------------------------------------- fewer ops than eager
@@ -52,14 +53,14 @@ def _counts(family):
     if family not in _COUNTS:
         out = {}
         for v in ("eager", "converted"):
-            r = bench_steps.Runner(family, v, "cpu")
-            r.run()                      # warm-up: lazy state (Adam's buffers) out of the count
-            out[v] = bench_steps.count_ops(r)
+            r = steps.Runner(family, v, "cpu")
+            r.run()  # warm-up: lazy state (Adam's buffers) out of the count
+            out[v] = steps.count_ops(r)
         _COUNTS[family] = out
     return _COUNTS[family]
 
 
-@pytest.mark.parametrize("family", list(bench_steps.FAMILIES))
+@pytest.mark.parametrize("family", list(steps.FAMILIES))
 def test_converted_step_dispatches_no_more_ops_than_eager(family):
     """Small CPU configurations: the converted step (convert + fused losses) dispatches at most
     as many ops as the original, in total and without the optimizer (the same Adam on both)."""
@@ -86,19 +87,22 @@ def test_batch_norm_batch1_ops():
     """Training batch norm at batch 1: forward = the fused instance norm + the running-stats
     update (+ num_batches_tracked), backward = one op; at batch 2 the family path remains."""
     m = i2i_fast.BatchNorm2d(4, activation="relu")
-    for n, fwd_ops, bwd_ops in ((1, ["i2i_fast::instance_norm_fwd", "i2i_fast::bn_update_running"],
-                                 ["i2i_fast::instance_norm_bwd"]),
-                                (2, ["i2i_fast::norm_stats", "i2i_fast::norm_coefs", "i2i_fast::norm_apply",
-                                     "i2i_fast::bn_update_running"],
-                                 ["i2i_fast::norm_apply_sums", "i2i_fast::norm_coefs_bwd", "i2i_fast::norm_apply_bwd"])):
+    for n, fwd_ops, bwd_ops in (
+        (1, ["i2i_fast::instance_norm_fwd", "i2i_fast::bn_update_running"], ["i2i_fast::instance_norm_bwd"]),
+        (
+            2,
+            ["i2i_fast::norm_stats", "i2i_fast::norm_coefs", "i2i_fast::norm_apply", "i2i_fast::bn_update_running"],
+            ["i2i_fast::norm_apply_sums", "i2i_fast::norm_coefs_bwd", "i2i_fast::norm_apply_bwd"],
+        ),
+    ):
         x = torch.randn(n, 4, 8, 8, requires_grad=True)
         with i2i_fast.use_backend("cpu"):
-            with bench.OpCounter() as f:
+            with counting.OpCounter() as f:
                 y = m(x)
-            with bench.OpCounter() as b:
+            with counting.OpCounter() as b:
                 y.backward(torch.ones_like(y))
         ours = [k for k in f.names if k.startswith("i2i_fast::")]
-        assert ours == fwd_ops and f.total == len(fwd_ops) + 1, f.names   # + num_batches_tracked.add_
+        assert ours == fwd_ops and f.total == len(fwd_ops) + 1, f.names  # + num_batches_tracked.add_
         assert [k for k in b.names if k.startswith("i2i_fast::")] == bwd_ops, b.names
 
 
@@ -108,13 +112,24 @@ def test_main_job_step_table_quiet_and_chart(tmp_path):
     names its results folder last, writes the chart, and no profiler/kineto message reaches
     the terminal (the CPU launch count is a dispatch-mode count)."""
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "i2i_fast.bench", "--quick", "--ops", "loss_cyclegan_d", "--steps", "unit",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "i2i_fast.bench",
+        "--quick",
+        "--ops",
+        "loss_cyclegan_d",
+        "--steps",
+        "unit",
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     text = p.stdout + p.stderr
-    for noise in ("gpuGetDeviceCount", "kineto", "USDT", "ERROR") + (() if torch.cuda.is_available() else
-                                                                     ("No CUDA runtime is found",)):
+    for noise in ("gpuGetDeviceCount", "kineto", "USDT", "ERROR") + (
+        () if torch.cuda.is_available() else ("No CUDA runtime is found",)
+    ):
         assert noise not in text, text
     lines = p.stdout.strip().splitlines()
     assert lines[-1].startswith("results in ") and str(out) in lines[-1]

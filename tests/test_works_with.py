@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import i2i_fast
-from i2i_fast import bench
+from i2i_fast.bench import counting
 from i2i_fast import functional as F
 from i2i_fast.models import cyclegan, munit
 
@@ -102,7 +102,7 @@ def test_activation_checkpointing(how):
     else:
         ckpt = lambda m, x: checkpoint_sequential(m.model, 3, x, use_reentrant=False)
     plain = grads(G_c, lambda m, x: m(x))
-    with bench.OpCounter() as ops:
+    with counting.OpCounter() as ops:
         checked = grads(G_c, ckpt)
     assert any(k.startswith("i2i_fast::") for k in ops.names), "the checkpointed model ran no fused op"
     for a, b, c in zip(checked, plain, grads(G, lambda m, x: m(x))):

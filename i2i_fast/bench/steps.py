@@ -1,5 +1,5 @@
 """Whole training steps (G and D: forward, backward, optimizer) of the reference models, for the
-benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench_steps``) and the example
+benchmarks (benchmarks/test_bench_steps.py, ``python -m i2i_fast.bench.steps``) and the example
 (examples/train_compare.py).
 
 Variants of one family, all from the same initial weights and data:
@@ -15,6 +15,7 @@ CUDA; on CPU it is not measured (None). Saved MiB (saved_peak_mib, eager variant
 the peak of what the autograd graphs hold for backward during a step. Ops (count_ops, eager
 variants, any device) are the ops one step dispatches, the optimizer's counted apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import bench
-from . import functional as FL
-from .convert import convert
-from .models import cyclegan, munit, stargan, ugatit, unit
+from .. import functional as FL
+from ..convert import convert
+from ..models import cyclegan, munit, stargan, ugatit, unit
+from .counting import OpCounter, emulation
+from .report import noisy_ratio
+from .timing import (
+    MachineLoad,
+    Timing,
+    default_device,
+    involuntary_switches,
+    measure,
+    quiet_no_cuda_warning,
+    synchronize,
+    until_quiet,
+)
 
 VARIANTS = ("eager", "converted", "compile", "converted+compile")
 COMPILE_OPTIONS = {"fallback_random": True}  # inductor config of the compiled variants (see build)
@@ -40,6 +52,7 @@ class Family:
     """nets: modules from one init; data: tensors; step(nets, opts, data, fused) -> dict of
     losses (fused: the losses through i2i_fast.functional); opts(nets) -> optimizers; what: the
     configuration in words."""
+
     nets: list
     data: tuple
     step: Callable
@@ -62,11 +75,14 @@ def cyclegan_family(device, small):
     nets += [cyclegan.define_D(3, ngf, "basic", norm="instance") for _ in range(2)]
 
     def opts(n):
-        return (_adam(list(n[0].parameters()) + list(n[1].parameters())),
-                _adam(list(n[2].parameters()) + list(n[3].parameters())))
+        return (
+            _adam(list(n[0].parameters()) + list(n[1].parameters())),
+            _adam(list(n[2].parameters()) + list(n[3].parameters())),
+        )
 
     def step(n, o, d, fused):
         return cyclegan.training_step(*n, *d, *o, fused_losses=fused)
+
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"ResNet-9 ngf={ngf} + 70x70 PatchGAN, 1x3x{size}x{size}")
 
@@ -77,11 +93,14 @@ def ugatit_family(device, small):
     nets += [ugatit.Discriminator(3, ngf, n_layers=k) for k in (nl[0], nl[0], nl[1], nl[1])]
 
     def opts(n):
-        return (_adam([p for g in n[:2] for p in g.parameters()], lr=1e-4, weight_decay=1e-4),
-                _adam([p for g in n[2:] for p in g.parameters()], lr=1e-4, weight_decay=1e-4))
+        return (
+            _adam([p for g in n[:2] for p in g.parameters()], lr=1e-4, weight_decay=1e-4),
+            _adam([p for g in n[2:] for p in g.parameters()], lr=1e-4, weight_decay=1e-4),
+        )
 
     def step(n, o, d, fused):
         return ugatit.training_step(*n, *d, o[0], o[1], fused_losses=fused)
+
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"light, ngf={ngf}, 4 res blocks, D layers {nl}, 1x3x{size}x{size}")
 
@@ -119,26 +138,35 @@ def stargan_family(device, small):
         out_src, out_cls = D(x_fake)
         x_rec = G(x_fake, c_org)
         if fused:
-            g_loss = (FL.gan_loss(out_src, True, "wgangp", for_discriminator=False)
-                      + FL.bce_with_logits((out_cls, c_trg), 1 / batch, reduction="sum")
-                      + FL.l1_loss((x, x_rec), 10.0))
+            g_loss = (
+                FL.gan_loss(out_src, True, "wgangp", for_discriminator=False)
+                + FL.bce_with_logits((out_cls, c_trg), 1 / batch, reduction="sum")
+                + FL.l1_loss((x, x_rec), 10.0)
+            )
         else:
-            g_loss = -out_src.mean() + stargan.classification_loss(out_cls, c_trg) \
-                + 10 * torch.mean(torch.abs(x - x_rec))
+            g_loss = (
+                -out_src.mean() + stargan.classification_loss(out_cls, c_trg) + 10 * torch.mean(torch.abs(x - x_rec))
+            )
         o[1].zero_grad(), o[0].zero_grad()
         g_loss.backward()
         o[0].step()
         return {"D": d_loss.detach(), "G": g_loss.detach()}
+
     g = torch.Generator().manual_seed(3)
-    data = (_img((batch, 3, size, size), device, 1), torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device),
-            torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device))
+    data = (
+        _img((batch, 3, size, size), device, 1),
+        torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device),
+        torch.randint(0, 2, (batch, c_dim), generator=g).float().to(device),
+    )
     return Family(nets, data, step, opts, f"conv_dim={dim}, 6 res blocks, {batch}x3x{size}x{size}")
 
 
 def pix2pix_family(device, small):
     ngf = 8 if small else 64
-    nets = [cyclegan.define_G(3, 3, ngf, "unet_256", norm="batch", use_dropout=True),
-            cyclegan.define_D(6, ngf, "basic", norm="batch")]
+    nets = [
+        cyclegan.define_G(3, 3, ngf, "unet_256", norm="batch", use_dropout=True),
+        cyclegan.define_D(6, ngf, "basic", norm="batch"),
+    ]
 
     def opts(n):
         return _adam(n[0].parameters()), _adam(n[1].parameters())
@@ -170,6 +198,7 @@ def pix2pix_family(device, small):
         g_loss.backward()
         o[0].step()
         return {"D": d_loss.detach(), "G": g_loss.detach()}
+
     data = (_img((1, 3, 256, 256), device, 1), _img((1, 3, 256, 256), device, 2))
     return Family(nets, data, step, opts, f"U-Net-256 ngf={ngf} + PatchGAN, BatchNorm, 1x3x256x256")
 
@@ -181,8 +210,10 @@ def munit_family(device, small):
     nets = [munit.AdaINGen(3, gen), munit.AdaINGen(3, gen), munit.MsImageDis(3, dis), munit.MsImageDis(3, dis)]
 
     def opts(n):
-        return (_adam(list(n[0].parameters()) + list(n[1].parameters()), lr=1e-4, weight_decay=1e-4),
-                _adam(list(n[2].parameters()) + list(n[3].parameters()), lr=1e-4, weight_decay=1e-4))
+        return (
+            _adam(list(n[0].parameters()) + list(n[1].parameters()), lr=1e-4, weight_decay=1e-4),
+            _adam(list(n[2].parameters()) + list(n[3].parameters()), lr=1e-4, weight_decay=1e-4),
+        )
 
     def step(n, o, d, fused):
         """MUNIT_Trainer: dis_update then gen_update (recon x10, style/content recon x1, GAN x1)."""
@@ -209,17 +240,28 @@ def munit_family(device, small):
         x_ba, x_ab = gen_a.decode(c_b, s_a), gen_b.decode(c_a, s_b)
         c_b_recon, s_a_recon = gen_a.encode(x_ba)
         c_a_recon, s_b_recon = gen_b.encode(x_ab)
-        recon = [(x_a_recon, x_a), (x_b_recon, x_b), (s_a_recon, s_a), (s_b_recon, s_b), (c_a_recon, c_a),
-                 (c_b_recon, c_b)]
+        recon = [
+            (x_a_recon, x_a),
+            (x_b_recon, x_b),
+            (s_a_recon, s_a),
+            (s_b_recon, s_b),
+            (c_a_recon, c_a),
+            (c_b_recon, c_b),
+        ]
         if fused:
-            g_loss = (FL.gan_loss(dis_a(x_ba) + dis_b(x_ab), True, for_discriminator=False)
-                      + FL.l1_loss(recon, [10.0, 10.0, 1.0, 1.0, 1.0, 1.0]))
+            g_loss = FL.gan_loss(dis_a(x_ba) + dis_b(x_ab), True, for_discriminator=False) + FL.l1_loss(
+                recon, [10.0, 10.0, 1.0, 1.0, 1.0, 1.0]
+            )
         else:
-            g_loss = (dis_a.calc_gen_loss(x_ba) + dis_b.calc_gen_loss(x_ab)
-                      + sum(w * l1(a, b) for w, (a, b) in zip((10, 10, 1, 1, 1, 1), recon)))
+            g_loss = (
+                dis_a.calc_gen_loss(x_ba)
+                + dis_b.calc_gen_loss(x_ab)
+                + sum(w * l1(a, b) for w, (a, b) in zip((10, 10, 1, 1, 1, 1), recon))
+            )
         g_loss.backward()
         o[0].step()
         return {"D": d_loss.detach(), "G": g_loss.detach()}
+
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"AdaINGen dim={dim} + 3-scale MsImageDis, 1x3x{size}x{size}")
 
@@ -235,6 +277,7 @@ def unit_family(device, small):
 
     def opts(n):
         import warnings
+
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "optimizer contains a parameter group with duplicate parameters")
             opt_g = _adam([p for m in n[:4] for p in m.parameters()], lr=1e-4)
@@ -242,12 +285,19 @@ def unit_family(device, small):
 
     def step(n, o, d, fused):
         return unit.training_step(*n, *d, *o, fused_losses=fused)
+
     data = (_img((1, 3, size, size), device, 1), _img((1, 3, size, size), device, 2))
     return Family(nets, data, step, opts, f"E/G dim={dim} (shared blocks) + 2 PatchGANs, 1x3x{size}x{size}")
 
 
-FAMILIES = {"cyclegan": cyclegan_family, "ugatit": ugatit_family, "stargan": stargan_family,
-            "pix2pix": pix2pix_family, "munit": munit_family, "unit": unit_family}
+FAMILIES = {
+    "cyclegan": cyclegan_family,
+    "ugatit": ugatit_family,
+    "stargan": stargan_family,
+    "pix2pix": pix2pix_family,
+    "munit": munit_family,
+    "unit": unit_family,
+}
 
 
 def build(family: str, variant: str, device, small=None, seed=0):
@@ -290,8 +340,11 @@ def compare_losses(ref: dict, got: dict, rtol=1e-3, atol=1e-5):
     weights, data and noise), on the keys both report (the total G at least)."""
     if "G" not in ref.keys() & got.keys():
         return False, f"loss G missing: {sorted(ref)} vs {sorted(got)}"
-    bad = {k: (float(ref[k]), float(got[k])) for k in ref.keys() & got.keys()
-           if abs(float(ref[k]) - float(got[k])) > rtol * abs(float(ref[k])) + atol}
+    bad = {
+        k: (float(ref[k]), float(got[k]))
+        for k in ref.keys() & got.keys()
+        if abs(float(ref[k]) - float(got[k])) > rtol * abs(float(ref[k])) + atol
+    }
     return not bad, ("first-step losses match" if not bad else f"first-step losses differ: {bad}")
 
 
@@ -304,11 +357,25 @@ def run_variant(family, variant, device, ref_losses=None, budget_s=2.0, small=No
     t, peak, noise = time_step(r, budget_s)
     saved = None if "compile" in variant else saved_peak_mib(r)
     ops = count_ops(r)
-    return {"family": family, "variant": variant, "config": r.what, "device": str(r.device),
-            "ms": t.median_ms, **t.spread(), "reps": len(t.times_ms), "noisy": noise, "peak_mib": peak,
-            "saved_mib": saved, "ops": ops["ops"], "optimizer_ops": ops["optimizer"], "model_ops": ops["model"],
-            **({"launches": ops["launches"]} if "launches" in ops else {}),
-            "parity": ok, "parity_detail": detail, "losses": {k: float(v) for k, v in losses.items()}}
+    return {
+        "family": family,
+        "variant": variant,
+        "config": r.what,
+        "device": str(r.device),
+        "ms": t.median_ms,
+        **t.spread(),
+        "reps": len(t.times_ms),
+        "noisy": noise,
+        "peak_mib": peak,
+        "saved_mib": saved,
+        "ops": ops["ops"],
+        "optimizer_ops": ops["optimizer"],
+        "model_ops": ops["model"],
+        **({"launches": ops["launches"]} if "launches" in ops else {}),
+        "parity": ok,
+        "parity_detail": detail,
+        "losses": {k: float(v) for k, v in losses.items()},
+    }
 
 
 def saved_peak_mib(runner: Runner) -> float:
@@ -348,9 +415,10 @@ def saved_peak_mib(runner: Runner) -> float:
 
     def unpack(h):
         return h.t if isinstance(h, Held) else h
+
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         runner.run()
-    return state["peak"] / 2 ** 20
+    return state["peak"] / 2**20
 
 
 # Optional launch counter (the lead's CUDA-kernel emulation may provide one): a callable
@@ -363,7 +431,6 @@ def use_emulated_launches() -> str | None:
     """Sets LAUNCH_COUNTER to the CUDA emulation of a source checkout (tests/cuda_emu: the
     kernels/*.cu launches a converted step makes on a GPU, counted on CPU; its first use builds
     it, about a minute). Returns None, or why it is not available."""
-    from .gpu_model import emulation   # lazy: gpu_model imports bench, which imports this module
     global LAUNCH_COUNTER
     try:
         cuda_emu = emulation()
@@ -375,7 +442,7 @@ def use_emulated_launches() -> str | None:
 
 
 def count_ops(runner: Runner, run=None) -> dict:
-    """Ops one training step dispatches, counted with a TorchDispatchMode (bench.OpCounter) on
+    """Ops one training step dispatches, counted with a TorchDispatchMode (OpCounter) on
     any device: every aten / i2i_fast op that does work (views, detach, bare allocations and
     profiler records excluded). On a GPU at batch 1 each is a kernel launch (or a few), so this
     is the device-independent proxy for the launch-bound step time. Returns {"ops": total,
@@ -385,7 +452,7 @@ def count_ops(runner: Runner, run=None) -> dict:
     run: what runs the step (default runner.run), e.g. saved_peak_mib's, to measure both at once."""
     if "compile" in runner.variant:
         return {"ops": None, "optimizer": None, "model": None}
-    mode = bench.OpCounter()
+    mode = OpCounter()
     hooks = []
     for o in runner.opts:
         hooks.append(o.register_step_pre_hook(lambda *a: mode.phase("optimizer")))
@@ -410,8 +477,9 @@ def count_ops(runner: Runner, run=None) -> dict:
     return res
 
 
-def measure_family(family, device, variants=("eager", "converted"), reps=5, small=None, extras=True,
-                   progress=None) -> dict:
+def measure_family(
+    family, device, variants=("eager", "converted"), reps=5, small=None, extras=True, progress=None
+) -> dict:
     """The main job's whole-step row of one family: per variant, the first step's losses vs
     the original eager step (parity), then `reps` steps of the variants in alternation (median
     wall ms), and for the eager variants count_ops and saved_peak_mib (extras). A variant
@@ -435,24 +503,35 @@ def measure_family(family, device, variants=("eager", "converted"), reps=5, smal
     (wall, _), noise = alternate(runners, reps)
     for v, r in runners.items():
         ok, detail = compare_losses(ref, first[v]) if v != "eager" else (True, "reference")
-        out[v] = {"family": family, "variant": v, "config": r.what, "device": str(r.device),
-                  "ms": wall[v].median_ms, **wall[v].spread(), "reps": reps, "noisy": noise, "parity": ok,
-                  "parity_detail": detail, "losses": {k: float(x) for k, x in first[v].items()}}
+        out[v] = {
+            "family": family,
+            "variant": v,
+            "config": r.what,
+            "device": str(r.device),
+            "ms": wall[v].median_ms,
+            **wall[v].spread(),
+            "reps": reps,
+            "noisy": noise,
+            "parity": ok,
+            "parity_detail": detail,
+            "losses": {k: float(x) for k, x in first[v].items()},
+        }
         if extras and "compile" not in v:
             if progress:
                 progress(f"{family}: {v}: ops and saved activations")
-            ops = count_ops(r, lambda: saved_peak_mib(r))   # one step measures both
+            ops = count_ops(r, lambda: saved_peak_mib(r))  # one step measures both
             out[v]["saved_mib"] = ops.pop("ran")
             out[v].update({f"{k}_ops" if k not in ("ops", "launches") else k: n for k, n in ops.items()})
     return out
 
 
 def time_step(runner: Runner, budget_s=2.0, warmup=2):
-    """(timing, peak, noise): the steps' bench.Timing (re-measured while too wide:
-    bench.until_quiet), peak memory (CUDA: max_memory_allocated over a step, MiB; CPU: None,
+    """(timing, peak, noise): the steps' Timing (re-measured while too wide:
+    until_quiet), peak memory (CUDA: max_memory_allocated over a step, MiB; CPU: None,
     not measured) and why the timing is noisy (None when it is not)."""
-    timings, noise = bench.until_quiet(lambda: {"step": bench.measure(runner.run, runner.device, budget_s=budget_s,
-                                                                       warmup=warmup, min_reps=3, max_reps=50)})
+    timings, noise = until_quiet(
+        lambda: {"step": measure(runner.run, runner.device, budget_s=budget_s, warmup=warmup, min_reps=3, max_reps=50)}
+    )
     t = timings["step"]
     peak = None
     if runner.device.type == "cuda":
@@ -460,7 +539,7 @@ def time_step(runner: Runner, budget_s=2.0, warmup=2):
         torch.cuda.reset_peak_memory_stats()
         runner.run()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        peak = torch.cuda.max_memory_allocated() / 2**20
     return t, peak, noise
 
 
@@ -471,22 +550,33 @@ def interleaved(family, device, variants=VARIANTS, reps=5, small=None):
     (time.process_time: all threads; on a shared machine it moves less than wall time when
     other processes compete for the cores)."""
     runners = {v: Runner(family, v, device, small) for v in variants}
-    first = {v: r.run() for v, r in runners.items()}       # parity, warm-up, compilation
+    first = {v: r.run() for v, r in runners.items()}  # parity, warm-up, compilation
     ref = first.get("eager")
     (wall, cpu), noise = alternate(runners, reps)
     out = {}
     for v, r in runners.items():
         ok, detail = compare_losses(ref, first[v]) if ref is not None and v != "eager" else (True, "reference")
-        out[v] = {"family": family, "variant": v, "config": r.what, "ms": wall[v].median_ms, **wall[v].spread(),
-                  "cpu_ms": cpu[v].median_ms, "reps": reps, "noisy": noise, "parity": ok, "parity_detail": detail}
+        out[v] = {
+            "family": family,
+            "variant": v,
+            "config": r.what,
+            "ms": wall[v].median_ms,
+            **wall[v].spread(),
+            "cpu_ms": cpu[v].median_ms,
+            "reps": reps,
+            "noisy": noise,
+            "parity": ok,
+            "parity_detail": detail,
+        }
     return out
 
 
 def alternate(runners: dict, reps: int) -> tuple:
     """((wall, cpu), noise): `reps` steps of every runner in alternation, so they share the
-    background load; wall and process-CPU bench.Timing (ms) per variant, taken again while the
-    wall times spread too wide (bench.until_quiet); noise: why they still do, or None."""
+    background load; wall and process-CPU Timing (ms) per variant, taken again while the
+    wall times spread too wide (until_quiet); noise: why they still do, or None."""
     import time
+
     cpu: dict = {}
 
     def once():
@@ -495,20 +585,22 @@ def alternate(runners: dict, reps: int) -> tuple:
         switches = {v: [] for v in runners}
         for _ in range(reps):
             for v, r in runners.items():
-                bench.synchronize(r.device)
-                sw = bench.involuntary_switches()
+                synchronize(r.device)
+                sw = involuntary_switches()
                 w, c = time.perf_counter(), time.process_time()
                 r.run()
-                bench.synchronize(r.device)
+                synchronize(r.device)
                 wall[v].append((time.perf_counter() - w) * 1e3)
                 cpu[v].append((time.process_time() - c) * 1e3)
                 if sw is not None:
-                    switches[v].append(bench.involuntary_switches() - sw)
-        return {v: bench.Timing(t, switches[v] if runners[v].device.type == "cpu" and len(switches[v]) == len(t)
-                                else None) for v, t in wall.items()}
-    wall, noise = bench.until_quiet(once)
-    return (wall, {v: bench.Timing(t) for v, t in cpu.items()}), noise
+                    switches[v].append(involuntary_switches() - sw)
+        return {
+            v: Timing(t, switches[v] if runners[v].device.type == "cpu" and len(switches[v]) == len(t) else None)
+            for v, t in wall.items()
+        }
 
+    wall, noise = until_quiet(once)
+    return (wall, {v: Timing(t) for v, t in cpu.items()}), noise
 
 
 def _per_variant(fam, device, small, measure):
@@ -521,57 +613,88 @@ def _per_variant(fam, device, small, measure):
         out[v] = measure(r)
     return out, r
 
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench_steps", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default=bench.default_device())
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench.steps", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=default_device())
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant")
-    p.add_argument("--interleave", type=int, default=0, metavar="REPS",
-                   help="time the variants in alternation, REPS steps each (shared, noisy machines)")
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="REPS",
+        help="time the variants in alternation, REPS steps each (shared, noisy machines)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--full", action="store_true", help="the papers' sizes on CPU too (ngf=64, 256x256)")
-    p.add_argument("--saved", action="store_true",
-                   help="only the saved-activation peak (saved_peak_mib) of eager and converted, no timing")
-    p.add_argument("--launches", action="store_true",
-                   help="with --ops: also the converted step's CUDA kernel launches, counted through the "
-                        "CUDA emulation of a source checkout (tests/cuda_emu)")
-    p.add_argument("--ops", action="store_true",
-                   help="only the ops one step dispatches (count_ops), eager vs converted, optimizer apart; no timing")
+    p.add_argument(
+        "--saved",
+        action="store_true",
+        help="only the saved-activation peak (saved_peak_mib) of eager and converted, no timing",
+    )
+    p.add_argument(
+        "--launches",
+        action="store_true",
+        help="with --ops: also the converted step's CUDA kernel launches, counted through the "
+        "CUDA emulation of a source checkout (tests/cuda_emu)",
+    )
+    p.add_argument(
+        "--ops",
+        action="store_true",
+        help="only the ops one step dispatches (count_ops), eager vs converted, optimizer apart; no timing",
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     small = False if a.full else None
-    bench.quiet_no_cuda_warning()
-    print(bench.MachineLoad().header())
+    quiet_no_cuda_warning()
+    print(MachineLoad().header())
     if a.ops:
         if a.launches and (why := use_emulated_launches()):
             print(f"--launches: {why}")
-        print(f"ops dispatched by one training step on {a.device} (count_ops: non-view, non-allocation "
-              f"aten/i2i_fast ops), after one warm-up step; total = model (fwd, bwd, losses) + optimizer"
-              + ("; our launches = kernels/*.cu launches of the converted step (CUDA emulation)"
-                 if LAUNCH_COUNTER else ""))
-        print(f"{'family':<9} {'eager':>7} {'converted':>9} {'ratio':>6}   {'model eager':>11} {'model conv':>10} "
-              f"{'ratio':>6}   {'optimizer':>9}" + (f"   {'our launches':>12}" if LAUNCH_COUNTER else ""))
+        print(
+            f"ops dispatched by one training step on {a.device} (count_ops: non-view, non-allocation "
+            f"aten/i2i_fast ops), after one warm-up step; total = model (fwd, bwd, losses) + optimizer"
+            + (
+                "; our launches = kernels/*.cu launches of the converted step (CUDA emulation)"
+                if LAUNCH_COUNTER
+                else ""
+            )
+        )
+        print(
+            f"{'family':<9} {'eager':>7} {'converted':>9} {'ratio':>6}   {'model eager':>11} {'model conv':>10} "
+            f"{'ratio':>6}   {'optimizer':>9}" + (f"   {'our launches':>12}" if LAUNCH_COUNTER else "")
+        )
         for fam in a.families.split(","):
             n, r = _per_variant(fam, a.device, small, count_ops)
             e, c = n["eager"], n["converted"]
             launches = f"   {c['launches']:12d}" if "launches" in c else ""
-            print(f"{fam:<9} {e['ops']:7d} {c['ops']:9d} {c['ops'] / e['ops']:6.3f}   {e['model']:11d} "
-                  f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}{launches}  [{r.what}]",
-                  flush=True)
+            print(
+                f"{fam:<9} {e['ops']:7d} {c['ops']:9d} {c['ops'] / e['ops']:6.3f}   {e['model']:11d} "
+                f"{c['model']:10d} {c['model'] / e['model']:6.3f}   {e['optimizer']:9d}{launches}  [{r.what}]",
+                flush=True,
+            )
         return 0
     if a.saved:
-        print(f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "
-              f"after one warm-up step; eager vs converted")
+        print(
+            f"peak MiB held for backward during one training step on {a.device} (saved_peak_mib), "
+            f"after one warm-up step; eager vs converted"
+        )
         for fam in a.families.split(","):
             mib, r = _per_variant(fam, a.device, small, saved_peak_mib)
-            print(f"{fam:<9} eager {mib['eager']:9.1f}  converted {mib['converted']:9.1f}  "
-                  f"ratio {mib['converted'] / mib['eager']:.3f}  [{r.what}]", flush=True)
+            print(
+                f"{fam:<9} eager {mib['eager']:9.1f}  converted {mib['converted']:9.1f}  "
+                f"ratio {mib['converted'] / mib['eager']:.3f}  [{r.what}]",
+                flush=True,
+            )
         return 0
     if a.interleave:
-        print(f"training steps on {a.device} ({torch.get_num_threads()} threads), variants interleaved, "
-              f"{a.interleave} steps each; median wall ms, min wall ms, median process CPU ms")
+        print(
+            f"training steps on {a.device} ({torch.get_num_threads()} threads), variants interleaved, "
+            f"{a.interleave} steps each; median wall ms, min wall ms, median process CPU ms"
+        )
         failed = 0
         for fam in a.families.split(","):
             res = interleaved(fam, a.device, a.variants.split(","), a.interleave, small)
@@ -580,15 +703,20 @@ def main(argv=None) -> int:
                 failed += not r["parity"]
                 x = f"{e['ms'] / r['ms']:.2f}x wall, {e['cpu_ms'] / r['cpu_ms']:.2f}x cpu" if e else "-"
                 if r["noisy"] and e:
-                    x = bench.noisy_ratio(e["ms"] / r["ms"], e["min_ms"] / r["min_ms"])
-                print(f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
-                      f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]", flush=True)
+                    x = noisy_ratio(e["ms"] / r["ms"], e["min_ms"] / r["min_ms"])
+                print(
+                    f"{fam:<9} {v:<18} {r['ms']:9.1f} {r['min_ms']:9.1f} {r['cpu_ms']:9.1f}  {x}  "
+                    f"{'PASS' if r['parity'] else 'FAIL'} {r['parity_detail']}  [{r['config']}]",
+                    flush=True,
+                )
             if e and e["noisy"]:
                 print(f"noisy: {fam}: {e['noisy']}")
         return 1 if failed else 0
     print(f"training steps on {a.device} ({torch.get_num_threads()} threads); median and min ms per step")
-    print(f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9} "
-          f"{'saved MiB':>9} {'ops':>6} {'model ops':>9}  parity")
+    print(
+        f"{'family':<9} {'variant':<18} {'ms/step':>9} {'min ms':>9} {'x eager':>8} {'peak MiB':>9} "
+        f"{'saved MiB':>9} {'ops':>6} {'model ops':>9}  parity"
+    )
     failed = 0
     for fam in a.families.split(","):
         ref = run_variant(fam, "eager", a.device, budget_s=a.budget, small=small)
@@ -599,11 +727,17 @@ def main(argv=None) -> int:
             saved = "-" if res["saved_mib"] is None else f"{res['saved_mib']:.1f}"
             ops = "-" if res["ops"] is None else str(res["ops"])
             mops = "-" if res["model_ops"] is None else str(res["model_ops"])
-            x = (bench.noisy_ratio(ref["ms"] / res["ms"], ref["min_ms"] / res["min_ms"])
-                 if res["noisy"] or ref["noisy"] else f"{ref['ms'] / res['ms']:7.2f}x")
-            print(f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {x:>8} {peak:>9} "
-                  f"{saved:>9} {ops:>6} {mops:>9}  "
-                  f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]", flush=True)
+            x = (
+                noisy_ratio(ref["ms"] / res["ms"], ref["min_ms"] / res["min_ms"])
+                if res["noisy"] or ref["noisy"]
+                else f"{ref['ms'] / res['ms']:7.2f}x"
+            )
+            print(
+                f"{fam:<9} {var:<18} {res['ms']:9.1f} {res['min_ms']:9.1f} {x:>8} {peak:>9} "
+                f"{saved:>9} {ops:>6} {mops:>9}  "
+                f"{'PASS' if res['parity'] else 'FAIL'} {res['parity_detail']}  [{res['config']}]",
+                flush=True,
+            )
             if res["noisy"]:
                 print(f"noisy: {fam} {var}: {res['noisy']}")
     return 1 if failed else 0

@@ -8,38 +8,29 @@ efficiency (bytes requested / sectors x 32 per warp request, sites with at least
 bytes); and a predicted H200 time, the sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us).
 Nothing here is measured on a GPU.
 
-  python -m i2i_fast.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
-  python -m i2i_fast.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
+  python -m i2i_fast.bench.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
+  python -m i2i_fast.bench.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
-from . import bench
+from . import cases
+from .counting import NOT_WORK_OPS, emulation
+from .steps import FAMILIES, Runner
 
-HBM_BYTES_PER_S = 4.3e12      # H200 HBM3e, peak (the model's bandwidth)
-LAUNCH_FLOOR_S = 2.5e-6       # a launch's floor: launch latency and a wave's ramp
-SITE_SHARE = 0.01             # sites below this share of an op's bytes do not set its coalescing
+HBM_BYTES_PER_S = 4.3e12  # H200 HBM3e, peak (the model's bandwidth)
+LAUNCH_FLOOR_S = 2.5e-6  # a launch's floor: launch latency and a wave's ramp
+SITE_SHARE = 0.01  # sites below this share of an op's bytes do not set its coalescing
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # the ops with CUDA kernels, and the main job's GPU shapes for them
 OPS = ("instance_norm", "instance_norm_pad", "batch_norm", "adalin", "iln", "layer_norm", "reflection_pad2d")
 SHAPES = ((1, 256, 64, 64), (8, 256, 64, 64))
-
-
-def emulation():
-    """The CUDA emulation module of a source checkout, or raises RuntimeError saying why not."""
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    if not os.path.isdir(os.path.join(tests, "cuda_emu")):
-        raise RuntimeError("needs a source checkout (tests/cuda_emu)")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import cuda_emu
-    return cuda_emu
 
 
 def op_shape(op: str, shape: tuple) -> tuple:
@@ -52,26 +43,42 @@ def model(trace, must_move: int) -> dict:
     b = trace.bytes()
     sites = trace.sites("global")
     total = sum(s["bytes"] for s in sites.values()) or 1
-    eff = [min(1.0, s["bytes"] / (32 * s["sectors"])) for s in sites.values()
-           if s["sectors"] and s["bytes"] >= SITE_SHARE * total]
-    t = sum(max(32 * (lc["dram_read_sectors"] + lc["dram_written_sectors"]) / HBM_BYTES_PER_S, LAUNCH_FLOOR_S)
-            for lc in trace.launches)
-    return {"launches": len(trace.launches), "kernels": [lc["kernel"] for lc in trace.launches],
-            "must_move": must_move, "compulsory": b["compulsory"], "dram": b["dram"],
-            "compulsory_ratio": b["compulsory"] / must_move, "dram_ratio": b["dram"] / must_move,
-            "worst_coalescing": min(eff, default=1.0), "predicted_us": t * 1e6}
+    eff = [
+        min(1.0, s["bytes"] / (32 * s["sectors"]))
+        for s in sites.values()
+        if s["sectors"] and s["bytes"] >= SITE_SHARE * total
+    ]
+    t = sum(
+        max(32 * (lc["dram_read_sectors"] + lc["dram_written_sectors"]) / HBM_BYTES_PER_S, LAUNCH_FLOOR_S)
+        for lc in trace.launches
+    )
+    return {
+        "launches": len(trace.launches),
+        "kernels": [lc["kernel"] for lc in trace.launches],
+        "must_move": must_move,
+        "compulsory": b["compulsory"],
+        "dram": b["dram"],
+        "compulsory_ratio": b["compulsory"] / must_move,
+        "dram_ratio": b["dram"] / must_move,
+        "worst_coalescing": min(eff, default=1.0),
+        "predicted_us": t * 1e6,
+    }
 
 
 def trace_op(op: str, shape: tuple, dtype: torch.dtype, channels_last: bool = False) -> dict:
     """{"fwd": row, "bwd": row} of one op call (ours, as the main job builds it)."""
     cuda_emu = emulation()
-    spec = bench.OPS[op]
+    spec = cases.OPS[op]
     shape = op_shape(op, shape)
     ours = spec.build(shape, dtype, "cpu")[0]
     inputs = spec.make_inputs(shape, dtype, "cpu", torch.Generator().manual_seed(0))
     if channels_last:
-        inputs = tuple(t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
-                       if t.dim() == 4 else t for t in inputs)
+        inputs = tuple(
+            t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
+            if t.dim() == 4
+            else t
+            for t in inputs
+        )
     moved = spec.moved(shape, dtype)
     with cuda_emu.MemoryTrace() as fwd:
         out = ours(*inputs)
@@ -86,8 +93,18 @@ def trace_op(op: str, shape: tuple, dtype: torch.dtype, channels_last: bool = Fa
 # ---------------------------------------------------------------- whole training steps
 # Ops that are not the norm/pad/activation/loss layers: convolutions (cuDNN's), matrix products,
 # and the optimizer (counted apart). The rest of a step's ops are compared.
-_NOT_MODELLED = ("convolution", "convolution_backward", "mm", "addmm", "bmm", "linear", "matmul",
-                 "_convolution", "cudnn_convolution", "mkldnn_convolution")
+_NOT_MODELLED = (
+    "convolution",
+    "convolution_backward",
+    "mm",
+    "addmm",
+    "bmm",
+    "linear",
+    "matmul",
+    "_convolution",
+    "cudnn_convolution",
+    "mkldnn_convolution",
+)
 
 
 class _Touched:
@@ -101,6 +118,7 @@ class _Touched:
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_leaves
+
         outer = self
 
         class _Mode(TorchDispatchMode):
@@ -108,8 +126,15 @@ class _Touched:
                 out = func(*args, **(kwargs or {}))
                 name = func.name()
                 base = name.split("::", 1)[-1].split(".")[0]
-                if not (outer.skip or func.namespace.startswith("i2i_fast") or func.is_view or base in _NOT_MODELLED
-                        or base in bench.NOT_WORK_OPS or base == "detach" or name.startswith("profiler::")):
+                if not (
+                    outer.skip
+                    or func.namespace.startswith("i2i_fast")
+                    or func.is_view
+                    or base in _NOT_MODELLED
+                    or base in NOT_WORK_OPS
+                    or base == "detach"
+                    or name.startswith("profiler::")
+                ):
                     seen = {}
                     for t in tree_leaves((args, kwargs, out)):
                         if isinstance(t, torch.Tensor):
@@ -117,6 +142,7 @@ class _Touched:
                     outer.ops += 1
                     outer.bytes += sum(seen.values())
                 return out
+
         self.mode = _Mode()
         self.mode.__enter__()
         return self
@@ -126,18 +152,23 @@ class _Touched:
 
 
 def step_model(family: str) -> dict:
-    """One training step of `family` (the small CPU configuration of bench_steps), eager original
+    """One training step of `family` (the small CPU configuration of bench.steps), eager original
     vs converted: launches / ops and bytes of the norm, pad, activation and loss work (the
     converted step's kernels/*.cu through the traced emulation and L2 model, plus its remaining
     ops counted like eager's)."""
-    from . import bench_steps
     cuda_emu = emulation()
     out = {"family": family}
     for variant in ("eager", "converted"):
-        r = bench_steps.Runner(family, variant, "cpu")
-        r.run()   # warm-up (lazy state, first-step allocations)
-        hooks = [h for o in r.opts for h in (o.register_step_pre_hook(lambda *a: setattr(touched, "skip", True)),
-                                             o.register_step_post_hook(lambda *a: setattr(touched, "skip", False)))]
+        r = Runner(family, variant, "cpu")
+        r.run()  # warm-up (lazy state, first-step allocations)
+        hooks = [
+            h
+            for o in r.opts
+            for h in (
+                o.register_step_pre_hook(lambda *a: setattr(touched, "skip", True)),
+                o.register_step_post_hook(lambda *a: setattr(touched, "skip", False)),
+            )
+        ]
         try:
             with _Touched() as touched:
                 if variant == "eager":
@@ -158,22 +189,56 @@ def step_model(family: str) -> dict:
     return out
 
 
-STEP_COLUMNS = ("family", "eager ops", "eager MB", "our launches", "our other ops", "our DRAM MB (model)",
-                "our other MB", "launches+ops / eager ops", "bytes / eager bytes")
+STEP_COLUMNS = (
+    "family",
+    "eager ops",
+    "eager MB",
+    "our launches",
+    "our other ops",
+    "our DRAM MB (model)",
+    "our other MB",
+    "launches+ops / eager ops",
+    "bytes / eager bytes",
+)
 
 
 def render_steps(rows) -> str:
     lines = ["| " + " | ".join(STEP_COLUMNS) + " |", "|" + "---|" * len(STEP_COLUMNS)]
     for r in rows:
         e, c = r["eager"], r["converted"]
-        lines.append("| " + " | ".join([r["family"], str(e["ops"]), f"{e['bytes'] / 1e6:.1f}", str(c["launches"]),
-                                        str(c["ops"]), f"{c['dram'] / 1e6:.1f}", f"{c['bytes'] / 1e6:.1f}",
-                                        f"{r['launch_ratio']:.2f}", f"{r['bytes_ratio']:.2f}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["family"],
+                    str(e["ops"]),
+                    f"{e['bytes'] / 1e6:.1f}",
+                    str(c["launches"]),
+                    str(c["ops"]),
+                    f"{c['dram'] / 1e6:.1f}",
+                    f"{c['bytes'] / 1e6:.1f}",
+                    f"{r['launch_ratio']:.2f}",
+                    f"{r['bytes_ratio']:.2f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
-COLUMNS = ("op", "shape", "dtype", "layout", "dir", "launches", "must-move MB", "compulsory/must",
-           "DRAM/must", "worst coalescing", "predicted us")
+COLUMNS = (
+    "op",
+    "shape",
+    "dtype",
+    "layout",
+    "dir",
+    "launches",
+    "must-move MB",
+    "compulsory/must",
+    "DRAM/must",
+    "worst coalescing",
+    "predicted us",
+)
 
 
 def table(ops=OPS, shapes=SHAPES, dtypes=("fp32", "bf16"), layouts=(False, True), log=print) -> list:
@@ -185,29 +250,52 @@ def table(ops=OPS, shapes=SHAPES, dtypes=("fp32", "bf16"), layouts=(False, True)
                     t0 = time.perf_counter()
                     res = trace_op(op, shape, DTYPES[dt], cl)
                     for d, r in res.items():
-                        rows.append({"op": op, "shape": "x".join(map(str, shape)), "dtype": dt,
-                                     "layout": "channels_last" if cl else "nchw", "dir": d, **r})
+                        rows.append(
+                            {
+                                "op": op,
+                                "shape": "x".join(map(str, shape)),
+                                "dtype": dt,
+                                "layout": "channels_last" if cl else "nchw",
+                                "dir": d,
+                                **r,
+                            }
+                        )
                         log(render([rows[-1]], header=False) + f"   ({time.perf_counter() - t0:.0f} s)")
     return rows
 
 
 def render(rows, header=True) -> str:
     def cells(r):
-        return [r["op"], r["shape"], r["dtype"], r["layout"], r["dir"], str(r["launches"]),
-                f"{r['must_move'] / 1e6:.2f}", f"{r['compulsory_ratio']:.3f}", f"{r['dram_ratio']:.3f}",
-                f"{100 * r['worst_coalescing']:.0f}%", f"{r['predicted_us']:.1f}"]
+        return [
+            r["op"],
+            r["shape"],
+            r["dtype"],
+            r["layout"],
+            r["dir"],
+            str(r["launches"]),
+            f"{r['must_move'] / 1e6:.2f}",
+            f"{r['compulsory_ratio']:.3f}",
+            f"{r['dram_ratio']:.3f}",
+            f"{100 * r['worst_coalescing']:.0f}%",
+            f"{r['predicted_us']:.1f}",
+        ]
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)] if header else []
     return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m i2i_fast.gpu_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m i2i_fast.bench.gpu_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="NxCxHxW,...")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--layouts", default="nchw,channels_last")
-    p.add_argument("--steps", default="", help="also model one converted training step of these families "
-                   "(comma list of cyclegan,ugatit,stargan,pix2pix,munit,unit, or all)")
+    p.add_argument(
+        "--steps",
+        default="",
+        help="also model one converted training step of these families "
+        "(comma list of cyclegan,ugatit,stargan,pix2pix,munit,unit, or all)",
+    )
     p.add_argument("--out", default=None, help="also write the tables (markdown) to this file")
     a = p.parse_args(argv)
     try:
@@ -216,27 +304,36 @@ def main(argv=None) -> int:
         print(f"gpu_model: the traced CUDA emulation is unavailable: {e}", file=sys.stderr)
         return 2
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
-    print("model, not measured: kernels/*.cu traced on a CPU through tests/cuda_emu; DRAM = an LRU model of "
-          "the H200's 50 MB L2; time = sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us)")
+    print(
+        "model, not measured: kernels/*.cu traced on a CPU through tests/cuda_emu; DRAM = an LRU model of "
+        "the H200's 50 MB L2; time = sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us)"
+    )
     print(render([], header=True))
-    rows = table(a.ops.split(","), shapes, a.dtypes.split(","), [lt == "channels_last" for lt in a.layouts.split(",")]) \
-        if a.ops else []
-    text = ("## Memory traffic per op: model, not measured\n\n" + render(rows) + "\n\n"
-            f"must-move: inputs read once, outputs written once (the main job's GB/s). compulsory: each launch's "
-            f"distinct 32-byte sectors. DRAM: an LRU model of an H200's 50 MB L2 over the launches of the call. "
-            f"coalescing: bytes requested / (32 x sectors) per warp request, worst site with >= "
-            f"{100 * SITE_SHARE:.0f}% of the bytes. predicted: sum over launches of max(DRAM / 4.3 TB/s, 2.5 us).\n")
+    rows = (
+        table(a.ops.split(","), shapes, a.dtypes.split(","), [lt == "channels_last" for lt in a.layouts.split(",")])
+        if a.ops
+        else []
+    )
+    text = (
+        "## Memory traffic per op: model, not measured\n\n" + render(rows) + "\n\n"
+        f"must-move: inputs read once, outputs written once (the main job's GB/s). compulsory: each launch's "
+        f"distinct 32-byte sectors. DRAM: an LRU model of an H200's 50 MB L2 over the launches of the call. "
+        f"coalescing: bytes requested / (32 x sectors) per warp request, worst site with >= "
+        f"{100 * SITE_SHARE:.0f}% of the bytes. predicted: sum over launches of max(DRAM / 4.3 TB/s, 2.5 us).\n"
+    )
     if a.steps:
-        from .bench_steps import FAMILIES
         steps = []
-        for fam in (list(FAMILIES) if a.steps == "all" else a.steps.split(",")):
+        for fam in list(FAMILIES) if a.steps == "all" else a.steps.split(","):
             steps.append(step_model(fam))
             print(render_steps(steps[-1:]).splitlines()[-1], flush=True)
-        text += ("\n## One training step, norm/pad/activation/loss work: model, not measured\n\n" + render_steps(steps)
-                 + "\n\nThe small CPU configuration of each family (bench_steps), one step, the optimizer and the "
-                 "convolutions and matrix products left out. eager: the original step's remaining ops and the bytes "
-                 "each touches (inputs and outputs). ours: the converted step's kernels/*.cu launches, their DRAM "
-                 "bytes from the L2 model, and its remaining ops counted as eager's.\n")
+        text += (
+            "\n## One training step, norm/pad/activation/loss work: model, not measured\n\n"
+            + render_steps(steps)
+            + "\n\nThe small CPU configuration of each family (bench.steps), one step, the optimizer and the "
+            "convolutions and matrix products left out. eager: the original step's remaining ops and the bytes "
+            "each touches (inputs and outputs). ours: the converted step's kernels/*.cu launches, their DRAM "
+            "bytes from the L2 model, and its remaining ops counted as eager's.\n"
+        )
     if a.out:
         with open(a.out, "w") as f:
             f.write(text)
