@@ -14,8 +14,8 @@ from torch.library import triton_op, wrap_triton
 
 from . import on_device
 
-from .instance_norm import (_act, _act_grad, _acc, _block, _fold, _inv_std, _layout, _mean_m2, _reflect,
-                            _shifted_sums, _slope)
+from .instance_norm import (_act, _act_grad, _acc, _fold, _inv_std, _layout, _mean_m2, _reflect,
+                            _shifted_sums, _slope, _span, plane_grid)
 
 
 @triton.jit
@@ -23,13 +23,6 @@ def _plane_coefs(pid, C, SLOPE: tl.constexpr, MEAN, SCALE, SHIFT, ACC: tl.conste
     """Sample and channel of plane pid (int64) and its constants in the accumulation dtype."""
     return ((pid // C).to(tl.int64), (pid % C).to(tl.int64), tl.full((), SLOPE, ACC),
             tl.load(MEAN + pid).to(ACC), tl.load(SCALE + pid).to(ACC), tl.load(SHIFT + pid).to(ACC))
-
-
-@triton.jit
-def _span(CHUNK, total):
-    # this program's elements of its plane: [start, end), chunk program_id(1)
-    start = tl.program_id(1) * CHUNK
-    return start, tl.minimum(start + CHUNK, total)
 
 
 @triton.jit
@@ -171,37 +164,6 @@ def _strides(t):
 
 def _plane_arg(t, x):
     return t.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-
-
-# ---- grids: one program per plane, or S programs per plane (chunks of CHUNK elements) when the
-# planes alone cannot fill the GPU (batch 1, large maps), as the CUDA kernels do: the reductions
-# then write per-chunk partials merged in chunk order by a second small kernel (no atomics).
-MIN_CHUNK = 4096      # elements: smaller chunks are not worth a program
-PROGRAMS_PER_SM = 4
-INTERPRETER_SMS = 0   # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
-
-
-_SMS: dict = {}  # a plain dict, not lru_cache: torch.compile traces this without a warning
-
-
-def _sm_count(index: int) -> int:
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
-
-
-def plane_grid(planes: int, elems: int, device: torch.device) -> tuple[int, int, int]:
-    """(S, CHUNK, BLOCK) for `planes` planes of `elems` elements each."""
-    block = min(_block(elems), MIN_CHUNK)
-    if device.type == "cuda":
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        sms = INTERPRETER_SMS
-    target = PROGRAMS_PER_SM * sms
-    splits = 1 if planes == 0 or planes >= target else max(1, min(-(-target // planes), elems // MIN_CHUNK))
-    chunk = -(-max(elems, 1) // splits)
-    chunk = -(-chunk // block) * block  # whole BLOCKs per program
-    return -(-max(elems, 1) // chunk), chunk, block
 
 
 def _merge_grid(planes):
