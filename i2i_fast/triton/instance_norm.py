@@ -22,6 +22,12 @@ from torch.library import triton_op, wrap_triton
 from . import on_device
 
 from .._backend import triton_interpret
+from ..codes import Activation
+
+# the Activation codes as constexprs (a @jit function reads no other globals)
+RELU: tl.constexpr = tl.constexpr(Activation.RELU)
+LEAKY_RELU: tl.constexpr = tl.constexpr(Activation.LEAKY_RELU)
+TANH: tl.constexpr = tl.constexpr(Activation.TANH)
 
 
 @triton.jit
@@ -32,22 +38,22 @@ def _tanh(z):
 
 @triton.jit
 def _act(z, ACT: tl.constexpr, slope):
-    if ACT == 1:
+    if ACT == RELU:
         z = tl.where(z < 0, 0.0, z)
-    elif ACT == 2:
+    elif ACT == LEAKY_RELU:
         z = tl.where(z < 0, z * slope, z)
-    elif ACT == 3:
+    elif ACT == TANH:
         z = _tanh(z)
     return z
 
 
 @triton.jit
 def _act_grad(z, ACT: tl.constexpr, slope):
-    if ACT == 1:
+    if ACT == RELU:
         d = tl.where(z <= 0, 0.0, 1.0)
-    elif ACT == 2:
+    elif ACT == LEAKY_RELU:
         d = tl.where(z > 0, 1.0, slope)
-    elif ACT == 3:
+    elif ACT == TANH:
         t = _tanh(z)
         d = 1.0 - t * t
     else:
@@ -183,7 +189,12 @@ def _store_partial(PART, pid, s1, s2):
 
 
 @triton.jit
-def instance_norm_stats_kernel(X, PART, C, HW, CHUNK, sN, sC, sS, Wi, sH, BLOCK: tl.constexpr):
+def instance_norm_stats_kernel(X,
+                               PART,  # out: each chunk's two fp64 sums, (planes, S, 2)
+                               C, HW, CHUNK,  # as instance_norm_fwd_kernel's
+                               sN, sC, sS,  # x's sample, channel and W strides
+                               Wi, sH,  # x's W; its H stride
+                               BLOCK: tl.constexpr):
     """Split planes, pass 1: the shifted sums of chunk program_id(1) of plane program_id(0), the
     plane's own pivot for every chunk (so the sums add up to the whole plane's)."""
     pid = tl.program_id(0)
@@ -195,7 +206,11 @@ def instance_norm_stats_kernel(X, PART, C, HW, CHUNK, sN, sC, sS, Wi, sH, BLOCK:
 
 
 @triton.jit
-def instance_norm_fwd_kernel(X, Y, R, W, B, RM, RV, MEAN, VAR,
+def instance_norm_fwd_kernel(X, Y,
+                             R,  # the residual (HAS_R), x's shape and strides
+                             W, B,  # the affine: per channel, or per plane (PER_PLANE)
+                             RM, RV,  # the running statistics (not INPUT_STATS)
+                             MEAN, VAR,  # out: each plane's statistics, (N, C)
                              PART,  # split planes: the chunk partials of instance_norm_stats_kernel
                              C,  # channels: plane pid is (pid // C, pid % C)
                              HW, CHUNK,  # elements per plane; per chunk program (a multiple of BLOCK)
@@ -365,7 +380,7 @@ def _layout(x: torch.Tensor):
 def _slope(act, slope):
     """The leaky-relu slope as a constexpr (no device tensor, no launch to make one); 0 for the
     other activations, which ignore it, so they compile once."""
-    return float(slope) if act == 2 else 0.0
+    return float(slope) if act == Activation.LEAKY_RELU else 0.0
 
 
 def _acc(x):

@@ -160,7 +160,10 @@ _FWD_SLOT = """        if (c >= B{i}) & (c < B{j}):
 
 
 @triton.jit
-def loss_sum_kernel(PART, LOSS, n, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def loss_sum_kernel(PART,  # the chunk partials of loss_fwd, in chunk order
+                    LOSS,  # out: their sum
+                    n,  # the chunk count
+                    BLOCK: tl.constexpr, ACC: tl.constexpr):
     s = tl.zeros([BLOCK], ACC)
     for j in range(0, n, BLOCK):
         offs = j + tl.arange(0, BLOCK)
