@@ -145,12 +145,9 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
-    if ops.plane_norm.split_planes(input, backend := ops.common.select(input.device)):
-        return ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
-                                float(negative_slope), pad)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
-    return ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, None, None, float(eps),
-                                  act, float(negative_slope), pad)[0]
+    return ops.instance_norm.instance_norm_fwd(ops.common.select(input.device), input, weight, bias, residual, None, None,
+                                  float(eps), act, float(negative_slope), pad)[0]
 
 
 def _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var) -> int:
@@ -191,13 +188,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    if ops.plane_norm.split_planes(input, backend := ops.common.select(input.device)):
-        out, mean, var = ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
-                                          float(negative_slope), pad, None if use_input_stats else stats, stats=True)
-        if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
-            _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
-        return out
-    out, mean, var = ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, *stats,
+    out, mean, var = ops.instance_norm.instance_norm_fwd(ops.common.select(input.device), input, weight, bias, residual, *stats,
                                             float(eps), act, float(negative_slope), pad)
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
         _update_running_stats(running_mean, running_var, mean, var, momentum,
@@ -228,15 +219,12 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
     if not training:
         if running_mean is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
-        if ops.plane_norm.split_planes(input, backend):
-            return ops.plane_norm.plane_norm(NormKind.INSTANCE, input, None, weight, bias, residual, float(eps), act,
-                                    float(negative_slope), pad, (running_mean, running_var))
         # eval: the running statistics normalize each plane, as the fused instance norm's eval mode
         return ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, running_mean, running_var,
                                       float(eps), act, float(negative_slope), pad)[0]
     if n * h * w <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
-    if n == 1 and not ops.plane_norm.split_planes(input, backend):
+    if n == 1:
         # batch 1 (pix2pix's default): the batch statistics of a channel are its one plane's, so
         # training batch norm IS instance norm with the per-channel affine: the fused instance
         # norm is one op each way (the family's path is stats, coefs, apply / sums, coefs_bwd,

@@ -178,10 +178,10 @@ def test_triton_statistics_with_gpu_lane_counts(monkeypatch, split):
     """norm_stats with 16-lane programs on 128x128 planes: 1024 values per lane, as a GPU
     program's 1024 lanes on a 1024x1024 plane; split: chunk partials merged (before, fp32 lanes
     and merges: past the parity bound)."""
-    from i2i_fast.triton import norm as tn
-    monkeypatch.setattr(tn, "_block", lambda hw: 16)
-    monkeypatch.setattr(tn, "MIN_CHUNK", 1024)
-    monkeypatch.setattr(tn, "INTERPRETER_SMS", 4 if split else 0)
+    from i2i_fast.triton import instance_norm as tin
+    monkeypatch.setattr(tin, "_block", lambda hw: 16)
+    monkeypatch.setattr(tin, "MIN_CHUNK", 1024)
+    monkeypatch.setattr(tin, "INTERPRETER_SMS", 4 if split else 0)
     x = torch.randn(1, 2, 128, 128, generator=torch.Generator().manual_seed(0)) * 0.01 + 1e3
     mean, var = torch.ops.i2i_fast.triton_norm_stats(x)
     x64 = x.double()
@@ -541,22 +541,45 @@ def test_triton_large_tile_fallback(norm, monkeypatch):
 @pytest.mark.parametrize("norm", NORMS)
 def test_triton_split_planes(norm, monkeypatch):
     """Few large planes (batch 1 on a GPU): S programs per plane, chunk partials merged in chunk
-    order (uneven last chunk here): the results the rule demands. Instance norm and AdaIN leave
-    their one-program-per-plane kernel for the family's split kernels; empty batches stay empty.
-    (Determinism is by construction, fixed merge order and no atomics: the interpreter runs
-    programs one after another, so a repeat-and-compare here could not fail.)"""
+    order (uneven last chunk here): the results the rule demands. The instance norm's own
+    kernels split too (instance norm, AdaIN, eval and batch-1 batch norm run them on every
+    plane size): their partial kernels run with S = 2. Empty batches stay empty. (Determinism
+    is by construction, fixed merge order and no atomics: the interpreter runs programs one
+    after another, so a repeat-and-compare here could not fail.)"""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
-    from i2i_fast.ops import plane_norm as plane_norm_ops
-    from i2i_fast.triton import norm as tn
-    monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
-    monkeypatch.setattr(tn, "MIN_CHUNK", 16)
-    assert tn.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
-    with i2i_fast.use_backend("triton"):
-        assert plane_norm_ops.split_planes(torch.empty(2, 3, 7, 5), "triton")
-    assert not plane_norm_ops.split_planes(torch.empty(2, 3, 7, 5), "cpu")
-    check(norm, "triton", (2, 3, 7, 5), torch.float64, act="leaky_relu", with_res=True, pad=1)
-    check(norm, "triton", (2, 3, 7, 5), torch.float32, act="relu", channels_last=True)
+    from i2i_fast.triton import instance_norm as tin
+    monkeypatch.setattr(tin, "INTERPRETER_SMS", 8)
+    monkeypatch.setattr(tin, "MIN_CHUNK", 16)
+    assert tin.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
+    assert tin.plane_grid(3, 35, torch.device("cpu"))[:2] == (2, 32)
+    grids = []
+    for k in (tin.instance_norm_stats_kernel, tin.instance_norm_bwd_sums_kernel):
+        def spy(*args, grid, run=k.run, name=k.fn.__name__, **kw):
+            grids.append((name, tuple(grid)))
+            return run(*args, grid=grid, **kw)
+        monkeypatch.setattr(k, "run", spy)
+    # batch norm: batch 1 is the shape that takes the instance norm's kernels
+    shape = (1, 3, 7, 5) if norm == "batch_norm" else (2, 3, 7, 5)
+    check(norm, "triton", shape, torch.float64, act="leaky_relu", with_res=True, pad=1)
+    check(norm, "triton", shape, torch.float32, act="relu", channels_last=True)
+    planes = shape[0] * shape[1]
+    if norm in ("instance_norm", "adain", "batch_norm"):
+        assert sorted(set(grids)) == [("instance_norm_bwd_sums_kernel", (planes, 2)),
+                                      ("instance_norm_stats_kernel", (planes, 2))]
+    else:
+        assert not grids
+    if norm == "batch_norm":  # eval: the running statistics, the chunked input gradient
+        x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+        rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+        w, b = torch.rand(3, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)
+        gy = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+        with i2i_fast.use_backend("triton"):
+            y = F.batch_norm(x, rm, rv, w, b, False, activation="tanh", out_pad=1)
+        want = TF.pad(torch.tanh(TF.batch_norm(x, rm, rv, w, b, False)), (1,) * 4, mode="reflect")
+        for o, r in zip((y,) + torch.autograd.grad(y, (x, w, b), gy), (want,) + torch.autograd.grad(want, (x, w, b), gy)):
+            torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+        assert ("instance_norm_bwd_sums_kernel", (6, 2)) in grids
     if norm in ("instance_norm", "layer_norm"):
         with i2i_fast.use_backend("triton"):
             for shape in ((0, 3, 8, 8), (2, 0, 8, 8)):
@@ -789,7 +812,8 @@ def test_batch_norm_nan_inf_and_constant(backend):
 @requires_cuda
 def test_cuda_triton_norms_compile_fullgraph():
     """The Triton norm path on a GPU (coefficient kernel; 1 x 16 x 256 x 256 maps split their
-    planes) under torch.compile(fullgraph=True): same outputs and input gradients as eager."""
+    planes, the instance norm's as the family's) under torch.compile(fullgraph=True): same
+    outputs and input gradients as eager."""
     if not i2i_fast.backends()["triton"][0]:
         pytest.skip("triton not available")
     torch._dynamo.reset()
@@ -800,8 +824,8 @@ def test_cuda_triton_norms_compile_fullgraph():
     x = torch.randn(1, 3, 258, 258, device="cuda", requires_grad=True)
     gy = torch.randn(1, 16, 258, 258, device="cuda")
     with i2i_fast.use_backend("triton"):
-        from i2i_fast.ops import plane_norm as plane_norm_ops
-        assert plane_norm_ops.split_planes(torch.empty(1, 16, 256, 256, device="cuda"), "triton")
+        from i2i_fast.triton import instance_norm as tin
+        assert tin.plane_grid(16, 256 * 256, torch.device("cuda"))[0] > 1
         y = m(x)
         (gx,) = torch.autograd.grad(y, x, gy)
         yc = torch.compile(m, fullgraph=True)(x)

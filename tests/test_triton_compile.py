@@ -146,17 +146,17 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
         if not warmup:
             launches.append(_spec(self, args, kwargs))
     monkeypatch.setattr(interp, "run", record)
-    from i2i_fast.triton import instance_norm as tin, norm as tn, reflection_pad as tpad
+    from i2i_fast.triton import instance_norm as tin, reflection_pad as tpad
     for m in (tin, tpad):  # the GPU's block sizes, not the interpreter's
         monkeypatch.setattr(m, "triton_interpret", lambda: False)
     with i2i_fast.use_backend("triton"):
         _workload()
         # again with planes split over several programs (how batch-1 large maps run on a GPU)
-        monkeypatch.setattr(tn, "INTERPRETER_SMS", 8)
-        monkeypatch.setattr(tn, "MIN_CHUNK", 4)
+        monkeypatch.setattr(tin, "INTERPRETER_SMS", 8)
+        monkeypatch.setattr(tin, "MIN_CHUNK", 4)
         _workload()
-        monkeypatch.setattr(tn, "INTERPRETER_SMS", 132)  # an H100's SMs, the default chunking
-        monkeypatch.setattr(tn, "MIN_CHUNK", 4096)
+        monkeypatch.setattr(tin, "INTERPRETER_SMS", 132)  # an H100's SMs, the default chunking
+        monkeypatch.setattr(tin, "MIN_CHUNK", 4096)
         _gpu_shapes_workload()
 
     # every launch kernel of i2i_fast/triton was reached by the workload

@@ -325,34 +325,21 @@ def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: f
         running_var.copy_((1 - m) * running_var.to(bv.dtype) + m * bv)
 
 
-def split_planes(x: Tensor, backend: str) -> bool:
-    """Triton: would x's planes be split over several programs (too few planes to fill the GPU)?
-    The fused one-program-per-plane instance-norm kernel cannot split, so instance norm / AdaIN
-    then take the family's kernels (stats -> coefs -> apply) instead."""
-    if backend != "triton" or x.numel() == 0:
-        return False
-    n, c, h, w = x.shape
-    return _tn.plane_grid(n * c, h * w, x.device)[0] > 1
-
-
-def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None, stats=False):
+def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, stats=False):
     """The family's entry point (arguments validated by functional.py): on cpu/cuda the C++ op
     with its C++ autograd node, on Triton the autograd.Function above. stats=True: returns
     (out, mean, var), also the per-plane statistics (N, C) used (detached)."""
     backend = select(x.device)
     if backend == "reference" or x.shape[2] * x.shape[3] == 0:  # empty planes: the originals' empty result
-        out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running)
+        out = reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad)
         if not stats:
             return out
-        if running is not None:
-            return (out,) + tuple(t.to(reference.stats_dtype(x)).reshape(1, -1).expand(x.shape[:2]) for t in running)
         xf = x.detach().to(reference.stats_dtype(x))
         return out, xf.mean((2, 3)), xf.var((2, 3), unbiased=False)
-    rm, rv = running if running is not None else (None, None)
     if backend in _CPP:
-        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, rm, rv, int(kind), float(eps),
+        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, None, None, int(kind), float(eps),
                                                     int(act), float(slope), int(pad))
     else:
-        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, rm, rv, int(kind), float(eps), int(act),
+        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, None, None, int(kind), float(eps), int(act),
                                float(slope), int(pad), backend)
     return res if stats else res[0]

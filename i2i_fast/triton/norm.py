@@ -13,9 +13,20 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import on_device
+from ..codes import NormKind
 
-from .instance_norm import (_act, _act_grad, _acc, _block, _fold, _inv_std, _layout, _mean_m2, _reflect,
-                            _shifted_sums, _slope)
+from .instance_norm import (_act, _act_grad, _acc, _fold, _inv_std, _layout, _mean_m2, _reflect,
+                            _shifted_sums, _slope, _span, plane_grid)
+
+# the NormKind codes as constexprs (a @jit function reads no other globals)
+INSTANCE: tl.constexpr = tl.constexpr(NormKind.INSTANCE)
+ILN: tl.constexpr = tl.constexpr(NormKind.ILN)
+BATCH: tl.constexpr = tl.constexpr(NormKind.BATCH)
+# how a coefficient parameter (rho, gamma, beta) is laid out: absent, one value per channel, or
+# one per (n, c) plane
+ABSENT: tl.constexpr = tl.constexpr(0)
+PER_CHANNEL: tl.constexpr = tl.constexpr(1)
+PER_PLANE: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
@@ -26,15 +37,12 @@ def _plane_coefs(pid, C, SLOPE: tl.constexpr, MEAN, SCALE, SHIFT, ACC: tl.conste
 
 
 @triton.jit
-def _span(CHUNK, total):
-    # this program's elements of its plane: [start, end), chunk program_id(1)
-    start = tl.program_id(1) * CHUNK
-    return start, tl.minimum(start + CHUNK, total)
-
-
-@triton.jit
-def norm_stats_kernel(X, MEAN, VAR, PART, C, H, W, CHUNK, sN, sC, sH, sW, SPLIT: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK: tl.constexpr):
+def norm_stats_kernel(X, MEAN, VAR,
+                      PART,  # SPLIT: each chunk's (mean, M2), (planes, S, 2) fp64
+                      C,  # channels: plane pid is (pid // C, pid % C)
+                      H, W, CHUNK,  # x's plane; elements per chunk program (a multiple of BLOCK)
+                      sN, sC, sH, sW,  # x's strides
+                      SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Mean / squared deviations of a chunk of a plane (fp64 shifted sums, _shifted_sums);
     SPLIT: the chunk's (mean, M2) go to PART (fp64) for norm_stats_merge_kernel, else the
     plane's mean and biased variance."""
@@ -55,7 +63,10 @@ def norm_stats_kernel(X, MEAN, VAR, PART, C, H, W, CHUNK, sN, sC, sH, sW, SPLIT:
 
 
 @triton.jit
-def norm_stats_merge_kernel(PART, MEAN, VAR, P, S, HW, CHUNK, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def norm_stats_merge_kernel(PART, MEAN, VAR,
+                            P, S,  # planes; chunks per plane
+                            HW, CHUNK,  # elements per plane; per chunk (the last may have fewer)
+                            ACC: tl.constexpr, BLOCK: tl.constexpr):  # BLOCK: planes per program
     """Chan merge of each plane's S chunk states (fp64), in chunk order (deterministic)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < P
@@ -75,7 +86,9 @@ def norm_stats_merge_kernel(PART, MEAN, VAR, P, S, HW, CHUNK, ACC: tl.constexpr,
 
 
 @triton.jit
-def norm_sums_merge_kernel(PART, SUMS, P, S, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def norm_sums_merge_kernel(PART, SUMS,
+                           P, S,  # planes; chunks per plane
+                           ACC: tl.constexpr, BLOCK: tl.constexpr):  # BLOCK: planes per program
     """Each plane's (S1, S2): its S chunk partial sums added in chunk order."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < P
@@ -89,9 +102,18 @@ def norm_sums_merge_kernel(PART, SUMS, P, S, ACC: tl.constexpr, BLOCK: tl.conste
 
 
 @triton.jit
-def norm_apply_kernel(X, R, Y, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, oN, oC, oH, oW,
-                      SLOPE: tl.constexpr, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def norm_apply_kernel(X,
+                      R,  # the residual (HAS_R), x's shape and strides
+                      Y, MEAN,
+                      SCALE, SHIFT,  # per plane: y = act((x - mean) * scale + shift) (+ r)
+                      C, H, W,
+                      P,  # the output pad
+                      CHUNK,  # output elements per chunk program
+                      sN, sC, sH, sW,  # x's strides
+                      oN, oC, oH, oW,  # Y's strides
+                      SLOPE: tl.constexpr, HAS_R: tl.constexpr,
+                      ACT: tl.constexpr,  # an Activation code
+                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     xbase = n * sN + c * sC
@@ -124,8 +146,13 @@ def _d_dz(X, G, xbase, gbase, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shif
 
 
 @triton.jit
-def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN, sC, sH, sW, gN, gC,
-                           gH, gW, SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+def norm_apply_sums_kernel(G,  # the output gradient (padded when HAS_P)
+                           X,
+                           SUMS,  # out: per plane (SPLIT: per chunk) sum dz, sum dz (x - mean)
+                           MEAN, SCALE, SHIFT, C, H, W, P, CHUNK,  # as norm_apply_kernel's
+                           sN, sC, sH, sW,  # x's strides
+                           gN, gC, gH, gW,  # G's strides
+                           SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                            SPLIT: tl.constexpr, BLOCK: tl.constexpr):
     """(S1, S2) of a plane, or with SPLIT of a chunk of it (norm_sums_merge_kernel adds them)."""
     pid = tl.program_id(0)
@@ -146,8 +173,12 @@ def norm_apply_sums_kernel(G, X, SUMS, MEAN, SCALE, SHIFT, C, H, W, P, CHUNK, sN
 
 
 @triton.jit
-def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT, C0, C1, C, H, W, P, CHUNK, sN, sC, sH, sW,
-                          gN, gC, gH, gW, SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr,
+def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT,
+                          C0, C1,  # per plane (norm_coefs_bwd): gx = scale * dz + c0 + c1 (x - mean)
+                          C, H, W, P, CHUNK,  # as norm_apply_kernel's (CHUNK: input elements)
+                          sN, sC, sH, sW,  # x's strides
+                          gN, gC, gH, gW,  # G's strides
+                          SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
@@ -171,37 +202,6 @@ def _strides(t):
 
 def _plane_arg(t, x):
     return t.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-
-
-# ---- grids: one program per plane, or S programs per plane (chunks of CHUNK elements) when the
-# planes alone cannot fill the GPU (batch 1, large maps), as the CUDA kernels do: the reductions
-# then write per-chunk partials merged in chunk order by a second small kernel (no atomics).
-MIN_CHUNK = 4096      # elements: smaller chunks are not worth a program
-PROGRAMS_PER_SM = 4
-INTERPRETER_SMS = 0   # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
-
-
-_SMS: dict = {}  # a plain dict, not lru_cache: torch.compile traces this without a warning
-
-
-def _sm_count(index: int) -> int:
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
-
-
-def plane_grid(planes: int, elems: int, device: torch.device) -> tuple[int, int, int]:
-    """(S, CHUNK, BLOCK) for `planes` planes of `elems` elements each."""
-    block = min(_block(elems), MIN_CHUNK)
-    if device.type == "cuda":
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        sms = INTERPRETER_SMS
-    target = PROGRAMS_PER_SM * sms
-    splits = 1 if planes == 0 or planes >= target else max(1, min(-(-target // planes), elems // MIN_CHUNK))
-    chunk = -(-max(elems, 1) // splits)
-    chunk = -(-chunk // block) * block  # whole BLOCKs per program
-    return -(-max(elems, 1) // chunk), chunk, block
 
 
 def _merge_grid(planes):
@@ -287,7 +287,7 @@ def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scal
 # ---- norm_coefs / norm_coefs_bwd (schemas in csrc/ops.cpp): the (N, C) coefficient math of
 # csrc/norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
 # forward (stats, coefs, apply) where the torch-op math of _norm.coefs took ~25. Reductions over
-# the channels of a sample (kinds 1, 2) or the samples of a channel (kind 3, batch norm) are
+# the channels of a sample (ILN, LAYER) or the samples of a channel (BATCH, batch norm) are
 # tile reductions in the program: deterministic, no atomics.
 COEF_TILE_MAX = 4096  # padded N x C tiles larger than this keep _norm.coefs' torch math (the
 # backward's fp64 intermediates of a larger tile spill registers; a 16 x 256 batch still fits)
@@ -310,10 +310,9 @@ def _unb(nf):
 
 @triton.jit
 def _coef_param(P, p, c, m, MODE: tl.constexpr, default):
-    # MODE 0: absent, 1: one value per channel, 2: one per (n, c) plane
-    if MODE == 0:
+    if MODE == ABSENT:
         v = tl.full(p.shape, default, tl.float64)
-    elif MODE == 1:
+    elif MODE == PER_CHANNEL:
         v = tl.load(P + c, mask=m, other=default).to(tl.float64)
     else:
         v = tl.load(P + p, mask=m, other=default).to(tl.float64)
@@ -335,9 +334,9 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
     var = tl.load(VAR + p, mask=m, other=0.0).to(tl.float64)
     g = _coef_param(G, p, c, m, G_MODE, 1.0)
     b = _coef_param(B, p, c, m, B_MODE, 0.0)
-    rho = _coef_param(RHO, p, c, m, 1 if KIND == 1 else 0, 0.0)
+    rho = _coef_param(RHO, p, c, m, PER_CHANNEL if KIND == ILN else ABSENT, 0.0)
     zf = tl.zeros([BN, BC], tl.float64)
-    if KIND == 3:  # Chan merge of the plane statistics over the samples of each channel
+    if KIND == BATCH:  # Chan merge of the plane statistics over the samples of each channel
         dm = tl.where(m, mean - (tl.sum(mean, 0) / _f64(N))[None, :], 0.0)
         vb = tl.sum(var + dm * dm, 0) / _f64(N)
         rl = _inv_std(vb, EPS)[None, :] + zf
@@ -351,11 +350,11 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
         vln = (tl.sum(tl.where(m, (var + dm * dm) * _f64(hw), 0.0), 1) * (_unb(nf) / nf))[:, None] + zf
         rl = 1.0 / tl.sqrt(vln + EPS)
         sd = tl.sqrt(vln)
-        if KIND == 0:
+        if KIND == INSTANCE:
             rin = _inv_std(var, EPS)
             sc = g * rin
             sh = b
-        elif KIND == 1:
+        elif KIND == ILN:
             rin = 1.0 / tl.sqrt(var * _unb(_f64(hw)) + EPS)
             sc = g * (rho * rin + (1 - rho) * rl)
             sh = b + g * (1 - rho) * rl * dm
@@ -367,9 +366,14 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
 
 
 @triton.jit
-def norm_coefs_kernel(MEAN, VAR, RHO, G, B, SCALE, SHIFT, N, C, hw, EPS: tl.constexpr,
-                      KIND: tl.constexpr, G_MODE: tl.constexpr, B_MODE: tl.constexpr,
-                      BN: tl.constexpr, BC: tl.constexpr):
+def norm_coefs_kernel(MEAN, VAR,  # the (N, C) plane statistics
+                      RHO, G, B,  # the norm's parameters (RHO: ILN only)
+                      SCALE, SHIFT,  # out: (N, C)
+                      N, C, hw,  # hw: elements per plane
+                      EPS: tl.constexpr,
+                      KIND: tl.constexpr,  # a NormKind code
+                      G_MODE: tl.constexpr, B_MODE: tl.constexpr,  # ABSENT, PER_CHANNEL or PER_PLANE
+                      BN: tl.constexpr, BC: tl.constexpr):  # N and C padded to powers of 2
     m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND,
                                                            G_MODE, B_MODE, BN, BC)
     tl.store(SCALE + p, sc.to(SCALE.dtype.element_ty), mask=m)
@@ -379,15 +383,19 @@ def norm_coefs_kernel(MEAN, VAR, RHO, G, B, SCALE, SHIFT, N, C, hw, EPS: tl.cons
 @triton.jit
 def _store_param_grad(D, d, p, m, C, MODE: tl.constexpr, BC: tl.constexpr):
     # per-channel parameter: summed over the samples (tile reduction); per-plane: as is
-    if MODE == 1:
+    if MODE == PER_CHANNEL:
         cs = tl.arange(0, BC)
         tl.store(D + cs, tl.sum(tl.where(m, d, 0.0), 0).to(D.dtype.element_ty), mask=cs < C)
-    elif MODE == 2:
+    elif MODE == PER_PLANE:
         tl.store(D + p, d.to(D.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B, SUMS, C0, C1, DRHO, DG, DB, N, C, hw,
+def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B,  # as norm_coefs_kernel's
+                          SUMS,  # (N, C, 2): norm_apply_sums' sum dz, sum dz (x - mean)
+                          C0, C1,  # out: norm_apply_bwd's per-plane coefficients
+                          DRHO, DG, DB,  # out: the parameter gradients
+                          N, C, hw,
                           EPS: tl.constexpr, KIND: tl.constexpr, G_MODE: tl.constexpr,
                           B_MODE: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """coefs_backward_sample / coefs_backward_channel_bn: c0, c1 of norm_apply_bwd and the
@@ -398,7 +406,7 @@ def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B, SUMS, C0, C1, DRHO, DG, DB, N, C
     s2 = tl.load(SUMS + 2 * p + 1, mask=m, other=0.0).to(tl.float64)
     hwf = _f64(hw)
     drho = tl.zeros([BN, BC], tl.float64)
-    if KIND == 3:
+    if KIND == BATCH:
         s2 = s2 + dm * s1  # sum dz (x - batch mean) per plane
         big = _f64(N) * hwf
         c1 = -g * rl * rl * rl * (tl.sum(tl.where(m, s2, 0.0), 0) / big)[None, :]
@@ -407,12 +415,12 @@ def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B, SUMS, C0, C1, DRHO, DG, DB, N, C
     else:
         nf = _f64(C) * hwf
         l_unb = _unb(nf) / nf
-        if KIND == 0:
+        if KIND == INSTANCE:
             dv = s2 * g * -0.5 * rin * rin * rin
             dg = s2 * rin
             t = tl.zeros([BN, BC], tl.float64)
             dm2 = t
-        elif KIND == 1:
+        elif KIND == ILN:
             k = rho * rin + (1 - rho) * rl
             dg = s2 * k + s1 * (1 - rho) * rl * dm
             drho = g * s2 * (rin - rl) - g * s1 * rl * dm
@@ -432,7 +440,7 @@ def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B, SUMS, C0, C1, DRHO, DG, DB, N, C
         c0 = (t - tsum / _f64(C) + dm2 * 2 * hwf * dm - sc * s1) / hwf
     tl.store(C0 + p, c0.to(C0.dtype.element_ty), mask=m)
     tl.store(C1 + p, c1.to(C1.dtype.element_ty), mask=m)
-    _store_param_grad(DRHO, drho, p, m, C, 1 if KIND == 1 else 0, BC)
+    _store_param_grad(DRHO, drho, p, m, C, PER_CHANNEL if KIND == ILN else ABSENT, BC)
     _store_param_grad(DG, dg, p, m, C, G_MODE, BC)
     _store_param_grad(DB, s1, p, m, C, B_MODE, BC)
 
@@ -441,13 +449,13 @@ def _coef_inputs(mean, var, rho, gamma, beta, kind, hw):
     """The C++ op's checks (csrc/norm.h prep_coefs); tensors in the statistics dtype, flat."""
     if mean.dim() != 2 or var.shape != mean.shape or var.device != mean.device:
         raise ValueError("i2i_fast norm_coefs: mean and var must be (N, C) on one device")
-    if kind not in (0, 1, 2, 3):
+    if kind not in set(NormKind):
         raise ValueError(f"i2i_fast norm_coefs: unknown kind {kind}")
     if hw <= 0:
         raise ValueError("i2i_fast norm_coefs: hw must be > 0")
     n, c = mean.shape
     sd = torch.float64 if mean.dtype == torch.float64 else torch.float32
-    if kind == 1 and (rho is None or rho.numel() != c):
+    if kind == NormKind.ILN and (rho is None or rho.numel() != c):
         raise ValueError("i2i_fast norm_coefs: rho must have C elements")
     for t in (rho, gamma, beta):
         if t is not None and t.device != mean.device:
@@ -455,17 +463,17 @@ def _coef_inputs(mean, var, rho, gamma, beta, kind, hw):
     for t in (gamma, beta):
         if t is not None and t.numel() not in (c, n * c):
             raise ValueError("i2i_fast norm_coefs: gamma/beta must have C or N*C elements")
-        if t is not None and kind == 3 and t.numel() != c:
+        if t is not None and kind == NormKind.BATCH and t.numel() != c:
             raise ValueError("i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta "
                              "(C elements)")
     flat = [None if t is None else t.to(sd).contiguous().reshape(-1)
             for t in (mean, var, rho, gamma, beta)]
-    modes = [0 if t is None else 1 if t.numel() == c else 2 for t in (gamma, beta)]
+    modes = [ABSENT if t is None else PER_CHANNEL if t.numel() == c else PER_PLANE for t in (gamma, beta)]
     return flat, modes, sd
 
 
 def _coef_meta(n, c, kind, eps, modes):
-    return dict(EPS=float(eps), KIND=kind, G_MODE=modes[0], B_MODE=modes[1],
+    return dict(EPS=float(eps), KIND=kind, G_MODE=modes[0].value, B_MODE=modes[1].value,
                 BN=triton.next_power_of_2(max(n, 1)), BC=triton.next_power_of_2(max(c, 1)),
                 num_warps=4 if n * c <= 1024 else 16)
 

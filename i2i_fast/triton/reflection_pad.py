@@ -50,7 +50,11 @@ def _reflect(o, n, before):
 
 
 @triton.jit
-def reflection_pad2d_fwd_kernel(X, Y, total, C, H, W, Ho, Wo, l, t, CL: tl.constexpr,
+def reflection_pad2d_fwd_kernel(X, Y,
+                                total,  # Y's element count
+                                C, H, W, Ho, Wo,  # channels; x's and Y's planes
+                                l, t,  # the left and top pad
+                                CL: tl.constexpr,  # channels_last memory order
                                 BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total
@@ -71,7 +75,11 @@ def _add_col(acc, GY, n, c, gh, w, C, Ho, Wo, W, l, r, m, CL: tl.constexpr, ACC:
 
 
 @triton.jit
-def reflection_pad2d_bwd_kernel(GY, GX, total, C, H, W, Ho, Wo, l, r, t, b, CL: tl.constexpr,
+def reflection_pad2d_bwd_kernel(GY, GX,
+                                total,  # GX's element count
+                                C, H, W, Ho, Wo,  # channels; x's and the padded planes
+                                l, r, t, b,  # the pad: left, right, top, bottom
+                                CL: tl.constexpr,  # channels_last memory order
                                 ACC: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total

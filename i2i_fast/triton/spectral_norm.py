@@ -39,7 +39,10 @@ def _total(PART, O, ACC: tl.constexpr, BLOCK_O: tl.constexpr):
 
 
 @triton.jit
-def sn_fwd_part_kernel(W, U, V, PART, K, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def sn_fwd_part_kernel(W,  # the (O, K) weight
+                       U, V,  # the power iteration's vectors, (O,) and (K,)
+                       PART,  # out: per row o, u[o] * (W v)[o] (sigma's terms)
+                       K, ACC: tl.constexpr, BLOCK: tl.constexpr):
     o = tl.program_id(0)
     tl.store(PART + o, tl.load(U + o).to(ACC) * _row_dot(W, V, o, K, ACC, BLOCK, False))
 
@@ -59,7 +62,11 @@ def _write_row(A, V, OUT, o, K, sg, cu, ACC: tl.constexpr, BLOCK: tl.constexpr, 
 
 
 @triton.jit
-def sn_fwd_out_kernel(W, PART, OUT, SIGMA, O, K, ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_O: tl.constexpr):
+def sn_fwd_out_kernel(W, PART,
+                      OUT,  # out: W / sigma
+                      SIGMA,  # out: sum of PART, added in one fixed order by every program
+                      O, K, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                      BLOCK_O: tl.constexpr):  # O padded to a power of 2
     o = tl.program_id(0)
     sg = _total(PART, O, ACC, BLOCK_O)
     if o == 0:
@@ -68,13 +75,18 @@ def sn_fwd_out_kernel(W, PART, OUT, SIGMA, O, K, ACC: tl.constexpr, BLOCK: tl.co
 
 
 @triton.jit
-def sn_bwd_part_kernel(G, W, PART, K, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def sn_bwd_part_kernel(G,  # the gradient of W / sigma
+                       W,
+                       PART,  # out: per row o, <G[o, :], W[o, :]>
+                       K, ACC: tl.constexpr, BLOCK: tl.constexpr):
     o = tl.program_id(0)
     tl.store(PART + o, _row_dot(G, W, o, K, ACC, BLOCK, True))
 
 
 @triton.jit
-def sn_bwd_out_kernel(G, U, V, PART, SIGMA, GW, O, K, ACC: tl.constexpr, BLOCK: tl.constexpr,
+def sn_bwd_out_kernel(G, U, V, PART, SIGMA,
+                      GW,  # out: W's gradient, G / sigma - <G, W> / sigma^2 u v^T
+                      O, K, ACC: tl.constexpr, BLOCK: tl.constexpr,
                       BLOCK_O: tl.constexpr):
     o = tl.program_id(0)
     s = _total(PART, O, ACC, BLOCK_O)
