@@ -59,7 +59,7 @@ void with_act(int64_t act, F&& f) {
     case kRelu: return f(std::integral_constant<int, kRelu>());
     case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>());
     case kTanh: return f(std::integral_constant<int, kTanh>());
-    default: return f(std::integral_constant<int, kNone>());
+    default: return f(std::integral_constant<int, kActNone>());
   }
 }
 

@@ -88,7 +88,7 @@ inline at::Tensor saved_stats(const at::Tensor& t, const at::Tensor& x, const No
 }
 
 inline void check_act(int64_t act, double eps) {
-  TORCH_CHECK(act >= 0 && act <= 3, "i2i_fast instance_norm: unknown activation code ", act);
+  TORCH_CHECK(act >= kActNone && act <= kTanh, "i2i_fast instance_norm: unknown activation code ", act);
   TORCH_CHECK(eps >= 0, "i2i_fast instance_norm: eps must be >= 0, got ", eps);
 }
 

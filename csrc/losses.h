@@ -15,15 +15,13 @@
 #include <cmath>
 #include <vector>
 
+#include "codes.h"
 #include "norm_math.h"
 
 namespace i2i {
 
-// Kind codes shared with Python (i2i_fast/reference.py LOSS_KINDS).
-enum LossKind : int { kSquare = 0, kBce = 1, kHinge = 2, kLinear = 3, kSoftplus = 4, kAbs = 5, kBceTarget = 6 };
 // Kinds that read a second tensor y per term (the target).
 I2I_HD constexpr bool loss_has_y(int kind) { return kind == kAbs || kind == kBceTarget; }
-enum LossReduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
 
 // Value v and derivative d (w.r.t. x) of the elementwise loss with parameter a, written as
 // torch computes it so NaN/Inf propagate the same way:

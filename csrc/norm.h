@@ -3,9 +3,9 @@
 //   norm_stats(x)                       -> per-plane mean, biased variance (N, C)
 //   norm_apply(x, mean, scale, shift)   -> pad(act((x - mean) * scale + shift) + residual, p)
 //   norm_apply_sums / norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
-// Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, IN/AdaIN with an output pad) is
-// "stats -> per-plane (scale, shift) -> apply"; only the small (N, C) coefficient math differs
-// (i2i_fast/_norm.py). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
+// Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, and instance norm where
+// Triton splits its planes) is "stats -> per-plane (scale, shift) -> apply"; only the small
+// (N, C) coefficient math differs (norm_coefs.h, NormKind). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
 #pragma once
 #include <algorithm>
 #include "instance_norm.h"
@@ -189,7 +189,7 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
                          const at::Tensor& sums = at::Tensor()) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
               "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
-  TORCH_CHECK(kind >= 0 && kind <= 3, "i2i_fast norm_coefs: unknown kind ", kind);
+  TORCH_CHECK(kind >= kInstanceNorm && kind <= kBatchNorm, "i2i_fast norm_coefs: unknown kind ", kind);
   TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
   CoefIO io;
   io.st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -197,12 +197,12 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
   const int64_t N = io.N, C = io.C;
   io.mean = in_dtype(mean, mean, io.st), io.var = in_dtype(var, mean, io.st);
   io.rho = in_dtype(rho, mean, io.st), io.g = in_dtype(gamma, mean, io.st), io.b = in_dtype(beta, mean, io.st);
-  TORCH_CHECK(kind != 1 || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
+  TORCH_CHECK(kind != kIln || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
   for (const at::Tensor* p : {&io.g, &io.b}) {
     TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
                 "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
     // batch norm's backward sums over the batch with one gamma per channel
-    TORCH_CHECK(kind != 3 || !p->defined() || p->numel() == C,
+    TORCH_CHECK(kind != kBatchNorm || !p->defined() || p->numel() == C,
                 "i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)");
   }
   if (sums.defined()) {
