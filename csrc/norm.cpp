@@ -15,6 +15,7 @@
 #include "cpu_loops.h"
 #include "norm.h"
 #include "norm_coefs.h"
+#include "op_handle.h"
 
 namespace i2i {
 namespace {
@@ -291,11 +292,6 @@ void bn_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, co
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptT = c10::optional<at::Tensor>;
-
-template <class Sig>
-c10::TypedOperatorHandle<Sig> op_of(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 struct PlaneNormOps {
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)> stats =

@@ -27,6 +27,12 @@ TORCH_LIBRARY(i2i_fast, m) {
       "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad=0) "
       "-> (Tensor, Tensor, Tensor)");
+  // create_graph backward of instance_norm_fwd: the reference formulas differentiated by
+  // autograd (implemented in Python, i2i_fast/_ops.py). Returns d x, d weight, d bias (an empty
+  // tensor where an input needs no gradient).
+  m.def(
+      "instance_norm_ref_grads(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad) -> Tensor[]");
 
   // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, instance
   // norm where Triton splits its planes): stats -> per-plane (scale, shift) from norm_coefs ->

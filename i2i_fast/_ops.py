@@ -98,9 +98,17 @@ def _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_s
                  for g, t in zip(out, (x, weight, bias)))
 
 
+def _in_ref_grads(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad):
+    """i2i_fast::instance_norm_ref_grads: the create_graph backward of the C++ node, an empty
+    tensor where an input needs no gradient."""
+    grads = _in_double_backward(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad)
+    return [x.new_empty((0,)) if g is None else g for g in grads]
+
+
 if _backend._C is not None:  # autograd: a C++ node (csrc/instance_norm.cpp, Autograd key)
     torch.library.register_fake("i2i_fast::instance_norm_fwd")(_in_fwd_fake)
     torch.library.register_fake("i2i_fast::instance_norm_bwd")(_in_bwd_fake)
+    torch.library.impl("i2i_fast::instance_norm_ref_grads", "CompositeImplicitAutograd")(_in_ref_grads)
 if _TRITON is not None:
     torch.library.register_autograd("i2i_fast::triton_instance_norm_fwd",
                                     _in_backward_with(_TRITON.instance_norm_bwd, "triton"),
