@@ -66,15 +66,7 @@ __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
 // states through shared memory.
 template <class St, int P, typename T, typename acc_t>
 __device__ St merged_partials(const Params<T, acc_t>& a, const Tile<P>& t) {
-  auto merge = [&] {
-    St w;
-#pragma unroll 1  // one partial in flight: unrolled, the loads spilled the pad path's registers
-    for (int64_t j = 0; t.valid && j < a.S; ++j) {
-      const Partial q = *partial(a, j, t.plane);
-      w.merge({q.a, q.b});
-    }
-    return w;
-  };
+  auto merge = [&] { return t.valid ? merge_partials<St>(a, t.plane) : St(); };
   if constexpr (P == 1) {
     return merge();
   } else {
@@ -287,7 +279,7 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
   }
   const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(S));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (s.channels_last) go(std::integral_constant<int, 32>(), std::integral_constant<int, 1>(), grid, stream);
+  if (s.channels_last) go(std::integral_constant<int, kTilePlanes>(), std::integral_constant<int, 1>(), grid, stream);
   else if (vec) go(std::integral_constant<int, 1>(), std::integral_constant<int, V>(), grid, stream);
   else go(std::integral_constant<int, 1>(), std::integral_constant<int, 1>(), grid, stream);
 }

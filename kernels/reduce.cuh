@@ -92,6 +92,19 @@ struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
   __device__ void merge(const Sums& o) { a += o.a; b += o.b; }
 };
 
+// The state (ShiftedSums or Sums<double>) of one plane: its S chunk partials merged in chunk
+// order (deterministic).
+template <class St, class A>
+__device__ __forceinline__ St merge_partials(const A& a, int64_t plane) {
+  St w;
+#pragma unroll 1  // one partial in flight: unrolled, the loads spilled instance_norm's pad path's registers
+  for (int64_t j = 0; j < a.S; ++j) {
+    const Partial q = *partial(a, j, plane);
+    w.merge({q.a, q.b});
+  }
+  return w;
+}
+
 // Merge each plane lane's state over its L spatial lanes in a fixed tree; every thread
 // gets the total of its plane.
 template <int P, class St>
