@@ -89,8 +89,7 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     const int64_t o = base + i * C, q = P ? ob + ((i / a.W + P) * Wo + i % a.W + P) * C : o;
 #pragma omp simd
     for (int64_t k = 0; k < cw; ++k) {
-      acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT,
-                                   a.slope);
+      acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT, a.slope);
       a.out[q + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
     }
   }
@@ -135,8 +134,8 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   // the unpadded gradient: element (i, k) at g[i * gs + k]
   std::vector<T> buf;
   int64_t gs;
-  const T* g = fold_grad<true>(a.g + n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * C + c0, a.H, a.W, a.pad, C,
-                               cw, buf, gs);
+  const T* g =
+      fold_grad<true>(a.g + n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * C + c0, a.H, a.W, a.pad, C, cw, buf, gs);
   acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB];
   double s1[kCB] = {0}, s2[kCB] = {0};  // fp64 block totals, as block_stats
   for (int64_t k = 0; k < cw; ++k) {
@@ -208,9 +207,7 @@ struct Bwd {
 // fp16/bf16: the per-element conversions inside the loops do not vectorize (measured 4-18x
 // slower than fp32 at 1x256x64x64), so the fp32 kernels run on upcast copies (exact) and the
 // result is rounded once, as the kernels would.
-static bool is_half(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-}
+static bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 
 static c10::optional<at::Tensor> to_float(const c10::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
@@ -218,15 +215,14 @@ static c10::optional<at::Tensor> to_float(const c10::optional<at::Tensor>& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double eps, int64_t act, double slope, int64_t pad) {
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, double eps, int64_t act, double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(!residual.has_value() || !residual->defined() || residual->scalar_type() == x.scalar_type(),
                 "i2i_fast instance_norm: residual must match x's device and dtype");
-    auto [y, mean, var] = instance_norm_fwd_cpu(x.to(at::kFloat), weight, bias, to_float(residual),
-                                                running_mean, running_var, eps, act, slope, pad);
+    auto [y, mean, var] = instance_norm_fwd_cpu(x.to(at::kFloat), weight, bias, to_float(residual), running_mean,
+                                                running_var, eps, act, slope, pad);
     return {y.to(x.scalar_type()), mean, var};
   }
   NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
@@ -234,14 +230,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
   return finish_fwd(io);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
-    int64_t act, double slope, bool input_stats, int64_t pad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                     const at::Tensor& mean, const at::Tensor& var,
+                                                                     const c10::optional<at::Tensor>& weight,
+                                                                     const c10::optional<at::Tensor>& bias, double eps,
+                                                                     int64_t act, double slope, bool input_stats,
+                                                                     int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast instance_norm: grad must match x's device and dtype");
-    auto [gx, gw, gb] = instance_norm_bwd_cpu(grad.to(at::kFloat), x.to(at::kFloat), mean, var,
-                                              weight, bias, eps, act, slope, input_stats, pad);
+    auto [gx, gw, gb] = instance_norm_bwd_cpu(grad.to(at::kFloat), x.to(at::kFloat), mean, var, weight, bias, eps, act,
+                                              slope, input_stats, pad);
     return {gx.to(x.scalar_type()), gw, gb};
   }
   NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad);
@@ -264,10 +262,9 @@ at::Tensor pad_bwd(const at::Tensor& gy, int64_t pad) {
 }
 
 struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight,
-                               const OptT& bias, const OptT& residual, const OptT& running_mean,
-                               const OptT& running_var, double eps, int64_t act, double slope,
-                               int64_t pad) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
+                               const OptT& residual, const OptT& running_mean, const OptT& running_var, double eps,
+                               int64_t act, double slope, int64_t pad) {
     static auto op = op_of<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, const OptT&, double, int64_t, double,
         int64_t)>("i2i_fast::instance_norm_fwd");
@@ -294,13 +291,12 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, const at::Tensor&, const OptT&,
-                                                              const OptT&, double, int64_t, double, bool, int64_t);
+    using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                               const at::Tensor&, const OptT&, const OptT&, double,
+                                                               int64_t, double, bool, int64_t);
     // create_graph: the reference formulas differentiated by autograd (a Python composite)
-    using RefGrads = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                             const at::Tensor&, const OptT&, const OptT&, double, int64_t, double,
-                                             bool, int64_t);
+    using RefGrads = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const OptT&, const OptT&, double, int64_t, double, bool, int64_t);
     static auto op = op_of<Bwd>("i2i_fast::instance_norm_bwd");
     static auto ref_grads = op_of<RefGrads>("i2i_fast::instance_norm_ref_grads");
     const variable_list s = ctx->get_saved_variables();
@@ -331,19 +327,18 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
-    const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual,
-    const OptT& running_mean, const OptT& running_var, double eps, int64_t act, double slope,
-    int64_t pad) {
-  const variable_list r = InstanceNormFunction::apply(x, weight, bias, residual, running_mean,
-                                                      running_var, eps, act, slope, pad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(const at::Tensor& x, const OptT& weight,
+                                                                          const OptT& bias, const OptT& residual,
+                                                                          const OptT& running_mean,
+                                                                          const OptT& running_var, double eps,
+                                                                          int64_t act, double slope, int64_t pad) {
+  const variable_list r =
+      InstanceNormFunction::apply(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
   return {r[0], r[1], r[2]};
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
-  m.impl("instance_norm_fwd", &instance_norm_fwd_autograd);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("instance_norm_fwd", &instance_norm_fwd_autograd); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("instance_norm_fwd", &instance_norm_fwd_cpu);

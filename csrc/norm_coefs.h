@@ -133,8 +133,8 @@ I2I_HD void bn_channel_stats(const S* mean, const S* var, int64_t N, int64_t C, 
 // torch's running-statistics update of batch norm for channel c (M = N * hw values):
 // r_mean = (1 - m) r_mean + m mean, r_var = (1 - m) r_var + m var * M / (M - 1).
 template <typename S, typename R>
-I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm,
-                               R* rv, int64_t c) {
+I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm, R* rv,
+                               int64_t c) {
   double mb, vb;
   bn_channel_stats(mean, var, N, C, c, mb, vb);
   const double M = double(N) * hw;
@@ -183,7 +183,9 @@ I2I_HD void coefs_backward_channel_bn(const CoefArgs<S>& a, int64_t c, const S* 
 
 // The coefficient math of one independent unit: a channel for kBatchNorm, else a sample.
 template <typename S>
-I2I_HD int64_t coef_units(const CoefArgs<S>& a) { return a.kind == kBatchNorm ? a.C : a.N; }
+I2I_HD int64_t coef_units(const CoefArgs<S>& a) {
+  return a.kind == kBatchNorm ? a.C : a.N;
+}
 
 template <typename S>
 I2I_HD void coefs_unit(const CoefArgs<S>& a, int64_t u) {

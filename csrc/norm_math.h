@@ -73,7 +73,10 @@ I2I_HD acc_t act_grad(acc_t z, int act, acc_t slope) {
   switch (act) {
     case kRelu: return z <= acc_t(0) ? acc_t(0) : acc_t(1);
     case kLeakyRelu: return z > acc_t(0) ? acc_t(1) : slope;
-    case kTanh: { acc_t t = std::tanh(z); return acc_t(1) - t * t; }
+    case kTanh: {
+      acc_t t = std::tanh(z);
+      return acc_t(1) - t * t;
+    }
     default: return acc_t(1);
   }
 }

@@ -99,8 +99,9 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("reflection_pad_conv2d(Tensor x, Tensor weight, Tensor? bias, int padding, int stride) -> Tensor");
   // Gradients (x, weight, bias) of reflection_pad_conv2d; mask says which are wanted (the
   // others come back as empty tensors).
-  m.def("reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
-        "bool[3] mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
+      "bool[3] mask) -> (Tensor, Tensor, Tensor)");
   // ---- end reflection pad ----
   // ---- spectral norm (csrc/spectral_norm.{h,cpp}, kernels/spectral_norm.cu,
   // triton/spectral_norm.py): the weight of torch.nn.utils.spectral_norm from the (O, K) weight

@@ -79,7 +79,9 @@ __device__ __forceinline__ void store16(void* p, const V& v) {
 // Split-plane partials: two fp64 sums of one (chunk, plane), ShiftedSums or the backward's Sums.
 // Stored chunk-major, [S][N*C], so the planes of a channels_last tile are adjacent: its first
 // warp writes (store16) and reads them with 16-byte coalesced accesses.
-struct alignas(16) Partial { double a, b; };
+struct alignas(16) Partial {
+  double a, b;
+};
 
 template <class A>
 __device__ __forceinline__ Partial* partial(const A& a, int64_t chunk, int64_t plane) {
@@ -89,7 +91,10 @@ __device__ __forceinline__ Partial* partial(const A& a, int64_t chunk, int64_t p
 template <typename acc_t>
 struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
   acc_t a = 0, b = 0;
-  __device__ void merge(const Sums& o) { a += o.a; b += o.b; }
+  __device__ void merge(const Sums& o) {
+    a += o.a;
+    b += o.b;
+  }
 };
 
 // The state (ShiftedSums or Sums<double>) of one plane: its S chunk partials merged in chunk
