@@ -67,7 +67,7 @@ __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
 // states through shared memory.
 template <class St, int P, typename T, typename acc_t>
 __device__ St merged_partials(const Params<T, acc_t>& a, const Tile<P>& t) {
-  auto merge = [&] { return t.valid ? merge_partials<St>(a, t.plane) : St(); };
+  auto merge = [&] { return merge_partials<St, true>(a, t.plane, t.valid); };
   if constexpr (P == 1) {
     return merge();
   } else {

@@ -182,7 +182,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cuda(at::T
       for_groups(io.terms, io.nchunks, [&](const Table<LossTerm>& tab, int64_t base, int64_t n) {
         const unsigned grid = one_block ? 1u : gpu::grid_dim(n, "loss_fwd");
         const bool last_group = base + n == io.nchunks;
-        // clang-format off: the CPU emulation (tests/cuda_emu) reads a launch as `kernel<...><<<`, unbroken
+        // clang-format off: the CPU emulation (tests/cuda_emu) finds a launch by its kernel name next to the chevrons
         loss_fwd_kernel<scalar_t, acc_t, decltype(K)::value><<<grid, kLossThreads, 0, stream>>>(
             tab, n, partials ? partial + base : nullptr, loss, need_grad, none, one_block,
             last_group ? ticket : nullptr, partial, io.nchunks);

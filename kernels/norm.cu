@@ -53,7 +53,7 @@ template <typename T, typename acc_t>
 __global__ void stats_merge_kernel(PA<T, acc_t> a, bool channels_last) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  const ShiftedSums w = merge_partials<ShiftedSums>(a, p);
+  const ShiftedSums w = merge_partials<ShiftedSums, false>(a, p);
   const int64_t n = p / a.C, first = channels_last ? n * a.HW * a.C + (p - n * a.C) : p * a.HW;
   w.finish(double(a.x[first]), a.HW, a.stat_mean[p], a.stat_var[p]);
 }
@@ -127,7 +127,7 @@ template <typename T, typename acc_t>
 __global__ void sums_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  const Sums<double> s = merge_partials<Sums<double>>(a, p);
+  const Sums<double> s = merge_partials<Sums<double>, false>(a, p);
   a.sums[2 * p] = acc_t(s.a), a.sums[2 * p + 1] = acc_t(s.b);
 }
 

@@ -98,14 +98,21 @@ struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
 };
 
 // The state (ShiftedSums or Sums<double>) of one plane: its S chunk partials merged in chunk
-// order (deterministic).
-template <class St, class A>
-__device__ __forceinline__ St merge_partials(const A& a, int64_t plane) {
+// order (deterministic); nothing merged where !valid (a tile's lanes past C). kOneInFlight: a
+// loop not unrolled, one partial load in flight (instance_norm.cu, where the unrolled loads
+// spilled the pad path's registers); otherwise the compiler unrolls it (norm.cu's merge kernels).
+template <class St, bool kOneInFlight, class A>
+__device__ __forceinline__ St merge_partials(const A& a, int64_t plane, bool valid = true) {
   St w;
-#pragma unroll 1  // one partial in flight: unrolled, the loads spilled instance_norm's pad path's registers
-  for (int64_t j = 0; j < a.S; ++j) {
+  auto add = [&](int64_t j) {
     const Partial q = *partial(a, j, plane);
     w.merge({q.a, q.b});
+  };
+  if constexpr (kOneInFlight) {
+#pragma unroll 1
+    for (int64_t j = 0; valid && j < a.S; ++j) add(j);
+  } else {
+    for (int j = 0; valid && j < a.S; ++j) add(j);
   }
   return w;
 }

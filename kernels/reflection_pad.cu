@@ -118,7 +118,7 @@ at::Tensor reflection_pad2d_bwd_cuda(const at::Tensor& grad_in, at::IntArrayRef 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, gy.scalar_type(), "i2i_fast_reflection_pad2d_bwd_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        // clang-format off: the CPU emulation (tests/cuda_emu) reads a launch as `kernel<...><<<`, unbroken
+        // clang-format off: the CPU emulation (tests/cuda_emu) finds a launch by its kernel name next to the chevrons
         pad_bwd_kernel<scalar_t, acc_t><<<gpu::grid_dim(blocks_for(total), "reflection_pad2d_bwd"), kPadThreads, 0, st>>>(
             gy.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), g, total);
         // clang-format on

@@ -75,13 +75,13 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const a
   const unsigned rows = grid_dim(io.O, "sn_scale");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.w.scalar_type(), "i2i_fast_sn_scale_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // clang-format off: the CPU emulation (tests/cuda_emu) reads a launch as `kernel<...><<<`, unbroken
+    // clang-format off: the CPU emulation (tests/cuda_emu) finds a launch by its kernel name next to the chevrons
     row_part_kernel<scalar_t, false><<<rows, kThreads, 0, stream>>>(
         io.w.const_data_ptr<scalar_t>(), io.v.const_data_ptr<scalar_t>(), io.u.const_data_ptr<scalar_t>(), io.K,
         part.data_ptr<double>());
     // clang-format on
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // clang-format off: the CPU emulation (tests/cuda_emu) reads a launch as `kernel<...><<<`, unbroken
+    // clang-format off: the CPU emulation (tests/cuda_emu) finds a launch by its kernel name next to the chevrons
     scale_out_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
         io.w.const_data_ptr<scalar_t>(), part.const_data_ptr<double>(), io.O, io.K, out.data_ptr<scalar_t>(),
         sigma.data_ptr<SigmaT<scalar_t>>());
