@@ -59,7 +59,7 @@ void with_act(int64_t act, F&& f) {
     case kRelu: return f(std::integral_constant<int, kRelu>());
     case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>());
     case kTanh: return f(std::integral_constant<int, kTanh>());
-    default: return f(std::integral_constant<int, kNone>());
+    default: return f(std::integral_constant<int, kActNone>());
   }
 }
 
@@ -84,9 +84,8 @@ template <typename T, typename acc_t>
 I2I_ALWAYS_INLINE void plane_stats(const T* x, int64_t n, acc_t& mean, acc_t& var) {
   const acc_t pivot = n > 0 ? static_cast<acc_t>(x[0]) : acc_t(0);
   double s = 0, s1 = 0, m2 = 0, unused = 0;
-  plane_sum2<kSumBlock, acc_t>(n, s, unused, [&](int64_t i, acc_t& a, acc_t&) {
-    a += static_cast<acc_t>(x[i]) - pivot;
-  });
+  plane_sum2<kSumBlock, acc_t>(n, s, unused,
+                               [&](int64_t i, acc_t& a, acc_t&) { a += static_cast<acc_t>(x[i]) - pivot; });
   mean = static_cast<acc_t>(double(pivot) + s / n);
   const acc_t m = mean;
   plane_sum2<kSumBlock, acc_t>(n, s1, m2, [&](int64_t i, acc_t& a, acc_t& b) {
@@ -128,8 +127,8 @@ I2I_ALWAYS_INLINE void mirror_cols(T* row, int64_t W, int64_t l, int64_t r) {
 // = the sum over the padded rows that read row i (reflect_dst: itself, then its mirrors) of
 // their interior, then their mirrored column ends. g: the padded plane, rows of Wo = W + l + r.
 template <typename T, typename acc_t>
-I2I_ALWAYS_INLINE void fold_row(const T* g, int64_t i, int64_t H, int64_t W, int64_t l, int64_t r,
-                                int64_t t, int64_t b, acc_t* acc) {
+I2I_ALWAYS_INLINE void fold_row(const T* g, int64_t i, int64_t H, int64_t W, int64_t l, int64_t r, int64_t t, int64_t b,
+                                acc_t* acc) {
   const int64_t Wo = W + l + r;
   int64_t rows[3];
   const int nr = reflect_dst(i, H, t, b, rows);
@@ -176,8 +175,8 @@ void fill_pad(T* y, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw) {
 // itself when P == 0 (gpix = pix), else its pad backward folded into buf (gpix = cw): each
 // pixel sums its mirror sources in a fixed order (a gather, no atomics).
 template <bool CL, typename T>
-const T* fold_grad(const T* g, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw,
-                   std::vector<T>& buf, int64_t& gpix) {
+const T* fold_grad(const T* g, int64_t H, int64_t W, int64_t P, int64_t pix, int64_t cw, std::vector<T>& buf,
+                   int64_t& gpix) {
   if (P == 0) {
     gpix = pix;
     return g;

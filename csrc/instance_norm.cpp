@@ -14,6 +14,7 @@
 #include "cpu_loops.h"
 #include "instance_norm.h"
 #include "norm_math.h"
+#include "op_handle.h"
 
 namespace i2i {
 namespace {
@@ -88,8 +89,7 @@ void fwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
     const int64_t o = base + i * C, q = P ? ob + ((i / a.W + P) * Wo + i % a.W + P) * C : o;
 #pragma omp simd
     for (int64_t k = 0; k < cw; ++k) {
-      acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT,
-                                   a.slope);
+      acc_t v = act_fwd<acc_t>((static_cast<acc_t>(a.x[o + k]) - mean[k]) * scale[k] + shift[k], ACT, a.slope);
       a.out[q + k] = static_cast<T>(a.res ? v + static_cast<acc_t>(a.res[o + k]) : v);
     }
   }
@@ -134,8 +134,8 @@ void bwd_nhwc(const Args<T, acc_t>& a, int64_t n, int64_t c0) {
   // the unpadded gradient: element (i, k) at g[i * gs + k]
   std::vector<T> buf;
   int64_t gs;
-  const T* g = fold_grad<true>(a.g + n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * C + c0, a.H, a.W, a.pad, C,
-                               cw, buf, gs);
+  const T* g =
+      fold_grad<true>(a.g + n * (a.H + 2 * a.pad) * (a.W + 2 * a.pad) * C + c0, a.H, a.W, a.pad, C, cw, buf, gs);
   acc_t mean[kCB], rstd[kCB], w[kCB], b[kCB];
   double s1[kCB] = {0}, s2[kCB] = {0};  // fp64 block totals, as block_stats
   for (int64_t k = 0; k < cw; ++k) {
@@ -207,9 +207,7 @@ struct Bwd {
 // fp16/bf16: the per-element conversions inside the loops do not vectorize (measured 4-18x
 // slower than fp32 at 1x256x64x64), so the fp32 kernels run on upcast copies (exact) and the
 // result is rounded once, as the kernels would.
-static bool is_half(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-}
+static bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 
 static c10::optional<at::Tensor> to_float(const c10::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
@@ -217,15 +215,14 @@ static c10::optional<at::Tensor> to_float(const c10::optional<at::Tensor>& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
-    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double eps, int64_t act, double slope, int64_t pad) {
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, double eps, int64_t act, double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(!residual.has_value() || !residual->defined() || residual->scalar_type() == x.scalar_type(),
                 "i2i_fast instance_norm: residual must match x's device and dtype");
-    auto [y, mean, var] = instance_norm_fwd_cpu(x.to(at::kFloat), weight, bias, to_float(residual),
-                                                running_mean, running_var, eps, act, slope, pad);
+    auto [y, mean, var] = instance_norm_fwd_cpu(x.to(at::kFloat), weight, bias, to_float(residual), running_mean,
+                                                running_var, eps, act, slope, pad);
     return {y.to(x.scalar_type()), mean, var};
   }
   NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
@@ -233,14 +230,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cpu(
   return finish_fwd(io);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
-    int64_t act, double slope, bool input_stats, int64_t pad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                     const at::Tensor& mean, const at::Tensor& var,
+                                                                     const c10::optional<at::Tensor>& weight,
+                                                                     const c10::optional<at::Tensor>& bias, double eps,
+                                                                     int64_t act, double slope, bool input_stats,
+                                                                     int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast instance_norm: grad must match x's device and dtype");
-    auto [gx, gw, gb] = instance_norm_bwd_cpu(grad.to(at::kFloat), x.to(at::kFloat), mean, var,
-                                              weight, bias, eps, act, slope, input_stats, pad);
+    auto [gx, gw, gb] = instance_norm_bwd_cpu(grad.to(at::kFloat), x.to(at::kFloat), mean, var, weight, bias, eps, act,
+                                              slope, input_stats, pad);
     return {gx.to(x.scalar_type()), gw, gb};
   }
   NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad);
@@ -255,62 +254,20 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptT = c10::optional<at::Tensor>;
 
-at::Tensor act_ref(const at::Tensor& z, int64_t act, double slope) {
-  switch (act) {
-    case kRelu: return at::relu(z);
-    case kLeakyRelu: return at::leaky_relu(z, slope);
-    case kTanh: return at::tanh(z);
-    default: return z;
-  }
-}
-
-// create_graph=True (double backward, e.g. WGAN-GP through a D with InstanceNorm): the
-// reference formula (i2i_fast/reference.py) in differentiable ATen ops, differentiated by
-// autograd, so the gradients are themselves differentiable. Slower than the kernel, same math.
-variable_list in_double_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& mean,
-                                 const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
-                                 double eps, int64_t act, double slope, bool input_stats, int64_t pad) {
-  const int64_t C = x.size(1);
-  variable_list inputs;
-  for (const at::Tensor* t : {&x, &w, &b})
-    if (t->defined() && t->requires_grad()) inputs.push_back(*t);
-  if (inputs.empty()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-  const at::Tensor xf = x.to(stats_dtype(x));
-  at::Tensor m = mean.view({-1, C, 1, 1}), v = var.view({-1, C, 1, 1});
-  if (input_stats) m = xf.mean({2, 3}, true), v = xf.var({2, 3}, false, true);
-  at::Tensor y = (xf - m) / at::sqrt(v + eps);
-  if (w.defined()) y = y * w.to(xf.scalar_type()).reshape({-1, C, 1, 1});
-  if (b.defined()) y = y + b.to(xf.scalar_type()).reshape({-1, C, 1, 1});
-  y = act_ref(y, act, slope).to(x.scalar_type());
-  if (pad) y = at::reflection_pad2d(y, {pad, pad, pad, pad});
-  const variable_list got = torch::autograd::grad({y}, inputs, {gy}, true, true, true);
-  variable_list out;
-  size_t k = 0;
-  for (const at::Tensor* t : {&x, &w, &b}) {
-    if (!(t->defined() && t->requires_grad())) { out.emplace_back(); continue; }
-    const at::Tensor& g = got[k++];
-    out.push_back(g.defined() ? g : at::zeros_like(*t));
-  }
-  return out;
-}
-
 // The residual's gradient under an output pad: i2i_fast's pad backward (a gather; no atomics),
 // which is differentiable (double backward) through its own autograd.
 at::Tensor pad_bwd(const at::Tensor& gy, int64_t pad) {
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::reflection_pad2d_bwd", "")
-                       .typed<at::Tensor(const at::Tensor&, c10::IntArrayRef)>();
+  static auto op = op_of<at::Tensor(const at::Tensor&, c10::IntArrayRef)>("i2i_fast::reflection_pad2d_bwd");
   return op.call(gy, {pad, pad, pad, pad});
 }
 
 struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight,
-                               const OptT& bias, const OptT& residual, const OptT& running_mean,
-                               const OptT& running_var, double eps, int64_t act, double slope,
-                               int64_t pad) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_fwd", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&,
-                             const OptT&, double, int64_t, double, int64_t)>();
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
+                               const OptT& residual, const OptT& running_mean, const OptT& running_var, double eps,
+                               int64_t act, double slope, int64_t pad) {
+    static auto op = op_of<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const OptT&, const OptT&, const OptT&, const OptT&, const OptT&, double, int64_t, double,
+        int64_t)>("i2i_fast::instance_norm_fwd");
     at::Tensor y, mean, var;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -334,10 +291,14 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::instance_norm_bwd", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const OptT&, const OptT&, double, int64_t, double, bool, int64_t)>();
+    using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                               const at::Tensor&, const OptT&, const OptT&, double,
+                                                               int64_t, double, bool, int64_t);
+    // create_graph: the reference formulas differentiated by autograd (a Python composite)
+    using RefGrads = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const OptT&, const OptT&, double, int64_t, double, bool, int64_t);
+    static auto op = op_of<Bwd>("i2i_fast::instance_norm_bwd");
+    static auto ref_grads = op_of<RefGrads>("i2i_fast::instance_norm_ref_grads");
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor &x = s[0], &mean = s[1], &var = s[2], &w = s[3], &b = s[4];
     const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
@@ -351,12 +312,12 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
     if (!gy.defined()) return res;
     if (need[3]) res[3] = pad ? pad_bwd(gy, pad) : gy;
     if (!(need[0] || need[1] || need[2])) return res;
+    const OptT w_opt = w.defined() ? OptT(w) : OptT(), b_opt = b.defined() ? OptT(b) : OptT();
     variable_list g;
-    if (at::GradMode::is_enabled()) {
-      g = in_double_backward(gy, x, mean, var, w, b, eps, act, slope, input_stats, pad);
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiable gradients
+      g = ref_grads.call(gy, x, mean, var, w_opt, b_opt, eps, act, slope, input_stats, pad);
     } else {
-      auto [gx, gw, gb] = op.call(gy, x, mean, var, w.defined() ? OptT(w) : OptT(),
-                                  b.defined() ? OptT(b) : OptT(), eps, act, slope, input_stats, pad);
+      auto [gx, gw, gb] = op.call(gy, x, mean, var, w_opt, b_opt, eps, act, slope, input_stats, pad);
       g = {gx, w.defined() ? gw.view_as(w).to(w.scalar_type()) : at::Tensor(),
            b.defined() ? gb.view_as(b).to(b.scalar_type()) : at::Tensor()};
     }
@@ -366,19 +327,18 @@ struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunct
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(
-    const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual,
-    const OptT& running_mean, const OptT& running_var, double eps, int64_t act, double slope,
-    int64_t pad) {
-  const variable_list r = InstanceNormFunction::apply(x, weight, bias, residual, running_mean,
-                                                      running_var, eps, act, slope, pad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_autograd(const at::Tensor& x, const OptT& weight,
+                                                                          const OptT& bias, const OptT& residual,
+                                                                          const OptT& running_mean,
+                                                                          const OptT& running_var, double eps,
+                                                                          int64_t act, double slope, int64_t pad) {
+  const variable_list r =
+      InstanceNormFunction::apply(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
   return {r[0], r[1], r[2]};
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
-  m.impl("instance_norm_fwd", &instance_norm_fwd_autograd);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("instance_norm_fwd", &instance_norm_fwd_autograd); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("instance_norm_fwd", &instance_norm_fwd_cpu);

@@ -23,19 +23,15 @@ struct NormShape {
 };
 
 inline NormShape norm_shape(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "i2i_fast norm: expected x of rank 4 (N, C, H, W), got rank ",
-              x.dim());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "i2i_fast norm: x must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 4, "i2i_fast norm: expected x of rank 4 (N, C, H, W), got rank ", x.dim());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "i2i_fast norm: x must be floating point, got ", x.scalar_type());
   NormShape s{x.size(0), x.size(1), x.size(2) * x.size(3), false};
   s.channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   return s;
 }
 
 // x (or a tensor shaped like x) in the layout of `s`.
-inline at::Tensor in_layout(const at::Tensor& t, const NormShape& s) {
-  return t.contiguous(s.format());
-}
+inline at::Tensor in_layout(const at::Tensor& t, const NormShape& s) { return t.contiguous(s.format()); }
 
 // Statistics are kept in fp32 (fp64 for fp64 inputs).
 inline at::ScalarType stats_dtype(const at::Tensor& x) {
@@ -44,51 +40,47 @@ inline at::ScalarType stats_dtype(const at::Tensor& x) {
 
 // Per-channel parameter or running statistic as a contiguous (C,) tensor in the stats dtype;
 // undefined when absent.
-inline at::Tensor channel_param(const c10::optional<at::Tensor>& p, const at::Tensor& x,
-                                const char* name) {
+inline at::Tensor channel_param(const c10::optional<at::Tensor>& p, const at::Tensor& x, const char* name) {
   if (!p.has_value() || !p->defined()) return at::Tensor();
   TORCH_CHECK(p->numel() == x.size(1), "i2i_fast instance_norm: ", name, " must have ", x.size(1),
               " elements (one per channel), got shape ", p->sizes());
-  TORCH_CHECK(p->device() == x.device(), "i2i_fast instance_norm: ", name, " is on ", p->device(),
-              " but x is on ", x.device());
+  TORCH_CHECK(p->device() == x.device(), "i2i_fast instance_norm: ", name, " is on ", p->device(), " but x is on ",
+              x.device());
   return p->reshape({-1}).to(stats_dtype(x)).contiguous();
 }
 
 // Affine weight or bias: per channel (C elements) or per (n, c) plane (N*C, as MUNIT's AdaIN).
-inline at::Tensor affine_param(const c10::optional<at::Tensor>& p, const at::Tensor& x,
-                               const char* name) {
+inline at::Tensor affine_param(const c10::optional<at::Tensor>& p, const at::Tensor& x, const char* name) {
   if (!p.has_value() || !p->defined()) return at::Tensor();
   const int64_t c = x.size(1), nc = x.size(0) * x.size(1);
-  TORCH_CHECK(p->numel() == c || p->numel() == nc, "i2i_fast instance_norm: ", name, " must have ",
-              c, " (per channel) or ", nc, " (per sample and channel) elements, got shape ",
-              p->sizes());
-  TORCH_CHECK(p->device() == x.device(), "i2i_fast instance_norm: ", name, " is on ", p->device(),
-              " but x is on ", x.device());
+  TORCH_CHECK(p->numel() == c || p->numel() == nc, "i2i_fast instance_norm: ", name, " must have ", c,
+              " (per channel) or ", nc, " (per sample and channel) elements, got shape ", p->sizes());
+  TORCH_CHECK(p->device() == x.device(), "i2i_fast instance_norm: ", name, " is on ", p->device(), " but x is on ",
+              x.device());
   return p->reshape({-1}).to(stats_dtype(x)).contiguous();
 }
 
-inline at::Tensor same_as_x(const c10::optional<at::Tensor>& t, const at::Tensor& x,
-                            const NormShape& s, const char* name) {
+inline at::Tensor same_as_x(const c10::optional<at::Tensor>& t, const at::Tensor& x, const NormShape& s,
+                            const char* name) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
-  TORCH_CHECK(t->sizes() == x.sizes(), "i2i_fast instance_norm: ", name, " must have x's shape ",
-              x.sizes(), ", got ", t->sizes());
-  TORCH_CHECK(t->device() == x.device() && t->scalar_type() == x.scalar_type(),
-              "i2i_fast instance_norm: ", name, " must match x's device and dtype");
+  TORCH_CHECK(t->sizes() == x.sizes(), "i2i_fast instance_norm: ", name, " must have x's shape ", x.sizes(), ", got ",
+              t->sizes());
+  TORCH_CHECK(t->device() == x.device() && t->scalar_type() == x.scalar_type(), "i2i_fast instance_norm: ", name,
+              " must match x's device and dtype");
   return in_layout(*t, s);
 }
 
 // Saved (N, C) statistics handed to the backward, in the stats dtype.
-inline at::Tensor saved_stats(const at::Tensor& t, const at::Tensor& x, const NormShape& s,
-                              const char* name) {
-  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast instance_norm_bwd: ", name, " must have N*C = ",
-              s.N * s.C, " elements, got ", t.numel());
-  TORCH_CHECK(t.device() == x.device(), "i2i_fast instance_norm_bwd: ", name, " is on ", t.device(),
-              " but x is on ", x.device());
+inline at::Tensor saved_stats(const at::Tensor& t, const at::Tensor& x, const NormShape& s, const char* name) {
+  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast instance_norm_bwd: ", name, " must have N*C = ", s.N * s.C,
+              " elements, got ", t.numel());
+  TORCH_CHECK(t.device() == x.device(), "i2i_fast instance_norm_bwd: ", name, " is on ", t.device(), " but x is on ",
+              x.device());
   return t.to(stats_dtype(x)).contiguous();
 }
 
 inline void check_act(int64_t act, double eps) {
-  TORCH_CHECK(act >= 0 && act <= 3, "i2i_fast instance_norm: unknown activation code ", act);
+  TORCH_CHECK(act >= kActNone && act <= kTanh, "i2i_fast instance_norm: unknown activation code ", act);
   TORCH_CHECK(eps >= 0, "i2i_fast instance_norm: eps must be >= 0, got ", eps);
 }
 
@@ -97,7 +89,8 @@ inline void check_out_pad(int64_t pad, const at::Tensor& x) {
   TORCH_CHECK(pad >= 0, "i2i_fast norm: out_pad must be >= 0, got ", pad);
   TORCH_CHECK(pad == 0 || (pad < x.size(2) && pad < x.size(3)), "i2i_fast norm: out_pad (", pad,
               ") must be smaller than the input's H and W for reflection padding, got input of "
-              "shape ", x.sizes());
+              "shape ",
+              x.sizes());
   // the kernels index a padded plane's pixels in 32 bits (the CUDA divisions)
   TORCH_CHECK(pad == 0 || (x.size(2) + 2 * pad) * (x.size(3) + 2 * pad) < (int64_t(1) << 31),
               "i2i_fast norm: out_pad needs padded planes of fewer than 2^31 pixels, got ", x.sizes());
@@ -108,10 +101,11 @@ inline std::vector<int64_t> padded_sizes(const at::Tensor& x, int64_t pad) {
 }
 
 // The gradient of a padded output: its shape, x's device and dtype, in x's layout.
-inline at::Tensor padded_grad(const at::Tensor& grad, const at::Tensor& x, const NormShape& s,
-                              int64_t pad) {
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(padded_sizes(x, pad)), "i2i_fast norm: grad must have "
-              "the output's shape ", at::IntArrayRef(padded_sizes(x, pad)), ", got ", grad.sizes());
+inline at::Tensor padded_grad(const at::Tensor& grad, const at::Tensor& x, const NormShape& s, int64_t pad) {
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(padded_sizes(x, pad)),
+              "i2i_fast norm: grad must have "
+              "the output's shape ",
+              at::IntArrayRef(padded_sizes(x, pad)), ", got ", grad.sizes());
   TORCH_CHECK(grad.device() == x.device() && grad.scalar_type() == x.scalar_type(),
               "i2i_fast norm: grad must match x's device and dtype");
   return grad.contiguous(s.format());
@@ -120,14 +114,15 @@ inline at::Tensor padded_grad(const at::Tensor& grad, const at::Tensor& x, const
 // What a kernel sees: raw pointers (null where an optional input is absent) and sizes.
 template <typename T, typename acc_t>
 struct NormArgs {
-  const T* x; const T* g; const T* res; T* out;  // g: incoming (padded) gradient; out: y or grad x
-  const acc_t* w; const acc_t* b;                 // affine, or null: (C,) or (N*C,) if per_plane
-  const acc_t* rmean; const acc_t* rvar;          // (C,) running stats used instead of input stats
-  acc_t* mean; acc_t* var;                        // (N, C): written by fwd, read by bwd
-  acc_t* sums;                                    // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
-  double* dpart;                                  // CUDA split path: per-chunk fp64 sums (stats or backward)
+  const T *x, *g, *res;       // g: incoming (padded) gradient
+  T* out;                     // y or grad x
+  const acc_t *w, *b;         // affine, or null: (C,) or (N*C,) if per_plane
+  const acc_t *rmean, *rvar;  // (C,) running stats used instead of input stats
+  acc_t *mean, *var;          // (N, C): written by fwd, read by bwd
+  acc_t* sums;                // bwd: (N, C, 2) sum(dz), sum(dz * xhat)
+  double* dpart;              // CUDA split path: per-chunk fp64 sums (stats or backward)
   int64_t N, C, HW, chunk;
-  int64_t H, W, pad;                              // out / g: (H + 2 pad) x (W + 2 pad) planes
+  int64_t H, W, pad;  // out / g: (H + 2 pad) x (W + 2 pad) planes
   int S, act;
   acc_t eps, slope;
   bool input_stats, split, per_plane;
@@ -161,9 +156,7 @@ struct NormIO {
   bool input_stats;
 
   // weight/bias hold one value per plane (N*C) rather than per channel
-  bool per_plane() const {
-    return (w.defined() && w.numel() != s.C) || (b.defined() && b.numel() != s.C);
-  }
+  bool per_plane() const { return (w.defined() && w.numel() != s.C) || (b.defined() && b.numel() != s.C); }
 
   template <typename T, typename acc_t>
   NormArgs<T, acc_t> args() const {
@@ -182,11 +175,9 @@ struct NormIO {
 };
 
 inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
-                       const c10::optional<at::Tensor>& bias,
-                       const c10::optional<at::Tensor>& residual,
-                       const c10::optional<at::Tensor>& running_mean,
-                       const c10::optional<at::Tensor>& running_var, double eps, int64_t act,
-                       double slope, int64_t pad) {
+                       const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                       const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+                       double eps, int64_t act, double slope, int64_t pad) {
   NormIO io;
   io.s = norm_shape(x_in);
   check_act(act, eps);
@@ -199,8 +190,7 @@ inline NormIO prep_fwd(const at::Tensor& x_in, const c10::optional<at::Tensor>& 
   io.res = same_as_x(residual, io.x, io.s, "residual");
   io.rm = channel_param(running_mean, io.x, "running_mean");
   io.rv = channel_param(running_var, io.x, "running_var");
-  TORCH_CHECK(io.rm.defined() == io.rv.defined(),
-              "i2i_fast instance_norm: running_mean and running_var go together");
+  TORCH_CHECK(io.rm.defined() == io.rv.defined(), "i2i_fast instance_norm: running_mean and running_var go together");
   io.input_stats = !io.rm.defined();
   io.out = at::empty(padded_sizes(io.x, pad), io.x.options().memory_format(io.s.format()));
   io.mean = at::empty({io.s.N, io.s.C}, io.x.options().dtype(stats_dtype(io.x)));
@@ -222,10 +212,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_fwd(NormIO& io) {
   return {io.out, io.mean, io.var};
 }
 
-inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean,
-                       const at::Tensor& var, const c10::optional<at::Tensor>& weight,
-                       const c10::optional<at::Tensor>& bias, double eps, int64_t act,
-                       double slope, bool input_stats, int64_t pad) {
+inline NormIO prep_bwd(const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& var,
+                       const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+                       int64_t act, double slope, bool input_stats, int64_t pad) {
   NormIO io;
   io.s = norm_shape(x_in);
   check_act(act, eps);

@@ -43,10 +43,9 @@ acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1) {
 
 template <typename T, typename acc_t, int KIND>
 acc_t fwd_chunk(const LossTerm& e, int64_t i0, int64_t i1, bool need_grad, bool none) {
-  if (need_grad) return none ? fwd_chunk<T, acc_t, KIND, true, true>(e, i0, i1)
-                             : fwd_chunk<T, acc_t, KIND, true, false>(e, i0, i1);
-  return none ? fwd_chunk<T, acc_t, KIND, false, true>(e, i0, i1)
-              : fwd_chunk<T, acc_t, KIND, false, false>(e, i0, i1);
+  if (need_grad)
+    return none ? fwd_chunk<T, acc_t, KIND, true, true>(e, i0, i1) : fwd_chunk<T, acc_t, KIND, true, false>(e, i0, i1);
+  return none ? fwd_chunk<T, acc_t, KIND, false, true>(e, i0, i1) : fwd_chunk<T, acc_t, KIND, false, false>(e, i0, i1);
 }
 
 template <typename T, typename acc_t>
@@ -84,9 +83,10 @@ void for_chunks(const std::vector<Term>& terms, int64_t nchunks, F&& f) {
   });
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(
-    at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
-    int64_t kind, int64_t reduction, bool need_grad) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(at::TensorList x, at::TensorList y,
+                                                                          at::ArrayRef<double> params,
+                                                                          at::ArrayRef<double> weights, int64_t kind,
+                                                                          int64_t reduction, bool need_grad) {
   LossIO io = prep_loss(x, y, params, weights, kind, reduction, need_grad, kLossChunk);
   const bool none = reduction == kReduceNone;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.dtype, "i2i_fast_loss_fwd_cpu", [&] {
@@ -106,8 +106,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_cpu(
   return finish_loss(io);
 }
 
-std::vector<at::Tensor> loss_bwd_cpu(at::TensorList grad_outs, at::TensorList saved,
-                                     at::IntArrayRef index, at::ArrayRef<double> sign) {
+std::vector<at::Tensor> loss_bwd_cpu(at::TensorList grad_outs, at::TensorList saved, at::IntArrayRef index,
+                                     at::ArrayRef<double> sign) {
   ScaleIO io = prep_scale(grad_outs, saved, index, sign, kLossChunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.dtype, "i2i_fast_loss_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -152,8 +152,8 @@ enum Cfg { kNx, kNy, kNouts, kKind, kRed, kAny, kShared, kNeed };
 // of the loss): read directly, no dispatch. Anything else (CUDA: reading it would synchronize,
 // fake or functional tensors: no data) is "not known to be 1".
 bool is_unit_cpu_scalar(const at::Tensor& g) {
-  if (!g.defined() || !g.is_cpu() || g.numel() != 1 || g.layout() != at::kStrided ||
-      at::isTensorSubclassLike(g) || g.is_neg() || g.is_conj())
+  if (!g.defined() || !g.is_cpu() || g.numel() != 1 || g.layout() != at::kStrided || at::isTensorSubclassLike(g) ||
+      g.is_neg() || g.is_conj())
     return false;
   if (g.scalar_type() == at::kFloat) return *g.const_data_ptr<float>() == 1.0f;
   if (g.scalar_type() == at::kDouble) return *g.const_data_ptr<double>() == 1.0;
@@ -163,17 +163,17 @@ bool is_unit_cpu_scalar(const at::Tensor& g) {
 struct LossFunction : public torch::autograd::Function<LossFunction> {
   // The gradients written by the forward leave through `grads_out`, not as outputs of the
   // node: they are never differentiated, and every node output costs autograd bookkeeping.
-  static variable_list forward(AutogradContext* ctx, at::TensorList x, at::TensorList y,
-                               at::ArrayRef<double> params, at::ArrayRef<double> weights,
-                               int64_t kind, int64_t reduction, bool need_grad, bool shared,
-                               std::vector<at::Tensor>* grads_out) {
+  static variable_list forward(AutogradContext* ctx, at::TensorList x, at::TensorList y, at::ArrayRef<double> params,
+                               at::ArrayRef<double> weights, int64_t kind, int64_t reduction, bool need_grad,
+                               bool shared, std::vector<at::Tensor>* grads_out) {
     std::vector<int64_t> cfg{int64_t(x.size()), int64_t(y.size()), 0, kind, reduction, 0, shared};
     for (const auto& t : x) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
     for (const auto& t : y) cfg.push_back(t.requires_grad()), cfg[kAny] |= t.requires_grad();
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_fwd", "")
-                         .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>>(
-                             at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>,
-                             int64_t, int64_t, bool)>();
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("i2i_fast::loss_fwd", "")
+            .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>>(
+                at::TensorList, at::TensorList, at::ArrayRef<double>, at::ArrayRef<double>, int64_t, int64_t, bool)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     // need_grad: asked for by the caller, or some input needs a gradient and grad mode was on
     // at the call (loss_fwd_autograd); under no_grad no gradient is written
@@ -205,7 +205,7 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     bool defined = false;
     for (const auto& g : go) defined |= g.defined();
     if (!cfg[kAny] || !defined) return res;  // unused loss outputs: no gradient
-    for (int64_t t = 0; t < nouts; ++t)  // reduction none, some terms unused: zero gradient
+    for (int64_t t = 0; t < nouts; ++t)      // reduction none, some terms unused: zero gradient
       if (!go[t].defined()) go[t] = at::zeros_like(saved[t]);
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable formula
       const auto pw = ctx->saved_data["pw"].toDoubleVector();
@@ -241,9 +241,10 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
     for (int64_t t = 0; t < ny; ++t)
       if (need[nx + t]) index.push_back(t), sign.push_back(-1.0);
     if (index.empty()) return res;
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::loss_bwd", "")
-                         .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::IntArrayRef,
-                                                        at::ArrayRef<double>)>();
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("i2i_fast::loss_bwd", "")
+            .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::IntArrayRef, at::ArrayRef<double>)>();
     const auto out = op.call(go, saved, index, sign);  // saved: one gradient per x term
     size_t k = 0;
     for (int64_t t = 0; t < nx; ++t)
@@ -254,9 +255,11 @@ struct LossFunction : public torch::autograd::Function<LossFunction> {
   }
 };
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
-    at::TensorList x, at::TensorList y, at::ArrayRef<double> params, at::ArrayRef<double> weights,
-    int64_t kind, int64_t reduction, bool need_grad) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(at::TensorList x, at::TensorList y,
+                                                                               at::ArrayRef<double> params,
+                                                                               at::ArrayRef<double> weights,
+                                                                               int64_t kind, int64_t reduction,
+                                                                               bool need_grad) {
   bool any = false;
   if (at::GradMode::is_enabled()) {
     for (const auto& t : x) any |= t.requires_grad();
@@ -270,16 +273,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> loss_fwd_autograd(
   // the gradients leave the op only when asked for (as the schema says), so the backward can
   // hand them out without a copy otherwise
   std::vector<at::Tensor> grads;
-  variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, need_grad,
-                                           &grads);
+  variable_list outs = LossFunction::apply(x, y, params, weights, kind, reduction, need_grad || any, need_grad, &grads);
   return {std::move(outs), std::move(grads)};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
-  m.impl("loss_fwd", &loss_fwd_autograd);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("loss_fwd", &loss_fwd_autograd); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("loss_fwd", &loss_fwd_cpu);

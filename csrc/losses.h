@@ -15,15 +15,13 @@
 #include <cmath>
 #include <vector>
 
+#include "codes.h"
 #include "norm_math.h"
 
 namespace i2i {
 
-// Kind codes shared with Python (i2i_fast/reference.py LOSS_KINDS).
-enum LossKind : int { kSquare = 0, kBce = 1, kHinge = 2, kLinear = 3, kSoftplus = 4, kAbs = 5, kBceTarget = 6 };
 // Kinds that read a second tensor y per term (the target).
 I2I_HD constexpr bool loss_has_y(int kind) { return kind == kAbs || kind == kBceTarget; }
-enum LossReduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };
 
 // Value v and derivative d (w.r.t. x) of the elementwise loss with parameter a, written as
 // torch computes it so NaN/Inf propagate the same way:
@@ -49,7 +47,7 @@ I2I_HD void loss_elem(acc_t x, acc_t y, acc_t a, acc_t& v, acc_t& d) {
     d = acc_t(1) / (acc_t(1) + std::exp(-x)) - a;
   } else if constexpr (KIND == kHinge) {
     const acc_t z = acc_t(1) + a * x;
-    v = z < acc_t(0) ? acc_t(0) : z;  // NaN passes, as torch.relu
+    v = z < acc_t(0) ? acc_t(0) : z;   // NaN passes, as torch.relu
     d = z <= acc_t(0) ? acc_t(0) : a;  // threshold_backward
   } else if constexpr (KIND == kLinear) {
     v = a * x;
@@ -110,8 +108,7 @@ inline at::Tensor new_like(const at::Tensor& t) {
 }
 
 inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::ArrayRef<double> params,
-                        at::ArrayRef<double> weights, int64_t kind, int64_t reduction,
-                        bool need_grad, int64_t chunk) {
+                        at::ArrayRef<double> weights, int64_t kind, int64_t reduction, bool need_grad, int64_t chunk) {
   TORCH_CHECK(!x.empty(), "i2i_fast loss_fwd: x must hold at least one tensor");
   TORCH_CHECK(kind >= kSquare && kind <= kBceTarget, "i2i_fast loss_fwd: unknown loss kind ", kind);
   TORCH_CHECK(reduction >= kReduceNone && reduction <= kReduceSum,
@@ -126,15 +123,15 @@ inline LossIO prep_loss(const at::TensorList x, const at::TensorList y, at::Arra
   io.dtype = x[0].scalar_type();
   const auto dev = x[0].device();
   for (size_t t = 0; t < x.size(); ++t) {
-    TORCH_CHECK(at::isFloatingType(x[t].scalar_type()), "i2i_fast loss_fwd: x[", t,
-                "] must be floating point, got ", x[t].scalar_type());
-    TORCH_CHECK(x[t].scalar_type() == io.dtype && x[t].device() == dev, "i2i_fast loss_fwd: x[", t,
-                "] is ", x[t].scalar_type(), " on ", x[t].device(), " but x[0] is ", io.dtype,
-                " on ", dev, " (all terms share dtype and device)");
+    TORCH_CHECK(at::isFloatingType(x[t].scalar_type()), "i2i_fast loss_fwd: x[", t, "] must be floating point, got ",
+                x[t].scalar_type());
+    TORCH_CHECK(x[t].scalar_type() == io.dtype && x[t].device() == dev, "i2i_fast loss_fwd: x[", t, "] is ",
+                x[t].scalar_type(), " on ", x[t].device(), " but x[0] is ", io.dtype, " on ", dev,
+                " (all terms share dtype and device)");
     io.x.push_back(x[t].contiguous());
     if (!y.empty()) {
-      TORCH_CHECK(y[t].sizes() == x[t].sizes(), "i2i_fast loss_fwd: y[", t, "] has shape ",
-                  y[t].sizes(), " but x[", t, "] has ", x[t].sizes());
+      TORCH_CHECK(y[t].sizes() == x[t].sizes(), "i2i_fast loss_fwd: y[", t, "] has shape ", y[t].sizes(), " but x[", t,
+                  "] has ", x[t].sizes());
       TORCH_CHECK(y[t].scalar_type() == io.dtype && y[t].device() == dev, "i2i_fast loss_fwd: y[", t,
                   "] must match x's dtype and device");
       io.y.push_back(y[t].contiguous());
@@ -198,8 +195,8 @@ struct ScaleIO {
   at::ScalarType dtype = at::kFloat;
 };
 
-inline ScaleIO prep_scale(const at::TensorList grad_outs, const at::TensorList saved,
-                          at::IntArrayRef index, at::ArrayRef<double> sign, int64_t chunk) {
+inline ScaleIO prep_scale(const at::TensorList grad_outs, const at::TensorList saved, at::IntArrayRef index,
+                          at::ArrayRef<double> sign, int64_t chunk) {
   TORCH_CHECK(!saved.empty(), "i2i_fast loss_bwd: saved must hold at least one tensor");
   TORCH_CHECK(index.size() == sign.size(), "i2i_fast loss_bwd: index and sign must have the same length");
   TORCH_CHECK(!grad_outs.empty(), "i2i_fast loss_bwd: grad_outs must not be empty");
@@ -213,10 +210,11 @@ inline ScaleIO prep_scale(const at::TensorList grad_outs, const at::TensorList s
   }
   io.per_elem = !(grad_outs.size() == 1 && grad_outs[0].numel() == 1 && grad_outs[0].dim() == 0);
   if (io.per_elem) {
-    TORCH_CHECK(grad_outs.size() == saved.size(), "i2i_fast loss_bwd: need one grad_out per saved tensor, or one scalar");
+    TORCH_CHECK(grad_outs.size() == saved.size(),
+                "i2i_fast loss_bwd: need one grad_out per saved tensor, or one scalar");
     for (size_t t = 0; t < saved.size(); ++t) {
-      TORCH_CHECK(grad_outs[t].sizes() == saved[t].sizes(), "i2i_fast loss_bwd: grad_outs[", t,
-                  "] has shape ", grad_outs[t].sizes(), ", expected ", saved[t].sizes());
+      TORCH_CHECK(grad_outs[t].sizes() == saved[t].sizes(), "i2i_fast loss_bwd: grad_outs[", t, "] has shape ",
+                  grad_outs[t].sizes(), ", expected ", saved[t].sizes());
       io.go.push_back(as_grad(grad_outs[t], dev, io.dtype));
     }
   } else {

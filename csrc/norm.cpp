@@ -15,6 +15,7 @@
 #include "cpu_loops.h"
 #include "norm.h"
 #include "norm_coefs.h"
+#include "op_handle.h"
 
 namespace i2i {
 namespace {
@@ -176,15 +177,15 @@ void run(const PlaneIO& io) {
   });
 }
 
-#define I2I_TASK(Name, fn)                                                   \
-  template <typename T, typename acc_t, int ACT, bool CL>                    \
-  struct Name {                                                              \
-    static void run(const PA<T, acc_t>& a, int64_t n, int64_t c0) {          \
-      fn<T, acc_t, ACT, CL>(a, n, c0);                                       \
-    }                                                                        \
+#define I2I_TASK(Name, fn)                                                                             \
+  template <typename T, typename acc_t, int ACT, bool CL>                                              \
+  struct Name {                                                                                        \
+    static void run(const PA<T, acc_t>& a, int64_t n, int64_t c0) { fn<T, acc_t, ACT, CL>(a, n, c0); } \
   };
 template <typename T, typename acc_t, int, bool CL>
-void stats_any(const PA<T, acc_t>& a, int64_t n, int64_t c0) { stats_task<T, acc_t, CL>(a, n, c0); }
+void stats_any(const PA<T, acc_t>& a, int64_t n, int64_t c0) {
+  stats_task<T, acc_t, CL>(a, n, c0);
+}
 I2I_TASK(Stats, stats_any)
 I2I_TASK(Apply, apply_task)
 I2I_TASK(SumsK, sums_task)
@@ -192,9 +193,7 @@ I2I_TASK(Bwd, bwd_task)
 #undef I2I_TASK
 
 // fp16/bf16 run the fp32 kernels on upcast copies (see instance_norm.cpp).
-bool is_half(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-}
+bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 
 at::Tensor up(const at::Tensor& t) { return t.to(at::kFloat); }
 
@@ -205,9 +204,8 @@ std::tuple<at::Tensor, at::Tensor> norm_stats_cpu(const at::Tensor& x) {
   return finish_stats(io);
 }
 
-at::Tensor norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
-                          const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
-                          int64_t act, double slope, int64_t pad) {
+at::Tensor norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
+                          const c10::optional<at::Tensor>& residual, int64_t act, double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(!residual.has_value() || residual->scalar_type() == x.scalar_type(),
                 "i2i_fast norm: residual must match x's device and dtype");
@@ -220,8 +218,8 @@ at::Tensor norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at:
 }
 
 at::Tensor norm_apply_sums_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t act,
-                               double slope, int64_t pad) {
+                               const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
+                               int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast norm: grad must match x's device and dtype");
     return norm_apply_sums_cpu(up(grad), up(x), mean, scale, shift, act, slope, pad);
@@ -247,8 +245,8 @@ at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const
 std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
                                                   const c10::optional<at::Tensor>& rho,
                                                   const c10::optional<at::Tensor>& gamma,
-                                                  const c10::optional<at::Tensor>& beta, int64_t kind,
-                                                  int64_t hw, double eps) {
+                                                  const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw,
+                                                  double eps) {
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cpu", [&] {
     const CoefArgs<scalar_t> a = io.args<scalar_t>();
@@ -259,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cpu(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
-    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
-    const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
+    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, const at::Tensor& sums, int64_t kind,
+    int64_t hw, double eps) {
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cpu", [&] {
@@ -292,30 +290,24 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptT = c10::optional<at::Tensor>;
 
-template <class Sig>
-c10::TypedOperatorHandle<Sig> op_of(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
 struct PlaneNormOps {
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)> stats =
       op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("i2i_fast::norm_stats");
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&,
                                                               const OptT&, const OptT&, int64_t, int64_t, double)>
-      coefs = op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&,
-                                                       const OptT&, const OptT&, int64_t, int64_t, double)>(
-          "i2i_fast::norm_coefs");
+      coefs = op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
+                                                       const OptT&, int64_t, int64_t, double)>("i2i_fast::norm_coefs");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const OptT&, int64_t, double, int64_t)>
-      apply = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const OptT&, int64_t, double, int64_t)>("i2i_fast::norm_apply");
+      apply = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptT&,
+                               int64_t, double, int64_t)>("i2i_fast::norm_apply");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, int64_t, double, int64_t)>
       sums = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, int64_t, double, int64_t)>("i2i_fast::norm_apply_sums");
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t,
-      int64_t, double)>
+      const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t, int64_t,
+      double)>
       coefs_bwd = op_of<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
           const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t,
           int64_t, double)>("i2i_fast::norm_coefs_bwd");
@@ -330,9 +322,10 @@ struct PlaneNormOps {
   c10::TypedOperatorHandle<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
                                                    const OptT&, const OptT&, const OptT&, int64_t, double, int64_t,
                                                    double, int64_t)>
-      ref_grads = op_of<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
-                                                const OptT&, const OptT&, const OptT&, int64_t, double, int64_t,
-                                                double, int64_t)>("i2i_fast::plane_norm_ref_grads");
+      ref_grads =
+          op_of<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&,
+                                        const OptT&, const OptT&, int64_t, double, int64_t, double, int64_t)>(
+              "i2i_fast::plane_norm_ref_grads");
   static const PlaneNormOps& get() {
     static const PlaneNormOps ops;
     return ops;
@@ -417,8 +410,9 @@ struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
     if (!gy.defined()) return res;
     if (need[4]) {  // residual: the output gradient, folded back through the pad (a gather)
       const std::vector<int64_t> p4(4, pad);
-      res[4] = pad == 0 ? gy : at::GradMode::is_enabled() ? at::reflection_pad2d_backward(gy, x, p4)
-                                                           : ops.pad_bwd.call(gy, p4);
+      res[4] = pad == 0                     ? gy
+               : at::GradMode::is_enabled() ? at::reflection_pad2d_backward(gy, x, p4)
+                                            : ops.pad_bwd.call(gy, p4);
     }
     if (!(need[0] || need[1] || need[2] || need[3])) return res;
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable reference formulas
@@ -449,20 +443,16 @@ struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
 Out3 plane_norm_autograd(const at::Tensor& x, const OptT& rho, const OptT& gamma, const OptT& beta,
                          const OptT& residual, const OptT& running_mean, const OptT& running_var, int64_t kind,
                          double eps, int64_t act, double slope, int64_t pad) {
-  const auto r = PlaneNormFunction::apply(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act,
-                                          slope, pad);
+  const auto r =
+      PlaneNormFunction::apply(x, rho, gamma, beta, residual, running_mean, running_var, kind, eps, act, slope, pad);
   return {r[0], r[1], r[2]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
-  m.impl("plane_norm", &plane_norm_autograd);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("plane_norm", &plane_norm_autograd); }
 
-TORCH_LIBRARY_IMPL(i2i_fast, CompositeExplicitAutograd, m) {
-  m.impl("plane_norm", &plane_norm_composite);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, CompositeExplicitAutograd, m) { m.impl("plane_norm", &plane_norm_composite); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("norm_stats", &norm_stats_cpu);

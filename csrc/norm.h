@@ -3,9 +3,10 @@
 //   norm_stats(x)                       -> per-plane mean, biased variance (N, C)
 //   norm_apply(x, mean, scale, shift)   -> pad(act((x - mean) * scale + shift) + residual, p)
 //   norm_apply_sums / norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
-// Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, IN/AdaIN with an output pad) is
-// "stats -> per-plane (scale, shift) -> apply"; only the small (N, C) coefficient math differs
-// (i2i_fast/_norm.py). Layouts: NCHW-contiguous and channels_last, as instance_norm.h.
+// Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, and instance norm where
+// Triton splits its planes) is "stats -> per-plane (scale, shift) -> apply"; only the small
+// (N, C) coefficient math differs (norm_coefs.h, NormKind). Layouts: NCHW-contiguous and
+// channels_last, as instance_norm.h.
 #pragma once
 #include <algorithm>
 #include "instance_norm.h"
@@ -15,10 +16,11 @@ namespace i2i {
 
 template <typename T, typename acc_t>
 struct PlaneArgs {
-  const T* x; const T* g; const T* res; T* out;    // g: gradient of the (padded) output
-  const acc_t *mean, *scale, *shift, *c0, *c1;     // (N, C) per plane
-  acc_t *stat_mean, *stat_var, *sums;              // outputs: (N, C), (N, C), (N, C, 2)
-  double* dpart;                                   // CUDA: per-chunk partial sums (fp64)
+  const T *x, *g, *res;  // g: gradient of the (padded) output
+  T* out;
+  const acc_t *mean, *scale, *shift, *c0, *c1;  // (N, C) per plane
+  acc_t *stat_mean, *stat_var, *sums;           // outputs: (N, C), (N, C), (N, C, 2)
+  double* dpart;                                // CUDA: per-chunk partial sums (fp64)
   int64_t N, C, H, W, HW, pad, chunk;
   int S, act;
   acc_t slope;
@@ -46,14 +48,12 @@ struct PlaneIO {
   }
 };
 
-inline at::Tensor plane_param(const at::Tensor& t, const at::Tensor& x, const NormShape& s,
-                              const char* name) {
-  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast norm: ", name, " must have N*C = ", s.N * s.C,
-              " elements, got shape ", t.sizes());
-  TORCH_CHECK(t.device() == x.device(), "i2i_fast norm: ", name, " is on ", t.device(),
-              " but x is on ", x.device());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "i2i_fast norm: ", name,
-              " must be floating point, got ", t.scalar_type());
+inline at::Tensor plane_param(const at::Tensor& t, const at::Tensor& x, const NormShape& s, const char* name) {
+  TORCH_CHECK(t.numel() == s.N * s.C, "i2i_fast norm: ", name, " must have N*C = ", s.N * s.C, " elements, got shape ",
+              t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "i2i_fast norm: ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "i2i_fast norm: ", name, " must be floating point, got ",
+              t.scalar_type());
   return t.to(stats_dtype(x)).contiguous();
 }
 
@@ -75,16 +75,14 @@ inline PlaneIO prep_stats(const at::Tensor& x) {
   return io;
 }
 
-inline void set_coefs(PlaneIO& io, const at::Tensor& mean, const at::Tensor& scale,
-                      const at::Tensor& shift) {
+inline void set_coefs(PlaneIO& io, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift) {
   io.mean = plane_param(mean, io.x, io.s, "mean");
   io.scale = plane_param(scale, io.x, io.s, "scale");
   io.shift = plane_param(shift, io.x, io.s, "shift");
 }
 
-inline PlaneIO prep_apply(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
-                          const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
-                          int64_t act, double slope, int64_t pad) {
+inline PlaneIO prep_apply(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
+                          const c10::optional<at::Tensor>& residual, int64_t act, double slope, int64_t pad) {
   PlaneIO io = prep_plane(x, act, slope, pad);
   set_coefs(io, mean, scale, shift);
   io.res = same_as_x(residual, io.x, io.s, "residual");
@@ -93,18 +91,16 @@ inline PlaneIO prep_apply(const at::Tensor& x, const at::Tensor& mean, const at:
 }
 
 // Backward ops: grad has the padded output's shape.
-inline PlaneIO prep_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                         const at::Tensor& scale, const at::Tensor& shift, int64_t act,
-                         double slope, int64_t pad) {
+inline PlaneIO prep_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t act, double slope, int64_t pad) {
   PlaneIO io = prep_plane(x, act, slope, pad);
   set_coefs(io, mean, scale, shift);
   io.g = padded_grad(grad, io.x, io.s, pad);
   return io;
 }
 
-inline PlaneIO prep_sums(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                         const at::Tensor& scale, const at::Tensor& shift, int64_t act,
-                         double slope, int64_t pad) {
+inline PlaneIO prep_sums(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t act, double slope, int64_t pad) {
   PlaneIO io = prep_grad(grad, x, mean, scale, shift, act, slope, pad);
   const auto opt = io.x.options().dtype(stats_dtype(io.x));
   io.sums = io.s.HW > 0 ? at::empty({io.s.N, io.s.C, 2}, opt) : at::zeros({io.s.N, io.s.C, 2}, opt);
@@ -112,9 +108,8 @@ inline PlaneIO prep_sums(const at::Tensor& grad, const at::Tensor& x, const at::
 }
 
 inline PlaneIO prep_apply_bwd(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                              const at::Tensor& scale, const at::Tensor& shift,
-                              const at::Tensor& c0, const at::Tensor& c1, int64_t act,
-                              double slope, int64_t pad) {
+                              const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
+                              const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
   PlaneIO io = prep_grad(grad, x, mean, scale, shift, act, slope, pad);
   io.c0 = plane_param(c0, io.x, io.s, "c0");
   io.c1 = plane_param(c1, io.x, io.s, "c1");
@@ -183,13 +178,12 @@ struct CoefIO {
 };
 
 // sums: the norm_apply_sums output (N, C, 2), for norm_coefs_bwd; undefined for norm_coefs.
-inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
-                         const c10::optional<at::Tensor>& rho, const c10::optional<at::Tensor>& gamma,
-                         const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw, double eps,
-                         const at::Tensor& sums = at::Tensor()) {
+inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
+                         const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, int64_t kind,
+                         int64_t hw, double eps, const at::Tensor& sums = at::Tensor()) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
               "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
-  TORCH_CHECK(kind >= 0 && kind <= 3, "i2i_fast norm_coefs: unknown kind ", kind);
+  TORCH_CHECK(kind >= kInstanceNorm && kind <= kBatchNorm, "i2i_fast norm_coefs: unknown kind ", kind);
   TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
   CoefIO io;
   io.st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -197,12 +191,13 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
   const int64_t N = io.N, C = io.C;
   io.mean = in_dtype(mean, mean, io.st), io.var = in_dtype(var, mean, io.st);
   io.rho = in_dtype(rho, mean, io.st), io.g = in_dtype(gamma, mean, io.st), io.b = in_dtype(beta, mean, io.st);
-  TORCH_CHECK(kind != 1 || (io.rho.defined() && io.rho.numel() == C), "i2i_fast norm_coefs: rho must have C elements");
+  TORCH_CHECK(kind != kIln || (io.rho.defined() && io.rho.numel() == C),
+              "i2i_fast norm_coefs: rho must have C elements");
   for (const at::Tensor* p : {&io.g, &io.b}) {
     TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
                 "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
     // batch norm's backward sums over the batch with one gamma per channel
-    TORCH_CHECK(kind != 3 || !p->defined() || p->numel() == C,
+    TORCH_CHECK(kind != kBatchNorm || !p->defined() || p->numel() == C,
                 "i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)");
   }
   if (sums.defined()) {
@@ -219,14 +214,16 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var,
 // bn_update_running: checks; the statistics in their dtype (float / double), contiguous.
 inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, const at::Tensor& rv,
                                                          const at::Tensor& mean, const at::Tensor& var, int64_t hw) {
-  TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(), "i2i_fast bn_update_running: mean and var must be (N, C)");
+  TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(),
+              "i2i_fast bn_update_running: mean and var must be (N, C)");
   const int64_t C = mean.size(1);
   for (const at::Tensor* t : {&rm, &rv})
     TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->is_contiguous() && t->device() == mean.device() &&
                     at::isFloatingType(t->scalar_type()),
                 "i2i_fast bn_update_running: running statistics must be contiguous floating (C,) = (", C,
                 ") tensors on the statistics' device");
-  TORCH_CHECK(rv.scalar_type() == rm.scalar_type(), "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
+  TORCH_CHECK(rv.scalar_type() == rm.scalar_type(),
+              "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
   TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1, "i2i_fast bn_update_running: needs more than 1 value per channel");
   const at::ScalarType st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {in_dtype(mean, mean, st), in_dtype(var, mean, st)};

@@ -1,14 +1,16 @@
 // The norm family's (N, C) coefficient math for one unit (a sample, or a channel for batch
 // norm), host+device, fp64: the CPU op (csrc/norm.cpp) runs the units in a loop, the CUDA op
 // (kernels/norm.cu) one thread per unit; the same formulas as i2i_fast/_norm.py coefs / coefs_backward (tested equal).
-// kind: 0 instance norm, 1 U-GAT-IT ILN/adaILN (rho mix, unbiased variances, eps inside the
-// sqrt), 2 MUNIT LayerNorm (unbiased std, eps added to the std), 3 training-mode batch norm
-// (biased variance over N, H, W). Kinds 0-2 mix the channels of a sample, kind 3 the samples
-// of a channel: the independent unit is a sample (0-2) or a channel (3), see coefs_unit.
+// kind (codes.h NormKind): kInstanceNorm, kIln U-GAT-IT ILN/adaILN (rho mix, unbiased variances,
+// eps inside the sqrt), kLayerNorm MUNIT LayerNorm (unbiased std, eps added to the std),
+// kBatchNorm training-mode batch norm (biased variance over N, H, W). The first three mix the
+// channels of a sample, batch norm the samples of a channel: the independent unit is a sample
+// or, for kBatchNorm, a channel (see coefs_unit).
 #pragma once
 #include <cmath>
 #include <cstdint>
 
+#include "codes.h"
 #include "norm_math.h"
 
 namespace i2i {
@@ -51,10 +53,10 @@ I2I_HD void coefs_sample(const CoefArgs<S>& a, int64_t n) {
     const double g = a.g ? double(a.g[a.g_per_sample ? o + c : c]) : 1.0;
     const double b = a.b ? double(a.b[a.b_per_sample ? o + c : c]) : 0.0;
     double sc, sh;
-    if (a.kind == 0) {
+    if (a.kind == kInstanceNorm) {
       a.rin[o + c] = inv_std(double(v[c]), a.eps);  // torch's rule: 0 for var + eps == 0
       sc = g * a.rin[o + c], sh = b;
-    } else if (a.kind == 1) {
+    } else if (a.kind == kIln) {
       const double r = a.rho[c];
       a.rin[o + c] = 1 / sqrt(double(v[c]) * coef_unb(double(a.hw)) + a.eps);
       sc = g * (r * a.rin[o + c] + (1 - r) * rln);
@@ -82,10 +84,10 @@ I2I_HD void coefs_backward_sample(const CoefArgs<S>& a, int64_t n, const S* sums
     const double g = a.g ? double(a.g[a.g_per_sample ? p : c]) : 1.0;
     const double rin = a.rin[p], dm = a.dm[p];
     a.db[p] = s1;
-    if (a.kind == 0) {
+    if (a.kind == kInstanceNorm) {
       a.dv[p] = s2 * g * -0.5 * rin * rin * rin;  // d var, scaled below
       a.dg[p] = s2 * rin, a.drho[p] = 0, a.t[p] = 0;
-    } else if (a.kind == 1) {
+    } else if (a.kind == kIln) {
       const double r = a.rho[c], k = r * rin + (1 - r) * rln;
       a.dg[p] = s2 * k + s1 * (1 - r) * rln * dm;
       a.drho[p] = g * s2 * (rin - rln) - g * s1 * rln * dm;
@@ -102,8 +104,8 @@ I2I_HD void coefs_backward_sample(const CoefArgs<S>& a, int64_t n, const S* sums
     tsum += a.t[p];
   }
   double dm2 = 0;  // d (sum of squared deviations over the sample)
-  if (a.kind == 1) dm2 = dr * -0.5 * rln * rln * rln * l_unb;
-  if (a.kind == 2) {
+  if (a.kind == kIln) dm2 = dr * -0.5 * rln * rln * rln * l_unb;
+  if (a.kind == kLayerNorm) {
     const double r = 1 / (sd + a.eps);
     dm2 = -dr * r * r / (2 * sd) * l_unb;
   }
@@ -131,8 +133,8 @@ I2I_HD void bn_channel_stats(const S* mean, const S* var, int64_t N, int64_t C, 
 // torch's running-statistics update of batch norm for channel c (M = N * hw values):
 // r_mean = (1 - m) r_mean + m mean, r_var = (1 - m) r_var + m var * M / (M - 1).
 template <typename S, typename R>
-I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm,
-                               R* rv, int64_t c) {
+I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm, R* rv,
+                               int64_t c) {
   double mb, vb;
   bn_channel_stats(mean, var, N, C, c, mb, vb);
   const double M = double(N) * hw;
@@ -179,20 +181,22 @@ I2I_HD void coefs_backward_channel_bn(const CoefArgs<S>& a, int64_t c, const S* 
   }
 }
 
-// The coefficient math of one independent unit: a sample (kinds 0-2) or a channel (kind 3).
+// The coefficient math of one independent unit: a channel for kBatchNorm, else a sample.
 template <typename S>
-I2I_HD int64_t coef_units(const CoefArgs<S>& a) { return a.kind == 3 ? a.C : a.N; }
+I2I_HD int64_t coef_units(const CoefArgs<S>& a) {
+  return a.kind == kBatchNorm ? a.C : a.N;
+}
 
 template <typename S>
 I2I_HD void coefs_unit(const CoefArgs<S>& a, int64_t u) {
-  if (a.kind == 3) coefs_channel_bn(a, u);
+  if (a.kind == kBatchNorm) coefs_channel_bn(a, u);
   else coefs_sample(a, u);
 }
 
 template <typename S>
 I2I_HD void coefs_backward_unit(const CoefArgs<S>& a, int64_t u, const S* sums, S* c0, S* c1) {
   coefs_unit(a, u);
-  if (a.kind == 3) coefs_backward_channel_bn(a, u, sums, c0, c1);
+  if (a.kind == kBatchNorm) coefs_backward_channel_bn(a, u, sums, c0, c1);
   else coefs_backward_sample(a, u, sums, c0, c1);
 }
 

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "codes.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define I2I_HD __host__ __device__ __forceinline__
 #else
@@ -11,9 +13,6 @@
 #endif
 
 namespace i2i {
-
-// Activation codes shared with Python (i2i_fast/_ops.py ACTIVATIONS).
-enum Act : int { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3 };
 
 // Sum of squared deviations from the mean of n values, from the sums of d = x - ref and of d^2
 // for any reference ref (a pivot, or a rounded mean): sd2 - sd^2 / n removes ref's distance
@@ -74,7 +73,10 @@ I2I_HD acc_t act_grad(acc_t z, int act, acc_t slope) {
   switch (act) {
     case kRelu: return z <= acc_t(0) ? acc_t(0) : acc_t(1);
     case kLeakyRelu: return z > acc_t(0) ? acc_t(1) : slope;
-    case kTanh: { acc_t t = std::tanh(z); return acc_t(1) - t * t; }
+    case kTanh: {
+      acc_t t = std::tanh(z);
+      return acc_t(1) - t * t;
+    }
     default: return acc_t(1);
   }
 }
@@ -82,7 +84,7 @@ I2I_HD acc_t act_grad(acc_t z, int act, acc_t slope) {
 // dL/dz for out = act(z) [+ residual], z = xhat * w + b, recomputed from the saved input.
 template <typename acc_t>
 I2I_HD acc_t norm_dz(acc_t gy, acc_t xhat, acc_t w, acc_t b, int act, acc_t slope) {
-  return act == kNone ? gy : gy * act_grad(xhat * w + b, act, slope);
+  return act == kActNone ? gy : gy * act_grad(xhat * w + b, act, slope);
 }
 
 // Reflection padding of an axis of size n by `before` / `after` (each < n), shared by the pad

@@ -1,16 +1,20 @@
-// The one schema file: every i2i_fast operator is declared here. CPU kernels register in
-// csrc/<op>.cpp, CUDA kernels in kernels/<op>.cu, autograd and fake tensors in Python
-// (i2i_fast/_ops.py).
+// The one schema file: every i2i_fast operator is declared here. CPU kernels and the C++
+// autograd nodes (Autograd key) register in csrc/<op>.cpp, CUDA kernels in kernels/<op>.cu; the
+// fake tensors, the create_graph backward composites (*_ref_grads) and reflection_pad_conv2d are
+// Python (i2i_fast/_ops.py, i2i_fast/_norm.py). Integer arguments named act, kind and reduction
+// take the codes of csrc/codes.h (i2i_fast/codes.py), exported below as i2i_fast._C.CODES.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "codes.h"
 
 TORCH_LIBRARY(i2i_fast, m) {
   // Instance norm with fused epilogue:
   //   out = reflection_pad(act(((x - mean) * rstd) * w + b) + residual, pad)
   // Statistics come from x per (n, c) plane (biased variance), or from running_mean/var (C,)
   // when those are given (eval mode). Returns (out, mean, var): out (N, C, H + 2 pad, W + 2 pad)
-  // in x's memory format, mean/var of shape (N, C) in fp32 (fp64 for fp64 x). act: 0 none,
-  // 1 relu, 2 leaky_relu(slope), 3 tanh. pad: 0 <= pad < H, W (CycleGAN's IN-ReLU-ReflectionPad).
+  // in x's memory format, mean/var of shape (N, C) in fp32 (fp64 for fp64 x). act: an Activation
+  // (leaky_relu takes slope). pad: 0 <= pad < H, W (CycleGAN's IN-ReLU-ReflectionPad).
   m.def(
       "instance_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor? running_mean, Tensor? running_var, float eps, int act, float slope, int pad=0) "
@@ -23,9 +27,16 @@ TORCH_LIBRARY(i2i_fast, m) {
       "instance_norm_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad=0) "
       "-> (Tensor, Tensor, Tensor)");
+  // create_graph backward of instance_norm_fwd: the reference formulas differentiated by
+  // autograd (implemented in Python, i2i_fast/_ops.py). Returns d x, d weight, d bias (an empty
+  // tensor where an input needs no gradient).
+  m.def(
+      "instance_norm_ref_grads(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad) -> Tensor[]");
 
-  // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, any norm with an
-  // output pad): stats -> per-plane (scale, shift) computed in Python -> apply (csrc/norm.h).
+  // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, instance
+  // norm where Triton splits its planes): stats -> per-plane (scale, shift) from norm_coefs ->
+  // apply (csrc/norm.h).
   // Mean and biased variance of every (n, c) plane, (N, C) in fp32 (fp64 for fp64 x).
   m.def("norm_stats(Tensor x) -> (Tensor, Tensor)");
   // out = reflection_pad(act((x - mean) * scale + shift) + residual, pad); mean/scale/shift
@@ -43,9 +54,9 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
-  // The (N, C) coefficient math on CPU (elsewhere i2i_fast/_norm.py runs it as torch ops):
-  // (scale, shift) from plane statistics; kind 0 instance norm, 1 ILN/adaILN, 2 MUNIT LN,
-  // 3 training-mode batch norm (statistics merged over the batch).
+  // The (N, C) coefficient math (csrc/norm_coefs.h): (scale, shift) from plane statistics;
+  // kind: a NormKind (instance norm, ILN/adaILN, MUNIT LN, training-mode batch norm with its
+  // statistics merged over the batch).
   m.def(
       "norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
       "int hw, float eps) -> (Tensor, Tensor)");
@@ -88,8 +99,9 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("reflection_pad_conv2d(Tensor x, Tensor weight, Tensor? bias, int padding, int stride) -> Tensor");
   // Gradients (x, weight, bias) of reflection_pad_conv2d; mask says which are wanted (the
   // others come back as empty tensors).
-  m.def("reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
-        "bool[3] mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "reflection_pad_conv2d_bwd(Tensor grad, Tensor x, Tensor weight, int padding, int stride, "
+      "bool[3] mask) -> (Tensor, Tensor, Tensor)");
   // ---- end reflection pad ----
   // ---- spectral norm (csrc/spectral_norm.{h,cpp}, kernels/spectral_norm.cu,
   // triton/spectral_norm.py): the weight of torch.nn.utils.spectral_norm from the (O, K) weight
@@ -99,9 +111,9 @@ TORCH_LIBRARY(i2i_fast, m) {
   // Its weight gradient: grad / sigma - (sum(grad * W) / sigma^2) u v^T.
   m.def("sn_scale_bwd(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma) -> Tensor");
   // ---- losses (csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
-  // Many loss terms reduced in one launch, no target tensor. kind: 0 square (x-a)^2, 1 bce
-  // with logits vs a, 2 hinge relu(1+a x), 3 linear a x, 4 softplus(a x), 5 abs |x-y| (y given).
-  // reduction 0 none / 1 mean / 2 sum; params[t] = a, weights[t] = w. Returns (outs, grads):
+  // Many loss terms reduced in one launch. kind: a LossKind, the term f(x) with parameter a
+  // (csrc/losses.h); y is given exactly for the kinds that read a target tensor (ABS,
+  // BCE_TARGET). reduction: a Reduction; params[t] = a, weights[t] = w. Returns (outs, grads):
   // outs = [loss] (0-d, x's dtype) or, for none, w_t * f(x_t) per term; grads[t] = d loss /
   // d x_t (x_t's dtype, contiguous) when need_grad, else empty. Deterministic (no atomics).
   m.def(
@@ -117,11 +129,40 @@ TORCH_LIBRARY(i2i_fast, m) {
 #endif
 
 // A plain extension module: importing it registers the operators above. WITH_CUDA tells
-// Python whether kernels/*.cu were compiled in.
+// Python whether kernels/*.cu were compiled in; CODES is codes.h's table as
+// {enum name: {member name: value}}, for tests/test_codes.py to compare with i2i_fast/codes.py.
 static struct PyModuleDef i2i_fast_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+// New reference to the CODES dict, or null with a Python error set.
+static PyObject* code_table() {
+  PyObject* codes = PyDict_New();
+  if (codes == nullptr) return nullptr;
+  for (const i2i::CodeName& c : i2i::kCodeTable) {
+    PyObject* group = PyDict_GetItemString(codes, c.group);  // borrowed
+    if (group == nullptr) {
+      group = PyDict_New();
+      const bool ok = group != nullptr && PyDict_SetItemString(codes, c.group, group) == 0;
+      Py_XDECREF(group);  // codes holds it
+      if (!ok) break;
+    }
+    PyObject* value = PyLong_FromLong(c.value);
+    const bool ok = value != nullptr && PyDict_SetItemString(group, c.name, value) == 0;
+    Py_XDECREF(value);
+    if (!ok) break;
+  }
+  if (PyErr_Occurred()) Py_CLEAR(codes);
+  return codes;
+}
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&i2i_fast_module);
-  if (m != nullptr) PyModule_AddIntConstant(m, "WITH_CUDA", I2I_FAST_WITH_CUDA);
+  if (m == nullptr) return nullptr;
+  PyObject* codes = code_table();
+  if (PyModule_AddIntConstant(m, "WITH_CUDA", I2I_FAST_WITH_CUDA) < 0 || codes == nullptr ||
+      PyModule_AddObject(m, "CODES", codes) < 0) {
+    Py_XDECREF(codes);
+    Py_DECREF(m);
+    return nullptr;
+  }
   return m;
 }

@@ -24,18 +24,15 @@ inline bool is_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-inline PadGeom check_geom(const at::Tensor& t, int64_t H, int64_t W, at::IntArrayRef pad,
-                          bool cl, const char* what) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), what, ": input must be floating point, got ",
-              t.scalar_type());
-  TORCH_CHECK(pad.size() == 4, what, ": pad must have 4 entries (left, right, top, bottom), got ",
-              pad.size());
+inline PadGeom check_geom(const at::Tensor& t, int64_t H, int64_t W, at::IntArrayRef pad, bool cl, const char* what) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), what, ": input must be floating point, got ", t.scalar_type());
+  TORCH_CHECK(pad.size() == 4, what, ": pad must have 4 entries (left, right, top, bottom), got ", pad.size());
   PadGeom g{t.size(0), t.size(1), H, W, pad[0], pad[1], pad[2], pad[3], cl};
   TORCH_CHECK(g.l >= 0 && g.r >= 0 && g.t >= 0 && g.b >= 0, what, ": pad must be >= 0, got ", pad);
-  TORCH_CHECK(g.l < g.W && g.r < g.W, what, ": pad (left, right) = (", g.l, ", ", g.r,
-              ") must be < the input width ", g.W);
-  TORCH_CHECK(g.t < g.H && g.b < g.H, what, ": pad (top, bottom) = (", g.t, ", ", g.b,
-              ") must be < the input height ", g.H);
+  TORCH_CHECK(g.l < g.W && g.r < g.W, what, ": pad (left, right) = (", g.l, ", ", g.r, ") must be < the input width ",
+              g.W);
+  TORCH_CHECK(g.t < g.H && g.b < g.H, what, ": pad (top, bottom) = (", g.t, ", ", g.b, ") must be < the input height ",
+              g.H);
   return g;
 }
 
@@ -48,8 +45,7 @@ inline PadGeom pad_geom(const at::Tensor& x, at::IntArrayRef pad, const char* wh
 // Geometry of the backward: grad is (N, C, H + t + b, W + l + r); the input size follows.
 inline PadGeom pad_geom_bwd(const at::Tensor& grad, at::IntArrayRef pad, const char* what) {
   TORCH_CHECK(grad.dim() == 4, what, ": expected grad of rank 4, got rank ", grad.dim());
-  TORCH_CHECK(pad.size() == 4, what, ": pad must have 4 entries (left, right, top, bottom), got ",
-              pad.size());
+  TORCH_CHECK(pad.size() == 4, what, ": pad must have 4 entries (left, right, top, bottom), got ", pad.size());
   const int64_t H = grad.size(2) - pad[2] - pad[3], W = grad.size(3) - pad[0] - pad[1];
   TORCH_CHECK(H > 0 && W > 0, what, ": grad of shape ", grad.sizes(), " is smaller than pad ", pad);
   return check_geom(grad, H, W, pad, is_channels_last(grad), what);

@@ -52,7 +52,8 @@ void grad_rows(const T* g, const T* u, const T* v, T* out, int64_t O, int64_t K,
       const T* gr = g + o * K;
       T* orow = out + o * K;
 #pragma omp simd
-      for (int64_t k = 0; k < K; ++k) orow[k] = static_cast<T>(static_cast<acc_t>(gr[k]) * inv - cu * static_cast<acc_t>(v[k]));
+      for (int64_t k = 0; k < K; ++k)
+        orow[k] = static_cast<T>(static_cast<acc_t>(gr[k]) * inv - cu * static_cast<acc_t>(v[k]));
     }
   });
 }
@@ -99,8 +100,7 @@ using torch::autograd::variable_list;
 
 struct SnScaleFunction : public torch::autograd::Function<SnScaleFunction> {
   using Fwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
-  using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const at::Tensor&);
+  using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
   static variable_list forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::sn_scale", "").typed<Fwd>();
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -133,9 +133,7 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_autograd(const at::Tensor& w, const 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) {
-  m.impl("sn_scale", &sn_scale_autograd);
-}
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("sn_scale", &sn_scale_autograd); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
   m.impl("sn_scale", &sn_scale_cpu);

@@ -16,8 +16,8 @@ struct SnIO {
 };
 
 // Checks (names the argument) and contiguous inputs; g: the gradient (backward) or undefined.
-inline SnIO prep_sn(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
-                    const at::Tensor& g = at::Tensor(), const at::Tensor& sigma = at::Tensor()) {
+inline SnIO prep_sn(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v, const at::Tensor& g = at::Tensor(),
+                    const at::Tensor& sigma = at::Tensor()) {
   TORCH_CHECK(w.dim() == 2, "i2i_fast sn_scale: weight must be the 2-D (O, K) weight matrix, got ", w.sizes());
   TORCH_CHECK(at::isFloatingType(w.scalar_type()), "i2i_fast sn_scale: weight must be floating point, got ",
               w.scalar_type());
@@ -28,8 +28,7 @@ inline SnIO prep_sn(const at::Tensor& w, const at::Tensor& u, const at::Tensor& 
   TORCH_CHECK(v.dim() == 1 && v.numel() == io.K, "i2i_fast sn_scale: v must have K = ", io.K, " elements, got ",
               v.sizes());
   for (const at::Tensor* t : {&u, &v, &g, &sigma})
-    TORCH_CHECK(!t->defined() || t->device() == w.device(), "i2i_fast sn_scale: all tensors must be on ",
-                w.device());
+    TORCH_CHECK(!t->defined() || t->device() == w.device(), "i2i_fast sn_scale: all tensors must be on ", w.device());
   TORCH_CHECK(u.scalar_type() == w.scalar_type() && v.scalar_type() == w.scalar_type(),
               "i2i_fast sn_scale: u and v must have the weight's dtype ", w.scalar_type());
   io.w = w.contiguous(), io.u = u.contiguous(), io.v = v.contiguous();

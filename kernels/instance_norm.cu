@@ -23,7 +23,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-
 #include "../csrc/instance_norm.h"
 #include "../csrc/norm_math.h"
 #include "reduce.cuh"
@@ -37,7 +36,9 @@ template <typename T, typename acc_t>
 using Params = NormArgs<T, acc_t>;
 
 template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
 
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void load(const T* p, acc_t (&v)[VEC]) {
@@ -66,15 +67,7 @@ __device__ __forceinline__ void store(T* p, const acc_t (&v)[VEC]) {
 // states through shared memory.
 template <class St, int P, typename T, typename acc_t>
 __device__ St merged_partials(const Params<T, acc_t>& a, const Tile<P>& t) {
-  auto merge = [&] {
-    St w;
-#pragma unroll 1  // one partial in flight: unrolled, the loads spilled the pad path's registers
-    for (int64_t j = 0; t.valid && j < a.S; ++j) {
-      const Partial q = *partial(a, j, t.plane);
-      w.merge({q.a, q.b});
-    }
-    return w;
-  };
+  auto merge = [&] { return merge_partials<St, true>(a, t.plane, t.valid); };
   if constexpr (P == 1) {
     return merge();
   } else {
@@ -139,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, kApplyMinBlocks<acc_t>) fwd_apply_ke
   const int64_t ai = a.affine_index(t.plane, t.c);
   const acc_t w = a.w ? a.w[ai] : acc_t(1), b = a.b ? a.b[ai] : acc_t(0);
   const acc_t scale = w * inv_std(var, a.eps);  // (x - mean) * scale + b: exact b on constant planes
-  auto apply = [&](int64_t i, int64_t o) {  // input element i -> output element o
+  auto apply = [&](int64_t i, int64_t o) {      // input element i -> output element o
     acc_t v[VEC], r[VEC];
     load<VEC>(a.x + i, v);
     if (a.res) load<VEC>(a.res + i, r);
@@ -201,9 +194,8 @@ __device__ __forceinline__ acc_t folded_grad(const Params<T, acc_t>& a, const Ti
 // Calls f(offset, xhat[VEC], dz[VEC]) for this thread's packs of [s0, s1): the normalized
 // input and dL/dz (through the activation) recomputed from x and the incoming gradient.
 template <int P, int VEC, typename T, typename acc_t, class F>
-__device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P>& t,
-                                         const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1,
-                                         F&& f) {
+__device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P>& t, const PlaneStats<T, acc_t>& ps,
+                                         int64_t s0, int64_t s1, F&& f) {
   visit<P, VEC>(t, s0, s1, [&](int64_t s) {
     const int64_t o = t.base + s * t.stride;
     acc_t xh[VEC], dz[VEC];
@@ -220,8 +212,8 @@ __device__ __forceinline__ void visit_dz(const Params<T, acc_t>& a, const Tile<P
 }
 
 template <int P, int VEC, typename T, typename acc_t>
-__device__ Sums<double> chunk_sums(const Params<T, acc_t>& a, const Tile<P>& t,
-                                   const PlaneStats<T, acc_t>& ps, int64_t s0, int64_t s1) {
+__device__ Sums<double> chunk_sums(const Params<T, acc_t>& a, const Tile<P>& t, const PlaneStats<T, acc_t>& ps,
+                                   int64_t s0, int64_t s1) {
   Sums<double> s;  // fp64: these sums feed the input and parameter gradients
   visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
 #pragma unroll
@@ -264,8 +256,8 @@ enum Partials { kNoPartials, kSumPartials };
 // pass 2 of the given kernel pair. Partials per chunk: two fp64 sums (ShiftedSums forward, the
 // backward's sums).
 template <typename T, typename acc_t, class Launch>
-void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& part_buf,
-            const at::Tensor& like, Launch&& go) {
+void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& part_buf, const at::Tensor& like,
+            Launch&& go) {
   constexpr int V = 16 / sizeof(T);
   const bool vec = !s.channels_last && a.pad == 0 && s.HW % V == 0 && aligned16(a.x) && aligned16(a.out) &&
                    (!a.g || aligned16(a.g)) && (!a.res || aligned16(a.res));
@@ -287,16 +279,15 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
   }
   const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(S));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (s.channels_last) go(std::integral_constant<int, 32>(), std::integral_constant<int, 1>(), grid, stream);
+  if (s.channels_last) go(std::integral_constant<int, kTilePlanes>(), std::integral_constant<int, 1>(), grid, stream);
   else if (vec) go(std::integral_constant<int, 1>(), std::integral_constant<int, V>(), grid, stream);
   else go(std::integral_constant<int, 1>(), std::integral_constant<int, 1>(), grid, stream);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
-    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
-    double eps, int64_t act, double slope, int64_t pad) {
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& residual, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, double eps, int64_t act, double slope, int64_t pad) {
   const auto guard = device_guard(x, "instance_norm_fwd");
   NormIO io = prep_fwd(x, weight, bias, residual, running_mean, running_var, eps, act, slope, pad);
   if (io.x.numel() > 0) {
@@ -317,10 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_fwd_cuda(
   return finish_fwd(io);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
-    int64_t act, double slope, bool input_stats, int64_t pad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_bwd_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                      const at::Tensor& mean, const at::Tensor& var,
+                                                                      const c10::optional<at::Tensor>& weight,
+                                                                      const c10::optional<at::Tensor>& bias, double eps,
+                                                                      int64_t act, double slope, bool input_stats,
+                                                                      int64_t pad) {
   const auto guard = device_guard(x, "instance_norm_bwd");
   NormIO io = prep_bwd(grad, x, mean, var, weight, bias, eps, act, slope, input_stats, pad);
   if (io.x.numel() > 0) {

@@ -53,11 +53,7 @@ template <typename T, typename acc_t>
 __global__ void stats_merge_kernel(PA<T, acc_t> a, bool channels_last) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  ShiftedSums w;  // the chunk partials, added in chunk order
-  for (int j = 0; j < a.S; ++j) {
-    const Partial q = *partial(a, j, p);
-    w.merge({q.a, q.b});
-  }
+  const ShiftedSums w = merge_partials<ShiftedSums, false>(a, p);
   const int64_t n = p / a.C, first = channels_last ? n * a.HW * a.C + (p - n * a.C) : p * a.HW;
   w.finish(double(a.x[first]), a.HW, a.stat_mean[p], a.stat_var[p]);
 }
@@ -131,11 +127,7 @@ template <typename T, typename acc_t>
 __global__ void sums_merge_kernel(PA<T, acc_t> a) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= a.N * a.C) return;
-  Sums<double> s;  // the chunk partials, added in chunk order
-  for (int j = 0; j < a.S; ++j) {
-    const Partial q = *partial(a, j, p);
-    s.merge({q.a, q.b});
-  }
+  const Sums<double> s = merge_partials<Sums<double>, false>(a, p);
   a.sums[2 * p] = acc_t(s.a), a.sums[2 * p + 1] = acc_t(s.b);
 }
 
@@ -216,9 +208,8 @@ unsigned merge_blocks(int64_t planes) { return grid_dim((planes + kThreads - 1) 
 
 template <class F>
 void dispatch(const PlaneIO& io, const char* name, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "i2i_fast_norm_cuda", [&] {
-    f(io.args<scalar_t, at::opmath_type<scalar_t>>());
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "i2i_fast_norm_cuda",
+                                  [&] { f(io.args<scalar_t, at::opmath_type<scalar_t>>()); });
 }
 
 template <class F>
@@ -249,8 +240,8 @@ std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
 }
 
 at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
-                           const at::Tensor& shift, const c10::optional<at::Tensor>& residual,
-                           int64_t act, double slope, int64_t pad) {
+                           const at::Tensor& shift, const c10::optional<at::Tensor>& residual, int64_t act,
+                           double slope, int64_t pad) {
   const auto guard = device_guard(x, "norm_apply");
   PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
   if (io.out.numel() > 0) {
@@ -258,9 +249,8 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
     dispatch(io, "norm_apply", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, (a.H + 2 * pad) * (a.W + 2 * pad));
-        with_pad(pad, [&](auto D) {
-          apply_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
-        });
+        with_pad(pad,
+                 [&](auto D) { apply_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -269,8 +259,8 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
 }
 
 at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                                const at::Tensor& scale, const at::Tensor& shift, int64_t act,
-                                double slope, int64_t pad) {
+                                const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
+                                int64_t pad) {
   const auto guard = device_guard(x, "norm_apply_sums");
   PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
   if (io.x.numel() > 0) {
@@ -279,9 +269,8 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
       at::Tensor part;
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = reduction_grid(a, P, part, io.sums);
-        with_pad(pad, [&](auto D) {
-          sums_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
-        });
+        with_pad(pad,
+                 [&](auto D) { sums_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (a.split) {
@@ -303,9 +292,8 @@ at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, cons
     dispatch(io, "norm_apply_bwd", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, a.HW);
-        with_pad(pad, [&](auto D) {
-          bwd_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a);
-        });
+        with_pad(pad,
+                 [&](auto D) { bwd_kernel<decltype(D)::value, decltype(P)::value><<<grid, kThreads, 0, st>>>(a); });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -318,8 +306,8 @@ constexpr int kCoefThreads = 32;
 std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const at::Tensor& var,
                                                    const c10::optional<at::Tensor>& rho,
                                                    const c10::optional<at::Tensor>& gamma,
-                                                   const c10::optional<at::Tensor>& beta, int64_t kind,
-                                                   int64_t hw, double eps) {
+                                                   const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw,
+                                                   double eps) {
   const auto guard = device_guard(mean, "norm_coefs");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   if (io.N > 0 && io.C > 0) {
@@ -335,8 +323,8 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cuda(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
-    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
-    const at::Tensor& sums, int64_t kind, int64_t hw, double eps) {
+    const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, const at::Tensor& sums, int64_t kind,
+    int64_t hw, double eps) {
   const auto guard = device_guard(mean, "norm_coefs_bwd");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);

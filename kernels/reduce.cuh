@@ -79,7 +79,9 @@ __device__ __forceinline__ void store16(void* p, const V& v) {
 // Split-plane partials: two fp64 sums of one (chunk, plane), ShiftedSums or the backward's Sums.
 // Stored chunk-major, [S][N*C], so the planes of a channels_last tile are adjacent: its first
 // warp writes (store16) and reads them with 16-byte coalesced accesses.
-struct alignas(16) Partial { double a, b; };
+struct alignas(16) Partial {
+  double a, b;
+};
 
 template <class A>
 __device__ __forceinline__ Partial* partial(const A& a, int64_t chunk, int64_t plane) {
@@ -89,8 +91,31 @@ __device__ __forceinline__ Partial* partial(const A& a, int64_t chunk, int64_t p
 template <typename acc_t>
 struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
   acc_t a = 0, b = 0;
-  __device__ void merge(const Sums& o) { a += o.a; b += o.b; }
+  __device__ void merge(const Sums& o) {
+    a += o.a;
+    b += o.b;
+  }
 };
+
+// The state (ShiftedSums or Sums<double>) of one plane: its S chunk partials merged in chunk
+// order (deterministic); nothing merged where !valid (a tile's lanes past C). kOneInFlight: a
+// loop not unrolled, one partial load in flight (instance_norm.cu, where the unrolled loads
+// spilled the pad path's registers); otherwise the compiler unrolls it (norm.cu's merge kernels).
+template <class St, bool kOneInFlight, class A>
+__device__ __forceinline__ St merge_partials(const A& a, int64_t plane, bool valid = true) {
+  St w;
+  auto add = [&](int64_t j) {
+    const Partial q = *partial(a, j, plane);
+    w.merge({q.a, q.b});
+  };
+  if constexpr (kOneInFlight) {
+#pragma unroll 1
+    for (int64_t j = 0; valid && j < a.S; ++j) add(j);
+  } else {
+    for (int j = 0; valid && j < a.S; ++j) add(j);
+  }
+  return w;
+}
 
 // Merge each plane lane's state over its L spatial lanes in a fixed tree; every thread
 // gets the total of its plane.

@@ -101,6 +101,7 @@ _FN = {}
 if _backend._C is not None:  # the op itself: its autograd is C++
     torch.library.register_fake("i2i_fast::instance_norm_fwd")(_fwd_fake)
     torch.library.register_fake("i2i_fast::instance_norm_bwd")(_bwd_fake)
+    torch.library.impl("i2i_fast::instance_norm_ref_grads", "CompositeImplicitAutograd")(ref_grads)
     _FN["cpu"] = _FN["cuda"] = torch.ops.i2i_fast.instance_norm_fwd.default
 if _TRITON is not None:
     _triton_backward = _backward_with(_TRITON.instance_norm_bwd, "triton")
