@@ -4,6 +4,7 @@ is found. I2I_FAST_CUDA=1 forces the CUDA build (fails loudly if impossible), =0
 Install with `pip install --no-build-isolation -e .` so the extension is built against the torch
 already installed (build isolation would fetch a second torch).
 """
+
 import glob
 import os
 import shutil
@@ -36,8 +37,12 @@ def _find_cuda_home():
         real = os.path.realpath(nvcc)
         candidates.append(os.path.dirname(os.path.dirname(real)))
         try:  # a wrapper script names the real nvcc: ask the compiler itself where it lives
-            out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", "/dev/null", "-o", "/dev/null"],
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [nvcc, "--dryrun", "-c", "-x", "cu", "/dev/null", "-o", "/dev/null"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             for line in (out.stdout + out.stderr).splitlines():
                 if "TOP=" in line:
                     candidates.append(os.path.realpath(line.split("TOP=", 1)[1].strip().strip('"')))
@@ -97,17 +102,22 @@ sources = sorted(glob.glob("csrc/*.cpp"))
 if with_cuda:
     sources += sorted(glob.glob("kernels/*.cu"))
     ext = CUDAExtension(
-        "i2i_fast._C", sources,
+        "i2i_fast._C",
+        sources,
         define_macros=[("I2I_FAST_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=link_flags,
     )
 else:
-    ext = CppExtension("i2i_fast._C", sources, extra_compile_args={"cxx": cxx_flags},
-                       extra_link_args=link_flags)
+    ext = CppExtension("i2i_fast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
-_log(f"torch {torch.__version__}; building backends: cpu" + (
-    f", cuda (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})"
-    if with_cuda else ""))
+_log(
+    f"torch {torch.__version__}; building backends: cpu"
+    + (
+        f", cuda (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto')})"
+        if with_cuda
+        else ""
+    )
+)
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension})

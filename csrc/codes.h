@@ -17,7 +17,7 @@ enum NormKind : int {
   kBatchNorm = 3,     // training-mode batch norm: statistics merged over the batch
 };
 
-// The elementwise term f(x) of a loss (csrc/losses.h).
+// The elementwise term f(x) of a loss (csrc/loss.h).
 enum LossKind : int { kSquare = 0, kBce = 1, kHinge = 2, kLinear = 3, kSoftplus = 4, kAbs = 5, kBceTarget = 6 };
 
 enum Reduction : int { kReduceNone = 0, kReduceMean = 1, kReduceSum = 2 };

@@ -1,4 +1,4 @@
-// CPU loop helpers shared by the normalization kernels (csrc/instance_norm.cpp, csrc/norm.cpp):
+// CPU loop helpers shared by the normalization kernels (csrc/instance_norm.cpp, csrc/plane_norm.cpp):
 // blocked two-level sums that vectorize, the activation as a template constant, the task
 // split (a plane in NCHW, a block of kCB channels of one sample in channels_last).
 #pragma once

@@ -1,7 +1,7 @@
 // The one schema file: every i2i_fast operator is declared here. CPU kernels and the C++
 // autograd nodes (Autograd key) register in csrc/<op>.cpp, CUDA kernels in kernels/<op>.cu; the
 // fake tensors, the create_graph backward composites (*_ref_grads) and reflection_pad_conv2d are
-// Python (i2i_fast/_ops.py, i2i_fast/_norm.py). Integer arguments named act, kind and reduction
+// Python (i2i_fast/ops/<op>.py). Integer arguments named act, kind and reduction
 // take the codes of csrc/codes.h (i2i_fast/codes.py), exported below as i2i_fast._C.CODES.
 #include <Python.h>
 #include <torch/library.h>
@@ -28,51 +28,51 @@ TORCH_LIBRARY(i2i_fast, m) {
       "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad=0) "
       "-> (Tensor, Tensor, Tensor)");
   // create_graph backward of instance_norm_fwd: the reference formulas differentiated by
-  // autograd (implemented in Python, i2i_fast/_ops.py). Returns d x, d weight, d bias (an empty
+  // autograd (implemented in Python, i2i_fast/ops/instance_norm.py). Returns d x, d weight, d bias (an empty
   // tensor where an input needs no gradient).
   m.def(
       "instance_norm_ref_grads(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, int act, float slope, bool input_stats, int pad) -> Tensor[]");
 
   // ---- plane-affine normalization family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, instance
-  // norm where Triton splits its planes): stats -> per-plane (scale, shift) from norm_coefs ->
-  // apply (csrc/norm.h).
+  // norm where Triton splits its planes): stats -> per-plane (scale, shift) from plane_norm_coefs ->
+  // apply (csrc/plane_norm.h).
   // Mean and biased variance of every (n, c) plane, (N, C) in fp32 (fp64 for fp64 x).
-  m.def("norm_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("plane_norm_stats(Tensor x) -> (Tensor, Tensor)");
   // out = reflection_pad(act((x - mean) * scale + shift) + residual, pad); mean/scale/shift
   // (N, C). Output (N, C, H + 2 pad, W + 2 pad) in x's memory format.
   m.def(
-      "norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor? residual, int act, "
+      "plane_norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor? residual, int act, "
       "float slope, int pad) -> Tensor");
   // Backward, pass 1: per-plane (sum dz, sum dz * (x - mean)) as (N, C, 2), dz = dL/dz with
   // the padded gradient folded back (no atomics).
   m.def(
-      "norm_apply_sums(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, int act, "
+      "plane_norm_apply_sums(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, int act, "
       "float slope, int pad) -> Tensor");
   // Backward, pass 2: grad x = scale * dz + c0 + c1 * (x - mean), c0/c1 (N, C) from the
   // coefficients' own backward.
   m.def(
-      "norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
+      "plane_norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
-  // The (N, C) coefficient math (csrc/norm_coefs.h): (scale, shift) from plane statistics;
+  // The (N, C) coefficient math (csrc/plane_plane_norm_coefs.h): (scale, shift) from plane statistics;
   // kind: a NormKind (instance norm, ILN/adaILN, MUNIT LN, training-mode batch norm with its
   // statistics merged over the batch).
   m.def(
-      "norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
+      "plane_norm_coefs(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, int kind, "
       "int hw, float eps) -> (Tensor, Tensor)");
-  // Its backward from the norm_apply_sums output: (c0, c1, d rho, d gamma, d beta); each
+  // Its backward from the plane_norm_apply_sums output: (c0, c1, d rho, d gamma, d beta); each
   // parameter gradient has its parameter's numel, empty (0,) when the parameter is absent.
   m.def(
-      "norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
+      "plane_norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Batch norm's running statistics, updated in place from the plane statistics (N, C) of a
   // training forward (torch's formula: momentum, unbiased variance over N * hw values).
   m.def(
-      "bn_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+      "plane_norm_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
       "int hw, float momentum) -> ()");
   // The whole norm: statistics (or running_mean/var, eval-mode instance/batch norm) ->
-  // norm_coefs -> norm_apply, with a C++ autograd node (backward: norm_apply_sums ->
-  // norm_coefs_bwd -> norm_apply_bwd; gradients for x, rho, gamma, beta, residual).
+  // plane_norm_coefs -> plane_norm_apply, with a C++ autograd node (backward: plane_norm_apply_sums ->
+  // plane_norm_coefs_bwd -> plane_norm_apply_bwd; gradients for x, rho, gamma, beta, residual).
   // Returns (out, mean, var): also the per-plane statistics used (N, C), not differentiable,
   // from which the callers update running statistics without another pass over x.
   m.def(
@@ -80,7 +80,7 @@ TORCH_LIBRARY(i2i_fast, m) {
       "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
       "int pad) -> (Tensor, Tensor, Tensor)");
   // create_graph backward of plane_norm: the reference formulas differentiated by autograd
-  // (implemented in Python, i2i_fast/_norm.py). Returns d x, d rho, d gamma, d beta (an empty
+  // (implemented in Python, i2i_fast/ops/plane_norm.py). Returns d x, d rho, d gamma, d beta (an empty
   // tensor where an input needs no gradient).
   m.def(
       "plane_norm_ref_grads(Tensor grad, Tensor x, Tensor? rho, Tensor? gamma, Tensor? beta, "
@@ -95,7 +95,7 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def("reflection_pad2d_bwd(Tensor grad, int[4] pad) -> Tensor");
   // conv2d(reflection_pad2d(x, padding), weight, bias, stride) without the padded copy:
   // zero-padded aten convolution (cuDNN / mkldnn) whose border outputs are recomputed from thin
-  // reflect-padded strips. Implemented in Python (i2i_fast/_ops.py) for CPU and CUDA.
+  // reflect-padded strips. Implemented in Python (i2i_fast/ops/reflection_pad_conv.py) for CPU and CUDA.
   m.def("reflection_pad_conv2d(Tensor x, Tensor weight, Tensor? bias, int padding, int stride) -> Tensor");
   // Gradients (x, weight, bias) of reflection_pad_conv2d; mask says which are wanted (the
   // others come back as empty tensors).
@@ -107,12 +107,12 @@ TORCH_LIBRARY(i2i_fast, m) {
   // triton/spectral_norm.py): the weight of torch.nn.utils.spectral_norm from the (O, K) weight
   // matrix and the power-iteration vectors u (O,), v (K,) (constants for autograd):
   // sigma = u . (W v), out = W / sigma. Returns (out, sigma), sigma 0-d fp32 (fp64 for fp64).
-  m.def("sn_scale(Tensor weight, Tensor u, Tensor v) -> (Tensor, Tensor)");
+  m.def("spectral_norm_scale(Tensor weight, Tensor u, Tensor v) -> (Tensor, Tensor)");
   // Its weight gradient: grad / sigma - (sum(grad * W) / sigma^2) u v^T.
-  m.def("sn_scale_bwd(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma) -> Tensor");
-  // ---- losses (csrc/losses.{h,cpp}, kernels/losses.cu, triton/losses.py) ----
+  m.def("spectral_norm_scale_bwd(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma) -> Tensor");
+  // ---- losses (csrc/loss.{h,cpp}, kernels/loss.cu, triton/loss.py) ----
   // Many loss terms reduced in one launch. kind: a LossKind, the term f(x) with parameter a
-  // (csrc/losses.h); y is given exactly for the kinds that read a target tensor (ABS,
+  // (csrc/loss.h); y is given exactly for the kinds that read a target tensor (ABS,
   // BCE_TARGET). reduction: a Reduction; params[t] = a, weights[t] = w. Returns (outs, grads):
   // outs = [loss] (0-d, x's dtype) or, for none, w_t * f(x_t) per term; grads[t] = d loss /
   // d x_t (x_t's dtype, contiguous) when need_grad, else empty. Deterministic (no atomics).

@@ -1,4 +1,4 @@
-// CPU kernels of i2i_fast::sn_scale / sn_scale_bwd (math in spectral_norm.h) and their C++
+// CPU kernels of i2i_fast::spectral_norm_scale / spectral_norm_scale_bwd (math in spectral_norm.h) and their C++
 // autograd node. Row partials in fp64 by at::parallel_for over rows, summed in row order by
 // one thread: the result does not depend on the thread count.
 #include <ATen/Dispatch.h>
@@ -58,8 +58,8 @@ void grad_rows(const T* g, const T* u, const T* v, T* out, int64_t O, int64_t K,
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> sn_scale_cpu(const at::Tensor& w_in, const at::Tensor& u_in,
-                                                const at::Tensor& v_in) {
+std::tuple<at::Tensor, at::Tensor> spectral_norm_scale_cpu(const at::Tensor& w_in, const at::Tensor& u_in,
+                                                           const at::Tensor& v_in) {
   const SnIO io = prep_sn(w_in, u_in, v_in);
   at::Tensor out = at::empty_like(io.w);
   at::Tensor sigma = at::empty({}, io.w.options().dtype(sn_sigma_dtype(io.w)));
@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_cpu(const at::Tensor& w_in, const at
   return {out, sigma};
 }
 
-at::Tensor sn_scale_bwd_cpu(const at::Tensor& grad, const at::Tensor& w_in, const at::Tensor& u_in,
-                            const at::Tensor& v_in, const at::Tensor& sigma_in) {
+at::Tensor spectral_norm_scale_bwd_cpu(const at::Tensor& grad, const at::Tensor& w_in, const at::Tensor& u_in,
+                                       const at::Tensor& v_in, const at::Tensor& sigma_in) {
   const SnIO io = prep_sn(w_in, u_in, v_in, grad, sigma_in);
   at::Tensor gw = at::empty_like(io.w);
   const double sg = io.sigma.item<double>();
@@ -92,7 +92,7 @@ at::Tensor sn_scale_bwd_cpu(const at::Tensor& grad, const at::Tensor& w_in, cons
 }
 
 // ---- autograd: gradient for the weight only (u, v are constants, as in torch's spectral_norm).
-// The backward calls sn_scale_bwd through the dispatcher; with create_graph (double backward,
+// The backward calls spectral_norm_scale_bwd through the dispatcher; with create_graph (double backward,
 // e.g. a gradient penalty through a spectral-normalized critic) it writes the same formula in
 // differentiable aten ops.
 using torch::autograd::AutogradContext;
@@ -102,7 +102,7 @@ struct SnScaleFunction : public torch::autograd::Function<SnScaleFunction> {
   using Fwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
   using Bwd = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
   static variable_list forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::sn_scale", "").typed<Fwd>();
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::spectral_norm_scale", "").typed<Fwd>();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, sigma] = op.call(w, u, v);
     ctx->save_for_backward({w, u, v, sigma});
@@ -111,7 +111,8 @@ struct SnScaleFunction : public torch::autograd::Function<SnScaleFunction> {
     return {out, sigma};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::sn_scale_bwd", "").typed<Bwd>();
+    static auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("i2i_fast::spectral_norm_scale_bwd", "").typed<Bwd>();
     const variable_list s = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
@@ -126,18 +127,19 @@ struct SnScaleFunction : public torch::autograd::Function<SnScaleFunction> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> sn_scale_autograd(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v) {
+std::tuple<at::Tensor, at::Tensor> spectral_norm_scale_autograd(const at::Tensor& w, const at::Tensor& u,
+                                                                const at::Tensor& v) {
   const auto r = SnScaleFunction::apply(w, u, v);
   return {r[0], r[1]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("sn_scale", &sn_scale_autograd); }
+TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("spectral_norm_scale", &spectral_norm_scale_autograd); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
-  m.impl("sn_scale", &sn_scale_cpu);
-  m.impl("sn_scale_bwd", &sn_scale_bwd_cpu);
+  m.impl("spectral_norm_scale", &spectral_norm_scale_cpu);
+  m.impl("spectral_norm_scale_bwd", &spectral_norm_scale_bwd_cpu);
 }
 
 }  // namespace i2i

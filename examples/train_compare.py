@@ -15,6 +15,7 @@ lr * sign(grad), so parameters whose gradient is near zero move differently unde
 the curves then drift apart slowly (~1e-4 relative after a few steps). In float64 the two agree
 to ~1e-12 over a whole step (tests/test_convert.py).
 """
+
 import argparse
 import time
 
@@ -45,6 +46,7 @@ def plot_curves(curves, path) -> bool:
     False when matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -69,8 +71,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full", action="store_true", help="the papers' sizes (256x256, ngf 64) even on CPU")
-    p.add_argument("--families", default="cyclegan,ugatit,unit",
-                   help=f"comma list of {','.join(bench_steps.FAMILIES)}")
+    p.add_argument("--families", default="cyclegan,ugatit,unit", help=f"comma list of {','.join(bench_steps.FAMILIES)}")
     p.add_argument("--png", default="loss_curves.png", help="where the loss-curve chart goes")
     a = p.parse_args(argv)
     small = not a.full and a.device == "cpu"
@@ -81,8 +82,7 @@ def main(argv=None):
         keys = ["G"] + sorted(k for k in ref[0].keys() & conv[0].keys() if k != "G")  # the losses both report
         curves.append((family, keys, ref, conv))
         print(f"\n{family}: {runner.what} on {a.device}")
-        print(i2i_fast.plan(bench_steps.build(family, "eager", a.device, small)[0][0]).summary(),
-              "(first network)")
+        print(i2i_fast.plan(bench_steps.build(family, "eager", a.device, small)[0][0]).summary(), "(first network)")
         head = "  ".join(f"{k + ' orig':>10} {k + ' conv':>10}" for k in keys)
         print(f"{'step':>4}  {head}  {'ms orig':>8} {'ms conv':>8}")
         for i, (r, c) in enumerate(zip(ref, conv)):
@@ -90,11 +90,15 @@ def main(argv=None):
             print(f"{i:4d}  {cols}  {t_ref[i] * 1e3:8.1f} {t_conv[i] * 1e3:8.1f}")
         # the first step includes one-time costs; the median of the rest is the steady state
         med = lambda ts: sorted(ts[1:])[len(ts[1:]) // 2] * 1e3 if len(ts) > 1 else ts[0] * 1e3
-        print(f"median ms/step after the first: original {med(t_ref):.1f}, converted {med(t_conv):.1f} "
-              f"({med(t_ref) / med(t_conv):.2f}x)")
+        print(
+            f"median ms/step after the first: original {med(t_ref):.1f}, converted {med(t_conv):.1f} "
+            f"({med(t_ref) / med(t_conv):.2f}x)"
+        )
         ops = [bench_steps.count_ops(r) for r in (runner, conv_runner)]
-        print(f"ops one step dispatches: original {ops[0]['ops']} (model {ops[0]['model']}), converted "
-              f"{ops[1]['ops']} (model {ops[1]['model']}); the optimizer's {ops[0]['optimizer']} in both")
+        print(
+            f"ops one step dispatches: original {ops[0]['ops']} (model {ops[0]['model']}), converted "
+            f"{ops[1]['ops']} (model {ops[1]['model']}); the optimizer's {ops[0]['optimizer']} in both"
+        )
     if plot_curves(curves, a.png):
         print(f"\nloss curves (original solid, converted dashed): {a.png}")
     else:

@@ -7,6 +7,7 @@ cuda, else triton, else reference; CPU tensors use cpu, else reference. I2I_FAST
 the environment variable is the process-wide default. A forced backend that cannot run raises
 and says why.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,6 +29,7 @@ except ImportError as e:  # not built: warn once, fall back
 _triton_error = None
 try:
     import triton  # noqa: F401
+
     if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 6):
         _triton_error = f"triton {triton.__version__} is older than 3.6"
 except ImportError as e:
@@ -45,8 +47,10 @@ def _status() -> dict[str, tuple[bool, str]]:
     if _C is None:
         cuda = (False, _ext_error)
     elif not cuda_built:
-        cuda = (False, "extension built without CUDA kernels (CPU-only torch or no nvcc at build "
-                "time; I2I_FAST_CUDA=1 forces it)")
+        cuda = (
+            False,
+            "extension built without CUDA kernels (CPU-only torch or no nvcc at build time; I2I_FAST_CUDA=1 forces it)",
+        )
     elif not gpu:
         cuda = (False, "CUDA kernels built, but no GPU is visible")
     else:
@@ -69,8 +73,11 @@ def backends() -> dict[str, tuple[bool, str]]:
 
 
 if _C is None:
-    warnings.warn(f"i2i_fast: {_ext_error}; CPU/CUDA kernels unavailable, falling back to "
-                  "triton/reference", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"i2i_fast: {_ext_error}; CPU/CUDA kernels unavailable, falling back to triton/reference",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 # Per thread and per asyncio task, like torch's grad mode: a `with use_backend(...)` in one
 # thread must not reroute (or fail) the ops other threads run meanwhile. New threads start

@@ -38,6 +38,7 @@ Anything else is left alone, with the reason in the plan. A module with hooks is
 another one that shares it, is only swapped, and a fusion never reaches across a container that
 another model shares.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,16 @@ from torch import nn
 
 from . import nn as fnn
 
-__all__ = ["convert", "plan", "revert", "Plan", "Folded", "FusedResidualBlock", "FusedResnetAdaILNBlock",
-           "AdaptiveInstanceNorm2d"]
+__all__ = [
+    "convert",
+    "plan",
+    "revert",
+    "Plan",
+    "Folded",
+    "FusedResidualBlock",
+    "FusedResnetAdaILNBlock",
+    "AdaptiveInstanceNorm2d",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +119,7 @@ class FusedResidualBlock(nn.Module):
         last = body[-1]
         if isinstance(last, _FUSED_NORMS):
             return last(h, residual=x)
-        h = last.conv(last.pad(h))   # MUNIT Conv2dBlock(norm, activation none)
+        h = last.conv(last.pad(h))  # MUNIT Conv2dBlock(norm, activation none)
         return last.norm(h, residual=x)
 
     def extra_repr(self) -> str:
@@ -122,7 +131,7 @@ class FusedResnetAdaILNBlock(nn.Module):
 
     def __init__(self, block: nn.Module):
         super().__init__()
-        for name, m in block.named_children():   # registration order = state_dict order
+        for name, m in block.named_children():  # registration order = state_dict order
             setattr(self, name, m)
 
     def forward(self, x, gamma, beta):
@@ -131,6 +140,7 @@ class FusedResnetAdaILNBlock(nn.Module):
 
 
 # ------------------------------------------------------------------------- recognition
+
 
 def _params(m) -> dict:
     return dict(m.named_parameters(recurse=False))
@@ -141,8 +151,9 @@ def _buffers(m) -> dict:
 
 
 def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None))
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+    )
 
 
 # The methods whose override changes what a torch norm computes (forward and what it calls;
@@ -167,8 +178,14 @@ def _changed_forward(m: nn.Module) -> Optional[str]:
     if base is None:
         return None
     over = _overridden(m, base, methods)
-    return (f"{type(m).__name__}: subclass of {base.__module__.split('.')[0]}.{base.__name__} that overrides "
-            f"{', '.join(over)}; kept as it is") if over else None
+    return (
+        (
+            f"{type(m).__name__}: subclass of {base.__module__.split('.')[0]}.{base.__name__} that overrides "
+            f"{', '.join(over)}; kept as it is"
+        )
+        if over
+        else None
+    )
 
 
 def _norm_kind(m: nn.Module) -> Optional[str]:
@@ -191,13 +208,25 @@ def _norm_kind(m: nn.Module) -> Optional[str]:
     if name.lower() in ("adailn", "adalin") and eps and set(p) == {"rho"} and not b:
         if p["rho"].dim() == 4 and p["rho"].shape[0] == p["rho"].shape[2] == p["rho"].shape[3] == 1:
             return "adalin"
-    if (name == "LayerNorm" and not isinstance(m, nn.LayerNorm) and eps
-            and isinstance(getattr(m, "num_features", None), int) and isinstance(getattr(m, "affine", None), bool)
-            and not b and set(p) == ({"gamma", "beta"} if m.affine else set())
-            and all(t.shape == (m.num_features,) for t in p.values())):
+    if (
+        name == "LayerNorm"
+        and not isinstance(m, nn.LayerNorm)
+        and eps
+        and isinstance(getattr(m, "num_features", None), int)
+        and isinstance(getattr(m, "affine", None), bool)
+        and not b
+        and set(p) == ({"gamma", "beta"} if m.affine else set())
+        and all(t.shape == (m.num_features,) for t in p.values())
+    ):
         return "ln"
-    if (name == "AdaptiveInstanceNorm2d" and eps and isinstance(getattr(m, "num_features", None), int)
-            and not p and set(b) == {"running_mean", "running_var"} and hasattr(m, "weight")):
+    if (
+        name == "AdaptiveInstanceNorm2d"
+        and eps
+        and isinstance(getattr(m, "num_features", None), int)
+        and not p
+        and set(b) == {"running_mean", "running_var"}
+        and hasattr(m, "weight")
+    ):
         return "adain"
     return None
 
@@ -220,6 +249,7 @@ def _activation(m) -> Optional[tuple]:
 
 # ------------------------------------------------------- forward by meaning (torch.fx)
 
+
 class _LeafTracer(torch.fx.Tracer):
     """Traces a module's own forward; every child module is a leaf (one call_module node)."""
 
@@ -227,19 +257,19 @@ class _LeafTracer(torch.fx.Tracer):
         return True
 
 
-_ADDS = {operator.add, operator.iadd, torch.add}   # x + y, x += y (fx records iadd as add too)
+_ADDS = {operator.add, operator.iadd, torch.add}  # x + y, x += y (fx records iadd as add too)
 
 
 def _dataflow(m: nn.Module, forward=None) -> Optional[tuple]:
     """m's forward (or `forward` run with m's attributes) as a canonical tuple: node kinds,
     targets and arguments by position, additions' operands sorted. None if fx cannot trace it."""
-    if forward is not None:   # a stand-in sharing m's state (children, flags), with that forward
+    if forward is not None:  # a stand-in sharing m's state (children, flags), with that forward
         stand_in = object.__new__(type("canonical", (nn.Module,), {"forward": forward}))
         stand_in.__dict__ = m.__dict__
         m = stand_in
     try:
         graph = _LeafTracer().trace(m)
-    except Exception:   # noqa: BLE001 - data-dependent control flow, unsupported calls: unknown
+    except Exception:  # noqa: BLE001 - data-dependent control flow, unsupported calls: unknown
         return None
     index = {}
 
@@ -271,7 +301,7 @@ def _computes(m: nn.Module, forward) -> bool:
     return ours is not None and ours == _dataflow(m, forward)
 
 
-def _conv2dblock_forward(self, x):      # MUNIT/UNIT Conv2dBlock
+def _conv2dblock_forward(self, x):  # MUNIT/UNIT Conv2dBlock
     x = self.conv(self.pad(x))
     if self.norm:
         x = self.norm(x)
@@ -280,13 +310,13 @@ def _conv2dblock_forward(self, x):      # MUNIT/UNIT Conv2dBlock
     return x
 
 
-def _unet_block_forward(self, x):       # pix2pix UnetSkipConnectionBlock
+def _unet_block_forward(self, x):  # pix2pix UnetSkipConnectionBlock
     if self.outermost:
         return self.model(x)
     return torch.cat([x, self.model(x)], 1)
 
 
-def _adailn_block_forward(self, x, gamma, beta):   # U-GAT-IT ResnetAdaILNBlock
+def _adailn_block_forward(self, x, gamma, beta):  # U-GAT-IT ResnetAdaILNBlock
     out = self.relu1(self.norm1(self.conv1(self.pad1(x)), gamma, beta))
     out = self.norm2(self.conv2(self.pad2(out)), gamma, beta)
     return out + x
@@ -295,11 +325,15 @@ def _adailn_block_forward(self, x, gamma, beta):   # U-GAT-IT ResnetAdaILNBlock
 def _residual_forward(body_name: str):  # x + body(x): CycleGAN, U-GAT-IT, UNIT, StarGAN, MUNIT
     def forward(self, x):
         return x + getattr(self, body_name)(x)
+
     return forward
 
 
-_CONTAINERS = {"Conv2dBlock": _conv2dblock_forward, "UnetSkipConnectionBlock": _unet_block_forward,
-               "ResnetAdaILNBlock": _adailn_block_forward}
+_CONTAINERS = {
+    "Conv2dBlock": _conv2dblock_forward,
+    "UnetSkipConnectionBlock": _unet_block_forward,
+    "ResnetAdaILNBlock": _adailn_block_forward,
+}
 
 
 def _adds(m: nn.Module) -> bool:
@@ -309,9 +343,14 @@ def _adds(m: nn.Module) -> bool:
 
 def _is_conv2dblock(m) -> bool:
     """MUNIT/UNIT Conv2dBlock: forward = activation(norm(conv(pad(x)))), norm/activation optional."""
-    return (type(m).__name__ == "Conv2dBlock" and isinstance(getattr(m, "conv", None), nn.Conv2d)
-            and isinstance(getattr(m, "pad", None), nn.Module) and hasattr(m, "norm") and hasattr(m, "activation")
-            and _computes(m, _conv2dblock_forward))
+    return (
+        type(m).__name__ == "Conv2dBlock"
+        and isinstance(getattr(m, "conv", None), nn.Conv2d)
+        and isinstance(getattr(m, "pad", None), nn.Module)
+        and hasattr(m, "norm")
+        and hasattr(m, "activation")
+        and _computes(m, _conv2dblock_forward)
+    )
 
 
 def _unet_inner_act(m) -> Optional[tuple]:
@@ -320,9 +359,16 @@ def _unet_inner_act(m) -> Optional[tuple]:
     None otherwise. Its activation modifies x in place, so the skip carries the activated x:
     the norm before the block may compute it instead."""
     model = getattr(m, "model", None)
-    if (type(m).__name__ != "UnetSkipConnectionBlock" or set(m._modules) != {"model"} or _has_hooks(m)
-            or not _is_plain_sequential(model) or len(model) == 0 or _has_hooks(model)
-            or not isinstance(getattr(m, "outermost", None), bool) or not _computes(m, _unet_block_forward)):
+    if (
+        type(m).__name__ != "UnetSkipConnectionBlock"
+        or set(m._modules) != {"model"}
+        or _has_hooks(m)
+        or not _is_plain_sequential(model)
+        or len(model) == 0
+        or _has_hooks(model)
+        or not isinstance(getattr(m, "outermost", None), bool)
+        or not _computes(m, _unet_block_forward)
+    ):
         return None
     first = model[0]
     if type(first) in (nn.LeakyReLU, nn.ReLU) and first.inplace:
@@ -343,8 +389,12 @@ def _reflection_pad(m) -> Optional[int]:
 def _plain_conv(m) -> bool:
     """A Conv2d with padding 0 that a fused module can take over (no hooks: spectral_norm and
     weight_norm are hooks; no parametrizations)."""
-    return (type(m) is nn.Conv2d and tuple(m.padding) == (0, 0) and not _has_hooks(m)
-            and not torch.nn.utils.parametrize.is_parametrized(m))
+    return (
+        type(m) is nn.Conv2d
+        and tuple(m.padding) == (0, 0)
+        and not _has_hooks(m)
+        and not torch.nn.utils.parametrize.is_parametrized(m)
+    )
 
 
 def _has_out_pad(norm_cls) -> bool:
@@ -356,18 +406,29 @@ def _has_out_pad(norm_cls) -> bool:
 
 def _rpconv_cls():
     import i2i_fast
+
     return getattr(i2i_fast, "ReflectionPadConv2d", None)
 
 
 def _rpconv_fallback(cls, conv, p) -> Optional[str]:
     """Why the ReflectionPadConv2d replacing ReflectionPad2d(p) -> conv would not take its
     default path (groups, dilation, unequal strides), None when it does."""
-    m = _build_on_meta(cls, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                       padding=p, dilation=conv.dilation, groups=conv.groups, bias=False)
+    m = _build_on_meta(
+        cls,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=p,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=False,
+    )
     return m.fallback
 
 
 # ------------------------------------------------------------------------------- swaps
+
 
 def _build_on_meta(cls, *args, **kw):
     with torch.device("meta"):
@@ -380,13 +441,19 @@ def _carry(old: nn.Module, new: nn.Module, names) -> nn.Module:
     for n in names:
         t = getattr(old, n)
         setattr(new, n, t)
-    for n in set(_params(new)) | set(_buffers(new)):   # built on meta: all must come from old
+    for n in set(_params(new)) | set(_buffers(new)):  # built on meta: all must come from old
         if n not in names and getattr(new, n) is not None:
             raise RuntimeError(f"convert: {type(old).__name__}.{n} was not carried over")
     _remember(new, old)
     new.train(old.training)
-    for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-              "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+    for h in (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_state_dict_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+    ):
         if hasattr(old, h):
             getattr(new, h).update(getattr(old, h))
     return new
@@ -394,16 +461,36 @@ def _carry(old: nn.Module, new: nn.Module, names) -> nn.Module:
 
 def _swap(m: nn.Module, kind: str) -> nn.Module:
     if kind == "in":
-        new = _build_on_meta(fnn.InstanceNorm2d, m.num_features, m.eps, m.momentum, m.affine,
-                             m.track_running_stats, bias=not m.affine or m.bias is not None)
-        names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-                 if n in _params(m) or n in _buffers(m)]
+        new = _build_on_meta(
+            fnn.InstanceNorm2d,
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            bias=not m.affine or m.bias is not None,
+        )
+        names = [
+            n
+            for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            if n in _params(m) or n in _buffers(m)
+        ]
         return _carry(m, new, names)
     if kind == "bn":
-        new = _build_on_meta(fnn.BatchNorm2d, m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                             bias=not m.affine or m.bias is not None)
-        names = [n for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-                 if n in _params(m) or n in _buffers(m)]
+        new = _build_on_meta(
+            fnn.BatchNorm2d,
+            m.num_features,
+            m.eps,
+            m.momentum,
+            m.affine,
+            m.track_running_stats,
+            bias=not m.affine or m.bias is not None,
+        )
+        names = [
+            n
+            for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            if n in _params(m) or n in _buffers(m)
+        ]
         return _carry(m, new, names)
     if kind == "iln":
         return _carry(m, _build_on_meta(fnn.ILN, m.rho.shape[1], m.eps), ("rho", "gamma", "beta"))
@@ -422,8 +509,8 @@ def _swap(m: nn.Module, kind: str) -> nn.Module:
 
 # ------------------------------------------------- numerical check of a rewrite (float64)
 
-_CHECK_HW = 8            # the random input's height and width: above any body's reflection pad
-_CHECK_TOL = 1e-9        # relative to the output's magnitude; float64 rewrites agree to ~1e-15
+_CHECK_HW = 8  # the random input's height and width: above any body's reflection pad
+_CHECK_TOL = 1e-9  # relative to the output's magnitude; float64 rewrites agree to ~1e-15
 
 
 def _f64_copy(m: nn.Module) -> nn.Module:
@@ -438,8 +525,11 @@ def _f64_copy(m: nn.Module) -> nn.Module:
         with torch.no_grad():
             for n, t in list(c.named_parameters()) + list(c.named_buffers()):
                 if t.is_floating_point():
-                    t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5 if n.endswith("running_var")
-                            else torch.randn(t.shape, generator=g, dtype=t.dtype))
+                    t.copy_(
+                        torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5
+                        if n.endswith("running_var")
+                        else torch.randn(t.shape, generator=g, dtype=t.dtype)
+                    )
                 else:
                     t.zero_()
     return c
@@ -454,29 +544,47 @@ def _check_inputs(m: nn.Module, channels: int, per_sample: bool) -> tuple:
             a.weight, a.bias = (torch.randn(2 * a.num_features, generator=g, dtype=torch.float64) for _ in "wb")
     x = torch.randn(2, channels, _CHECK_HW, _CHECK_HW, generator=g, dtype=torch.float64)
     if per_sample:
-        return x, torch.randn(2, channels, generator=g, dtype=torch.float64), \
-            torch.randn(2, channels, generator=g, dtype=torch.float64)
+        return (
+            x,
+            torch.randn(2, channels, generator=g, dtype=torch.float64),
+            torch.randn(2, channels, generator=g, dtype=torch.float64),
+        )
     return (x,)
 
 
 def _config(m: nn.Module) -> tuple:
     """What, besides parameter values, decides what m computes: the classes and plain attributes
     of m and its submodules. Modules with equal configs need one check between them."""
-    return tuple((type(s), tuple(sorted((k, repr(v)) for k, v in s.__dict__.items()
-                                        if not k.startswith("_") and not isinstance(v, (torch.Tensor, nn.Module)))))
-                 for s in m.modules())
+    return tuple(
+        (
+            type(s),
+            tuple(
+                sorted(
+                    (k, repr(v))
+                    for k, v in s.__dict__.items()
+                    if not k.startswith("_") and not isinstance(v, (torch.Tensor, nn.Module))
+                )
+            ),
+        )
+        for s in m.modules()
+    )
 
 
-_CHECKED: dict = {}   # (config, rewrite's kind) -> _mismatch's verdict
+_CHECKED: dict = {}  # (config, rewrite's kind) -> _mismatch's verdict
 
 
 def _mode_matters(m: nn.Module) -> bool:
-    return any(isinstance(s, nn.modules.dropout._DropoutNd) or getattr(s, "track_running_stats", False)
-               or (_norm_kind(s) in ("bn", "adain")) for s in m.modules())
+    return any(
+        isinstance(s, nn.modules.dropout._DropoutNd)
+        or getattr(s, "track_running_stats", False)
+        or (_norm_kind(s) in ("bn", "adain"))
+        for s in m.modules()
+    )
 
 
-def _mismatch(m: nn.Module, rewrite: Callable[[nn.Module], nn.Module], channels: int,
-              per_sample: bool = False, kind: str = "") -> Optional[str]:
+def _mismatch(
+    m: nn.Module, rewrite: Callable[[nn.Module], nn.Module], channels: int, per_sample: bool = False, kind: str = ""
+) -> Optional[str]:
     """None when rewrite(copy of m) computes what m computes (float64; train mode, and eval mode
     where they differ; the same random numbers for both), else why not. Once per config."""
     key = (_config(m), kind, channels, per_sample)
@@ -502,7 +610,7 @@ def _compare(m, rewrite, channels, per_sample):
             err = (outs[0] - outs[1]).abs().max().item() if outs[0].shape == outs[1].shape else float("inf")
             if not err <= _CHECK_TOL * (1.0 + outs[0].abs().max().item()):
                 return f"its replacement differs from it by {err:.3g} in {'train' if training else 'eval'} mode"
-    except Exception as e:   # noqa: BLE001 - anything that stops the check keeps the original
+    except Exception as e:  # noqa: BLE001 - anything that stops the check keeps the original
         return f"could not be checked ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     return None
 
@@ -514,13 +622,15 @@ def _channels(m: nn.Module) -> Optional[int]:
 
 # ------------------------------------------------------------------------------- plan
 
+
 @dataclass
 class Plan:
     """What convert() changes (path, what) and leaves alone (path, why)."""
+
     changes: list = field(default_factory=list)
     left_alone: list = field(default_factory=list)
     _apply: list = field(default_factory=list, repr=False)
-    root: Optional[nn.Module] = field(default=None, repr=False)   # set when the model itself is swapped
+    root: Optional[nn.Module] = field(default=None, repr=False)  # set when the model itself is swapped
 
     def change(self, path, what, fn: Callable[[], None], order: int):
         self.changes.append((path or "<model>", what))
@@ -554,8 +664,8 @@ class Plan:
     __repr__ = __str__
 
 
-_BY_NAME = ("iln", "adalin", "ln", "adain")   # norm kinds recognised by class name: checked numerically
-_RESIDUAL_NAMES = ("ResnetBlock", "ResidualBlock", "ResBlock")   # the originals' names, for the plan
+_BY_NAME = ("iln", "adalin", "ln", "adain")  # norm kinds recognised by class name: checked numerically
+_RESIDUAL_NAMES = ("ResnetBlock", "ResidualBlock", "ResBlock")  # the originals' names, for the plan
 
 # Application order: norm swaps, then edits of containers, then block replacements.
 _SWAP, _EDIT, _BLOCK = 0, 1, 2
@@ -570,11 +680,11 @@ def _outside_uses(model: nn.Module) -> Counter:
     """How often each submodule of model is registered in a module outside model (a block that
     another, separately converted network shares). A fusion must not pair a module inside such a
     shared container with one outside it: the other network would compute something else."""
-    gc.collect()   # only live modules count: garbage would make the result depend on timing
+    gc.collect()  # only live modules count: garbage would make the result depend on timing
     inside = {id(m) for m in model.modules()}
     out = Counter()
     for o in gc.get_objects():
-        if issubclass(type(o), nn.Module) and id(o) not in inside:   # type(): no __class__ lookups
+        if issubclass(type(o), nn.Module) and id(o) not in inside:  # type(): no __class__ lookups
             for c in o._modules.values():
                 if c is not None and id(c) in inside:
                     out[id(c)] += 1
@@ -585,18 +695,18 @@ class _Planner:
     def __init__(self, model: nn.Module, check: bool = True):
         self.model = model
         self.plan = Plan()
-        self.check = check        # verify rewrites numerically and look for other models sharing modules
+        self.check = check  # verify rewrites numerically and look for other models sharing modules
         self.uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
         if check:
             for m in model.modules():
-                if m in _REPLACED:   # replaced in another network already: shared with it
+                if m in _REPLACED:  # replaced in another network already: shared with it
                     self.uses[id(m)] += 1
             by_id = {id(m): m for m in model.modules()}
-            for mid, k in _outside_uses(model).items():   # every path through a shared container
+            for mid, k in _outside_uses(model).items():  # every path through a shared container
                 for m in by_id[mid].modules():
                     self.uses[id(m)] += k
         self.path = {id(m): n for n, m in model.named_modules()}
-        self.kind = {}            # id(module) -> norm kind it will have after conversion
+        self.kind = {}  # id(module) -> norm kind it will have after conversion
         self.rpconv = _rpconv_cls()
 
     # --- norms
@@ -631,35 +741,52 @@ class _Planner:
             self.kind[id(m)] = kind
         # swap at every place a module is registered (shared modules stay shared)
         new = {}
-        if self.kind.get(id(self.model)) not in (None, "fused"):   # the model is one norm
+        if self.kind.get(id(self.model)) not in (None, "fused"):  # the model is one norm
+
             def root():
                 self.plan.root = _swap(self.model, self.kind[id(self.model)])
-            self.plan.change("", f"swap: {type(self.model).__name__} -> i2i_fast {self._target(self.model)} "
-                             "(a new module holding the same Parameters is returned)", root, _SWAP)
+
+            self.plan.change(
+                "",
+                f"swap: {type(self.model).__name__} -> i2i_fast {self._target(self.model)} "
+                "(a new module holding the same Parameters is returned)",
+                root,
+                _SWAP,
+            )
         for parent in self.model.modules():
             for name, m in parent._modules.items():
                 if m is not None and self.kind.get(id(m)) not in (None, "fused"):
                     if id(m) not in new:
                         new[id(m)] = None
-                        self.plan.change(self._child_path(parent, name),
-                                         f"swap: {type(m).__name__} -> i2i_fast {self._target(m)}",
-                                         self._swap_fn(parent, name, m, new), _SWAP)
+                        self.plan.change(
+                            self._child_path(parent, name),
+                            f"swap: {type(m).__name__} -> i2i_fast {self._target(m)}",
+                            self._swap_fn(parent, name, m, new),
+                            _SWAP,
+                        )
                     else:
                         self.plan._apply.append((_SWAP, len(self.plan._apply), self._swap_fn(parent, name, m, new)))
 
     def _swap_fn(self, parent, name, m, memo):
         def fn():
             if memo[id(m)] is None:
-                earlier = _REPLACED.get(m)   # shared with a network converted before: the same module,
+                earlier = _REPLACED.get(m)  # shared with a network converted before: the same module,
                 plain = earlier is not None and earlier.activation is None and not earlier.out_pad
-                memo[id(m)] = earlier if plain else _swap(m, self.kind[id(m)])   # unless it fused its neighbours there
+                memo[id(m)] = earlier if plain else _swap(m, self.kind[id(m)])  # unless it fused its neighbours there
                 _REPLACED[m] = memo[id(m)]
             parent._modules[name] = memo[id(m)]
+
         return fn
 
     def _target(self, m):
-        return {"in": "InstanceNorm2d", "bn": "BatchNorm2d", "iln": "ILN", "adalin": "AdaLIN", "ln": "LayerNorm",
-                "adain": "AdaIN"}[self.kind[id(m)]]
+        return {
+            "in": "InstanceNorm2d",
+            "bn": "BatchNorm2d",
+            "iln": "ILN",
+            "adalin": "AdaLIN",
+            "ln": "LayerNorm",
+            "adain": "AdaIN",
+        }[self.kind[id(m)]]
 
     def _ln_is_4d(self, m):
         for parent in self.model.modules():
@@ -683,8 +810,14 @@ class _Planner:
             return None
         if kind == "fused":
             return type(m)
-        return {"in": fnn.InstanceNorm2d, "bn": fnn.BatchNorm2d, "iln": fnn.ILN, "adalin": fnn.AdaLIN,
-                "ln": fnn.LayerNorm, "adain": AdaptiveInstanceNorm2d}[kind]
+        return {
+            "in": fnn.InstanceNorm2d,
+            "bn": fnn.BatchNorm2d,
+            "iln": fnn.ILN,
+            "adalin": fnn.AdaLIN,
+            "ln": fnn.LayerNorm,
+            "adain": AdaptiveInstanceNorm2d,
+        }[kind]
 
     # --- data-flow chains
     def chain(self, m, seen=None) -> list:
@@ -703,17 +836,19 @@ class _Planner:
                     out.append((m, name, c))
             return out
         if _is_conv2dblock(m):
-            return [(m, n, getattr(m, n)) for n in ("pad", "conv", "norm", "activation")
-                    if getattr(m, n) is not None]
+            return [(m, n, getattr(m, n)) for n in ("pad", "conv", "norm", "activation") if getattr(m, n) is not None]
         if self.is_adailn_block(m):
             return [(m, n, getattr(m, n)) for n in ("pad1", "conv1", "norm1", "relu1", "pad2", "conv2", "norm2")]
         return []
 
     def is_adailn_block(self, m):
         names = ("pad1", "conv1", "norm1", "relu1", "pad2", "conv2", "norm2")
-        return (type(m).__name__ == "ResnetAdaILNBlock" and list(m._modules) == list(names)
-                and all(self.kind.get(id(getattr(m, n))) in ("adalin", "fused") for n in ("norm1", "norm2"))
-                and _computes(m, _adailn_block_forward))
+        return (
+            type(m).__name__ == "ResnetAdaILNBlock"
+            and list(m._modules) == list(names)
+            and all(self.kind.get(id(getattr(m, n))) in ("adalin", "fused") for n in ("norm1", "norm2"))
+            and _computes(m, _adailn_block_forward)
+        )
 
     def free(self, m, root) -> bool:
         """m's output goes only where the chain says: no hooks, not registered elsewhere."""
@@ -721,11 +856,14 @@ class _Planner:
 
     def chains(self):
         covered = set()
-        for p, m in self.model.named_modules():   # the originals' containers, another forward
+        for p, m in self.model.named_modules():  # the originals' containers, another forward
             original = _CONTAINERS.get(type(m).__name__)
             if original is not None and _dataflow(m) is not None and not _computes(m, original):
-                self.plan.leave(p, f"{type(m).__name__}: forward is not the original's; its layers are swapped "
-                                "but not fused with each other")
+                self.plan.leave(
+                    p,
+                    f"{type(m).__name__}: forward is not the original's; its layers are swapped "
+                    "but not fused with each other",
+                )
         for p, root in self.model.named_modules():
             if id(root) in covered:
                 continue
@@ -756,8 +894,11 @@ class _Planner:
                         nxt = ch[i + 1] if i + 1 < len(ch) else None
                 if nxt is not None and i + 2 < len(ch) and _reflection_pad(nxt[2]) and _plain_conv(ch[i + 2][2]):
                     if not _has_out_pad(ncls):
-                        self.plan.leave(path, "norm -> ReflectionPad2d -> Conv2d not fused: this i2i_fast's "
-                                        "norms have no out_pad option yet")
+                        self.plan.leave(
+                            path,
+                            "norm -> ReflectionPad2d -> Conv2d not fused: this i2i_fast's "
+                            "norms have no out_pad option yet",
+                        )
                     elif self.free(m, root) and self.free(nxt[2], root):
                         self._out_pad(parent, name, nxt, _reflection_pad(nxt[2]))
                         i += 3
@@ -765,15 +906,20 @@ class _Planner:
             p = _reflection_pad(m)
             if p is not None and nxt is not None and _plain_conv(nxt[2]):
                 if self.rpconv is None:
-                    self.plan.leave(path, "ReflectionPad2d -> Conv2d not fused: i2i_fast.ReflectionPadConv2d "
-                                    "is not available in this version")
+                    self.plan.leave(
+                        path,
+                        "ReflectionPad2d -> Conv2d not fused: i2i_fast.ReflectionPadConv2d "
+                        "is not available in this version",
+                    )
                 elif self.free(m, root) and self.free(nxt[2], root):
                     self._rpconv(parent, name, nxt, p)
                     i += 2
                     continue
             elif p is not None and nxt is not None and type(nxt[2]) is nn.Conv2d:
-                self.plan.leave(path, "ReflectionPad2d -> Conv2d not fused: conv has hooks (spectral_norm), "
-                                "parametrizations or padding")
+                self.plan.leave(
+                    path,
+                    "ReflectionPad2d -> Conv2d not fused: conv has hooks (spectral_norm), parametrizations or padding",
+                )
             i += 1
 
     def _fold(self, parent, name, nxt, act):
@@ -785,6 +931,7 @@ class _Planner:
             norm.activation = kind
             norm.negative_slope = slope
             aparent._modules[aname] = Folded(amod, name).train(amod.training)
+
         what = f"fold: {type(amod).__name__}" + (f"({slope})" if kind == "leaky_relu" else "") + " into the norm"
         self.plan.change(self._child_path(parent, name), what, fn, _EDIT)
 
@@ -794,36 +941,55 @@ class _Planner:
         def fn():
             parent._modules[name].out_pad = p
             pparent._modules[pname] = Folded(pmod, name).train(pmod.training)
-        self.plan.change(self._child_path(parent, name), f"out_pad: norm writes its output reflection-padded by {p}",
-                         fn, _EDIT)
+
+        self.plan.change(
+            self._child_path(parent, name), f"out_pad: norm writes its output reflection-padded by {p}", fn, _EDIT
+        )
 
     def _rpconv(self, parent, name, nxt, p):
         cparent, cname, conv = nxt
         cls = self.rpconv
 
         def fn():
-            new = _build_on_meta(cls, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                 stride=conv.stride, padding=p, dilation=conv.dilation, groups=conv.groups,
-                                 bias=conv.bias is not None)
+            new = _build_on_meta(
+                cls,
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                stride=conv.stride,
+                padding=p,
+                dilation=conv.dilation,
+                groups=conv.groups,
+                bias=conv.bias is not None,
+            )
             names = ("weight", "bias") if conv.bias is not None else ("weight",)
             cparent._modules[cname] = _carry(conv, new, names)
             pad = parent._modules[name]
             parent._modules[name] = Folded(pad, cname).train(pad.training)
+
         why = _rpconv_fallback(cls, conv, p)
-        self.plan.change(self._child_path(cparent, cname),
-                         f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d"
-                         + (f" (path {why})" if why else ""), fn, _EDIT)
+        self.plan.change(
+            self._child_path(cparent, cname),
+            f"pad+conv: ReflectionPad2d({p}) -> Conv2d as i2i_fast.ReflectionPadConv2d"
+            + (f" (path {why})" if why else ""),
+            fn,
+            _EDIT,
+        )
 
     # --- spectral norm
     def spectral_norms(self):
         from torch.nn.utils.spectral_norm import SpectralNorm as sn
+
         for p, m in self.model.named_modules():
             for h in list(m._forward_pre_hooks.values()):
                 if type(h) is sn and h.dim == 0:
+
                     def fn(h=h):
                         h.__class__ = fnn.FusedSpectralNorm
-                    self.plan.change(p, f"spectral_norm: {h.name} / sigma fused (i2i_fast.nn.FusedSpectralNorm)",
-                                     fn, _EDIT)
+
+                    self.plan.change(
+                        p, f"spectral_norm: {h.name} / sigma fused (i2i_fast.nn.FusedSpectralNorm)", fn, _EDIT
+                    )
                 elif type(h) is sn:
                     self.plan.leave(p, f"spectral_norm over dim {h.dim}: not fused (dim 0 only)")
 
@@ -835,16 +1001,26 @@ class _Planner:
             name = type(m).__name__
             earlier = _REPLACED.get(m)
             if isinstance(earlier, (FusedResidualBlock, FusedResnetAdaILNBlock)):
-                self._replace_block(m, lambda b, e=earlier: e, "residual: the block a network converted "
-                                    "earlier shares with this one, replaced by the same fused block")
+                self._replace_block(
+                    m,
+                    lambda b, e=earlier: e,
+                    "residual: the block a network converted "
+                    "earlier shares with this one, replaced by the same fused block",
+                )
                 continue
             if self.is_adailn_block(m):
                 last = m.norm2
                 if _has_hooks(m) or not self.free(last, m):
                     self.plan.leave(p, "ResnetAdaILNBlock: residual add not fused (hooks or shared norm)")
                     continue
-                self._checked_block(p, m, FusedResnetAdaILNBlock, "residual: x + block(x) fused into norm2",
-                                    _channels(m), per_sample=True)
+                self._checked_block(
+                    p,
+                    m,
+                    FusedResnetAdaILNBlock,
+                    "residual: x + block(x) fused into norm2",
+                    _channels(m),
+                    per_sample=True,
+                )
                 continue
             kids = list(m._modules.items())
             body_name, body = kids[0] if len(kids) == 1 else (None, None)
@@ -867,18 +1043,28 @@ class _Planner:
             if _has_hooks(m) or not self.free(norm, m) or (last is not norm and not self.free(last, m)):
                 self.plan.leave(p, f"{name}: residual add not fused (hooks or shared modules)")
                 continue
-            self._checked_block(p, m, lambda b, n=body_name, o=name: FusedResidualBlock(n, getattr(b, n), o),
-                                f"residual: x + {body_name}(x) fused into the last norm", _channels(m))
+            self._checked_block(
+                p,
+                m,
+                lambda b, n=body_name, o=name: FusedResidualBlock(n, getattr(b, n), o),
+                f"residual: x + {body_name}(x) fused into the last norm",
+                _channels(m),
+            )
 
     def _checked_block(self, path, m, make, what, channels, per_sample=False):
         """Replace block m by make(m) once a float64 copy of it, converted, agrees with it."""
         if self.check:
+
             def rewrite(c):
-                holder = nn.Sequential(c)   # the copy converted as convert() would, inside and the add
+                holder = nn.Sequential(c)  # the copy converted as convert() would, inside and the add
                 _apply(_analyse(holder, check=False))
                 return holder[0]
-            why = "it has no Conv2d to size a test input" if channels is None else \
-                _mismatch(m, rewrite, channels, per_sample, "block")
+
+            why = (
+                "it has no Conv2d to size a test input"
+                if channels is None
+                else _mismatch(m, rewrite, channels, per_sample, "block")
+            )
             if why:
                 self.plan.leave(path, f"{type(m).__name__}: residual add not fused: {why}")
                 return
@@ -886,11 +1072,11 @@ class _Planner:
 
     def _replace_block(self, m, make, what):
         memo = {}
-        sites = [(parent, name) for parent in self.model.modules()
-                 for name, c in parent._modules.items() if c is m]
-        if not sites:   # the model itself is the block: nothing can hold a replacement
-            self.plan.leave(self.path.get(id(m), ""), "the model itself is a residual block: convert "
-                            "its parent to fuse the add")
+        sites = [(parent, name) for parent in self.model.modules() for name, c in parent._modules.items() if c is m]
+        if not sites:  # the model itself is the block: nothing can hold a replacement
+            self.plan.leave(
+                self.path.get(id(m), ""), "the model itself is a residual block: convert its parent to fuse the add"
+            )
             return
 
         def fn():
@@ -899,6 +1085,7 @@ class _Planner:
                 _REPLACED[m] = memo["new"]
             for parent, name in sites:
                 parent._modules[name] = memo["new"]
+
         self.plan.change(self.path.get(id(m), ""), what, fn, _BLOCK)
 
 
@@ -944,8 +1131,12 @@ def _deepcopy(model):
     # MUNIT's AdaIN layers hold the style MLP's (non-leaf) outputs as plain attributes after a
     # forward; non-leaf tensors cannot be deep-copied, and they are reassigned before every
     # decode anyway: share them.
-    memo = {id(v): v for m in _with_originals(model) for v in m.__dict__.values()
-            if isinstance(v, torch.Tensor) and not v.is_leaf}
+    memo = {
+        id(v): v
+        for m in _with_originals(model)
+        for v in m.__dict__.values()
+        if isinstance(v, torch.Tensor) and not v.is_leaf
+    }
     return copy.deepcopy(model, memo)
 
 
@@ -962,8 +1153,11 @@ def convert(model: nn.Module, *, copy: bool = False) -> nn.Module:
     _check_module(model)
     if copy:
         model = _deepcopy(model)
-        log.warning("i2i_fast.convert(copy=True): the converted %s has new Parameter objects; an optimizer "
-                    "built on the original does not train it", type(model).__name__)
+        log.warning(
+            "i2i_fast.convert(copy=True): the converted %s has new Parameter objects; an optimizer "
+            "built on the original does not train it",
+            type(model).__name__,
+        )
     pl = _analyse(model)
     _apply(pl)
     if pl.root is not None:
@@ -982,7 +1176,7 @@ def _restore(new: nn.Module, old: nn.Module) -> nn.Module:
     for n, t in list(new._parameters.items()) + list(new._buffers.items()):
         if n in old._parameters or n in old._buffers:
             setattr(old, n, t)
-    for n in ("weight", "bias"):   # AdaIN: plain attributes assigned by the style MLP
+    for n in ("weight", "bias"):  # AdaIN: plain attributes assigned by the style MLP
         if n in new.__dict__:
             old.__dict__[n] = new.__dict__[n]
     for n, c in new._modules.items():
@@ -999,6 +1193,7 @@ def revert(model: nn.Module) -> nn.Module:
     exporter; modules i2i_fast did not put there are kept."""
     _check_module(model)
     from torch.nn.utils.spectral_norm import SpectralNorm
+
     done = {}
 
     def undo(m):
@@ -1013,7 +1208,7 @@ def revert(model: nn.Module) -> nn.Module:
                 h.__class__ = SpectralNorm
         old = m.__dict__.get(_ORIGINAL)
         if old is not None:
-            _REPLACED.pop(old, None)   # a later convert() starts from the original again
+            _REPLACED.pop(old, None)  # a later convert() starts from the original again
             done[id(m)] = _restore(m, undo(old))
         return done[id(m)]
 

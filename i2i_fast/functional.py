@@ -1,5 +1,6 @@
 """Functional forms of the i2i_fast ops. Each validates its arguments (clear errors naming the
 argument), picks the backend (i2i_fast.backends(), I2I_FAST_BACKEND) and runs the fused op."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,8 +29,9 @@ def _check_channel(name: str, t: Optional[Tensor], x: Tensor) -> None:
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {t.dtype}")
     if t.numel() != x.shape[1]:
-        raise ValueError(f"{name} must have {x.shape[1]} elements (one per channel of input), "
-                         f"got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have {x.shape[1]} elements (one per channel of input), got shape {tuple(t.shape)}"
+        )
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
 
@@ -39,8 +41,7 @@ def _check_4d(input, name="input", also=""):
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
-        raise ValueError(f"expects a 4D {name} (N, C, H, W){also}, got {input.dim()}D with shape "
-                         f"{tuple(input.shape)}")
+        raise ValueError(f"expects a 4D {name} (N, C, H, W){also}, got {input.dim()}D with shape {tuple(input.shape)}")
     if not input.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {input.dtype}")
 
@@ -49,11 +50,14 @@ def _check_input(input, residual):
     _check_4d(input)
     if residual is not None:
         if not isinstance(residual, Tensor) or residual.shape != input.shape:
-            raise ValueError(f"residual must have the input's shape {tuple(input.shape)}, got "
-                             f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+            raise ValueError(
+                f"residual must have the input's shape {tuple(input.shape)}, got "
+                f"{tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}"
+            )
         if residual.device != input.device or residual.dtype != input.dtype:
-            raise ValueError(f"residual ({residual.dtype} on {residual.device}) must match input "
-                             f"({input.dtype} on {input.device})")
+            raise ValueError(
+                f"residual ({residual.dtype} on {residual.device}) must match input ({input.dtype} on {input.device})"
+            )
 
 
 def _check_param(name, t, x, numels):
@@ -62,8 +66,10 @@ def _check_param(name, t, x, numels):
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {t.dtype}")
     if t.numel() not in numels:
-        raise ValueError(f"{name} must have {' or '.join(map(str, numels))} elements for input "
-                         f"of shape {tuple(x.shape)}, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, numels))} elements for input "
+            f"of shape {tuple(x.shape)}, got shape {tuple(t.shape)}"
+        )
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but input is on {x.device}")
 
@@ -77,16 +83,27 @@ def _check_out_pad(out_pad, x) -> int:
     if isinstance(out_pad, bool) or not isinstance(out_pad, int) or out_pad < 0:
         raise ValueError(f"out_pad must be an int >= 0, got {out_pad!r}")
     if out_pad and not (out_pad < x.shape[2] and out_pad < x.shape[3]):
-        raise ValueError(f"out_pad ({out_pad}) must be smaller than the input's H and W for "
-                         f"reflection padding, got input of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"out_pad ({out_pad}) must be smaller than the input's H and W for "
+            f"reflection padding, got input of shape {tuple(x.shape)}"
+        )
     return out_pad
 
 
 # iln, adalin, layer_norm and training-mode batch_norm run the plane-affine normalization family
 # (ops/plane_norm.py): plane statistics -> per-plane scale/shift -> one fused apply.
-def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
-        activation: Optional[str] = None, negative_slope: float = 0.2,
-        residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
+def iln(
+    input: Tensor,
+    rho: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """U-GAT-IT ILN: rho * IN(x) + (1 - rho) * LN(x) (unbiased variances), * gamma + beta;
     rho, gamma, beta per channel ((1, C, 1, 1) or (C,)). Then activation, residual add and a
     reflection pad of the output by out_pad."""
@@ -95,13 +112,32 @@ def iln(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e
     c = input.shape[1]
     for name, t in (("rho", rho), ("gamma", gamma), ("beta", beta)):
         _check_param(name, t, input, (c,))
-    return ops.plane_norm.plane_norm(NormKind.ILN, input, rho, gamma, beta, residual, float(eps),
-                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
+    return ops.plane_norm.plane_norm(
+        NormKind.ILN,
+        input,
+        rho,
+        gamma,
+        beta,
+        residual,
+        float(eps),
+        _act_code(activation),
+        float(negative_slope),
+        _check_out_pad(out_pad, input),
+    )
 
 
-def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5, *,
-           activation: Optional[str] = None, negative_slope: float = 0.2,
-           residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
+def adalin(
+    input: Tensor,
+    rho: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """U-GAT-IT adaILN: as iln with per-sample gamma, beta of shape (N, C)."""
     _check_input(input, residual)
     _check_eps(eps)
@@ -111,14 +147,31 @@ def adalin(input: Tensor, rho: Tensor, gamma: Tensor, beta: Tensor, eps: float =
         _check_param(name, t, input, (n * c,))
         if t.dim() != 2:
             raise ValueError(f"{name} must have shape (N, C) = {(n, c)}, got {tuple(t.shape)}")
-    return ops.plane_norm.plane_norm(NormKind.ILN, input, rho, gamma, beta, residual, float(eps),
-                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
+    return ops.plane_norm.plane_norm(
+        NormKind.ILN,
+        input,
+        rho,
+        gamma,
+        beta,
+        residual,
+        float(eps),
+        _act_code(activation),
+        float(negative_slope),
+        _check_out_pad(out_pad, input),
+    )
 
 
-def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Tensor] = None,
-               eps: float = 1e-5, *, activation: Optional[str] = None,
-               negative_slope: float = 0.2, residual: Optional[Tensor] = None,
-               out_pad: int = 0) -> Tensor:
+def layer_norm(
+    input: Tensor,
+    gamma: Optional[Tensor] = None,
+    beta: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """MUNIT/UNIT LayerNorm: (x - mean) / (std + eps) per sample over (C, H, W), unbiased std,
     eps outside the square root; optional per-channel gamma, beta (C,)."""
     _check_input(input, residual)
@@ -128,13 +181,31 @@ def layer_norm(input: Tensor, gamma: Optional[Tensor] = None, beta: Optional[Ten
     if gamma is not None:
         for name, t in (("gamma", gamma), ("beta", beta)):
             _check_param(name, t, input, (input.shape[1],))
-    return ops.plane_norm.plane_norm(NormKind.LAYER, input, None, gamma, beta, residual, float(eps),
-                            _act_code(activation), float(negative_slope), _check_out_pad(out_pad, input))
+    return ops.plane_norm.plane_norm(
+        NormKind.LAYER,
+        input,
+        None,
+        gamma,
+        beta,
+        residual,
+        float(eps),
+        _act_code(activation),
+        float(negative_slope),
+        _check_out_pad(out_pad, input),
+    )
 
 
-def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
-          activation: Optional[str] = None, negative_slope: float = 0.2,
-          residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
+def adain(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """MUNIT AdaptiveInstanceNorm2d: instance norm with per-(n, c) weight, bias (N*C,)."""
     _check_input(input, residual)
     _check_eps(eps)
@@ -142,12 +213,22 @@ def adain(input: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, *,
     for name, t in (("weight", weight), ("bias", bias)):
         _check_param(name, t, input, (nc,))
     if input.shape[2] * input.shape[3] == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"{list(input.shape)}")
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
     act, pad = _act_code(activation), _check_out_pad(out_pad, input)
     # = instance norm with a per-plane affine: the fused instance-norm kernels take (N*C,) params
-    return ops.instance_norm.instance_norm_fwd(ops.common.select(input.device), input, weight, bias, residual, None, None,
-                                  float(eps), act, float(negative_slope), pad)[0]
+    return ops.instance_norm.instance_norm_fwd(
+        ops.common.select(input.device),
+        input,
+        weight,
+        bias,
+        residual,
+        None,
+        None,
+        float(eps),
+        act,
+        float(negative_slope),
+        pad,
+    )[0]
 
 
 def _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var) -> int:
@@ -156,20 +237,28 @@ def _check_running_norm(input, residual, eps, activation, weight, bias, running_
     _check_input(input, residual)
     _check_eps(eps)
     act = _act_code(activation)
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         _check_channel(name, t, input)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     return act
 
 
-def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
-                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
-                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
-                  momentum: float = 0.1, eps: float = 1e-5, *, activation: Optional[str] = None,
-                  negative_slope: float = 0.2, residual: Optional[Tensor] = None,
-                  out_pad: int = 0) -> Tensor:
+def instance_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """torch.nn.functional.instance_norm with a fused epilogue:
     ``out = reflection_pad(activation(instance_norm(input) * weight + bias) + residual, out_pad)``.
 
@@ -180,26 +269,45 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     act = _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var)
     if use_input_stats:
         if input.shape[2] * input.shape[3] == 1:
-            raise ValueError(f"Expected more than 1 spatial element when training, got input size "
-                             f"{list(input.shape)}")
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.shape)}")
         stats = (None, None)
     else:
         if running_mean is None:
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         stats = (running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
-    out, mean, var = ops.instance_norm.instance_norm_fwd(ops.common.select(input.device), input, weight, bias, residual, *stats,
-                                            float(eps), act, float(negative_slope), pad)
+    out, mean, var = ops.instance_norm.instance_norm_fwd(
+        ops.common.select(input.device),
+        input,
+        weight,
+        bias,
+        residual,
+        *stats,
+        float(eps),
+        act,
+        float(negative_slope),
+        pad,
+    )
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
-        _update_running_stats(running_mean, running_var, mean, var, momentum,
-                              input.shape[2] * input.shape[3])
+        _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
     return out
 
 
-def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
-               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5, *, activation: Optional[str] = None,
-               negative_slope: float = 0.2, residual: Optional[Tensor] = None, out_pad: int = 0) -> Tensor:
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+    negative_slope: float = 0.2,
+    residual: Optional[Tensor] = None,
+    out_pad: int = 0,
+) -> Tensor:
     """torch.nn.functional.batch_norm of a 4-d input with a fused epilogue:
     ``out = reflection_pad(activation(batch_norm(input) * weight + bias) + residual, out_pad)``.
 
@@ -212,16 +320,37 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
     pad = _check_out_pad(out_pad, input)
     n, c, h, w = input.shape
     if input.numel() == 0:  # as torch: an empty result, the running statistics unchanged
-        return ops.plane_norm.reference_norm(NormKind.BATCH if training else NormKind.INSTANCE, input, None, weight, bias, residual,
-                                    float(eps), act, float(negative_slope), pad,
-                                    None if training else (running_mean, running_var))
+        return ops.plane_norm.reference_norm(
+            NormKind.BATCH if training else NormKind.INSTANCE,
+            input,
+            None,
+            weight,
+            bias,
+            residual,
+            float(eps),
+            act,
+            float(negative_slope),
+            pad,
+            None if training else (running_mean, running_var),
+        )
     backend = ops.common.select(input.device)
     if not training:
         if running_mean is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
         # eval: the running statistics normalize each plane, as the fused instance norm's eval mode
-        return ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, running_mean, running_var,
-                                      float(eps), act, float(negative_slope), pad)[0]
+        return ops.instance_norm.instance_norm_fwd(
+            backend,
+            input,
+            weight,
+            bias,
+            residual,
+            running_mean,
+            running_var,
+            float(eps),
+            act,
+            float(negative_slope),
+            pad,
+        )[0]
     if n * h * w <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
     if n == 1:
@@ -229,13 +358,15 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor] = None, running_var
         # training batch norm IS instance norm with the per-channel affine: the fused instance
         # norm is one op each way (the family's path is stats, coefs, apply / sums, coefs_bwd,
         # apply_bwd); its (1, C) statistics feed the running-statistics update
-        out, mean, var = ops.instance_norm.instance_norm_fwd(backend, input, weight, bias, residual, None, None,
-                                                float(eps), act, float(negative_slope), pad)
+        out, mean, var = ops.instance_norm.instance_norm_fwd(
+            backend, input, weight, bias, residual, None, None, float(eps), act, float(negative_slope), pad
+        )
     else:
-        out, mean, var = ops.plane_norm.plane_norm(NormKind.BATCH, input, None, weight, bias, residual, float(eps), act,
-                                          float(negative_slope), pad, stats=True)
+        out, mean, var = ops.plane_norm.plane_norm(
+            NormKind.BATCH, input, None, weight, bias, residual, float(eps), act, float(negative_slope), pad, stats=True
+        )
     if running_mean is not None:
-        ops.plane_norm.bn_update_running(running_mean, running_var, mean, var, h * w, momentum)
+        ops.plane_norm.plane_norm_update_running(running_mean, running_var, mean, var, h * w, momentum)
     return out
 
 
@@ -271,8 +402,10 @@ def _check_padded_input(input, pad, name="input"):
     h, w = input.shape[2:]
     l, r, t, b = pad
     if max(l, r) >= w or max(t, b) >= h:
-        raise ValueError(f"pad {tuple(pad)} (left, right, top, bottom) must be smaller than the "
-                         f"{name} size (H, W) = {(h, w)} (reflection padding)")
+        raise ValueError(
+            f"pad {tuple(pad)} (left, right, top, bottom) must be smaller than the "
+            f"{name} size (H, W) = {(h, w)} (reflection padding)"
+        )
 
 
 def reflection_pad2d(input: Tensor, pad) -> Tensor:
@@ -299,16 +432,20 @@ def _int_arg(name, v, lo):
     return v
 
 
-def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                          padding: int = 0, stride: int = 1) -> Tensor:
+def reflection_pad_conv2d(
+    input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, padding: int = 0, stride: int = 1
+) -> Tensor:
     """conv2d(reflection_pad2d(input, padding), weight, bias, stride) (groups 1, dilation 1)
     without materializing the padded input: = nn.Sequential(nn.ReflectionPad2d(padding),
     nn.Conv2d(..., padding=0)) = nn.Conv2d(..., padding_mode="reflect"). Gradients for input,
     weight and bias; deterministic (cuDNN in deterministic mode, gather-based pad backward)."""
     if type(padding) is not int or type(stride) is not int or padding < 0 or stride < 1:
         padding, stride = _int_arg("padding", padding, 0), _int_arg("stride", stride, 1)
-    if (isinstance(input, Tensor) and torch.amp.is_autocast_available(input.device.type)
-            and torch.is_autocast_enabled(input.device.type)):
+    if (
+        isinstance(input, Tensor)
+        and torch.amp.is_autocast_available(input.device.type)
+        and torch.is_autocast_enabled(input.device.type)
+    ):
         # autocast does not reach custom ops: cast as it casts conv2d's arguments (meta has none)
         dt = torch.get_autocast_dtype(input.device.type)
         input, weight = (t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() else t for t in (input, weight))
@@ -321,24 +458,26 @@ def reflection_pad_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] 
     if weight.dim() != 4:
         raise ValueError(f"weight must be 4D (out_channels, in_channels, kH, kW), got shape {tuple(weight.shape)}")
     if weight.dtype != input.dtype or weight.device != input.device:
-        raise ValueError(f"weight ({weight.dtype} on {weight.device}) must match input "
-                         f"({input.dtype} on {input.device})")
+        raise ValueError(
+            f"weight ({weight.dtype} on {weight.device}) must match input ({input.dtype} on {input.device})"
+        )
     if weight.shape[1] != input.shape[1]:
-        raise ValueError(f"weight expects {weight.shape[1]} input channels (groups=1), input has "
-                         f"{input.shape[1]}")
+        raise ValueError(f"weight expects {weight.shape[1]} input channels (groups=1), input has {input.shape[1]}")
     if bias is not None:
         if not isinstance(bias, Tensor):
             raise TypeError(f"bias must be a Tensor or None, got {type(bias).__name__}")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         if bias.dtype != input.dtype or bias.device != input.device:
-            raise ValueError(f"bias ({bias.dtype} on {bias.device}) must match input "
-                             f"({input.dtype} on {input.device})")
+            raise ValueError(f"bias ({bias.dtype} on {bias.device}) must match input ({input.dtype} on {input.device})")
     h, w = input.shape[2:]
     if h + 2 * padding < weight.shape[2] or w + 2 * padding < weight.shape[3]:
-        raise ValueError(f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the "
-                         f"kernel {tuple(weight.shape[2:])}")
-    return ops.reflection_pad_conv.reflection_pad_conv2d(ops.common.select(input.device), input, weight, bias, padding, stride)
+        raise ValueError(
+            f"padded input {(h + 2 * padding, w + 2 * padding)} is smaller than the kernel {tuple(weight.shape[2:])}"
+        )
+    return ops.reflection_pad_conv.reflection_pad_conv2d(
+        ops.common.select(input.device), input, weight, bias, padding, stride
+    )
 
 
 # ---------------------------------------------------------------- losses
@@ -355,7 +494,9 @@ def _as_terms(name, value):
         return [value], False
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
-            raise ValueError(f"{name} must be a Tensor or a non-empty list of Tensors, got an empty {type(value).__name__}")
+            raise ValueError(
+                f"{name} must be a Tensor or a non-empty list of Tensors, got an empty {type(value).__name__}"
+            )
         for i, t in enumerate(value):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
@@ -372,8 +513,7 @@ def _common(name, ts):
         if not t.is_floating_point():
             raise TypeError(f"{name}[{i}] must be floating point, got {t.dtype}")
         if t.device != dev:
-            raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {dev}; "
-                             "all terms must be on one device")
+            raise ValueError(f"{name}[{i}] is on {t.device} but {name}[0] is on {dev}; all terms must be on one device")
         same = same and t.dtype == dtype
     if same:
         return ts
@@ -418,9 +558,17 @@ def _gan_kind(mode, is_real, for_discriminator, real_label, fake_label):
     raise ValueError(f"mode must be one of {GAN_MODES}, got {mode!r}")
 
 
-def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: float = 1.0,
-             target_fake_label: float = 0.0, for_discriminator: bool = True,
-             reduction: str = "mean", weights=None):
+def gan_loss(
+    pred,
+    target_is_real,
+    mode: str = "lsgan",
+    *,
+    target_real_label: float = 1.0,
+    target_fake_label: float = 0.0,
+    for_discriminator: bool = True,
+    reduction: str = "mean",
+    weights=None,
+):
     """GAN loss of one prediction or a list of them (multi-scale D outputs, CAM logits), as
     CycleGAN/CUT's GANLoss, U-GAT-IT, StarGAN and MUNIT compute it, without a target tensor:
 
@@ -437,16 +585,18 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
     averaging each term; "none" returns the weighted elementwise losses (a tensor, or a list
     for a list input).
     """
-    fast = _gan_loss_fast(pred, target_is_real, mode, target_real_label, target_fake_label,
-                          for_discriminator, reduction, weights)
+    fast = _gan_loss_fast(
+        pred, target_is_real, mode, target_real_label, target_fake_label, for_discriminator, reduction, weights
+    )
     if fast is not None:
         return fast
     if mode not in GAN_MODES:
         raise ValueError(f"mode must be one of {GAN_MODES}, got {mode!r}")
     preds, was_list = _as_terms("pred", pred)
     preds = _common("pred", preds)
-    params, ws, kind, red = _gan_plan(mode, len(preds), target_is_real, target_real_label, target_fake_label,
-                                      for_discriminator, reduction, weights)
+    params, ws, kind, red = _gan_plan(
+        mode, len(preds), target_is_real, target_real_label, target_fake_label, for_discriminator, reduction, weights
+    )
     backend = ops.common.select(preds[0].device)
     outs = ops.loss.loss(backend, preds, [], params, ws, kind, red)
     if red == Reduction.NONE:
@@ -454,15 +604,15 @@ def gan_loss(pred, target_is_real, mode: str = "lsgan", *, target_real_label: fl
     return outs[0]
 
 
-def _gan_plan(mode, n, target_is_real, target_real_label, target_fake_label, for_discriminator, reduction,
-              weights):
+def _gan_plan(mode, n, target_is_real, target_real_label, target_fake_label, for_discriminator, reduction, weights):
     """(params, weights, kind, reduction code) of a gan_loss call over n terms (checked)."""
     red = _reduction(reduction)
     ws = _weights(weights, n)
     if isinstance(target_is_real, (list, tuple)):
         if len(target_is_real) != n:
-            raise ValueError(f"target_is_real must be a bool or one bool per term ({n}), "
-                             f"got {len(target_is_real)} values")
+            raise ValueError(
+                f"target_is_real must be a bool or one bool per term ({n}), got {len(target_is_real)} values"
+            )
         reals = [bool(r) for r in target_is_real]
     elif isinstance(target_is_real, Tensor):
         raise TypeError("target_is_real must be a Python bool (or a list of bools), not a Tensor")
@@ -501,9 +651,15 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
         target_is_real = tuple(target_is_real)
     elif tt is not bool:
         return None
-    if (type(real_label) not in _PLAIN or type(fake_label) not in _PLAIN or type(for_discriminator) is not bool
-            or not (weights is None or type(weights) in _PLAIN) or type(mode) is not str
-            or type(reduction) is not str or not preds):
+    if (
+        type(real_label) not in _PLAIN
+        or type(fake_label) not in _PLAIN
+        or type(for_discriminator) is not bool
+        or not (weights is None or type(weights) in _PLAIN)
+        or type(mode) is not str
+        or type(reduction) is not str
+        or not preds
+    ):
         return None
     key = (mode, len(preds), target_is_real, real_label, fake_label, for_discriminator, reduction, weights)
     plan = _GAN_PLANS.get(key)
@@ -511,8 +667,9 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
         if mode not in GAN_MODES:
             return None
         try:
-            plan = _gan_plan(mode, len(preds), target_is_real, real_label, fake_label, for_discriminator,
-                             reduction, weights)
+            plan = _gan_plan(
+                mode, len(preds), target_is_real, real_label, fake_label, for_discriminator, reduction, weights
+            )
         except (TypeError, ValueError):
             return None
         if len(_GAN_PLANS) < 1024:
@@ -520,8 +677,11 @@ def _gan_loss_fast(pred, target_is_real, mode, real_label, fake_label, for_discr
     first = preds[0]
     if type(first) is not Tensor:  # subclasses (fake tensors...) take the checked path
         return None
-    if not ops.loss.USE_CPP_AUTOGRAD or ops.common.select(first.device) not in ("cpu", "cuda") \
-            or torch.compiler.is_compiling():
+    if (
+        not ops.loss.USE_CPP_AUTOGRAD
+        or ops.common.select(first.device) not in ("cpu", "cuda")
+        or torch.compiler.is_compiling()
+    ):
         return None
     for t in preds:  # a meta term would send the call to the op's fake kernel, which checks nothing
         if type(t) is not Tensor or t.is_meta:
@@ -551,11 +711,12 @@ def _pairs(pairs, what):
         if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(t, Tensor) for t in p)):
             raise TypeError(f"pairs[{i}] must be an (a, b) pair of Tensors")
         if p[0].shape != p[1].shape:
-            raise ValueError(f"pairs[{i}]: a has shape {tuple(p[0].shape)} but b has {tuple(p[1].shape)} "
-                             f"({what} does not broadcast)")
+            raise ValueError(
+                f"pairs[{i}]: a has shape {tuple(p[0].shape)} but b has {tuple(p[1].shape)} ({what} does not broadcast)"
+            )
         a.append(p[0]), b.append(p[1])
     ts = _common("pairs", a + b)
-    return ts[:len(a)], ts[len(a):], was_list
+    return ts[: len(a)], ts[len(a) :], was_list
 
 
 def _pair_loss(kind, a, b, was_list, weights, reduction):
@@ -587,9 +748,18 @@ def bce_with_logits(pairs, weights=None, *, reduction: str = "mean"):
     return _pair_loss("bce_target", a, b, was_list, weights, reduction)
 
 
-def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 10.0, *,
-                     style: str = "stargan", alpha: Optional[Tensor] = None,
-                     constant: float = 1.0, output: int = 0, return_gradients: bool = False):
+def gradient_penalty(
+    discriminator,
+    real: Tensor,
+    fake: Tensor,
+    weight: float = 10.0,
+    *,
+    style: str = "stargan",
+    alpha: Optional[Tensor] = None,
+    constant: float = 1.0,
+    output: int = 0,
+    return_gradients: bool = False,
+):
     """WGAN-GP: weight * mean_b((||dD(x_hat)/dx_hat||_2 - constant)^2) over per-sample
     interpolates x_hat = alpha * real + (1 - alpha) * fake.
 
@@ -632,11 +802,17 @@ def gradient_penalty(discriminator, real: Tensor, fake: Tensor, weight: float = 
     out = discriminator(x_hat)
     if isinstance(out, (tuple, list)):
         out = out[output]
-    g = torch.autograd.grad(outputs=out, inputs=x_hat, grad_outputs=torch.ones_like(out),
-                            create_graph=True, retain_graph=True, only_inputs=True)[0]
+    g = torch.autograd.grad(
+        outputs=out,
+        inputs=x_hat,
+        grad_outputs=torch.ones_like(out),
+        create_graph=True,
+        retain_graph=True,
+        only_inputs=True,
+    )[0]
     g = g.reshape(b, -1)
     if style == "stargan":
-        norms = torch.sqrt(torch.sum(g ** 2, dim=1))
+        norms = torch.sqrt(torch.sum(g**2, dim=1))
     else:
         norms = (g + 1e-16).norm(2, dim=1)
     pen = gan_loss(norms, True, "lsgan", target_real_label=float(constant), weights=float(weight))
@@ -660,9 +836,13 @@ def spectral_norm_weight(weight: Tensor, u: Tensor, v: Tensor) -> Tensor:
     if weight.dim() != 2:
         raise ValueError(f"weight must be the 2-D (O, K) weight matrix, got shape {tuple(weight.shape)}")
     if u.shape != (weight.shape[0],) or v.shape != (weight.shape[1],):
-        raise ValueError(f"u must have shape ({weight.shape[0]},) and v ({weight.shape[1]},), got "
-                         f"{tuple(u.shape)} and {tuple(v.shape)}")
+        raise ValueError(
+            f"u must have shape ({weight.shape[0]},) and v ({weight.shape[1]},), got "
+            f"{tuple(u.shape)} and {tuple(v.shape)}"
+        )
     if u.device != weight.device or v.device != weight.device or u.dtype != weight.dtype or v.dtype != weight.dtype:
-        raise ValueError(f"u ({u.dtype} on {u.device}) and v ({v.dtype} on {v.device}) must match the weight "
-                         f"({weight.dtype} on {weight.device})")
-    return ops.spectral_norm.sn_scale(ops.common.select(weight.device), weight, u, v)[0]
+        raise ValueError(
+            f"u ({u.dtype} on {u.device}) and v ({v.dtype} on {v.device}) must match the weight "
+            f"({weight.dtype} on {weight.device})"
+        )
+    return ops.spectral_norm.spectral_norm_scale(ops.common.select(weight.device), weight, u, v)[0]

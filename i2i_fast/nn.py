@@ -1,5 +1,6 @@
 """Drop-in modules: the originals' constructor signatures, parameter/buffer names and shapes
 (so original checkpoints load unchanged), plus keyword-only fusion options."""
+
 from __future__ import annotations
 
 import warnings
@@ -24,33 +25,55 @@ class InstanceNorm2d(torch.nn.InstanceNorm2d):
     ``activation(norm(x)) + residual``.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, device=None, dtype=None,
-                 *, bias: bool = True, activation: Optional[str] = None, negative_slope: float = 0.2,
-                 out_pad: int = 0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
         # bias=False (torch >= 2.5 norms): affine weight without bias; the fused kernels take
         # the weight and the bias separately, so every combination runs fused
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         bias=bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         _init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
         if input.dim() == 3:  # unbatched (C, H, W), as torch
-            return self.forward(input.unsqueeze(0),
-                                None if residual is None else residual.unsqueeze(0)).squeeze(0)
+            return self.forward(input.unsqueeze(0), None if residual is None else residual.unsqueeze(0)).squeeze(0)
         if input.size(1) != self.num_features:
             if self.affine:
-                raise ValueError(f"expected input's size at dim=1 to match num_features "
-                                 f"({self.num_features}), but got: {input.size(1)}.")
-            warnings.warn("input's size at dim=1 does not match num_features. You can silence this warning by "
-                          "not passing in num_features, which is not used because affine=False", stacklevel=2)
+                raise ValueError(
+                    f"expected input's size at dim=1 to match num_features "
+                    f"({self.num_features}), but got: {input.size(1)}."
+                )
+            warnings.warn(
+                "input's size at dim=1 does not match num_features. You can silence this warning by "
+                "not passing in num_features, which is not used because affine=False",
+                stacklevel=2,
+            )
         return F.instance_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias,
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
             self.training or not self.track_running_stats,
-            self.momentum if self.momentum is not None else 0.0, self.eps,
-            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
-            out_pad=self.out_pad)
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+            activation=self.activation,
+            negative_slope=self.negative_slope,
+            residual=residual,
+            out_pad=self.out_pad,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _fusion_repr(self)
@@ -67,12 +90,22 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     the activation): convert to SyncBatchNorm before i2i_fast.convert, which leaves it alone.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 *, bias: bool = True, activation: Optional[str] = None, negative_slope: float = 0.2,
-                 out_pad: int = 0) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         bias=bias)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         _init_fusion(self, activation, negative_slope, eps, out_pad)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -86,9 +119,20 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
                 factor = 1.0 / float(self.num_batches_tracked)
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         keep = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
-                            self.weight, self.bias, use_batch, factor, self.eps, activation=self.activation,
-                            negative_slope=self.negative_slope, residual=residual, out_pad=self.out_pad)
+        return F.batch_norm(
+            input,
+            self.running_mean if keep else None,
+            self.running_var if keep else None,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+            activation=self.activation,
+            negative_slope=self.negative_slope,
+            residual=residual,
+            out_pad=self.out_pad,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _fusion_repr(self)
@@ -124,8 +168,7 @@ class _Fused(torch.nn.Module):
     """Base of the norm modules that have no torch counterpart to subclass."""
 
     def _fusion(self) -> dict:
-        return {"activation": self.activation, "negative_slope": self.negative_slope,
-                "out_pad": self.out_pad}
+        return {"activation": self.activation, "negative_slope": self.negative_slope, "out_pad": self.out_pad}
 
     def _fusion_repr(self) -> str:
         return _fusion_repr(self)
@@ -134,8 +177,15 @@ class _Fused(torch.nn.Module):
 class ILN(_Fused):
     """U-GAT-IT ILN: parameters rho (init 0), gamma (1), beta (0), each (1, C, 1, 1)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
-                 negative_slope: float = 0.2, out_pad: int = 0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
         super().__init__()
         _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
@@ -154,15 +204,21 @@ class AdaLIN(_Fused):
     """U-GAT-IT adaILN: parameter rho (1, C, 1, 1) init 0.9; forward(x, gamma, beta) with
     per-sample gamma, beta of shape (N, C). rho is a plain parameter (RhoClipper works)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, *, activation: Optional[str] = None,
-                 negative_slope: float = 0.2, out_pad: int = 0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
         super().__init__()
         _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps = num_features, eps
         self.rho = torch.nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
 
-    def forward(self, input: Tensor, gamma: Tensor, beta: Tensor,
-                residual: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, gamma: Tensor, beta: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         return F.adalin(input, self.rho, gamma, beta, self.eps, residual=residual, **self._fusion())
 
     def extra_repr(self) -> str:
@@ -172,8 +228,16 @@ class AdaLIN(_Fused):
 class LayerNorm(_Fused):
     """MUNIT/UNIT LayerNorm: gamma (C,) ~ U[0, 1), beta (C,) = 0 when affine."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, *,
-                 activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
         super().__init__()
         _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.affine = num_features, eps, affine
@@ -193,8 +257,16 @@ class AdaIN(_Fused):
     """MUNIT AdaptiveInstanceNorm2d: weight and bias (N*C,) are assigned (by the style MLP)
     before forward; the running_mean/var buffers are kept for checkpoints but never used."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
-                 activation: Optional[str] = None, negative_slope: float = 0.2, out_pad: int = 0) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
+        out_pad: int = 0,
+    ) -> None:
         super().__init__()
         _init_fusion(self, activation, negative_slope, eps, out_pad)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -216,8 +288,9 @@ class AdaIN(_Fused):
 __all__ += ["ReflectionPadConv2d"]
 
 
-_CONV_GEOMETRY = frozenset(("padding", "stride", "dilation", "groups", "padding_mode",
-                            "_reversed_padding_repeated_twice"))
+_CONV_GEOMETRY = frozenset(
+    ("padding", "stride", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice")
+)
 
 
 class ReflectionPadConv2d(torch.nn.Conv2d):
@@ -239,17 +312,40 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     ``last_path`` and the repr show the last path taken.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "reflect",
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "reflect",
+        device=None,
+        dtype=None,
+    ) -> None:
         if isinstance(dilation, bool):
             # before it took nn.Conv2d's argument order, the 6th positional argument was bias
-            raise TypeError("ReflectionPadConv2d takes nn.Conv2d's arguments in nn.Conv2d's order (in_channels, "
-                            "out_channels, kernel_size, stride, padding, dilation, groups, bias, ...): "
-                            f"dilation={dilation!r} is a bool; pass bias by keyword")
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
-                         device=device, dtype=dtype)
+            raise TypeError(
+                "ReflectionPadConv2d takes nn.Conv2d's arguments in nn.Conv2d's order (in_channels, "
+                "out_channels, kernel_size, stride, padding, dilation, groups, bias, ...): "
+                f"dilation={dilation!r} is a bool; pass bias by keyword"
+            )
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self.__dict__["_last_input"] = None  # (H, W, device) of the last forward input
 
     def __setattr__(self, name, value):
@@ -276,8 +372,10 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             return None
         if not any(self._reversed_padding_repeated_twice):
             return "conv: " + ", ".join(why) + " with no padding (aten conv2d)"
-        return ("pad: " + ", ".join(why) + " (padded copy + aten conv2d, also under pad_conv_force: the "
-                "border path takes groups=1, dilation=1, one padding and one stride)")
+        return (
+            "pad: " + ", ".join(why) + " (padded copy + aten conv2d, also under pad_conv_force: the "
+            "border path takes groups=1, dilation=1, one padding and one stride)"
+        )
 
     @property
     def last_path(self) -> Optional[str]:
@@ -297,8 +395,9 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             return "reference"
         if self.fallback is not None:
             return "pad" if any(self._reversed_padding_repeated_twice) else "conv"
-        return ops.reflection_pad_conv.pad_conv_path(input.shape[-2], input.shape[-1], *self.kernel_size,
-                                  self.padding[0], self.stride[0], device.type)
+        return ops.reflection_pad_conv.pad_conv_path(
+            input.shape[-2], input.shape[-1], *self.kernel_size, self.padding[0], self.stride[0], device.type
+        )
 
     def _forward_general(self, input: Tensor) -> Tensor:
         if self.padding_mode != "reflect":
@@ -306,8 +405,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         pad = list(self._reversed_padding_repeated_twice)
         if any(pad):
             input = F.reflection_pad2d(input, pad)
-        return torch.nn.functional.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation,
-                                          self.groups)
+        return torch.nn.functional.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
@@ -321,8 +419,14 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             return self._forward_general(input)
         if not torch.compiler.is_compiling():
             p = self.padding[0]
-            if (p and input.device.type == "cpu" and input.dim() == 4 and ops.reflection_pad_conv._pad_conv_forced[0] is None
-                    and ops.common.select(input.device) == "cpu" and not torch.is_autocast_enabled("cpu")):
+            if (
+                p
+                and input.device.type == "cpu"
+                and input.dim() == 4
+                and ops.reflection_pad_conv._pad_conv_forced[0] is None
+                and ops.common.select(input.device) == "cpu"
+                and not torch.is_autocast_enabled("cpu")
+            ):
                 # CPU path "pad" without the functional's Python layers (~20 us, 5% of a small
                 # layer): the pad op checks the input and pad, conv2d the dtypes and devices
                 xp = torch.ops.i2i_fast.reflection_pad2d_fwd.default(input, [p, p, p, p])
@@ -350,8 +454,14 @@ class GANLoss(torch.nn.Module):
     a call never synchronizes with the GPU; call ``refresh_labels()`` after editing the buffers
     in place."""
 
-    def __init__(self, gan_mode: str, target_real_label: float = 1.0, target_fake_label: float = 0.0,
-                 *, for_discriminator: bool = True) -> None:
+    def __init__(
+        self,
+        gan_mode: str,
+        target_real_label: float = 1.0,
+        target_fake_label: float = 0.0,
+        *,
+        for_discriminator: bool = True,
+    ) -> None:
         super().__init__()
         if gan_mode not in F.GAN_MODES:
             raise NotImplementedError(f"gan mode {gan_mode} not implemented (choose from {F.GAN_MODES})")
@@ -359,8 +469,11 @@ class GANLoss(torch.nn.Module):
         self.register_buffer("fake_label", torch.tensor(target_fake_label))
         self.gan_mode = gan_mode
         self.for_discriminator = for_discriminator
-        self.loss = torch.nn.MSELoss() if gan_mode == "lsgan" else (
-            torch.nn.BCEWithLogitsLoss() if gan_mode == "vanilla" else None)
+        self.loss = (
+            torch.nn.MSELoss()
+            if gan_mode == "lsgan"
+            else (torch.nn.BCEWithLogitsLoss() if gan_mode == "vanilla" else None)
+        )
         self._labels = (float(target_real_label), float(target_fake_label))
 
     def refresh_labels(self) -> None:

@@ -1,6 +1,7 @@
 """Pure-PyTorch math of every i2i_fast op: the test oracle (run in float64) and the
 last-resort backend. Each function has the same name and signature as the kernels' op and is
 differentiable through ordinary autograd."""
+
 from __future__ import annotations
 
 import torch
@@ -99,12 +100,20 @@ def batch_norm_fwd(x, weight, bias, eps, act, slope, residual):
     activation and residual."""
     sd = stats_dtype(x)
     xf = x.to(sd)
-    y = F.batch_norm(xf, None, None, None if weight is None else weight.to(sd).reshape(-1),
-                     None if bias is None else bias.to(sd).reshape(-1), True, 0.0, eps)
+    y = F.batch_norm(
+        xf,
+        None,
+        None,
+        None if weight is None else weight.to(sd).reshape(-1),
+        None if bias is None else bias.to(sd).reshape(-1),
+        True,
+        0.0,
+        eps,
+    )
     return _epilogue(y, act, slope, residual).to(x.dtype)
 
 
-def sn_scale(weight, u, v):
+def spectral_norm_scale(weight, u, v):
     """torch.nn.utils.spectral_norm's weight from the (O, K) matrix and the power-iteration
     vectors (constants): (weight / sigma, sigma), sigma = u . (W v) (stats dtype, detached)."""
     sigma = torch.dot(u, torch.mv(weight, v))
@@ -128,8 +137,6 @@ def reflection_pad_conv2d(x, weight, bias, padding, stride):
 def reflection_pad_out(y, pad):
     """The norms' fused output pad: reflection padding by `pad` on each side of H and W."""
     return y if pad == 0 else reflection_pad2d_fwd(y, (pad,) * 4)
-
-
 
 
 # ---------------------------------------------------------------- losses

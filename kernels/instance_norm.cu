@@ -5,7 +5,7 @@
 // channels of one sample, thread (p, l) reads channel p at spatial lanes l, l+8, ... so a warp
 // reads 32 consecutive channels (coalesced) and nothing is copied to NCHW.
 // Statistics are ShiftedSums (norm_math.h: fp64 sums of x - the plane's first element) merged
-// in a fixed tree (deterministic); the backward sums accumulate in fp64, as the CPU op and norm.cu.
+// in a fixed tree (deterministic); the backward sums accumulate in fp64, as the CPU op and plane_norm.cu.
 // When the tiles alone cannot fill the GPU (batch 1, large maps), each plane is split into S
 // chunks: a first kernel writes per-chunk partial states, the second merges them in a fixed
 // order and applies the normalization (or the input gradient) to its chunk, so x is read twice

@@ -1,4 +1,4 @@
-// Device helpers shared by the reduction kernels (instance_norm.cu, norm.cu, spectral_norm.cu):
+// Device helpers shared by the reduction kernels (instance_norm.cu, plane_norm.cu, spectral_norm.cu):
 // block size, the plane tiles of NCHW and channels_last inputs, fixed-order block reductions
 // (deterministic: no atomics), split-plane partials.
 #pragma once
@@ -100,7 +100,7 @@ struct Sums {  // backward per-plane sums: sum(dz), sum(dz * xhat)
 // The state (ShiftedSums or Sums<double>) of one plane: its S chunk partials merged in chunk
 // order (deterministic); nothing merged where !valid (a tile's lanes past C). kOneInFlight: a
 // loop not unrolled, one partial load in flight (instance_norm.cu, where the unrolled loads
-// spilled the pad path's registers); otherwise the compiler unrolls it (norm.cu's merge kernels).
+// spilled the pad path's registers); otherwise the compiler unrolls it (plane_norm.cu's merge kernels).
 template <class St, bool kOneInFlight, class A>
 __device__ __forceinline__ St merge_partials(const A& a, int64_t plane, bool valid = true) {
   St w;

@@ -1,4 +1,4 @@
-// CUDA kernels of i2i_fast::sn_scale / sn_scale_bwd (math in csrc/spectral_norm.h). Two
+// CUDA kernels of i2i_fast::spectral_norm_scale / spectral_norm_scale_bwd (math in csrc/spectral_norm.h). Two
 // launches each way: one block per row writes its fp64 partial; then one block per row sums the
 // O partials with the same fixed tree (every block gets the same total: deterministic, no
 // atomics) and writes its row.
@@ -63,16 +63,16 @@ __global__ void __launch_bounds__(kThreads) grad_out_kernel(const T* g, const T*
 template <typename T>
 using SigmaT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const at::Tensor& u_in,
-                                                 const at::Tensor& v_in) {
-  const auto guard = device_guard(w_in, "sn_scale");
+std::tuple<at::Tensor, at::Tensor> spectral_norm_scale_cuda(const at::Tensor& w_in, const at::Tensor& u_in,
+                                                            const at::Tensor& v_in) {
+  const auto guard = device_guard(w_in, "spectral_norm_scale");
   const SnIO io = prep_sn(w_in, u_in, v_in);
   at::Tensor out = at::empty_like(io.w);
   at::Tensor sigma = at::empty({}, io.w.options().dtype(sn_sigma_dtype(io.w)));
   if (io.O == 0) return {out, sigma.zero_()};
   at::Tensor part = at::empty({io.O}, io.w.options().dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned rows = grid_dim(io.O, "sn_scale");
+  const unsigned rows = grid_dim(io.O, "spectral_norm_scale");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.w.scalar_type(), "i2i_fast_sn_scale_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // clang-format off: the CPU emulation (tests/cuda_emu) finds a launch by its kernel name next to the chevrons
@@ -91,16 +91,16 @@ std::tuple<at::Tensor, at::Tensor> sn_scale_cuda(const at::Tensor& w_in, const a
   return {out, sigma};
 }
 
-at::Tensor sn_scale_bwd_cuda(const at::Tensor& grad, const at::Tensor& w_in, const at::Tensor& u_in,
-                             const at::Tensor& v_in, const at::Tensor& sigma_in) {
-  const auto guard = device_guard(w_in, "sn_scale_bwd");
+at::Tensor spectral_norm_scale_bwd_cuda(const at::Tensor& grad, const at::Tensor& w_in, const at::Tensor& u_in,
+                                        const at::Tensor& v_in, const at::Tensor& sigma_in) {
+  const auto guard = device_guard(w_in, "spectral_norm_scale_bwd");
   const SnIO io = prep_sn(w_in, u_in, v_in, grad, sigma_in);
   at::Tensor gw = at::empty_like(io.w);
   if (io.O == 0) return gw;
   at::Tensor part = at::empty({io.O}, io.w.options().dtype(at::kDouble));
   const at::Tensor sg = io.sigma.contiguous();  // 0-d fp64 on the device: read by the kernel
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned rows = grid_dim(io.O, "sn_scale_bwd");
+  const unsigned rows = grid_dim(io.O, "spectral_norm_scale_bwd");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.w.scalar_type(), "i2i_fast_sn_scale_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     row_part_kernel<scalar_t, true><<<rows, kThreads, 0, stream>>>(
@@ -117,8 +117,8 @@ at::Tensor sn_scale_bwd_cuda(const at::Tensor& grad, const at::Tensor& w_in, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m) {
-  m.impl("sn_scale", &sn_scale_cuda);
-  m.impl("sn_scale_bwd", &sn_scale_bwd_cuda);
+  m.impl("spectral_norm_scale", &spectral_norm_scale_cuda);
+  m.impl("spectral_norm_scale_bwd", &spectral_norm_scale_bwd_cuda);
 }
 
 }  // namespace i2i

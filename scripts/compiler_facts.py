@@ -17,6 +17,7 @@ tests/test_compiler_facts.py rebuilds the CUDA section and checks the budgets (c
 tests/test_triton_compile.py checks the Triton section. Both require the committed table to be
 current when this machine's compilers are the ones that made it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,15 +37,19 @@ ARCHS = (80, 90)
 # Per SM: registers, threads, resident blocks, shared memory the blocks can get (the largest
 # carveout; 1 KB of it is reserved per block on sm_80+). Registers are allocated per warp in
 # units of 256 (ceil(regs * 32 / 256) * 256), shared memory in units of 128 bytes.
-SM = {80: dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024),   # A100
-      90: dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024)}   # H100 / H200
-OCCUPANCY_MODEL = ("occupancy = resident warps / 64, resident blocks = min(2048 / threads, 32, "
-                   "65536 / (warps per block * ceil(regs * 32 / 256) * 256), smem per SM / "
-                   "(static smem + 1 KB reserved, in 128-byte units)); smem per SM: 164 KB at "
-                   "sm_80 (A100), 228 KB at sm_90 (H100/H200)")
+SM = {
+    80: dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024),  # A100
+    90: dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024),
+}  # H100 / H200
+OCCUPANCY_MODEL = (
+    "occupancy = resident warps / 64, resident blocks = min(2048 / threads, 32, "
+    "65536 / (warps per block * ceil(regs * 32 / 256) * 256), smem per SM / "
+    "(static smem + 1 KB reserved, in 128-byte units)); smem per SM: 164 KB at "
+    "sm_80 (A100), 228 KB at sm_90 (H100/H200)"
+)
 OCCUPANCY_TARGET = 0.5
 # Kernels allowed below the sm_90 occupancy target, with the reason (shown in the table).
-# (None at present: the 32-thread kernels of norm.cu sit at 50%, the 32 blocks per SM limit.)
+# (None at present: the 32-thread kernels of plane_norm.cu sit at 50%, the 32 blocks per SM limit.)
 OCCUPANCY_REASONS: dict[str, str] = {}
 SECTION = {"cuda": "<!-- cuda facts -->", "triton": "<!-- triton facts -->"}
 
@@ -66,17 +71,32 @@ def nvcc_version():
 def _flags():
     """setup.py's nvcc flags (-O3 -lineinfo, the macro) plus those torch's CUDAExtension adds."""
     from torch.utils import cpp_extension
+
     incs = [f"-I{p}" for p in cpp_extension.include_paths()]  # nvcc adds its own CUDA headers
-    return (["-O3", "-lineinfo", "-std=c++20", "-DI2I_FAST_WITH_CUDA=1", "-DTORCH_API_INCLUDE_EXTENSION_H"]
-            + cpp_extension.COMMON_NVCC_FLAGS + incs)
+    return (
+        ["-O3", "-lineinfo", "-std=c++20", "-DI2I_FAST_WITH_CUDA=1", "-DTORCH_API_INCLUDE_EXTENSION_H"]
+        + cpp_extension.COMMON_NVCC_FLAGS
+        + incs
+    )
 
 
 def compile_file(cu):
     """(ptxas log, {arch: ptx}) of one .cu for every arch in ARCHS: one nvcc run, device code only."""
     with tempfile.TemporaryDirectory() as tmp:
         gencode = [a for arch in ARCHS for a in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
-        cmd = [nvcc(), "--fatbin", "--resource-usage", "--keep", "--keep-dir", tmp, *gencode, *_flags(),
-               cu, "-o", os.path.join(tmp, "out.fatbin")]
+        cmd = [
+            nvcc(),
+            "--fatbin",
+            "--resource-usage",
+            "--keep",
+            "--keep-dir",
+            tmp,
+            *gencode,
+            *_flags(),
+            cu,
+            "-o",
+            os.path.join(tmp, "out.fatbin"),
+        ]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             raise RuntimeError(f"nvcc failed on {cu}:\n{p.stdout}{p.stderr}")
@@ -131,7 +151,7 @@ def access_widths(ptx):
     out = {}
     for m in re.finditer(r"\.entry (\w+)\(", ptx):
         end = ptx.find(".entry ", m.end())
-        body = ptx[m.end(): end if end > 0 else len(ptx)]
+        body = ptx[m.end() : end if end > 0 else len(ptx)]
         c = collections.Counter()
         for op, kind in _GLOBAL.findall(body):
             parts = op.split(".")
@@ -162,8 +182,9 @@ def _split_top(s):
 def block_sizes(sources):
     """{kernel: threads per block} from the launches kernel<...><<<grid, BLOCK, ...>>> in the
     sources; BLOCK is a literal or a `constexpr int` of kernels/."""
-    consts = {m.group(1): int(m.group(2)) for t in sources.values()
-              for m in re.finditer(r"constexpr int (\w+) = (\d+);", t)}
+    consts = {
+        m.group(1): int(m.group(2)) for t in sources.values() for m in re.finditer(r"constexpr int (\w+) = (\d+);", t)
+    }
     sizes = collections.defaultdict(set)
     for t in sources.values():
         for m in re.finditer(r"(\w+_kernel)\b[^;{}]*?<<<(.*?)>>>", t, re.S):
@@ -195,7 +216,7 @@ def stores_vec(sources):
             while depth:
                 depth += {"{": 1, "}": -1}.get(t[i], 0)
                 i += 1
-            if "store<VEC>" in t[m.end():i]:
+            if "store<VEC>" in t[m.end() : i]:
                 out.add(m.group(1))
     return out
 
@@ -225,11 +246,18 @@ def cuda_facts(jobs=2):
         for mangled in sorted(names, key=lambda k: short_name(names[k])):
             name = short_name(names[mangled])
             base = name.split("<")[0]
-            args = _split_top(name[len(base) + 1:-1]) if "<" in name else []
+            args = _split_top(name[len(base) + 1 : -1]) if "<" in name else []
             params = tparams.get(base, [])
             vec = int(args[params.index("VEC")]) if "VEC" in params else 1
-            row = dict(file=os.path.relpath(cu, ROOT), name=name, base=base, args=args, threads=blocks[base],
-                       vec=vec, elem=args[params.index("T")] if "T" in params else "")
+            row = dict(
+                file=os.path.relpath(cu, ROOT),
+                name=name,
+                base=base,
+                args=args,
+                threads=blocks[base],
+                vec=vec,
+                elem=args[params.index("T")] if "T" in params else "",
+            )
             for a in ARCHS:
                 f = res[mangled, a]
                 row[a] = dict(f, occ=occupancy(a, f["regs"], f["smem"], blocks[base]), widths=widths[a][mangled])
@@ -262,8 +290,10 @@ def check_budgets(rows, writers):
     # as many for every element type. An element-wise access would add VEC of them (4 in fp32, 8 in fp16).
     for (base, a, kind), counts in narrow.items():
         if len(counts) > 1:
-            bad.append(f"{base}: the vector paths' narrow {kind}.global counts differ by element type at "
-                       f"sm_{a} ({sorted(counts)}): element-wise accesses")
+            bad.append(
+                f"{base}: the vector paths' narrow {kind}.global counts differ by element type at "
+                f"sm_{a} ({sorted(counts)}): element-wise accesses"
+            )
     return bad
 
 
@@ -272,18 +302,30 @@ def _widths(c, kind):
 
 
 def cuda_section(rows):
-    head = ["| file | kernel instance | threads | " + " | ".join(
-        f"sm_{a} regs | sm_{a} spill st/ld B | sm_{a} stack B | sm_{a} smem B | sm_{a} occupancy" for a in ARCHS)
+    head = [
+        "| file | kernel instance | threads | "
+        + " | ".join(
+            f"sm_{a} regs | sm_{a} spill st/ld B | sm_{a} stack B | sm_{a} smem B | sm_{a} occupancy" for a in ARCHS
+        )
         + " | sm_90 ld.global widths | sm_90 st.global widths |",
-        "|" + "---|" * (5 + 5 * len(ARCHS))]
+        "|" + "---|" * (5 + 5 * len(ARCHS)),
+    ]
     lines = []
     for r in rows:
-        cells = [f"`{os.path.basename(r['file'])}`", f"`{r['name']}`" + (" (vector)" if r["vec"] > 1 else ""),
-                 str(r["threads"])]
+        cells = [
+            f"`{os.path.basename(r['file'])}`",
+            f"`{r['name']}`" + (" (vector)" if r["vec"] > 1 else ""),
+            str(r["threads"]),
+        ]
         for a in ARCHS:
             f = r[a]
-            cells += [str(f["regs"]), f"{f['spill_st']}/{f['spill_ld']}", str(f["stack"]), str(f["smem"]),
-                      f"{f['occ']:.0%}"]
+            cells += [
+                str(f["regs"]),
+                f"{f['spill_st']}/{f['spill_ld']}",
+                str(f["stack"]),
+                str(f["smem"]),
+                f"{f['occ']:.0%}",
+            ]
         cells += [_widths(r[90]["widths"], "ld"), _widths(r[90]["widths"], "st")]
         lines.append("| " + " | ".join(cells) + " |")
     vec = [r for r in rows if r["vec"] > 1]
@@ -292,15 +334,24 @@ def cuda_section(rows):
         "",
         f"{len(rows)} kernel instances, {len(vec)} on vector paths (template argument VEC > 1).",
         "",
-        *(f"- sm_{a}: max {max(r[a]['regs'] for r in rows)} registers, "
-          f"{sum(r[a]['spill_st'] + r[a]['spill_ld'] for r in rows)} spill bytes in all, "
-          f"max stack {max(r[a]['stack'] for r in rows)} B, "
-          f"min occupancy {min(r[a]['occ'] for r in rows):.0%}" for a in ARCHS),
+        *(
+            f"- sm_{a}: max {max(r[a]['regs'] for r in rows)} registers, "
+            f"{sum(r[a]['spill_st'] + r[a]['spill_ld'] for r in rows)} spill bytes in all, "
+            f"max stack {max(r[a]['stack'] for r in rows)} B, "
+            f"min occupancy {min(r[a]['occ'] for r in rows):.0%}"
+            for a in ARCHS
+        ),
         f"- vector paths at sm_90: loads {_widths(sum((r[90]['widths'] for r in vec), collections.Counter()), 'ld')}, "
         f"stores {_widths(sum((r[90]['widths'] for r in vec), collections.Counter()), 'st')} (all instances summed)",
         f"- below {OCCUPANCY_TARGET:.0%} occupancy at sm_90, by reason: "
-        + ("; ".join(f"`{k}`: {v}" for k, v in OCCUPANCY_REASONS.items()
-                     if any(r["base"] == k and r[90]["occ"] < OCCUPANCY_TARGET for r in rows)) or "none"),
+        + (
+            "; ".join(
+                f"`{k}`: {v}"
+                for k, v in OCCUPANCY_REASONS.items()
+                if any(r["base"] == k and r[90]["occ"] < OCCUPANCY_TARGET for r in rows)
+            )
+            or "none"
+        ),
         "",
         f"Occupancy model: {OCCUPANCY_MODEL}.",
         "",
@@ -313,18 +364,29 @@ def triton_section(facts):
     by = collections.defaultdict(list)
     for f in facts:
         by[f["module"].rsplit(".", 1)[-1] + "." + f["kernel"]].append(f)
-    head = ["| kernel | specializations | num_warps | regs (min-max) | spill bytes (max) | stack B (max) "
-            "| shared B (max) |", "|---|---|---|---|---|---|---|"]
-    lines = [f"| `{k}` | {len(v)} | {'/'.join(str(w) for w in sorted({f['num_warps'] for f in v}))} | "
-             f"{min(f['regs'] for f in v)}-{max(f['regs'] for f in v)} | "
-             f"{max(f['spill_st'] + f['spill_ld'] for f in v)} | {max(f['stack'] for f in v)} | "
-             f"{max(f['shared'] for f in v)} |" for k, v in sorted(by.items())]
+    head = [
+        "| kernel | specializations | num_warps | regs (min-max) | spill bytes (max) | stack B (max) "
+        "| shared B (max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines = [
+        f"| `{k}` | {len(v)} | {'/'.join(str(w) for w in sorted({f['num_warps'] for f in v}))} | "
+        f"{min(f['regs'] for f in v)}-{max(f['regs'] for f in v)} | "
+        f"{max(f['spill_st'] + f['spill_ld'] for f in v)} | {max(f['stack'] for f in v)} | "
+        f"{max(f['shared'] for f in v)} |"
+        for k, v in sorted(by.items())
+    ]
     import triton
-    summary = [f"Compiler: Triton {triton.__version__}.", "",
-               f"{len(facts)} specializations of {len(by)} kernels at sm_90 (Triton's ptxas -v): max "
-               f"{max(f['regs'] for f in facts)} registers, "
-               f"{sum(f['spill_st'] + f['spill_ld'] for f in facts)} spill bytes in all, max shared "
-               f"{max(f['shared'] for f in facts)} B.", ""]
+
+    summary = [
+        f"Compiler: Triton {triton.__version__}.",
+        "",
+        f"{len(facts)} specializations of {len(by)} kernels at sm_90 (Triton's ptxas -v): max "
+        f"{max(f['regs'] for f in facts)} registers, "
+        f"{sum(f['spill_st'] + f['spill_ld'] for f in facts)} spill bytes in all, max shared "
+        f"{max(f['shared'] for f in facts)} B.",
+        "",
+    ]
     return "\n".join(summary + head + lines)
 
 
@@ -348,9 +410,11 @@ def write_section(kind, body, path=TABLE):
     parts = {k: read_section(k, path) or "(not generated yet)" for k in SECTION}
     parts[kind] = body
     with open(path, "w") as f:
-        f.write(HEADER + f"\n## CUDA kernels (kernels/*.cu)\n\n{SECTION['cuda']}\n{parts['cuda']}\n{SECTION['cuda']}\n"
-                f"\n## Triton kernels (i2i_fast/triton/)\n\n{SECTION['triton']}\n{parts['triton']}\n"
-                f"{SECTION['triton']}\n")
+        f.write(
+            HEADER + f"\n## CUDA kernels (kernels/*.cu)\n\n{SECTION['cuda']}\n{parts['cuda']}\n{SECTION['cuda']}\n"
+            f"\n## Triton kernels (i2i_fast/triton/)\n\n{SECTION['triton']}\n{parts['triton']}\n"
+            f"{SECTION['triton']}\n"
+        )
 
 
 def main():
@@ -359,8 +423,12 @@ def main():
     for b in check_budgets(rows, writers):
         print("BUDGET:", b)
     env = dict(os.environ, I2I_FAST_UPDATE_FACTS="1")  # the AOT test writes the Triton section
-    subprocess.run([sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_triton_compile.py"),
-                    "-k", "sm90"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_triton_compile.py"), "-k", "sm90"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     print("wrote", os.path.relpath(TABLE, ROOT))
 
 

@@ -113,8 +113,8 @@ def sanitize(tool: str, device: str) -> int:
     import torch
 
     import i2i_fast
-    from i2i_fast.ops import reflection_pad_conv
     from i2i_fast import functional as F
+    from i2i_fast.ops import reflection_pad_conv
 
     print(i2i_fast.backends(), flush=True)
     torch.manual_seed(0)

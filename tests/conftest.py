@@ -6,6 +6,7 @@ import pytest
 # switched on before triton is first imported.
 try:
     import ctypes
+
     ctypes.CDLL("libcuda.so.1")
     _has_driver = True
 except OSError:
@@ -34,6 +35,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any("GPU" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)
+
 
 # Absolute slack of the parity rule (tests/conftest.py).
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}

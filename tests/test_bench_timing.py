@@ -151,8 +151,8 @@ def test_benchmark_quick_selection_covers_every_test_function():
     functions = {i.split("[")[0] for i in ids}
     assert functions == {
         "benchmarks/test_bench_instance_norm.py::test_instance_norm_relu",
-        "benchmarks/test_bench_losses.py::test_loss",
-        "benchmarks/test_bench_norm_family.py::test_norm_family",
+        "benchmarks/test_bench_loss.py::test_loss",
+        "benchmarks/test_bench_plane_norm.py::test_plane_norm",
         "benchmarks/test_bench_reflection_pad.py::test_reflection_pad",
         "benchmarks/test_bench_steps.py::test_training_step",
     }

@@ -8,6 +8,7 @@ OCCUPANCY_REASONS. The table's Triton section is checked by tests/test_triton_co
 compiles those kernels already. I2I_FAST_UPDATE_FACTS=1 rewrites the sections instead of
 comparing them (python scripts/compiler_facts.py does both).
 """
+
 import collections
 import importlib.util
 import os
@@ -30,11 +31,14 @@ def check_facts_table(kind, section):
     committed = cf.read_section(kind)
     assert committed is not None, f"docs/compiler_facts.md has no {kind} section: run python scripts/compiler_facts.py"
     if committed.splitlines()[0] != section.splitlines()[0]:
-        warnings.warn(f"docs/compiler_facts.md's {kind} section comes from another compiler "
-                      f"({committed.splitlines()[0]!r}, here {section.splitlines()[0]!r}): not compared")
+        warnings.warn(
+            f"docs/compiler_facts.md's {kind} section comes from another compiler "
+            f"({committed.splitlines()[0]!r}, here {section.splitlines()[0]!r}): not compared"
+        )
         return
-    assert committed == section, (f"docs/compiler_facts.md's {kind} section is stale: run "
-                                  "python scripts/compiler_facts.py")
+    assert committed == section, (
+        f"docs/compiler_facts.md's {kind} section is stale: run python scripts/compiler_facts.py"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +59,19 @@ def test_cuda_facts_table_is_current(facts):
 def test_budget_check_catches_element_stores():
     """The PTX of the first vector store<VEC> (nvcc 13): one store per element, a different number
     per element type; no spills. check_budgets names it."""
+
     def row(t, vec, st):
-        arch = dict(regs=32, smem=4096, stack=0, spill_st=0, spill_ld=0, occ=1.0,
-                    widths=collections.Counter({("ld", 128): 5, ("ld", 32): 14, **st}))
+        arch = dict(
+            regs=32,
+            smem=4096,
+            stack=0,
+            spill_st=0,
+            spill_ld=0,
+            occ=1.0,
+            widths=collections.Counter({("ld", 128): 5, ("ld", 32): 14, **st}),
+        )
         return {"name": f"fwd_apply_kernel<1, {vec}, {t}>", "base": "fwd_apply_kernel", "vec": vec, 80: arch, 90: arch}
+
     rows = [row("float", 4, {("st", 32): 6}), row("Half", 8, {("st", 32): 3, ("st", 16): 6})]
     bad = cf.check_budgets(rows, {"fwd_apply_kernel"})
     assert any("no 128-bit global store at sm_90" in b for b in bad)
@@ -70,5 +83,5 @@ def test_budget_check_catches_element_stores():
 def test_occupancy_model():
     assert cf.occupancy(90, regs=32, smem=4096, threads=256) == 1.0
     assert cf.occupancy(90, regs=40, smem=4096, threads=256) == 0.75  # 1280 regs/warp: 6 blocks
-    assert cf.occupancy(90, regs=64, smem=0, threads=32) == 0.5       # 32 blocks of one warp
+    assert cf.occupancy(90, regs=64, smem=0, threads=32) == 0.5  # 32 blocks of one warp
     assert cf.occupancy(80, regs=32, smem=48 * 1024, threads=256) == 0.375  # 164 KB / 49 KB: 3 blocks

@@ -4,6 +4,7 @@ Parity rule (tests/conftest.py): the unconverted model in float64 is the referen
 the converted model must match it within atol 1e-10 (errors are ~1e-15). Tiny widths and 32x32
 images keep the file fast on a 2-core CPU.
 """
+
 import copy
 import logging
 import os
@@ -11,14 +12,13 @@ import socket
 
 import pytest
 import torch
+from conftest import assert_parity, requires_cuda
 from torch import nn
 
 import i2i_fast
 from i2i_fast.bench import steps
 from i2i_fast.convert import Folded, FusedResidualBlock, FusedResnetAdaILNBlock
 from i2i_fast.models import cyclegan, munit, stargan, ugatit, unit
-
-from conftest import assert_parity, requires_cuda
 
 F64 = torch.float64
 HAS_RPCONV = hasattr(i2i_fast, "ReflectionPadConv2d")
@@ -41,25 +41,38 @@ def _resnet_g(norm="instance", **kw):
 FAMILIES = {
     "cyclegan_resnet": (lambda: _resnet_g(), lambda: (_img(2, 3, 32, 32),)),
     "cyclegan_resnet_dropout": (lambda: _resnet_g(use_dropout=True), lambda: (_img(2, 3, 32, 32),)),
-    "cyclegan_unet": (lambda: cyclegan.init_weights(cyclegan.UnetGenerator(
-        3, 3, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True)),
-        lambda: (_img(2, 3, 64, 64),)),
+    "cyclegan_unet": (
+        lambda: cyclegan.init_weights(
+            cyclegan.UnetGenerator(3, 3, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True)
+        ),
+        lambda: (_img(2, 3, 64, 64),),
+    ),
     "cyclegan_nlayer": (lambda: cyclegan.define_D(3, 4, "basic", norm="instance"), lambda: (_img(2, 3, 32, 32),)),
     "cyclegan_resnet_batch": (lambda: _resnet_g("batch", use_dropout=True), lambda: (_img(2, 3, 32, 32),)),
-    "pix2pix_unet": (lambda: cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True),
-                     lambda: (_img(2, 3, 128, 128),)),
+    "pix2pix_unet": (
+        lambda: cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True),
+        lambda: (_img(2, 3, 128, 128),),
+    ),
     "pix2pix_dis": (lambda: cyclegan.define_D(6, 4, "basic", norm="batch"), lambda: (_img(2, 6, 32, 32),)),
     "cyclegan_pixel": (lambda: cyclegan.define_D(3, 4, "pixel", norm="instance"), lambda: (_img(2, 3, 16, 16),)),
-    "ugatit_gen_light": (lambda: ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=2, img_size=32, light=True),
-                         lambda: (_img(2, 3, 32, 32),)),
+    "ugatit_gen_light": (
+        lambda: ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=2, img_size=32, light=True),
+        lambda: (_img(2, 3, 32, 32),),
+    ),
     "ugatit_dis": (lambda: ugatit.Discriminator(3, 4, n_layers=5), lambda: (_img(2, 3, 32, 32),)),
-    "stargan_gen": (lambda: stargan.Generator(conv_dim=4, c_dim=3, repeat_num=2),
-                    lambda: (_img(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]], dtype=F64))),
-    "stargan_dis": (lambda: stargan.Discriminator(image_size=32, conv_dim=4, c_dim=3, repeat_num=5),
-                    lambda: (_img(2, 3, 32, 32),)),
+    "stargan_gen": (
+        lambda: stargan.Generator(conv_dim=4, c_dim=3, repeat_num=2),
+        lambda: (_img(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]], dtype=F64)),
+    ),
+    "stargan_dis": (
+        lambda: stargan.Discriminator(image_size=32, conv_dim=4, c_dim=3, repeat_num=5),
+        lambda: (_img(2, 3, 32, 32),),
+    ),
     "unit_encoder": (lambda: unit.Encoder(dim=4, shared_block=unit.ResidualBlock(16)), lambda: (_img(2, 3, 32, 32),)),
-    "unit_generator": (lambda: unit.Generator(dim=4, shared_block=unit.ResidualBlock(16)),
-                       lambda: (_img(2, 16, 8, 8),)),
+    "unit_generator": (
+        lambda: unit.Generator(dim=4, shared_block=unit.ResidualBlock(16)),
+        lambda: (_img(2, 16, 8, 8),),
+    ),
     "munit_adaingen": (lambda: munit.AdaINGen(3, MUNIT_GEN), lambda: (_img(2, 3, 32, 32),)),
     "munit_vaegen": (lambda: munit.VAEGen(3, MUNIT_GEN), lambda: (_img(2, 3, 32, 32),)),
     "munit_dis": (lambda: munit.MsImageDis(3, MUNIT_DIS), lambda: (_img(2, 3, 32, 32),)),
@@ -82,7 +95,7 @@ def fwd_bwd(model, inputs, seed=5):
     model.zero_grad(set_to_none=True)
     dtype = next(model.parameters()).dtype
     inputs = [t.detach().to(dtype).requires_grad_() if t.is_floating_point() else t for t in inputs]
-    torch.manual_seed(seed)                  # dropout / reparameterisation noise
+    torch.manual_seed(seed)  # dropout / reparameterisation noise
     outs = flat(model(*inputs))
     g = torch.Generator().manual_seed(7)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=F64).to(o)).sum() for o in outs)
@@ -119,6 +132,7 @@ def assert_same_state(a, b, what="", exact=True):
 
 # ------------------------------------------------------------------------ parity, fp64
 
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_parity_float64(name):
     ref = build(name)
@@ -128,9 +142,9 @@ def test_family_parity_float64(name):
     inputs = FAMILIES[name][1]()
     r = fwd_bwd(ref, inputs)
     check_parity(fwd_bwd(conv, inputs), r, r, F64, name)
-    assert_same_state(conv, ref, f"{name} after a training-mode forward", exact=False)   # running stats
+    assert_same_state(conv, ref, f"{name} after a training-mode forward", exact=False)  # running stats
     conv.eval(), ref.eval()
-    if name not in ("unit_encoder", "munit_vaegen"):   # eval still samples noise there: fine too
+    if name not in ("unit_encoder", "munit_vaegen"):  # eval still samples noise there: fine too
         r = fwd_bwd(ref, inputs)
         check_parity(fwd_bwd(conv, inputs), r, r, F64, f"{name} eval")
 
@@ -139,13 +153,13 @@ def test_what_convert_fuses_per_family():
     counts = {name: i2i_fast.plan(build(name)).counts() for name in FAMILIES}
     # CycleGAN ResNet, 2 blocks: 9 IN swapped, 7 ReLU folded, 2 residual adds
     assert counts["cyclegan_resnet"] == {"swap": 9, "fold": 7, "residual": 2, **_pad_counts("cyclegan_resnet")}
-    assert counts["ugatit_gen_light"]["swap"] == 4 + 7 + 2          # adaILN, IN (3 + 2 blocks x 2), ILN
+    assert counts["ugatit_gen_light"]["swap"] == 4 + 7 + 2  # adaILN, IN (3 + 2 blocks x 2), ILN
     assert counts["ugatit_gen_light"]["residual"] == 4
-    assert counts["stargan_gen"] == {"swap": 9, "fold": 7, "residual": 2}   # zero padding only
+    assert counts["stargan_gen"] == {"swap": 9, "fold": 7, "residual": 2}  # zero padding only
     assert "swap" not in counts["stargan_dis"] and "swap" not in counts["ugatit_dis"]
-    assert counts["munit_adaingen"]["residual"] == 4 and counts["munit_adaingen"]["swap"] == 7 + 4 + 2   # IN, AdaIN, LN
-    assert counts["munit_dis"]["fold"] == 2 * 2                       # 'in' + lrelu, 2 per scale
-    assert counts["unit_encoder"]["residual"] == 4                    # 3 blocks + the shared one
+    assert counts["munit_adaingen"]["residual"] == 4 and counts["munit_adaingen"]["swap"] == 7 + 4 + 2  # IN, AdaIN, LN
+    assert counts["munit_dis"]["fold"] == 2 * 2  # 'in' + lrelu, 2 per scale
+    assert counts["unit_encoder"]["residual"] == 4  # 3 blocks + the shared one
     c = i2i_fast.convert(build("munit_adaingen"))
     assert type(c.dec.model[0].model[0].model[0].norm).__name__ == "AdaptiveInstanceNorm2d"
     assert isinstance(c.dec.model[0].model[0].model[0].norm, i2i_fast.AdaIN)
@@ -162,15 +176,18 @@ def _pad_counts(name):
 
 # ------------------------------------------------------------------- Triton, fp32
 
-@pytest.mark.parametrize("name,shape", [("cyclegan_resnet", (1, 3, 16, 16)), ("ugatit_gen_light", (1, 3, 16, 16)),
-                                        ("pix2pix_dis", (2, 6, 32, 32))])
+
+@pytest.mark.parametrize(
+    "name,shape",
+    [("cyclegan_resnet", (1, 3, 16, 16)), ("ugatit_gen_light", (1, 3, 16, 16)), ("pix2pix_dis", (2, 6, 32, 32))],
+)
 def test_family_parity_triton(name, shape):
     if not i2i_fast.backends()["triton"][0]:
         pytest.skip(f"triton backend unavailable: {i2i_fast.backends()['triton'][1]}")
     torch.manual_seed(0)
     if name == "cyclegan_resnet":
         ref32 = cyclegan.define_G(3, 3, 2, "resnet_6blocks", norm="instance")
-    elif name == "pix2pix_dis":   # batch norm: statistics over both samples
+    elif name == "pix2pix_dis":  # batch norm: statistics over both samples
         ref32 = cyclegan.define_D(6, 2, "basic", norm="batch")
     else:
         ref32 = ugatit.ResnetGenerator(3, 3, ngf=2, n_blocks=1, img_size=16, light=True)
@@ -183,6 +200,7 @@ def test_family_parity_triton(name, shape):
 
 
 # ------------------------------------------------------------- whole training steps
+
 
 def _adam(params, lr=2e-4, **kw):
     return torch.optim.Adam(list(params), lr=lr, betas=(0.5, 0.999), **kw)
@@ -255,6 +273,7 @@ def test_bench_steps_converted_step_matches(family):
 
 # --------------------------------------------------------------------- torch.compile
 
+
 def _check_compiled(name, backend):
     torch._dynamo.reset()
     conv = i2i_fast.convert(build(name, torch.float32))
@@ -266,7 +285,9 @@ def _check_compiled(name, backend):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_dis", "pix2pix_unet"])
+@pytest.mark.parametrize(
+    "name", ["cyclegan_resnet", "ugatit_gen_light", "munit_adaingen", "pix2pix_dis", "pix2pix_unet"]
+)
 def test_compile_converted_fullgraph(name):
     """fullgraph=True capture + AOT autograd of the converted models (custom ops' fake and
     autograd formulas, FusedResidualBlock, MUNIT's AdaIN assignment). aot_eager skips
@@ -281,8 +302,10 @@ def test_compile_converted_inductor():
 
 # ------------------------------------------------------------------------------- DDP
 
+
 def _ddp_worker(rank, port, path):
     import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -290,7 +313,7 @@ def _ddp_worker(rank, port, path):
         nets = [i2i_fast.convert(n, copy=True) for n in _cyclegan_nets()]
         ddp = [nn.parallel.DistributedDataParallel(n) for n in nets]
         A, B = _img(2, 3, 32, 32, seed=2), _img(2, 3, 32, 32, seed=3)
-        _cyclegan_step(ddp, A[rank:rank + 1], B[rank:rank + 1])    # half the batch per process
+        _cyclegan_step(ddp, A[rank : rank + 1], B[rank : rank + 1])  # half the batch per process
         if rank == 0:
             torch.save([n.state_dict() for n in nets], path)
     finally:
@@ -301,6 +324,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     """One CycleGAN step of converted nets under DDP (2 processes, batch 1 each) equals the
     single-process step on batch 2: instance norm is per sample and every loss is a mean."""
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -315,6 +339,7 @@ def test_ddp_gloo_two_processes(tmp_path):
 
 
 # ------------------------------------------------------------------ convert semantics
+
 
 class MyNorm(nn.Module):
     def forward(self, x):
@@ -334,13 +359,21 @@ class ResnetBlock(nn.Module):
 
 def test_unknown_layers_left_alone():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MyNorm(), nn.ReLU(), nn.GroupNorm(2, 4), nn.ReLU(),
-                      ResnetBlock(), nn.InstanceNorm2d(4), nn.SiLU()).double()
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        MyNorm(),
+        nn.ReLU(),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        ResnetBlock(),
+        nn.InstanceNorm2d(4),
+        nn.SiLU(),
+    ).double()
     pl = i2i_fast.plan(m)
     alone = dict(pl.left_alone)
     assert "unknown norm layer" in alone["1"] and "unknown norm layer" in alone["3"]
     assert "not the known residual structure" in alone["5"]
-    assert {p for p, _ in pl.changes} == {"5.b", "6"}          # IN swapped, SiLU not foldable
+    assert {p for p, _ in pl.changes} == {"5.b", "6"}  # IN swapped, SiLU not foldable
     c = i2i_fast.convert(m, copy=True)
     assert type(c[1]) is MyNorm and type(c[3]) is nn.GroupNorm and type(c[2]) is nn.ReLU
     assert type(c[7]) is nn.SiLU and c[6].activation is None
@@ -360,7 +393,7 @@ def test_single_norm_model_and_1d_norm():
 
 def test_look_alike_with_wrong_shapes_is_not_swapped():
     bad = ugatit.ILN(4)
-    bad.gamma = nn.Parameter(torch.ones(4))          # not (1, C, 1, 1): not U-GAT-IT's ILN
+    bad.gamma = nn.Parameter(torch.ones(4))  # not (1, C, 1, 1): not U-GAT-IT's ILN
     m = nn.Sequential(nn.Conv2d(3, 4, 3), bad)
     assert i2i_fast.plan(m).changes == []
     assert "unknown norm layer" in dict(i2i_fast.plan(m).left_alone)["1"]
@@ -382,13 +415,13 @@ def test_pix2pix_batchnorm():
     unet = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch", use_dropout=True)
     pl = i2i_fast.plan(unet)
     c = pl.counts()
-    assert c["swap"] == 11 and c["fold"] == 5, pl   # 5 down + 6 up norms; each downnorm feeds an inner block
+    assert c["swap"] == 11 and c["fold"] == 5, pl  # 5 down + 6 up norms; each downnorm feeds an inner block
     assert sum("LeakyReLU(0.2) into the norm" in w for _, w in pl.changes) == 5
     conv = i2i_fast.convert(unet, copy=True)
-    second = conv.model.model[1]                                       # the block below the outermost
-    assert isinstance(second.model[0], nn.LeakyReLU)                   # fed by a conv: not folded
-    assert second.model[2].activation == "leaky_relu"                  # its downnorm computes ...
-    assert isinstance(second.model[3].model[0], Folded)                # ... the inner block's downrelu
+    second = conv.model.model[1]  # the block below the outermost
+    assert isinstance(second.model[0], nn.LeakyReLU)  # fed by a conv: not folded
+    assert second.model[2].activation == "leaky_relu"  # its downnorm computes ...
+    assert isinstance(second.model[3].model[0], Folded)  # ... the inner block's downrelu
     dis = i2i_fast.plan(cyclegan.define_D(6, 4, "basic", norm="batch")).counts()
     assert dis["swap"] == 3 and dis["fold"] == 3
     res = i2i_fast.plan(_resnet_g("batch", use_dropout=True)).counts()
@@ -409,10 +442,11 @@ def test_saved_peak_mib_counts_live_graph_storages():
 
         def run(self):
             x = torch.randn(1024, requires_grad=True)
-            (x * w).sum().backward()                  # saves x (4 KiB) and w (a parameter)
+            (x * w).sum().backward()  # saves x (4 KiB) and w (a parameter)
             y = torch.randn(2048, requires_grad=True)  # the first graph is freed: peak 8 KiB, not 12
             (y[:1024] * y[1024:] * w).sum().backward()
-    assert steps.saved_peak_mib(Stub()) * 2 ** 20 == 8192 + 4096  # y's storage + y[:1024] * y[1024:]
+
+    assert steps.saved_peak_mib(Stub()) * 2**20 == 8192 + 4096  # y's storage + y[:1024] * y[1024:]
 
 
 @pytest.mark.parametrize("family", ["ugatit", "munit"])
@@ -427,6 +461,7 @@ def test_converted_step_saves_less_for_backward(family):
 def test_pix2pix_training_step_matches():
     """pix2pix (BatchNorm U-Net + BatchNorm PatchGAN, dropout): one converted step with the fused
     losses vs the original step in float64: losses, every parameter and running statistic."""
+
     def run(converted):
         torch.manual_seed(0)
         fam = steps.FAMILIES["pix2pix"]("cpu", True)
@@ -434,8 +469,9 @@ def test_pix2pix_training_step_matches():
         if converted:
             nets = [i2i_fast.convert(n, copy=True) for n in nets]
         data = tuple(t.double() for t in fam.data)
-        torch.manual_seed(1)   # dropout masks
+        torch.manual_seed(1)  # dropout masks
         return nets, fam.step(nets, fam.opts(nets), data, converted)
+
     (ref, lr_), (conv, lc) = run(False), run(True)
     assert isinstance(conv[1].model[3], i2i_fast.BatchNorm2d)
     for k in lr_:
@@ -453,12 +489,30 @@ def test_cyclegan_fused_step_with_other_criteria():
         fused = _cyclegan_nets()
         orig_crit = cyclegan.GANLoss(crit.gan_mode, float(crit.real_label), float(crit.fake_label))
         G_A, G_B, D_A, D_B = ref
-        lr_ = cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, _adam(list(G_A.parameters()) + list(G_B.parameters())),
-                                     _adam(list(D_A.parameters()) + list(D_B.parameters())), orig_crit.double())
+        lr_ = cyclegan.training_step(
+            G_A,
+            G_B,
+            D_A,
+            D_B,
+            A,
+            B,
+            _adam(list(G_A.parameters()) + list(G_B.parameters())),
+            _adam(list(D_A.parameters()) + list(D_B.parameters())),
+            orig_crit.double(),
+        )
         G_A, G_B, D_A, D_B = fused
-        lf = cyclegan.training_step(G_A, G_B, D_A, D_B, A, B, _adam(list(G_A.parameters()) + list(G_B.parameters())),
-                                    _adam(list(D_A.parameters()) + list(D_B.parameters())), crit.double(),
-                                    fused_losses=True)
+        lf = cyclegan.training_step(
+            G_A,
+            G_B,
+            D_A,
+            D_B,
+            A,
+            B,
+            _adam(list(G_A.parameters()) + list(G_B.parameters())),
+            _adam(list(D_A.parameters()) + list(D_B.parameters())),
+            crit.double(),
+            fused_losses=True,
+        )
         for k in ("G", "D_A", "D_B"):
             assert_parity(lf[k], lr_[k], lr_[k], F64, f"{type(crit).__module__} loss {k}")
 
@@ -471,7 +525,7 @@ def test_unet_fold_needs_inplace_activation():
         if isinstance(m, nn.LeakyReLU):
             m.inplace = False
     assert "fold" not in i2i_fast.plan(unet).counts()
-    hooked = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch")   # a hook on an inner model: no fold
+    hooked = cyclegan.define_G(3, 3, 4, "unet_128", norm="batch")  # a hook on an inner model: no fold
     hooked.model.model[1].model[3].model.register_forward_pre_hook(lambda m, args: None)
     assert i2i_fast.plan(hooked).counts()["fold"] == 4
     conv = i2i_fast.convert(unet, copy=True).double()
@@ -484,13 +538,13 @@ def test_load_original_checkpoint():
     for name in ("stargan_gen", "ugatit_gen_light", "munit_adaingen"):
         orig = build(name)
         torch.manual_seed(123)
-        conv = i2i_fast.convert(FAMILIES[name][0]().double())          # other weights
-        conv.load_state_dict(orig.state_dict())                         # strict
+        conv = i2i_fast.convert(FAMILIES[name][0]().double())  # other weights
+        conv.load_state_dict(orig.state_dict())  # strict
         orig.eval(), conv.eval()
         inputs = FAMILIES[name][1]()
         r = fwd_bwd(orig, inputs)
         check_parity(fwd_bwd(conv, inputs), r, r, F64, f"{name} loaded")
-        orig.load_state_dict(conv.state_dict())                         # and back
+        orig.load_state_dict(conv.state_dict())  # and back
 
 
 def test_inplace_keeps_parameter_objects_and_optimizer():
@@ -513,8 +567,8 @@ def test_hooks_block_fusion_but_keep_working():
     m.model[10].register_forward_hook(lambda mod, i, o: None)
     c = i2i_fast.convert(m, copy=True)
     assert isinstance(c.model[2], i2i_fast.InstanceNorm2d) and c.model[2].activation is None
-    assert type(c.model[3]) is nn.ReLU                     # not folded: the hook sees the norm output
-    assert type(c.model[10]).__name__ == "ResnetBlock"     # hooked block not replaced
+    assert type(c.model[3]) is nn.ReLU  # not folded: the hook sees the norm output
+    assert type(c.model[10]).__name__ == "ResnetBlock"  # hooked block not replaced
     assert isinstance(c.model[11], FusedResidualBlock)
     x = FAMILIES["cyclegan_resnet"][1]()[0]
     with torch.no_grad():
@@ -526,7 +580,9 @@ def test_hooks_block_fusion_but_keep_working():
 def test_shared_modules_stay_shared():
     torch.manual_seed(0)
     shared = unit.ResidualBlock(16)
-    pair = nn.ModuleDict({"E1": unit.Encoder(dim=4, shared_block=shared), "E2": unit.Encoder(dim=4, shared_block=shared)})
+    pair = nn.ModuleDict(
+        {"E1": unit.Encoder(dim=4, shared_block=shared), "E2": unit.Encoder(dim=4, shared_block=shared)}
+    )
     c = i2i_fast.convert(pair.double())
     assert c["E1"].shared_block is c["E2"].shared_block
     assert isinstance(c["E1"].shared_block, FusedResidualBlock)
@@ -547,7 +603,7 @@ def test_plan_changes_nothing_and_convert_logs(caplog):
 
 def test_munit_after_forward_and_layer_norm_in_linear_block():
     g = build("munit_adaingen")
-    g(FAMILIES["munit_adaingen"][1]()[0])       # AdaIN layers now hold non-leaf weight/bias
+    g(FAMILIES["munit_adaingen"][1]()[0])  # AdaIN layers now hold non-leaf weight/bias
     c = i2i_fast.convert(g, copy=True)
     assert c.get_num_adain_params(c.dec) == g.get_num_adain_params(g.dec)
     blk = munit.LinearBlock(4, 4, norm="ln")
@@ -574,11 +630,13 @@ def test_cuda_device_and_parity():
     assert all(t.is_cuda for t in conv.state_dict().values())
     inputs = (_img(2, 3, 32, 32, dtype=torch.float32).cuda(),)
     ref64 = copy.deepcopy(ref).double()
-    check_parity(fwd_bwd(conv, inputs), fwd_bwd(ref, inputs), fwd_bwd(ref64, [t.double() for t in inputs]),
-                 torch.float32, "cuda")
+    check_parity(
+        fwd_bwd(conv, inputs), fwd_bwd(ref, inputs), fwd_bwd(ref64, [t.double() for t in inputs]), torch.float32, "cuda"
+    )
 
 
 # ----------------------------------------- fusions that need features from other branches
+
 
 @pytest.mark.skipif(not HAS_RPCONV, reason="i2i_fast.ReflectionPadConv2d not in this build (branch pad)")
 def test_pad_conv_fusion():
@@ -597,7 +655,7 @@ def test_pad_conv_fusion():
 @pytest.mark.skipif(not HAS_OUT_PAD, reason="i2i_fast norms have no out_pad option in this build (lead's branch)")
 def test_out_pad_fusion():
     c = i2i_fast.convert(build("cyclegan_resnet"))
-    blk = c.model[10].conv_block            # pad, conv, IN(relu, out_pad=1), Folded, Folded, conv, IN
+    blk = c.model[10].conv_block  # pad, conv, IN(relu, out_pad=1), Folded, Folded, conv, IN
     assert blk[2].out_pad == 1 and isinstance(blk[4], Folded) and type(blk[5]) is nn.Conv2d
     u = i2i_fast.convert(build("ugatit_gen_light"))
     assert u.UpBlock1_1.norm1.out_pad == 1 and isinstance(u.UpBlock1_1.pad2, Folded)
@@ -607,6 +665,7 @@ def test_out_pad_fusion():
 
 
 # ------------------------------------------ identity: convert in place, the trainers' way
+
 
 @pytest.mark.parametrize("family", ["cyclegan", "unit"])
 def test_trainer_builds_optimizers_then_converts(family):
@@ -618,7 +677,7 @@ def test_trainer_builds_optimizers_then_converts(family):
     torch.manual_seed(0)
     fam = steps.FAMILIES[family]("cpu", True)
     nets = [n.double() for n in fam.nets]
-    twin = copy.deepcopy(nets)                      # one deepcopy: the twin shares its blocks too
+    twin = copy.deepcopy(nets)  # one deepcopy: the twin shares its blocks too
     data = tuple(t.double() for t in fam.data)
     opts, twin_opts = fam.opts(nets), fam.opts(twin)
     ids = [id(p) for n in nets for p in n.parameters()]
@@ -661,7 +720,7 @@ def test_fusion_never_crosses_a_container_another_model_shares():
     i2i_fast.convert(a)
     assert type(a[1]) is nn.ReLU and a[0][1].activation is None
     assert "used elsewhere" in dict(i2i_fast.plan(a).left_alone).get("0.1", "used elsewhere")
-    torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)   # the shared IN is swapped: fp64 rounding
+    torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)  # the shared IN is swapped: fp64 rounding
 
 
 def test_revert_gives_back_the_original_modules():
@@ -669,7 +728,7 @@ def test_revert_gives_back_the_original_modules():
         m = build(name)
         text, ids = repr(m), [id(p) for p in m.parameters()]
         inputs = FAMILIES[name][1]()
-        ref = fwd_bwd(copy.deepcopy(m), inputs)      # a twin: spectral norm's forward steps its state
+        ref = fwd_bwd(copy.deepcopy(m), inputs)  # a twin: spectral norm's forward steps its state
         i2i_fast.convert(m)
         r = i2i_fast.revert(m)
         assert r is m and repr(r) == text, name
@@ -678,7 +737,7 @@ def test_revert_gives_back_the_original_modules():
         got = fwd_bwd(r, inputs)
         assert all(torch.equal(a, b) for a, b in zip(got[0] + got[1], ref[0] + ref[1])), name
         assert all(torch.equal(got[2][k], ref[2][k]) for k in ref[2]), name
-        i2i_fast.convert(r)                                  # and converted again
+        i2i_fast.convert(r)  # and converted again
         assert isinstance(r, nn.Module) and i2i_fast.plan(r).changes == []
 
 
@@ -694,6 +753,7 @@ def test_revert_after_moving_the_converted_model():
 
 # ------------------------------------------------- recognition by meaning, not by names
 
+
 class DoubledIN(nn.InstanceNorm2d):
     def forward(self, x):
         return 2 * super().forward(x) + 1
@@ -705,7 +765,7 @@ class CheckedIN(nn.InstanceNorm2d):
             raise ValueError("4-D only")
 
 
-class HalfSkip(nn.Module):                       # CycleGAN's child name, another forward
+class HalfSkip(nn.Module):  # CycleGAN's child name, another forward
     def __init__(self, c):
         super().__init__()
         self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.InstanceNorm2d(c))
@@ -714,12 +774,12 @@ class HalfSkip(nn.Module):                       # CycleGAN's child name, anothe
         return x + 0.5 * self.conv_block(x)
 
 
-class ReluAfterAdd(HalfSkip):                    # activation after the add
+class ReluAfterAdd(HalfSkip):  # activation after the add
     def forward(self, x):
         return torch.relu(x + self.conv_block(x))
 
 
-class DropoutOnSkip(HalfSkip):                   # an extra child: dropout on the body's output
+class DropoutOnSkip(HalfSkip):  # an extra child: dropout on the body's output
     def __init__(self, c):
         super().__init__(c)
         self.drop = nn.Dropout(0.5)
@@ -728,7 +788,7 @@ class DropoutOnSkip(HalfSkip):                   # an extra child: dropout on th
         return x + self.drop(self.conv_block(x))
 
 
-class MyResBlock(HalfSkip):                      # anyone's block computing x + body(x): fused
+class MyResBlock(HalfSkip):  # anyone's block computing x + body(x): fused
     def forward(self, x):
         residual = x
         out = self.conv_block(x)
@@ -771,9 +831,18 @@ class ILN(nn.Module):
 
 def test_look_alikes_are_left_alone_with_the_reason():
     torch.manual_seed(0)
-    m = nn.ModuleDict({"doubled": DoubledIN(4), "checked": CheckedIN(4), "halfskip": HalfSkip(4), "reluadd": ReluAfterAdd(4),
-                       "dropskip": DropoutOnSkip(4), "mine": MyResBlock(4), "noskip": NoSkipAdaILNBlock(4),
-                       "ilnlike": ILN(4)}).double()
+    m = nn.ModuleDict(
+        {
+            "doubled": DoubledIN(4),
+            "checked": CheckedIN(4),
+            "halfskip": HalfSkip(4),
+            "reluadd": ReluAfterAdd(4),
+            "dropskip": DropoutOnSkip(4),
+            "mine": MyResBlock(4),
+            "noskip": NoSkipAdaILNBlock(4),
+            "ilnlike": ILN(4),
+        }
+    ).double()
     pl = i2i_fast.plan(m)
     alone = dict(pl.left_alone)
     assert "overrides forward" in alone["doubled"]
@@ -801,7 +870,8 @@ def test_known_names_with_another_forward_say_why():
 
 def test_numerical_check_rejects_a_wrong_rewrite():
     import importlib
-    cv = importlib.import_module("i2i_fast.convert")   # the module (i2i_fast.convert is the function)
+
+    cv = importlib.import_module("i2i_fast.convert")  # the module (i2i_fast.convert is the function)
     blk = MyResBlock(4).double()
     assert cv._mismatch(blk, lambda c: c, 4, kind="test-same") is None
     why = cv._mismatch(blk, lambda c: c.conv_block, 4, kind="test-body-only")

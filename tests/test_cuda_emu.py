@@ -8,20 +8,20 @@ runs AND across block orders (forward, reverse, shuffled), which is how a missin
 a dependence on block order shows; the split-plane paths are forced through the emulated SM
 count. The last test asserts that every __global__ kernel in kernels/ was launched.
 """
+
 import itertools
 import os
 import subprocess
 import sys
 
+import cuda_emu
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import assert_parity, offset_planes, requires_cuda
 
 import i2i_fast
 from i2i_fast import functional as F
-
-import cuda_emu
-from conftest import assert_parity, offset_planes, requires_cuda
 
 if not i2i_fast.backends()["cpu"][0]:
     pytest.skip("i2i_fast._C not built", allow_module_level=True)
@@ -97,9 +97,13 @@ def test_emulation_catches_known_defects(on):
         run("last_block", x, 7)
     on.set_order("forward", 0)
     assert run("uninit_shared", x, 0)[:256].isnan().all(), "shared memory is not poisoned between blocks"
-    for what, arg, msg in [("big_shared", 0, "48 KB"), ("shuffle", 48, "full mask"),
-                           ("block_too_big", 2048, "block of 2048"), ("grid_y_too_big", 70000, "grid dimension"),
-                           ("empty_grid", 0, "empty grid")]:
+    for what, arg, msg in [
+        ("big_shared", 0, "48 KB"),
+        ("shuffle", 48, "full mask"),
+        ("block_too_big", 2048, "block of 2048"),
+        ("grid_y_too_big", 70000, "grid dimension"),
+        ("empty_grid", 0, "empty grid"),
+    ]:
         with pytest.raises(RuntimeError, match=msg):
             run(what, x, arg)
     torch.testing.assert_close(run("shuffle", x, 64)[:31], torch.arange(1, 32, dtype=torch.float32))
@@ -110,24 +114,31 @@ def test_entry_points_check_the_device_before_guarding():
     that the tensor is on a CUDA device first (c10's guard would fail with its own message),
     and none builds a CUDAGuard directly."""
     import re
+
     for name, path in ((os.path.basename(p), p) for p in cuda_emu.kernel_sources()):
         src = open(path).read()
         assert "CUDAGuard guard" not in src, f"{name}: a CUDAGuard made without the device check"
         impls = re.findall(r'm\.impl\("\w+", &(\w+)\)', src)
         for fn in impls:
-            body = src[src.index(f" {fn}(", 0):]
-            body = body[:body.index("\n}\n")]
+            body = src[src.index(f" {fn}(", 0) :]
+            body = body[: body.index("\n}\n")]
             assert "device_guard(" in body, f"{name}:{fn} has no device_guard"
 
 
-@pytest.mark.parametrize("test", ["test_instance_norm.test_cpp_op_checks_its_own_arguments",
-                                  "test_reflection_pad.test_pad_cpp_op_checks_its_own_arguments",
-                                  "test_losses.test_cpp_op_checks_its_own_arguments",
-                                  "test_spectral_norm.test_bad_input"])
+@pytest.mark.parametrize(
+    "test",
+    [
+        "test_instance_norm.test_cpp_op_checks_its_own_arguments",
+        "test_reflection_pad.test_pad_cpp_op_checks_its_own_arguments",
+        "test_loss.test_cpp_op_checks_its_own_arguments",
+        "test_spectral_norm.test_bad_input",
+    ],
+)
 def test_cuda_entry_points_refuse_bad_arguments(on, test):
     """The raw-op bad-input tests, run with the CUDA entry points swapped in: each refuses the
     same arguments with the same message as the CPU op (the checks are shared host code)."""
     import importlib
+
     module, name = test.split(".")
     before = cuda_emu.EmulatedCuda.redirected
     getattr(importlib.import_module(module), name)()
@@ -135,7 +146,8 @@ def test_cuda_entry_points_refuse_bad_arguments(on, test):
 
 
 def test_norm_coefs_entry_points_refuse_bad_arguments(on):
-    from test_norm_family import test_coefs_bad_input
+    from test_plane_norm import test_coefs_bad_input
+
     before = cuda_emu.EmulatedCuda.redirected
     test_coefs_bad_input("", RuntimeError)
     assert cuda_emu.EmulatedCuda.redirected > before
@@ -144,8 +156,10 @@ def test_norm_coefs_entry_points_refuse_bad_arguments(on):
 def test_schemas_generated_from_ops_cpp(emu):
     for s in cuda_emu.schemas():
         name = s.split("(", 1)[0]
-        assert str(getattr(torch.ops.i2i_fast_emu, name).default._schema).split("::", 1)[1] == \
-            str(getattr(torch.ops.i2i_fast, name).default._schema).split("::", 1)[1]
+        assert (
+            str(getattr(torch.ops.i2i_fast_emu, name).default._schema).split("::", 1)[1]
+            == str(getattr(torch.ops.i2i_fast, name).default._schema).split("::", 1)[1]
+        )
 
 
 def test_sm_count_is_settable(emu):
@@ -158,6 +172,7 @@ def test_sm_count_is_settable(emu):
 # ------------------------------------------------------------------ instance norm
 def _in_check(shape, dtype, act="leaky_relu", affine=True, residual=True, channels_last=False, pad=0):
     from test_instance_norm import check_all
+
     check_all(shape, dtype, "cpu", "cpu", affine, act, residual, channels_last, pad)
 
 
@@ -211,12 +226,14 @@ def test_instance_norm_out_pad_split_and_orders(on, sms, channels_last):
         y = F.instance_norm(x, weight=w, bias=b, activation="relu", out_pad=1)
         y.backward(torch.randn_like(y))
         return [y.detach(), x.grad, w.grad, b.grad]
+
     same_across_orders(on, run)
     on.set_sm_count(H200_SMS)
 
 
-@pytest.mark.parametrize("affine,act,residual", list(itertools.product([False, True], ["relu", "tanh", None],
-                                                                       [False, True])))
+@pytest.mark.parametrize(
+    "affine,act,residual", list(itertools.product([False, True], ["relu", "tanh", None], [False, True]))
+)
 def test_instance_norm_options(on, affine, act, residual):
     _in_check((2, 5, 9, 8), torch.float32, act, affine, residual)
 
@@ -322,6 +339,7 @@ def test_instance_norm_deterministic_across_block_orders(on):
             y.backward(torch.randn_like(y))
             out += [y.detach(), x.grad, w.grad, b.grad]
         return out
+
     same_across_orders(on, run)
 
 
@@ -333,7 +351,8 @@ FAMILY = ["iln", "adalin", "layer_norm", "adain", "instance_norm", "batch_norm"]
 @pytest.mark.parametrize("shape", [(2, 6, 9, 11), (3, 5, 7, 1), (1, 2, 64, 65)], ids=str)
 @pytest.mark.parametrize("norm", FAMILY)
 def test_norm_family_parity(on, norm, shape, dtype):
-    from test_norm_family import check
+    from test_plane_norm import check
+
     pad = 1 if min(shape[2:]) > 1 else 0
     check(norm, "cpu", shape, dtype, "leaky_relu", True, pad)
     check(norm, "cpu", shape, dtype, None, False, 0, channels_last=True)
@@ -345,7 +364,8 @@ def test_statistics_at_large_offsets(on, sms):
     hold the parity rule at x + 1e3..1e6, one block per plane and split into chunks (sms=1);
     before: fp32 Welford per thread and fp32 Chan merges."""
     from test_instance_norm import check_x
-    from test_norm_family import check
+    from test_plane_norm import check
+
     on.set_sm_count(sms)
     check_x(offset_planes((2, 3, 6, 6), 1e6), "cpu")
     check_x(torch.randn(1, 2, 96, 96, generator=torch.Generator().manual_seed(0)) + 1e3, "cpu")
@@ -357,11 +377,12 @@ def test_edge_rules(on):
     """Torch's edge values on the CUDA kernels: eps = 0 with zero variance and denormals,
     eval mode's gradient at an infinite input, NaN/Inf loss gradients (the CPU tests' cases)."""
     import test_instance_norm
-    import test_losses
+    import test_loss
+
     test_instance_norm.test_eps0_zero_variance_and_denormals("cpu")
     test_instance_norm.test_eval_mode_gradient_with_infinite_input("cpu")
-    for mode in test_losses.MODES:
-        test_losses.test_nan_inf_gradients_like_original("cpu", mode)
+    for mode in test_loss.MODES:
+        test_loss.test_nan_inf_gradients_like_original("cpu", mode)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -371,7 +392,8 @@ def test_norm_family_split_and_orders(on, norm, channels_last):
     instance norm): per-plane reductions split over several blocks (an uneven last chunk) and
     merged in a fixed order; bitwise the same in every block order. channels_last: 3 channels
     (a partial tile of 32), read in place."""
-    from test_norm_family import make_params, ours
+    from test_plane_norm import make_params, ours
+
     on.set_sm_count(1)
     n, c = (2, 1) if norm == "batch_norm" else (1, 2)
     c = 3 if channels_last else c
@@ -383,6 +405,7 @@ def test_norm_family_split_and_orders(on, norm, channels_last):
         y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
         y.backward(torch.randn(y.shape).contiguous(memory_format=layout))
         return [y.detach(), x.grad] + [t.grad for t in (gamma, beta) if t.grad is not None]
+
     got = {}
     first = launches(on, lambda: got.update(r=same_across_orders(on, run)))
     assert first.get("stats_merge_kernel") and first.get("sums_merge_kernel"), first
@@ -410,9 +433,10 @@ def test_batch_norm_module_running_stats(on):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_pad_parity(on, dtype, channels_last):
     from test_reflection_pad import PAD_CASES, _pad_case
+
     for shape, pad in PAD_CASES:
         r = _pad_case("cpu", shape, pad, dtype, channels_last)
-        (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+        (yo, go), (yt, gt), (_, gr) = r["ours"], r["torch"], r["ref"]
         assert yo.dtype == dtype and yo.shape == yt.shape
         if channels_last:
             assert yo.is_contiguous(memory_format=torch.channels_last)
@@ -443,6 +467,7 @@ def test_pad_bitwise_equal_to_cpu_kernels(emu, dtype):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_reflection_pad_conv(on, path, dtype, channels_last):
     from test_reflection_pad import CONV_CASES, _check_conv
+
     for case in CONV_CASES[:3]:
         _check_conv(case, dtype, "cpu", path, channels_last)
 
@@ -451,6 +476,7 @@ def test_pad_and_conv_under_deterministic_algorithms(on):
     """torch's CUDA reflection-pad backward raises under deterministic algorithms; ours runs
     (a gather) and repeats bitwise, for the pad and the pad convolution's padded path."""
     from test_reflection_pad import deterministic_mode
+
     x = torch.randn(2, 4, 12, 13, requires_grad=True)
     m = i2i_fast.ReflectionPadConv2d(4, 5, 3, padding=1)
     runs = []
@@ -468,32 +494,50 @@ def test_pad_deterministic_across_orders(on):
         y = F.reflection_pad2d(x, (3, 1, 2, 4))
         y.backward(torch.randn_like(y))
         return [y.detach(), x.grad]
+
     same_across_orders(on, run)
 
 
 # ------------------------------------------------------------------ losses
 @pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
 def test_loss_parity(on, dtype):
-    from test_losses import MODES, UGATIT_SHAPES, check, original, preds_like
+    from test_loss import MODES, UGATIT_SHAPES, check, original, preds_like
+
     masters = [preds_like(s, seed=i) for i, s in enumerate(UGATIT_SHAPES)]
     reals = [True, False] * 4
     for mode in MODES:
-        check(lambda ts: F.gan_loss(ts, reals, mode), lambda ts: sum(original(mode, t, r) for t, r in zip(ts, reals)),
-              masters, dtype, what=f"emulated {mode} {dtype}")
-    big = [preds_like((1, 3, 40, 41), seed=1), preds_like((1, 3, 40, 41), seed=2),
-           preds_like((1, 1, 70, 70), seed=3), preds_like((1, 1, 70, 70), seed=4)]
-    check(lambda ts: F.l1_loss([(ts[0], ts[1]), (ts[2], ts[3])], [10.0, 5.0]),
-          lambda ts: 10 * TF.l1_loss(ts[0], ts[1]) + 5 * TF.l1_loss(ts[2], ts[3]), big, dtype,
-          what=f"emulated l1 {dtype}")
+        check(
+            lambda ts: F.gan_loss(ts, reals, mode),
+            lambda ts: sum(original(mode, t, r) for t, r in zip(ts, reals)),
+            masters,
+            dtype,
+            what=f"emulated {mode} {dtype}",
+        )
+    big = [
+        preds_like((1, 3, 40, 41), seed=1),
+        preds_like((1, 3, 40, 41), seed=2),
+        preds_like((1, 1, 70, 70), seed=3),
+        preds_like((1, 1, 70, 70), seed=4),
+    ]
+    check(
+        lambda ts: F.l1_loss([(ts[0], ts[1]), (ts[2], ts[3])], [10.0, 5.0]),
+        lambda ts: 10 * TF.l1_loss(ts[0], ts[1]) + 5 * TF.l1_loss(ts[2], ts[3]),
+        big,
+        dtype,
+        what=f"emulated l1 {dtype}",
+    )
 
 
 def test_loss_ticket_path_and_many_terms(on):
     """> 16384 elements: one block per chunk, the last block (ticket) adds the partials; > 24
     terms: several launches of one table each. Bitwise the same in every block order and
     equal to float64 within the rule; one forward launch for the ticket call."""
-    from test_losses import original, preds_like
-    big = [preds_like((2, 1, 100, 100), seed=1).float().requires_grad_(),
-           preds_like((1, 1, 30, 30), seed=2).float().requires_grad_()]
+    from test_loss import original, preds_like
+
+    big = [
+        preds_like((2, 1, 100, 100), seed=1).float().requires_grad_(),
+        preds_like((1, 1, 30, 30), seed=2).float().requires_grad_(),
+    ]
     many = [preds_like((1, 1, 3 + i % 4, 5), seed=10 + i).float().requires_grad_() for i in range(30)]
 
     def run():
@@ -502,6 +546,7 @@ def test_loss_ticket_path_and_many_terms(on):
             loss = F.gan_loss(ts, True, mode)
             out += [loss.detach()] + list(torch.autograd.grad(loss, ts))
         return out
+
     got = launches(on, lambda: same_across_orders(on, run))
     runs = 2 + len(ORDERS)
     assert got["loss_fwd_kernel"] == runs * (1 + 2), got  # per run: big 1 launch, many 2 groups
@@ -515,7 +560,8 @@ def test_loss_ticket_path_and_many_terms(on):
 
 
 def test_loss_reduction_none(on):
-    from test_losses import preds_like
+    from test_loss import preds_like
+
     a = preds_like((1, 1, 30, 30), seed=1).float().requires_grad_()
     outs = F.gan_loss([a], True, reduction="none")
     torch.testing.assert_close(outs[0], (a - 1) ** 2)
@@ -527,6 +573,7 @@ def test_loss_reduction_none(on):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=IDS.get)
 def test_sn_scale_parity_and_orders(on, dtype):
     from test_spectral_norm import _inputs, _run
+
     for shape in [(1, 1), (8, 45), (64, 288)]:
         w, u, v, gy = _inputs(*shape, dtype)
         ref = _run(lambda w, u, v: w / torch.dot(u, torch.mv(w, v)), *(t.double() for t in (w, u, v, gy)))
@@ -539,6 +586,7 @@ def test_sn_scale_parity_and_orders(on, dtype):
 # ------------------------------------------------------------------ a converted model
 def test_converted_cyclegan_generator(on):
     from i2i_fast.models import cyclegan
+
     torch.manual_seed(0)
     net = cyclegan.ResnetGenerator(3, 3, ngf=8, n_blocks=2).double()
     conv = i2i_fast.convert(net, copy=True)
@@ -555,6 +603,7 @@ def test_step_launch_counter_for_the_main_job(emu):
     """steps.use_emulated_launches() gives the main job's "our launches" column: the
     CUDA kernel launches of one converted training step, counted through the emulation."""
     from i2i_fast.bench import steps
+
     assert steps.use_emulated_launches() is None
     try:
         r = steps.Runner("stargan", "converted", "cpu", None)
@@ -605,8 +654,12 @@ def test_out_of_bounds_fails_under_asan(emu, tmp_path):
     libs = cuda_emu.asan_runtime()
     if libs is None:
         pytest.skip("gcc's libasan not found")
-    env = dict(os.environ, LD_PRELOAD=libs, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        LD_PRELOAD=libs,
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]),
+    )
     script = os.path.join(os.path.dirname(__file__), "cuda_emu", "asan_run.py")
     ok = subprocess.run([sys.executable, script, "kernels"], env=env, capture_output=True, text=True, timeout=1200)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-6000:]

@@ -8,18 +8,18 @@ calls, every entry point at huge shapes in grid-only mode (2^31 planes, 2^33 ele
 run, no memory touched), and the kernel parameter limit. The poison, the stream queueing and the
 launch-bounds check are on by default, so tests/test_cuda_emu.py runs every kernel under them.
 """
+
 import os
 import re
 import subprocess
 
+import cuda_emu
 import pytest
 import torch
+from cuda_emu.checks import grid_only, replay_matches_eager
 
 import i2i_fast
 from i2i_fast import functional as F
-
-import cuda_emu
-from cuda_emu.checks import grid_only, replay_matches_eager
 
 if not i2i_fast.backends()["cpu"][0]:
     pytest.skip("i2i_fast._C not built", allow_module_level=True)
@@ -77,21 +77,27 @@ def test_uninitialized_local_read(on):
     line."""
     x = torch.randn(1000)
     pattern = line_of("if (i < n) y[i] = x[i] * s;  // the plain local")
-    with pytest.raises(RuntimeError, match=rf"kernel uninit_local_kernel, block \(1,0,0\): uninitialized local: "
-                                           rf"thread \(\d+,0,0\) stores at {pattern} a value computed from a local "
-                                           r"read before it was written \(stored bytes 0x[0-9a-f]{8}, .* as fp32: "
-                                           r"gcc's -ftrivial-auto-var-init pattern 0xFE\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"kernel uninit_local_kernel, block \(1,0,0\): uninitialized local: "
+        rf"thread \(\d+,0,0\) stores at {pattern} a value computed from a local "
+        r"read before it was written \(stored bytes 0x[0-9a-f]{8}, .* as fp32: "
+        r"gcc's -ftrivial-auto-var-init pattern 0xFE\)",
+    ):
         check("uninit_local", x, 1)
     stack = line_of("if (i < n) y[i] = x[i] * s;  // the stack-resident local")
-    with pytest.raises(RuntimeError, match=rf"kernel uninit_stack_kernel, block \(1,0,0\): uninitialized local: "
-                                           rf"thread \(\d+,0,0\) stores at {stack} a value computed from a local "
-                                           r"read before it was written \(stored bytes 0x7fff7fff, nan as fp32: the "
-                                           r"fiber-stack poison 0x7FFF\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"kernel uninit_stack_kernel, block \(1,0,0\): uninitialized local: "
+        rf"thread \(\d+,0,0\) stores at {stack} a value computed from a local "
+        r"read before it was written \(stored bytes 0x7fff7fff, nan as fp32: the "
+        r"fiber-stack poison 0x7FFF\)",
+    ):
         check("uninit_local", x, 0)
     # legitimate NaN (the inputs' and x86's), inf and large values are not taken for the poison
     special = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e35, -3e35, 0.0, -1.0] * 40)
     special[0] = torch.tensor([-0x400000], dtype=torch.int32).view(torch.float32)[0]  # 0xFFC00000, x86's NaN
-    out = check("freed_workspace", special, 1)[:special.numel()]
+    out = check("freed_workspace", special, 1)[: special.numel()]
     assert torch.equal(out.view(torch.int32), special.view(torch.int32))
 
 
@@ -111,7 +117,7 @@ def test_uninitialized_local_read_with_the_check_off(checks_off):
 
 def test_unwritten_outputs_read_nan(on):
     """Tensors allocated while the emulation runs start as 0xFF bytes, those of
-    at::detail::empty_cpu (csrc/losses.h's outputs) included: NaN in floats, -1 in integers."""
+    at::detail::empty_cpu (csrc/loss.h's outputs) included: NaN in floats, -1 in integers."""
     x = torch.randn(8)
     assert check("empty_cpu", x, 0).isnan().all()
     assert (check("empty_cpu", x, 1) == -1).all()
@@ -126,8 +132,11 @@ def test_workspace_freed_on_another_stream(on):
     the free, right; with immediate launches (streams off), right by luck."""
     x = torch.randn(700)
     assert torch.equal(check("freed_workspace", x, 1)[:700], x)
-    with pytest.raises(RuntimeError, match=r"use after free: thread \(\d+,0,0\) reads at "
-                                           r"tests/cuda_emu/selftest_checks\.cu:\d+ memory freed"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"use after free: thread \(\d+,0,0\) reads at "
+        r"tests/cuda_emu/selftest_checks\.cu:\d+ memory freed",
+    ):
         check("freed_workspace", x, 0)
     on.set_checks(False)
     try:
@@ -150,13 +159,16 @@ def _ticket_replays(emu, fix, eager=False):
 def test_graph_replay_that_skips_a_reset(on):
     """A last-block ticket zeroed by a host store at call time: a captured graph does not repeat
     it, so the second replay reads the ticket as the first replay left it. The access checks
-    report that read with its line. Zeroed by cudaMemsetAsync (as kernels/losses.cu does), the
+    report that read with its line. Zeroed by cudaMemsetAsync (as kernels/loss.cu does), the
     replays equal eager calls."""
     assert _ticket_replays(on, 1) == []
-    with pytest.raises(RuntimeError, match=rf"kernel ticket_sum_kernel, block \(\d+,0,0\): graph replay depends on "
-                                           rf"state its previous replay left: thread \(0,0,0\) reads \(atomically\) "
-                                           rf"at {line_of('if (atomicAdd(ticket, 1u)')} global memory that nothing "
-                                           r"in this replay wrote first"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"kernel ticket_sum_kernel, block \(\d+,0,0\): graph replay depends on "
+        rf"state its previous replay left: thread \(0,0,0\) reads \(atomically\) "
+        rf"at {line_of('if (atomicAdd(ticket, 1u)')} global memory that nothing "
+        r"in this replay wrote first",
+    ):
         _ticket_replays(on, 0)
 
 
@@ -170,8 +182,11 @@ def test_graph_replay_that_skips_a_reset_with_the_check_off(checks_off):
 
 def test_block_over_its_launch_bounds(on):
     x = torch.randn(4)
-    with pytest.raises(RuntimeError, match=r"block of 512 threads exceeds the __launch_bounds__\(256\) of "
-                                           r"bounded_kernel \(tests/cuda_emu/selftest_checks.cu:\d+\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"block of 512 threads exceeds the __launch_bounds__\(256\) of "
+        r"bounded_kernel \(tests/cuda_emu/selftest_checks.cu:\d+\)",
+    ):
         check("launch_bounds", x, 512)
     check("launch_bounds", x, 256)
     on.set_launch_checks(False)
@@ -182,14 +197,26 @@ def _compile_kernel(tmp_path, body: str):
     src = cuda_emu.insert_kernel_checks(body, os.path.join(cuda_emu.HERE, "param_probe.cu"))
     path = tmp_path / "probe.cpp"
     path.write_text(src)
-    return subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-fsyntax-only", "-include",
-                           os.path.join(cuda_emu.HERE, "emu.h"), str(path)], capture_output=True, text=True)
+    return subprocess.run(
+        [
+            os.environ.get("CXX", "c++"),
+            "-std=c++20",
+            "-fsyntax-only",
+            "-include",
+            os.path.join(cuda_emu.HERE, "emu.h"),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_kernel_parameters_over_the_limit_fail_to_build(tmp_path):
     """Every __global__ function gets a static_assert on its parameter buffer (emu.h,
     kMaxKernelParamBytes = 4096: the limit before CUDA 12.1, the build names no newer minimum)."""
-    table = "struct Table {{ char bytes[{}]; int n; }};\n__global__ void k(const Table t, float* out) {{ out[0] = t.n; }}\n"
+    table = (
+        "struct Table {{ char bytes[{}]; int n; }};\n__global__ void k(const Table t, float* out) {{ out[0] = t.n; }}\n"
+    )
     ok = _compile_kernel(tmp_path, table.format(4000))
     assert ok.returncode == 0, ok.stderr
     bad = _compile_kernel(tmp_path, table.format(4096))
@@ -239,17 +266,29 @@ def test_split_plane_norms_under_capture_and_replay(on):
     shape = (1, 4, 96, 96)
     with torch.no_grad():
         before = on.launch_counts()
-        _eager_equal(on, lambda x: ops.instance_norm_fwd(x, w, b, None, None, None, 1e-5, 0, 0.2, 0),
-                     (torch.randn(shape),), [(torch.randn(shape),) for _ in range(2)])
+        _eager_equal(
+            on,
+            lambda x: ops.instance_norm_fwd(x, w, b, None, None, None, 1e-5, 0, 0.2, 0),
+            (torch.randn(shape),),
+            [(torch.randn(shape),) for _ in range(2)],
+        )
         mean, var = torch.randn(1, 4), torch.rand(1, 4) + 0.5
         # the input gradient only: the weight and bias gradients are summed over the batch by
         # host ATen calls inside the entry point, which a capture does not record (the replay
         # shows them as NaN: they read the poisoned sums at capture time)
-        _eager_equal(on, lambda g, x: ops.instance_norm_bwd(g, x, mean, var, w, b, 1e-5, 0, 0.2, True, 0)[0],
-                     (torch.randn(shape), torch.randn(shape)), [(torch.randn(shape), torch.randn(shape)) for _ in range(2)])
+        _eager_equal(
+            on,
+            lambda g, x: ops.instance_norm_bwd(g, x, mean, var, w, b, 1e-5, 0, 0.2, True, 0)[0],
+            (torch.randn(shape), torch.randn(shape)),
+            [(torch.randn(shape), torch.randn(shape)) for _ in range(2)],
+        )
         on.set_sm_count(1)
-        _eager_equal(on, lambda x: F.layer_norm(x, g2, b2, activation="relu"),
-                     (torch.randn(1, 2, 64, 65),), [(torch.randn(1, 2, 64, 65),) for _ in range(2)])
+        _eager_equal(
+            on,
+            lambda x: F.layer_norm(x, g2, b2, activation="relu"),
+            (torch.randn(1, 2, 64, 65),),
+            [(torch.randn(1, 2, 64, 65),) for _ in range(2)],
+        )
         after = on.launch_counts()
     for k in ("fwd_stats_kernel", "bwd_sums_kernel", "stats_merge_kernel"):
         assert after.get(k, 0) > before.get(k, 0), (k, after)
@@ -262,8 +301,12 @@ def test_pad_convolution_under_capture_and_replay(on):
     m = i2i_fast.ReflectionPadConv2d(3, 5, 3, padding=2)
     with torch.no_grad():
         _eager_equal(on, m, (torch.randn(2, 3, 11, 13),), [(torch.randn(2, 3, 11, 13),) for _ in range(2)])
-        _eager_equal(on, lambda x: F.reflection_pad2d(x, (3, 1, 2, 4)), (torch.randn(1, 2, 9, 7),),
-                     [(torch.randn(1, 2, 9, 7),) for _ in range(2)])
+        _eager_equal(
+            on,
+            lambda x: F.reflection_pad2d(x, (3, 1, 2, 4)),
+            (torch.randn(1, 2, 9, 7),),
+            [(torch.randn(1, 2, 9, 7),) for _ in range(2)],
+        )
 
 
 # ------------------------------------------------------------------ launch configurations at huge shapes
@@ -278,10 +321,16 @@ def test_grid_only_plane_counts_past_the_grid_limit(on, planes):
     ops = torch.ops.i2i_fast
     with grid_only(on):
         x = torch.empty(1, planes, 1, 2, dtype=torch.float16)
-        for name, call in [("instance_norm", lambda: ops.instance_norm_fwd(x, None, None, None, None, None, 1e-5, 0, 0.2, 0)),
-                           ("norm plane statistics", lambda: ops.norm_stats(x)),
-                           ("sn_scale", lambda: ops.sn_scale(x.view(planes, 2), torch.empty(planes, dtype=torch.float16),
-                                                             torch.empty(2, dtype=torch.float16)))]:
+        for name, call in [
+            ("instance_norm", lambda: ops.instance_norm_fwd(x, None, None, None, None, None, 1e-5, 0, 0.2, 0)),
+            ("norm plane statistics", lambda: ops.plane_norm_stats(x)),
+            (
+                "spectral_norm_scale",
+                lambda: ops.spectral_norm_scale(
+                    x.view(planes, 2), torch.empty(planes, dtype=torch.float16), torch.empty(2, dtype=torch.float16)
+                ),
+            ),
+        ]:
             with pytest.raises(RuntimeError, match=f"i2i_fast {name}: {planes} {GRID_LIMIT}"):
                 call()
 

@@ -8,6 +8,7 @@
   name is importable.
 - README.md's results block is what scripts/readme_results.py builds from benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,7 @@ def python_blocks(page, text=None):
     for m in _FENCE.finditer(text):
         if m.group(1) != "python":
             continue
-        heads = _HEADING.findall(text[:m.start()])
+        heads = _HEADING.findall(text[: m.start()])
         name = f"{page}: {heads[-1].strip() if heads else 'top'}"
         seen[name] = seen.get(name, 0) + 1
         out.append((name if seen[name] == 1 else f"{name} #{seen[name]}", m.group(2)))
@@ -78,7 +79,7 @@ def named_paths(page, text=None):
 def _expand(p):
     """benchmarks/results/{a,b}/results.json -> the two paths (one brace group)."""
     m = re.search(r"\{([^{}]*)\}", p)
-    return [p[:m.start()] + alt + p[m.end():] for alt in m.group(1).split(",")] if m else [p]
+    return [p[: m.start()] + alt + p[m.end() :] for alt in m.group(1).split(",")] if m else [p]
 
 
 def missing_paths(paths):
@@ -128,17 +129,24 @@ def test_readme_results_block_is_generated():
     rr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rr)
     text = _read("README.md")
-    assert text == rr.expected_readme(text), \
+    assert text == rr.expected_readme(text), (
         "README.md's results block differs from benchmarks/results/: run python scripts/readme_results.py"
+    )
 
 
 def test_checks_can_fail():
     """The checkers above catch a wrong path, a wrong module and a failing block."""
-    page = "README.md: `i2i_fast/no_such_file.py`, [x](docs/no_such_page.md), `kernels/*.nope`, " \
-           "`benchmarks/{results,no_such_dir}/`, `python -m i2i_fast.no_such_module`\n\n" \
-           "```python\nraise RuntimeError\n```\n"
-    assert missing_paths(named_paths("README.md", page)) == \
-        ["benchmarks/no_such_dir/", "docs/no_such_page.md", "i2i_fast/no_such_file.py", "kernels/*.nope"]
+    page = (
+        "README.md: `i2i_fast/no_such_file.py`, [x](docs/no_such_page.md), `kernels/*.nope`, "
+        "`benchmarks/{results,no_such_dir}/`, `python -m i2i_fast.no_such_module`\n\n"
+        "```python\nraise RuntimeError\n```\n"
+    )
+    assert missing_paths(named_paths("README.md", page)) == [
+        "benchmarks/no_such_dir/",
+        "docs/no_such_page.md",
+        "i2i_fast/no_such_file.py",
+        "kernels/*.nope",
+    ]
     assert named_modules("README.md", page) == ["i2i_fast.no_such_module"]
     ((_, code),) = python_blocks("README.md", page)
     with pytest.raises(RuntimeError):

@@ -2,19 +2,19 @@
 INSTALLED torch (inspect.signature, so an argument a new torch adds fails here), and compute
 what that class computes for every combination torch documents: outputs, gradients, buffers
 and state_dict keys, in float64, against torch itself."""
+
 import inspect
 import itertools
 
 import pytest
 import torch
+from conftest import cpu_backends
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm as _TorchSpectralNorm
 
 import i2i_fast
 from i2i_fast import nn as fnn
 from i2i_fast.models import cyclegan, munit, ugatit
-
-from conftest import cpu_backends
 
 # drop-in -> the class it replaces (torch's, or the original network code for the GAN norms)
 TORCH_ORIGINALS = {
@@ -25,7 +25,7 @@ TORCH_ORIGINALS = {
 MODEL_ORIGINALS = {
     fnn.ILN: ugatit.ILN,
     fnn.AdaLIN: ugatit.adaILN,
-    fnn.LayerNorm: munit.LayerNorm,      # MUNIT/UNIT's LayerNorm, not torch.nn.LayerNorm
+    fnn.LayerNorm: munit.LayerNorm,  # MUNIT/UNIT's LayerNorm, not torch.nn.LayerNorm
     fnn.AdaIN: munit.AdaptiveInstanceNorm2d,
     fnn.GANLoss: cyclegan.GANLoss,
 }
@@ -44,8 +44,7 @@ def _params(cls):
 
 def _torch_bases(cls):
     """The torch classes (other than Module itself) a drop-in derives from."""
-    return [b for b in cls.__mro__[1:] if b.__module__.startswith("torch.") and b is not nn.Module
-            and b is not object]
+    return [b for b in cls.__mro__[1:] if b.__module__.startswith("torch.") and b is not nn.Module and b is not object]
 
 
 def test_every_dropin_is_listed():
@@ -64,8 +63,9 @@ def test_every_dropin_is_listed():
     assert fnn.FusedSpectralNorm.__init__ is _TorchSpectralNorm.__init__
 
 
-@pytest.mark.parametrize("ours,orig", list(TORCH_ORIGINALS.items()) + list(MODEL_ORIGINALS.items()),
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "ours,orig", list(TORCH_ORIGINALS.items()) + list(MODEL_ORIGINALS.items()), ids=lambda c: c.__name__
+)
 def test_signature_covers_original(ours, orig):
     """Every parameter of the original: same name, same position when positional, same
     default (DEFAULTS_DIFFER excepted); our extra parameters are keyword-only."""
@@ -74,8 +74,9 @@ def test_signature_covers_original(ours, orig):
         assert p.name in mine, f"{ours.__name__} lacks {orig.__name__}'s argument {p.name!r}"
         j, q = mine[p.name]
         if p.kind is P.POSITIONAL_OR_KEYWORD:
-            assert q.kind is P.POSITIONAL_OR_KEYWORD and j == i, \
+            assert q.kind is P.POSITIONAL_OR_KEYWORD and j == i, (
                 f"{ours.__name__}.{p.name}: position {j} ({q.kind}), {orig.__name__} has it at {i}"
+            )
         elif p.kind is P.KEYWORD_ONLY:
             assert q.kind in (P.KEYWORD_ONLY, P.POSITIONAL_OR_KEYWORD), f"{ours.__name__}.{p.name}"
         else:  # *args / **kwargs in the original: ours must take them too
@@ -85,18 +86,36 @@ def test_signature_covers_original(ours, orig):
     origs = {p.name for p in _params(orig)}
     for name, (_, q) in mine.items():
         if name not in origs:
-            assert q.kind is P.KEYWORD_ONLY and name in FUSION_KWARGS, \
+            assert q.kind is P.KEYWORD_ONLY and name in FUSION_KWARGS, (
                 f"{ours.__name__}.{name}: an extra argument must be a keyword-only fusion option"
+            )
 
 
 def test_documented_argument_lists():
     """The lists the README / the closing note quote, as the installed torch has them."""
     names = {cls.__name__: [p.name for p in _params(orig)] for cls, orig in TORCH_ORIGINALS.items()}
-    assert set(names["InstanceNorm2d"]) >= {"num_features", "eps", "momentum", "affine",
-                                            "track_running_stats", "device", "dtype"}
-    assert set(names["ReflectionPadConv2d"]) >= {"in_channels", "out_channels", "kernel_size", "stride",
-                                                 "padding", "dilation", "groups", "bias", "padding_mode",
-                                                 "device", "dtype"}
+    assert set(names["InstanceNorm2d"]) >= {
+        "num_features",
+        "eps",
+        "momentum",
+        "affine",
+        "track_running_stats",
+        "device",
+        "dtype",
+    }
+    assert set(names["ReflectionPadConv2d"]) >= {
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "bias",
+        "padding_mode",
+        "device",
+        "dtype",
+    }
 
 
 # ------------------------------------------------------------------ norms: parity with torch
@@ -137,8 +156,9 @@ def _compare_norm(cls, tcls, kw, shapes, backend):
     ours = cls(5, **kw, dtype=torch.float64)
     _copy_params(ref, ours)
     assert list(ours.state_dict()) == list(ref.state_dict())
-    assert [(n, tuple(t.shape)) for n, t in ours.named_parameters()] == \
-        [(n, tuple(t.shape)) for n, t in ref.named_parameters()]
+    assert [(n, tuple(t.shape)) for n, t in ours.named_parameters()] == [
+        (n, tuple(t.shape)) for n, t in ref.named_parameters()
+    ]
     xs = [torch.randn(s, dtype=torch.float64) * 2 + 0.5 for s in shapes]
     with i2i_fast.use_backend(backend):
         for train in (True, False, True):
@@ -146,7 +166,7 @@ def _compare_norm(cls, tcls, kw, shapes, backend):
             assert len(got) == len(want)
             for i, (a, b) in enumerate(zip(got, want)):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{kw} train={train} #{i}: {m}")
-    ours.load_state_dict(ref.state_dict())   # and back
+    ours.load_state_dict(ref.state_dict())  # and back
     ref.load_state_dict(ours.state_dict())
 
 
@@ -187,7 +207,7 @@ def test_norm_device_dtype(cls):
     m = cls(3, affine=True, track_running_stats=True, device="meta", dtype=torch.float16)
     assert all(t.is_meta for t in m.state_dict().values())
     assert m.weight.dtype == torch.float16 and m.running_mean.dtype == torch.float16
-    assert m.num_batches_tracked.dtype == torch.long   # as torch: the counter keeps its dtype
+    assert m.num_batches_tracked.dtype == torch.long  # as torch: the counter keeps its dtype
 
 
 def test_instance_norm_num_features_mismatch_warns_as_torch():
@@ -206,7 +226,7 @@ CONV_CASES = [
     dict(padding=3, bias=False),
     dict(padding=1, stride=2),
     dict(padding=1, groups=2),
-    dict(padding=1, groups=4, bias=False),           # depthwise (in = groups = 4)
+    dict(padding=1, groups=4, bias=False),  # depthwise (in = groups = 4)
     dict(padding=2, dilation=2),
     dict(padding=2, dilation=(2, 1), groups=2),
     dict(padding=(1, 2)),
@@ -237,7 +257,7 @@ def _conv_pair(kw, k=3, cin=4, cout=8):
 @pytest.mark.parametrize("kw", CONV_CASES, ids=str)
 def test_conv_matches_torch(kw, backend):
     ours, ref = _conv_pair(kw)
-    for shape in [(2, 4, 9, 10), (4, 7, 8)]:   # batched and unbatched
+    for shape in [(2, 4, 9, 10), (4, 7, 8)]:  # batched and unbatched
         x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
         with i2i_fast.use_backend(backend):
             y = ours(x)
@@ -261,9 +281,13 @@ def test_conv_matches_torch(kw, backend):
         assert path == "conv"
     else:
         assert path == "pad"
-    if mode == "reflect" and set(kw) <= {"padding", "bias", "stride"} and isinstance(kw["padding"], int) \
-            and isinstance(kw.get("stride", 1), int):
-        assert ours.fallback is None       # the default fused path (border on CUDA)
+    if (
+        mode == "reflect"
+        and set(kw) <= {"padding", "bias", "stride"}
+        and isinstance(kw["padding"], int)
+        and isinstance(kw.get("stride", 1), int)
+    ):
+        assert ours.fallback is None  # the default fused path (border on CUDA)
     elif mode == "reflect" and kw.get("padding") not in (0, "valid"):
         assert ours.fallback.startswith("pad: ") and f"fallback={ours.fallback!r}" in repr(ours)
 
@@ -291,7 +315,7 @@ def test_conv_bool_dilation_names_the_argument_order():
     # the module used to take (in, out, k, stride, padding, bias); now nn.Conv2d's order
     with pytest.raises(TypeError, match="pass bias by keyword"):
         fnn.ReflectionPadConv2d(3, 4, 3, 1, 1, False)
-    m = fnn.ReflectionPadConv2d(3, 4, 3, 1, 1, 1, 1, False)   # nn.Conv2d's positional order
+    m = fnn.ReflectionPadConv2d(3, 4, 3, 1, 1, 1, 1, False)  # nn.Conv2d's positional order
     assert m.bias is None and m.fallback is None
 
 
@@ -301,7 +325,7 @@ def test_conv_device_dtype_and_geometry_edits():
     m = fnn.ReflectionPadConv2d(2, 2, 3, padding=1, dtype=torch.float64)
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     m(x)
-    m.dilation = (2, 2)   # editing the geometry after construction re-derives the path
+    m.dilation = (2, 2)  # editing the geometry after construction re-derives the path
     m.padding, m._reversed_padding_repeated_twice = (2, 2), [2, 2, 2, 2]
     ref = nn.Conv2d(2, 2, 3, padding=2, dilation=2, padding_mode="reflect", dtype=torch.float64)
     ref.load_state_dict(m.state_dict())
@@ -313,11 +337,17 @@ def test_conv_device_dtype_and_geometry_edits():
 def test_convert_groups_dilation_and_bias_free_norms():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.ReflectionPad2d(1), nn.Conv2d(4, 8, 3, groups=2),
-        nn.InstanceNorm2d(8, affine=True, bias=False, track_running_stats=True, momentum=None), nn.ReLU(),
-        nn.ReflectionPad2d(2), nn.Conv2d(8, 8, 3, dilation=2, groups=8, bias=False),
-        nn.BatchNorm2d(8, bias=False), nn.LeakyReLU(0.2), nn.Identity(),
-        nn.ReflectionPad2d(1), nn.Conv2d(8, 3, 3, stride=2),
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(4, 8, 3, groups=2),
+        nn.InstanceNorm2d(8, affine=True, bias=False, track_running_stats=True, momentum=None),
+        nn.ReLU(),
+        nn.ReflectionPad2d(2),
+        nn.Conv2d(8, 8, 3, dilation=2, groups=8, bias=False),
+        nn.BatchNorm2d(8, bias=False),
+        nn.LeakyReLU(0.2),
+        nn.Identity(),
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(8, 3, 3, stride=2),
     ).double()
     p = i2i_fast.plan(net)
     text = str(p)
@@ -325,7 +355,7 @@ def test_convert_groups_dilation_and_bias_free_norms():
     conv = i2i_fast.convert(net, copy=True)
     assert list(conv.state_dict()) == list(net.state_dict())
     kinds = [type(m).__name__ for m in conv]
-    assert kinds.count("ReflectionPadConv2d") == 2 and "Conv2d" in kinds   # the dilated one: the norm's out_pad
+    assert kinds.count("ReflectionPadConv2d") == 2 and "Conv2d" in kinds  # the dilated one: the norm's out_pad
     assert isinstance(conv[1], fnn.ReflectionPadConv2d) and conv[1].groups == 2 and "groups=2" in conv[1].fallback
     assert isinstance(conv[2], fnn.InstanceNorm2d) and conv[2].bias is None and conv[2].momentum is None
     assert isinstance(conv[6], fnn.BatchNorm2d) and conv[6].bias is None
@@ -344,18 +374,21 @@ def test_convert_groups_dilation_and_bias_free_norms():
     # plan() of the converted model names the layers off the default path, and why
     again = i2i_fast.plan(conv)
     assert any(p == "1" and "groups=2" in why for p, why in again.left_alone), str(again)
-    assert not again.changes, str(again)   # idempotent
+    assert not again.changes, str(again)  # idempotent
 
 
-@pytest.mark.parametrize("kw", [dict(padding=1, groups=2), dict(padding=(1, 2), dilation=2),
-                                dict(padding=1, padding_mode="circular")], ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [dict(padding=1, groups=2), dict(padding=(1, 2), dilation=2), dict(padding=1, padding_mode="circular")],
+    ids=str,
+)
 def test_conv_general_paths_compile_fullgraph(kw):
     torch._dynamo.reset()
     ours, ref = _conv_pair(kw)
     x = torch.randn(2, 4, 9, 10, dtype=torch.float64, requires_grad=True)
     y = torch.compile(ours, fullgraph=True)(x)
     torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
-    g, = torch.autograd.grad(y.sum(), x)
+    (g,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g, torch.autograd.grad(ref(x).sum(), x)[0], rtol=1e-10, atol=1e-10)
 
 
@@ -383,8 +416,10 @@ def test_norm_bias_false_with_out_pad(cls, backend):
 
 # ----------------------------------------------------- meta tensors: shapes, as torch's do
 
+
 def _meta_cases():
     from i2i_fast import functional as F
+
     c = lambda *s: torch.empty(*s, device="meta")  # noqa: E731
     x = c(2, 4, 6, 7)
     return {  # name -> (call, shape)

@@ -1,4 +1,5 @@
 """examples/train_compare.py runs and writes its loss-curve chart beside the table."""
+
 import importlib.util
 import os
 

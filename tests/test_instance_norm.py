@@ -1,18 +1,18 @@
 """InstanceNorm2d / functional.instance_norm: parity with torch and the float64 reference on
 every backend that runs here, gradients, running stats, drop-in compatibility, compile,
 determinism and bad input."""
+
 import copy
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
 
 import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast import reference
-
-from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
 
 ACTS = [None, "relu", "leaky_relu", "tanh"]
 
@@ -22,15 +22,16 @@ def torch_chain(x, weight, bias, residual, act, slope=0.2, running=None, use_inp
     CycleGAN's nn.ReflectionPad2d(pad)."""
     rm, rv = running if running is not None else (None, None)
     y = TF.instance_norm(x, rm, rv, weight, bias, use_input_stats=use_input_stats)
-    y = {None: lambda t: t, "relu": torch.relu, "tanh": torch.tanh,
-         "leaky_relu": lambda t: TF.leaky_relu(t, slope)}[act](y)
+    y = {None: lambda t: t, "relu": torch.relu, "tanh": torch.tanh, "leaky_relu": lambda t: TF.leaky_relu(t, slope)}[
+        act
+    ](y)
     y = y if residual is None else y + residual
     return torch.nn.ReflectionPad2d(pad)(y) if pad else y
 
 
 def make_inputs(shape, dtype, device, affine, residual, channels_last=False, seed=0, pad=0):
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
     w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5 if affine else None
     b = torch.randn(shape[1], generator=g, dtype=torch.float64) if affine else None
     r = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
@@ -40,6 +41,7 @@ def make_inputs(shape, dtype, device, affine, residual, channels_last=False, see
 
 def run_case(fn, x, w, b, r, gy, dtype, device, channels_last=False):
     """Casts the float64 masters to dtype/device, runs fn forward+backward, returns out and grads."""
+
     def prep(t, layout=False):
         if t is None:
             return None
@@ -47,6 +49,7 @@ def run_case(fn, x, w, b, r, gy, dtype, device, channels_last=False):
         if layout and channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         return t.requires_grad_()
+
     xs, ws, bs, rs = prep(x, True), prep(w), prep(b), prep(r, True)
     out = fn(xs, ws, bs, rs)
     out.backward(gy.to(device=device, dtype=dtype))
@@ -56,8 +59,10 @@ def run_case(fn, x, w, b, r, gy, dtype, device, channels_last=False):
 
 def check_all(shape, dtype, device, backend, affine, act, residual, channels_last=False, pad=0):
     # the float64 reference sees the inputs the dtype runs see (rounded)
-    x, w, b, r, gy = (None if t is None else t.to(dtype).double()
-                      for t in make_inputs(shape, dtype, device, affine, residual, pad=pad))
+    x, w, b, r, gy = (
+        None if t is None else t.to(dtype).double()
+        for t in make_inputs(shape, dtype, device, affine, residual, pad=pad)
+    )
 
     def ours(xs, ws, bs, rs):
         with i2i_fast.use_backend(backend):
@@ -67,8 +72,8 @@ def check_all(shape, dtype, device, backend, affine, act, residual, channels_las
         return torch_chain(xs, ws, bs, rs, act, pad=pad)
 
     def ref(xs, ws, bs, rs):
-        return reference.instance_norm_fwd(xs, ws, bs, rs, None, None, 1e-5,
-                                           reference.ACTIVATIONS[act], 0.2, pad)[0]
+        return reference.instance_norm_fwd(xs, ws, bs, rs, None, None, 1e-5, reference.ACTIVATIONS[act], 0.2, pad)[0]
+
     o, go = run_case(ours, x, w, b, r, gy, dtype, device, channels_last)
     t, gt = run_case(theirs, x, w, b, r, gy, dtype, device, channels_last)
     f, gf = run_case(ref, x, w, b, r, gy, torch.float64, "cpu")
@@ -92,8 +97,10 @@ def check_x(x, backend, act="relu"):
     def theirs(xs, ws, bs, rs):
         return torch_chain(xs, None, None, None, act)
 
-    results = [run_case(fn, x.double(), None, None, None, gy, dt, "cpu")
-               for fn, dt in ((ours, x.dtype), (theirs, x.dtype), (theirs, torch.float64))]
+    results = [
+        run_case(fn, x.double(), None, None, None, gy, dt, "cpu")
+        for fn, dt in ((ours, x.dtype), (theirs, x.dtype), (theirs, torch.float64))
+    ]
     (o, (go,)), (t, (gt,)), (f, (gf,)) = results
     assert_parity(o, t, f, x.dtype, f"{backend} out")
     assert_parity(go, gt, gf, x.dtype, f"{backend} grad x")
@@ -127,6 +134,7 @@ def test_triton_statistics_with_gpu_lane_counts(monkeypatch):
     1024 lanes do on a 1024x1024 plane. fp64 shifted lane sums hold the rule (before, fp32
     lanes: 1.3e-4 where torch had 1.9e-5)."""
     from i2i_fast.triton import instance_norm as tin
+
     monkeypatch.setattr(tin, "_block", lambda hw: 16)
     check_x(torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0)) + 1e3, "triton", act=None)
 
@@ -136,7 +144,10 @@ def test_eps0_zero_variance_and_denormals(backend):
     """eps = 0 on a constant plane: torch's inverse std is 0 where var + eps == 0, so the output is
     the bias, not NaN; denormal planes (variance underflows to 0) give the bias, not +-Inf."""
     w, b = torch.tensor([2.0, 3.0]), torch.tensor([0.5, -0.25])
-    for x in (torch.full((2, 2, 3, 3), 7.0), torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(2)) * 1e-42):
+    for x in (
+        torch.full((2, 2, 3, 3), 7.0),
+        torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(2)) * 1e-42,
+    ):
         x.requires_grad_()
         with i2i_fast.use_backend(backend):
             y = F.instance_norm(x, weight=w, bias=b, eps=0.0)
@@ -183,8 +194,9 @@ def test_parity_cpu_shapes(backend, shape, dtype):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("affine,act,residual",
-                         [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])])
+@pytest.mark.parametrize(
+    "affine,act,residual", [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])]
+)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_parity_cpu_options(backend, affine, act, residual, channels_last):
     check_all((2, 19, 6, 5), torch.float32, "cpu", backend, affine, act, residual, channels_last)
@@ -193,11 +205,16 @@ def test_parity_cpu_options(backend, affine, act, residual, channels_last):
 # The output pad (CycleGAN's IN-ReLU-ReflectionPad2d): every option, both layouts, the edge
 # geometries (pad = H - 1, W = 2, one row), a plane wider than one 16-channel block.
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("affine,act,residual", [(True, "relu", False), (False, None, True),
-                                                 (True, "leaky_relu", True), (True, "tanh", False)])
+@pytest.mark.parametrize(
+    "affine,act,residual",
+    [(True, "relu", False), (False, None, True), (True, "leaky_relu", True), (True, "tanh", False)],
+)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("shape,pad", [((2, 19, 6, 5), 1), ((1, 3, 4, 2), 1), ((2, 2, 5, 7), 3),
-                                       ((1, 17, 3, 3), 2)], ids=["p1", "w2", "p3", "17c-p2"])
+@pytest.mark.parametrize(
+    "shape,pad",
+    [((2, 19, 6, 5), 1), ((1, 3, 4, 2), 1), ((2, 2, 5, 7), 3), ((1, 17, 3, 3), 2)],
+    ids=["p1", "w2", "p3", "17c-p2"],
+)
 def test_parity_cpu_out_pad(backend, affine, act, residual, channels_last, shape, pad):
     check_all(shape, torch.float32, "cpu", backend, affine, act, residual, channels_last, pad)
 
@@ -208,9 +225,12 @@ def test_out_pad_fp64_exact_and_one_op(backend, running):
     """float64 against the float64 reference to rounding, and the pad is fused: one i2i_fast op
     each way on the C++ backends (no separate pad, no plane-norm family path)."""
     x, w, b, r, gy = make_inputs((2, 3, 6, 5), torch.float64, "cpu", True, True, pad=2)
-    rm, rv = (torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5) if running else (None, None)
+    rm, rv = (
+        (torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5) if running else (None, None)
+    )
     xs, ws, bs, rs = (t.clone().requires_grad_() for t in (x, w, b, r))
     from i2i_fast.bench import counting
+
     with i2i_fast.use_backend(backend), counting.OpCounter() as fwd:
         y = F.instance_norm(xs, rm, rv, ws, bs, use_input_stats=not running, activation="relu", residual=rs, out_pad=2)
     with counting.OpCounter() as bwd:
@@ -224,8 +244,10 @@ def test_out_pad_fp64_exact_and_one_op(backend, running):
     if backend == "cpu":
         assert [k for k in fwd.names if k.startswith("i2i_fast::")] == ["i2i_fast::instance_norm_fwd"], fwd.names
         # the residual's gradient: the pad backward of the incoming gradient
-        assert sorted(k for k in bwd.names if k.startswith("i2i_fast::")) == ["i2i_fast::instance_norm_bwd",
-                                                                              "i2i_fast::reflection_pad2d_bwd"], bwd.names
+        assert sorted(k for k in bwd.names if k.startswith("i2i_fast::")) == [
+            "i2i_fast::instance_norm_bwd",
+            "i2i_fast::reflection_pad2d_bwd",
+        ], bwd.names
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -304,6 +326,7 @@ def test_gradcheck(backend, act):
     def f(x, w, b, r):
         with i2i_fast.use_backend(backend):
             return F.instance_norm(x, weight=w, bias=b, activation=act, residual=r)
+
     torch.autograd.gradcheck(f, (x, w, b, r))
     if act in (None, "tanh"):  # relu kinks make finite differences of 2nd order unreliable
         torch.autograd.gradgradcheck(f, (x, w, b, r))
@@ -317,21 +340,25 @@ def test_gradcheck_out_pad(backend, running):
     x, r = (torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
     w = (torch.rand(shape[1], dtype=torch.float64, generator=g) + 0.5).requires_grad_()
     b = torch.randn(shape[1], dtype=torch.float64, generator=g, requires_grad=True)
-    rm, rv = (torch.randn(shape[1], dtype=torch.float64), torch.rand(shape[1], dtype=torch.float64) + 0.5) \
-        if running else (None, None)
+    rm, rv = (
+        (torch.randn(shape[1], dtype=torch.float64), torch.rand(shape[1], dtype=torch.float64) + 0.5)
+        if running
+        else (None, None)
+    )
 
     def f(x, w, b, r):
         with i2i_fast.use_backend(backend):
-            return F.instance_norm(x, rm, rv, w, b, use_input_stats=not running, activation="tanh",
-                                   residual=r, out_pad=2)
+            return F.instance_norm(
+                x, rm, rv, w, b, use_input_stats=not running, activation="tanh", residual=r, out_pad=2
+            )
+
     torch.autograd.gradcheck(f, (x, w, b, r))
     torch.autograd.gradgradcheck(f, (x, w, b, r))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_gradcheck_eval_running_stats(backend):
-    x = torch.randn((2, 3, 2, 2) if backend == "triton" else (2, 3, 4, 5), dtype=torch.float64,
-                    requires_grad=True)
+    x = torch.randn((2, 3, 2, 2) if backend == "triton" else (2, 3, 4, 5), dtype=torch.float64, requires_grad=True)
     w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
@@ -339,6 +366,7 @@ def test_gradcheck_eval_running_stats(backend):
     def f(x, w, b):
         with i2i_fast.use_backend(backend):
             return F.instance_norm(x, rm, rv, w, b, use_input_stats=False, activation="tanh")
+
     torch.autograd.gradcheck(f, (x, w, b))
     torch.autograd.gradgradcheck(f, (x, w, b))
 
@@ -349,7 +377,7 @@ def test_create_graph_residual_only(backend):
     r = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     with i2i_fast.use_backend(backend):
         y = F.instance_norm(x, residual=r)
-    g, = torch.autograd.grad((y * y).sum(), r, create_graph=True)
+    (g,) = torch.autograd.grad((y * y).sum(), r, create_graph=True)
     torch.testing.assert_close(g, 2 * y)
 
 
@@ -358,14 +386,15 @@ def test_wgan_gp_double_backward_through_module():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3).double()
     ours = torch.nn.Sequential(conv, i2i_fast.InstanceNorm2d(4, affine=True, activation="leaky_relu")).double()
-    orig = torch.nn.Sequential(copy.deepcopy(conv), torch.nn.InstanceNorm2d(4, affine=True),
-                               torch.nn.LeakyReLU(0.2)).double()
+    orig = torch.nn.Sequential(
+        copy.deepcopy(conv), torch.nn.InstanceNorm2d(4, affine=True), torch.nn.LeakyReLU(0.2)
+    ).double()
     orig[1].load_state_dict(ours[1].state_dict())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     gps = []
     for m in (ours, orig):
         xi = x.clone().requires_grad_()
-        g, = torch.autograd.grad(m(xi).sum(), xi, create_graph=True)
+        (g,) = torch.autograd.grad(m(xi).sum(), xi, create_graph=True)
         gp = ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
         m.zero_grad()
         gp.backward()
@@ -462,6 +491,7 @@ def test_bitwise_deterministic(backend, channels_last, pad):
     def fn(xs, ws, bs, rs):
         with i2i_fast.use_backend(backend):
             return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="leaky_relu", out_pad=pad)
+
     o1, g1 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
     o2, g2 = run_case(fn, x, w, b, r, gy, torch.float32, "cpu", channels_last)
     assert torch.equal(o1, o2)
@@ -489,10 +519,13 @@ def test_opcheck_cpp(channels_last, running):
     args = _op_args(channels_last=channels_last, running=running)
     torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default, args)
     x = args[0].detach()
-    _, mean, var = torch.ops.i2i_fast.instance_norm_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
-    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default,
-                          (torch.randn_like(x), x, mean, var, args[1].detach(), args[2].detach(),
-                           1e-5, 2, 0.2, not running))
+    _, mean, var = torch.ops.i2i_fast.instance_norm_fwd(
+        *[a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    )
+    torch.library.opcheck(
+        torch.ops.i2i_fast.instance_norm_bwd.default,
+        (torch.randn_like(x), x, mean, var, args[1].detach(), args[2].detach(), 1e-5, 2, 0.2, not running),
+    )
     # without weight and bias: empty (0,) affine gradients, in the fake kernel too
     no_affine = (torch.randn_like(x), x, mean, var, None, None, 1e-5, 2, 0.2, not running)
     torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default, no_affine)
@@ -502,27 +535,31 @@ def test_opcheck_cpp(channels_last, running):
     torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default, args + (2,))
     y = torch.ops.i2i_fast.instance_norm_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args], 2)[0]
     assert y.shape == (2, 3, 9, 8) and y.is_contiguous(memory_format=torch.channels_last) == channels_last
-    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_bwd.default,
-                          (torch.randn_like(y), x, mean, var, args[1].detach(), args[2].detach(),
-                           1e-5, 2, 0.2, not running, 2))
+    torch.library.opcheck(
+        torch.ops.i2i_fast.instance_norm_bwd.default,
+        (torch.randn_like(y), x, mean, var, args[1].detach(), args[2].detach(), 1e-5, 2, 0.2, not running, 2),
+    )
 
 
 @pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
 def test_opcheck_triton():
     dev = "cuda" if HAS_CUDA else "cpu"
-    args = tuple(a.to(dev).detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
-                 for a in _op_args())
+    args = tuple(
+        a.to(dev).detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in _op_args()
+    )
     # Under the CPU interpreter, fake-tensor tracing would hand meta tensors to the interpreter.
-    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
+    utils = ("test_schema", "test_autograd_registration") + (
+        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ()
+    )
     torch.library.opcheck(torch.ops.i2i_fast.triton_instance_norm_fwd.default, args, test_utils=utils)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
-                              i2i_fast.InstanceNorm2d(8, affine=True, track_running_stats=True,
-                                                      activation="relu"))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), i2i_fast.InstanceNorm2d(8, affine=True, track_running_stats=True, activation="relu")
+    )
     ref_net = copy.deepcopy(net)
     x = torch.randn(2, 3, 10, 10)
     with i2i_fast.use_backend(backend):
@@ -636,7 +673,9 @@ def test_use_backend_is_per_thread():
     backend, bitwise its single-threaded result; none sees another's choice."""
     import contextlib
     import threading
+
     from i2i_fast import _backend
+
     x = torch.randn(2, 3, 9, 10)
     names = cpu_backends() + [None]
     want = {}
@@ -671,6 +710,7 @@ def test_use_backend_is_per_thread():
 
 def test_default_backend_on_cpu():
     from i2i_fast import _backend
+
     expected = "cpu" if i2i_fast.backends()["cpu"][0] else "reference"
     assert _backend.select(torch.device("cpu")) == expected
 
@@ -679,8 +719,9 @@ def test_default_backend_on_cpu():
 @requires_cuda
 @pytest.mark.parametrize("backend", cuda_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 7), (1, 37, 63, 65), (4, 64, 32, 32),
-                                   (1, 8, 256, 256), (2, 3, 1023, 3)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 5, 7), (1, 1, 1, 7), (1, 37, 63, 65), (4, 64, 32, 32), (1, 8, 256, 256), (2, 3, 1023, 3)], ids=str
+)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_parity_cuda(backend, dtype, shape, channels_last):
     check_all(shape, dtype, "cuda", backend, True, "leaky_relu", True, channels_last)
@@ -688,8 +729,9 @@ def test_parity_cuda(backend, dtype, shape, channels_last):
 
 @requires_cuda
 @pytest.mark.parametrize("backend", cuda_backends())
-@pytest.mark.parametrize("affine,act,residual",
-                         [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])])
+@pytest.mark.parametrize(
+    "affine,act,residual", [(a, f, r) for a, f, r in itertools.product([False, True], ACTS, [False, True])]
+)
 def test_parity_cuda_options(backend, affine, act, residual):
     check_all((1, 16, 128, 128), torch.float32, "cuda", backend, affine, act, residual)
 
@@ -710,6 +752,7 @@ def test_cuda_deterministic_and_module(backend):
     def fn(xs, ws, bs, rs):
         with i2i_fast.use_backend(backend):
             return F.instance_norm(xs, weight=ws, bias=bs, residual=rs, activation="relu")
+
     o1, g1 = run_case(fn, x, w, b, r, gy, torch.float32, "cuda")
     o2, g2 = run_case(fn, x, w, b, r, gy, torch.float32, "cuda")
     assert torch.equal(o1, o2) and all(torch.equal(a, c) for a, c in zip(g1, g2))
@@ -743,6 +786,7 @@ def test_import_without_extension_falls_back():
     """`import i2i_fast` never fails because the extension is missing: it warns and falls back."""
     import subprocess
     import sys
+
     code = """
 import sys, warnings
 class Block:

@@ -1,6 +1,7 @@
 """gan_loss's eager fast path (functional._gan_loss_fast): the common call skips the Python
 argument walk (cached plan, the C++ op checks the terms). It must give exactly what the checked
 path gives, and step aside for everything it does not check itself."""
+
 import pytest
 import torch
 
@@ -65,10 +66,11 @@ def test_fast_equals_checked(monkeypatch, kw, container):
 def test_fast_path_is_taken(monkeypatch):
     """The U-GAT-IT discriminator call does not walk its arguments in Python."""
     ts = _terms(torch.float32)
-    F.gan_loss(ts, [True, False] * 4, "lsgan")   # plan cached
+    F.gan_loss(ts, [True, False] * 4, "lsgan")  # plan cached
 
     def walked(*a, **k):
         raise AssertionError("the checked path ran")
+
     monkeypatch.setattr(F, "_as_terms", walked)
     monkeypatch.setattr(F, "_gan_plan", walked)
     loss = F.gan_loss(ts, [True, False] * 4, "lsgan")

@@ -22,7 +22,7 @@ SHAPE = (2, 8, 32, 32)
 _TWO_PASS = (
     "the norm family reads x twice (statistics kernel, then apply kernel; sums kernel, then gradient "
     "kernel): a sample's (layer norm, AdaLIN) or a channel's (batch norm) statistics span more than one "
-    "SM holds, so one pass needs a grid-wide barrier with x kept on chip (kernels/norm.cu); the L2 model "
+    "SM holds, so one pass needs a grid-wide barrier with x kept on chip (kernels/plane_norm.cu); the L2 model "
     "keeps the second read off DRAM"
 )
 _CL_SPLIT = (

@@ -5,6 +5,7 @@ The expected state_dict layouts below are written out from the facts in REFERENC
 Big configurations are built on the meta device (no memory, no compute); real forwards use
 small widths and images so the whole file runs in seconds on a CPU.
 """
+
 import copy
 
 import pytest
@@ -44,6 +45,7 @@ def params_changed(before, module):
 
 # ================================================================== CycleGAN / pix2pix
 
+
 def expected_resnet_generator(ngf, n_blocks, norm="instance", dropout=False, in_nc=3, out_nc=3):
     """model.0 pad, 1 conv7, 2 norm, 3 relu | 4-6, 7-9 down | 10.. blocks | 2x convT | pad, conv7, tanh."""
     bias = norm == "instance"
@@ -51,22 +53,36 @@ def expected_resnet_generator(ngf, n_blocks, norm="instance", dropout=False, in_
 
     def add_norm(prefix, c):
         if norm == "batch":
-            exp.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-                        f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()})
+            exp.update(
+                {
+                    f"{prefix}.weight": (c,),
+                    f"{prefix}.bias": (c,),
+                    f"{prefix}.running_mean": (c,),
+                    f"{prefix}.running_var": (c,),
+                    f"{prefix}.num_batches_tracked": (),
+                }
+            )
 
-    exp.update(conv("model.1", ngf, in_nc, 7, bias)); add_norm("model.2", ngf)
-    exp.update(conv("model.4", ngf * 2, ngf, 3, bias)); add_norm("model.5", ngf * 2)
-    exp.update(conv("model.7", ngf * 4, ngf * 2, 3, bias)); add_norm("model.8", ngf * 4)
+    exp.update(conv("model.1", ngf, in_nc, 7, bias))
+    add_norm("model.2", ngf)
+    exp.update(conv("model.4", ngf * 2, ngf, 3, bias))
+    add_norm("model.5", ngf * 2)
+    exp.update(conv("model.7", ngf * 4, ngf * 2, 3, bias))
+    add_norm("model.8", ngf * 4)
     c = ngf * 4
-    second = (5, 6) if not dropout else (6, 7)   # Dropout shifts the second pad/conv/norm by one
+    second = (5, 6) if not dropout else (6, 7)  # Dropout shifts the second pad/conv/norm by one
     for b in range(n_blocks):
         p = f"model.{10 + b}.conv_block"
-        exp.update(conv(f"{p}.1", c, c, 3, bias)); add_norm(f"{p}.2", c)
-        exp.update(conv(f"{p}.{second[0]}", c, c, 3, bias)); add_norm(f"{p}.{second[1]}", c)
+        exp.update(conv(f"{p}.1", c, c, 3, bias))
+        add_norm(f"{p}.2", c)
+        exp.update(conv(f"{p}.{second[0]}", c, c, 3, bias))
+        add_norm(f"{p}.{second[1]}", c)
     i = 10 + n_blocks
-    exp.update(convT(f"model.{i}", c, c // 2, 3, bias)); add_norm(f"model.{i + 1}", c // 2)
-    exp.update(convT(f"model.{i + 3}", c // 2, c // 4, 3, bias)); add_norm(f"model.{i + 4}", c // 4)
-    exp.update(conv(f"model.{i + 7}", out_nc, ngf, 7, True))      # last conv always has a bias
+    exp.update(convT(f"model.{i}", c, c // 2, 3, bias))
+    add_norm(f"model.{i + 1}", c // 2)
+    exp.update(convT(f"model.{i + 3}", c // 2, c // 4, 3, bias))
+    add_norm(f"model.{i + 4}", c // 4)
+    exp.update(conv(f"model.{i + 7}", out_nc, ngf, 7, True))  # last conv always has a bias
     return exp
 
 
@@ -85,16 +101,21 @@ def test_cyclegan_resnet_generator_state_dict(n_blocks):
 def test_cyclegan_resnet_generator_variants_state_dict():
     with META:
         g = cyclegan.ResnetGenerator(3, 3, 16, norm_layer=cyclegan.get_norm_layer("batch"), n_blocks=2)
-        gd = cyclegan.ResnetGenerator(3, 3, 16, norm_layer=cyclegan.get_norm_layer("instance"),
-                                      use_dropout=True, n_blocks=2)
-        gz = cyclegan.ResnetGenerator(3, 3, 16, norm_layer=cyclegan.get_norm_layer("instance"),
-                                      n_blocks=1, padding_type="zero")
+        gd = cyclegan.ResnetGenerator(
+            3, 3, 16, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True, n_blocks=2
+        )
+        gz = cyclegan.ResnetGenerator(
+            3, 3, 16, norm_layer=cyclegan.get_norm_layer("instance"), n_blocks=1, padding_type="zero"
+        )
     assert shapes(g) == expected_resnet_generator(16, 2, norm="batch")
     assert shapes(gd) == expected_resnet_generator(16, 2, dropout=True)
     # zero padding: no pad modules, conv at 0 and 3
     assert {k for k in gz.state_dict() if "conv_block" in k} == {
-        "model.10.conv_block.0.weight", "model.10.conv_block.0.bias",
-        "model.10.conv_block.3.weight", "model.10.conv_block.3.bias"}
+        "model.10.conv_block.0.weight",
+        "model.10.conv_block.0.bias",
+        "model.10.conv_block.3.weight",
+        "model.10.conv_block.3.bias",
+    }
 
 
 def test_cyclegan_resnet_generator_layers_and_forward():
@@ -107,8 +128,15 @@ def test_cyclegan_resnet_generator_layers_and_forward():
     assert isinstance(m[16], torch.nn.ConvTranspose2d) and m[16].output_padding == (1, 1)
     assert isinstance(m[-1], torch.nn.Tanh)
     blk = m[10].conv_block
-    assert [type(x).__name__ for x in blk] == ["ReflectionPad2d", "Conv2d", "InstanceNorm2d", "ReLU",
-                                               "ReflectionPad2d", "Conv2d", "InstanceNorm2d"]
+    assert [type(x).__name__ for x in blk] == [
+        "ReflectionPad2d",
+        "Conv2d",
+        "InstanceNorm2d",
+        "ReLU",
+        "ReflectionPad2d",
+        "Conv2d",
+        "InstanceNorm2d",
+    ]
     # residual: block(x) + x
     x = torch.randn(1, 32, 8, 8)
     torch.testing.assert_close(m[10](x), x + blk(x))
@@ -131,9 +159,9 @@ def test_cyclegan_unet_generator():
     # next level: 0 LReLU, 1 conv, 2 norm, 3 submodule, 4 ReLU, 5 convT, 6 norm
     assert sd["model.model.1.model.1.weight"] == (128, 64, 4, 4)
     assert sd["model.model.1.model.2.running_mean"] == (128,)
-    assert sd["model.model.1.model.5.weight"] == (256, 64, 4, 4)   # in = 2 * inner (skip concat)
+    assert sd["model.model.1.model.5.weight"] == (256, 64, 4, 4)  # in = 2 * inner (skip concat)
     # innermost (8 levels deep): 0 LReLU, 1 conv, 2 ReLU, 3 convT, 4 norm; no down norm
-    inner = "model.model.1." + "model.3." * 6     # level 8 from the outside
+    inner = "model.model.1." + "model.3." * 6  # level 8 from the outside
     assert sd[inner + "model.1.weight"] == (512, 512, 4, 4)
     assert sd[inner + "model.3.weight"] == (512, 512, 4, 4)
     assert sd[inner + "model.4.weight"] == (512,)
@@ -143,8 +171,7 @@ def test_cyclegan_unet_generator():
 
     # instance norm: convs gain biases, no norm keys; dropout appended at index 7 of middle levels
     # (num_downs - 5 middle levels carry the dropout: one here, level 5 of 6)
-    small = cyclegan.UnetGenerator(3, 2, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"),
-                                   use_dropout=True)
+    small = cyclegan.UnetGenerator(3, 2, 6, ngf=4, norm_layer=cyclegan.get_norm_layer("instance"), use_dropout=True)
     ssd = shapes(small)
     assert ssd["model.model.0.bias"] == (4,) and not any("running" in k for k in ssd)
     level5 = small.model.model[1].model[3].model[3].model[3]
@@ -153,7 +180,7 @@ def test_cyclegan_unet_generator():
     with torch.no_grad():
         x = torch.randn(1, 3, 64, 64)
         assert small(x).shape == (1, 2, 64, 64)
-        lvl = small.model.model[1]     # non-outermost levels return cat([x, sub(x)], 1)
+        lvl = small.model.model[1]  # non-outermost levels return cat([x, sub(x)], 1)
         h = torch.randn(1, 4, 32, 32)
         y = lvl(h)
         assert y.shape == (1, 8, 32, 32) and torch.equal(y[:, :4], h)
@@ -165,10 +192,12 @@ def test_cyclegan_discriminators():
         p = cyclegan.PixelDiscriminator(3, 64, norm_layer=cyclegan.get_norm_layer("instance"))
         assert d(torch.empty(1, 3, 256, 256)).shape == (1, 1, 30, 30)
         assert p(torch.empty(1, 3, 256, 256)).shape == (1, 1, 256, 256)
-        db = cyclegan.NLayerDiscriminator(6, 64, n_layers=3)   # pix2pix: BatchNorm, cat(A, B)
+        db = cyclegan.NLayerDiscriminator(6, 64, n_layers=3)  # pix2pix: BatchNorm, cat(A, B)
     exp = {}
-    exp.update(conv("model.0", 64, 3, 4)); exp.update(conv("model.2", 128, 64, 4))
-    exp.update(conv("model.5", 256, 128, 4)); exp.update(conv("model.8", 512, 256, 4))
+    exp.update(conv("model.0", 64, 3, 4))
+    exp.update(conv("model.2", 128, 64, 4))
+    exp.update(conv("model.5", 256, 128, 4))
+    exp.update(conv("model.8", 512, 256, 4))
     exp.update(conv("model.11", 1, 512, 4))
     assert shapes(d) == exp
     assert [d.model[i].stride for i in (0, 2, 5, 8, 11)] == [(2, 2), (2, 2), (2, 2), (1, 1), (1, 1)]
@@ -177,7 +206,9 @@ def test_cyclegan_discriminators():
     assert sdb["model.0.weight"] == (64, 6, 4, 4) and sdb["model.0.bias"] == (64,)
     assert "model.2.bias" not in sdb and sdb["model.3.running_var"] == (128,)
     expp = {}
-    expp.update(conv("net.0", 64, 3, 1)); expp.update(conv("net.2", 128, 64, 1)); expp.update(conv("net.5", 1, 128, 1))
+    expp.update(conv("net.0", 64, 3, 1))
+    expp.update(conv("net.2", 128, 64, 1))
+    expp.update(conv("net.5", 1, 128, 1))
     assert shapes(p) == expp
 
 
@@ -196,7 +227,7 @@ def test_gan_loss_modes():
     assert set(ls.state_dict()) == {"real_label", "fake_label"}
     assert ls.real_label.shape == () and ls.real_label.item() == 1.0 and ls.fake_label.item() == 0.0
     torch.testing.assert_close(ls(pred, True), ((pred - 1) ** 2).mean())
-    torch.testing.assert_close(ls(pred, False), (pred ** 2).mean())
+    torch.testing.assert_close(ls(pred, False), (pred**2).mean())
     smooth = cyclegan.GANLoss("lsgan", target_real_label=0.9)
     torch.testing.assert_close(smooth(pred, True), ((pred - 0.9) ** 2).mean())
     van = cyclegan.GANLoss("vanilla")
@@ -252,9 +283,14 @@ def test_cyclegan_training_step_losses_and_updates():
     with torch.no_grad():
         fake_B, fake_A = rGA(real_A), rGB(real_B)
         mse, l1 = TF.mse_loss, TF.l1_loss
-        g = (mse(rDA(fake_B), torch.ones(1, 1, 6, 6)) + mse(rDB(fake_A), torch.ones(1, 1, 6, 6))
-             + 10 * l1(rGB(fake_B), real_A) + 10 * l1(rGA(fake_A), real_B)
-             + 5 * l1(rGA(real_B), real_B) + 5 * l1(rGB(real_A), real_A))
+        g = (
+            mse(rDA(fake_B), torch.ones(1, 1, 6, 6))
+            + mse(rDB(fake_A), torch.ones(1, 1, 6, 6))
+            + 10 * l1(rGB(fake_B), real_A)
+            + 10 * l1(rGA(fake_A), real_B)
+            + 5 * l1(rGA(real_B), real_B)
+            + 5 * l1(rGB(real_A), real_A)
+        )
         d_a = 0.5 * (mse(rDA(real_B), torch.ones(1, 1, 6, 6)) + mse(rDA(fake_B), torch.zeros(1, 1, 6, 6)))
         d_b = 0.5 * (mse(rDB(real_A), torch.ones(1, 1, 6, 6)) + mse(rDB(fake_A), torch.zeros(1, 1, 6, 6)))
     torch.testing.assert_close(losses["G"], g)
@@ -263,12 +299,13 @@ def test_cyclegan_training_step_losses_and_updates():
     assert all(not v.requires_grad for v in losses.values())
     for b, net in zip(before, (G_A, G_B, D_A, D_B)):
         assert params_changed(b, net)
-    assert all(p.requires_grad for p in D_A.parameters())   # D unfrozen again
+    assert all(p.requires_grad for p in D_A.parameters())  # D unfrozen again
 
     # with image pools (the original's history of 50 fakes)
     pools = cyclegan.ImagePool(50), cyclegan.ImagePool(50)
-    out = cyclegan.training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D,
-                                 fake_A_pool=pools[0], fake_B_pool=pools[1])
+    out = cyclegan.training_step(
+        G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, fake_A_pool=pools[0], fake_B_pool=pools[1]
+    )
     assert pools[0].num_imgs == 1 and torch.isfinite(out["G"])
 
 
@@ -283,6 +320,7 @@ def test_image_pool():
 
 
 # ============================================================================= U-GAT-IT
+
 
 def expected_ugatit_generator(ngf, n_blocks, img_size, light, in_nc=3, out_nc=3):
     c = ngf * 4
@@ -320,7 +358,7 @@ def test_ugatit_generator_state_dict(light):
         g = ugatit.ResnetGenerator(3, 3, ngf=64, n_blocks=4, img_size=256, light=light)
     assert shapes(g) == expected_ugatit_generator(64, 4, 256, light)
     if not light:
-        assert g.FC[0].weight.shape == (256, 64 * 64 * 256)     # the 268M-parameter layer
+        assert g.FC[0].weight.shape == (256, 64 * 64 * 256)  # the 268M-parameter layer
         assert n_params(g.FC[0]) == 268_435_456
     assert isinstance(g.UpBlock2[0], torch.nn.Upsample) and g.UpBlock2[0].mode == "nearest"
     assert g.DownBlock[5].stride == (2, 2) and g.DownBlock[5].padding == (0, 0)
@@ -378,7 +416,9 @@ def test_ugatit_iln_adailn_math():
 
     iln = ugatit.ILN(C).double()
     g1, b1 = torch.randn(1, C, 1, 1, dtype=torch.float64), torch.randn(1, C, 1, 1, dtype=torch.float64)
-    iln.rho.data.copy_(rho); iln.gamma.data.copy_(g1); iln.beta.data.copy_(b1)
+    iln.rho.data.copy_(rho)
+    iln.gamma.data.copy_(g1)
+    iln.beta.data.copy_(b1)
     torch.testing.assert_close(iln(x), _lin_formula(x, rho) * g1 + b1)
     # the variance really is the unbiased one: the biased version differs measurably
     xs = torch.randn(1, 2, 2, 2, dtype=torch.float64)
@@ -415,17 +455,23 @@ def test_ugatit_generator_cam():
 
 
 def expected_ugatit_discriminator(ndf, n_layers, in_nc=3):
-    sn = lambda p, shape: {f"{p}.weight_orig": shape, f"{p}.weight_u": (shape[0],),
-                           f"{p}.weight_v": (int(torch.tensor(shape[1:]).prod()),)}
+    sn = lambda p, shape: {
+        f"{p}.weight_orig": shape,
+        f"{p}.weight_u": (shape[0],),
+        f"{p}.weight_v": (int(torch.tensor(shape[1:]).prod()),),
+    }
     exp = {}
-    exp.update(sn("model.1", (ndf, in_nc, 4, 4))); exp["model.1.bias"] = (ndf,)
+    exp.update(sn("model.1", (ndf, in_nc, 4, 4)))
+    exp["model.1.bias"] = (ndf,)
     c = ndf
-    for i in range(1, n_layers - 1):          # n_layers - 3 stride-2 blocks, then the stride-1 one
-        exp.update(sn(f"model.{1 + 3 * i}", (c * 2, c, 4, 4))); exp[f"model.{1 + 3 * i}.bias"] = (c * 2,)
+    for i in range(1, n_layers - 1):  # n_layers - 3 stride-2 blocks, then the stride-1 one
+        exp.update(sn(f"model.{1 + 3 * i}", (c * 2, c, 4, 4)))
+        exp[f"model.{1 + 3 * i}.bias"] = (c * 2,)
         c *= 2
-    exp.update(sn("gap_fc", (1, c))); exp.update(sn("gmp_fc", (1, c)))
+    exp.update(sn("gap_fc", (1, c)))
+    exp.update(sn("gmp_fc", (1, c)))
     exp.update(conv("conv1x1", c, 2 * c, 1, True))
-    exp.update(sn("conv", (1, c, 4, 4)))      # final conv: no bias
+    exp.update(sn("conv", (1, c, 4, 4)))  # final conv: no bias
     return exp
 
 
@@ -450,7 +496,7 @@ def test_ugatit_discriminator_cam_uses_raw_weight():
     """The original multiplies by list(fc.parameters())[0], i.e. spectral_norm's weight_orig;
     the logits use the normalised weight."""
     torch.manual_seed(0)
-    d = ugatit.Discriminator(3, 4, n_layers=5).eval()       # eval: no power iteration, fixed u
+    d = ugatit.Discriminator(3, 4, n_layers=5).eval()  # eval: no power iteration, fixed u
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out, cam_logit, heatmap = d(x)
@@ -478,16 +524,15 @@ def test_ugatit_rho_clipper():
 def test_ugatit_training_step():
     torch.manual_seed(0)
     gens = [ugatit.ResnetGenerator(3, 3, ngf=4, n_blocks=1, img_size=32, light=True) for _ in range(2)]
-    dis = [ugatit.Discriminator(3, 4, n_layers=5) for _ in range(4)]   # GA, GB, LA, LB
-    gens[0].UpBlock1_1.norm1.rho.data.fill_(0.999)                    # pushed past 1 by Adam?
+    dis = [ugatit.Discriminator(3, 4, n_layers=5) for _ in range(4)]  # GA, GB, LA, LB
+    gens[0].UpBlock1_1.norm1.rho.data.fill_(0.999)  # pushed past 1 by Adam?
     before = [copy.deepcopy(m.state_dict()) for m in gens + dis]
-    G_optim = torch.optim.Adam([p for g in gens for p in g.parameters()], lr=1e-2, betas=(0.5, 0.999),
-                               weight_decay=1e-4)
-    D_optim = torch.optim.Adam([p for d in dis for p in d.parameters()], lr=1e-4, betas=(0.5, 0.999),
-                               weight_decay=1e-4)
+    G_optim = torch.optim.Adam(
+        [p for g in gens for p in g.parameters()], lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-4
+    )
+    D_optim = torch.optim.Adam([p for d in dis for p in d.parameters()], lr=1e-4, betas=(0.5, 0.999), weight_decay=1e-4)
     real_A, real_B = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    losses = ugatit.training_step(gens[0], gens[1], dis[0], dis[1], dis[2], dis[3], real_A, real_B,
-                                  G_optim, D_optim)
+    losses = ugatit.training_step(gens[0], gens[1], dis[0], dis[1], dis[2], dis[3], real_A, real_B, G_optim, D_optim)
     assert set(losses) >= {"D", "G"} and all(torch.isfinite(v) for v in losses.values())
     torch.testing.assert_close(losses["D"], losses["D_A"] + losses["D_B"])
     for b, m in zip(before, gens + dis):
@@ -500,9 +545,15 @@ def test_ugatit_training_step():
 
 # ============================================================================== StarGAN
 
+
 def _stargan_in(prefix, c):
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def test_stargan_state_dicts_and_shapes():
@@ -513,14 +564,21 @@ def test_stargan_state_dicts_and_shapes():
         out_src, out_cls = D(torch.empty(1, 3, 128, 128))
         assert out_src.shape == (1, 1, 2, 2) and out_cls.shape == (1, 5)
     exp = {}
-    exp.update(conv("main.0", 64, 8, 7, False)); exp.update(_stargan_in("main.1", 64))
-    exp.update(conv("main.3", 128, 64, 4, False)); exp.update(_stargan_in("main.4", 128))
-    exp.update(conv("main.6", 256, 128, 4, False)); exp.update(_stargan_in("main.7", 256))
+    exp.update(conv("main.0", 64, 8, 7, False))
+    exp.update(_stargan_in("main.1", 64))
+    exp.update(conv("main.3", 128, 64, 4, False))
+    exp.update(_stargan_in("main.4", 128))
+    exp.update(conv("main.6", 256, 128, 4, False))
+    exp.update(_stargan_in("main.7", 256))
     for b in range(6):
-        exp.update(conv(f"main.{9 + b}.main.0", 256, 256, 3, False)); exp.update(_stargan_in(f"main.{9 + b}.main.1", 256))
-        exp.update(conv(f"main.{9 + b}.main.3", 256, 256, 3, False)); exp.update(_stargan_in(f"main.{9 + b}.main.4", 256))
-    exp.update(convT("main.15", 256, 128, 4, False)); exp.update(_stargan_in("main.16", 128))
-    exp.update(convT("main.18", 128, 64, 4, False)); exp.update(_stargan_in("main.19", 64))
+        exp.update(conv(f"main.{9 + b}.main.0", 256, 256, 3, False))
+        exp.update(_stargan_in(f"main.{9 + b}.main.1", 256))
+        exp.update(conv(f"main.{9 + b}.main.3", 256, 256, 3, False))
+        exp.update(_stargan_in(f"main.{9 + b}.main.4", 256))
+    exp.update(convT("main.15", 256, 128, 4, False))
+    exp.update(_stargan_in("main.16", 128))
+    exp.update(convT("main.18", 128, 64, 4, False))
+    exp.update(_stargan_in("main.19", 64))
     exp.update(conv("main.21", 3, 64, 7, False))
     assert shapes(G) == exp
     assert G.main[0].padding == (3, 3) and isinstance(G.main[22], torch.nn.Tanh)
@@ -528,9 +586,10 @@ def test_stargan_state_dicts_and_shapes():
     expd = {}
     c = 3
     for i in range(6):
-        expd.update(conv(f"main.{2 * i}", 64 * 2 ** i, c, 4, True))
-        c = 64 * 2 ** i
-    expd.update(conv("conv1", 1, 2048, 3, False)); expd.update(conv("conv2", 5, 2048, 2, False))
+        expd.update(conv(f"main.{2 * i}", 64 * 2**i, c, 4, True))
+        c = 64 * 2**i
+    expd.update(conv("conv1", 1, 2048, 3, False))
+    expd.update(conv("conv2", 5, 2048, 2, False))
     assert shapes(D) == expd
     assert D.main[1].negative_slope == 0.01
 
@@ -581,7 +640,7 @@ def expected_munit_decoder(prefix, dim, n_res, n_up, out_dim, res_norm):
     for b in range(n_res):
         for j in (0, 1):
             exp.update(_munit_block(f"{prefix}.model.0.model.{b}.model.{j}", dim, dim, 3, res_norm))
-    for u in range(n_up):        # Upsample at 1 + 2u, Conv2dBlock(5, 'ln') at 2 + 2u
+    for u in range(n_up):  # Upsample at 1 + 2u, Conv2dBlock(5, 'ln') at 2 + 2u
         exp.update(_munit_block(f"{prefix}.model.{2 + 2 * u}", dim // 2, dim, 5, "ln"))
         dim //= 2
     exp.update(_munit_block(f"{prefix}.model.{1 + 2 * n_up}", out_dim, dim, 7, "none"))
@@ -612,10 +671,17 @@ def test_munit_adaingen_state_dict():
     exp.update(conv("enc_style.model.6", 8, 256, 1))
     exp.update(expected_munit_content("enc_content", 64, 2, 4))
     exp.update(expected_munit_decoder("dec", 256, 4, 2, 3, "adain"))
-    n_adain = 4 * 2 * 2 * 256          # 4 res blocks x 2 AdaIN layers x (mean, std) x 256
-    exp.update({"mlp.model.0.fc.weight": (256, 8), "mlp.model.0.fc.bias": (256,),
-                "mlp.model.1.fc.weight": (256, 256), "mlp.model.1.fc.bias": (256,),
-                "mlp.model.2.fc.weight": (n_adain, 256), "mlp.model.2.fc.bias": (n_adain,)})
+    n_adain = 4 * 2 * 2 * 256  # 4 res blocks x 2 AdaIN layers x (mean, std) x 256
+    exp.update(
+        {
+            "mlp.model.0.fc.weight": (256, 8),
+            "mlp.model.0.fc.bias": (256,),
+            "mlp.model.1.fc.weight": (256, 256),
+            "mlp.model.1.fc.bias": (256,),
+            "mlp.model.2.fc.weight": (n_adain, 256),
+            "mlp.model.2.fc.bias": (n_adain,),
+        }
+    )
     assert shapes(g) == exp
     assert g.get_num_adain_params(g.dec) == n_adain
     assert isinstance(g.dec.model[1], torch.nn.Upsample) and g.dec.model[1].scale_factor == 2
@@ -643,7 +709,7 @@ def test_munit_vaegen_and_dis_state_dict():
 
 def test_munit_layer_norm_math():
     torch.manual_seed(0)
-    ln = munit.LayerNorm(4, eps=0.5).double()      # a big eps makes inside/outside sqrt distinct
+    ln = munit.LayerNorm(4, eps=0.5).double()  # a big eps makes inside/outside sqrt distinct
     assert torch.all((ln.gamma >= 0) & (ln.gamma < 1)) and torch.all(ln.beta == 0)
     assert set(ln.state_dict()) == {"gamma", "beta"}
     ln.beta.data.normal_()
@@ -652,8 +718,8 @@ def test_munit_layer_norm_math():
         flat = x.view(B, -1)
         n = flat.shape[1]
         mean = flat.sum(1) / n
-        std = (((flat - mean[:, None]) ** 2).sum(1) / (n - 1)).sqrt()          # unbiased
-        expect = (x - mean.view(B, 1, 1, 1)) / (std.view(B, 1, 1, 1) + 0.5)      # eps outside sqrt
+        std = (((flat - mean[:, None]) ** 2).sum(1) / (n - 1)).sqrt()  # unbiased
+        expect = (x - mean.view(B, 1, 1, 1)) / (std.view(B, 1, 1, 1) + 0.5)  # eps outside sqrt
         expect = expect * ln.gamma.view(1, -1, 1, 1) + ln.beta.view(1, -1, 1, 1)
         torch.testing.assert_close(ln(x), expect)
         inside = (x - mean.view(B, 1, 1, 1)) / (std.view(B, 1, 1, 1) ** 2 + 0.5).sqrt()
@@ -672,11 +738,11 @@ def test_munit_adain_math_and_buffers():
     w, b = torch.randn(B * C), torch.randn(B * C)
     m.weight, m.bias = w, b
     mean = x.mean((2, 3), keepdim=True)
-    var = ((x - mean) ** 2).mean((2, 3), keepdim=True)          # biased
+    var = ((x - mean) ** 2).mean((2, 3), keepdim=True)  # biased
     expect = (x - mean) / (var + 1e-5).sqrt() * w.view(B, C, 1, 1) + b.view(B, C, 1, 1)
     torch.testing.assert_close(m(x), expect)
-    assert torch.all(m.running_mean == 0) and torch.all(m.running_var == 1)   # never updated
-    assert set(m.state_dict()) == {"running_mean", "running_var"}              # weight/bias not saved
+    assert torch.all(m.running_mean == 0) and torch.all(m.running_var == 1)  # never updated
+    assert set(m.state_dict()) == {"running_mean", "running_var"}  # weight/bias not saved
 
 
 def test_munit_assign_adain_params():
@@ -688,9 +754,9 @@ def test_munit_assign_adain_params():
     B = 2
     params = torch.randn(B, g.get_num_adain_params(g.dec))
     g.assign_adain_params(params, g.dec)
-    for i, a in enumerate(adains):      # block i takes columns [32i, 32i+16) as bias, next 16 as weight
-        torch.testing.assert_close(a.bias, params[:, 32 * i:32 * i + 16].reshape(-1))
-        torch.testing.assert_close(a.weight, params[:, 32 * i + 16:32 * i + 32].reshape(-1))
+    for i, a in enumerate(adains):  # block i takes columns [32i, 32i+16) as bias, next 16 as weight
+        torch.testing.assert_close(a.bias, params[:, 32 * i : 32 * i + 16].reshape(-1))
+        torch.testing.assert_close(a.weight, params[:, 32 * i + 16 : 32 * i + 32].reshape(-1))
     # decode runs the MLP on the style code and assigns before decoding
     x = torch.randn(B, 3, 32, 32)
     content, style = g.encode(x)
@@ -724,8 +790,9 @@ def test_munit_ms_image_dis():
     torch.testing.assert_close(d.cnns[1](TF.avg_pool2d(x, 3, 2, 1, count_include_pad=False)), outs[1])
     fake, real = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     of, orl = d(fake), d(real)
-    torch.testing.assert_close(d.calc_dis_loss(fake, real), sum((a ** 2).mean() + ((b - 1) ** 2).mean()
-                                                              for a, b in zip(of, orl)))
+    torch.testing.assert_close(
+        d.calc_dis_loss(fake, real), sum((a**2).mean() + ((b - 1) ** 2).mean() for a, b in zip(of, orl))
+    )
     torch.testing.assert_close(d.calc_gen_loss(fake), sum(((a - 1) ** 2).mean() for a in of))
     assert isinstance(d.cnns[0][0].pad, torch.nn.ReflectionPad2d) and d.cnns[0][0].norm is None
     assert d.cnns[0][0].activation.negative_slope == 0.2
@@ -739,7 +806,11 @@ def test_unit_pytorch_gan():
         D1 = unit.Discriminator((3, 256, 256))
     assert E1.shared_block is E2.shared_block
     res = lambda p, c: {**conv(f"{p}.conv_block.1", c, c, 3), **conv(f"{p}.conv_block.5", c, c, 3)}
-    exp = {**conv("model_blocks.1", 64, 3, 7), **conv("model_blocks.4", 128, 64, 4), **conv("model_blocks.7", 256, 128, 4)}
+    exp = {
+        **conv("model_blocks.1", 64, 3, 7),
+        **conv("model_blocks.4", 128, 64, 4),
+        **conv("model_blocks.7", 256, 128, 4),
+    }
     for i in range(3):
         exp.update(res(f"model_blocks.{10 + i}", 256))
     exp.update(res("shared_block", 256))
@@ -747,13 +818,23 @@ def test_unit_pytorch_gan():
     expg = {**res("shared_block", 256)}
     for i in range(3):
         expg.update(res(f"model_blocks.{i}", 256))
-    expg.update({**convT("model_blocks.3", 256, 128, 4), **convT("model_blocks.6", 128, 64, 4),
-                 **conv("model_blocks.10", 3, 64, 7)})
+    expg.update(
+        {
+            **convT("model_blocks.3", 256, 128, 4),
+            **convT("model_blocks.6", 128, 64, 4),
+            **conv("model_blocks.10", 3, 64, 7),
+        }
+    )
     assert shapes(G1) == expg
-    expd = {**conv("model.0", 64, 3, 4), **conv("model.2", 128, 64, 4), **conv("model.5", 256, 128, 4),
-            **conv("model.8", 512, 256, 4), **conv("model.11", 1, 512, 3)}
+    expd = {
+        **conv("model.0", 64, 3, 4),
+        **conv("model.2", 128, 64, 4),
+        **conv("model.5", 256, 128, 4),
+        **conv("model.8", 512, 256, 4),
+        **conv("model.11", 1, 512, 3),
+    }
     assert shapes(D1) == expd and D1.output_shape == (1, 16, 16)
-    assert shapes(unit.Discriminator(3)) == expd          # the older in_channels form
+    assert shapes(unit.Discriminator(3)) == expd  # the older in_channels form
 
     torch.manual_seed(0)
     sE, sG = unit.ResidualBlock(32), unit.ResidualBlock(32)
@@ -766,11 +847,12 @@ def test_unit_pytorch_gan():
     assert D(x).shape == (2, *D.output_shape) == (2, 1, 2, 2)
     assert isinstance(E.model_blocks[3], torch.nn.LeakyReLU) and isinstance(G.model_blocks[5], torch.nn.LeakyReLU)
     torch.testing.assert_close(sE(mu), mu + sE.conv_block(mu))
-    torch.testing.assert_close(unit.compute_kl(mu), (mu ** 2).mean())
+    torch.testing.assert_close(unit.compute_kl(mu), (mu**2).mean())
 
 
 # ================================================================== UNIT training step
 # (PyTorch-GAN implementations/unit/unit.py's loop; i2i_fast.models.unit.training_step)
+
 
 def _unit_setup(dtype=torch.float32, dim=4, size=32):
     torch.manual_seed(0)
@@ -783,11 +865,15 @@ def _unit_setup(dtype=torch.float32, dim=4, size=32):
 def _unit_opts(nets):
     import itertools
     import warnings
-    with warnings.catch_warnings():   # the script's chain lists the shared blocks twice
+
+    with warnings.catch_warnings():  # the script's chain lists the shared blocks twice
         warnings.simplefilter("ignore")
         opt_G = torch.optim.Adam(itertools.chain(*(n.parameters() for n in nets[:4])), lr=1e-4, betas=(0.5, 0.999))
-    return (opt_G, torch.optim.Adam(nets[4].parameters(), lr=1e-4, betas=(0.5, 0.999)),
-            torch.optim.Adam(nets[5].parameters(), lr=1e-4, betas=(0.5, 0.999)))
+    return (
+        opt_G,
+        torch.optim.Adam(nets[4].parameters(), lr=1e-4, betas=(0.5, 0.999)),
+        torch.optim.Adam(nets[5].parameters(), lr=1e-4, betas=(0.5, 0.999)),
+    )
 
 
 def test_unit_build_shares_blocks_and_inits():
@@ -796,13 +882,13 @@ def test_unit_build_shares_blocks_and_inits():
     assert E1.shared_block is not G1.shared_block
     assert D1.output_shape == (1, 2, 2)
     w = D1.model[0].weight
-    assert abs(w.std().item() - 0.02) < 0.005   # weights_init_normal: N(0, 0.02)
+    assert abs(w.std().item() - 0.02) < 0.005  # weights_init_normal: N(0, 0.02)
 
 
 def test_unit_training_step_losses_and_updates():
     """The ten G/E terms with unit.py's weights written out, MSE GAN criterion, D1/D2 terms."""
     nets, X1, X2 = _unit_setup()
-    ref = copy.deepcopy(nets)                     # one deepcopy: the shared blocks stay shared
+    ref = copy.deepcopy(nets)  # one deepcopy: the shared blocks stay shared
     before = [copy.deepcopy(n.state_dict()) for n in nets]
     torch.manual_seed(7)
     losses = unit.training_step(*nets, X1, X2, *_unit_opts(nets))
@@ -810,7 +896,7 @@ def test_unit_training_step_losses_and_updates():
     rE1, rE2, rG1, rG2, rD1, rD2 = ref
     mse, l1 = TF.mse_loss, TF.l1_loss
     with torch.no_grad():
-        torch.manual_seed(7)                      # the same reparameterization noise, same order
+        torch.manual_seed(7)  # the same reparameterization noise, same order
         mu1, Z1 = rE1(X1)
         mu2, Z2 = rE2(X2)
         rec1, rec2, fake1, fake2 = rG1(Z1), rG2(Z2), rG1(Z2), rG2(Z1)
@@ -818,11 +904,18 @@ def test_unit_training_step_losses_and_updates():
         mu2_, Z2_ = rE2(fake2)
         cyc1, cyc2 = rG1(Z2_), rG2(Z1_)
         ones, zeros = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
-        terms = {"GAN_1": 10 * mse(rD1(fake1), ones), "GAN_2": 10 * mse(rD2(fake2), ones),
-                 "KL_1": 0.1 * (mu1 ** 2).mean(), "KL_2": 0.1 * (mu2 ** 2).mean(),
-                 "ID_1": 100 * l1(rec1, X1), "ID_2": 100 * l1(rec2, X2),
-                 "KL_1_": 0.1 * (mu1_ ** 2).mean(), "KL_2_": 0.1 * (mu2_ ** 2).mean(),
-                 "cyc_1": 100 * l1(cyc1, X1), "cyc_2": 100 * l1(cyc2, X2)}
+        terms = {
+            "GAN_1": 10 * mse(rD1(fake1), ones),
+            "GAN_2": 10 * mse(rD2(fake2), ones),
+            "KL_1": 0.1 * (mu1**2).mean(),
+            "KL_2": 0.1 * (mu2**2).mean(),
+            "ID_1": 100 * l1(rec1, X1),
+            "ID_2": 100 * l1(rec2, X2),
+            "KL_1_": 0.1 * (mu1_**2).mean(),
+            "KL_2_": 0.1 * (mu2_**2).mean(),
+            "cyc_1": 100 * l1(cyc1, X1),
+            "cyc_2": 100 * l1(cyc2, X2),
+        }
         d1 = mse(rD1(X1), ones) + mse(rD1(fake1), zeros)
         d2 = mse(rD2(X2), ones) + mse(rD2(fake2), zeros)
     for k, v in terms.items():
@@ -851,6 +944,7 @@ def test_unit_converted_step_parity_float64():
             assert isinstance(nets[0].shared_block, FusedResidualBlock)
         torch.manual_seed(3)
         return nets, unit.training_step(*nets, X1, X2, *_unit_opts(nets), fused_losses=converted)
+
     (ref, lr_), (conv_nets, lc) = run(False), run(True)
     assert set(lc) == {"G", "D"}
     for k in lc:
@@ -859,8 +953,13 @@ def test_unit_converted_step_parity_float64():
         # a conv bias that feeds an affine-free InstanceNorm has a gradient that is zero by
         # math: both steps give rounding noise (~1e-17), which Adam's first step divides by
         # its own magnitude, so those biases move by noise * lr / (|noise| + 1e-8): <= 1e-8
-        zero_grad = {f"{name}.{i}.bias" for name, m in r.named_modules() if isinstance(m, torch.nn.Sequential)
-                     for i in range(len(m) - 1) if isinstance(m[i + 1], torch.nn.InstanceNorm2d)}
+        zero_grad = {
+            f"{name}.{i}.bias"
+            for name, m in r.named_modules()
+            if isinstance(m, torch.nn.Sequential)
+            for i in range(len(m) - 1)
+            if isinstance(m[i + 1], torch.nn.InstanceNorm2d)
+        }
         zero_grad = {k[1:] if k.startswith(".") else k for k in zero_grad}
         sr, sc = r.state_dict(), c.state_dict()
         assert sr.keys() == sc.keys()

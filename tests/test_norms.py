@@ -1,13 +1,13 @@
 """ILN, AdaLIN (U-GAT-IT), LayerNorm, AdaIN (MUNIT): the original formulas written out here,
 state_dict layout, gradients and bad input of the drop-in modules, which run the selected backend's kernels."""
+
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import cpu_backends
 
 import i2i_fast
 from i2i_fast import functional as F
-
-from conftest import cpu_backends
 
 
 # ---- the originals, written out from REFERENCE_MODELS.md ----
@@ -36,8 +36,16 @@ def orig_munit_ln(x, gamma, beta, eps=1e-5):
 
 def orig_adain(x, weight, bias, running_mean, running_var, eps=1e-5, momentum=0.1):
     b, c = x.size(0), x.size(1)
-    out = TF.batch_norm(x.contiguous().view(1, b * c, *x.size()[2:]), running_mean.repeat(b),
-                        running_var.repeat(b), weight, bias, True, momentum, eps)
+    out = TF.batch_norm(
+        x.contiguous().view(1, b * c, *x.size()[2:]),
+        running_mean.repeat(b),
+        running_var.repeat(b),
+        weight,
+        bias,
+        True,
+        momentum,
+        eps,
+    )
     return out.view(b, c, *x.size()[2:])
 
 
@@ -123,6 +131,7 @@ def test_adain_gradcheck(backend):
     def f(x, w, b):
         with i2i_fast.use_backend(backend):
             return F.adain(x, w, b, activation="tanh")
+
     torch.autograd.gradcheck(f, (x, w, b))
     torch.autograd.gradgradcheck(f, (x, w, b))
 
@@ -132,21 +141,23 @@ def test_opcheck_per_plane_affine():
         pytest.skip("extension not built")
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     w, b = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)
-    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default,
-                          (x, w, b, None, None, None, 1e-5, 1, 0.2))
+    torch.library.opcheck(torch.ops.i2i_fast.instance_norm_fwd.default, (x, w, b, None, None, None, 1e-5, 1, 0.2))
     with pytest.raises(RuntimeError, match="same number of elements"):
-        torch.ops.i2i_fast.instance_norm_fwd(x.detach(), torch.ones(3), torch.ones(6), None, None,
-                                             None, 1e-5, 0, 0.2)
+        torch.ops.i2i_fast.instance_norm_fwd(x.detach(), torch.ones(3), torch.ones(6), None, None, None, 1e-5, 0, 0.2)
 
 
 def test_state_dict_layouts():
     assert {k: tuple(v.shape) for k, v in i2i_fast.ILN(5).state_dict().items()} == {
-        "rho": (1, 5, 1, 1), "gamma": (1, 5, 1, 1), "beta": (1, 5, 1, 1)}
+        "rho": (1, 5, 1, 1),
+        "gamma": (1, 5, 1, 1),
+        "beta": (1, 5, 1, 1),
+    }
     assert {k: tuple(v.shape) for k, v in i2i_fast.AdaLIN(5).state_dict().items()} == {"rho": (1, 5, 1, 1)}
-    assert {k: tuple(v.shape) for k, v in i2i_fast.LayerNorm(5).state_dict().items()} == {
-        "gamma": (5,), "beta": (5,)}
+    assert {k: tuple(v.shape) for k, v in i2i_fast.LayerNorm(5).state_dict().items()} == {"gamma": (5,), "beta": (5,)}
     assert {k: tuple(v.shape) for k, v in i2i_fast.AdaIN(5).state_dict().items()} == {
-        "running_mean": (5,), "running_var": (5,)}
+        "running_mean": (5,),
+        "running_var": (5,),
+    }
     # an original-layout checkpoint loads strictly
     i2i_fast.AdaLIN(5).load_state_dict({"rho": torch.full((1, 5, 1, 1), 0.3)})
 
@@ -198,8 +209,7 @@ def test_bad_input():
 
 def test_compile_fullgraph():
     torch._dynamo.reset()
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), i2i_fast.LayerNorm(4, activation="relu"),
-                            i2i_fast.ILN(4))
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), i2i_fast.LayerNorm(4, activation="relu"), i2i_fast.ILN(4))
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x), atol=1e-5, rtol=1e-5)
 
@@ -217,8 +227,15 @@ def test_adain_cuda(backend, shape):
     with i2i_fast.use_backend(backend):
         y = F.adain(x, w, b, activation="relu")
     x2, w2, b2 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    e = torch.relu(orig_adain(x2, w2, b2, torch.zeros(c, device="cuda", dtype=torch.float64),
-                              torch.ones(c, device="cuda", dtype=torch.float64)))
+    e = torch.relu(
+        orig_adain(
+            x2,
+            w2,
+            b2,
+            torch.zeros(c, device="cuda", dtype=torch.float64),
+            torch.ones(c, device="cuda", dtype=torch.float64),
+        )
+    )
     g = torch.randn_like(y)
     y.backward(g)
     e.backward(g.double())

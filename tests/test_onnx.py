@@ -6,16 +6,16 @@ the graph holds standard ONNX ops only (the norms as ReduceMean / Sub / Div..., 
 reflect, the activations, Add); onnxruntime's output must equal the original model's to fp32
 rounding. Small widths and 32x32-64x64 images keep the file within a minute or two on CPU.
 """
+
 import numpy as np
 import pytest
 import torch
+from test_convert import FAMILIES, build
 from torch import nn
 
 import i2i_fast
 from i2i_fast import ops
 from i2i_fast.models import unit
-
-from test_convert import FAMILIES, build
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -94,12 +94,21 @@ def _spectral_norm():
 X = _x(2, 4, 8, 8)
 # name -> (module, inputs, ONNX op types the graph must contain)
 MODULES = {
-    "instance_norm_relu_pad": (lambda: i2i_fast.InstanceNorm2d(4, affine=True, activation="relu", out_pad=1),
-                               (X,), {"Relu", "Pad"}),
-    "instance_norm_residual": (lambda: i2i_fast.InstanceNorm2d(4, activation="leaky_relu"), (X, _x(2, 4, 8, 8, seed=1)),
-                               {"LeakyRelu", "Add"}),
-    "instance_norm_running": (lambda: _running(i2i_fast.InstanceNorm2d(4, affine=True, track_running_stats=True)),
-                              (X,), set()),
+    "instance_norm_relu_pad": (
+        lambda: i2i_fast.InstanceNorm2d(4, affine=True, activation="relu", out_pad=1),
+        (X,),
+        {"Relu", "Pad"},
+    ),
+    "instance_norm_residual": (
+        lambda: i2i_fast.InstanceNorm2d(4, activation="leaky_relu"),
+        (X, _x(2, 4, 8, 8, seed=1)),
+        {"LeakyRelu", "Add"},
+    ),
+    "instance_norm_running": (
+        lambda: _running(i2i_fast.InstanceNorm2d(4, affine=True, track_running_stats=True)),
+        (X,),
+        set(),
+    ),
     "batch_norm": (lambda: _running(i2i_fast.BatchNorm2d(4, activation="tanh")), (X,), {"Tanh"}),
     "iln": (lambda: i2i_fast.ILN(4, activation="relu", out_pad=1), (X,), {"Relu", "Pad"}),
     "adalin": (lambda: i2i_fast.AdaLIN(4), (X, _x(2, 4, seed=1), _x(2, 4, seed=2)), set()),

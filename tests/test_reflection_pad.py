@@ -2,19 +2,20 @@
 parity with torch and the float64 reference on every backend that runs here, gradients,
 double backward, determinism (also under torch.use_deterministic_algorithms(True)), opcheck,
 torch.compile(fullgraph=True), state_dict interchange with nn.Conv2d, bad input."""
+
 import contextlib
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as TF
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
 
 import i2i_fast
-from i2i_fast import reference
-from i2i_fast.ops import reflection_pad as pad_ops, reflection_pad_conv
 from i2i_fast import functional as F
-
-from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
+from i2i_fast import reference
+from i2i_fast.ops import reflection_pad as pad_ops
+from i2i_fast.ops import reflection_pad_conv
 
 HAS_CPP = i2i_fast.backends()["cpu"][0]
 requires_cpp = pytest.mark.skipif(not HAS_CPP, reason="extension not built")
@@ -46,8 +47,8 @@ def _prep(t, dtype, device="cpu", channels_last=False):
 # =================================================================== reflection_pad2d
 PAD_CASES = [  # (shape, pad as (left, right, top, bottom))
     ((2, 3, 5, 7), (2, 3, 1, 4)),
-    ((1, 1, 1, 7), (6, 0, 0, 0)),        # H = 1: no vertical padding possible
-    ((1, 2, 3, 3), (2, 2, 2, 2)),        # every pixel has 3 sources per axis (both mirrors)
+    ((1, 1, 1, 7), (6, 0, 0, 0)),  # H = 1: no vertical padding possible
+    ((1, 2, 3, 3), (2, 2, 2, 2)),  # every pixel has 3 sources per axis (both mirrors)
     ((3, 4, 13, 11), (1, 1, 1, 1)),
     ((1, 5, 63, 65), (3, 3, 3, 3)),
     ((2, 3, 6, 5), (0, 0, 0, 0)),
@@ -55,7 +56,7 @@ PAD_CASES = [  # (shape, pad as (left, right, top, bottom))
 
 
 def _pad_case(backend, shape, pad, dtype, channels_last, seed=0):
-    x64, = (_master(shape, seed),)
+    (x64,) = (_master(shape, seed),)
     out_shape = (shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1])
     gy64 = _master(out_shape, seed + 1)
     res = {}
@@ -80,7 +81,7 @@ def test_pad_parity(backend, shape, pad, dtype):
     if backend == "triton" and shape[2] * shape[3] > 1000:
         pytest.skip("interpreter: small shapes only")
     r = _pad_case(backend, shape, pad, dtype, False)
-    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    (yo, go), (yt, gt), (_, gr) = r["ours"], r["torch"], r["ref"]
     assert yo.dtype == dtype and yo.shape == yt.shape
     assert torch.equal(yo, yt), "forward is a copy: must equal torch exactly"
     assert_parity(go, gt, gr, dtype, f"{backend} grad x")
@@ -92,7 +93,7 @@ def test_pad_channels_last_and_half(backend, dtype):
     if backend == "reference" and dtype != torch.float32:
         pytest.skip("reference = torch")
     r = _pad_case(backend, (2, 16, 7, 9), (2, 1, 3, 2), dtype, True)
-    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    (yo, go), (yt, gt), (_, gr) = r["ours"], r["torch"], r["ref"]
     assert yo.is_contiguous(memory_format=torch.channels_last), "channels_last output lost its layout"
     assert go.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(yo, yt)
@@ -103,13 +104,14 @@ def test_pad_channels_last_and_half(backend, dtype):
 def test_pad_half_nchw_sums_in_fp32(dtype):
     """fp16/bf16 on CPU: sources summed in fp32, rounded once (torch: per-add rounding)."""
     r = _pad_case("cpu", (2, 3, 9, 8), (3, 3, 3, 3), dtype, False)
-    (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+    (yo, go), (yt, gt), (_, gr) = r["ours"], r["torch"], r["ref"]
     assert torch.equal(yo, yt)
     assert_parity(go, gt, gr, dtype, "cpu grad x")
     # each pixel's <= 3x3 sources are summed in fp32 (exact here) and rounded once
     gy = _master((2, 3, 15, 14), 1).to(dtype)
-    exact = torch.ops.aten.reflection_pad2d_backward(gy.double(), torch.empty(2, 3, 9, 8, dtype=torch.float64),
-                                                     [3, 3, 3, 3])
+    exact = torch.ops.aten.reflection_pad2d_backward(
+        gy.double(), torch.empty(2, 3, 9, 8, dtype=torch.float64), [3, 3, 3, 3]
+    )
     assert torch.equal(go, exact.to(dtype))
 
 
@@ -134,6 +136,7 @@ def test_pad_gradcheck(backend):
     def fn(t):
         with i2i_fast.use_backend(backend):
             return F.reflection_pad2d(t, (3, 2, 1, 3))
+
     assert torch.autograd.gradcheck(fn, (x,), fast_mode=backend == "triton")
     assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
 
@@ -175,7 +178,9 @@ def test_pad_opcheck_cpp(channels_last):
 def test_pad_opcheck_triton():
     dev = "cuda" if HAS_CUDA else "cpu"
     x = _master((2, 3, 5, 6), 10).float().to(dev).requires_grad_()
-    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
+    utils = ("test_schema", "test_autograd_registration") + (
+        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ()
+    )
     torch.library.opcheck(torch.ops.i2i_fast.triton_reflection_pad2d_fwd.default, (x, [2, 1, 3, 4]), test_utils=utils)
 
 
@@ -188,6 +193,7 @@ def test_pad_compile_fullgraph(backend):
 
     def fn(t):
         return F.reflection_pad2d(t * 2, (1, 2, 3, 1)).square().sum()
+
     with i2i_fast.use_backend(backend):
         out = torch.compile(fn, fullgraph=True)(x)
         out.backward()
@@ -204,9 +210,9 @@ def test_pad_bad_input(backend):
     x = torch.randn(2, 3, 4, 5)
     with i2i_fast.use_backend(backend):
         with pytest.raises(ValueError, match="smaller than the input size"):
-            F.reflection_pad2d(x, (5, 0, 0, 0))           # left >= W
+            F.reflection_pad2d(x, (5, 0, 0, 0))  # left >= W
         with pytest.raises(ValueError, match="smaller than the input size"):
-            F.reflection_pad2d(x, (0, 0, 0, 4))           # bottom >= H
+            F.reflection_pad2d(x, (0, 0, 0, 4))  # bottom >= H
         with pytest.raises(ValueError, match="pad must be >= 0"):
             F.reflection_pad2d(x, (-1, 0, 0, 0))
         with pytest.raises(ValueError, match="4 ints"):
@@ -241,15 +247,15 @@ def test_pad_cpp_op_checks_its_own_arguments():
 # =================================================================== ReflectionPadConv2d
 # (in, out, kernel, stride, padding, (H, W), bias): the reference models' shapes, small spatial sizes
 CONV_CASES = [
-    (3, 5, 7, 1, 3, (12, 13), True),     # CycleGAN / U-GAT-IT stem and head
-    (4, 4, 3, 1, 1, (9, 10), True),      # ResNet block
-    (4, 6, 3, 2, 1, (11, 12), False),    # U-GAT-IT downsampling (stride 2, reflect 1)
-    (3, 4, 4, 2, 1, (10, 9), True),      # U-GAT-IT discriminator 4x4 stride 2
-    (4, 3, 4, 1, 1, (8, 8), True),       # 4x4 stride 1 (discriminator tail)
-    (3, 4, 5, 1, 2, (10, 11), True),     # MUNIT 5x5 upsampling conv
-    (2, 3, 3, 1, 2, (7, 6), False),      # padding > kernel // 2
-    (2, 3, 7, 2, 3, (5, 6), True),       # border covers everything
-    (1, 2, 3, 1, 1, (2, 3), True),       # tiny
+    (3, 5, 7, 1, 3, (12, 13), True),  # CycleGAN / U-GAT-IT stem and head
+    (4, 4, 3, 1, 1, (9, 10), True),  # ResNet block
+    (4, 6, 3, 2, 1, (11, 12), False),  # U-GAT-IT downsampling (stride 2, reflect 1)
+    (3, 4, 4, 2, 1, (10, 9), True),  # U-GAT-IT discriminator 4x4 stride 2
+    (4, 3, 4, 1, 1, (8, 8), True),  # 4x4 stride 1 (discriminator tail)
+    (3, 4, 5, 1, 2, (10, 11), True),  # MUNIT 5x5 upsampling conv
+    (2, 3, 3, 1, 2, (7, 6), False),  # padding > kernel // 2
+    (2, 3, 7, 2, 3, (5, 6), True),  # border covers everything
+    (1, 2, 3, 1, 1, (2, 3), True),  # tiny
 ]
 CONV_IDS = [f"k{k}s{s}p{p}_{h}x{w}{'_b' if b else ''}" for _, _, k, s, p, (h, w), b in CONV_CASES]
 
@@ -285,6 +291,7 @@ def _check_conv(case, dtype, backend="cpu", path=None, channels_last=False, devi
     def ours(xs, ws, bs):
         with i2i_fast.use_backend(backend), reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, p, s)
+
     o = _run_conv(ours, x, w, b, gy, dtype, device, channels_last)
     t = _run_conv(_seq_conv(p, s), x, w, b, gy, dtype, device, channels_last)
     r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
@@ -308,6 +315,7 @@ def test_conv_parity_fp64_exact_paths(case, path):
     def ours(xs, ws, bs):
         with reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, p, s)
+
     o = _run_conv(ours, x, w, b, gy, torch.float64)
     r = _run_conv(_seq_conv(p, s), x, w, b, gy, torch.float64)
     for name, a, c in zip(["out", "grad x", "grad weight", "grad bias"], o, r):
@@ -350,6 +358,7 @@ def test_conv_gradcheck(path):
     def fn(xs, ws, bs):
         with reflection_pad_conv.pad_conv_force(path):
             return F.reflection_pad_conv2d(xs, ws, bs, 2, 2)
+
     assert torch.autograd.gradcheck(fn, args, fast_mode=True)
     assert torch.autograd.gradgradcheck(fn, args, fast_mode=True)
 
@@ -401,8 +410,14 @@ def test_conv_default_path_choice():
     every device and size, CUDA included (chooser called with device type "cuda", no GPU
     needed); "border" stays selectable; padding 0 is "conv"; the module reports the path a CUDA
     input takes, for path_for and for last_path / repr."""
-    shapes = [(64, 64, 3, 3, 1, 1), (256, 256, 7, 7, 3, 1), (4, 4, 7, 7, 3, 1), (64, 64, 3, 3, 1, 2),
-              (256, 256, 5, 5, 2, 1), (1, 7, 3, 3, 1, 1)]
+    shapes = [
+        (64, 64, 3, 3, 1, 1),
+        (256, 256, 7, 7, 3, 1),
+        (4, 4, 7, 7, 3, 1),
+        (64, 64, 3, 3, 1, 2),
+        (256, 256, 5, 5, 2, 1),
+        (1, 7, 3, 3, 1, 1),
+    ]
     for dev in ("cuda", "cpu"):
         for shape in shapes:
             assert reflection_pad_conv.pad_conv_path(*shape, dev) == "pad", (dev, shape)
@@ -444,11 +459,14 @@ def test_conv_bitwise_deterministic(path, channels_last):
 def test_conv_opcheck(path):
     x, w, b, gy = (t.float() for t in _conv_masters((3, 4, 3, 2, 1, (9, 8), True)))
     with reflection_pad_conv.pad_conv_force(path):
-        torch.library.opcheck(torch.ops.i2i_fast.reflection_pad_conv2d.default,
-                              (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 2))
+        torch.library.opcheck(
+            torch.ops.i2i_fast.reflection_pad_conv2d.default,
+            (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 2),
+        )
         for mask in ([True, True, True], [False, True, False], [True, False, False]):
-            torch.library.opcheck(torch.ops.i2i_fast.reflection_pad_conv2d_bwd.default,
-                                  (gy, x.detach(), w.detach(), 1, 2, mask))
+            torch.library.opcheck(
+                torch.ops.i2i_fast.reflection_pad_conv2d_bwd.default, (gy, x.detach(), w.detach(), 1, 2, mask)
+            )
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -457,10 +475,16 @@ def test_conv_compile_fullgraph(backend):
         pytest.skip("extension not built")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    net = nn.Sequential(i2i_fast.ReflectionPadConv2d(3, 6, 7, padding=3), nn.ReLU(),
-                        i2i_fast.ReflectionPadConv2d(6, 4, 3, stride=2, padding=1))
-    ref = nn.Sequential(nn.Conv2d(3, 6, 7, padding=3, padding_mode="reflect"), nn.ReLU(),
-                        nn.Conv2d(6, 4, 3, stride=2, padding=1, padding_mode="reflect"))
+    net = nn.Sequential(
+        i2i_fast.ReflectionPadConv2d(3, 6, 7, padding=3),
+        nn.ReLU(),
+        i2i_fast.ReflectionPadConv2d(6, 4, 3, stride=2, padding=1),
+    )
+    ref = nn.Sequential(
+        nn.Conv2d(3, 6, 7, padding=3, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, padding=1, padding_mode="reflect"),
+    )
     ref.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 12, 11)  # the input needs no gradient, the weights do
     with i2i_fast.use_backend(backend):
@@ -477,7 +501,9 @@ def test_conv_compile_fullgraph(backend):
 def test_conv_unbatched_and_no_grad_inputs():
     m = i2i_fast.ReflectionPadConv2d(2, 3, 3, padding=1)
     x = torch.randn(2, 6, 5)
-    torch.testing.assert_close(m(x), nn.functional.conv2d(TF.pad(x[None], (1,) * 4, mode="reflect"), m.weight, m.bias)[0])
+    torch.testing.assert_close(
+        m(x), nn.functional.conv2d(TF.pad(x[None], (1,) * 4, mode="reflect"), m.weight, m.bias)[0]
+    )
     xg = torch.randn(1, 2, 6, 5, requires_grad=True)
     with torch.no_grad():
         m.weight.requires_grad_(False)
@@ -492,7 +518,7 @@ def test_conv_bad_input(backend):
     w = torch.randn(4, 3, 3, 3)
     with i2i_fast.use_backend(backend):
         with pytest.raises(ValueError, match="smaller than the input size"):
-            F.reflection_pad_conv2d(x, w, None, 4)          # padding >= H
+            F.reflection_pad_conv2d(x, w, None, 4)  # padding >= H
         with pytest.raises(ValueError, match="4D input"):
             F.reflection_pad_conv2d(torch.randn(3, 4), w, None, 1)
         with pytest.raises(ValueError, match="input must be floating point"):
@@ -607,7 +633,9 @@ def test_conv_autocast_cpu_bf16():
 
 @requires_cpp
 @pytest.mark.parametrize("path", CONV_PATHS)
-@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[7]], ids=[CONV_IDS[0], CONV_IDS[2], CONV_IDS[7]])
+@pytest.mark.parametrize(
+    "case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[7]], ids=[CONV_IDS[0], CONV_IDS[2], CONV_IDS[7]]
+)
 def test_conv_raw_op_matches_reference(path, case):
     """The custom op pair itself (the CUDA route; CPU's "pad" path is a composition around it)."""
     _, _, k, s, p, _, bias = case
@@ -672,6 +700,7 @@ def test_cudnn_deterministic_flag_survives_overlapping_calls():
     """The weight gradient's process-wide cuDNN flag: overlapping holders (autograd device
     threads) keep it True until the last leaves, then the caller's value comes back."""
     import threading
+
     prev = torch.backends.cudnn.deterministic
     torch.backends.cudnn.deterministic = False
     try:
@@ -690,6 +719,7 @@ def test_cudnn_deterministic_flag_survives_overlapping_calls():
                 with reflection_pad_conv._CudnnDeterministic(dev):
                     seen.append(torch.backends.cudnn.deterministic)
             go.wait()
+
         threads = [threading.Thread(target=worker) for _ in range(3)]
         for t in threads:
             t.start()

@@ -1,16 +1,16 @@
-"""Fused spectral normalization: i2i_fast::sn_scale (W / sigma, sigma = u . (W v)) on every
+"""Fused spectral normalization: i2i_fast::spectral_norm_scale (W / sigma, sigma = u . (W v)) on every
 backend, and FusedSpectralNorm, the torch.nn.utils.spectral_norm hook that convert() installs
 (U-GAT-IT's discriminators): parity with torch in float64 (the parity rule of tests/conftest.py), gradcheck,
 double backward, opcheck, determinism, compile, state_dict, bad input."""
+
 import pytest
 import torch
+from conftest import assert_parity, cpu_backends, requires_cuda
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast.nn import FusedSpectralNorm
-
-from conftest import assert_parity, cpu_backends, requires_cuda
 
 SHAPES = [(1, 1), (7, 130), (64, 288)]
 
@@ -21,7 +21,7 @@ def _inputs(o, k, dtype, seed=0):
     u = torch.nn.functional.normalize(torch.randn(o, generator=g, dtype=torch.float64), dim=0)
     v = torch.nn.functional.normalize(torch.randn(k, generator=g, dtype=torch.float64), dim=0)
     gy = torch.randn(o, k, generator=g, dtype=torch.float64)
-    return [t.to(dtype) for t in (w, u, v, gy)]   # the float64 reference upcasts these
+    return [t.to(dtype) for t in (w, u, v, gy)]  # the float64 reference upcasts these
 
 
 def _run(fn, w, u, v, gy):
@@ -54,6 +54,7 @@ def test_gradcheck_and_double_backward(backend):
     def f(w):
         with i2i_fast.use_backend(backend):
             return F.spectral_norm_weight(w, u, v)
+
     torch.autograd.gradcheck(f, (w,), fast_mode=backend == "triton")
     torch.autograd.gradgradcheck(f, (w,), fast_mode=backend == "triton")
 
@@ -70,13 +71,15 @@ def test_opcheck_and_sigma():
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     w, u, v, gy = _inputs(6, 10, torch.float32, seed=3)
-    out, sigma = torch.ops.i2i_fast.sn_scale(w, u, v)
+    out, sigma = torch.ops.i2i_fast.spectral_norm_scale(w, u, v)
     assert sigma.dtype == torch.float32 and sigma.dim() == 0
     torch.testing.assert_close(sigma.double(), torch.dot(u.double(), torch.mv(w.double(), v.double())))
-    torch.library.opcheck(torch.ops.i2i_fast.sn_scale.default, (w.clone().requires_grad_(), u, v))
-    torch.library.opcheck(torch.ops.i2i_fast.sn_scale_bwd.default, (gy, w, u, v, sigma))
+    torch.library.opcheck(torch.ops.i2i_fast.spectral_norm_scale.default, (w.clone().requires_grad_(), u, v))
+    torch.library.opcheck(torch.ops.i2i_fast.spectral_norm_scale_bwd.default, (gy, w, u, v, sigma))
     if i2i_fast.backends()["triton"][0]:
-        torch.library.opcheck(torch.ops.i2i_fast.triton_sn_scale.default, (w, u, v), test_utils=("test_schema",))
+        torch.library.opcheck(
+            torch.ops.i2i_fast.triton_spectral_norm_scale.default, (w, u, v), test_utils=("test_schema",)
+        )
 
 
 def test_bad_input():
@@ -93,9 +96,9 @@ def test_bad_input():
         F.spectral_norm_weight(w, None, v)
     if i2i_fast.backends()["cpu"][0]:
         with pytest.raises(RuntimeError, match="v must have K"):
-            torch.ops.i2i_fast.sn_scale(w, u, torch.randn(5))
+            torch.ops.i2i_fast.spectral_norm_scale(w, u, torch.randn(5))
         with pytest.raises(RuntimeError, match="sigma must have one element"):
-            torch.ops.i2i_fast.sn_scale_bwd(w, w, u, v, torch.ones(0))
+            torch.ops.i2i_fast.spectral_norm_scale_bwd(w, w, u, v, torch.ones(0))
 
 
 def test_hook_keeps_a_channels_last_weight():
@@ -105,7 +108,8 @@ def test_hook_keeps_a_channels_last_weight():
     x = torch.randn(1, 128, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(conv(x), ref(x), rtol=1e-12, atol=1e-12)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == ref.weight.is_contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
 
 
 def _sn_conv(ci, co, fused, seed=4):
@@ -118,7 +122,7 @@ def _sn_conv(ci, co, fused, seed=4):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("ci,co", [(4, 8), (128, 64)], ids=["torch_path", "fused_path"])   # 512 / 131072 weights
+@pytest.mark.parametrize("ci,co", [(4, 8), (128, 64)], ids=["torch_path", "fused_path"])  # 512 / 131072 weights
 def test_hook_matches_torch_spectral_norm(ci, co, backend):
     """Three training steps then eval: outputs, gradients of weight_orig / bias / input, the
     u / v buffers and the state_dict equal torch's spectral_norm (float64)."""
@@ -142,11 +146,12 @@ def test_hook_matches_torch_spectral_norm(ci, co, backend):
         for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"{mode} step {step}: {k}")
     fresh = _sn_conv(ci, co, True, seed=9)
-    fresh.load_state_dict(ref.state_dict())   # the state_dict hooks of spectral_norm still work
+    fresh.load_state_dict(ref.state_dict())  # the state_dict hooks of spectral_norm still work
 
 
 def test_convert_installs_the_hook_and_compiles():
     from i2i_fast.models import ugatit
+
     torch.manual_seed(0)
     d = ugatit.Discriminator(3, 4, n_layers=5)
     pl = i2i_fast.plan(d)

@@ -81,18 +81,23 @@ def test_step_model_ops_at_most_0_6_of_eager(family):
 
 
 # ------------------------------------------------------- batch norm at batch 1 (pix2pix)
-# (its float64 parity with torch at batch 1: test_norm_family.test_batch_norm_module_matches_torch)
+# (its float64 parity with torch at batch 1: test_plane_norm.test_batch_norm_module_matches_torch)
 @pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
 def test_batch_norm_batch1_ops():
     """Training batch norm at batch 1: forward = the fused instance norm + the running-stats
     update (+ num_batches_tracked), backward = one op; at batch 2 the family path remains."""
     m = i2i_fast.BatchNorm2d(4, activation="relu")
     for n, fwd_ops, bwd_ops in (
-        (1, ["i2i_fast::instance_norm_fwd", "i2i_fast::bn_update_running"], ["i2i_fast::instance_norm_bwd"]),
+        (1, ["i2i_fast::instance_norm_fwd", "i2i_fast::plane_norm_update_running"], ["i2i_fast::instance_norm_bwd"]),
         (
             2,
-            ["i2i_fast::norm_stats", "i2i_fast::norm_coefs", "i2i_fast::norm_apply", "i2i_fast::bn_update_running"],
-            ["i2i_fast::norm_apply_sums", "i2i_fast::norm_coefs_bwd", "i2i_fast::norm_apply_bwd"],
+            [
+                "i2i_fast::plane_norm_stats",
+                "i2i_fast::plane_norm_coefs",
+                "i2i_fast::plane_norm_apply",
+                "i2i_fast::plane_norm_update_running",
+            ],
+            ["i2i_fast::plane_norm_apply_sums", "i2i_fast::plane_norm_coefs_bwd", "i2i_fast::plane_norm_apply_bwd"],
         ),
     ):
         x = torch.randn(n, 4, 8, 8, requires_grad=True)

@@ -10,6 +10,7 @@ sizes and plane splits as on an H100, also at the GPU shapes of docs/benchmarks.
 compiles each distinct specialization to a cubin in a process without the interpreter. fp16 and
 bf16 launches are recorded too (never executed, so the CPU interpreter's dtype support does not
 matter)."""
+
 import inspect
 import itertools
 import json
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_compiler_facts import cf, check_facts_table
 
 import i2i_fast
 from i2i_fast import functional as F
-from test_compiler_facts import cf, check_facts_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,6 +35,7 @@ def _recording():
     if torch.cuda.is_available():
         pytest.skip("a GPU compiles every kernel when it launches")
     from triton.runtime.interpreter import InterpretedFunction
+
     return InterpretedFunction
 
 
@@ -94,27 +96,31 @@ def _workload():
 def _gpu_shapes_workload():
     """The norms at the GPU shapes of docs/benchmarks.md (nothing executes, so no cost but the allocation),
     to record the block sizes and plane splits an H100 launch would get."""
-    for shape, dt in itertools.product([(1, 256, 64, 64), (1, 64, 256, 256), (16, 256, 32, 32)],
-                                       (torch.float32, torch.bfloat16)):
+    for shape, dt in itertools.product(
+        [(1, 256, 64, 64), (1, 64, 256, 256), (16, 256, 32, 32)], (torch.float32, torch.bfloat16)
+    ):
         n, c = shape[:2]
         x = torch.empty(shape, dtype=dt).requires_grad_()
         gc, bc = (torch.ones(c, requires_grad=True) for _ in range(2))
         gn, bn = (torch.ones(n, c, dtype=dt, requires_grad=True) for _ in range(2))
         rho = torch.ones(1, c, 1, 1, requires_grad=True)
-        ys = [F.iln(x, rho, gc.reshape(1, c, 1, 1), bc.reshape(1, c, 1, 1), activation="relu", out_pad=1),
-              F.adalin(x, rho, gn, bn, residual=x.detach()),
-              F.instance_norm(x, weight=gc, bias=bc, activation="relu"),
-              F.layer_norm(x, gc, bc, activation="relu"),
-              F.batch_norm(x, None, None, gc, bc, True, activation="leaky_relu")]
+        ys = [
+            F.iln(x, rho, gc.reshape(1, c, 1, 1), bc.reshape(1, c, 1, 1), activation="relu", out_pad=1),
+            F.adalin(x, rho, gn, bn, residual=x.detach()),
+            F.instance_norm(x, weight=gc, bias=bc, activation="relu"),
+            F.layer_norm(x, gc, bc, activation="relu"),
+            F.batch_norm(x, None, None, gc, bc, True, activation="leaky_relu"),
+        ]
         for y in ys:
             torch.autograd.grad(y, [x], torch.empty_like(y))
 
 
 def _spec(fn, args, kwargs):
     """The launch as Triton specializes it: signature types, constexpr values, num_warps."""
+    import triton.language as tl
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import BaseBackend
-    import triton.language as tl
+
     kwargs = dict(kwargs)
     num_warps = kwargs.pop("num_warps", 4)
     kwargs.pop("num_stages", None)
@@ -134,8 +140,14 @@ def _spec(fn, args, kwargs):
             consts[name] = v
         elif isinstance(key, str) and key:
             attrs.append([i, key])  # "D": divisible by 16 (pointer alignment, sizes, strides)
-    return {"module": fn.fn.__module__, "kernel": fn.fn.__name__, "signature": sig,
-            "constexprs": consts, "attrs": attrs, "num_warps": num_warps}
+    return {
+        "module": fn.fn.__module__,
+        "kernel": fn.fn.__name__,
+        "signature": sig,
+        "constexprs": consts,
+        "attrs": attrs,
+        "num_warps": num_warps,
+    }
 
 
 def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
@@ -145,8 +157,11 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
     def record(self, *args, grid, warmup, **kwargs):
         if not warmup:
             launches.append(_spec(self, args, kwargs))
+
     monkeypatch.setattr(interp, "run", record)
-    from i2i_fast.triton import instance_norm as tin, reflection_pad as tpad
+    from i2i_fast.triton import instance_norm as tin
+    from i2i_fast.triton import reflection_pad as tpad
+
     for m in (tin, tpad):  # the GPU's block sizes, not the interpreter's
         monkeypatch.setattr(m, "triton_interpret", lambda: False)
     with i2i_fast.use_backend("triton"):
@@ -160,23 +175,44 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
         _gpu_shapes_workload()
 
     # every launch kernel of i2i_fast/triton was reached by the workload
-    from i2i_fast.triton import instance_norm, losses, norm, reflection_pad, spectral_norm
-    defined = {(m.__name__, name) for m in (instance_norm, losses, norm, reflection_pad, spectral_norm)
-               for name, obj in vars(m).items() if name.endswith("_kernel") and isinstance(obj, interp)}
+    from i2i_fast.triton import instance_norm, loss, plane_norm, reflection_pad, spectral_norm
+
+    defined = {
+        (m.__name__, name)
+        for m in (instance_norm, loss, plane_norm, reflection_pad, spectral_norm)
+        for name, obj in vars(m).items()
+        if name.endswith("_kernel") and isinstance(obj, interp)
+    }
     reached = {(s["module"], s["kernel"]) for s in launches}
     assert defined and not defined - reached, f"kernels the workload never launches: {sorted(defined - reached)}"
 
     specs = list({json.dumps(s, sort_keys=True): s for s in launches}.values())
     # a Python float argument is an fp32 kernel scalar: in fp64 kernels it would round eps, a
     # slope, a label or a weight (the interpreter keeps it fp64, so only the signature shows it)
-    fp64_with_fp32_scalar = {(s["kernel"], k) for s in specs if s["constexprs"].get("ACC") == {"tl": "fp64"}
-                             for k, t in s["signature"].items() if t == "fp32"}
+    fp64_with_fp32_scalar = {
+        (s["kernel"], k)
+        for s in specs
+        if s["constexprs"].get("ACC") == {"tl": "fp64"}
+        for k, t in s["signature"].items()
+        if t == "fp32"
+    }
     assert not fp64_with_fp32_scalar, fp64_with_fp32_scalar
     (tmp_path / "specs.json").write_text(json.dumps(specs))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(HERE / "triton_aot.py"), str(tmp_path / "specs.json"), "90",
-                           "--facts", str(tmp_path / "facts.json")],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "triton_aot.py"),
+            str(tmp_path / "specs.json"),
+            "90",
+            "--facts",
+            str(tmp_path / "facts.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     out = proc.stdout + proc.stderr
     if proc.returncode == 3:
         pytest.skip(out.strip().splitlines()[-1])
@@ -189,7 +225,9 @@ def test_every_triton_op_runs_on_its_tensors_gpu():
     """Triton launches on the current device, so every triton_op takes a device guard
     (i2i_fast.triton.on_device) for tensors on another GPU; the guard keeps the op's schema."""
     import re
+
     from i2i_fast import triton as tri
+
     src = Path(tri.__file__).parent
     ops = 0
     for f in sorted(src.glob("*.py")):
@@ -204,6 +242,7 @@ def test_every_triton_op_runs_on_its_tensors_gpu():
     def op(x: torch.Tensor, k: int) -> torch.Tensor:
         calls.append(k)
         return x
+
     assert str(inspect.signature(op)) == "(x: torch.Tensor, k: int) -> torch.Tensor"
     op(torch.zeros(1), 3)  # CPU: no guard, runs as is
     assert calls == [3]
@@ -217,11 +256,18 @@ def test_triton_ops_on_second_gpu():
     if not i2i_fast.backends()["triton"][0]:
         pytest.skip("triton not available")
     x = torch.randn(2, 3, 9, 8, device="cuda:1", requires_grad=True)
-    rho, g, b = (torch.rand(1, 3, 1, 1, device="cuda:1"), torch.rand(2, 3, device="cuda:1"),
-                 torch.randn(2, 3, device="cuda:1"))
+    rho, g, b = (
+        torch.rand(1, 3, 1, 1, device="cuda:1"),
+        torch.rand(2, 3, device="cuda:1"),
+        torch.randn(2, 3, device="cuda:1"),
+    )
     with i2i_fast.use_backend("triton"):
-        ys = [F.adalin(x, rho, g, b, activation="relu", out_pad=1), F.instance_norm(x),
-              F.reflection_pad2d(x, 2), F.gan_loss(x, True, "lsgan")]
+        ys = [
+            F.adalin(x, rho, g, b, activation="relu", out_pad=1),
+            F.instance_norm(x),
+            F.reflection_pad2d(x, 2),
+            F.gan_loss(x, True, "lsgan"),
+        ]
         for y in ys:
             torch.autograd.grad(y, x, torch.ones_like(y))
     with i2i_fast.use_backend("reference"):

@@ -1,23 +1,25 @@
 """Everyday PyTorch features on converted models (docs/works_with.md lists these with the tests
 elsewhere): an autocast training step with GradScaler, channels_last, activation
 checkpointing and torch.export. Small CycleGAN / MUNIT networks on CPU."""
+
 import pytest
 import torch
+from test_convert import MUNIT_GEN
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import i2i_fast
-from i2i_fast.bench import counting
 from i2i_fast import functional as F
+from i2i_fast.bench import counting
 from i2i_fast.models import cyclegan, munit
-
-from test_convert import MUNIT_GEN
 
 
 def _nets():
     torch.manual_seed(0)
-    return (cyclegan.define_G(3, 3, 4, "resnet_6blocks", norm="instance"),
-            cyclegan.define_D(3, 4, "n_layers", n_layers_D=2, norm="instance"))
+    return (
+        cyclegan.define_G(3, 3, 4, "resnet_6blocks", norm="instance"),
+        cyclegan.define_D(3, 4, "n_layers", n_layers_D=2, norm="instance"),
+    )
 
 
 def _img(seed, *shape):
@@ -27,7 +29,7 @@ def _img(seed, *shape):
 
 A, B = _img(2, 1, 3, 32, 32), _img(3, 1, 3, 32, 32)
 AMP_RTOL = {torch.bfloat16: 3e-2, torch.float16: 5e-3}  # a few units of the autocast dtype's rounding
-SCALE = 2.0 ** 10
+SCALE = 2.0**10
 
 
 def _amp_step(G, D, dtype, fused):
@@ -97,6 +99,7 @@ def test_activation_checkpointing(how):
         x = A.clone().requires_grad_()
         (run(model, x) * B).sum().backward()
         return [x.grad] + [p.grad for p in model.parameters()]
+
     if how == "checkpoint":
         ckpt = lambda m, x: checkpoint(m, x, use_reentrant=False)
     else:

@@ -12,6 +12,7 @@ as {"tl": "fp32"} is that triton.language dtype. Exit code 0: all compiled; 1: f
 and shared memory (scripts/compiler_facts.py makes the table). Triton's cache is then a directory
 of its own ($I2I_FAST_FACTS_CACHE, ~/.triton/i2i_fast_facts by default) that keeps each kernel's
 facts next to it: a cache hit runs no ptxas."""
+
 import contextlib
 import importlib
 import inspect
@@ -28,24 +29,29 @@ def _compile(args):
     s, arch, facts = args
     import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
+    from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.compiler import ASTSource
-    from triton.backends.compiler import BaseBackend
+
     fn = getattr(importlib.import_module(s["module"]), s["kernel"])
     consts = {k: tl.dtype(v["tl"]) if isinstance(v, dict) else v for k, v in s["constexprs"].items()}
     attrs = {(i,): BaseBackend.parse_attr(key) for i, key in s.get("attrs", [])}
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas -v here
-            k = triton.compile(ASTSource(fn=fn, signature=s["signature"], constexprs=consts, attrs=attrs),
-                               target=GPUTarget("cuda", arch, 32), options={"num_warps": s["num_warps"]})
+            k = triton.compile(
+                ASTSource(fn=fn, signature=s["signature"], constexprs=consts, attrs=attrs),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": s["num_warps"]},
+            )
     except Exception:  # noqa: BLE001 (report every failing specialization)
-        return (f"FAILED {s['module']}.{s['kernel']} {s['signature']} {s['constexprs']}\n"
-                + traceback.format_exc(limit=3)), None
+        return (
+            f"FAILED {s['module']}.{s['kernel']} {s['signature']} {s['constexprs']}\n" + traceback.format_exc(limit=3)
+        ), None
     if not facts:
         return "", None
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
     from compiler_facts import parse_ptxas
+
     saved = os.path.join(os.environ["TRITON_CACHE_DIR"], f"{k.hash}.facts.json")
     ran = list(parse_ptxas(log.getvalue()).values())
     if ran:
@@ -60,9 +66,11 @@ def _compile(args):
 
 def main() -> int:
     import triton
+
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
         from triton.compiler import ASTSource
+
         if "constexprs" not in inspect.signature(ASTSource).parameters:
             raise ImportError("ASTSource takes no constexprs")
     except ImportError as e:
@@ -73,12 +81,16 @@ def main() -> int:
     if "--facts" in args:
         i = args.index("--facts")
         facts_out = args[i + 1]
-        del args[i:i + 2]
+        del args[i : i + 2]
     specs = json.load(open(args[0]))
     arch = int(args[1]) if len(args) > 1 else 90
     if facts_out:
-        os.environ.update(TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=os.environ.get(
-            "I2I_FAST_FACTS_CACHE", os.path.expanduser(os.path.join("~", ".triton", "i2i_fast_facts"))))
+        os.environ.update(
+            TRITON_DUMP_PTXAS_LOG="1",
+            TRITON_CACHE_DIR=os.environ.get(
+                "I2I_FAST_FACTS_CACHE", os.path.expanduser(os.path.join("~", ".triton", "i2i_fast_facts"))
+            ),
+        )
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(_compile, [(s, arch, bool(facts_out)) for s in specs], chunksize=8))
     errors = [e for e, _ in results if e]

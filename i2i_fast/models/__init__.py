@@ -2,6 +2,7 @@
 per family, built from plain torch.nn layers with the originals' constructor arguments and
 state_dict keys (see shared/REFERENCE_MODELS.md). They are the baselines that
 ``i2i_fast.convert`` rewrites and that the benchmarks time."""
+
 from . import cyclegan, munit, stargan, ugatit, unit
 
 __all__ = ["cyclegan", "ugatit", "stargan", "munit", "unit"]

@@ -9,6 +9,7 @@ Also here: ``GANLoss`` (with CUT's 'nonsaturating' mode), ``cal_gradient_penalty
 ``ImagePool``, ``init_weights``/``define_G``/``define_D`` and ``training_step``, one CycleGAN
 optimisation step (G_A and G_B, then D_A and D_B) with the original loss weights.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,10 +20,22 @@ import torch
 from torch import nn
 
 __all__ = [
-    "Identity", "get_norm_layer", "init_weights", "define_G", "define_D",
-    "ResnetGenerator", "ResnetBlock", "UnetGenerator", "UnetSkipConnectionBlock",
-    "NLayerDiscriminator", "PixelDiscriminator", "GANLoss", "cal_gradient_penalty",
-    "ImagePool", "set_requires_grad", "training_step",
+    "Identity",
+    "get_norm_layer",
+    "init_weights",
+    "define_G",
+    "define_D",
+    "ResnetGenerator",
+    "ResnetBlock",
+    "UnetGenerator",
+    "UnetSkipConnectionBlock",
+    "NLayerDiscriminator",
+    "PixelDiscriminator",
+    "GANLoss",
+    "cal_gradient_penalty",
+    "ImagePool",
+    "set_requires_grad",
+    "training_step",
 ]
 
 
@@ -39,8 +52,10 @@ def get_norm_layer(norm_type: str = "instance"):
     if norm_type == "instance":
         return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
     if norm_type == "none":
+
         def norm_layer(num_features):
             return Identity()
+
         return norm_layer
     raise NotImplementedError(f"normalization layer [{norm_type}] is not found")
 
@@ -55,6 +70,7 @@ def _uses_bias(norm_layer) -> bool:
 def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> nn.Module:
     """The original initialisation: Conv*/Linear weights N(0, gain) (or xavier/kaiming/orthogonal),
     biases 0; BatchNorm2d weight N(1, gain), bias 0."""
+
     def init_func(m):
         name = m.__class__.__name__
         if hasattr(m, "weight") and (name.find("Conv") != -1 or name.find("Linear") != -1):
@@ -78,8 +94,7 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
     return net
 
 
-def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False,
-             init_type="normal", init_gain=0.02):
+def define_G(input_nc, output_nc, ngf, netG, norm="batch", use_dropout=False, init_type="normal", init_gain=0.02):
     """netG in resnet_9blocks, resnet_6blocks, unet_128, unet_256 (no DataParallel/gpu_ids)."""
     norm_layer = get_norm_layer(norm_type=norm)
     if netG == "resnet_9blocks":
@@ -110,6 +125,7 @@ def define_D(input_nc, ndf, netD, n_layers_D=3, norm="batch", init_type="normal"
 
 
 # --------------------------------------------------------------------------- generators
+
 
 class ResnetBlock(nn.Module):
     """pad, conv3x3, norm, ReLU, [Dropout(0.5)], pad, conv3x3, norm; out = x + block(x).
@@ -147,28 +163,47 @@ class ResnetGenerator(nn.Module):
     """ReflectionPad(3), conv7, norm, ReLU | 2x [conv3 s2 p1, norm, ReLU] | n_blocks ResnetBlock |
     2x [convT3 s2 p1 op1, norm, ReLU] | ReflectionPad(3), conv7 (bias), Tanh. All in ``model``."""
 
-    def __init__(self, input_nc, output_nc, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False,
-                 n_blocks=6, padding_type="reflect"):
+    def __init__(
+        self,
+        input_nc,
+        output_nc,
+        ngf=64,
+        norm_layer=nn.BatchNorm2d,
+        use_dropout=False,
+        n_blocks=6,
+        padding_type="reflect",
+    ):
         assert n_blocks >= 0
         super().__init__()
         use_bias = _uses_bias(norm_layer)
-        layers = [nn.ReflectionPad2d(3),
-                  nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
-                  norm_layer(ngf), nn.ReLU(True)]
+        layers = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
         n_downsampling = 2
         for i in range(n_downsampling):
-            c = ngf * 2 ** i
-            layers += [nn.Conv2d(c, c * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
-                       norm_layer(c * 2), nn.ReLU(True)]
-        c = ngf * 2 ** n_downsampling
+            c = ngf * 2**i
+            layers += [
+                nn.Conv2d(c, c * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
+                norm_layer(c * 2),
+                nn.ReLU(True),
+            ]
+        c = ngf * 2**n_downsampling
         for _ in range(n_blocks):
-            layers.append(ResnetBlock(c, padding_type=padding_type, norm_layer=norm_layer,
-                                      use_dropout=use_dropout, use_bias=use_bias))
+            layers.append(
+                ResnetBlock(
+                    c, padding_type=padding_type, norm_layer=norm_layer, use_dropout=use_dropout, use_bias=use_bias
+                )
+            )
         for i in range(n_downsampling):
             c = ngf * 2 ** (n_downsampling - i)
-            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1,
-                                          output_padding=1, bias=use_bias),
-                       norm_layer(c // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=use_bias),
+                norm_layer(c // 2),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -180,8 +215,17 @@ class UnetSkipConnectionBlock(nn.Module):
     """One U-Net level: down = [LReLU(0.2)], conv4 s2 p1, [norm]; submodule; up = ReLU, convT4 s2
     p1, norm | Tanh, [Dropout(0.5)]. Non-outermost levels return cat([x, model(x)], 1)."""
 
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-                 innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False):
+    def __init__(
+        self,
+        outer_nc,
+        inner_nc,
+        input_nc=None,
+        submodule=None,
+        outermost=False,
+        innermost=False,
+        norm_layer=nn.BatchNorm2d,
+        use_dropout=False,
+    ):
         super().__init__()
         self.outermost = outermost
         use_bias = _uses_bias(norm_layer)
@@ -216,22 +260,26 @@ class UnetGenerator(nn.Module):
 
     def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False):
         super().__init__()
-        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=None,
-                                        norm_layer=norm_layer, innermost=True)
+        block = UnetSkipConnectionBlock(
+            ngf * 8, ngf * 8, input_nc=None, submodule=None, norm_layer=norm_layer, innermost=True
+        )
         for _ in range(num_downs - 5):
-            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=block,
-                                            norm_layer=norm_layer, use_dropout=use_dropout)
+            block = UnetSkipConnectionBlock(
+                ngf * 8, ngf * 8, input_nc=None, submodule=block, norm_layer=norm_layer, use_dropout=use_dropout
+            )
         block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, input_nc=None, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, input_nc=None, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf, ngf * 2, input_nc=None, submodule=block, norm_layer=norm_layer)
-        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block,
-                                             outermost=True, norm_layer=norm_layer)
+        self.model = UnetSkipConnectionBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm_layer=norm_layer
+        )
 
     def forward(self, input):
         return self.model(input)
 
 
 # ----------------------------------------------------------------------- discriminators
+
 
 class NLayerDiscriminator(nn.Module):
     """PatchGAN: conv4 s2 p1 + LReLU(0.2) | (n_layers-1)x [conv4 s2, norm, LReLU] |
@@ -244,12 +292,18 @@ class NLayerDiscriminator(nn.Module):
         layers = [nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers):
-            prev, mult = mult, min(2 ** n, 8)
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
-                       norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
-        prev, mult = mult, min(2 ** n_layers, 8)
-        layers += [nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
-                   norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
+            prev, mult = mult, min(2**n, 8)
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
+                norm_layer(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        layers += [
+            nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
+            norm_layer(ndf * mult),
+            nn.LeakyReLU(0.2, True),
+        ]
         layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=kw, stride=1, padding=padw))
         self.model = nn.Sequential(*layers)
 
@@ -269,13 +323,15 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf, ndf * 2, kernel_size=1, stride=1, padding=0, bias=use_bias),
             norm_layer(ndf * 2),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 2, 1, kernel_size=1, stride=1, padding=0, bias=use_bias))
+            nn.Conv2d(ndf * 2, 1, kernel_size=1, stride=1, padding=0, bias=use_bias),
+        )
 
     def forward(self, input):
         return self.net(input)
 
 
 # ------------------------------------------------------------------------------- losses
+
 
 class GANLoss(nn.Module):
     """lsgan: MSE to label.expand_as(pred); vanilla: BCE-with-logits; wgangp: -mean / +mean;
@@ -329,15 +385,21 @@ def cal_gradient_penalty(netD, real_data, fake_data, device, type="mixed", const
         raise NotImplementedError(f"{type} not implemented")
     interpolates.requires_grad_(True)
     disc = netD(interpolates)
-    grads = torch.autograd.grad(outputs=disc, inputs=interpolates,
-                                grad_outputs=torch.ones(disc.size()).to(device),
-                                create_graph=True, retain_graph=True, only_inputs=True)
+    grads = torch.autograd.grad(
+        outputs=disc,
+        inputs=interpolates,
+        grad_outputs=torch.ones(disc.size()).to(device),
+        create_graph=True,
+        retain_graph=True,
+        only_inputs=True,
+    )
     grads = grads[0].view(real_data.size(0), -1)
     penalty = (((grads + 1e-16).norm(2, dim=1) - constant) ** 2).mean() * lambda_gp
     return penalty, grads
 
 
 # ----------------------------------------------------------------------- training step
+
 
 class ImagePool:
     """History of generated images (util/image_pool.py): once full, each query image is, with
@@ -388,10 +450,23 @@ def _generate(G_A, G_B, D_A, D_B, real_A, real_B, opt_G):
     return fake_B, rec_A, fake_A, rec_B
 
 
-def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN=None,
-                  lambda_A=10.0, lambda_B=10.0, lambda_identity=0.5,
-                  fake_A_pool: Optional[ImagePool] = None, fake_B_pool: Optional[ImagePool] = None,
-                  fused_losses: bool = False):
+def training_step(
+    G_A,
+    G_B,
+    D_A,
+    D_B,
+    real_A,
+    real_B,
+    opt_G,
+    opt_D,
+    criterionGAN=None,
+    lambda_A=10.0,
+    lambda_B=10.0,
+    lambda_identity=0.5,
+    fake_A_pool: Optional[ImagePool] = None,
+    fake_B_pool: Optional[ImagePool] = None,
+    fused_losses: bool = False,
+):
     """One CycleGANModel.optimize_parameters(): G_A: A->B, G_B: B->A, D_A judges B, D_B judges A.
 
     G step (Ds frozen): GAN(D_A(G_A(A)), True) + GAN(D_B(G_B(B)), True)
@@ -407,8 +482,22 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
     of i2i_fast writes the step; then the dict holds G, D_A and D_B only.
     Returns a dict of the detached loss tensors (no host sync)."""
     if fused_losses:
-        return _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
-                                    lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool)
+        return _training_step_fused(
+            G_A,
+            G_B,
+            D_A,
+            D_B,
+            real_A,
+            real_B,
+            opt_G,
+            opt_D,
+            criterionGAN,
+            lambda_A,
+            lambda_B,
+            lambda_identity,
+            fake_A_pool,
+            fake_B_pool,
+        )
     if criterionGAN is None:
         criterionGAN = GANLoss("lsgan").to(real_A.device)
     l1 = nn.functional.l1_loss
@@ -443,13 +532,36 @@ def training_step(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN
     loss_D_B = backward_D_basic(D_B, real_A, fA)
     opt_D.step()
 
-    losses = dict(D_A=loss_D_A, G_A=loss_G_A, cycle_A=loss_cycle_A, idt_A=loss_idt_A,
-                  D_B=loss_D_B, G_B=loss_G_B, cycle_B=loss_cycle_B, idt_B=loss_idt_B, G=loss_G)
+    losses = dict(
+        D_A=loss_D_A,
+        G_A=loss_G_A,
+        cycle_A=loss_cycle_A,
+        idt_A=loss_idt_A,
+        D_B=loss_D_B,
+        G_B=loss_G_B,
+        cycle_B=loss_cycle_B,
+        idt_B=loss_idt_B,
+        G=loss_G,
+    )
     return {k: v.detach() for k, v in losses.items()}
 
 
-def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, criterionGAN,
-                         lambda_A, lambda_B, lambda_identity, fake_A_pool, fake_B_pool):
+def _training_step_fused(
+    G_A,
+    G_B,
+    D_A,
+    D_B,
+    real_A,
+    real_B,
+    opt_G,
+    opt_D,
+    criterionGAN,
+    lambda_A,
+    lambda_B,
+    lambda_identity,
+    fake_A_pool,
+    fake_B_pool,
+):
     """training_step(fused_losses=True): the same step, losses by i2i_fast.functional."""
     from .. import functional as F
 
@@ -457,8 +569,10 @@ def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, crite
         mode, labels = "lsgan", (1.0, 0.0)
     else:  # i2i_fast.GANLoss keeps host copies of its labels; else read the buffers (a sync on GPU)
         mode = criterionGAN.gan_mode
-        labels = getattr(criterionGAN, "_labels", None) or (float(criterionGAN.real_label),
-                                                             float(criterionGAN.fake_label))
+        labels = getattr(criterionGAN, "_labels", None) or (
+            float(criterionGAN.real_label),
+            float(criterionGAN.fake_label),
+        )
     if mode not in ("lsgan", "vanilla", "wgangp"):
         raise ValueError(f"fused_losses supports GAN modes lsgan, vanilla and wgangp, got {mode!r}")
     labels = dict(zip(("target_real_label", "target_fake_label"), labels))
@@ -468,16 +582,19 @@ def _training_step_fused(G_A, G_B, D_A, D_B, real_A, real_B, opt_G, opt_D, crite
     if lambda_identity > 0:
         pairs += [(G_A(real_B), real_B), (G_B(real_A), real_A)]
         weights += [lambda_B * lambda_identity, lambda_A * lambda_identity]
-    loss_G = (F.gan_loss([D_A(fake_B), D_B(fake_A)], True, mode, for_discriminator=False, **labels)
-              + F.l1_loss(pairs, weights))
+    loss_G = F.gan_loss([D_A(fake_B), D_B(fake_A)], True, mode, for_discriminator=False, **labels) + F.l1_loss(
+        pairs, weights
+    )
     loss_G.backward()
     opt_G.step()
 
     set_requires_grad([D_A, D_B], True)
     opt_D.zero_grad()
     losses = {"G": loss_G}
-    for name, netD, real, fake, pool in (("D_A", D_A, real_B, fake_B, fake_B_pool),
-                                         ("D_B", D_B, real_A, fake_A, fake_A_pool)):
+    for name, netD, real, fake, pool in (
+        ("D_A", D_A, real_B, fake_B, fake_B_pool),
+        ("D_B", D_B, real_A, fake_A, fake_A_pool),
+    ):
         fake = pool.query(fake) if pool is not None else fake
         loss = F.gan_loss([netD(real), netD(fake.detach())], [True, False], mode, weights=0.5, **labels)
         loss.backward()

@@ -10,17 +10,32 @@ Keys: ``enc_style.model.N``, ``enc_content.model.N``, ``dec.model.N`` (ResBlocks
 MsImageDis ``cnns.s.N.conv`` and ``cnns.s.<last>.weight``. Conv2dBlock registers its norm (and a
 PReLU activation) before its conv, as the original does, so state_dict order matches too.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MsImageDis", "AdaINGen", "VAEGen", "StyleEncoder", "ContentEncoder", "Decoder", "ResBlocks",
-           "MLP", "ResBlock", "Conv2dBlock", "LinearBlock", "AdaptiveInstanceNorm2d", "LayerNorm"]
+__all__ = [
+    "MsImageDis",
+    "AdaINGen",
+    "VAEGen",
+    "StyleEncoder",
+    "ContentEncoder",
+    "Decoder",
+    "ResBlocks",
+    "MLP",
+    "ResBlock",
+    "Conv2dBlock",
+    "LinearBlock",
+    "AdaptiveInstanceNorm2d",
+    "LayerNorm",
+]
 
 
 # ------------------------------------------------------------------------ normalizations
+
 
 class AdaptiveInstanceNorm2d(nn.Module):
     """Instance norm (biased variance) with per-(sample, channel) affine ``weight``/``bias`` of
@@ -42,9 +57,16 @@ class AdaptiveInstanceNorm2d(nn.Module):
         b, c = x.size(0), x.size(1)
         # batch_norm in training mode over a (1, B*C, H, W) view is instance norm; it updates the
         # repeated copies of the buffers, not the buffers themselves.
-        out = F.batch_norm(x.contiguous().view(1, b * c, *x.size()[2:]),
-                           self.running_mean.repeat(b), self.running_var.repeat(b),
-                           self.weight, self.bias, True, self.momentum, self.eps)
+        out = F.batch_norm(
+            x.contiguous().view(1, b * c, *x.size()[2:]),
+            self.running_mean.repeat(b),
+            self.running_var.repeat(b),
+            self.weight,
+            self.bias,
+            True,
+            self.momentum,
+            self.eps,
+        )
         return out.view(b, c, *x.size()[2:])
 
     def __repr__(self):
@@ -77,6 +99,7 @@ class LayerNorm(nn.Module):
 
 
 # -------------------------------------------------------------------------- basic blocks
+
 
 def _activation(name):
     if name == "relu":
@@ -114,8 +137,9 @@ class Conv2dBlock(nn.Module):
     """pad (reflect / replicate / zero), conv (bias, padding 0), [norm: bn, in, ln, adain],
     [activation: relu, lrelu(0.2), prelu, selu, tanh]."""
 
-    def __init__(self, input_dim, output_dim, kernel_size, stride, padding=0, norm="none",
-                 activation="relu", pad_type="zero"):
+    def __init__(
+        self, input_dim, output_dim, kernel_size, stride, padding=0, norm="none", activation="relu", pad_type="zero"
+    ):
         super().__init__()
         self.use_bias = True
         if pad_type == "reflect":
@@ -126,8 +150,11 @@ class Conv2dBlock(nn.Module):
             self.pad = nn.ZeroPad2d(padding)
         else:
             raise ValueError(f"Unsupported padding type: {pad_type}")
-        self.norm = _norm(norm, output_dim, {"bn": nn.BatchNorm2d, "in": nn.InstanceNorm2d,
-                                             "ln": LayerNorm, "adain": AdaptiveInstanceNorm2d})
+        self.norm = _norm(
+            norm,
+            output_dim,
+            {"bn": nn.BatchNorm2d, "in": nn.InstanceNorm2d, "ln": LayerNorm, "adain": AdaptiveInstanceNorm2d},
+        )
         self.activation = _activation(activation)
         self.conv = nn.Conv2d(input_dim, output_dim, kernel_size, stride, bias=self.use_bias)
 
@@ -141,8 +168,7 @@ class LinearBlock(nn.Module):
     def __init__(self, input_dim, output_dim, norm="none", activation="relu"):
         super().__init__()
         self.fc = nn.Linear(input_dim, output_dim, bias=True)
-        self.norm = _norm(norm, output_dim, {"bn": nn.BatchNorm1d, "in": nn.InstanceNorm1d,
-                                             "ln": LayerNorm})
+        self.norm = _norm(norm, output_dim, {"bn": nn.BatchNorm1d, "in": nn.InstanceNorm1d, "ln": LayerNorm})
         self.activation = _activation(activation)
 
     def forward(self, x):
@@ -156,7 +182,8 @@ class ResBlock(nn.Module):
         super().__init__()
         self.model = nn.Sequential(
             Conv2dBlock(dim, dim, 3, 1, 1, norm=norm, activation=activation, pad_type=pad_type),
-            Conv2dBlock(dim, dim, 3, 1, 1, norm=norm, activation="none", pad_type=pad_type))
+            Conv2dBlock(dim, dim, 3, 1, 1, norm=norm, activation="none", pad_type=pad_type),
+        )
 
     def forward(self, x):
         return self.model(x) + x
@@ -165,8 +192,9 @@ class ResBlock(nn.Module):
 class ResBlocks(nn.Module):
     def __init__(self, num_blocks, dim, norm="in", activation="relu", pad_type="zero"):
         super().__init__()
-        self.model = nn.Sequential(*[ResBlock(dim, norm=norm, activation=activation, pad_type=pad_type)
-                                     for _ in range(num_blocks)])
+        self.model = nn.Sequential(
+            *[ResBlock(dim, norm=norm, activation=activation, pad_type=pad_type) for _ in range(num_blocks)]
+        )
 
     def forward(self, x):
         return self.model(x)
@@ -187,6 +215,7 @@ class MLP(nn.Module):
 
 
 # ---------------------------------------------------------------------- encoders/decoder
+
 
 class StyleEncoder(nn.Module):
     """Conv2dBlock(7,1,3) | 2x Conv2dBlock(4,2,1) doubling | (n_downsample-2)x Conv2dBlock(4,2,1) |
@@ -233,8 +262,10 @@ class Decoder(nn.Module):
         super().__init__()
         layers = [ResBlocks(n_res, dim, res_norm, activ, pad_type=pad_type)]
         for _ in range(n_upsample):
-            layers += [nn.Upsample(scale_factor=2),
-                       Conv2dBlock(dim, dim // 2, 5, 1, 2, norm="ln", activation=activ, pad_type=pad_type)]
+            layers += [
+                nn.Upsample(scale_factor=2),
+                Conv2dBlock(dim, dim // 2, 5, 1, 2, norm="ln", activation=activ, pad_type=pad_type),
+            ]
             dim //= 2
         layers.append(Conv2dBlock(dim, output_dim, 7, 1, 3, norm="none", activation="tanh", pad_type=pad_type))
         self.model = nn.Sequential(*layers)
@@ -244,6 +275,7 @@ class Decoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- generators
+
 
 def _is_adain(m):
     # matched by class name, as the original does, so look-alike classes count too
@@ -265,8 +297,15 @@ class AdaINGen(nn.Module):
         mlp_dim = params["mlp_dim"]
         self.enc_style = StyleEncoder(4, input_dim, dim, style_dim, norm="none", activ=activ, pad_type=pad_type)
         self.enc_content = ContentEncoder(n_downsample, n_res, input_dim, dim, "in", activ, pad_type=pad_type)
-        self.dec = Decoder(n_downsample, n_res, self.enc_content.output_dim, input_dim, res_norm="adain",
-                           activ=activ, pad_type=pad_type)
+        self.dec = Decoder(
+            n_downsample,
+            n_res,
+            self.enc_content.output_dim,
+            input_dim,
+            res_norm="adain",
+            activ=activ,
+            pad_type=pad_type,
+        )
         self.mlp = MLP(style_dim, self.get_num_adain_params(self.dec), mlp_dim, 3, norm="none", activ=activ)
 
     def forward(self, images):
@@ -289,9 +328,9 @@ class AdaINGen(nn.Module):
             if _is_adain(m):
                 c = m.num_features
                 m.bias = adain_params[:, :c].contiguous().view(-1)
-                m.weight = adain_params[:, c:2 * c].contiguous().view(-1)
+                m.weight = adain_params[:, c : 2 * c].contiguous().view(-1)
                 if adain_params.size(1) > 2 * c:
-                    adain_params = adain_params[:, 2 * c:]
+                    adain_params = adain_params[:, 2 * c :]
 
     def get_num_adain_params(self, model):
         return sum(2 * m.num_features for m in model.modules() if _is_adain(m))
@@ -309,8 +348,9 @@ class VAEGen(nn.Module):
         activ = params["activ"]
         pad_type = params["pad_type"]
         self.enc = ContentEncoder(n_downsample, n_res, input_dim, dim, "in", activ, pad_type=pad_type)
-        self.dec = Decoder(n_downsample, n_res, self.enc.output_dim, input_dim, res_norm="in", activ=activ,
-                           pad_type=pad_type)
+        self.dec = Decoder(
+            n_downsample, n_res, self.enc.output_dim, input_dim, res_norm="in", activ=activ, pad_type=pad_type
+        )
 
     def forward(self, images):
         # The original assigns encode()'s (hiddens, noise) tuple to one name here (the trainers
@@ -328,6 +368,7 @@ class VAEGen(nn.Module):
 
 
 # -------------------------------------------------------------------------- discriminator
+
 
 class MsImageDis(nn.Module):
     """num_scales PatchGANs, each: Conv2dBlock(4,2,1, no norm, activ) + (n_layer-1)x
@@ -349,11 +390,11 @@ class MsImageDis(nn.Module):
 
     def _make_net(self):
         dim = self.dim
-        layers = [Conv2dBlock(self.input_dim, dim, 4, 2, 1, norm="none", activation=self.activ,
-                              pad_type=self.pad_type)]
+        layers = [Conv2dBlock(self.input_dim, dim, 4, 2, 1, norm="none", activation=self.activ, pad_type=self.pad_type)]
         for _ in range(self.n_layer - 1):
-            layers.append(Conv2dBlock(dim, dim * 2, 4, 2, 1, norm=self.norm, activation=self.activ,
-                                      pad_type=self.pad_type))
+            layers.append(
+                Conv2dBlock(dim, dim * 2, 4, 2, 1, norm=self.norm, activation=self.activ, pad_type=self.pad_type)
+            )
             dim *= 2
         layers.append(nn.Conv2d(dim, 1, 1, 1, 0))
         return nn.Sequential(*layers)
@@ -372,8 +413,10 @@ class MsImageDis(nn.Module):
             if self.gan_type == "lsgan":
                 loss += torch.mean((out0 - 0) ** 2) + torch.mean((out1 - 1) ** 2)
             elif self.gan_type == "nsgan":
-                loss += torch.mean(F.binary_cross_entropy(torch.sigmoid(out0), torch.zeros_like(out0))
-                                   + F.binary_cross_entropy(torch.sigmoid(out1), torch.ones_like(out1)))
+                loss += torch.mean(
+                    F.binary_cross_entropy(torch.sigmoid(out0), torch.zeros_like(out0))
+                    + F.binary_cross_entropy(torch.sigmoid(out1), torch.ones_like(out1))
+                )
             else:
                 raise ValueError(f"Unsupported GAN type: {self.gan_type}")
         return loss

@@ -5,6 +5,7 @@ Keys: generator ``main.N`` (InstanceNorm2d(affine=True, track_running_stats=True
 running_mean, running_var, num_batches_tracked; residual blocks ``main.N.main.M``);
 discriminator ``main.N``, ``conv1``, ``conv2``. All zero padding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, dim_in, dim_out):
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(dim_in, dim_out, kernel_size=3, stride=1, padding=1, bias=False), _in(dim_out),
+            nn.Conv2d(dim_in, dim_out, kernel_size=3, stride=1, padding=1, bias=False),
+            _in(dim_out),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim_out, dim_out, kernel_size=3, stride=1, padding=1, bias=False), _in(dim_out))
+            nn.Conv2d(dim_out, dim_out, kernel_size=3, stride=1, padding=1, bias=False),
+            _in(dim_out),
+        )
 
     def forward(self, x):
         return x + self.main(x)
@@ -37,18 +41,27 @@ class Generator(nn.Module):
 
     def __init__(self, conv_dim=64, c_dim=5, repeat_num=6):
         super().__init__()
-        layers = [nn.Conv2d(3 + c_dim, conv_dim, kernel_size=7, stride=1, padding=3, bias=False),
-                  _in(conv_dim), nn.ReLU(inplace=True)]
+        layers = [
+            nn.Conv2d(3 + c_dim, conv_dim, kernel_size=7, stride=1, padding=3, bias=False),
+            _in(conv_dim),
+            nn.ReLU(inplace=True),
+        ]
         d = conv_dim
         for _ in range(2):
-            layers += [nn.Conv2d(d, d * 2, kernel_size=4, stride=2, padding=1, bias=False), _in(d * 2),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(d, d * 2, kernel_size=4, stride=2, padding=1, bias=False),
+                _in(d * 2),
+                nn.ReLU(inplace=True),
+            ]
             d *= 2
         for _ in range(repeat_num):
             layers.append(ResidualBlock(dim_in=d, dim_out=d))
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(d, d // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                       _in(d // 2), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(d, d // 2, kernel_size=4, stride=2, padding=1, bias=False),
+                _in(d // 2),
+                nn.ReLU(inplace=True),
+            ]
             d //= 2
         layers += [nn.Conv2d(d, 3, kernel_size=7, stride=1, padding=3, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
@@ -69,7 +82,7 @@ class Discriminator(nn.Module):
         for _ in range(1, repeat_num):
             layers += [nn.Conv2d(d, d * 2, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.01)]
             d *= 2
-        kernel_size = int(image_size / 2 ** repeat_num)
+        kernel_size = int(image_size / 2**repeat_num)
         self.main = nn.Sequential(*layers)
         self.conv1 = nn.Conv2d(d, 1, kernel_size=3, stride=1, padding=1, bias=False)
         self.conv2 = nn.Conv2d(d, c_dim, kernel_size=kernel_size, bias=False)
@@ -86,10 +99,11 @@ def gradient_penalty(y, x):
     gradient, no eps. x must require grad (x_hat = alpha*real + (1-alpha)*fake,
     alpha = rand(B, 1, 1, 1))."""
     weight = torch.ones(y.size(), device=y.device, dtype=y.dtype)
-    dydx = torch.autograd.grad(outputs=y, inputs=x, grad_outputs=weight,
-                               retain_graph=True, create_graph=True, only_inputs=True)[0]
+    dydx = torch.autograd.grad(
+        outputs=y, inputs=x, grad_outputs=weight, retain_graph=True, create_graph=True, only_inputs=True
+    )[0]
     dydx = dydx.view(dydx.size(0), -1)
-    norm = torch.sqrt(torch.sum(dydx ** 2, dim=1))
+    norm = torch.sqrt(torch.sum(dydx**2, dim=1))
     return torch.mean((norm - 1) ** 2)
 
 

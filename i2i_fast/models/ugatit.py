@@ -8,6 +8,7 @@ discriminator ``model.N.weight_orig/weight_u/weight_v`` (torch.nn.utils.spectral
 
 ``training_step`` reproduces one iteration of UGATIT.train() (D update, G update, rho clip).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parameter import Parameter
 
-__all__ = ["ResnetGenerator", "ResnetBlock", "ResnetAdaILNBlock", "adaILN", "ILN",
-           "Discriminator", "RhoClipper", "training_step"]
+__all__ = [
+    "ResnetGenerator",
+    "ResnetBlock",
+    "ResnetAdaILNBlock",
+    "adaILN",
+    "ILN",
+    "Discriminator",
+    "RhoClipper",
+    "training_step",
+]
 
 
 def _iln_mix(x, rho, eps):
@@ -67,10 +76,14 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim, use_bias):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=0, bias=use_bias),
-            nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=0, bias=use_bias),
-            nn.InstanceNorm2d(dim))
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=0, bias=use_bias),
+            nn.InstanceNorm2d(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=0, bias=use_bias),
+            nn.InstanceNorm2d(dim),
+        )
 
     def forward(self, x):
         return x + self.conv_block(x)
@@ -120,14 +133,22 @@ class ResnetGenerator(nn.Module):
         self.img_size = img_size
         self.light = light
 
-        down = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7, stride=1, padding=0, bias=False),
-                nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+        down = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, stride=1, padding=0, bias=False),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
+        ]
         n_downsampling = 2
         for i in range(n_downsampling):
-            c = ngf * 2 ** i
-            down += [nn.ReflectionPad2d(1), nn.Conv2d(c, c * 2, kernel_size=3, stride=2, padding=0, bias=False),
-                     nn.InstanceNorm2d(c * 2), nn.ReLU(True)]
-        mult = 2 ** n_downsampling
+            c = ngf * 2**i
+            down += [
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c, c * 2, kernel_size=3, stride=2, padding=0, bias=False),
+                nn.InstanceNorm2d(c * 2),
+                nn.ReLU(True),
+            ]
+        mult = 2**n_downsampling
         c = ngf * mult
         for _ in range(n_blocks):
             down.append(ResnetBlock(c, use_bias=False))
@@ -150,11 +171,18 @@ class ResnetGenerator(nn.Module):
         up = []
         for i in range(n_downsampling):
             c = ngf * 2 ** (n_downsampling - i)
-            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
-                   nn.Conv2d(c, c // 2, kernel_size=3, stride=1, padding=0, bias=False),
-                   ILN(c // 2), nn.ReLU(True)]
-        up += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, stride=1, padding=0, bias=False),
-               nn.Tanh()]
+            up += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c, c // 2, kernel_size=3, stride=1, padding=0, bias=False),
+                ILN(c // 2),
+                nn.ReLU(True),
+            ]
+        up += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, output_nc, kernel_size=7, stride=1, padding=0, bias=False),
+            nn.Tanh(),
+        ]
 
         self.DownBlock = nn.Sequential(*down)
         self.FC = nn.Sequential(*fc)
@@ -183,18 +211,24 @@ class Discriminator(nn.Module):
     def __init__(self, input_nc, ndf=64, n_layers=5):
         super().__init__()
         sn = nn.utils.spectral_norm
-        layers = [nn.ReflectionPad2d(1),
-                  sn(nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=0, bias=True)),
-                  nn.LeakyReLU(0.2, True)]
+        layers = [
+            nn.ReflectionPad2d(1),
+            sn(nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=0, bias=True)),
+            nn.LeakyReLU(0.2, True),
+        ]
         for i in range(1, n_layers - 2):
             c = ndf * 2 ** (i - 1)
-            layers += [nn.ReflectionPad2d(1),
-                       sn(nn.Conv2d(c, c * 2, kernel_size=4, stride=2, padding=0, bias=True)),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.ReflectionPad2d(1),
+                sn(nn.Conv2d(c, c * 2, kernel_size=4, stride=2, padding=0, bias=True)),
+                nn.LeakyReLU(0.2, True),
+            ]
         c = ndf * 2 ** (n_layers - 2 - 1)
-        layers += [nn.ReflectionPad2d(1),
-                   sn(nn.Conv2d(c, c * 2, kernel_size=4, stride=1, padding=0, bias=True)),
-                   nn.LeakyReLU(0.2, True)]
+        layers += [
+            nn.ReflectionPad2d(1),
+            sn(nn.Conv2d(c, c * 2, kernel_size=4, stride=1, padding=0, bias=True)),
+            nn.LeakyReLU(0.2, True),
+        ]
 
         c = ndf * 2 ** (n_layers - 2)
         self.gap_fc = sn(nn.Linear(c, 1, bias=False))
@@ -255,13 +289,30 @@ def _generate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_opti
     fake_B2A2B, _, _ = genA2B(fake_B2A)
     fake_A2A, fake_A2A_cam, _ = genB2A(real_A)
     fake_B2B, fake_B2B_cam, _ = genA2B(real_B)
-    return (("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
-            ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB))
+    return (
+        ("A", real_A, fake_B2A, fake_A2B2A, fake_A2A, fake_B2A_cam, fake_A2A_cam, disGA, disLA),
+        ("B", real_B, fake_A2B, fake_B2A2B, fake_B2B, fake_A2B_cam, fake_B2B_cam, disGB, disLB),
+    )
 
 
-def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim, D_optim,
-                  adv_weight=1.0, cycle_weight=10.0, identity_weight=10.0, cam_weight=1000.0,
-                  rho_clipper=None, fused_losses: bool = False):
+def training_step(
+    genA2B,
+    genB2A,
+    disGA,
+    disGB,
+    disLA,
+    disLB,
+    real_A,
+    real_B,
+    G_optim,
+    D_optim,
+    adv_weight=1.0,
+    cycle_weight=10.0,
+    identity_weight=10.0,
+    cam_weight=1000.0,
+    rho_clipper=None,
+    fused_losses: bool = False,
+):
     """One iteration of UGATIT.train(): D update (LSGAN on logits and CAM logits of the global
     and local D of both domains: 8 MSE pairs), then G update (adversarial x adv_weight, CAM BCE
     x cam_weight, cycle L1 x cycle_weight, identity L1 x identity_weight), then RhoClipper(0, 1).
@@ -275,8 +326,10 @@ def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_
     d_loss, g_loss = _losses(fused_losses, adv_weight, cycle_weight, identity_weight, cam_weight)
 
     # discriminators
-    D_loss = {dom: d_loss(preds) for dom, preds in
-              _discriminate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, D_optim).items()}
+    D_loss = {
+        dom: d_loss(preds)
+        for dom, preds in _discriminate(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, D_optim).items()
+    }
     Discriminator_loss = D_loss["A"] + D_loss["B"]
     Discriminator_loss.backward()
     D_optim.step()
@@ -284,8 +337,9 @@ def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_
     # generators
     G_loss = {}
     for dom, real, fake, rec, idt, fake_cam, idt_cam, dG, dL in _generate(
-            genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim):
-        adv = [p for d in (dG, dL) for p in d(fake)[:2]]   # logit, CAM logit of each D
+        genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_optim
+    ):
+        adv = [p for d in (dG, dL) for p in d(fake)[:2]]  # logit, CAM logit of each D
         G_loss[dom] = g_loss(adv, fake_cam, idt_cam, rec, idt, real)
     Generator_loss = G_loss["A"] + G_loss["B"]
     Generator_loss.backward()
@@ -293,9 +347,14 @@ def training_step(genA2B, genB2A, disGA, disGB, disLA, disLB, real_A, real_B, G_
 
     genA2B.apply(rho_clipper)
     genB2A.apply(rho_clipper)
-    return {"D": Discriminator_loss.detach(), "G": Generator_loss.detach(),
-            "D_A": D_loss["A"].detach(), "D_B": D_loss["B"].detach(),
-            "G_A": G_loss["A"].detach(), "G_B": G_loss["B"].detach()}
+    return {
+        "D": Discriminator_loss.detach(),
+        "G": Generator_loss.detach(),
+        "D_A": D_loss["A"].detach(),
+        "D_B": D_loss["B"].detach(),
+        "G_A": G_loss["A"].detach(),
+        "G_B": G_loss["B"].detach(),
+    }
 
 
 def _losses(fused, adv_weight, cycle_weight, identity_weight, cam_weight):
@@ -308,9 +367,12 @@ def _losses(fused, adv_weight, cycle_weight, identity_weight, cam_weight):
             return F.gan_loss(preds, [True, False] * 4, "lsgan", weights=adv_weight)
 
         def g_loss(adv, fake_cam, idt_cam, rec, idt, real):
-            return (F.gan_loss(adv, True, "lsgan", weights=adv_weight, for_discriminator=False)
-                    + F.gan_loss([fake_cam, idt_cam], [True, False], "vanilla", weights=cam_weight)
-                    + F.l1_loss([(rec, real), (idt, real)], [cycle_weight, identity_weight]))
+            return (
+                F.gan_loss(adv, True, "lsgan", weights=adv_weight, for_discriminator=False)
+                + F.gan_loss([fake_cam, idt_cam], [True, False], "vanilla", weights=cam_weight)
+                + F.l1_loss([(rec, real), (idt, real)], [cycle_weight, identity_weight])
+            )
+
         return d_loss, g_loss
     mse, l1 = nn.functional.mse_loss, nn.functional.l1_loss
     bce = nn.functional.binary_cross_entropy_with_logits
@@ -323,6 +385,11 @@ def _losses(fused, adv_weight, cycle_weight, identity_weight, cam_weight):
 
     def g_loss(adv, fake_cam, idt_cam, rec, idt, real):
         cam = bce(fake_cam, torch.ones_like(fake_cam)) + bce(idt_cam, torch.zeros_like(idt_cam))
-        return (adv_weight * sum(lsgan(a, True) for a in adv) + cycle_weight * l1(rec, real)
-                + identity_weight * l1(idt, real) + cam_weight * cam)
+        return (
+            adv_weight * sum(lsgan(a, True) for a in adv)
+            + cycle_weight * l1(rec, real)
+            + identity_weight * l1(idt, real)
+            + cam_weight * cam
+        )
+
     return d_loss, g_loss

@@ -6,13 +6,23 @@ The two encoders share their last ResidualBlock and the two generators their fir
 the same module as ``shared_block``; it appears in each owner's state_dict as
 ``shared_block.conv_block.N``. Other keys: ``model_blocks.N``; discriminator ``model.N``.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["ResidualBlock", "Encoder", "Generator", "Discriminator", "compute_kl", "weights_init_normal",
-           "build", "LAMBDAS", "training_step"]
+__all__ = [
+    "ResidualBlock",
+    "Encoder",
+    "Generator",
+    "Discriminator",
+    "compute_kl",
+    "weights_init_normal",
+    "build",
+    "LAMBDAS",
+    "training_step",
+]
 
 
 def weights_init_normal(m):
@@ -31,9 +41,14 @@ class ResidualBlock(nn.Module):
     def __init__(self, features):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), nn.InstanceNorm2d(features),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(features, features, 3),
+            nn.InstanceNorm2d(features),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), nn.InstanceNorm2d(features))
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(features, features, 3),
+            nn.InstanceNorm2d(features),
+        )
 
     def forward(self, x):
         return x + self.conv_block(x)
@@ -45,11 +60,18 @@ class Encoder(nn.Module):
 
     def __init__(self, in_channels=3, dim=64, n_downsample=2, shared_block=None):
         super().__init__()
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, dim, 7), nn.InstanceNorm2d(dim),
-                  nn.LeakyReLU(0.2, inplace=True)]
+        layers = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, dim, 7),
+            nn.InstanceNorm2d(dim),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         for _ in range(n_downsample):
-            layers += [nn.Conv2d(dim, dim * 2, 4, stride=2, padding=1), nn.InstanceNorm2d(dim * 2),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(dim, dim * 2, 4, stride=2, padding=1),
+                nn.InstanceNorm2d(dim * 2),
+                nn.ReLU(inplace=True),
+            ]
             dim *= 2
         for _ in range(3):
             layers.append(ResidualBlock(dim))
@@ -72,11 +94,14 @@ class Generator(nn.Module):
     def __init__(self, out_channels=3, dim=64, n_upsample=2, shared_block=None):
         super().__init__()
         self.shared_block = shared_block
-        dim = dim * 2 ** n_upsample
+        dim = dim * 2**n_upsample
         layers = [ResidualBlock(dim) for _ in range(3)]
         for _ in range(n_upsample):
-            layers += [nn.ConvTranspose2d(dim, dim // 2, 4, stride=2, padding=1), nn.InstanceNorm2d(dim // 2),
-                       nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(dim, dim // 2, 4, stride=2, padding=1),
+                nn.InstanceNorm2d(dim // 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             dim //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(dim, out_channels, 7), nn.Tanh()]
         self.model_blocks = nn.Sequential(*layers)
@@ -96,7 +121,7 @@ class Discriminator(nn.Module):
             channels, height, width = input_shape, None, None
         else:
             channels, height, width = input_shape
-        self.output_shape = None if height is None else (1, height // 2 ** 4, width // 2 ** 4)
+        self.output_shape = None if height is None else (1, height // 2**4, width // 2**4)
 
         def block(cin, cout, normalize=True):
             layers = [nn.Conv2d(cin, cout, 4, stride=2, padding=1)]
@@ -105,8 +130,13 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             return layers
 
-        self.model = nn.Sequential(*block(channels, 64, normalize=False), *block(64, 128), *block(128, 256),
-                                   *block(256, 512), nn.Conv2d(512, 1, 3, padding=1))
+        self.model = nn.Sequential(
+            *block(channels, 64, normalize=False),
+            *block(64, 128),
+            *block(128, 256),
+            *block(256, 512),
+            nn.Conv2d(512, 1, 3, padding=1),
+        )
 
     def forward(self, img):
         return self.model(img)
@@ -127,11 +157,16 @@ KL of the cycle mus, cycle L1."""
 def build(dim=64, n_downsample=2, img_size=256, channels=3):
     """(E1, E2, G1, G2, D1, D2) as unit.py builds them: the encoders share one ResidualBlock
     (shared_E), the generators another (shared_G); every network weights_init_normal'ed."""
-    shared_dim = dim * 2 ** n_downsample
+    shared_dim = dim * 2**n_downsample
     shared_E, shared_G = ResidualBlock(shared_dim), ResidualBlock(shared_dim)
-    nets = [Encoder(channels, dim, n_downsample, shared_E), Encoder(channels, dim, n_downsample, shared_E),
-            Generator(channels, dim, n_downsample, shared_G), Generator(channels, dim, n_downsample, shared_G),
-            Discriminator((channels, img_size, img_size)), Discriminator((channels, img_size, img_size))]
+    nets = [
+        Encoder(channels, dim, n_downsample, shared_E),
+        Encoder(channels, dim, n_downsample, shared_E),
+        Generator(channels, dim, n_downsample, shared_G),
+        Generator(channels, dim, n_downsample, shared_G),
+        Discriminator((channels, img_size, img_size)),
+        Discriminator((channels, img_size, img_size)),
+    ]
     for n in nets:
         n.apply(weights_init_normal)
     return tuple(nets)
@@ -144,8 +179,9 @@ def _patch_shape(D, X, pred=None):
     return tuple(pred.shape)  # Discriminator(in_channels) form: no output_shape, use the output's
 
 
-def training_step(E1, E2, G1, G2, D1, D2, X1, X2, optimizer_G, optimizer_D1, optimizer_D2,
-                  lambdas=LAMBDAS, fused_losses: bool = False):
+def training_step(
+    E1, E2, G1, G2, D1, D2, X1, X2, optimizer_G, optimizer_D1, optimizer_D2, lambdas=LAMBDAS, fused_losses: bool = False
+):
     """One iteration of PyTorch-GAN's unit.py training loop (X1 from domain A, X2 from B).
 
     Encoders and generators first (one optimizer over E1, E2, G1, G2; the discriminators are
@@ -180,17 +216,20 @@ def training_step(E1, E2, G1, G2, D1, D2, X1, X2, optimizer_G, optimizer_D1, opt
     cycle_X1, cycle_X2 = G1(Z2_), G2(Z1_)
     if fused_losses:
         from .. import functional as F
-        loss_G = (F.gan_loss([D1(fake_X1), D2(fake_X2), mu1, mu2, mu1_, mu2_],
-                             [True, True, False, False, False, False], "lsgan",
-                             weights=[l0, l0, l1, l1, l3, l3])
-                  + F.l1_loss([(recon_X1, X1), (recon_X2, X2), (cycle_X1, X1), (cycle_X2, X2)],
-                              [l2, l2, l4, l4]))
+
+        loss_G = F.gan_loss(
+            [D1(fake_X1), D2(fake_X2), mu1, mu2, mu1_, mu2_],
+            [True, True, False, False, False, False],
+            "lsgan",
+            weights=[l0, l0, l1, l1, l3, l3],
+        ) + F.l1_loss([(recon_X1, X1), (recon_X2, X2), (cycle_X1, X1), (cycle_X2, X2)], [l2, l2, l4, l4])
         loss_G.backward()
         optimizer_G.step()
         optimizer_D1.zero_grad()
         optimizer_D2.zero_grad()
-        loss_D = F.gan_loss([D1(X1), D1(fake_X1.detach()), D2(X2), D2(fake_X2.detach())],
-                            [True, False, True, False], "lsgan")
+        loss_D = F.gan_loss(
+            [D1(X1), D1(fake_X1.detach()), D2(X2), D2(fake_X2.detach())], [True, False, True, False], "lsgan"
+        )
         loss_D.backward()
         optimizer_D1.step()
         optimizer_D2.step()
@@ -211,8 +250,18 @@ def training_step(E1, E2, G1, G2, D1, D2, X1, X2, optimizer_G, optimizer_D1, opt
     loss_KL_2_ = l3 * compute_kl(mu2_)
     loss_cyc_1 = l4 * criterion_pixel(cycle_X1, X1)
     loss_cyc_2 = l4 * criterion_pixel(cycle_X2, X2)
-    loss_G = (loss_KL_1 + loss_KL_2 + loss_ID_1 + loss_ID_2 + loss_GAN_1 + loss_GAN_2
-              + loss_KL_1_ + loss_KL_2_ + loss_cyc_1 + loss_cyc_2)
+    loss_G = (
+        loss_KL_1
+        + loss_KL_2
+        + loss_ID_1
+        + loss_ID_2
+        + loss_GAN_1
+        + loss_GAN_2
+        + loss_KL_1_
+        + loss_KL_2_
+        + loss_cyc_1
+        + loss_cyc_2
+    )
     loss_G.backward()
     optimizer_G.step()
 
@@ -225,7 +274,20 @@ def training_step(E1, E2, G1, G2, D1, D2, X1, X2, optimizer_G, optimizer_D1, opt
     loss_D2 = criterion_GAN(D2(X2), valid) + criterion_GAN(D2(fake_X2.detach()), fake)
     loss_D2.backward()
     optimizer_D2.step()
-    losses = dict(GAN_1=loss_GAN_1, GAN_2=loss_GAN_2, KL_1=loss_KL_1, KL_2=loss_KL_2, ID_1=loss_ID_1,
-                  ID_2=loss_ID_2, KL_1_=loss_KL_1_, KL_2_=loss_KL_2_, cyc_1=loss_cyc_1, cyc_2=loss_cyc_2,
-                  G=loss_G, D1=loss_D1, D2=loss_D2, D=loss_D1 + loss_D2)
+    losses = dict(
+        GAN_1=loss_GAN_1,
+        GAN_2=loss_GAN_2,
+        KL_1=loss_KL_1,
+        KL_2=loss_KL_2,
+        ID_1=loss_ID_1,
+        ID_2=loss_ID_2,
+        KL_1_=loss_KL_1_,
+        KL_2_=loss_KL_2_,
+        cyc_1=loss_cyc_1,
+        cyc_2=loss_cyc_2,
+        G=loss_G,
+        D1=loss_D1,
+        D2=loss_D2,
+        D=loss_D1 + loss_D2,
+    )
     return {k: v.detach() for k, v in losses.items()}

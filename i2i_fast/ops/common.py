@@ -1,5 +1,6 @@
 """What every op's glue shares: the backend an op runs with (ONNX export aside), the memory
 format an output keeps, and the lean autograd.Function wrapper around a custom op."""
+
 from __future__ import annotations
 
 import torch
@@ -38,6 +39,7 @@ def function(fwd, setup, backward):
     """An autograd.Function around a custom op with the op's own autograd formula. The
     functional API calls this instead of the op's registered autograd kernel: same math, but
     torch.library's generic wrapper costs ~40 us per call, which dominates batch-1 layers."""
+
     class Fn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *args):
@@ -48,6 +50,7 @@ def function(fwd, setup, backward):
         @staticmethod
         def backward(ctx, *grads):
             return backward(ctx, *grads)
+
     return Fn
 
 
@@ -56,8 +59,10 @@ def below_autograd(op):
     Autograd key (torch.library's Python autograd kernel costs ~20 us per call on CPU, more
     than the whole fused loss at batch 1) by redispatching straight to the backend key.
     Under torch.compile the plain op is traced instead."""
-    keys = {"cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
-            "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)}
+    keys = {
+        "cpu": torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
+        "cuda": torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA),
+    }
 
     def call(first, *args):
         if FAST_EAGER and not torch.compiler.is_compiling():
@@ -65,4 +70,5 @@ def below_autograd(op):
             if ks is not None:
                 return op.redispatch(ks, *args)
         return op(*args)
+
     return call

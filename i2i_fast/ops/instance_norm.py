@@ -2,6 +2,7 @@
 autograd and the per-backend call. The C++ op's autograd is a C++ node
 (csrc/instance_norm.cpp, Autograd key) that calls instance_norm_ref_grads for a create-graph
 backward; the Triton op's autograd is registered here."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -81,9 +82,13 @@ def _backward_with(bwd, backend):
         cfg = ctx.cfg
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True
-            gx, gw, gb = (g if t is not None and t.requires_grad else None
-                          for g, t in zip(ref_grads(gy, x, mean, var, weight, bias, cfg.eps, cfg.act, cfg.slope,
-                                                    cfg.input_stats, cfg.pad), (x, weight, bias)))
+            gx, gw, gb = (
+                g if t is not None and t.requires_grad else None
+                for g, t in zip(
+                    ref_grads(gy, x, mean, var, weight, bias, cfg.eps, cfg.act, cfg.slope, cfg.input_stats, cfg.pad),
+                    (x, weight, bias),
+                )
+            )
         else:
             gx, gw, gb = bwd(gy, x, mean, var, weight, bias, cfg.eps, cfg.act, cfg.slope, cfg.input_stats, cfg.pad)
             gw = gw.view_as(weight).to(weight.dtype) if weight is not None else None
@@ -92,8 +97,10 @@ def _backward_with(bwd, backend):
         gres = None
         if cfg.has_residual and need[3]:
             gres = PAD_OPS[backend].bwd(gy, [cfg.pad] * 4) if cfg.pad else gy
-        return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
-                gres) + (None,) * (cfg.n_inputs - 4)
+        return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None, gres) + (None,) * (
+            cfg.n_inputs - 4
+        )
+
     return backward
 
 

@@ -3,7 +3,8 @@
 loss_fwd(x[], y[], params, weights, kind, reduction, need_grad) -> (outs[], grads[]):
 forward computes the loss AND the gradient in one pass (one launch for all terms);
 loss_bwd only scales the saved gradients by grad_out (one launch).
-The C++ op's autograd is a C++ node (csrc/losses.cpp, Autograd key)."""
+The C++ op's autograd is a C++ node (csrc/loss.cpp, Autograd key)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from .common import below_autograd
 
 _TRITON = None
 if _backend._triton_error is None:
-    from ..triton import losses as _TRITON  # registers i2i_fast::triton_loss_*
+    from ..triton import loss as _TRITON  # registers i2i_fast::triton_loss_*
 
 
 def _fwd_fake(x, y, params, weights, kind, reduction, need_grad):
@@ -54,6 +55,7 @@ def _backward_with(bwd):
         gx = [next(it) if need[t] else None for t in range(nx)]
         gy = [next(it) if need[nx + t] else None for t in range(nx)] if has_y else []
         return gx, gy, None, None, None, None, None
+
     return backward
 
 
@@ -69,26 +71,24 @@ def _setup(ctx, inputs, output):
 
 
 if _backend._C is not None:
-    # the C++ op's autograd formula is a C++ node (csrc/losses.cpp, Autograd key)
+    # the C++ op's autograd formula is a C++ node (csrc/loss.cpp, Autograd key)
     torch.library.register_fake("i2i_fast::loss_fwd")(_fwd_fake)
     torch.library.register_fake("i2i_fast::loss_bwd")(_bwd_fake)
 if _TRITON is not None:
-    torch.library.register_autograd("i2i_fast::triton_loss_fwd",
-                                    _backward_with(_TRITON.loss_bwd),
-                                    setup_context=_setup)
+    torch.library.register_autograd("i2i_fast::triton_loss_fwd", _backward_with(_TRITON.loss_bwd), setup_context=_setup)
 
 
 USE_CPP_AUTOGRAD = True  # False: the Python autograd.Function below (kept for comparison)
 
 
 class _Cfg(NamedTuple):
-    nx: int          # number of loss terms (x tensors)
-    has_y: bool      # per-term second operands follow the x tensors (L1, BCE vs a tensor)
+    nx: int  # number of loss terms (x tensors)
+    has_y: bool  # per-term second operands follow the x tensors (L1, BCE vs a tensor)
     params: list
     weights: list
     kind: int
     reduction: int
-    need: list       # which of the flat tensors need a gradient
+    need: list  # which of the flat tensors need a gradient
     n_grads: int
 
 
@@ -124,21 +124,22 @@ def _function(fwd, bwd, fast=False):
                 with torch.enable_grad():
                     x, y = list(tensors[:nx]), list(tensors[nx:]) if has_y else []
                     outs = reference.loss_value(x, y, params, weights, kind, reduction)
-                    gs = iter(torch.autograd.grad(outs, inputs, list(grad_outs), create_graph=True,
-                                                  allow_unused=True))
+                    gs = iter(torch.autograd.grad(outs, inputs, list(grad_outs), create_graph=True, allow_unused=True))
                 res = [next(gs) if n else None for n in need]
                 res = [torch.zeros_like(t) if n and r is None else r for r, n, t in zip(res, need, tensors)]
                 return (None,) * 6 + tuple(res)
             index, sign = _grad_plan(nx, has_y, need)
             res = iter(bwd(list(grad_outs), grads, index, sign) if index else [])
             return (None,) * 6 + tuple(next(res) if n else None for n in need)
+
     return LossFn
 
 
 _FN = {}
 if _backend._C is not None:
-    _FN["cpu"] = _FN["cuda"] = _function(torch.ops.i2i_fast.loss_fwd.default,
-                                                        torch.ops.i2i_fast.loss_bwd.default, fast=True)
+    _FN["cpu"] = _FN["cuda"] = _function(
+        torch.ops.i2i_fast.loss_fwd.default, torch.ops.i2i_fast.loss_bwd.default, fast=True
+    )
 if _TRITON is not None:
     _FN["triton"] = _function(torch.ops.i2i_fast.triton_loss_fwd, torch.ops.i2i_fast.triton_loss_bwd)
 
@@ -150,5 +151,4 @@ def loss(backend: str, x, y, params, weights, kind, reduction):
     if backend in ("cpu", "cuda") and USE_CPP_AUTOGRAD:
         # the C++ op with its C++ autograd node: no Python in forward or backward
         return torch.ops.i2i_fast.loss_fwd.default(x, y, params, weights, kind, reduction, False)[0]
-    return list(_FN[backend].apply(len(x), bool(y), list(params), list(weights), kind,
-                                        reduction, *x, *y))
+    return list(_FN[backend].apply(len(x), bool(y), list(params), list(weights), kind, reduction, *x, *y))

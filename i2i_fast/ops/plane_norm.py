@@ -1,18 +1,19 @@
 """The plane-affine normalization family: ILN, AdaLIN, MUNIT LayerNorm, training-mode batch norm,
 and instance norm / AdaIN with an output pad. Each is
 
-    mean, var    = norm_stats(x)                        # per (n, c) plane, fp32, one kernel
-    scale, shift = norm_coefs(kind, mean, var, params)  # (N, C) math in fp64, one op
-    out          = norm_apply(x, mean, scale, shift, residual, act, slope, pad)
+    mean, var    = plane_norm_stats(x)                        # per (n, c) plane, fp32, one kernel
+    scale, shift = plane_norm_coefs(kind, mean, var, params)  # (N, C) math in fp64, one op
+    out          = plane_norm_apply(x, mean, scale, shift, residual, act, slope, pad)
 
 so ``out = pad(act(scale * (x - mean) + shift) + residual)``. LN statistics are the Chan merge
 of the plane statistics over channels (batch norm: over samples), so a batch-1 sample's
 reduction is spread over all its planes (every block), never one block. Backward:
-norm_apply_sums gives per plane S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns
+plane_norm_apply_sums gives per plane S1 = sum dz and S2 = sum dz * (x - mean); coefs_backward turns
 (S1, S2) into the gradients of the parameters and of the plane statistics, which give
-``grad x = scale * dz + c0 + c1 * (x - mean)`` (norm_apply_bwd). Only x and the (N, C)
+``grad x = scale * dz + c0 + c1 * (x - mean)`` (plane_norm_apply_bwd). Only x and the (N, C)
 statistics and coefficients are saved for backward.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,6 @@ from .. import _backend, reference
 from ..codes import NormKind
 from .common import memory_format, select
 from .reflection_pad import OPS as PAD_OPS
-
 
 
 def _unbias(n: int) -> float:
@@ -94,14 +94,14 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
     drho = dg = None
     if kind == NormKind.INSTANCE:
         (r,) = aux
-        dvar = s2 * gg * (-0.5) * r ** 3
+        dvar = s2 * gg * (-0.5) * r**3
         dmean = -scale * s1
         dg = s2 * r
     elif kind == NormKind.BATCH:  # c0, c1 of grad x = scale dz + c0 + c1 (x - mean_plane), as dmean, dvar
         dm, r = aux
         s2m = s2 + dm * s1  # sum dz (x - batch mean) per plane
         m = n * hw
-        c1 = -gg * r ** 3 * s2m.sum(0, keepdim=True) / m
+        c1 = -gg * r**3 * s2m.sum(0, keepdim=True) / m
         c0 = -gg * r * s1.sum(0, keepdim=True) / m + c1 * dm
         dmean, dvar = c0 * hw, c1 * (hw / 2)
         dg = s2m * r
@@ -112,8 +112,8 @@ def coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s
         dk = gg * s2
         t = s1 * gg * (1 - rh) * r_ln  # d shift / d mean_plane part
         dr_ln = (dk * (1 - rh) + s1 * gg * (1 - rh) * dm).sum(1, keepdim=True)
-        dvar = dk * rh * (-0.5) * r_in ** 3 * _unbias(hw)
-        dm2 = dr_ln * (-0.5) * r_ln ** 3 * (_unbias(c * hw) / (c * hw))
+        dvar = dk * rh * (-0.5) * r_in**3 * _unbias(hw)
+        dm2 = dr_ln * (-0.5) * r_ln**3 * (_unbias(c * hw) / (c * hw))
         dvar = dvar + dm2 * hw
         dmean = t - t.sum(1, keepdim=True) / c + dm2 * 2 * hw * dm - scale * s1
     else:
@@ -159,35 +159,47 @@ def _fake_coefs(mean, var, rho, gamma, beta, kind, hw, eps):
 def _fake_coefs_bwd(mean, var, rho, gamma, beta, sums, kind, hw, eps):
     def flat(p):
         return mean.new_empty((0 if p is None else p.numel(),))
+
     return torch.empty_like(mean), torch.empty_like(mean), flat(rho), flat(gamma), flat(beta)
 
 
 class PlaneNormOps(NamedTuple):
-    stats: Callable       # x -> (mean, var) per plane
-    apply: Callable       # the forward's elementwise pass
+    stats: Callable  # x -> (mean, var) per plane
+    apply: Callable  # the forward's elementwise pass
     apply_sums: Callable  # backward pass 1: per-plane (sum dz, sum dz (x - mean))
-    apply_bwd: Callable   # backward pass 2: grad x
+    apply_bwd: Callable  # backward pass 2: grad x
 
 
 _OPS: dict[str, PlaneNormOps] = {}
-_CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/norm.cpp)
+_CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/plane_norm.cpp)
 if _backend._C is not None:
-    torch.library.register_fake("i2i_fast::norm_coefs")(_fake_coefs)
-    torch.library.register_fake("i2i_fast::norm_coefs_bwd")(_fake_coefs_bwd)
-    torch.library.register_fake("i2i_fast::bn_update_running")(lambda rm, rv, mean, var, hw, momentum: None)
+    torch.library.register_fake("i2i_fast::plane_norm_coefs")(_fake_coefs)
+    torch.library.register_fake("i2i_fast::plane_norm_coefs_bwd")(_fake_coefs_bwd)
+    torch.library.register_fake("i2i_fast::plane_norm_update_running")(lambda rm, rv, mean, var, hw, momentum: None)
     _CPP.add("cpu")
     if getattr(_backend._C, "WITH_CUDA", 0):
         _CPP.add("cuda")
-    for _name, _fake in (("norm_stats", _fake_stats), ("norm_apply", _fake_apply),
-                         ("norm_apply_sums", _fake_sums), ("norm_apply_bwd", _fake_bwd)):
+    for _name, _fake in (
+        ("plane_norm_stats", _fake_stats),
+        ("plane_norm_apply", _fake_apply),
+        ("plane_norm_apply_sums", _fake_sums),
+        ("plane_norm_apply_bwd", _fake_bwd),
+    ):
         torch.library.register_fake(f"i2i_fast::{_name}")(_fake)
     _c = torch.ops.i2i_fast
-    _OPS["cpu"] = _OPS["cuda"] = PlaneNormOps(_c.norm_stats, _c.norm_apply, _c.norm_apply_sums, _c.norm_apply_bwd)
+    _OPS["cpu"] = _OPS["cuda"] = PlaneNormOps(
+        _c.plane_norm_stats, _c.plane_norm_apply, _c.plane_norm_apply_sums, _c.plane_norm_apply_bwd
+    )
 if _backend._triton_error is None:
-    from ..triton import norm as _tn  # noqa: F401  (registers i2i_fast::triton_norm_*)
+    from ..triton import plane_norm as _tn  # noqa: F401  (registers i2i_fast::triton_plane_norm_*)
+
     _t = torch.ops.i2i_fast
-    _OPS["triton"] = PlaneNormOps(_t.triton_norm_stats, _t.triton_norm_apply, _t.triton_norm_apply_sums,
-                                  _t.triton_norm_apply_bwd)
+    _OPS["triton"] = PlaneNormOps(
+        _t.triton_plane_norm_stats,
+        _t.triton_plane_norm_apply,
+        _t.triton_plane_norm_apply_sums,
+        _t.triton_plane_norm_apply_bwd,
+    )
 
 
 def reference_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, running=None):
@@ -218,8 +230,9 @@ class _Cfg(NamedTuple):
 
 class _PlaneNorm(torch.autograd.Function):
     """The family's autograd on Triton: stats -> coefs -> apply forward, sums -> coefs_bwd ->
-    apply_bwd backward, the (N, C) math in one Triton program each way (triton/norm.py); tiles
+    apply_bwd backward, the (N, C) math in one Triton program each way (triton/plane_norm.py); tiles
     past COEF_TILE_MAX planes use the torch-op math above (coefs / coefs_backward)."""
+
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, residual, rmean, rvar, kind, eps, act, slope, pad, backend):
         ops = _OPS[backend]
@@ -231,7 +244,7 @@ class _PlaneNorm(torch.autograd.Function):
             mean = rmean.to(sd).reshape(1, c).expand(n, c).contiguous()
             var = rvar.to(sd).reshape(1, c).expand(n, c).contiguous()
         if h * w > 0 and _tn.coefs_fit(n, c):  # one Triton launch for the (N, C) math
-            scale, shift = torch.ops.i2i_fast.triton_norm_coefs(mean, var, rho, gamma, beta, kind, h * w, eps)
+            scale, shift = torch.ops.i2i_fast.triton_plane_norm_coefs(mean, var, rho, gamma, beta, kind, h * w, eps)
         else:
             scale, shift, _ = coefs(kind, mean, var, h * w, rho, gamma, beta, eps)
         out = ops.apply(x, mean, scale, shift, residual, act, slope, pad)
@@ -255,8 +268,9 @@ class _PlaneNorm(torch.autograd.Function):
             gres = gy if pad == 0 else PAD_OPS[cfg.backend].bwd(gy, [pad] * 4)
         if torch.is_grad_enabled():  # create_graph=True
             ts = (x, rho, gamma, beta)
-            grads = ref_grads(gy, x, rho, gamma, beta, cfg.running_mean, cfg.running_var, kind, eps, cfg.act,
-                              cfg.slope, pad)
+            grads = ref_grads(
+                gy, x, rho, gamma, beta, cfg.running_mean, cfg.running_var, kind, eps, cfg.act, cfg.slope, pad
+            )
             return tuple(g if t is not None and t.requires_grad else None for g, t in zip(grads, ts)) + (gres,) + none
         ops = _OPS[cfg.backend]
         n, c, h, w = x.shape
@@ -265,21 +279,27 @@ class _PlaneNorm(torch.autograd.Function):
         if any(need[:4]):
             sums = ops.apply_sums(gy, x, mean, scale, shift, cfg.act, cfg.slope, pad)
             if hw > 0 and _tn.coefs_fit(n, c):
-                c0, c1, drho, dg, db = torch.ops.i2i_fast.triton_norm_coefs_bwd(
-                    mean, var, rho, gamma, beta, sums, kind, hw, eps)
+                c0, c1, drho, dg, db = torch.ops.i2i_fast.triton_plane_norm_coefs_bwd(
+                    mean, var, rho, gamma, beta, sums, kind, hw, eps
+                )
             else:
                 s1, s2 = sums[..., 0], sums[..., 1]
                 _, _, aux = coefs(kind, mean, var, hw, rho, gamma, beta, eps)
-                dmean, dvar, drho, dg, db = coefs_backward(kind, mean, var, hw, rho, gamma, beta, eps,
-                                                           scale, aux, s1, s2)
+                dmean, dvar, drho, dg, db = coefs_backward(
+                    kind, mean, var, hw, rho, gamma, beta, eps, scale, aux, s1, s2
+                )
                 c0, c1 = dmean / hw, dvar * (2.0 / hw)
             if need[0]:
                 if cfg.running_mean is not None:  # running statistics are constants
                     c0 = c1 = torch.zeros_like(mean)
                 gx = ops.apply_bwd(gy, x, mean, scale, shift, c0, c1, cfg.act, cfg.slope, pad)
-        return (gx, _param_grad(drho, rho) if need[1] else None,
-                _param_grad(dg, gamma) if need[2] else None,
-                _param_grad(db, beta) if need[3] else None, gres) + none
+        return (
+            gx,
+            _param_grad(drho, rho) if need[1] else None,
+            _param_grad(dg, gamma) if need[2] else None,
+            _param_grad(db, beta) if need[3] else None,
+            gres,
+        ) + none
 
 
 def ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad):
@@ -310,12 +330,12 @@ if _backend._C is not None:
     torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(ref_grads)
 
 
-def bn_update_running(running_mean, running_var, mean, var, hw: int, momentum: float) -> None:
+def plane_norm_update_running(running_mean, running_var, mean, var, hw: int, momentum: float) -> None:
     """Batch norm's running statistics updated in place (torch's formula) from the plane
     statistics (N, C) of a training forward: one op (one launch) on cpu / cuda."""
     dev = mean.device.type
     if _backend._C is not None and (dev == "cpu" or (dev == "cuda" and "cuda" in _CPP)):
-        torch.ops.i2i_fast.bn_update_running(running_mean, running_var, mean, var, int(hw), float(momentum))
+        torch.ops.i2i_fast.plane_norm_update_running(running_mean, running_var, mean, var, int(hw), float(momentum))
         return
     with torch.no_grad():
         m, big = float(momentum), mean.shape[0] * hw
@@ -337,9 +357,11 @@ def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, stats=
         xf = x.detach().to(reference.stats_dtype(x))
         return out, xf.mean((2, 3)), xf.var((2, 3), unbiased=False)
     if backend in _CPP:
-        res = torch.ops.i2i_fast.plane_norm.default(x, rho, gamma, beta, residual, None, None, int(kind), float(eps),
-                                                    int(act), float(slope), int(pad))
+        res = torch.ops.i2i_fast.plane_norm.default(
+            x, rho, gamma, beta, residual, None, None, int(kind), float(eps), int(act), float(slope), int(pad)
+        )
     else:
-        res = _PlaneNorm.apply(x, rho, gamma, beta, residual, None, None, int(kind), float(eps), int(act),
-                               float(slope), int(pad), backend)
+        res = _PlaneNorm.apply(
+            x, rho, gamma, beta, residual, None, None, int(kind), float(eps), int(act), float(slope), int(pad), backend
+        )
     return res if stats else res[0]

@@ -2,6 +2,7 @@
 ops are each other's adjoints, so double backward (e.g. WGAN-GP through a padded
 discriminator) needs no other formula. The C++ ops' autograd is a C++ node
 (csrc/reflection_pad.cpp, Autograd key); Triton's is registered here."""
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -33,7 +34,8 @@ def _fwd_fake(x, pad):
 def _bwd_fake(grad, pad):
     n, c, ho, wo = grad.shape
     return grad.new_empty((n, c, ho - pad[2] - pad[3], wo - pad[0] - pad[1])).contiguous(
-        memory_format=memory_format(grad))
+        memory_format=memory_format(grad)
+    )
 
 
 def _setup(ctx, inputs, output):
@@ -42,24 +44,28 @@ def _setup(ctx, inputs, output):
 
 def _autograd(ops: PadOps):
     """(backward of fwd, backward of bwd)."""
+
     def backward_fwd(ctx, gy):
         return ops.bwd(gy.contiguous(memory_format=memory_format(gy)), ctx.pad), None
 
     def backward_bwd(ctx, ggx):
         return ops.fwd(ggx, ctx.pad), None
+
     return backward_fwd, backward_bwd
 
 
 OPS: dict[str, PadOps] = {}  # backend -> its pad ops
 if _backend._C is not None:
-    OPS["cpu"] = OPS["cuda"] = PadOps(torch.ops.i2i_fast.reflection_pad2d_fwd.default,
-                                      torch.ops.i2i_fast.reflection_pad2d_bwd.default)
+    OPS["cpu"] = OPS["cuda"] = PadOps(
+        torch.ops.i2i_fast.reflection_pad2d_fwd.default, torch.ops.i2i_fast.reflection_pad2d_bwd.default
+    )
     torch.library.register_fake("i2i_fast::reflection_pad2d_fwd")(_fwd_fake)
     torch.library.register_fake("i2i_fast::reflection_pad2d_bwd")(_bwd_fake)
 _FN = {}
 if _TRITON is not None:
-    OPS["triton"] = PadOps(torch.ops.i2i_fast.triton_reflection_pad2d_fwd,
-                           torch.ops.i2i_fast.triton_reflection_pad2d_bwd)
+    OPS["triton"] = PadOps(
+        torch.ops.i2i_fast.triton_reflection_pad2d_fwd, torch.ops.i2i_fast.triton_reflection_pad2d_bwd
+    )
     _bf, _bb = _autograd(OPS["triton"])
     torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_fwd", _bf, setup_context=_setup)
     torch.library.register_autograd("i2i_fast::triton_reflection_pad2d_bwd", _bb, setup_context=_setup)

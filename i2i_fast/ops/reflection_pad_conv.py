@@ -14,6 +14,7 @@ with cudnn.deterministic. Path "pad" materializes the padded input instead (i2i_
 kernel + one aten convolution; deterministic gather pad backward). padding == 0: "conv".
 Default path: "pad" on every device (pad_conv_path says why); "border" only when forced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,13 +116,13 @@ class _Strip:
         rr = torch.arange(*self.r, device=device)
         cc = torch.arange(*self.c, device=device)
         p = self.p
-        return (((rr < p) | (rr >= p + self.h))[:, None] | ((cc < p) | (cc >= p + self.w))[None, :])
+        return ((rr < p) | (rr >= p + self.h))[:, None] | ((cc < p) | (cc >= p + self.w))[None, :]
 
     def input(self, x):
         a, e, _, _, cr = self.rows
         ca, ce, _, _, cc = self.cols
         xp = kernels(x.device).fwd(x[:, :, a:e, ca:ce], self.pad)
-        return xp[:, :, cr:cr + self.r[1] - self.r[0], cc:cc + self.c[1] - self.c[0]]
+        return xp[:, :, cr : cr + self.r[1] - self.r[0], cc : cc + self.c[1] - self.c[0]]
 
     def fold(self, gx, g_strip):
         """gx += the gradient of x through input(x), for g_strip the gradient of the window."""
@@ -138,6 +139,7 @@ class _CudnnDeterministic:
     counter under a lock keeps overlapping calls (autograd runs CUDA backward on its own
     device threads) from restoring it early: the value the first caller found is restored by
     the last one to leave. Everything else passes determinism per call (_conv, _conv_dx)."""
+
     _lock = threading.Lock()
     _depth = 0
     _saved = False
@@ -166,16 +168,42 @@ class _CudnnDeterministic:
 def _conv(x, weight, bias, s, p):
     """aten convolution with cuDNN's deterministic algorithms asked for in this call only."""
     cudnn = torch.backends.cudnn
-    return torch.ops.aten._convolution(x, weight, bias, [s, s], [p, p], [1, 1], False, [0, 0], 1,
-                                       cudnn.benchmark, True, cudnn.enabled, cudnn.allow_tf32)
+    return torch.ops.aten._convolution(
+        x,
+        weight,
+        bias,
+        [s, s],
+        [p, p],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        cudnn.benchmark,
+        True,
+        cudnn.enabled,
+        cudnn.allow_tf32,
+    )
 
 
 def _conv_dx(grad, x, weight, s, p):
     """Input gradient of _conv: the transposed convolution, deterministic in this call."""
     cudnn = torch.backends.cudnn
     extra = [x.shape[d] - ((grad.shape[d] - 1) * s - 2 * p + weight.shape[d]) for d in (2, 3)]
-    return torch.ops.aten._convolution(grad, weight, None, [s, s], [p, p], [1, 1], True, extra, 1,
-                                       cudnn.benchmark, True, cudnn.enabled, cudnn.allow_tf32)
+    return torch.ops.aten._convolution(
+        grad,
+        weight,
+        None,
+        [s, s],
+        [p, p],
+        [1, 1],
+        True,
+        extra,
+        1,
+        cudnn.benchmark,
+        True,
+        cudnn.enabled,
+        cudnn.allow_tf32,
+    )
 
 
 def _conv_bwd(grad, x, weight, bias_sizes, s, p, need_x, need_w, need_b):
@@ -186,7 +214,8 @@ def _conv_bwd(grad, x, weight, bias_sizes, s, p, need_x, need_w, need_b):
     if need_w or need_b:
         with _CudnnDeterministic(x.device):
             _, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, [s, s], [p, p], [1, 1], False, [0, 0], 1, [False, need_w, need_b])
+                grad, x, weight, bias_sizes, [s, s], [p, p], [1, 1], False, [0, 0], 1, [False, need_w, need_b]
+            )
     return gx, gw, gb
 
 
@@ -208,7 +237,7 @@ def _pad_conv_impl(x, weight, bias, padding, stride):
     if path == "border":
         for region in _strips(h, w, kh, kw, p, s):
             st = _Strip(region, h, w, kh, kw, p, s)
-            y[:, :, st.o0:st.o1, st.q0:st.q1] = _conv(st.input(x), weight, bias, s, 0)
+            y[:, :, st.o0 : st.o1, st.q0 : st.q1] = _conv(st.input(x), weight, bias, s, 0)
     return y.contiguous(memory_format=memory_format(x))
 
 
@@ -237,7 +266,7 @@ def _pad_conv_bwd_impl(grad, x, weight, padding, stride, mask):
                 st = _Strip(region, h, w, kh, kw, p, s)
                 ring = st.ring(x.device)
                 ring_in = torch.where(ring, st.input(x), 0).to(acc)
-                gs = grad[:, :, st.o0:st.o1, st.q0:st.q1].to(acc)
+                gs = grad[:, :, st.o0 : st.o1, st.q0 : st.q1].to(acc)
                 gi, gws, _ = _conv_bwd(gs, ring_in, w_acc, None, s, 0, need_x, need_w, False)
                 if need_w:
                     gw_acc += gws
@@ -245,8 +274,11 @@ def _pad_conv_bwd_impl(grad, x, weight, padding, stride, mask):
                     st.fold(gx_acc, torch.where(ring, gi, 0))
             gx = gx_acc.to(x.dtype) if need_x else None
             gw = gw_acc.to(weight.dtype) if need_w else None
-    return (gx if need_x else x.new_empty((0,)), gw if need_w else weight.new_empty((0,)),
-            gb if need_b else weight.new_empty((0,)))
+    return (
+        gx if need_x else x.new_empty((0,)),
+        gw if need_w else weight.new_empty((0,)),
+        gb if need_b else weight.new_empty((0,)),
+    )
 
 
 def _pad_conv_fake(x, weight, bias, padding, stride):
@@ -254,9 +286,11 @@ def _pad_conv_fake(x, weight, bias, padding, stride):
 
 
 def _pad_conv_bwd_fake(grad, x, weight, padding, stride, mask):
-    return (torch.empty_like(x, memory_format=memory_format(x)) if mask[0] else x.new_empty((0,)),
-            torch.empty_like(weight) if mask[1] else weight.new_empty((0,)),
-            weight.new_empty((weight.shape[0],)) if mask[2] else weight.new_empty((0,)))
+    return (
+        torch.empty_like(x, memory_format=memory_format(x)) if mask[0] else x.new_empty((0,)),
+        torch.empty_like(weight) if mask[1] else weight.new_empty((0,)),
+        weight.new_empty((weight.shape[0],)) if mask[2] else weight.new_empty((0,)),
+    )
 
 
 def _pad_conv_setup(ctx, inputs, output):
@@ -292,8 +326,9 @@ if _backend._C is not None:
     torch.library.impl("i2i_fast::reflection_pad_conv2d_bwd", ("cpu", "cuda"))(_pad_conv_bwd_impl)
     torch.library.register_fake("i2i_fast::reflection_pad_conv2d")(_pad_conv_fake)
     torch.library.register_fake("i2i_fast::reflection_pad_conv2d_bwd")(_pad_conv_bwd_fake)
-    torch.library.register_autograd("i2i_fast::reflection_pad_conv2d", _pad_conv_backward,
-                                    setup_context=_pad_conv_setup)
+    torch.library.register_autograd(
+        "i2i_fast::reflection_pad_conv2d", _pad_conv_backward, setup_context=_pad_conv_setup
+    )
     _PAD_CONV_FN = function(torch.ops.i2i_fast.reflection_pad_conv2d, _pad_conv_setup, _pad_conv_backward)
 
 
@@ -304,8 +339,10 @@ def reflection_pad_conv2d(backend: str, x, weight, bias, padding: int, stride: i
     if backend == "reference" or _backend._C is None:
         return reference.reflection_pad_conv2d(x, weight, bias, padding, stride)
     p, s = int(padding), int(stride)
-    if x.device.type == "cpu" and pad_conv_path(x.shape[2], x.shape[3], weight.shape[2],
-                                                weight.shape[3], p, s, "cpu") == "pad":
+    if (
+        x.device.type == "cpu"
+        and pad_conv_path(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], p, s, "cpu") == "pad"
+    ):
         # CPU "pad" path as a composition: i2i_fast's pad (gather backward) + aten conv2d, whose
         # autograd saves the padded input like eager's (CPU convolutions are deterministic).
         # Measured a few % faster than going through the custom op, which recomputes the pad in

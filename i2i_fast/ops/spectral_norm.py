@@ -1,6 +1,7 @@
-"""sn_scale / sn_scale_bwd: fake tensors, Triton's autograd and the per-backend call.
-sn_scale(W, u, v) -> (W / sigma, sigma), sigma = u . (W v); gradient for W only (u, v are the
+"""spectral_norm_scale / spectral_norm_scale_bwd: fake tensors, Triton's autograd and the per-backend call.
+spectral_norm_scale(W, u, v) -> (W / sigma, sigma), sigma = u . (W v); gradient for W only (u, v are the
 power iteration's constants). The C++ op's autograd is a C++ node (csrc/spectral_norm.cpp)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,12 +10,13 @@ from .. import _backend, reference
 
 _TRITON = None
 if _backend._triton_error is None:
-    from ..triton import spectral_norm as _TRITON  # registers i2i_fast::triton_sn_scale*
+    from ..triton import spectral_norm as _TRITON  # noqa: F401 (registers i2i_fast::triton_spectral_norm_scale*)
 
 
 def _fwd_fake(weight, u, v):
-    return torch.empty_like(weight, memory_format=torch.contiguous_format), \
-        weight.new_empty((), dtype=reference.stats_dtype(weight))
+    return torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty(
+        (), dtype=reference.stats_dtype(weight)
+    )
 
 
 def _bwd_fake(grad, weight, u, v, sigma):
@@ -22,15 +24,16 @@ def _bwd_fake(grad, weight, u, v, sigma):
 
 
 if _backend._C is not None:
-    torch.library.register_fake("i2i_fast::sn_scale")(_fwd_fake)
-    torch.library.register_fake("i2i_fast::sn_scale_bwd")(_bwd_fake)
+    torch.library.register_fake("i2i_fast::spectral_norm_scale")(_fwd_fake)
+    torch.library.register_fake("i2i_fast::spectral_norm_scale_bwd")(_bwd_fake)
 
 
 class _TritonFunction(torch.autograd.Function):
-    """sn_scale on Triton (the C++ ops have a C++ autograd node)."""
+    """spectral_norm_scale on Triton (the C++ ops have a C++ autograd node)."""
+
     @staticmethod
     def forward(ctx, weight, u, v):
-        out, sigma = torch.ops.i2i_fast.triton_sn_scale(weight, u, v)
+        out, sigma = torch.ops.i2i_fast.triton_spectral_norm_scale(weight, u, v)
         ctx.save_for_backward(weight, u, v, sigma)
         ctx.mark_non_differentiable(sigma)
         return out, sigma
@@ -42,13 +45,13 @@ class _TritonFunction(torch.autograd.Function):
             w, uu, vv, gg = (t if t.dtype == torch.float64 else t.float() for t in (weight, u, v, g))
             sg = torch.dot(uu, torch.mv(w, vv))
             return (gg / sg - (gg * w).sum() / (sg * sg) * torch.outer(uu, vv)).to(weight.dtype), None, None
-        return torch.ops.i2i_fast.triton_sn_scale_bwd(g, weight, u, v, sigma), None, None
+        return torch.ops.i2i_fast.triton_spectral_norm_scale_bwd(g, weight, u, v, sigma), None, None
 
 
-def sn_scale(backend: str, weight, u, v):
+def spectral_norm_scale(backend: str, weight, u, v):
     """(weight / sigma, sigma) of the (O, K) weight matrix on `backend`."""
     if backend == "reference":
-        return reference.sn_scale(weight, u, v)
+        return reference.spectral_norm_scale(weight, u, v)
     if backend == "triton":
         return _TritonFunction.apply(weight, u, v)
-    return torch.ops.i2i_fast.sn_scale.default(weight, u, v)
+    return torch.ops.i2i_fast.spectral_norm_scale.default(weight, u, v)

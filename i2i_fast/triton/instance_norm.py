@@ -9,7 +9,8 @@ The optional reflection pad of the output (pad > 0, HAS_P: pad == 0 keeps the un
 is a mirrored read of x (and of the residual, x's shape) for each padded output element in the
 forward, and in the backward a fixed-order gather of the (up to 3 x 3) padded positions that
 mirror each input pixel (_fold): no atomics, deterministic. The statistics are x's. The mirror
-helpers here are shared with triton/norm.py."""
+helpers here are shared with triton/plane_norm.py."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -19,10 +20,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import on_device
-
 from .._backend import triton_interpret
 from ..codes import Activation
+from . import on_device
 
 # the Activation codes as constexprs (a @jit function reads no other globals)
 RELU: tl.constexpr = tl.constexpr(Activation.RELU)
@@ -112,8 +112,27 @@ def _channel(P, c, HAS: tl.constexpr, default, ACC: tl.constexpr):
 
 
 @triton.jit
-def _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P: tl.constexpr,
-             ACT: tl.constexpr, ACC: tl.constexpr):
+def _xhat_dz(
+    X,
+    G,
+    off,
+    gbase,
+    idx,
+    m,
+    Hi,
+    Wi,
+    P,
+    gH,
+    gW,
+    mean,
+    rstd,
+    w,
+    b,
+    slope,
+    HAS_P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Normalized input and dL/dz (through the activation), recomputed from x and the gradient
     (with HAS_P, the gradient of the unpadded output: the fold of the padded one)."""
     xh = (tl.load(X + off, mask=m, other=0.0).to(ACC) - mean) * rstd
@@ -189,12 +208,19 @@ def _store_partial(PART, pid, s1, s2):
 
 
 @triton.jit
-def instance_norm_stats_kernel(X,
-                               PART,  # out: each chunk's two fp64 sums, (planes, S, 2)
-                               C, HW, CHUNK,  # as instance_norm_fwd_kernel's
-                               sN, sC, sS,  # x's sample, channel and W strides
-                               Wi, sH,  # x's W; its H stride
-                               BLOCK: tl.constexpr):
+def instance_norm_stats_kernel(
+    X,
+    PART,  # out: each chunk's two fp64 sums, (planes, S, 2)
+    C,
+    HW,
+    CHUNK,  # as instance_norm_fwd_kernel's
+    sN,
+    sC,
+    sS,  # x's sample, channel and W strides
+    Wi,
+    sH,  # x's W; its H stride
+    BLOCK: tl.constexpr,
+):
     """Split planes, pass 1: the shifted sums of chunk program_id(1) of plane program_id(0), the
     plane's own pivot for every chunk (so the sums add up to the whole plane's)."""
     pid = tl.program_id(0)
@@ -206,26 +232,44 @@ def instance_norm_stats_kernel(X,
 
 
 @triton.jit
-def instance_norm_fwd_kernel(X, Y,
-                             R,  # the residual (HAS_R), x's shape and strides
-                             W, B,  # the affine: per channel, or per plane (PER_PLANE)
-                             RM, RV,  # the running statistics (not INPUT_STATS)
-                             MEAN, VAR,  # out: each plane's statistics, (N, C)
-                             PART,  # split planes: the chunk partials of instance_norm_stats_kernel
-                             C,  # channels: plane pid is (pid // C, pid % C)
-                             HW, CHUNK,  # elements per plane; per chunk program (a multiple of BLOCK)
-                             sN, sC, sS,  # x's sample, channel and W strides
-                             Hi, Wi, P, sH,  # x's H, W; the output pad; x's H stride
-                             oN, oC, oH, oW,  # Y's strides (with HAS_P: the padded output's)
-                             EPS: tl.constexpr, SLOPE: tl.constexpr,
-                             HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                             INPUT_STATS: tl.constexpr,  # x's statistics, else the running ones
-                             ACT: tl.constexpr,  # an Activation code
-                             ACC: tl.constexpr,  # the math's dtype: fp64 for fp64 x, else fp32
-                             PER_PLANE: tl.constexpr,  # W, B hold one value per (n, c) plane
-                             HAS_P: tl.constexpr,
-                             SPLIT: tl.constexpr,  # the statistics come from PART (S > 1 chunks)
-                             BLOCK: tl.constexpr):
+def instance_norm_fwd_kernel(
+    X,
+    Y,
+    R,  # the residual (HAS_R), x's shape and strides
+    W,
+    B,  # the affine: per channel, or per plane (PER_PLANE)
+    RM,
+    RV,  # the running statistics (not INPUT_STATS)
+    MEAN,
+    VAR,  # out: each plane's statistics, (N, C)
+    PART,  # split planes: the chunk partials of instance_norm_stats_kernel
+    C,  # channels: plane pid is (pid // C, pid % C)
+    HW,
+    CHUNK,  # elements per plane; per chunk program (a multiple of BLOCK)
+    sN,
+    sC,
+    sS,  # x's sample, channel and W strides
+    Hi,
+    Wi,
+    P,
+    sH,  # x's H, W; the output pad; x's H stride
+    oN,
+    oC,
+    oH,
+    oW,  # Y's strides (with HAS_P: the padded output's)
+    EPS: tl.constexpr,
+    SLOPE: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_R: tl.constexpr,
+    INPUT_STATS: tl.constexpr,  # x's statistics, else the running ones
+    ACT: tl.constexpr,  # an Activation code
+    ACC: tl.constexpr,  # the math's dtype: fp64 for fp64 x, else fp32
+    PER_PLANE: tl.constexpr,  # W, B hold one value per (n, c) plane
+    HAS_P: tl.constexpr,
+    SPLIT: tl.constexpr,  # the statistics come from PART (S > 1 chunks)
+    BLOCK: tl.constexpr,
+):
     """Chunk program_id(1) of plane program_id(0): x's (Hi, Wi) plane normalized, the epilogue
     applied; with HAS_P it writes its chunk of the (Hi + 2P, Wi + 2P) output positions."""
     pid = tl.program_id(0)
@@ -280,20 +324,63 @@ def instance_norm_fwd_kernel(X, Y,
 
 
 @triton.jit
-def _bwd_consts(pid, C, sN, sC, gN, gC, W, B, MEAN, VAR, EPS: tl.constexpr, SLOPE: tl.constexpr,
-                HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr):
+def _bwd_consts(
+    pid,
+    C,
+    sN,
+    sC,
+    gN,
+    gC,
+    W,
+    B,
+    MEAN,
+    VAR,
+    EPS: tl.constexpr,
+    SLOPE: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    ACC: tl.constexpr,
+    PER_PLANE: tl.constexpr,
+):
     """Plane pid's channel, x and gradient offsets and its constants in the accumulation dtype."""
     c, base = _plane(pid, C, sN, sC)
     _, gbase = _plane(pid, C, gN, gC)
     ai = pid if PER_PLANE else c
-    return (base, gbase, tl.full((), SLOPE, ACC), tl.load(MEAN + pid).to(ACC),
-            _inv_std(tl.load(VAR + pid).to(ACC), EPS), _channel(W, ai, HAS_W, 1.0, ACC),
-            _channel(B, ai, HAS_B, 0.0, ACC))
+    return (
+        base,
+        gbase,
+        tl.full((), SLOPE, ACC),
+        tl.load(MEAN + pid).to(ACC),
+        _inv_std(tl.load(VAR + pid).to(ACC), EPS),
+        _channel(W, ai, HAS_W, 1.0, ACC),
+        _channel(B, ai, HAS_B, 0.0, ACC),
+    )
 
 
 @triton.jit
-def _dz_sums(X, G, base, gbase, start, end, sS, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope,
-             HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _dz_sums(
+    X,
+    G,
+    base,
+    gbase,
+    start,
+    end,
+    sS,
+    Hi,
+    Wi,
+    P,
+    gH,
+    gW,
+    mean,
+    rstd,
+    w,
+    b,
+    slope,
+    HAS_P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """sum dz and sum dz * xhat over the elements [start, end) of a plane, fp64 lanes as the CUDA
     kernels' sums: the error must not grow with the values per lane (large planes)."""
     offs = tl.arange(0, BLOCK)
@@ -301,51 +388,125 @@ def _dz_sums(X, G, base, gbase, start, end, sS, Hi, Wi, P, gH, gW, mean, rstd, w
     a2 = tl.zeros([BLOCK], tl.float64)
     for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        xh, dz = _xhat_dz(X, G, base + idx.to(tl.int64) * sS, gbase, idx, idx < end, Hi, Wi, P, gH, gW, mean,
-                          rstd, w, b, slope, HAS_P, ACT, ACC)
+        xh, dz = _xhat_dz(
+            X,
+            G,
+            base + idx.to(tl.int64) * sS,
+            gbase,
+            idx,
+            idx < end,
+            Hi,
+            Wi,
+            P,
+            gH,
+            gW,
+            mean,
+            rstd,
+            w,
+            b,
+            slope,
+            HAS_P,
+            ACT,
+            ACC,
+        )
         a1 += dz.to(tl.float64)
         a2 += dz.to(tl.float64) * xh
     return tl.sum(a1, 0), tl.sum(a2, 0)
 
 
 @triton.jit
-def instance_norm_bwd_sums_kernel(G, X, W, B, MEAN, VAR, PART, C, HW, CHUNK, sN, sC, sS, Hi, Wi, P,
-                                  gN, gC, gH, gW, EPS: tl.constexpr, SLOPE: tl.constexpr,
-                                  HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
-                                  ACC: tl.constexpr, PER_PLANE: tl.constexpr, HAS_P: tl.constexpr,
-                                  BLOCK: tl.constexpr):
+def instance_norm_bwd_sums_kernel(
+    G,
+    X,
+    W,
+    B,
+    MEAN,
+    VAR,
+    PART,
+    C,
+    HW,
+    CHUNK,
+    sN,
+    sC,
+    sS,
+    Hi,
+    Wi,
+    P,
+    gN,
+    gC,
+    gH,
+    gW,
+    EPS: tl.constexpr,
+    SLOPE: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+    PER_PLANE: tl.constexpr,
+    HAS_P: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Split planes, pass 1 of the backward: the (sum dz, sum dz * xhat) of chunk program_id(1)
     of plane program_id(0) to PART (arguments as instance_norm_bwd_kernel's)."""
     pid = tl.program_id(0)
-    base, gbase, slope, mean, rstd, w, b = _bwd_consts(pid, C, sN, sC, gN, gC, W, B, MEAN, VAR, EPS, SLOPE,
-                                                       HAS_W, HAS_B, ACC, PER_PLANE)
+    base, gbase, slope, mean, rstd, w, b = _bwd_consts(
+        pid, C, sN, sC, gN, gC, W, B, MEAN, VAR, EPS, SLOPE, HAS_W, HAS_B, ACC, PER_PLANE
+    )
     start, end = _span(CHUNK, HW)
-    s1, s2 = _dz_sums(X, G, base, gbase, start, end, sS, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope,
-                      HAS_P, ACT, ACC, BLOCK)
+    s1, s2 = _dz_sums(
+        X, G, base, gbase, start, end, sS, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P, ACT, ACC, BLOCK
+    )
     _store_partial(PART, pid, s1, s2)
 
 
 @triton.jit
-def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR,
-                             SUMS,  # out: each plane's (sum dz, sum dz * xhat), the affine's gradients
-                             PART,  # split planes: the chunk partials of instance_norm_bwd_sums_kernel
-                             C, HW, CHUNK, sN, sC, sS, Hi, Wi, P,  # as instance_norm_fwd_kernel's
-                             gN, gC, gH, gW,  # G's strides
-                             EPS: tl.constexpr, SLOPE: tl.constexpr,
-                             HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                             INPUT_STATS: tl.constexpr,  # the forward normalized with x's statistics
-                             ACT: tl.constexpr, ACC: tl.constexpr, PER_PLANE: tl.constexpr,
-                             HAS_P: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+def instance_norm_bwd_kernel(
+    G,
+    X,
+    GX,
+    W,
+    B,
+    MEAN,
+    VAR,
+    SUMS,  # out: each plane's (sum dz, sum dz * xhat), the affine's gradients
+    PART,  # split planes: the chunk partials of instance_norm_bwd_sums_kernel
+    C,
+    HW,
+    CHUNK,
+    sN,
+    sC,
+    sS,
+    Hi,
+    Wi,
+    P,  # as instance_norm_fwd_kernel's
+    gN,
+    gC,
+    gH,
+    gW,  # G's strides
+    EPS: tl.constexpr,
+    SLOPE: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    INPUT_STATS: tl.constexpr,  # the forward normalized with x's statistics
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+    PER_PLANE: tl.constexpr,
+    HAS_P: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The input gradient of chunk program_id(1) of plane program_id(0). G: the output gradient,
     (Hi + 2P, Wi + 2P) planes when HAS_P, else x's shape and strides."""
     pid = tl.program_id(0)
-    base, gbase, slope, mean, rstd, w, b = _bwd_consts(pid, C, sN, sC, gN, gC, W, B, MEAN, VAR, EPS, SLOPE,
-                                                       HAS_W, HAS_B, ACC, PER_PLANE)
+    base, gbase, slope, mean, rstd, w, b = _bwd_consts(
+        pid, C, sN, sC, gN, gC, W, B, MEAN, VAR, EPS, SLOPE, HAS_W, HAS_B, ACC, PER_PLANE
+    )
     if SPLIT:
         s1, s2 = _merged(PART, pid)
     else:
-        s1, s2 = _dz_sums(X, G, base, gbase, 0, HW, sS, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope,
-                          HAS_P, ACT, ACC, BLOCK)
+        s1, s2 = _dz_sums(
+            X, G, base, gbase, 0, HW, sS, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P, ACT, ACC, BLOCK
+        )
     if tl.program_id(1) == 0:
         tl.store(SUMS + 2 * pid, s1.to(SUMS.dtype.element_ty))
         tl.store(SUMS + 2 * pid + 1, s2.to(SUMS.dtype.element_ty))
@@ -358,8 +519,7 @@ def instance_norm_bwd_kernel(G, X, GX, W, B, MEAN, VAR,
         idx = s0 + offs
         m = idx < end
         off = base + idx.to(tl.int64) * sS
-        xh, dz = _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P,
-                          ACT, ACC)
+        xh, dz = _xhat_dz(X, G, off, gbase, idx, m, Hi, Wi, P, gH, gW, mean, rstd, w, b, slope, HAS_P, ACT, ACC)
         if INPUT_STATS:
             gx = k * (dz - m1 - xh * m2)
         else:  # eval mode: the gradient does not depend on x (an infinite x gives no NaN), as torch
@@ -393,10 +553,10 @@ def _block(hw):
 
 # ---- grids: one program per plane, or S programs per plane (chunks of CHUNK elements) when the
 # planes alone cannot fill the GPU (batch 1, large maps), as the CUDA kernels do: the reductions
-# then write per-chunk partials merged in chunk order (no atomics). Shared with triton/norm.py.
-MIN_CHUNK = 4096      # elements: smaller chunks are not worth a program
+# then write per-chunk partials merged in chunk order (no atomics). Shared with triton/plane_norm.py.
+MIN_CHUNK = 4096  # elements: smaller chunks are not worth a program
 PROGRAMS_PER_SM = 4
-INTERPRETER_SMS = 0   # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
+INTERPRETER_SMS = 0  # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
 
 
 _SMS: dict = {}  # a plain dict, not lru_cache: torch.compile traces this without a warning
@@ -434,15 +594,25 @@ def _check_pad(pad, h, w):
 
 
 def _channel_arg(t, x):
-    return x if t is None else t.reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    return (
+        x if t is None else t.reshape(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    )
 
 
 @triton_op("i2i_fast::triton_instance_norm_fwd", mutates_args=())
 @on_device
-def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                      residual: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
-                      running_var: Optional[torch.Tensor], eps: float, act: int,
-                      slope: float, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def instance_norm_fwd(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    eps: float,
+    act: int,
+    slope: float,
+    pad: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out = reflection_pad2d(act((x - mean) * rstd * weight + bias) + residual, (pad,) * 4)
     in x's memory format; mean, var: x's (or the running) statistics, (N, C)."""
     x, fmt, (sN, sC, sS) = _layout(x)
@@ -459,15 +629,44 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
         split = stats and S > 1  # the running statistics need no merge
         part = x.new_empty((n * c, S, 2), dtype=torch.float64) if split else mean
         if split:
-            wrap_triton(instance_norm_stats_kernel)[(n * c, S)](x, part, c, h * w, chunk, sN, sC, sS, w, x.stride(2),
-                                                                BLOCK=block)
+            wrap_triton(instance_norm_stats_kernel)[(n * c, S)](
+                x, part, c, h * w, chunk, sN, sC, sS, w, x.stride(2), BLOCK=block
+            )
         wrap_triton(instance_norm_fwd_kernel)[(n * c, S)](
-            x, y, r, _channel_arg(weight, x), _channel_arg(bias, x), _channel_arg(running_mean, x),
-            _channel_arg(running_var, x), mean, var, part, c, h * w, chunk, sN, sC, sS, h, w, pad, x.stride(2),
-            *y.stride(), float(eps), _slope(act, slope),
-            HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None,
-            INPUT_STATS=stats, ACT=act, ACC=_acc(x), PER_PLANE=_per_plane(weight, bias, c),
-            HAS_P=pad > 0, SPLIT=split, BLOCK=block)
+            x,
+            y,
+            r,
+            _channel_arg(weight, x),
+            _channel_arg(bias, x),
+            _channel_arg(running_mean, x),
+            _channel_arg(running_var, x),
+            mean,
+            var,
+            part,
+            c,
+            h * w,
+            chunk,
+            sN,
+            sC,
+            sS,
+            h,
+            w,
+            pad,
+            x.stride(2),
+            *y.stride(),
+            float(eps),
+            _slope(act, slope),
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            HAS_R=residual is not None,
+            INPUT_STATS=stats,
+            ACT=act,
+            ACC=_acc(x),
+            PER_PLANE=_per_plane(weight, bias, c),
+            HAS_P=pad > 0,
+            SPLIT=split,
+            BLOCK=block,
+        )
     if not stats:
         mean.copy_(running_mean.reshape(1, c).expand(n, c))
         var.copy_(running_var.reshape(1, c).expand(n, c))
@@ -476,10 +675,19 @@ def instance_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
 
 @triton_op("i2i_fast::triton_instance_norm_bwd", mutates_args=())
 @on_device
-def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                      weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
-                      act: int, slope: float, input_stats: bool,
-                      pad: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def instance_norm_bwd(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    act: int,
+    slope: float,
+    input_stats: bool,
+    pad: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gx, gweight, gbias) of instance_norm_fwd; grad: the gradient of its (padded) output."""
     x, fmt, (sN, sC, sS) = _layout(x)
     n, c, h, w = x.shape
@@ -494,12 +702,20 @@ def instance_norm_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, v
         part = x.new_empty((n * c, S, 2), dtype=torch.float64) if S > 1 else sums
         args = (_channel_arg(weight, x), _channel_arg(bias, x), mean.contiguous(), var.contiguous())
         shape = (c, h * w, chunk, sN, sC, sS, h, w, pad, *g.stride(), float(eps), _slope(act, slope))
-        meta = dict(HAS_W=weight is not None, HAS_B=bias is not None, ACT=act, ACC=_acc(x),
-                    PER_PLANE=_per_plane(weight, bias, c), HAS_P=pad > 0, BLOCK=block)
+        meta = dict(
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            ACT=act,
+            ACC=_acc(x),
+            PER_PLANE=_per_plane(weight, bias, c),
+            HAS_P=pad > 0,
+            BLOCK=block,
+        )
         if S > 1:
             wrap_triton(instance_norm_bwd_sums_kernel)[(n * c, S)](g, x, *args, part, *shape, **meta)
-        wrap_triton(instance_norm_bwd_kernel)[(n * c, S)](g, x, gx, *args, sums, part, *shape,
-                                                          INPUT_STATS=input_stats, SPLIT=S > 1, **meta)
+        wrap_triton(instance_norm_bwd_kernel)[(n * c, S)](
+            g, x, gx, *args, sums, part, *shape, INPUT_STATS=input_stats, SPLIT=S > 1, **meta
+        )
     if weight is None and bias is None:  # nothing to reduce (as the C++ op)
         return gx, sums.new_empty((0,)), sums.new_empty((0,))
     if _per_plane(weight, bias, c):  # per-plane affine: its gradients are the plane sums

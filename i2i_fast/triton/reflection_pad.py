@@ -2,6 +2,7 @@
 the input (backward, a gather of the <= 3 x <= 3 padded positions that read each input pixel,
 summed in fp32 / fp64 in the same order as csrc/ and kernels/: no atomics, deterministic).
 Flat indices run in memory order (NCHW or channels_last, the output keeps the layout); int64."""
+
 from __future__ import annotations
 
 import torch
@@ -9,9 +10,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import on_device
-
 from .._backend import triton_interpret
+from . import on_device
 
 
 @triton.jit
@@ -50,12 +50,20 @@ def _reflect(o, n, before):
 
 
 @triton.jit
-def reflection_pad2d_fwd_kernel(X, Y,
-                                total,  # Y's element count
-                                C, H, W, Ho, Wo,  # channels; x's and Y's planes
-                                l, t,  # the left and top pad
-                                CL: tl.constexpr,  # channels_last memory order
-                                BLOCK: tl.constexpr):
+def reflection_pad2d_fwd_kernel(
+    X,
+    Y,
+    total,  # Y's element count
+    C,
+    H,
+    W,
+    Ho,
+    Wo,  # channels; x's and Y's planes
+    l,
+    t,  # the left and top pad
+    CL: tl.constexpr,  # channels_last memory order
+    BLOCK: tl.constexpr,
+):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total
     n, c, oh, ow = _decode(i, C, Ho, Wo, CL)
@@ -75,12 +83,23 @@ def _add_col(acc, GY, n, c, gh, w, C, Ho, Wo, W, l, r, m, CL: tl.constexpr, ACC:
 
 
 @triton.jit
-def reflection_pad2d_bwd_kernel(GY, GX,
-                                total,  # GX's element count
-                                C, H, W, Ho, Wo,  # channels; x's and the padded planes
-                                l, r, t, b,  # the pad: left, right, top, bottom
-                                CL: tl.constexpr,  # channels_last memory order
-                                ACC: tl.constexpr, BLOCK: tl.constexpr):
+def reflection_pad2d_bwd_kernel(
+    GY,
+    GX,
+    total,  # GX's element count
+    C,
+    H,
+    W,
+    Ho,
+    Wo,  # channels; x's and the padded planes
+    l,
+    r,
+    t,
+    b,  # the pad: left, right, top, bottom
+    CL: tl.constexpr,  # channels_last memory order
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < total
     n, c, h, w = _decode(i, C, H, W, CL)
@@ -110,13 +129,13 @@ def reflection_pad2d_fwd(x: torch.Tensor, pad: list[int]) -> torch.Tensor:
     x = x.contiguous(memory_format=fmt)
     n, c, h, w = x.shape
     l, r, t, b = pad
-    y = torch.empty((n, c, h + t + b, w + l + r), dtype=x.dtype, device=x.device,
-                    memory_format=fmt)
+    y = torch.empty((n, c, h + t + b, w + l + r), dtype=x.dtype, device=x.device, memory_format=fmt)
     total = y.numel()
     if total > 0:
         blk = _block(total)
         wrap_triton(reflection_pad2d_fwd_kernel)[(triton.cdiv(total, blk),)](
-            x, y, total, c, h, w, h + t + b, w + l + r, l, t, CL=fmt == torch.channels_last, BLOCK=blk)
+            x, y, total, c, h, w, h + t + b, w + l + r, l, t, CL=fmt == torch.channels_last, BLOCK=blk
+        )
     return y
 
 
@@ -134,5 +153,6 @@ def reflection_pad2d_bwd(grad: torch.Tensor, pad: list[int]) -> torch.Tensor:
         blk = _block(total)
         acc = tl.float64 if g.dtype == torch.float64 else tl.float32
         wrap_triton(reflection_pad2d_bwd_kernel)[(triton.cdiv(total, blk),)](
-            g, gx, total, c, h, w, ho, wo, l, r, t, b, CL=fmt == torch.channels_last, ACC=acc, BLOCK=blk)
+            g, gx, total, c, h, w, ho, wo, l, r, t, b, CL=fmt == torch.channels_last, ACC=acc, BLOCK=blk
+        )
     return gx

@@ -1,7 +1,8 @@
-"""Triton kernels of i2i_fast::sn_scale / sn_scale_bwd (math in csrc/spectral_norm.h): one
+"""Triton kernels of i2i_fast::spectral_norm_scale / spectral_norm_scale_bwd (math in csrc/spectral_norm.h): one
 program per row writes its fp32/fp64 partial (u_o * (W_o . v), or g_o . W_o); one program per
 row then sums the O partials in row order (each program the same order: deterministic, no
 atomics) and writes its row of the output."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,6 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import on_device
-
 from .instance_norm import _acc
 
 
@@ -39,10 +39,15 @@ def _total(PART, O, ACC: tl.constexpr, BLOCK_O: tl.constexpr):
 
 
 @triton.jit
-def sn_fwd_part_kernel(W,  # the (O, K) weight
-                       U, V,  # the power iteration's vectors, (O,) and (K,)
-                       PART,  # out: per row o, u[o] * (W v)[o] (sigma's terms)
-                       K, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def sn_fwd_part_kernel(
+    W,  # the (O, K) weight
+    U,
+    V,  # the power iteration's vectors, (O,) and (K,)
+    PART,  # out: per row o, u[o] * (W v)[o] (sigma's terms)
+    K,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     o = tl.program_id(0)
     tl.store(PART + o, tl.load(U + o).to(ACC) * _row_dot(W, V, o, K, ACC, BLOCK, False))
 
@@ -62,11 +67,17 @@ def _write_row(A, V, OUT, o, K, sg, cu, ACC: tl.constexpr, BLOCK: tl.constexpr, 
 
 
 @triton.jit
-def sn_fwd_out_kernel(W, PART,
-                      OUT,  # out: W / sigma
-                      SIGMA,  # out: sum of PART, added in one fixed order by every program
-                      O, K, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                      BLOCK_O: tl.constexpr):  # O padded to a power of 2
+def sn_fwd_out_kernel(
+    W,
+    PART,
+    OUT,  # out: W / sigma
+    SIGMA,  # out: sum of PART, added in one fixed order by every program
+    O,
+    K,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):  # O padded to a power of 2
     o = tl.program_id(0)
     sg = _total(PART, O, ACC, BLOCK_O)
     if o == 0:
@@ -75,19 +86,32 @@ def sn_fwd_out_kernel(W, PART,
 
 
 @triton.jit
-def sn_bwd_part_kernel(G,  # the gradient of W / sigma
-                       W,
-                       PART,  # out: per row o, <G[o, :], W[o, :]>
-                       K, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def sn_bwd_part_kernel(
+    G,  # the gradient of W / sigma
+    W,
+    PART,  # out: per row o, <G[o, :], W[o, :]>
+    K,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     o = tl.program_id(0)
     tl.store(PART + o, _row_dot(G, W, o, K, ACC, BLOCK, True))
 
 
 @triton.jit
-def sn_bwd_out_kernel(G, U, V, PART, SIGMA,
-                      GW,  # out: W's gradient, G / sigma - <G, W> / sigma^2 u v^T
-                      O, K, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                      BLOCK_O: tl.constexpr):
+def sn_bwd_out_kernel(
+    G,
+    U,
+    V,
+    PART,
+    SIGMA,
+    GW,  # out: W's gradient, G / sigma - <G, W> / sigma^2 u v^T
+    O,
+    K,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):
     o = tl.program_id(0)
     s = _total(PART, O, ACC, BLOCK_O)
     sg = tl.load(SIGMA).to(ACC)
@@ -100,13 +124,15 @@ def _blocks(o, k):
 
 def _check(w, u, v):
     if w.dim() != 2 or u.shape != (w.shape[0],) or v.shape != (w.shape[1],):
-        raise ValueError(f"i2i_fast sn_scale: weight (O, K), u (O,), v (K,) expected, got "
-                         f"{tuple(w.shape)}, {tuple(u.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"i2i_fast spectral_norm_scale: weight (O, K), u (O,), v (K,) expected, got "
+            f"{tuple(w.shape)}, {tuple(u.shape)}, {tuple(v.shape)}"
+        )
 
 
-@triton_op("i2i_fast::triton_sn_scale", mutates_args=())
+@triton_op("i2i_fast::triton_spectral_norm_scale", mutates_args=())
 @on_device
-def sn_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def spectral_norm_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check(weight, u, v)
     w, u, v = weight.contiguous(), u.contiguous(), v.contiguous()
     o, k = w.shape
@@ -123,13 +149,14 @@ def sn_scale(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[to
     return out, sigma
 
 
-@triton_op("i2i_fast::triton_sn_scale_bwd", mutates_args=())
+@triton_op("i2i_fast::triton_spectral_norm_scale_bwd", mutates_args=())
 @on_device
-def sn_scale_bwd(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                 sigma: torch.Tensor) -> torch.Tensor:
+def spectral_norm_scale_bwd(
+    grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     _check(weight, u, v)
     if sigma.numel() != 1:
-        raise ValueError("i2i_fast sn_scale_bwd: sigma must have one element")
+        raise ValueError("i2i_fast spectral_norm_scale_bwd: sigma must have one element")
     w, u, v = weight.contiguous(), u.contiguous(), v.contiguous()
     g = grad.to(w.dtype).contiguous()
     o, k = w.shape
@@ -139,6 +166,7 @@ def sn_scale_bwd(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: t
     if o > 0:
         blk, blk_o = _blocks(o, k)
         wrap_triton(sn_bwd_part_kernel)[(o,)](g, w, part, k, ACC=_acc(w), BLOCK=blk)
-        wrap_triton(sn_bwd_out_kernel)[(o,)](g, u, v, part, sigma.to(acc), gw, o, k, ACC=_acc(w), BLOCK=blk,
-                                             BLOCK_O=blk_o)
+        wrap_triton(sn_bwd_out_kernel)[(o,)](
+            g, u, v, part, sigma.to(acc), gw, o, k, ACC=_acc(w), BLOCK=blk, BLOCK_O=blk_o
+        )
     return gw

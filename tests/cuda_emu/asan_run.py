@@ -2,6 +2,7 @@
 with libasan preloaded): `kernels` covers every kernel over odd sizes, views with a storage
 offset, channels_last, split planes and the loss ticket; `oob` runs the self-test's
 one-past-the-end read, which ASan must report."""
+
 import os
 import sys
 
@@ -25,8 +26,14 @@ torch.manual_seed(0)
 with cuda_emu.EmulatedCuda(asan=True):
     for sms in (1, 132):
         emu.set_sm_count(sms)
-        for shape, cl in [((2, 3, 5, 7), False), ((1, 3, 45, 47), False), ((1, 2, 48, 48), False),
-                          ((1, 5, 13, 11), True), ((2, 3, 1, 2), False), ((1, 2, 64, 65), False)]:
+        for shape, cl in [
+            ((2, 3, 5, 7), False),
+            ((1, 3, 45, 47), False),
+            ((1, 2, 48, 48), False),
+            ((1, 5, 13, 11), True),
+            ((2, 3, 1, 2), False),
+            ((1, 2, 64, 65), False),
+        ]:
             for dtype in (torch.float32, torch.bfloat16):
                 x = torch.randn(shape).to(dtype)
                 if cl:
@@ -38,12 +45,14 @@ with cuda_emu.EmulatedCuda(asan=True):
                 rho = torch.rand(1, c, 1, 1, requires_grad=True)
                 g2, b2 = torch.rand(n, c, requires_grad=True), torch.randn(n, c, requires_grad=True)
                 pad = 1 if min(shape[2:]) > 1 else 0
-                outs = [F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x)),
-                        F.adalin(x, rho, g2, b2, out_pad=pad), F.layer_norm(x, w, b),
-                        F.batch_norm(x, torch.zeros(c), torch.ones(c), w, b, True, activation="relu"),
-                        F.adain(x, g2.flatten(), b2.flatten()),
-                        F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x),
-                                        out_pad=pad)]
+                outs = [
+                    F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x)),
+                    F.adalin(x, rho, g2, b2, out_pad=pad),
+                    F.layer_norm(x, w, b),
+                    F.batch_norm(x, torch.zeros(c), torch.ones(c), w, b, True, activation="relu"),
+                    F.adain(x, g2.flatten(), b2.flatten()),
+                    F.instance_norm(x, weight=w, bias=b, activation="relu", residual=torch.randn_like(x), out_pad=pad),
+                ]
                 if pad:
                     outs.append(F.reflection_pad2d(x, (1, 0, pad, 1)))
                 for y in outs:

@@ -1,5 +1,6 @@
 """Python side of the emulation's stream, graph and launch-resource checks (streams.cpp):
 the emulated streams, the graph capture and replay, and the grid-only mode."""
+
 from __future__ import annotations
 
 import contextlib

@@ -43,7 +43,7 @@ __global__ void copy_kernel(const float* x, int64_t n, float* y) {
 }
 
 // Last-block sum: each block's partial in its slot, the block that takes the last ticket adds
-// them (the pattern of kernels/losses.cu, the block's own sum done by thread 0 for brevity).
+// them (the pattern of kernels/loss.cu, the block's own sum done by thread 0 for brevity).
 __global__ void ticket_sum_kernel(const float* x, int64_t n, float* partial, unsigned* ticket, float* out) {
   if (threadIdx.x != 0) return;
   float s = 0;
@@ -106,7 +106,7 @@ at::Tensor checks(const std::string& what, const at::Tensor& x_in, int64_t arg) 
     else *ticket = 0;
     ticket_sum_kernel<<<blocks, kT, 0, st>>>(x.data_ptr<float>(), n, ws.data_ptr<float>(), ticket, o);
     return out.narrow(0, 0, 1);
-  } else if (what == "empty_cpu") {  // an output nothing writes, allocated as csrc/losses.h does
+  } else if (what == "empty_cpu") {  // an output nothing writes, allocated as csrc/loss.h does
     return at::detail::empty_cpu({std::max<int64_t>(n, 1)}, arg ? at::kInt : at::kFloat, false,
                                  at::MemoryFormat::Contiguous);
   } else if (what == "launch_bounds") {  // arg threads for a kernel bounded to kT

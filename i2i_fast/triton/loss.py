@@ -1,10 +1,11 @@
 """Triton kernels of the fused losses (i2i_fast::triton_loss_fwd / triton_loss_bwd), the same
-math as csrc/losses.h. Up to NSLOTS terms per launch, each as separate pointer arguments of a
+math as csrc/loss.h. Up to NSLOTS terms per launch, each as separate pointer arguments of a
 kernel generated for that term count (_kernel); each program reduces chunks of CHUNK
 elements of one term in a fixed tree and writes its scaled partial into a fixed slot. When the
 whole call is small (one group, <= ONE_PROGRAM elements: the batch-1 PatchGAN case) a single
 program walks every chunk in order and adds the partials in a register: one launch. Otherwise
 a second one-program launch adds the partials in chunk order. No atomics: deterministic."""
+
 from __future__ import annotations
 
 import linecache
@@ -16,8 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import on_device
 from ..codes import LossKind, Reduction
+from . import on_device
 
 NSLOTS = 8
 CHUNK = 4096
@@ -94,9 +95,24 @@ def _scalar(bits, ACC: tl.constexpr):
 
 
 @triton.jit
-def _fwd_chunk(X, Y, G, O, n, i0, a, w, HAS_Y: tl.constexpr, KIND: tl.constexpr,
-               NEED_GRAD: tl.constexpr, NONE: tl.constexpr, MEAN: tl.constexpr,
-               BLOCK: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+def _fwd_chunk(
+    X,
+    Y,
+    G,
+    O,
+    n,
+    i0,
+    a,
+    w,
+    HAS_Y: tl.constexpr,
+    KIND: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    NONE: tl.constexpr,
+    MEAN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     one = tl.full((), 1.0, ACC)  # n may arrive as a Python number (interpreter, n == 1)
     wa = _scalar(w, ACC)
     a = _scalar(a, ACC)
@@ -160,10 +176,13 @@ _FWD_SLOT = """        if (c >= B{i}) & (c < B{j}):
 
 
 @triton.jit
-def loss_sum_kernel(PART,  # the chunk partials of loss_fwd, in chunk order
-                    LOSS,  # out: their sum
-                    n,  # the chunk count
-                    BLOCK: tl.constexpr, ACC: tl.constexpr):
+def loss_sum_kernel(
+    PART,  # the chunk partials of loss_fwd, in chunk order
+    LOSS,  # out: their sum
+    n,  # the chunk count
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     s = tl.zeros([BLOCK], ACC)
     for j in range(0, n, BLOCK):
         offs = j + tl.arange(0, BLOCK)
@@ -172,8 +191,9 @@ def loss_sum_kernel(PART,  # the chunk partials of loss_fwd, in chunk order
 
 
 @triton.jit
-def _bwd_chunk(S, GO, O, n, i0, sign, PER_ELEM: tl.constexpr, BLOCK: tl.constexpr,
-               CHUNK: tl.constexpr, ACC: tl.constexpr):
+def _bwd_chunk(
+    S, GO, O, n, i0, sign, PER_ELEM: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr
+):
     sign = _scalar(sign, ACC)
     if not PER_ELEM:
         k = tl.load(GO).to(ACC)
@@ -202,8 +222,10 @@ def {name}({S},  # the terms' saved dloss/dx of loss_fwd
 _BWD_SLOT = """    if (c >= B{i}) & (c < B{j}):
         _bwd_chunk(S{i}, GO{i}, O{i}, N{i}, (c - B{i}) * CHUNK, SG{i}, PER_ELEM, BLOCK, CHUNK, ACC)
 """
-_TEMPLATES = {"loss_fwd_kernel": (_FWD_TEMPLATE, _FWD_SLOT, "X Y G O N A W"),
-              "loss_bwd_kernel": (_BWD_TEMPLATE, _BWD_SLOT, "S GO O N SG")}
+_TEMPLATES = {
+    "loss_fwd_kernel": (_FWD_TEMPLATE, _FWD_SLOT, "X Y G O N A W"),
+    "loss_bwd_kernel": (_BWD_TEMPLATE, _BWD_SLOT, "S GO O N SG"),
+}
 _KERNELS: dict = {}
 
 
@@ -213,9 +235,14 @@ def _kernel(name: str, nt: int):
     if key not in _KERNELS:
         template, slot, per_term = _TEMPLATES[name]
         args = {p: ", ".join(f"{p}{i}" for i in range(nt)) for p in per_term.split()}
-        src = template.format(name=key, nt=nt, B=", ".join(f"B{i}" for i in range(nt + 1)),
-                              slots="".join(slot.format(i=i, j=i + 1) for i in range(nt)), **args).lstrip()
-        filename = f"<i2i_fast.triton.losses {key}>"
+        src = template.format(
+            name=key,
+            nt=nt,
+            B=", ".join(f"B{i}" for i in range(nt + 1)),
+            slots="".join(slot.format(i=i, j=i + 1) for i in range(nt)),
+            **args,
+        ).lstrip()
+        filename = f"<i2i_fast.triton.loss {key}>"
         # Triton reads a kernel's source with inspect, which finds generated code in linecache
         linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
         scope: dict = {}
@@ -241,7 +268,7 @@ def _acc_dtype(t):
 
 
 def _check(x, y, params, weights, kind, reduction):
-    # the same checks (and words) as csrc/losses.h prep_loss
+    # the same checks (and words) as csrc/loss.h prep_loss
     if len(x) == 0:
         raise RuntimeError("i2i_fast loss_fwd: x must hold at least one tensor")
     if kind not in set(LossKind):
@@ -256,16 +283,25 @@ def _check(x, y, params, weights, kind, reduction):
         if not xt.is_floating_point():
             raise RuntimeError(f"i2i_fast loss_fwd: x[{t}] must be floating point, got {xt.dtype}")
         if xt.dtype != x[0].dtype or xt.device != x[0].device:
-            raise RuntimeError(f"i2i_fast loss_fwd: x[{t}] is {xt.dtype} on {xt.device} but x[0] is "
-                               f"{x[0].dtype} on {x[0].device} (all terms share dtype and device)")
+            raise RuntimeError(
+                f"i2i_fast loss_fwd: x[{t}] is {xt.dtype} on {xt.device} but x[0] is "
+                f"{x[0].dtype} on {x[0].device} (all terms share dtype and device)"
+            )
         if y and (y[t].shape != xt.shape or y[t].dtype != xt.dtype or y[t].device != xt.device):
             raise RuntimeError(f"i2i_fast loss_fwd: y[{t}] must match x[{t}]'s shape, dtype and device")
 
 
 @triton_op("i2i_fast::triton_loss_fwd", mutates_args=())
 @on_device
-def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], weights: list[float],
-             kind: int, reduction: int, need_grad: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def loss_fwd(
+    x: list[torch.Tensor],
+    y: list[torch.Tensor],
+    params: list[float],
+    weights: list[float],
+    kind: int,
+    reduction: int,
+    need_grad: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     _check(x, y, params, weights, kind, reduction)
     x = [t.contiguous() for t in x]
     y = [t.contiguous() for t in y]
@@ -287,12 +323,27 @@ def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], 
             c += nch[i]
         xs = [x[i] for i in idx]
         wrap_triton(_kernel("loss_fwd_kernel", len(idx)))[(1 if one else c,)](
-            *xs, *([y[i] for i in idx] if y else xs), *([grads[i] for i in idx] if need_grad else xs),
-            *([outs[i] for i in idx] if none else xs), *[x[i].numel() for i in idx], *starts, c,
-            *[_bits(params[i]) for i in idx], *[_bits(weights[i]) for i in idx],
-            part[base:] if part is not None else x[0], outs[0],
-            HAS_Y=bool(y), KIND=kind, NEED_GRAD=need_grad, NONE=none,
-            MEAN=reduction == Reduction.MEAN, ONE=one, BLOCK=1024, CHUNK=CHUNK, ACC=_acc(x[0]))
+            *xs,
+            *([y[i] for i in idx] if y else xs),
+            *([grads[i] for i in idx] if need_grad else xs),
+            *([outs[i] for i in idx] if none else xs),
+            *[x[i].numel() for i in idx],
+            *starts,
+            c,
+            *[_bits(params[i]) for i in idx],
+            *[_bits(weights[i]) for i in idx],
+            part[base:] if part is not None else x[0],
+            outs[0],
+            HAS_Y=bool(y),
+            KIND=kind,
+            NEED_GRAD=need_grad,
+            NONE=none,
+            MEAN=reduction == Reduction.MEAN,
+            ONE=one,
+            BLOCK=1024,
+            CHUNK=CHUNK,
+            ACC=_acc(x[0]),
+        )
         base += c
     if not one and not none:
         wrap_triton(loss_sum_kernel)[(1,)](part, outs[0], nchunks, BLOCK=256, ACC=_acc(x[0]))
@@ -301,13 +352,18 @@ def loss_fwd(x: list[torch.Tensor], y: list[torch.Tensor], params: list[float], 
 
 @triton_op("i2i_fast::triton_loss_bwd", mutates_args=())
 @on_device
-def loss_bwd(grad_outs: list[torch.Tensor], saved: list[torch.Tensor], index: list[int],
-             sign: list[float]) -> list[torch.Tensor]:
+def loss_bwd(
+    grad_outs: list[torch.Tensor], saved: list[torch.Tensor], index: list[int], sign: list[float]
+) -> list[torch.Tensor]:
     if len(saved) == 0 or len(grad_outs) == 0 or len(index) != len(sign):
         raise RuntimeError("i2i_fast loss_bwd: need saved gradients, grad_outs, and one sign per index")
     per_elem = not (len(grad_outs) == 1 and grad_outs[0].dim() == 0)
     saved = [s.contiguous() for s in saved]
-    go = [g.to(s.dtype).contiguous() for g, s in zip(grad_outs, saved)] if per_elem else [grad_outs[0].to(saved[0].dtype)]
+    go = (
+        [g.to(s.dtype).contiguous() for g, s in zip(grad_outs, saved)]
+        if per_elem
+        else [grad_outs[0].to(saved[0].dtype)]
+    )
     outs = [torch.empty_like(saved[i]) for i in index]
     for g0 in range(0, len(index), NSLOTS):
         ks = list(range(g0, min(len(index), g0 + NSLOTS)))
@@ -318,7 +374,16 @@ def loss_bwd(grad_outs: list[torch.Tensor], saved: list[torch.Tensor], index: li
         if c == 0:
             continue
         wrap_triton(_kernel("loss_bwd_kernel", len(ks)))[(c,)](
-            *[saved[index[k]] for k in ks], *[go[index[k]] if per_elem else go[0] for k in ks],
-            *[outs[k] for k in ks], *[saved[index[k]].numel() for k in ks], *starts, c,
-            *[_bits(sign[k]) for k in ks], PER_ELEM=per_elem, BLOCK=1024, CHUNK=CHUNK, ACC=_acc(saved[0]))
+            *[saved[index[k]] for k in ks],
+            *[go[index[k]] if per_elem else go[0] for k in ks],
+            *[outs[k] for k in ks],
+            *[saved[index[k]].numel() for k in ks],
+            *starts,
+            c,
+            *[_bits(sign[k]) for k in ks],
+            PER_ELEM=per_elem,
+            BLOCK=1024,
+            CHUNK=CHUNK,
+            ACC=_acc(saved[0]),
+        )
     return outs

@@ -2,22 +2,21 @@
 and InstanceNorm with the output pad) on every CPU-executable backend: parity with the originals' formulas (written out in
 test_norms.py) under the parity rule of tests/conftest.py, every epilogue combination, gradients of every
 input, opcheck, compile, determinism, saved memory and bad input."""
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
+from test_norms import orig_adain, orig_lin, orig_munit_ln
 
 import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast.codes import Activation, NormKind
 
-from conftest import assert_parity, cpu_backends, cuda_backends, offset_planes, requires_cuda
-from test_norms import orig_adain, orig_lin, orig_munit_ln
-
 NORMS = ["iln", "adalin", "layer_norm", "adain", "instance_norm", "batch_norm"]
-ACTS = {None: lambda z: z, "relu": torch.relu, "leaky_relu": lambda z: TF.leaky_relu(z, 0.2),
-        "tanh": torch.tanh}
+ACTS = {None: lambda z: z, "relu": torch.relu, "leaky_relu": lambda z: TF.leaky_relu(z, 0.2), "tanh": torch.tanh}
 
 
 def make_params(norm, n, c, dtype=torch.float64, seed=0):
@@ -70,14 +69,17 @@ def original(norm, x, rho, gamma, beta, act=None, res=None, pad=0):
     return TF.pad(y, (pad,) * 4, mode="reflect") if pad else y
 
 
-def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels_last=False, seed=0,
-          device="cpu", offset=None):
+def check(
+    norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels_last=False, seed=0, device="cpu", offset=None
+):
     """Forward and every gradient: ours(dtype) vs original(float64), slack from original(dtype)."""
     torch.manual_seed(seed)
     n, c = shape[:2]
+
     # module parameters stay fp32 for half inputs; per-sample ones come from activations
     def param_dtype(dt):
         return dt if dt in (torch.float64, torch.float32) or norm in ("adalin", "adain") else torch.float32
+
     # the float64 reference sees the inputs the dtype runs see (rounded), so the rule measures
     # the computation's error, not the rounding of the inputs
     x64 = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype).double()
@@ -100,7 +102,11 @@ def check(norm, backend, shape, dtype, act=None, with_res=False, pad=0, channels
                 y = ours(norm, x, rho, gamma, beta, act, r, pad)
         else:  # MUNIT's LayerNorm uses .view: the original code needs a contiguous input
             y = original(norm, x.contiguous() if channels_last else x, rho, gamma, beta, act, r, pad)
-        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype).to(device=dev, dtype=dt)
+        gy = (
+            torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+            .to(dtype)
+            .to(device=dev, dtype=dt)
+        )
         leaves = [t for t in (x, rho, gamma, beta, r) if t is not None]
         grads = torch.autograd.grad(y, leaves, gy, allow_unused=True)
         results[tag] = (y, grads, x)
@@ -146,8 +152,7 @@ def test_channels_last(norm, pad, backend):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("norm", NORMS)
 def test_half_cpu(norm, dtype):
-    check(norm, "cpu" if i2i_fast.backends()["cpu"][0] else "reference", (2, 8, 9, 7), dtype,
-          "relu", True, 1)
+    check(norm, "cpu" if i2i_fast.backends()["cpu"][0] else "reference", (2, 8, 9, 7), dtype, "relu", True, 1)
 
 
 def test_batch1_large_map_accuracy():
@@ -168,22 +173,23 @@ def test_statistics_at_large_offsets(norm, backend):
 @pytest.mark.parametrize("norm", NORMS)
 def test_empty_planes_like_original(norm, backend):
     """H = 0: the originals return an empty tensor and zero parameter gradients (ours raised
-    on the norm_coefs path: hw must be > 0)."""
+    on the plane_norm_coefs path: hw must be > 0)."""
     check(norm, backend, (2, 3, 0, 5), torch.float32)
 
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs the Triton interpreter")
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 def test_triton_statistics_with_gpu_lane_counts(monkeypatch, split):
-    """norm_stats with 16-lane programs on 128x128 planes: 1024 values per lane, as a GPU
+    """plane_norm_stats with 16-lane programs on 128x128 planes: 1024 values per lane, as a GPU
     program's 1024 lanes on a 1024x1024 plane; split: chunk partials merged (before, fp32 lanes
     and merges: past the parity bound)."""
     from i2i_fast.triton import instance_norm as tin
+
     monkeypatch.setattr(tin, "_block", lambda hw: 16)
     monkeypatch.setattr(tin, "MIN_CHUNK", 1024)
     monkeypatch.setattr(tin, "INTERPRETER_SMS", 4 if split else 0)
     x = torch.randn(1, 2, 128, 128, generator=torch.Generator().manual_seed(0)) * 0.01 + 1e3
-    mean, var = torch.ops.i2i_fast.triton_norm_stats(x)
+    mean, var = torch.ops.i2i_fast.triton_plane_norm_stats(x)
     x64 = x.double()
     assert_parity(mean, x.mean((2, 3)), x64.mean((2, 3)), torch.float32, "mean")
     var64 = x64.var((2, 3), unbiased=False)  # relative errors: var is 1e-4 (before: 1.2e-4, torch 1.6e-8)
@@ -232,6 +238,7 @@ def test_gradcheck(norm, backend):
     def f(x, rho, gamma, beta, r):
         with i2i_fast.use_backend(backend):
             return ours(norm, x, rho, gamma, beta, "tanh", r, 1)
+
     torch.autograd.gradcheck(f, (x, rho, gamma, beta, r), fast_mode=backend == "triton")
     if backend == "cpu" and norm in ("adalin", "layer_norm"):
         # double backward (WGAN-GP through a discriminator): differentiates the reference formula
@@ -260,7 +267,7 @@ def test_opcheck_ops():
         pytest.skip("extension not built")
     ops = torch.ops.i2i_fast
     x = torch.randn(2, 3, 5, 4)
-    mean, var = ops.norm_stats(x)
+    mean, var = ops.plane_norm_stats(x)
     torch.testing.assert_close(mean, x.mean((2, 3)))
     torch.testing.assert_close(var, x.var((2, 3), unbiased=False))
     scale, shift = torch.rand(2, 3) + 0.5, torch.randn(2, 3)
@@ -268,40 +275,71 @@ def test_opcheck_ops():
     g = torch.randn(2, 3, 7, 6)
     xl = x.contiguous(memory_format=torch.channels_last)
     for xx in (x, xl):
-        torch.library.opcheck(ops.norm_stats.default, (xx,))
-        torch.library.opcheck(ops.norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), Activation.LEAKY_RELU, 0.2, 1))
-        torch.library.opcheck(ops.norm_apply_sums.default, (g, xx, mean, scale, shift, Activation.RELU, 0.2, 1))
-        torch.library.opcheck(ops.norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, Activation.TANH, 0.2, 1))
-    for kind, (r, gm, bt) in ((NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
-                              (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
-                              (NormKind.BATCH, (None, torch.rand(3), torch.randn(3)))):
-        torch.library.opcheck(ops.norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
-        torch.library.opcheck(ops.norm_coefs_bwd.default,
-                              (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5))
+        torch.library.opcheck(ops.plane_norm_stats.default, (xx,))
+        torch.library.opcheck(
+            ops.plane_norm_apply.default, (xx, mean, scale, shift, torch.randn_like(xx), Activation.LEAKY_RELU, 0.2, 1)
+        )
+        torch.library.opcheck(ops.plane_norm_apply_sums.default, (g, xx, mean, scale, shift, Activation.RELU, 0.2, 1))
+        torch.library.opcheck(
+            ops.plane_norm_apply_bwd.default, (g, xx, mean, scale, shift, c0, c1, Activation.TANH, 0.2, 1)
+        )
+    for kind, (r, gm, bt) in (
+        (NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
+        (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+        (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
+        (NormKind.BATCH, (None, torch.rand(3), torch.randn(3))),
+    ):
+        torch.library.opcheck(ops.plane_norm_coefs.default, (mean, var, r, gm, bt, kind, 20, 1e-5))
+        torch.library.opcheck(
+            ops.plane_norm_coefs_bwd.default, (mean, var, r, gm, bt, torch.randn(2, 3, 2), kind, 20, 1e-5)
+        )
     # the family's entry op (C++ autograd node): every kind, with residual / pad / running stats
-    for kind, (r, gm, bt) in ((NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
-                              (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
-                              (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
-                              (NormKind.BATCH, (None, torch.rand(3), torch.randn(3)))):
+    for kind, (r, gm, bt) in (
+        (NormKind.INSTANCE, (None, torch.rand(3), torch.randn(3))),
+        (NormKind.ILN, (torch.rand(3), torch.rand(2, 3), torch.randn(2, 3))),
+        (NormKind.LAYER, (None, torch.rand(3), torch.randn(3))),
+        (NormKind.BATCH, (None, torch.rand(3), torch.randn(3))),
+    ):
         args = [t.requires_grad_() if t is not None else None for t in (x.clone(), r, gm, bt, torch.randn_like(x))]
         torch.library.opcheck(ops.plane_norm.default, (*args, None, None, kind, 1e-5, Activation.LEAKY_RELU, 0.2, 1))
-    torch.library.opcheck(ops.plane_norm.default, (x.clone().requires_grad_(), None, None, None, None,
-                                                   torch.randn(3), torch.rand(3) + 0.5, NormKind.INSTANCE, 1e-5, Activation.RELU, 0.0, 1))
+    torch.library.opcheck(
+        ops.plane_norm.default,
+        (
+            x.clone().requires_grad_(),
+            None,
+            None,
+            None,
+            None,
+            torch.randn(3),
+            torch.rand(3) + 0.5,
+            NormKind.INSTANCE,
+            1e-5,
+            Activation.RELU,
+            0.0,
+            1,
+        ),
+    )
     if i2i_fast.backends()["triton"][0]:
         schema = ("test_schema",)  # fake tensors can't enter the interpreter
-        torch.library.opcheck(ops.triton_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1),
-                              test_utils=schema)
-        torch.library.opcheck(ops.triton_norm_coefs.default, (mean, var, torch.rand(3), torch.rand(2, 3),
-                                                              torch.randn(2, 3), 1, 20, 1e-5), test_utils=schema)
-        torch.library.opcheck(ops.triton_norm_coefs_bwd.default, (mean, var, None, torch.rand(3), None,
-                                                                  torch.randn(2, 3, 2), 3, 20, 1e-5), test_utils=schema)
+        torch.library.opcheck(
+            ops.triton_plane_norm_apply.default, (x, mean, scale, shift, None, 2, 0.2, 1), test_utils=schema
+        )
+        torch.library.opcheck(
+            ops.triton_plane_norm_coefs.default,
+            (mean, var, torch.rand(3), torch.rand(2, 3), torch.randn(2, 3), 1, 20, 1e-5),
+            test_utils=schema,
+        )
+        torch.library.opcheck(
+            ops.triton_plane_norm_coefs_bwd.default,
+            (mean, var, None, torch.rand(3), None, torch.randn(2, 3, 2), 3, 20, 1e-5),
+            test_utils=schema,
+        )
     with pytest.raises(RuntimeError, match="out_pad"):
-        ops.norm_apply(x, mean, scale, shift, None, 0, 0.0, 4)
+        ops.plane_norm_apply(x, mean, scale, shift, None, 0, 0.0, 4)
     with pytest.raises(RuntimeError, match="N\\*C = 6"):
-        ops.norm_apply(x, mean[:1], scale, shift, None, 0, 0.0, 0)
+        ops.plane_norm_apply(x, mean[:1], scale, shift, None, 0, 0.0, 0)
     with pytest.raises(RuntimeError, match="grad must have the output's shape"):
-        ops.norm_apply_sums(x, x, mean, scale, shift, 0, 0.0, 1)
+        ops.plane_norm_apply_sums(x, x, mean, scale, shift, 0, 0.0, 1)
 
 
 def test_saved_for_backward_is_x_plus_stats():
@@ -316,6 +354,7 @@ def test_saved_for_backward_is_x_plus_stats():
     def pack(t):
         saved.append(t)
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with i2i_fast.use_backend("cpu"):
             F.adalin(x, rho, g, b, activation="relu", out_pad=1)
@@ -326,9 +365,13 @@ def test_saved_for_backward_is_x_plus_stats():
 
 def test_modules_out_pad_and_compile():
     torch._dynamo.reset()
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), i2i_fast.ILN(4, activation="relu", out_pad=1),
-                            torch.nn.Conv2d(4, 4, 3), i2i_fast.LayerNorm(4, out_pad=2),
-                            i2i_fast.InstanceNorm2d(4, affine=True, activation="tanh", out_pad=1))
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        i2i_fast.ILN(4, activation="relu", out_pad=1),
+        torch.nn.Conv2d(4, 4, 3),
+        i2i_fast.LayerNorm(4, out_pad=2),
+        i2i_fast.InstanceNorm2d(4, affine=True, activation="tanh", out_pad=1),
+    )
     x = torch.randn(2, 3, 10, 10, requires_grad=True)
     assert "out_pad=1" in repr(m[1]) and "out_pad=2" in repr(m[3])
     y = m(x)
@@ -410,13 +453,19 @@ def test_cuda_deterministic(norm, backend):
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cpu_coefficients_match_python(norm, dtype):
-    """The CPU extension's norm_coefs / norm_coefs_bwd (fp64 loops, fp32 or fp64 statistics in
+    """The CPU extension's plane_norm_coefs / plane_norm_coefs_bwd (fp64 loops, fp32 or fp64 statistics in
     and out) and plane_norm_ops.coefs / coefs_backward (torch ops in fp64, used by the other backends)
     are the same math; absent parameters get empty gradients."""
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     from i2i_fast.ops import plane_norm as plane_norm_ops
-    kind = {"iln": NormKind.ILN, "adalin": NormKind.ILN, "layer_norm": NormKind.LAYER, "batch_norm": NormKind.BATCH}.get(norm, NormKind.INSTANCE)
+
+    kind = {
+        "iln": NormKind.ILN,
+        "adalin": NormKind.ILN,
+        "layer_norm": NormKind.LAYER,
+        "batch_norm": NormKind.BATCH,
+    }.get(norm, NormKind.INSTANCE)
     torch.manual_seed(12)
     n, c, hw = 3, 5, 7
     mean, var = torch.randn(n, c, dtype=torch.float64), torch.rand(n, c, dtype=torch.float64) + 0.1
@@ -430,13 +479,15 @@ def test_cpu_coefficients_match_python(norm, dtype):
     def close(got, want):
         assert got.dtype == dtype
         torch.testing.assert_close(got.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
-    scale, shift = ops.norm_coefs(*low[:5], kind, hw, 1e-5)
+
+    scale, shift = ops.plane_norm_coefs(*low[:5], kind, hw, 1e-5)
     ps, pt, aux = plane_norm_ops.coefs(kind, mean, var, hw, rho, gamma, beta, 1e-5)
     close(scale, ps)
     close(shift, pt)
-    c0, c1, drho, dg, db = ops.norm_coefs_bwd(*low[:5], low[5], kind, hw, 1e-5)
-    dm, dv, pr, pg, pb = plane_norm_ops.coefs_backward(kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux,
-                                              sums[..., 0], sums[..., 1])
+    c0, c1, drho, dg, db = ops.plane_norm_coefs_bwd(*low[:5], low[5], kind, hw, 1e-5)
+    dm, dv, pr, pg, pb = plane_norm_ops.coefs_backward(
+        kind, mean, var, hw, rho, gamma, beta, 1e-5, ps, aux, sums[..., 0], sums[..., 1]
+    )
     close(c0, dm / hw)
     close(c1, dv * 2 / hw)
     for got, d, p in ((drho, pr, rho), (dg, pg, gamma), (db, pb, beta)):
@@ -463,11 +514,11 @@ def test_residual_grad_ignores_x(backend):
 
 @pytest.mark.parametrize("prefix, error", [("", RuntimeError), ("triton_", ValueError)], ids=["cpu", "triton"])
 def test_coefs_bad_input(prefix, error):
-    """The C++ norm_coefs ops and their Triton twins refuse the same bad arguments."""
+    """The C++ plane_norm_coefs ops and their Triton twins refuse the same bad arguments."""
     if not i2i_fast.backends()["triton" if prefix else "cpu"][0]:
         pytest.skip("backend not available")
     ops = torch.ops.i2i_fast
-    coefs, coefs_bwd = getattr(ops, prefix + "norm_coefs"), getattr(ops, prefix + "norm_coefs_bwd")
+    coefs, coefs_bwd = getattr(ops, prefix + "plane_norm_coefs"), getattr(ops, prefix + "plane_norm_coefs_bwd")
     mean, var = torch.zeros(2, 3), torch.ones(2, 3)
     with pytest.raises(error, match="unknown kind"):
         coefs(mean, var, None, None, None, 4, 4, 1e-5)
@@ -485,6 +536,7 @@ def test_coefs_bad_input(prefix, error):
         coefs_bwd(mean, var, None, None, None, torch.zeros(2, 3), 0, 4, 1e-5)
     if not prefix:
         from i2i_fast.ops import plane_norm as plane_norm_ops
+
         with pytest.raises(ValueError, match="per-channel gamma/beta"):
             plane_norm_ops.coefs(NormKind.BATCH, mean, var, 4, None, torch.ones(2, 3), None, 1e-5)
 
@@ -497,7 +549,7 @@ def _triton_and_cpu():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("kind", list(NormKind), ids=["in", "lin", "ln", "bn"])
 def test_triton_coefficients_match_cpu(kind, dtype):
-    """triton_norm_coefs / _bwd (every plane in one program, tile reductions over channels or
+    """triton_plane_norm_coefs / _bwd (every plane in one program, tile reductions over channels or
     samples) and the CPU extension's fp64 loops are the same math: every parameter layout,
     single-plane / single-channel / single-sample tiles, and hw = 1 (the unbiased variances
     are NaN there, as torch.var's)."""
@@ -505,20 +557,27 @@ def test_triton_coefficients_match_cpu(kind, dtype):
     ops = torch.ops.i2i_fast
     g = torch.Generator().manual_seed(kind)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    for (n, c), hw, layout in itertools.product([(1, 1), (1, 5), (2, 1), (3, 7), (5, 3)], [1, 9],
-                                                ["none", "c", "nc"]):
+    for (n, c), hw, layout in itertools.product([(1, 1), (1, 5), (2, 1), (3, 7), (5, 3)], [1, 9], ["none", "c", "nc"]):
         if (kind == NormKind.BATCH and layout == "nc") or (kind == NormKind.ILN and layout == "none"):
             continue  # batch norm: per-channel affine only; ILN/adaILN always have gamma/beta
+
         def rnd(*shape, pos=False):
-            t = torch.rand(shape, generator=g, dtype=torch.float64) + 0.1 if pos else torch.randn(shape, generator=g, dtype=torch.float64)
+            t = (
+                torch.rand(shape, generator=g, dtype=torch.float64) + 0.1
+                if pos
+                else torch.randn(shape, generator=g, dtype=torch.float64)
+            )
             return t.to(dtype)
+
         mean, var, sums = rnd(n, c), rnd(n, c, pos=True), rnd(n, c, 2)
         rho = rnd(c, pos=True).clamp(max=1) if kind == NormKind.ILN else None
         shape = {"none": None, "c": (c,), "nc": (n * c,)}[layout]
         gamma, beta = (None, None) if shape is None else (rnd(*shape, pos=True), rnd(*shape))
         args = (mean, var, rho, gamma, beta)
-        want = ops.norm_coefs(*args, kind, hw, 1e-5) + ops.norm_coefs_bwd(*args, sums, kind, hw, 1e-5)
-        got = ops.triton_norm_coefs(*args, kind, hw, 1e-5) + ops.triton_norm_coefs_bwd(*args, sums, kind, hw, 1e-5)
+        want = ops.plane_norm_coefs(*args, kind, hw, 1e-5) + ops.plane_norm_coefs_bwd(*args, sums, kind, hw, 1e-5)
+        got = ops.triton_plane_norm_coefs(*args, kind, hw, 1e-5) + ops.triton_plane_norm_coefs_bwd(
+            *args, sums, kind, hw, 1e-5
+        )
         names = ["scale", "shift", "c0", "c1", "drho", "dgamma", "dbeta"]
         for name, w, o in zip(names, want, got):
             what = f"{name} kind={kind} n={n} c={c} hw={hw} {layout}"
@@ -532,7 +591,8 @@ def test_triton_large_tile_fallback(norm, monkeypatch):
     plane_norm_ops.coefs: the same results (the parity rule of tests/conftest.py)."""
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
-    from i2i_fast.triton import norm as tn
+    from i2i_fast.triton import plane_norm as tn
+
     monkeypatch.setattr(tn, "COEF_TILE_MAX", 1)
     assert not tn.coefs_fit(2, 3)
     check(norm, "triton", (2, 3, 5, 4), torch.float64, act="relu", with_res=True, pad=1)
@@ -549,15 +609,18 @@ def test_triton_split_planes(norm, monkeypatch):
     if "triton" not in cpu_backends():
         pytest.skip("needs the triton backend under TRITON_INTERPRET=1")
     from i2i_fast.triton import instance_norm as tin
+
     monkeypatch.setattr(tin, "INTERPRETER_SMS", 8)
     monkeypatch.setattr(tin, "MIN_CHUNK", 16)
     assert tin.plane_grid(6, 35, torch.device("cpu"))[:2] == (2, 32)
     assert tin.plane_grid(3, 35, torch.device("cpu"))[:2] == (2, 32)
     grids = []
     for k in (tin.instance_norm_stats_kernel, tin.instance_norm_bwd_sums_kernel):
+
         def spy(*args, grid, run=k.run, name=k.fn.__name__, **kw):
             grids.append((name, tuple(grid)))
             return run(*args, grid=grid, **kw)
+
         monkeypatch.setattr(k, "run", spy)
     # batch norm: batch 1 is the shape that takes the instance norm's kernels
     shape = (1, 3, 7, 5) if norm == "batch_norm" else (2, 3, 7, 5)
@@ -565,19 +628,26 @@ def test_triton_split_planes(norm, monkeypatch):
     check(norm, "triton", shape, torch.float32, act="relu", channels_last=True)
     planes = shape[0] * shape[1]
     if norm in ("instance_norm", "adain", "batch_norm"):
-        assert sorted(set(grids)) == [("instance_norm_bwd_sums_kernel", (planes, 2)),
-                                      ("instance_norm_stats_kernel", (planes, 2))]
+        assert sorted(set(grids)) == [
+            ("instance_norm_bwd_sums_kernel", (planes, 2)),
+            ("instance_norm_stats_kernel", (planes, 2)),
+        ]
     else:
         assert not grids
     if norm == "batch_norm":  # eval: the running statistics, the chunked input gradient
         x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
         rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
-        w, b = torch.rand(3, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)
+        w, b = (
+            torch.rand(3, dtype=torch.float64, requires_grad=True),
+            torch.randn(3, dtype=torch.float64, requires_grad=True),
+        )
         gy = torch.randn(2, 3, 9, 7, dtype=torch.float64)
         with i2i_fast.use_backend("triton"):
             y = F.batch_norm(x, rm, rv, w, b, False, activation="tanh", out_pad=1)
         want = TF.pad(torch.tanh(TF.batch_norm(x, rm, rv, w, b, False)), (1,) * 4, mode="reflect")
-        for o, r in zip((y,) + torch.autograd.grad(y, (x, w, b), gy), (want,) + torch.autograd.grad(want, (x, w, b), gy)):
+        for o, r in zip(
+            (y,) + torch.autograd.grad(y, (x, w, b), gy), (want,) + torch.autograd.grad(want, (x, w, b), gy)
+        ):
             torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
         assert ("instance_norm_bwd_sums_kernel", (6, 2)) in grids
     if norm in ("instance_norm", "layer_norm"):
@@ -603,6 +673,7 @@ def test_triton_norm_is_three_ops_each_way():
             if not (name.startswith("aten::") and (func.is_view or name == "aten::detach")):
                 self.names.append(name.split("::")[1].split(".")[0])
             return func(*args, **(kwargs or {}))
+
     for norm in ("iln", "adalin", "layer_norm", "batch_norm"):
         x = torch.randn(2, 4, 5, 3, requires_grad=True)
         rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, 2, 4))
@@ -612,8 +683,15 @@ def test_triton_norm_is_three_ops_each_way():
                 y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
             with Ops() as bwd:
                 torch.autograd.grad(y, [x, gamma, beta], gy, allow_unused=True)
-        assert fwd.names == ["triton_norm_stats", "triton_norm_coefs", "triton_norm_apply"], (norm, fwd.names)
-        assert bwd.names == ["triton_norm_apply_sums", "triton_norm_coefs_bwd", "triton_norm_apply_bwd"], (norm, bwd.names)
+        assert fwd.names == ["triton_plane_norm_stats", "triton_plane_norm_coefs", "triton_plane_norm_apply"], (
+            norm,
+            fwd.names,
+        )
+        assert bwd.names == [
+            "triton_plane_norm_apply_sums",
+            "triton_plane_norm_coefs_bwd",
+            "triton_plane_norm_apply_bwd",
+        ], (norm, bwd.names)
 
 
 @pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")
@@ -639,6 +717,7 @@ def test_cpu_result_independent_of_thread_count(channels_last):
         loss = F.gan_loss(ps, [True, False], "lsgan")
         torch.autograd.backward([y, z, pad, loss], [g0, torch.ones_like(z), g0, torch.ones(())])
         return [y, z, pad, loss, x.grad, ada.rho.grad] + [p.grad for p in ps]
+
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -661,9 +740,11 @@ def test_cpu_channels_last_large_plane_accuracy(norm):
 
 # ------------------------------------------------------------------ BatchNorm2d (pix2pix)
 @pytest.mark.parametrize("backend", cpu_backends())
-@pytest.mark.parametrize("cfg", [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False),
-                                 dict(residual=True)],
-                         ids=["default", "momentum_none", "no_affine", "no_running", "residual"])
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False), dict(residual=True)],
+    ids=["default", "momentum_none", "no_affine", "no_running", "residual"],
+)
 @pytest.mark.parametrize("n", [3, 1], ids=["batch3", "batch1"])
 def test_batch_norm_module_matches_torch(cfg, backend, n):
     """i2i_fast.BatchNorm2d vs torch.nn.BatchNorm2d in float64: two training steps (outputs,
@@ -719,7 +800,7 @@ def test_batch_norm_bad_input_and_compile():
         i2i_fast.BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
     with pytest.raises(ValueError, match="needs running_mean"):
         F.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
-    for shape in ((0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)):   # empty: as torch, buffers unchanged
+    for shape in ((0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)):  # empty: as torch, buffers unchanged
         for training in (True, False):
             rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
             y = F.batch_norm(torch.randn(shape), rm, rv, None, None, training, activation="relu")
@@ -745,6 +826,7 @@ def test_bn_update_running_op():
     if not i2i_fast.backends()["cpu"][0]:
         pytest.skip("extension not built")
     from i2i_fast.ops import plane_norm as plane_norm_ops
+
     torch.manual_seed(14)
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
     mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
@@ -753,24 +835,28 @@ def test_bn_update_running_op():
     TF.batch_norm(x, want_m, want_v, training=True, momentum=0.3)
     for dtype in (torch.float64, torch.float32, torch.float16):
         rm, rv = ref_m.to(dtype, copy=True), ref_v.to(dtype, copy=True)
-        torch.ops.i2i_fast.bn_update_running(rm, rv, mean, var, 30, 0.3)
+        torch.ops.i2i_fast.plane_norm_update_running(rm, rv, mean, var, 30, 0.3)
         tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
         torch.testing.assert_close(rm.double(), want_m, **tol)
         torch.testing.assert_close(rv.double(), want_v, **tol)
     rm, rv = ref_m.clone(), ref_v.clone()
     with pytest.MonkeyPatch.context() as mp:  # the fallback of backends without the op
         mp.setattr(plane_norm_ops, "_backend", type("B", (), {"_C": None}))
-        plane_norm_ops.bn_update_running(rm, rv, mean, var, 30, 0.3)
+        plane_norm_ops.plane_norm_update_running(rm, rv, mean, var, 30, 0.3)
     torch.testing.assert_close(rm, want_m, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rv, want_v, rtol=1e-12, atol=1e-12)
-    torch.library.opcheck(torch.ops.i2i_fast.bn_update_running.default,
-                          (torch.zeros(4), torch.ones(4), mean.float(), var.float(), 30, 0.1))
+    torch.library.opcheck(
+        torch.ops.i2i_fast.plane_norm_update_running.default,
+        (torch.zeros(4), torch.ones(4), mean.float(), var.float(), 30, 0.1),
+    )
     with pytest.raises(RuntimeError, match="running statistics must be"):
-        torch.ops.i2i_fast.bn_update_running(torch.zeros(3), torch.ones(4), mean, var, 30, 0.1)
+        torch.ops.i2i_fast.plane_norm_update_running(torch.zeros(3), torch.ones(4), mean, var, 30, 0.1)
     with pytest.raises(RuntimeError, match="more than 1 value"):
-        torch.ops.i2i_fast.bn_update_running(torch.zeros(4), torch.ones(4), mean[:1], var[:1], 1, 0.1)
+        torch.ops.i2i_fast.plane_norm_update_running(torch.zeros(4), torch.ones(4), mean[:1], var[:1], 1, 0.1)
     with pytest.raises(RuntimeError, match="dtypes differ"):
-        torch.ops.i2i_fast.bn_update_running(torch.zeros(4), torch.ones(4, dtype=torch.float64), mean, var, 30, 0.1)
+        torch.ops.i2i_fast.plane_norm_update_running(
+            torch.zeros(4), torch.ones(4, dtype=torch.float64), mean, var, 30, 0.1
+        )
 
 
 @requires_cuda
@@ -787,8 +873,10 @@ def test_cuda_batch_norm_module():
         y, want = ours_m(x), torch.relu(ref(x))
         torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
         gy = torch.randn_like(y)
-        for a, b in zip(torch.autograd.grad(y, [x, ours_m.weight, ours_m.bias], gy),
-                        torch.autograd.grad(want, [x, ref.weight, ref.bias], gy)):
+        for a, b in zip(
+            torch.autograd.grad(y, [x, ours_m.weight, ours_m.bias], gy),
+            torch.autograd.grad(want, [x, ref.weight, ref.bias], gy),
+        ):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
         for (k, a), b in zip(ours_m.state_dict().items(), ref.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=k)
@@ -818,13 +906,18 @@ def test_cuda_triton_norms_compile_fullgraph():
         pytest.skip("triton not available")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), i2i_fast.ILN(16, activation="relu", out_pad=1),
-                            torch.nn.Conv2d(16, 16, 3, padding=1), i2i_fast.InstanceNorm2d(16, affine=True),
-                            i2i_fast.LayerNorm(16, activation="leaky_relu")).cuda()
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3),
+        i2i_fast.ILN(16, activation="relu", out_pad=1),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        i2i_fast.InstanceNorm2d(16, affine=True),
+        i2i_fast.LayerNorm(16, activation="leaky_relu"),
+    ).cuda()
     x = torch.randn(1, 3, 258, 258, device="cuda", requires_grad=True)
     gy = torch.randn(1, 16, 258, 258, device="cuda")
     with i2i_fast.use_backend("triton"):
         from i2i_fast.triton import instance_norm as tin
+
         assert tin.plane_grid(16, 256 * 256, torch.device("cuda"))[0] > 1
         y = m(x)
         (gx,) = torch.autograd.grad(y, x, gy)

@@ -3,17 +3,17 @@ Values and gradients against the ORIGINAL formulas written out here (MSELoss vs 
 BCEWithLogitsLoss vs expand_as, softplus forms, hinge, WGAN, StarGAN/CycleGAN gradient
 penalties, L1) on every backend that runs here, list forms vs sums of single terms,
 determinism, opcheck, torch.compile(fullgraph=True), NaN/Inf and bad input."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
 
 import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast.models import cyclegan, stargan
-
-from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requires_cuda
 
 MODES = ["lsgan", "vanilla", "hinge", "wgan", "wgangp", "nonsaturating"]
 
@@ -87,22 +87,36 @@ def test_gan_loss_single_vs_original(backend, mode, is_real):
         for shape in [(1, 1, 30, 30), (2, 2), (3, 1, 7, 5)]:
             for_d = [True, False] if mode == "hinge" else [True]
             for fd in for_d:
+
                 def ours(ts):
                     with i2i_fast.use_backend(backend):
                         return F.gan_loss(ts[0], is_real, mode, for_discriminator=fd)
-                check(ours, lambda ts: original(mode, ts[0], is_real, fd), [preds_like(shape)], dtype,
-                      what=f"{backend} {mode} real={is_real} D={fd} {shape} {dtype}")
+
+                check(
+                    ours,
+                    lambda ts: original(mode, ts[0], is_real, fd),
+                    [preds_like(shape)],
+                    dtype,
+                    what=f"{backend} {mode} real={is_real} D={fd} {shape} {dtype}",
+                )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("mode", ["lsgan", "vanilla"])
 def test_gan_loss_custom_labels(backend, mode):
     for is_real in (True, False):
+
         def ours(ts):
             with i2i_fast.use_backend(backend):
                 return F.gan_loss(ts[0], is_real, mode, target_real_label=0.9, target_fake_label=0.1)
-        check(ours, lambda ts: original(mode, ts[0], is_real, real_label=0.9, fake_label=0.1),
-              [preds_like((2, 1, 6, 6), seed=3)], torch.float32, what=f"{backend} {mode} smoothed labels")
+
+        check(
+            ours,
+            lambda ts: original(mode, ts[0], is_real, real_label=0.9, fake_label=0.1),
+            [preds_like((2, 1, 6, 6), seed=3)],
+            torch.float32,
+            what=f"{backend} {mode} smoothed labels",
+        )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -125,6 +139,7 @@ def test_gan_loss_reductions(backend, reduction, mode):
     def ours(ts):
         with i2i_fast.use_backend(backend):
             return F.gan_loss(ts[0], True, mode, reduction=reduction, weights=3.0)
+
     if reduction == "none":  # non-scalar output: compare value and a weighted gradient
         masters = [preds_like((2, 1, 5, 3), seed=5)]
         gy = preds_like((2, 1, 5, 3), seed=6).float()
@@ -161,6 +176,7 @@ def test_ugatit_discriminator_terms_one_call(backend):
     def ours(ts):
         with i2i_fast.use_backend(backend):
             return F.gan_loss(ts, [True, False] * 4, "lsgan")
+
     check(ours, ugatit_d_terms, masters, torch.float32, what=f"{backend} ugatit D")
 
 
@@ -179,17 +195,24 @@ def test_list_equals_weighted_sum_of_single_terms(backend):
         def singles(ts):
             with i2i_fast.use_backend(backend):
                 return sum(w * F.gan_loss(t, r, mode) for t, r, w in zip(ts, reals, ws))
+
         check(ours, singles, masters, torch.float32, what=f"{backend} {mode} list vs singles")
-        check(ours, lambda ts: sum(w * original(mode, t, r) for t, r, w in zip(ts, reals, ws)),
-              masters, torch.float32, what=f"{backend} {mode} list vs original")
+        check(
+            ours,
+            lambda ts: sum(w * original(mode, t, r) for t, r, w in zip(ts, reals, ws)),
+            masters,
+            torch.float32,
+            what=f"{backend} {mode} list vs original",
+        )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_munit_three_scale_lsgan(backend):
     """MsImageDis.calc_dis_loss / calc_gen_loss (lsgan) over (16,16), (8,8), (4,4) outputs."""
     shapes = [(1, 1, 16, 16), (1, 1, 8, 8), (1, 1, 4, 4)]
-    masters = [preds_like(s, seed=20 + i) for i, s in enumerate(shapes)] + \
-        [preds_like(s, seed=30 + i) for i, s in enumerate(shapes)]
+    masters = [preds_like(s, seed=20 + i) for i, s in enumerate(shapes)] + [
+        preds_like(s, seed=30 + i) for i, s in enumerate(shapes)
+    ]
 
     def orig_dis(ts):
         loss = 0
@@ -200,13 +223,20 @@ def test_munit_three_scale_lsgan(backend):
     def ours_dis(ts):
         with i2i_fast.use_backend(backend):
             return F.gan_loss(ts, [False] * 3 + [True] * 3, "lsgan")
+
     check(ours_dis, orig_dis, masters, torch.float32, what=f"{backend} munit D")
 
     def ours_gen(ts):
         with i2i_fast.use_backend(backend):
             return F.gan_loss(ts[:3], True, "lsgan")
-    check(ours_gen, lambda ts: sum(torch.mean((o - 1) ** 2) for o in ts[:3]), masters[:3],
-          torch.float32, what=f"{backend} munit G")
+
+    check(
+        ours_gen,
+        lambda ts: sum(torch.mean((o - 1) ** 2) for o in ts[:3]),
+        masters[:3],
+        torch.float32,
+        what=f"{backend} munit G",
+    )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -221,8 +251,14 @@ def test_large_multi_chunk_terms(backend):
     def ours(ts):
         with i2i_fast.use_backend(backend):
             return F.gan_loss(ts, True, "vanilla", weights=ws)
-    check(ours, lambda ts: sum(w * original("vanilla", t, True) for t, w in zip(ts, ws)), masters,
-          torch.float32, what=f"{backend} large")
+
+    check(
+        ours,
+        lambda ts: sum(w * original("vanilla", t, True) for t, w in zip(ts, ws)),
+        masters,
+        torch.float32,
+        what=f"{backend} large",
+    )
 
 
 def test_one_op_call_for_all_terms():
@@ -239,8 +275,9 @@ def test_one_op_call_for_all_terms():
         assert names.count("i2i_fast::loss_fwd") == 1, names
         assert names.count("i2i_fast::loss_bwd") == n_bwd, names
     # (aten::ones_like is autograd's own seed gradient of loss.backward())
-    assert not any(n in ("aten::mse_loss", "aten::zeros_like", "aten::add", "aten::sub", "aten::pow", "aten::mean")
-                   for n in names), names
+    assert not any(
+        n in ("aten::mse_loss", "aten::zeros_like", "aten::add", "aten::sub", "aten::pow", "aten::mean") for n in names
+    ), names
 
 
 def test_unit_gradient_backward_hands_out_the_saved_gradients_safely():
@@ -259,7 +296,7 @@ def test_unit_gradient_backward_hands_out_the_saved_gradients_safely():
     loss = F.gan_loss(ts, targets)
     first = torch.autograd.grad(loss, ts, retain_graph=True)
     for g in first:
-        g.mul_(0)                                         # the caller owns what it got
+        g.mul_(0)  # the caller owns what it got
     second = torch.autograd.grad(loss, ts)
     for a, b in zip(second, fast):
         assert torch.equal(a, b)
@@ -289,14 +326,21 @@ def test_ganloss_drop_in(backend, mode):
     ours.load_state_dict(orig.state_dict())
     for shape in [(1, 1, 30, 30), (2, 1, 30, 30)]:
         for is_real in (True, False):
+
             def f_ours(ts):
                 with i2i_fast.use_backend(backend):
                     return ours(ts[0], is_real).sum()
 
             def f_orig(ts):
                 return cyclegan.GANLoss(mode).to(ts[0].dtype)(ts[0], is_real).sum()
-            check(f_ours, f_orig, [preds_like(shape, seed=7)], torch.float32,
-                  what=f"{backend} GANLoss {mode} {shape} {is_real}")
+
+            check(
+                f_ours,
+                f_orig,
+                [preds_like(shape, seed=7)],
+                torch.float32,
+                what=f"{backend} GANLoss {mode} {shape} {is_real}",
+            )
             p = preds_like(shape, seed=7).float()
             assert ours(p, is_real).shape == orig(p, is_real).shape
 
@@ -318,6 +362,7 @@ def test_stargan_classification_constant_target(backend):
     """classification_loss = BCE-with-logits summed / batch; with a constant target (as the
     U-GAT-IT CAM loss) it is gan_loss(vanilla, reduction='sum', weights=1/B)."""
     for is_real in (True, False):
+
         def ours(ts):
             with i2i_fast.use_backend(backend):
                 return F.gan_loss(ts[0], is_real, "vanilla", reduction="sum", weights=1.0 / ts[0].shape[0])
@@ -325,6 +370,7 @@ def test_stargan_classification_constant_target(backend):
         def orig(ts):
             t = torch.ones_like(ts[0]) if is_real else torch.zeros_like(ts[0])
             return stargan.classification_loss(ts[0], t)
+
         check(ours, orig, [preds_like((16, 5), seed=9)], torch.float32, what=f"{backend} stargan cls")
 
 
@@ -336,23 +382,34 @@ def test_stargan_classification_label_tensor(backend):
     g = torch.Generator().manual_seed(4)
     labels = [(torch.rand(16, 5, generator=g) > 0.5).double(), (torch.rand(4, 3, generator=g) > 0.3).double()]
     for dtype in dtypes_for(backend):
+
         def ours(ts):
             with i2i_fast.use_backend(backend):
-                return F.bce_with_logits([(ts[0], labels[0].to(dtype)), (ts[1], labels[1].to(dtype))],
-                                         [1.0 / 16, 0.25], reduction="sum")
+                return F.bce_with_logits(
+                    [(ts[0], labels[0].to(dtype)), (ts[1], labels[1].to(dtype))], [1.0 / 16, 0.25], reduction="sum"
+                )
 
         def orig(ts):
-            return (stargan.classification_loss(ts[0], labels[0].to(ts[0].dtype))
-                    + stargan.classification_loss(ts[1], labels[1].to(ts[1].dtype)))
-        check(ours, orig, [preds_like((16, 5), seed=11), preds_like((4, 3), seed=12)], dtype,
-              what=f"{backend} stargan cls labels {dtype}")
+            return stargan.classification_loss(ts[0], labels[0].to(ts[0].dtype)) + stargan.classification_loss(
+                ts[1], labels[1].to(ts[1].dtype)
+            )
+
+        check(
+            ours,
+            orig,
+            [preds_like((16, 5), seed=11), preds_like((4, 3), seed=12)],
+            dtype,
+            what=f"{backend} stargan cls labels {dtype}",
+        )
         for red in ("mean", "none"):
+
             def ours1(ts, red=red):
                 with i2i_fast.use_backend(backend):
                     return F.bce_with_logits((ts[0], labels[0].to(dtype)), reduction=red)
 
             def orig1(ts, red=red):
                 return TF.binary_cross_entropy_with_logits(ts[0], labels[0].to(ts[0].dtype), reduction=red)
+
             if red == "none":
                 p = [preds_like((16, 5), seed=13).to(dtype)]
                 torch.testing.assert_close(ours1(p), orig1(p))
@@ -384,8 +441,9 @@ def test_l1_pairs_vs_original(backend):
     shapes = [(1, 3, 32, 32), (1, 3, 32, 32), (1, 3, 17, 9), (2, 1, 5, 3)]
     ws = [10.0, 10.0, 5.0, 0.5]
     for dtype in dtypes_for(backend):
-        masters = [preds_like(s, seed=50 + i) for i, s in enumerate(shapes)] + \
-            [preds_like(s, seed=60 + i) for i, s in enumerate(shapes)]
+        masters = [preds_like(s, seed=50 + i) for i, s in enumerate(shapes)] + [
+            preds_like(s, seed=60 + i) for i, s in enumerate(shapes)
+        ]
 
         def ours(ts):
             with i2i_fast.use_backend(backend):
@@ -393,6 +451,7 @@ def test_l1_pairs_vs_original(backend):
 
         def orig(ts):
             return sum(w * torch.nn.L1Loss()(a, b) for a, b, w in zip(ts[:4], ts[4:], ws))
+
         check(ours, orig, masters, dtype, what=f"{backend} l1 {dtype}")
 
 
@@ -407,7 +466,7 @@ def test_l1_single_pair_reductions_and_no_grad_target(backend):
     torch.testing.assert_close(loss, TF.l1_loss(a, b))
     torch.testing.assert_close(s, 2 * TF.l1_loss(a, b, reduction="sum"))
     torch.testing.assert_close(n, TF.l1_loss(a, b, reduction="none"))
-    ga, = torch.autograd.grad(loss, a)
+    (ga,) = torch.autograd.grad(loss, a)
     torch.testing.assert_close(ga, torch.autograd.grad(TF.l1_loss(a, b), a)[0])
 
 
@@ -476,12 +535,16 @@ def test_nan_inf_propagate_like_original(backend, mode):
         with i2i_fast.use_backend(backend):
             ours = F.gan_loss(p, is_real, mode, reduction="none")
         ref = original(mode, p, is_real) if False else None  # elementwise form below
-        elem = {"lsgan": lambda q: (q - (1.0 if is_real else 0.0)) ** 2,
-                "vanilla": lambda q: TF.binary_cross_entropy_with_logits(
-                    q, torch.full_like(q, 1.0 if is_real else 0.0), reduction="none"),
-                "hinge": lambda q: torch.relu(1 - q) if is_real else torch.relu(1 + q),
-                "wgan": lambda q: -q if is_real else q, "wgangp": lambda q: -q if is_real else q,
-                "nonsaturating": lambda q: TF.softplus(-q) if is_real else TF.softplus(q)}[mode]
+        elem = {
+            "lsgan": lambda q: (q - (1.0 if is_real else 0.0)) ** 2,
+            "vanilla": lambda q: TF.binary_cross_entropy_with_logits(
+                q, torch.full_like(q, 1.0 if is_real else 0.0), reduction="none"
+            ),
+            "hinge": lambda q: torch.relu(1 - q) if is_real else torch.relu(1 + q),
+            "wgan": lambda q: -q if is_real else q,
+            "wgangp": lambda q: -q if is_real else q,
+            "nonsaturating": lambda q: TF.softplus(-q) if is_real else TF.softplus(q),
+        }[mode]
         ref = elem(p)
         torch.testing.assert_close(ours, ref, equal_nan=True, msg=f"{mode} {is_real}")
         with i2i_fast.use_backend(backend):
@@ -527,12 +590,14 @@ def test_cpu_half_inputs_fp32_accumulation(dtype):
     def ours(ts):
         with i2i_fast.use_backend("cpu"):
             return F.gan_loss(ts, [True, False] * 4, "lsgan")
+
     check(ours, ugatit_d_terms, masters, dtype, what=f"cpu {dtype}")
     l1m = [preds_like((1, 3, 64, 64), seed=1), preds_like((1, 3, 64, 64), seed=2)]
 
     def l1_ours(ts):
         with i2i_fast.use_backend("cpu"):
             return F.l1_loss((ts[0], ts[1]), 10.0)
+
     check(l1_ours, lambda ts: 10.0 * TF.l1_loss(ts[0], ts[1]), l1m, dtype, what=f"cpu l1 {dtype}")
 
 
@@ -544,6 +609,7 @@ def test_gradcheck(backend):
         def f(a, b):
             with i2i_fast.use_backend(backend):
                 return F.gan_loss([a, b], [True, False], mode, weights=[1.0, 3.0])
+
         torch.autograd.gradcheck(f, ts)
         torch.autograd.gradgradcheck(f, ts)
     a, b = preds_like((2, 3), seed=3).requires_grad_(), preds_like((2, 3), seed=4).requires_grad_()
@@ -551,6 +617,7 @@ def test_gradcheck(backend):
     def g(a, b):
         with i2i_fast.use_backend(backend):
             return F.l1_loss((a, b), 2.0)
+
     torch.autograd.gradcheck(g, (a, b))
 
 
@@ -562,8 +629,11 @@ def test_bitwise_deterministic(backend):
     res = []
     for _ in range(2):
         with i2i_fast.use_backend(backend):
-            loss = (F.gan_loss(ts, [True, False], "vanilla", weights=[1.0, 2.0]) + F.l1_loss(list(zip(ts, b)), [10.0, 5.0])
-                    + F.bce_with_logits([(t, u.sigmoid()) for t, u in zip(ts, b)], 3.0))
+            loss = (
+                F.gan_loss(ts, [True, False], "vanilla", weights=[1.0, 2.0])
+                + F.l1_loss(list(zip(ts, b)), [10.0, 5.0])
+                + F.bce_with_logits([(t, u.sigmoid()) for t, u in zip(ts, b)], 3.0)
+            )
         res.append((loss.detach(), torch.autograd.grad(loss, ts)))
     assert torch.equal(res[0][0], res[1][0])
     for g0, g1 in zip(res[0][1], res[1][1]):
@@ -595,17 +665,24 @@ def test_opcheck_cpp():
     y = [torch.randn(1, 1, 6, 6), torch.randn(1, 2, requires_grad=True)]
     torch.library.opcheck(torch.ops.i2i_fast.loss_fwd.default, (x, y, [0.0, 0.0], [10.0, 5.0], 5, 1, True))
     saved = [torch.randn(1, 1, 6, 6), torch.randn(1, 2)]
-    torch.library.opcheck(torch.ops.i2i_fast.loss_bwd.default, ([torch.tensor(2.0)], saved, [0, 1, 1], [1.0, 1.0, -1.0]))
-    torch.library.opcheck(torch.ops.i2i_fast.loss_bwd.default, ([torch.randn(1, 1, 6, 6), torch.randn(1, 2)], saved, [1], [1.0]))
+    torch.library.opcheck(
+        torch.ops.i2i_fast.loss_bwd.default, ([torch.tensor(2.0)], saved, [0, 1, 1], [1.0, 1.0, -1.0])
+    )
+    torch.library.opcheck(
+        torch.ops.i2i_fast.loss_bwd.default, ([torch.randn(1, 1, 6, 6), torch.randn(1, 2)], saved, [1], [1.0])
+    )
 
 
 @pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
 def test_opcheck_triton():
     dev = "cuda" if HAS_CUDA else "cpu"
     x = [torch.randn(1, 1, 6, 6, device=dev, requires_grad=True), torch.randn(1, 2, device=dev, requires_grad=True)]
-    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
-    torch.library.opcheck(torch.ops.i2i_fast.triton_loss_fwd.default, (x, [], [1.0, 0.0], [1.0, 2.0], 0, 1, True),
-                          test_utils=utils)
+    utils = ("test_schema", "test_autograd_registration") + (
+        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ()
+    )
+    torch.library.opcheck(
+        torch.ops.i2i_fast.triton_loss_fwd.default, (x, [], [1.0, 0.0], [1.0, 2.0], 0, 1, True), test_utils=utils
+    )
 
 
 @pytest.mark.parametrize("backend", [b for b in ("cpu", "reference") if b in cpu_backends()])
@@ -617,8 +694,12 @@ def test_compile_fullgraph(backend):
         adv = crit([d_out, cam], True)
         return adv + F.l1_loss([(fake, real)], [10.0]) + F.gan_loss(d_out, False, "hinge")
 
-    args = [preds_like((1, 1, 30, 30), seed=1).float().requires_grad_(), preds_like((1, 2), seed=2).float().requires_grad_(),
-            preds_like((1, 3, 8, 8), seed=3).float().requires_grad_(), preds_like((1, 3, 8, 8), seed=4).float()]
+    args = [
+        preds_like((1, 1, 30, 30), seed=1).float().requires_grad_(),
+        preds_like((1, 2), seed=2).float().requires_grad_(),
+        preds_like((1, 3, 8, 8), seed=3).float().requires_grad_(),
+        preds_like((1, 3, 8, 8), seed=4).float(),
+    ]
     with i2i_fast.use_backend(backend):
         out = torch.compile(step, fullgraph=True)(*args)
         g = torch.autograd.grad(out, args[:3])
@@ -706,16 +787,34 @@ def test_cuda_parity(backend, dtype):
         def ours(ts):
             with i2i_fast.use_backend(backend):
                 return F.gan_loss(ts, reals, mode)
-        check(ours, lambda ts: sum(original(mode, t, r) for t, r in zip(ts, reals)), masters, dtype,
-              device="cuda", what=f"{backend} {mode} {dtype}")
-    big = [preds_like((1, 3, 256, 256), seed=1), preds_like((1, 3, 256, 256), seed=2),
-           preds_like((1, 1, 256, 256), seed=3), preds_like((1, 1, 256, 256), seed=4)]
+
+        check(
+            ours,
+            lambda ts: sum(original(mode, t, r) for t, r in zip(ts, reals)),
+            masters,
+            dtype,
+            device="cuda",
+            what=f"{backend} {mode} {dtype}",
+        )
+    big = [
+        preds_like((1, 3, 256, 256), seed=1),
+        preds_like((1, 3, 256, 256), seed=2),
+        preds_like((1, 1, 256, 256), seed=3),
+        preds_like((1, 1, 256, 256), seed=4),
+    ]
 
     def l1(ts):
         with i2i_fast.use_backend(backend):
             return F.l1_loss([(ts[0], ts[1]), (ts[2], ts[3])], [10.0, 5.0])
-    check(l1, lambda ts: 10 * TF.l1_loss(ts[0], ts[1]) + 5 * TF.l1_loss(ts[2], ts[3]), big, dtype,
-          device="cuda", what=f"{backend} l1 {dtype}")
+
+    check(
+        l1,
+        lambda ts: 10 * TF.l1_loss(ts[0], ts[1]) + 5 * TF.l1_loss(ts[2], ts[3]),
+        big,
+        dtype,
+        device="cuda",
+        what=f"{backend} l1 {dtype}",
+    )
 
 
 @requires_cuda
@@ -772,7 +871,10 @@ def test_cuda_large_call_is_one_launch():
 
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_no_grad_and_partly_used_outputs(backend):
-    a, b = preds_like((1, 1, 4, 4), seed=1).float().requires_grad_(), preds_like((1, 2), seed=2).float().requires_grad_()
+    a, b = (
+        preds_like((1, 1, 4, 4), seed=1).float().requires_grad_(),
+        preds_like((1, 2), seed=2).float().requires_grad_(),
+    )
     with i2i_fast.use_backend(backend):
         with torch.no_grad():
             assert not F.gan_loss([a, b], True).requires_grad

@@ -21,6 +21,6 @@ OPS = [
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "ours"])
 @pytest.mark.parametrize("mode", timing.MODES)
-def test_norm_family(benchmark, op_case, mode, impl):
+def test_plane_norm(benchmark, op_case, mode, impl):
     op, device, shape, dtype = op_case
     cases.pytest_benchmark_case(benchmark, cases.get_case(op, shape, dtype, device), mode, impl)

@@ -1,5 +1,5 @@
 // CPU kernels of the plane-affine normalization ops (schemas in csrc/ops.cpp, host prep in
-// csrc/norm.h): norm_stats, norm_apply, norm_apply_sums, norm_apply_bwd.
+// csrc/plane_norm.h): plane_norm_stats, plane_norm_apply, plane_norm_apply_sums, plane_norm_apply_bwd.
 // Tasks as in instance_norm.cpp: one NCHW plane (loops vectorized along H*W) or kCB channels of
 // one channels_last sample (loops vectorized along channels). The output pad is written by
 // filling the border from the interior just written (cache-hot); its backward first folds the
@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "cpu_loops.h"
-#include "norm.h"
-#include "norm_coefs.h"
+#include "plane_norm.h"
+#include "plane_plane_norm_coefs.h"
 #include "op_handle.h"
 
 namespace i2i {
@@ -197,56 +197,57 @@ bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.sca
 
 at::Tensor up(const at::Tensor& t) { return t.to(at::kFloat); }
 
-std::tuple<at::Tensor, at::Tensor> norm_stats_cpu(const at::Tensor& x) {
-  if (is_half(x)) return norm_stats_cpu(up(x));
+std::tuple<at::Tensor, at::Tensor> plane_norm_stats_cpu(const at::Tensor& x) {
+  if (is_half(x)) return plane_norm_stats_cpu(up(x));
   PlaneIO io = prep_stats(x);
   if (io.x.numel() > 0) run<Stats>(io);
   return finish_stats(io);
 }
 
-at::Tensor norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale, const at::Tensor& shift,
-                          const c10::optional<at::Tensor>& residual, int64_t act, double slope, int64_t pad) {
+at::Tensor plane_norm_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                                const at::Tensor& shift, const c10::optional<at::Tensor>& residual, int64_t act,
+                                double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(!residual.has_value() || residual->scalar_type() == x.scalar_type(),
                 "i2i_fast norm: residual must match x's device and dtype");
     c10::optional<at::Tensor> r = residual.has_value() ? c10::optional<at::Tensor>(up(*residual)) : residual;
-    return norm_apply_cpu(up(x), mean, scale, shift, r, act, slope, pad).to(x.scalar_type());
+    return plane_norm_apply_cpu(up(x), mean, scale, shift, r, act, slope, pad).to(x.scalar_type());
   }
   PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
   if (io.out.numel() > 0) run<Apply>(io);
   return io.out;
 }
 
-at::Tensor norm_apply_sums_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
-                               int64_t pad) {
+at::Tensor plane_norm_apply_sums_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
+                                     int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast norm: grad must match x's device and dtype");
-    return norm_apply_sums_cpu(up(grad), up(x), mean, scale, shift, act, slope, pad);
+    return plane_norm_apply_sums_cpu(up(grad), up(x), mean, scale, shift, act, slope, pad);
   }
   PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
   if (io.x.numel() > 0) run<SumsK>(io);
   return io.sums;
 }
 
-at::Tensor norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                              const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
-                              const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
+at::Tensor plane_norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                    const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
+                                    const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
   if (is_half(x)) {
     TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "i2i_fast norm: grad must match x's device and dtype");
-    return norm_apply_bwd_cpu(up(grad), up(x), mean, scale, shift, c0, c1, act, slope, pad).to(x.scalar_type());
+    return plane_norm_apply_bwd_cpu(up(grad), up(x), mean, scale, shift, c0, c1, act, slope, pad).to(x.scalar_type());
   }
   PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
   if (io.x.numel() > 0) run<Bwd>(io);
   return io.out;
 }
 
-// ---- per-plane coefficients (csrc/norm_coefs.h): one unit (sample or channel) at a time, fp64
-std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
-                                                  const c10::optional<at::Tensor>& rho,
-                                                  const c10::optional<at::Tensor>& gamma,
-                                                  const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw,
-                                                  double eps) {
+// ---- per-plane coefficients (csrc/plane_plane_norm_coefs.h): one unit (sample or channel) at a time, fp64
+std::tuple<at::Tensor, at::Tensor> plane_norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
+                                                        const c10::optional<at::Tensor>& rho,
+                                                        const c10::optional<at::Tensor>& gamma,
+                                                        const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw,
+                                                        double eps) {
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cpu", [&] {
     const CoefArgs<scalar_t> a = io.args<scalar_t>();
@@ -255,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cpu(const at::Tensor& mean, const 
   return {io.scale, io.shift};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_norm_coefs_bwd_cpu(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, const at::Tensor& sums, int64_t kind,
     int64_t hw, double eps) {
@@ -269,8 +270,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
-void bn_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
-                           const at::Tensor& var_in, int64_t hw, double momentum) {
+void plane_norm_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
+                                   const at::Tensor& var_in, int64_t hw, double momentum) {
   const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cpu", [&] {
@@ -292,31 +293,32 @@ using OptT = c10::optional<at::Tensor>;
 
 struct PlaneNormOps {
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)> stats =
-      op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("i2i_fast::norm_stats");
+      op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("i2i_fast::plane_norm_stats");
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&,
                                                               const OptT&, const OptT&, int64_t, int64_t, double)>
       coefs = op_of<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
-                                                       const OptT&, int64_t, int64_t, double)>("i2i_fast::norm_coefs");
+                                                       const OptT&, int64_t, int64_t, double)>(
+          "i2i_fast::plane_norm_coefs");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const OptT&, int64_t, double, int64_t)>
       apply = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptT&,
-                               int64_t, double, int64_t)>("i2i_fast::norm_apply");
+                               int64_t, double, int64_t)>("i2i_fast::plane_norm_apply");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, int64_t, double, int64_t)>
       sums = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, int64_t, double, int64_t)>("i2i_fast::norm_apply_sums");
+                              const at::Tensor&, int64_t, double, int64_t)>("i2i_fast::plane_norm_apply_sums");
   c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t, int64_t,
       double)>
       coefs_bwd = op_of<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
           const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, int64_t,
-          int64_t, double)>("i2i_fast::norm_coefs_bwd");
+          int64_t, double)>("i2i_fast::plane_norm_coefs_bwd");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double,
                                       int64_t)>
       bwd = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, int64_t)>(
-          "i2i_fast::norm_apply_bwd");
+          "i2i_fast::plane_norm_apply_bwd");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, at::IntArrayRef)> pad_bwd =
       op_of<at::Tensor(const at::Tensor&, at::IntArrayRef)>("i2i_fast::reflection_pad2d_bwd");
   c10::TypedOperatorHandle<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
@@ -455,13 +457,13 @@ TORCH_LIBRARY_IMPL(i2i_fast, Autograd, m) { m.impl("plane_norm", &plane_norm_aut
 TORCH_LIBRARY_IMPL(i2i_fast, CompositeExplicitAutograd, m) { m.impl("plane_norm", &plane_norm_composite); }
 
 TORCH_LIBRARY_IMPL(i2i_fast, CPU, m) {
-  m.impl("norm_stats", &norm_stats_cpu);
-  m.impl("norm_apply", &norm_apply_cpu);
-  m.impl("norm_apply_sums", &norm_apply_sums_cpu);
-  m.impl("norm_apply_bwd", &norm_apply_bwd_cpu);
-  m.impl("norm_coefs", &norm_coefs_cpu);
-  m.impl("norm_coefs_bwd", &norm_coefs_bwd_cpu);
-  m.impl("bn_update_running", &bn_update_running_cpu);
+  m.impl("plane_norm_stats", &plane_norm_stats_cpu);
+  m.impl("plane_norm_apply", &plane_norm_apply_cpu);
+  m.impl("plane_norm_apply_sums", &plane_norm_apply_sums_cpu);
+  m.impl("plane_norm_apply_bwd", &plane_norm_apply_bwd_cpu);
+  m.impl("plane_norm_coefs", &plane_norm_coefs_cpu);
+  m.impl("plane_norm_coefs_bwd", &plane_norm_coefs_bwd_cpu);
+  m.impl("plane_norm_update_running", &plane_norm_update_running_cpu);
 }
 
 }  // namespace i2i

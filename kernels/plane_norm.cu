@@ -1,5 +1,5 @@
 // CUDA kernels of the plane-affine normalization ops (schemas in csrc/ops.cpp, host prep in
-// csrc/norm.h): norm_stats, norm_apply, norm_apply_sums, norm_apply_bwd.
+// csrc/plane_norm.h): plane_norm_stats, plane_norm_apply, plane_norm_apply_sums, plane_norm_apply_bwd.
 //
 // The reductions (stats, sums) give each (n, c) plane S blocks when the planes alone cannot
 // fill the GPU (batch 1, large maps): per-chunk partial states merged in a fixed order by a
@@ -21,8 +21,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../csrc/norm.h"
-#include "../csrc/norm_coefs.h"
+#include "../csrc/plane_norm.h"
+#include "../csrc/plane_plane_norm_coefs.h"
 #include "../csrc/norm_math.h"
 #include "reduce.cuh"
 
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
 }
 
 // ---- per-plane coefficients: one thread per unit (sample; channel for batch norm) runs
-// csrc/norm_coefs.h in fp64 (a few microseconds at C = 256), instead of ~40 small torch
+// csrc/plane_plane_norm_coefs.h in fp64 (a few microseconds at C = 256), instead of ~40 small torch
 // launches per layer ----
 template <typename S>
 __global__ void coefs_kernel(CoefArgs<S> a) {
@@ -218,12 +218,12 @@ void with_pad(int64_t pad, F&& f) {
   else f(std::false_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
-  const auto guard = device_guard(x, "norm_stats");
+std::tuple<at::Tensor, at::Tensor> plane_norm_stats_cuda(const at::Tensor& x) {
+  const auto guard = device_guard(x, "plane_norm_stats");
   PlaneIO io = prep_stats(x);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-    dispatch(io, "norm_stats", [&](auto a) {
+    dispatch(io, "plane_norm_stats", [&](auto a) {
       at::Tensor part;
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = reduction_grid(a, P, part, io.mean);
@@ -239,14 +239,14 @@ std::tuple<at::Tensor, at::Tensor> norm_stats_cuda(const at::Tensor& x) {
   return finish_stats(io);
 }
 
-at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
-                           const at::Tensor& shift, const c10::optional<at::Tensor>& residual, int64_t act,
-                           double slope, int64_t pad) {
-  const auto guard = device_guard(x, "norm_apply");
+at::Tensor plane_norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                                 const at::Tensor& shift, const c10::optional<at::Tensor>& residual, int64_t act,
+                                 double slope, int64_t pad) {
+  const auto guard = device_guard(x, "plane_norm_apply");
   PlaneIO io = prep_apply(x, mean, scale, shift, residual, act, slope, pad);
   if (io.out.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-    dispatch(io, "norm_apply", [&](auto a) {
+    dispatch(io, "plane_norm_apply", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, (a.H + 2 * pad) * (a.W + 2 * pad));
         with_pad(pad,
@@ -258,14 +258,14 @@ at::Tensor norm_apply_cuda(const at::Tensor& x, const at::Tensor& mean, const at
   return io.out;
 }
 
-at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                                const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
-                                int64_t pad) {
-  const auto guard = device_guard(x, "norm_apply_sums");
+at::Tensor plane_norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                      const at::Tensor& scale, const at::Tensor& shift, int64_t act, double slope,
+                                      int64_t pad) {
+  const auto guard = device_guard(x, "plane_norm_apply_sums");
   PlaneIO io = prep_sums(grad, x, mean, scale, shift, act, slope, pad);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-    dispatch(io, "norm_apply_sums", [&](auto a) {
+    dispatch(io, "plane_norm_apply_sums", [&](auto a) {
       at::Tensor part;
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = reduction_grid(a, P, part, io.sums);
@@ -282,14 +282,14 @@ at::Tensor norm_apply_sums_cuda(const at::Tensor& grad, const at::Tensor& x, con
   return io.sums;
 }
 
-at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
-                               const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
-                               const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
-  const auto guard = device_guard(x, "norm_apply_bwd");
+at::Tensor plane_norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& c0,
+                                     const at::Tensor& c1, int64_t act, double slope, int64_t pad) {
+  const auto guard = device_guard(x, "plane_norm_apply_bwd");
   PlaneIO io = prep_apply_bwd(grad, x, mean, scale, shift, c0, c1, act, slope, pad);
   if (io.x.numel() > 0) {
     cudaStream_t st = c10::cuda::getCurrentCUDAStream();
-    dispatch(io, "norm_apply_bwd", [&](auto a) {
+    dispatch(io, "plane_norm_apply_bwd", [&](auto a) {
       with_tile(io.s.channels_last, [&](auto P) {
         const dim3 grid = elementwise_grid(a, P, a.HW);
         with_pad(pad,
@@ -303,17 +303,17 @@ at::Tensor norm_apply_bwd_cuda(const at::Tensor& grad, const at::Tensor& x, cons
 
 constexpr int kCoefThreads = 32;
 
-std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const at::Tensor& var,
-                                                   const c10::optional<at::Tensor>& rho,
-                                                   const c10::optional<at::Tensor>& gamma,
-                                                   const c10::optional<at::Tensor>& beta, int64_t kind, int64_t hw,
-                                                   double eps) {
-  const auto guard = device_guard(mean, "norm_coefs");
+std::tuple<at::Tensor, at::Tensor> plane_norm_coefs_cuda(const at::Tensor& mean, const at::Tensor& var,
+                                                         const c10::optional<at::Tensor>& rho,
+                                                         const c10::optional<at::Tensor>& gamma,
+                                                         const c10::optional<at::Tensor>& beta, int64_t kind,
+                                                         int64_t hw, double eps) {
+  const auto guard = device_guard(mean, "plane_norm_coefs");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps);
   if (io.N > 0 && io.C > 0) {
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_cuda", [&] {
       const CoefArgs<scalar_t> a = io.args<scalar_t>();
-      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "norm_coefs");
+      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "plane_norm_coefs");
       coefs_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -321,17 +321,17 @@ std::tuple<at::Tensor, at::Tensor> norm_coefs_cuda(const at::Tensor& mean, const
   return {io.scale, io.shift};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coefs_bwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_norm_coefs_bwd_cuda(
     const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
     const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, const at::Tensor& sums, int64_t kind,
     int64_t hw, double eps) {
-  const auto guard = device_guard(mean, "norm_coefs_bwd");
+  const auto guard = device_guard(mean, "plane_norm_coefs_bwd");
   const CoefIO io = prep_coefs(mean, var, rho, gamma, beta, kind, hw, eps, sums);
   at::Tensor c0 = at::empty_like(io.scale), c1 = at::empty_like(io.scale);
   if (io.N > 0 && io.C > 0) {
     AT_DISPATCH_FLOATING_TYPES(io.st, "i2i_fast_norm_coefs_bwd_cuda", [&] {
       const CoefArgs<scalar_t> a = io.args<scalar_t>();
-      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "norm_coefs_bwd");
+      const unsigned blocks = grid_dim((coef_units(a) + kCoefThreads - 1) / kCoefThreads, "plane_norm_coefs_bwd");
       coefs_bwd_kernel<scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           a, io.sums.const_data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), c1.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -340,13 +340,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_coef
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
-void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
-                            const at::Tensor& var_in, int64_t hw, double momentum) {
-  const auto guard = device_guard(mean_in, "bn_update_running");
+void plane_norm_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
+                                    const at::Tensor& var_in, int64_t hw, double momentum) {
+  const auto guard = device_guard(mean_in, "plane_norm_update_running");
   const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
   if (C == 0) return;
-  const unsigned blocks = grid_dim((C + kCoefThreads - 1) / kCoefThreads, "bn_update_running");
+  const unsigned blocks = grid_dim((C + kCoefThreads - 1) / kCoefThreads, "plane_norm_update_running");
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cuda", [&] {
     using S = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
@@ -361,13 +361,13 @@ void bn_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(i2i_fast, CUDA, m) {
-  m.impl("norm_stats", &norm_stats_cuda);
-  m.impl("norm_apply", &norm_apply_cuda);
-  m.impl("norm_apply_sums", &norm_apply_sums_cuda);
-  m.impl("norm_apply_bwd", &norm_apply_bwd_cuda);
-  m.impl("norm_coefs", &norm_coefs_cuda);
-  m.impl("norm_coefs_bwd", &norm_coefs_bwd_cuda);
-  m.impl("bn_update_running", &bn_update_running_cuda);
+  m.impl("plane_norm_stats", &plane_norm_stats_cuda);
+  m.impl("plane_norm_apply", &plane_norm_apply_cuda);
+  m.impl("plane_norm_apply_sums", &plane_norm_apply_sums_cuda);
+  m.impl("plane_norm_apply_bwd", &plane_norm_apply_bwd_cuda);
+  m.impl("plane_norm_coefs", &plane_norm_coefs_cuda);
+  m.impl("plane_norm_coefs_bwd", &plane_norm_coefs_bwd_cuda);
+  m.impl("plane_norm_update_running", &plane_norm_update_running_cuda);
 }
 
 }  // namespace i2i

@@ -2,14 +2,14 @@
 i2i_fast::triton_instance_norm_fwd / _bwd), called directly on small tensors: forward against
 reflection_pad2d of the float64 reference, backward against autograd of it, every epilogue
 option, both layouts, determinism, opcheck."""
+
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import HAS_CUDA, cpu_backends
 
 import i2i_fast
 from i2i_fast import reference
-
-from conftest import HAS_CUDA, cpu_backends
 
 if "triton" not in cpu_backends() and not (HAS_CUDA and i2i_fast.backends()["triton"][0]):
     pytest.skip("triton unavailable (needs a GPU or TRITON_INTERPRET=1)", allow_module_level=True)
@@ -19,8 +19,14 @@ SHAPE = (2, 3, 5, 7)
 EPS, SLOPE = 1e-5, 0.2
 # (act, residual, affine, running): each activation code, residual on/off, no / per-channel /
 # per-plane (N*C, AdaIN) affine, input statistics and running statistics (eval)
-CASES = [(0, False, None, False), (1, True, "channel", False), (2, True, "plane", True),
-         (3, False, "channel", True), (2, False, "plane", False), (3, True, None, True)]
+CASES = [
+    (0, False, None, False),
+    (1, True, "channel", False),
+    (2, True, "plane", True),
+    (3, False, "channel", True),
+    (2, False, "plane", False),
+    (3, True, None, True),
+]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
@@ -35,8 +41,11 @@ def _inputs(act, residual, affine, running, channels_last, seed=0):
     w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5 if k else None
     b = torch.randn(k, generator=g, dtype=torch.float64) if k else None
     r = torch.randn(SHAPE, generator=g, dtype=torch.float64) if residual else None
-    rm, rv = ((torch.randn(c, generator=g, dtype=torch.float64),
-               torch.rand(c, generator=g, dtype=torch.float64) + 0.5) if running else (None, None))
+    rm, rv = (
+        (torch.randn(c, generator=g, dtype=torch.float64), torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+        if running
+        else (None, None)
+    )
     return x, w, b, r, rm, rv
 
 
@@ -61,15 +70,21 @@ def _run(x, w, b, r, rm, rv, act, pad, gy):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("pad", [0, 1, 2])
-@pytest.mark.parametrize("act,residual,affine,running", CASES,
-                         ids=[f"act{a}-{'res' if r else 'nores'}-{f or 'noaff'}-{'eval' if e else 'train'}"
-                              for a, r, f, e in CASES])
+@pytest.mark.parametrize(
+    "act,residual,affine,running",
+    CASES,
+    ids=[f"act{a}-{'res' if r else 'nores'}-{f or 'noaff'}-{'eval' if e else 'train'}" for a, r, f, e in CASES],
+)
 def test_pad_matches_reference(dtype, channels_last, pad, act, residual, affine, running):
-    x, w, b, r, rm, rv = (None if t is None else t.to(dtype).to(DEV)
-                          for t in _inputs(act, residual, affine, running, channels_last))
+    x, w, b, r, rm, rv = (
+        None if t is None else t.to(dtype).to(DEV) for t in _inputs(act, residual, affine, running, channels_last)
+    )
     n, c, h, wd = SHAPE
-    gy = torch.randn((n, c, h + 2 * pad, wd + 2 * pad), generator=torch.Generator().manual_seed(1),
-                     dtype=torch.float64).to(dtype).to(DEV)
+    gy = (
+        torch.randn((n, c, h + 2 * pad, wd + 2 * pad), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        .to(dtype)
+        .to(DEV)
+    )
     if channels_last:
         gy = gy.contiguous(memory_format=torch.channels_last)
     y, mean, var, gx, gw, gb = _run(x, w, b, r, rm, rv, act, pad, gy)
@@ -85,7 +100,8 @@ def test_pad_matches_reference(dtype, channels_last, pad, act, residual, affine,
         torch.testing.assert_close(mean.cpu().double(), xf.mean((2, 3)), **TOL[dtype])
         torch.testing.assert_close(var.cpu().double(), xf.var((2, 3), unbiased=False), **TOL[dtype])
     assert gx.shape == x.shape and gx.is_contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
     torch.testing.assert_close(gx.cpu().double(), wgrads[0], **TOL[dtype])
     if affine is None:
         assert gw.shape == (0,) and gb.shape == (0,)
@@ -97,8 +113,9 @@ def test_pad_matches_reference(dtype, channels_last, pad, act, residual, affine,
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_pad_deterministic(channels_last):
     """Two runs are bitwise equal (the backward's mirror gather is a fixed-order sum)."""
-    x, w, b, r, rm, rv = (None if t is None else t.float().to(DEV)
-                          for t in _inputs(2, True, "channel", False, channels_last))
+    x, w, b, r, rm, rv = (
+        None if t is None else t.float().to(DEV) for t in _inputs(2, True, "channel", False, channels_last)
+    )
     gy = torch.randn((2, 3, 9, 11), generator=torch.Generator().manual_seed(2)).to(DEV)
     first = _run(x, w, b, r, rm, rv, 2, 2, gy)
     second = _run(x, w, b, r, rm, rv, 2, 2, gy)
@@ -119,18 +136,20 @@ def test_pad_edge_geometry():
 
 
 def test_pad_opcheck():
-    x, w, b, r, rm, rv = (None if t is None else t.float().to(DEV)
-                          for t in _inputs(1, True, "channel", False, True))
+    x, w, b, r, rm, rv = (None if t is None else t.float().to(DEV) for t in _inputs(1, True, "channel", False, True))
     # under the CPU interpreter fake tensors cannot enter the kernels (as test_opcheck_triton)
     utils = ("test_schema", "test_autograd_registration") + (
-        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
+        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ()
+    )
     ops = torch.ops.i2i_fast
-    torch.library.opcheck(ops.triton_instance_norm_fwd.default, (x, w, b, r, None, None, EPS, 1, SLOPE, 2),
-                          test_utils=utils)
+    torch.library.opcheck(
+        ops.triton_instance_norm_fwd.default, (x, w, b, r, None, None, EPS, 1, SLOPE, 2), test_utils=utils
+    )
     _, mean, var = ops.triton_instance_norm_fwd(x, w, b, r, None, None, EPS, 1, SLOPE, 2)
     gy = torch.randn(2, 3, 9, 11, device=DEV)
-    torch.library.opcheck(ops.triton_instance_norm_bwd.default, (gy, x, mean, var, w, b, EPS, 1, SLOPE, True, 2),
-                          test_utils=utils)
+    torch.library.opcheck(
+        ops.triton_instance_norm_bwd.default, (gy, x, mean, var, w, b, EPS, 1, SLOPE, True, 2), test_utils=utils
+    )
 
 
 def test_pad_bad_input():

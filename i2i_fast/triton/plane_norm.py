@@ -1,8 +1,9 @@
-"""Triton kernels of the plane-affine normalization ops (norm_stats, norm_apply,
-norm_apply_sums, norm_apply_bwd, norm_coefs, norm_coefs_bwd; schemas and math in csrc/ops.cpp,
-csrc/norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
+"""Triton kernels of the plane-affine normalization ops (plane_norm_stats, plane_norm_apply,
+plane_norm_apply_sums, plane_norm_apply_bwd, plane_norm_coefs, plane_norm_coefs_bwd; schemas and math in csrc/ops.cpp,
+csrc/plane_plane_norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
 pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x 3) mirror
 sources in the backward: no atomics."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,11 +13,22 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import on_device
 from ..codes import NormKind
-
-from .instance_norm import (_act, _act_grad, _acc, _fold, _inv_std, _layout, _mean_m2, _reflect,
-                            _shifted_sums, _slope, _span, plane_grid)
+from . import on_device
+from .instance_norm import (
+    _acc,
+    _act,
+    _act_grad,
+    _fold,
+    _inv_std,
+    _layout,
+    _mean_m2,
+    _reflect,
+    _shifted_sums,
+    _slope,
+    _span,
+    plane_grid,
+)
 
 # the NormKind codes as constexprs (a @jit function reads no other globals)
 INSTANCE: tl.constexpr = tl.constexpr(NormKind.INSTANCE)
@@ -32,19 +44,36 @@ PER_PLANE: tl.constexpr = tl.constexpr(2)
 @triton.jit
 def _plane_coefs(pid, C, SLOPE: tl.constexpr, MEAN, SCALE, SHIFT, ACC: tl.constexpr):
     """Sample and channel of plane pid (int64) and its constants in the accumulation dtype."""
-    return ((pid // C).to(tl.int64), (pid % C).to(tl.int64), tl.full((), SLOPE, ACC),
-            tl.load(MEAN + pid).to(ACC), tl.load(SCALE + pid).to(ACC), tl.load(SHIFT + pid).to(ACC))
+    return (
+        (pid // C).to(tl.int64),
+        (pid % C).to(tl.int64),
+        tl.full((), SLOPE, ACC),
+        tl.load(MEAN + pid).to(ACC),
+        tl.load(SCALE + pid).to(ACC),
+        tl.load(SHIFT + pid).to(ACC),
+    )
 
 
 @triton.jit
-def norm_stats_kernel(X, MEAN, VAR,
-                      PART,  # SPLIT: each chunk's (mean, M2), (planes, S, 2) fp64
-                      C,  # channels: plane pid is (pid // C, pid % C)
-                      H, W, CHUNK,  # x's plane; elements per chunk program (a multiple of BLOCK)
-                      sN, sC, sH, sW,  # x's strides
-                      SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def plane_norm_stats_kernel(
+    X,
+    MEAN,
+    VAR,
+    PART,  # SPLIT: each chunk's (mean, M2), (planes, S, 2) fp64
+    C,  # channels: plane pid is (pid // C, pid % C)
+    H,
+    W,
+    CHUNK,  # x's plane; elements per chunk program (a multiple of BLOCK)
+    sN,
+    sC,
+    sH,
+    sW,  # x's strides
+    SPLIT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Mean / squared deviations of a chunk of a plane (fp64 shifted sums, _shifted_sums);
-    SPLIT: the chunk's (mean, M2) go to PART (fp64) for norm_stats_merge_kernel, else the
+    SPLIT: the chunk's (mean, M2) go to PART (fp64) for plane_norm_stats_merge_kernel, else the
     plane's mean and biased variance."""
     pid = tl.program_id(0)
     base = (pid // C).to(tl.int64) * sN + (pid % C).to(tl.int64) * sC
@@ -63,10 +92,17 @@ def norm_stats_kernel(X, MEAN, VAR,
 
 
 @triton.jit
-def norm_stats_merge_kernel(PART, MEAN, VAR,
-                            P, S,  # planes; chunks per plane
-                            HW, CHUNK,  # elements per plane; per chunk (the last may have fewer)
-                            ACC: tl.constexpr, BLOCK: tl.constexpr):  # BLOCK: planes per program
+def plane_norm_stats_merge_kernel(
+    PART,
+    MEAN,
+    VAR,
+    P,
+    S,  # planes; chunks per plane
+    HW,
+    CHUNK,  # elements per plane; per chunk (the last may have fewer)
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # BLOCK: planes per program
     """Chan merge of each plane's S chunk states (fp64), in chunk order (deterministic)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < P
@@ -86,9 +122,14 @@ def norm_stats_merge_kernel(PART, MEAN, VAR,
 
 
 @triton.jit
-def norm_sums_merge_kernel(PART, SUMS,
-                           P, S,  # planes; chunks per plane
-                           ACC: tl.constexpr, BLOCK: tl.constexpr):  # BLOCK: planes per program
+def norm_sums_merge_kernel(
+    PART,
+    SUMS,
+    P,
+    S,  # planes; chunks per plane
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # BLOCK: planes per program
     """Each plane's (S1, S2): its S chunk partial sums added in chunk order."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < P
@@ -102,18 +143,32 @@ def norm_sums_merge_kernel(PART, SUMS,
 
 
 @triton.jit
-def norm_apply_kernel(X,
-                      R,  # the residual (HAS_R), x's shape and strides
-                      Y, MEAN,
-                      SCALE, SHIFT,  # per plane: y = act((x - mean) * scale + shift) (+ r)
-                      C, H, W,
-                      P,  # the output pad
-                      CHUNK,  # output elements per chunk program
-                      sN, sC, sH, sW,  # x's strides
-                      oN, oC, oH, oW,  # Y's strides
-                      SLOPE: tl.constexpr, HAS_R: tl.constexpr,
-                      ACT: tl.constexpr,  # an Activation code
-                      ACC: tl.constexpr, BLOCK: tl.constexpr):
+def plane_norm_apply_kernel(
+    X,
+    R,  # the residual (HAS_R), x's shape and strides
+    Y,
+    MEAN,
+    SCALE,
+    SHIFT,  # per plane: y = act((x - mean) * scale + shift) (+ r)
+    C,
+    H,
+    W,
+    P,  # the output pad
+    CHUNK,  # output elements per chunk program
+    sN,
+    sC,
+    sH,
+    sW,  # x's strides
+    oN,
+    oC,
+    oH,
+    oW,  # Y's strides
+    SLOPE: tl.constexpr,
+    HAS_R: tl.constexpr,
+    ACT: tl.constexpr,  # an Activation code
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     xbase = n * sN + c * sC
@@ -135,8 +190,28 @@ def norm_apply_kernel(X,
 
 
 @triton.jit
-def _d_dz(X, G, xbase, gbase, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shift, slope,
-          HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr):
+def _d_dz(
+    X,
+    G,
+    xbase,
+    gbase,
+    idx,
+    m,
+    H,
+    W,
+    P,
+    sH,
+    sW,
+    gH,
+    gW,
+    mean,
+    scale,
+    shift,
+    slope,
+    HAS_P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+):
     ih = idx // W
     iw = idx % W
     d = tl.load(X + xbase + ih.to(tl.int64) * sH + iw.to(tl.int64) * sW, mask=m, other=0.0).to(ACC) - mean
@@ -146,14 +221,33 @@ def _d_dz(X, G, xbase, gbase, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shif
 
 
 @triton.jit
-def norm_apply_sums_kernel(G,  # the output gradient (padded when HAS_P)
-                           X,
-                           SUMS,  # out: per plane (SPLIT: per chunk) sum dz, sum dz (x - mean)
-                           MEAN, SCALE, SHIFT, C, H, W, P, CHUNK,  # as norm_apply_kernel's
-                           sN, sC, sH, sW,  # x's strides
-                           gN, gC, gH, gW,  # G's strides
-                           SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
-                           SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+def plane_norm_apply_sums_kernel(
+    G,  # the output gradient (padded when HAS_P)
+    X,
+    SUMS,  # out: per plane (SPLIT: per chunk) sum dz, sum dz (x - mean)
+    MEAN,
+    SCALE,
+    SHIFT,
+    C,
+    H,
+    W,
+    P,
+    CHUNK,  # as plane_norm_apply_kernel's
+    sN,
+    sC,
+    sH,
+    sW,  # x's strides
+    gN,
+    gC,
+    gH,
+    gW,  # G's strides
+    SLOPE: tl.constexpr,
+    HAS_P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """(S1, S2) of a plane, or with SPLIT of a chunk of it (norm_sums_merge_kernel adds them)."""
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
@@ -163,8 +257,28 @@ def norm_apply_sums_kernel(G,  # the output gradient (padded when HAS_P)
     a2 = tl.zeros([BLOCK], tl.float64)  # the values per lane on large planes
     for s0 in range(start, end, BLOCK):
         idx = s0 + offs
-        d, dz = _d_dz(X, G, n * sN + c * sC, n * gN + c * gC, idx, idx < end, H, W, P, sH, sW,
-                      gH, gW, mean, scale, shift, slope, HAS_P, ACT, ACC)
+        d, dz = _d_dz(
+            X,
+            G,
+            n * sN + c * sC,
+            n * gN + c * gC,
+            idx,
+            idx < end,
+            H,
+            W,
+            P,
+            sH,
+            sW,
+            gH,
+            gW,
+            mean,
+            scale,
+            shift,
+            slope,
+            HAS_P,
+            ACT,
+            ACC,
+        )
         a1 += dz.to(tl.float64)
         a2 += dz.to(tl.float64) * d
     q = SUMS + 2 * (pid * tl.num_programs(1) + tl.program_id(1)) if SPLIT else SUMS + 2 * pid
@@ -173,13 +287,34 @@ def norm_apply_sums_kernel(G,  # the output gradient (padded when HAS_P)
 
 
 @triton.jit
-def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT,
-                          C0, C1,  # per plane (norm_coefs_bwd): gx = scale * dz + c0 + c1 (x - mean)
-                          C, H, W, P, CHUNK,  # as norm_apply_kernel's (CHUNK: input elements)
-                          sN, sC, sH, sW,  # x's strides
-                          gN, gC, gH, gW,  # G's strides
-                          SLOPE: tl.constexpr, HAS_P: tl.constexpr, ACT: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK: tl.constexpr):
+def plane_norm_apply_bwd_kernel(
+    G,
+    X,
+    GX,
+    MEAN,
+    SCALE,
+    SHIFT,
+    C0,
+    C1,  # per plane (plane_norm_coefs_bwd): gx = scale * dz + c0 + c1 (x - mean)
+    C,
+    H,
+    W,
+    P,
+    CHUNK,  # as plane_norm_apply_kernel's (CHUNK: input elements)
+    sN,
+    sC,
+    sH,
+    sW,  # x's strides
+    gN,
+    gC,
+    gH,
+    gW,  # G's strides
+    SLOPE: tl.constexpr,
+    HAS_P: tl.constexpr,
+    ACT: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     c0 = tl.load(C0 + pid).to(ACC)
@@ -190,8 +325,9 @@ def norm_apply_bwd_kernel(G, X, GX, MEAN, SCALE, SHIFT,
     for s0 in range(start, end, BLOCK):
         idx = s0 + offs
         m = idx < end
-        d, dz = _d_dz(X, G, xbase, n * gN + c * gC, idx, m, H, W, P, sH, sW, gH, gW, mean, scale,
-                      shift, slope, HAS_P, ACT, ACC)
+        d, dz = _d_dz(
+            X, G, xbase, n * gN + c * gC, idx, m, H, W, P, sH, sW, gH, gW, mean, scale, shift, slope, HAS_P, ACT, ACC
+        )
         off = xbase + (idx // W).to(tl.int64) * sH + (idx % W).to(tl.int64) * sW
         tl.store(GX + off, (scale * dz + c0 + c1 * d).to(GX.dtype.element_ty), mask=m)
 
@@ -208,9 +344,9 @@ def _merge_grid(planes):
     return (triton.cdiv(planes, 128),)
 
 
-@triton_op("i2i_fast::triton_norm_stats", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_stats", mutates_args=())
 @on_device
-def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def plane_norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, fmt, _ = _layout(x)
     n, c, h, w = x.shape
     sd = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -219,36 +355,69 @@ def norm_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.numel() > 0:
         S, chunk, block = plane_grid(n * c, h * w, x.device)
         part = x.new_empty((n * c, S, 2), dtype=torch.float64) if S > 1 else mean
-        wrap_triton(norm_stats_kernel)[(n * c, S)](x, mean, var, part, c, h, w, chunk, *_strides(x),
-                                                   SPLIT=S > 1, ACC=_acc(x), BLOCK=block)
+        wrap_triton(plane_norm_stats_kernel)[(n * c, S)](
+            x, mean, var, part, c, h, w, chunk, *_strides(x), SPLIT=S > 1, ACC=_acc(x), BLOCK=block
+        )
         if S > 1:
-            wrap_triton(norm_stats_merge_kernel)[_merge_grid(n * c)](part, mean, var, n * c, S, h * w, chunk,
-                                                                     ACC=tl.float64, BLOCK=128)
+            wrap_triton(plane_norm_stats_merge_kernel)[_merge_grid(n * c)](
+                part, mean, var, n * c, S, h * w, chunk, ACC=tl.float64, BLOCK=128
+            )
     return mean, var
 
 
-@triton_op("i2i_fast::triton_norm_apply", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_apply", mutates_args=())
 @on_device
-def norm_apply(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-               residual: Optional[torch.Tensor], act: int, slope: float, pad: int) -> torch.Tensor:
+def plane_norm_apply(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    act: int,
+    slope: float,
+    pad: int,
+) -> torch.Tensor:
     x, fmt, _ = _layout(x)
     n, c, h, w = x.shape
-    y = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype, device=x.device,
-                    memory_format=fmt)
+    y = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype, device=x.device, memory_format=fmt)
     r = residual.contiguous(memory_format=fmt) if residual is not None else x
     if y.numel() > 0:
         S, chunk, block = plane_grid(n * c, y.shape[2] * y.shape[3], x.device)
-        wrap_triton(norm_apply_kernel)[(n * c, S)](
-            x, r, y, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w, pad, chunk,
-            *_strides(x), *_strides(y), _slope(act, slope), HAS_R=residual is not None, ACT=act, ACC=_acc(x),
-            BLOCK=block)
+        wrap_triton(plane_norm_apply_kernel)[(n * c, S)](
+            x,
+            r,
+            y,
+            _plane_arg(mean, x),
+            _plane_arg(scale, x),
+            _plane_arg(shift, x),
+            c,
+            h,
+            w,
+            pad,
+            chunk,
+            *_strides(x),
+            *_strides(y),
+            _slope(act, slope),
+            HAS_R=residual is not None,
+            ACT=act,
+            ACC=_acc(x),
+            BLOCK=block,
+        )
     return y
 
 
-@triton_op("i2i_fast::triton_norm_apply_sums", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_apply_sums", mutates_args=())
 @on_device
-def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
-                    shift: torch.Tensor, act: int, slope: float, pad: int) -> torch.Tensor:
+def plane_norm_apply_sums(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    act: int,
+    slope: float,
+    pad: int,
+) -> torch.Tensor:
     x, fmt, _ = _layout(x)
     n, c, h, w = x.shape
     sd = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -257,35 +426,79 @@ def norm_apply_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, sca
         g = grad.contiguous(memory_format=fmt)
         S, chunk, block = plane_grid(n * c, h * w, x.device)
         part = x.new_empty((n * c, S, 2), dtype=torch.float64) if S > 1 else sums
-        wrap_triton(norm_apply_sums_kernel)[(n * c, S)](
-            g, x, part, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x), c, h, w,
-            pad, chunk, *_strides(x), *_strides(g), _slope(act, slope), HAS_P=pad > 0, ACT=act, ACC=_acc(x),
-            SPLIT=S > 1, BLOCK=block)
+        wrap_triton(plane_norm_apply_sums_kernel)[(n * c, S)](
+            g,
+            x,
+            part,
+            _plane_arg(mean, x),
+            _plane_arg(scale, x),
+            _plane_arg(shift, x),
+            c,
+            h,
+            w,
+            pad,
+            chunk,
+            *_strides(x),
+            *_strides(g),
+            _slope(act, slope),
+            HAS_P=pad > 0,
+            ACT=act,
+            ACC=_acc(x),
+            SPLIT=S > 1,
+            BLOCK=block,
+        )
         if S > 1:
             wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=tl.float64, BLOCK=128)
     return sums
 
 
-@triton_op("i2i_fast::triton_norm_apply_bwd", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_apply_bwd", mutates_args=())
 @on_device
-def norm_apply_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
-                   shift: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, act: int, slope: float,
-                   pad: int) -> torch.Tensor:
+def plane_norm_apply_bwd(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    act: int,
+    slope: float,
+    pad: int,
+) -> torch.Tensor:
     x, fmt, _ = _layout(x)
     n, c, h, w = x.shape
     gx = torch.empty_like(x, memory_format=fmt)
     if x.numel() > 0:
         g = grad.contiguous(memory_format=fmt)
         S, chunk, block = plane_grid(n * c, h * w, x.device)
-        wrap_triton(norm_apply_bwd_kernel)[(n * c, S)](
-            g, x, gx, _plane_arg(mean, x), _plane_arg(scale, x), _plane_arg(shift, x),
-            _plane_arg(c0, x), _plane_arg(c1, x), c, h, w, pad, chunk, *_strides(x), *_strides(g),
-            _slope(act, slope), HAS_P=pad > 0, ACT=act, ACC=_acc(x), BLOCK=block)
+        wrap_triton(plane_norm_apply_bwd_kernel)[(n * c, S)](
+            g,
+            x,
+            gx,
+            _plane_arg(mean, x),
+            _plane_arg(scale, x),
+            _plane_arg(shift, x),
+            _plane_arg(c0, x),
+            _plane_arg(c1, x),
+            c,
+            h,
+            w,
+            pad,
+            chunk,
+            *_strides(x),
+            *_strides(g),
+            _slope(act, slope),
+            HAS_P=pad > 0,
+            ACT=act,
+            ACC=_acc(x),
+            BLOCK=block,
+        )
     return gx
 
 
-# ---- norm_coefs / norm_coefs_bwd (schemas in csrc/ops.cpp): the (N, C) coefficient math of
-# csrc/norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
+# ---- plane_norm_coefs / plane_norm_coefs_bwd (schemas in csrc/ops.cpp): the (N, C) coefficient math of
+# csrc/plane_plane_norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
 # forward (stats, coefs, apply) where the torch-op math of _norm.coefs took ~25. Reductions over
 # the channels of a sample (ILN, LAYER) or the samples of a channel (BATCH, batch norm) are
 # tile reductions in the program: deterministic, no atomics.
@@ -320,9 +533,23 @@ def _coef_param(P, p, c, m, MODE: tl.constexpr, default):
 
 
 @triton.jit
-def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.constexpr,
-                G_MODE: tl.constexpr, B_MODE: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
-    """coefs_sample / coefs_channel_bn of csrc/norm_coefs.h for the whole (N, C) tile: scale,
+def _coefs_tile(
+    MEAN,
+    VAR,
+    RHO,
+    G,
+    B,
+    N,
+    C,
+    hw,
+    EPS: tl.constexpr,
+    KIND: tl.constexpr,
+    G_MODE: tl.constexpr,
+    B_MODE: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+):
+    """coefs_sample / coefs_channel_bn of csrc/plane_plane_norm_coefs.h for the whole (N, C) tile: scale,
     shift and the intermediates the backward reuses (rl: 1/sqrt(LN var + eps) per sample, or
     batch norm's 1/sqrt(var + eps) per channel)."""
     zi = tl.zeros([BN, BC], tl.int32)
@@ -366,16 +593,27 @@ def _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS: tl.constexpr, KIND: tl.cons
 
 
 @triton.jit
-def norm_coefs_kernel(MEAN, VAR,  # the (N, C) plane statistics
-                      RHO, G, B,  # the norm's parameters (RHO: ILN only)
-                      SCALE, SHIFT,  # out: (N, C)
-                      N, C, hw,  # hw: elements per plane
-                      EPS: tl.constexpr,
-                      KIND: tl.constexpr,  # a NormKind code
-                      G_MODE: tl.constexpr, B_MODE: tl.constexpr,  # ABSENT, PER_CHANNEL or PER_PLANE
-                      BN: tl.constexpr, BC: tl.constexpr):  # N and C padded to powers of 2
-    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND,
-                                                           G_MODE, B_MODE, BN, BC)
+def plane_norm_coefs_kernel(
+    MEAN,
+    VAR,  # the (N, C) plane statistics
+    RHO,
+    G,
+    B,  # the norm's parameters (RHO: ILN only)
+    SCALE,
+    SHIFT,  # out: (N, C)
+    N,
+    C,
+    hw,  # hw: elements per plane
+    EPS: tl.constexpr,
+    KIND: tl.constexpr,  # a NormKind code
+    G_MODE: tl.constexpr,
+    B_MODE: tl.constexpr,  # ABSENT, PER_CHANNEL or PER_PLANE
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+):  # N and C padded to powers of 2
+    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(
+        MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND, G_MODE, B_MODE, BN, BC
+    )
     tl.store(SCALE + p, sc.to(SCALE.dtype.element_ty), mask=m)
     tl.store(SHIFT + p, sh.to(SHIFT.dtype.element_ty), mask=m)
 
@@ -391,17 +629,33 @@ def _store_param_grad(D, d, p, m, C, MODE: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B,  # as norm_coefs_kernel's
-                          SUMS,  # (N, C, 2): norm_apply_sums' sum dz, sum dz (x - mean)
-                          C0, C1,  # out: norm_apply_bwd's per-plane coefficients
-                          DRHO, DG, DB,  # out: the parameter gradients
-                          N, C, hw,
-                          EPS: tl.constexpr, KIND: tl.constexpr, G_MODE: tl.constexpr,
-                          B_MODE: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
-    """coefs_backward_sample / coefs_backward_channel_bn: c0, c1 of norm_apply_bwd and the
+def plane_norm_coefs_bwd_kernel(
+    MEAN,
+    VAR,
+    RHO,
+    G,
+    B,  # as plane_norm_coefs_kernel's
+    SUMS,  # (N, C, 2): plane_norm_apply_sums' sum dz, sum dz (x - mean)
+    C0,
+    C1,  # out: plane_norm_apply_bwd's per-plane coefficients
+    DRHO,
+    DG,
+    DB,  # out: the parameter gradients
+    N,
+    C,
+    hw,
+    EPS: tl.constexpr,
+    KIND: tl.constexpr,
+    G_MODE: tl.constexpr,
+    B_MODE: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+):
+    """coefs_backward_sample / coefs_backward_channel_bn: c0, c1 of plane_norm_apply_bwd and the
     parameter gradients from the plane sums (S1 = sum dz, S2 = sum dz (x - mean))."""
-    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND,
-                                                           G_MODE, B_MODE, BN, BC)
+    m, p, c, g, rho, dm, rin, rl, sd, sc, sh = _coefs_tile(
+        MEAN, VAR, RHO, G, B, N, C, hw, EPS, KIND, G_MODE, B_MODE, BN, BC
+    )
     s1 = tl.load(SUMS + 2 * p, mask=m, other=0.0).to(tl.float64)
     s2 = tl.load(SUMS + 2 * p + 1, mask=m, other=0.0).to(tl.float64)
     hwf = _f64(hw)
@@ -446,71 +700,110 @@ def norm_coefs_bwd_kernel(MEAN, VAR, RHO, G, B,  # as norm_coefs_kernel's
 
 
 def _coef_inputs(mean, var, rho, gamma, beta, kind, hw):
-    """The C++ op's checks (csrc/norm.h prep_coefs); tensors in the statistics dtype, flat."""
+    """The C++ op's checks (csrc/plane_norm.h prep_coefs); tensors in the statistics dtype, flat."""
     if mean.dim() != 2 or var.shape != mean.shape or var.device != mean.device:
-        raise ValueError("i2i_fast norm_coefs: mean and var must be (N, C) on one device")
+        raise ValueError("i2i_fast plane_norm_coefs: mean and var must be (N, C) on one device")
     if kind not in set(NormKind):
-        raise ValueError(f"i2i_fast norm_coefs: unknown kind {kind}")
+        raise ValueError(f"i2i_fast plane_norm_coefs: unknown kind {kind}")
     if hw <= 0:
-        raise ValueError("i2i_fast norm_coefs: hw must be > 0")
+        raise ValueError("i2i_fast plane_norm_coefs: hw must be > 0")
     n, c = mean.shape
     sd = torch.float64 if mean.dtype == torch.float64 else torch.float32
     if kind == NormKind.ILN and (rho is None or rho.numel() != c):
-        raise ValueError("i2i_fast norm_coefs: rho must have C elements")
+        raise ValueError("i2i_fast plane_norm_coefs: rho must have C elements")
     for t in (rho, gamma, beta):
         if t is not None and t.device != mean.device:
-            raise ValueError(f"i2i_fast norm_coefs: parameters must be on {mean.device}")
+            raise ValueError(f"i2i_fast plane_norm_coefs: parameters must be on {mean.device}")
     for t in (gamma, beta):
         if t is not None and t.numel() not in (c, n * c):
-            raise ValueError("i2i_fast norm_coefs: gamma/beta must have C or N*C elements")
+            raise ValueError("i2i_fast plane_norm_coefs: gamma/beta must have C or N*C elements")
         if t is not None and kind == NormKind.BATCH and t.numel() != c:
-            raise ValueError("i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta "
-                             "(C elements)")
-    flat = [None if t is None else t.to(sd).contiguous().reshape(-1)
-            for t in (mean, var, rho, gamma, beta)]
+            raise ValueError("i2i_fast plane_norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)")
+    flat = [None if t is None else t.to(sd).contiguous().reshape(-1) for t in (mean, var, rho, gamma, beta)]
     modes = [ABSENT if t is None else PER_CHANNEL if t.numel() == c else PER_PLANE for t in (gamma, beta)]
     return flat, modes, sd
 
 
 def _coef_meta(n, c, kind, eps, modes):
-    return dict(EPS=float(eps), KIND=kind, G_MODE=modes[0].value, B_MODE=modes[1].value,
-                BN=triton.next_power_of_2(max(n, 1)), BC=triton.next_power_of_2(max(c, 1)),
-                num_warps=4 if n * c <= 1024 else 16)
+    return dict(
+        EPS=float(eps),
+        KIND=kind,
+        G_MODE=modes[0].value,
+        B_MODE=modes[1].value,
+        BN=triton.next_power_of_2(max(n, 1)),
+        BC=triton.next_power_of_2(max(c, 1)),
+        num_warps=4 if n * c <= 1024 else 16,
+    )
 
 
-@triton_op("i2i_fast::triton_norm_coefs", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_coefs", mutates_args=())
 @on_device
-def norm_coefs(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
-               gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], kind: int, hw: int,
-               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def plane_norm_coefs(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    rho: Optional[torch.Tensor],
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    kind: int,
+    hw: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     (m, v, r, g, b), modes, sd = _coef_inputs(mean, var, rho, gamma, beta, kind, hw)
     n, c = mean.shape
     scale = mean.new_empty((n, c), dtype=sd)
     shift = mean.new_empty((n, c), dtype=sd)
     if n * c > 0:
-        wrap_triton(norm_coefs_kernel)[(1,)](m, v, r if r is not None else m, g if g is not None else m,
-                                            b if b is not None else m, scale, shift, n, c, hw,
-                                            **_coef_meta(n, c, kind, eps, modes))
+        wrap_triton(plane_norm_coefs_kernel)[(1,)](
+            m,
+            v,
+            r if r is not None else m,
+            g if g is not None else m,
+            b if b is not None else m,
+            scale,
+            shift,
+            n,
+            c,
+            hw,
+            **_coef_meta(n, c, kind, eps, modes),
+        )
     return scale, shift
 
 
-@triton_op("i2i_fast::triton_norm_coefs_bwd", mutates_args=())
+@triton_op("i2i_fast::triton_plane_norm_coefs_bwd", mutates_args=())
 @on_device
-def norm_coefs_bwd(mean: torch.Tensor, var: torch.Tensor, rho: Optional[torch.Tensor],
-                   gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], sums: torch.Tensor,
-                   kind: int, hw: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                            torch.Tensor, torch.Tensor]:
+def plane_norm_coefs_bwd(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    rho: Optional[torch.Tensor],
+    gamma: Optional[torch.Tensor],
+    beta: Optional[torch.Tensor],
+    sums: torch.Tensor,
+    kind: int,
+    hw: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     (m, v, r, g, b), modes, sd = _coef_inputs(mean, var, rho, gamma, beta, kind, hw)
     n, c = mean.shape
     if sums.numel() != n * c * 2 or sums.device != mean.device:
-        raise ValueError("i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device")
+        raise ValueError("i2i_fast plane_norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device")
     s = sums.to(sd).contiguous()
     c0 = mean.new_empty((n, c), dtype=sd)
     c1 = mean.new_empty((n, c), dtype=sd)
     grads = [mean.new_zeros((0 if t is None else t.numel(),), dtype=sd) for t in (r, g, b)]
     if n * c > 0:
-        wrap_triton(norm_coefs_bwd_kernel)[(1,)](
-            m, v, r if r is not None else m, g if g is not None else m, b if b is not None else m, s,
-            c0, c1, *(d if d.numel() else c0 for d in grads), n, c, hw,
-            **_coef_meta(n, c, kind, eps, modes))
+        wrap_triton(plane_norm_coefs_bwd_kernel)[(1,)](
+            m,
+            v,
+            r if r is not None else m,
+            g if g is not None else m,
+            b if b is not None else m,
+            s,
+            c0,
+            c1,
+            *(d if d.numel() else c0 for d in grads),
+            n,
+            c,
+            hw,
+            **_coef_meta(n, c, kind, eps, modes),
+        )
     return (c0, c1, *grads)

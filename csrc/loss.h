@@ -1,4 +1,4 @@
-// Shared by the CPU (csrc/losses.cpp) and CUDA (kernels/losses.cu) kernels of
+// Shared by the CPU (csrc/loss.cpp) and CUDA (kernels/loss.cu) kernels of
 // i2i_fast::loss_fwd / loss_bwd: the elementwise loss math (value and derivative, no target
 // tensor), the term table and argument checks.
 //

@@ -10,7 +10,7 @@
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
-#include "losses.h"
+#include "loss.h"
 
 namespace i2i {
 namespace {

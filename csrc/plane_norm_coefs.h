@@ -1,11 +1,10 @@
 // The norm family's (N, C) coefficient math for one unit (a sample, or a channel for batch
-// norm), host+device, fp64: the CPU op (csrc/norm.cpp) runs the units in a loop, the CUDA op
-// (kernels/norm.cu) one thread per unit; the same formulas as i2i_fast/_norm.py coefs / coefs_backward (tested equal).
-// kind (codes.h NormKind): kInstanceNorm, kIln U-GAT-IT ILN/adaILN (rho mix, unbiased variances,
-// eps inside the sqrt), kLayerNorm MUNIT LayerNorm (unbiased std, eps added to the std),
-// kBatchNorm training-mode batch norm (biased variance over N, H, W). The first three mix the
-// channels of a sample, batch norm the samples of a channel: the independent unit is a sample
-// or, for kBatchNorm, a channel (see coefs_unit).
+// norm), host+device, fp64: the CPU op (csrc/plane_norm.cpp) runs the units in a loop, the CUDA op
+// (kernels/plane_norm.cu) one thread per unit; the same formulas as i2i_fast/ops/plane_norm.py coefs / coefs_backward
+// (tested equal). kind (codes.h NormKind): kInstanceNorm, kIln U-GAT-IT ILN/adaILN (rho mix, unbiased variances, eps
+// inside the sqrt), kLayerNorm MUNIT LayerNorm (unbiased std, eps added to the std), kBatchNorm training-mode batch
+// norm (biased variance over N, H, W). The first three mix the channels of a sample, batch norm the samples of a
+// channel: the independent unit is a sample or, for kBatchNorm, a channel (see coefs_unit).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -15,7 +14,7 @@
 
 namespace i2i {
 
-// Host-side preparation (prep_coefs) lives in csrc/norm.h. S is the statistics dtype (float,
+// Host-side preparation (prep_coefs) lives in csrc/plane_norm.h. S is the statistics dtype (float,
 // double for fp64 inputs): the inputs are read and the outputs written in it directly (no
 // conversion round trips), every intermediate is fp64. Parameters: rho (C,) or null;
 // gamma/beta (C,), (N*C,) or null.
@@ -72,7 +71,7 @@ I2I_HD void coefs_sample(const CoefArgs<S>& a, int64_t n) {
 }
 
 // Backward for sample n (after coefs_sample): from sums (N, C, 2) = (sum dz, sum dz (x - mean))
-// to c0/c1 of norm_apply_bwd and the per-plane d rho / d gamma / d beta (workspace).
+// to c0/c1 of plane_norm_apply_bwd and the per-plane d rho / d gamma / d beta (workspace).
 template <typename S>
 I2I_HD void coefs_backward_sample(const CoefArgs<S>& a, int64_t n, const S* sums, S* c0, S* c1) {
   const int64_t C = a.C, o = n * C;

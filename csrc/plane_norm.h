@@ -1,16 +1,16 @@
 // Host-side argument prep of the plane-affine normalization ops shared by the CPU
-// (csrc/norm.cpp) and CUDA (kernels/norm.cu) implementations:
-//   norm_stats(x)                       -> per-plane mean, biased variance (N, C)
-//   norm_apply(x, mean, scale, shift)   -> pad(act((x - mean) * scale + shift) + residual, p)
-//   norm_apply_sums / norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
+// (csrc/plane_norm.cpp) and CUDA (kernels/plane_norm.cu) implementations:
+//   plane_norm_stats(x)                       -> per-plane mean, biased variance (N, C)
+//   plane_norm_apply(x, mean, scale, shift)   -> pad(act((x - mean) * scale + shift) + residual, p)
+//   plane_norm_apply_sums / plane_norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
 // Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, and instance norm where
 // Triton splits its planes) is "stats -> per-plane (scale, shift) -> apply"; only the small
-// (N, C) coefficient math differs (norm_coefs.h, NormKind). Layouts: NCHW-contiguous and
+// (N, C) coefficient math differs (plane_plane_norm_coefs.h, NormKind). Layouts: NCHW-contiguous and
 // channels_last, as instance_norm.h.
 #pragma once
 #include <algorithm>
 #include "instance_norm.h"
-#include "norm_coefs.h"
+#include "plane_plane_norm_coefs.h"
 
 namespace i2i {
 
@@ -126,12 +126,12 @@ inline std::tuple<at::Tensor, at::Tensor> finish_stats(PlaneIO& io) {
   return {io.mean, io.stat_var};
 }
 
-// ---- norm_coefs / norm_coefs_bwd: inputs read and outputs written in the statistics dtype S
-// (float, double for fp64), one fp64 workspace; CoefArgs<S> points into them (norm_coefs.h).
+// ---- plane_norm_coefs / plane_norm_coefs_bwd: inputs read and outputs written in the statistics dtype S
+// (float, double for fp64), one fp64 workspace; CoefArgs<S> points into them (plane_plane_norm_coefs.h).
 // No dtype round trips: at batch 1 each conversion cost a dispatcher call (a launch on CUDA).
 inline at::Tensor in_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& like, at::ScalarType st) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
-  TORCH_CHECK(t->device() == like.device(), "i2i_fast norm_coefs: parameters must be on ", like.device());
+  TORCH_CHECK(t->device() == like.device(), "i2i_fast plane_norm_coefs: parameters must be on ", like.device());
   return (t->scalar_type() == st ? *t : t->to(st)).contiguous();
 }
 
@@ -177,14 +177,14 @@ struct CoefIO {
   }
 };
 
-// sums: the norm_apply_sums output (N, C, 2), for norm_coefs_bwd; undefined for norm_coefs.
+// sums: the plane_norm_apply_sums output (N, C, 2), for plane_norm_coefs_bwd; undefined for plane_norm_coefs.
 inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var, const c10::optional<at::Tensor>& rho,
                          const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta, int64_t kind,
                          int64_t hw, double eps, const at::Tensor& sums = at::Tensor()) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes() && var.device() == mean.device(),
-              "i2i_fast norm_coefs: mean and var must be (N, C) on one device");
-  TORCH_CHECK(kind >= kInstanceNorm && kind <= kBatchNorm, "i2i_fast norm_coefs: unknown kind ", kind);
-  TORCH_CHECK(hw > 0, "i2i_fast norm_coefs: hw must be > 0");
+              "i2i_fast plane_norm_coefs: mean and var must be (N, C) on one device");
+  TORCH_CHECK(kind >= kInstanceNorm && kind <= kBatchNorm, "i2i_fast plane_norm_coefs: unknown kind ", kind);
+  TORCH_CHECK(hw > 0, "i2i_fast plane_norm_coefs: hw must be > 0");
   CoefIO io;
   io.st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   io.N = mean.size(0), io.C = mean.size(1), io.hw = hw, io.kind = kind, io.eps = eps;
@@ -192,17 +192,17 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var, const c1
   io.mean = in_dtype(mean, mean, io.st), io.var = in_dtype(var, mean, io.st);
   io.rho = in_dtype(rho, mean, io.st), io.g = in_dtype(gamma, mean, io.st), io.b = in_dtype(beta, mean, io.st);
   TORCH_CHECK(kind != kIln || (io.rho.defined() && io.rho.numel() == C),
-              "i2i_fast norm_coefs: rho must have C elements");
+              "i2i_fast plane_norm_coefs: rho must have C elements");
   for (const at::Tensor* p : {&io.g, &io.b}) {
     TORCH_CHECK(!p->defined() || p->numel() == C || p->numel() == N * C,
-                "i2i_fast norm_coefs: gamma/beta must have C or N*C elements");
+                "i2i_fast plane_norm_coefs: gamma/beta must have C or N*C elements");
     // batch norm's backward sums over the batch with one gamma per channel
     TORCH_CHECK(kind != kBatchNorm || !p->defined() || p->numel() == C,
-                "i2i_fast norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)");
+                "i2i_fast plane_norm_coefs: batch norm (kind 3) takes per-channel gamma/beta (C elements)");
   }
   if (sums.defined()) {
     TORCH_CHECK(sums.numel() == N * C * 2 && sums.device() == mean.device(),
-                "i2i_fast norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");
+                "i2i_fast plane_norm_coefs_bwd: sums must be (N, C, 2) on the statistics' device");
     io.sums = in_dtype(sums, mean, io.st);
   }
   const auto opt = io.mean.options();
@@ -211,20 +211,21 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var, const c1
   return io;
 }
 
-// bn_update_running: checks; the statistics in their dtype (float / double), contiguous.
+// plane_norm_update_running: checks; the statistics in their dtype (float / double), contiguous.
 inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, const at::Tensor& rv,
                                                          const at::Tensor& mean, const at::Tensor& var, int64_t hw) {
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(),
-              "i2i_fast bn_update_running: mean and var must be (N, C)");
+              "i2i_fast plane_norm_update_running: mean and var must be (N, C)");
   const int64_t C = mean.size(1);
   for (const at::Tensor* t : {&rm, &rv})
     TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->is_contiguous() && t->device() == mean.device() &&
                     at::isFloatingType(t->scalar_type()),
-                "i2i_fast bn_update_running: running statistics must be contiguous floating (C,) = (", C,
+                "i2i_fast plane_norm_update_running: running statistics must be contiguous floating (C,) = (", C,
                 ") tensors on the statistics' device");
   TORCH_CHECK(rv.scalar_type() == rm.scalar_type(),
-              "i2i_fast bn_update_running: running_mean and running_var dtypes differ");
-  TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1, "i2i_fast bn_update_running: needs more than 1 value per channel");
+              "i2i_fast plane_norm_update_running: running_mean and running_var dtypes differ");
+  TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1,
+              "i2i_fast plane_norm_update_running: needs more than 1 value per channel");
   const at::ScalarType st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {in_dtype(mean, mean, st), in_dtype(var, mean, st)};
 }

@@ -1,4 +1,4 @@
-// CUDA kernels of i2i_fast::loss_fwd / loss_bwd (math and term table in csrc/losses.h).
+// CUDA kernels of i2i_fast::loss_fwd / loss_bwd (math and term table in csrc/loss.h).
 //
 // The term table (up to kMaxTerms pointers, sizes, scales) is passed BY VALUE as a kernel
 // argument, so one launch covers every term of a call (multi-scale D outputs, CAM logits,
@@ -19,7 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../csrc/losses.h"
+#include "../csrc/loss.h"
 #include "device.cuh"
 
 namespace i2i {
