@@ -54,7 +54,7 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "plane_norm_apply_bwd(Tensor grad, Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor c0, "
       "Tensor c1, int act, float slope, int pad) -> Tensor");
-  // The (N, C) coefficient math (csrc/plane_plane_norm_coefs.h): (scale, shift) from plane statistics;
+  // The (N, C) coefficient math (csrc/plane_norm_coefs.h): (scale, shift) from plane statistics;
   // kind: a NormKind (instance norm, ILN/adaILN, MUNIT LN, training-mode batch norm with its
   // statistics merged over the batch).
   m.def(

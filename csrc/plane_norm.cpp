@@ -14,7 +14,7 @@
 
 #include "cpu_loops.h"
 #include "plane_norm.h"
-#include "plane_plane_norm_coefs.h"
+#include "plane_norm_coefs.h"
 #include "op_handle.h"
 
 namespace i2i {
@@ -242,7 +242,7 @@ at::Tensor plane_norm_apply_bwd_cpu(const at::Tensor& grad, const at::Tensor& x,
   return io.out;
 }
 
-// ---- per-plane coefficients (csrc/plane_plane_norm_coefs.h): one unit (sample or channel) at a time, fp64
+// ---- per-plane coefficients (csrc/plane_norm_coefs.h): one unit (sample or channel) at a time, fp64
 std::tuple<at::Tensor, at::Tensor> plane_norm_coefs_cpu(const at::Tensor& mean, const at::Tensor& var,
                                                         const c10::optional<at::Tensor>& rho,
                                                         const c10::optional<at::Tensor>& gamma,

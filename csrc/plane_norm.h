@@ -5,12 +5,12 @@
 //   plane_norm_apply_sums / plane_norm_apply_bwd    -> its backward: per-plane sums, then the input gradient
 // Every norm of the family (ILN, AdaLIN, MUNIT LayerNorm, batch norm, and instance norm where
 // Triton splits its planes) is "stats -> per-plane (scale, shift) -> apply"; only the small
-// (N, C) coefficient math differs (plane_plane_norm_coefs.h, NormKind). Layouts: NCHW-contiguous and
+// (N, C) coefficient math differs (plane_norm_coefs.h, NormKind). Layouts: NCHW-contiguous and
 // channels_last, as instance_norm.h.
 #pragma once
 #include <algorithm>
 #include "instance_norm.h"
-#include "plane_plane_norm_coefs.h"
+#include "plane_norm_coefs.h"
 
 namespace i2i {
 
@@ -127,7 +127,7 @@ inline std::tuple<at::Tensor, at::Tensor> finish_stats(PlaneIO& io) {
 }
 
 // ---- plane_norm_coefs / plane_norm_coefs_bwd: inputs read and outputs written in the statistics dtype S
-// (float, double for fp64), one fp64 workspace; CoefArgs<S> points into them (plane_plane_norm_coefs.h).
+// (float, double for fp64), one fp64 workspace; CoefArgs<S> points into them (plane_norm_coefs.h).
 // No dtype round trips: at batch 1 each conversion cost a dispatcher call (a launch on CUDA).
 inline at::Tensor in_dtype(const c10::optional<at::Tensor>& t, const at::Tensor& like, at::ScalarType st) {
   if (!t.has_value() || !t->defined()) return at::Tensor();

@@ -22,7 +22,7 @@
 #include <torch/library.h>
 
 #include "../csrc/plane_norm.h"
-#include "../csrc/plane_plane_norm_coefs.h"
+#include "../csrc/plane_norm_coefs.h"
 #include "../csrc/norm_math.h"
 #include "reduce.cuh"
 
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(PA<T, acc_t> a) {
 }
 
 // ---- per-plane coefficients: one thread per unit (sample; channel for batch norm) runs
-// csrc/plane_plane_norm_coefs.h in fp64 (a few microseconds at C = 256), instead of ~40 small torch
+// csrc/plane_norm_coefs.h in fp64 (a few microseconds at C = 256), instead of ~40 small torch
 // launches per layer ----
 template <typename S>
 __global__ void coefs_kernel(CoefArgs<S> a) {

@@ -1,6 +1,6 @@
 """Triton kernels of the plane-affine normalization ops (plane_norm_stats, plane_norm_apply,
 plane_norm_apply_sums, plane_norm_apply_bwd, plane_norm_coefs, plane_norm_coefs_bwd; schemas and math in csrc/ops.cpp,
-csrc/plane_plane_norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
+csrc/plane_norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
 pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x 3) mirror
 sources in the backward: no atomics."""
 
@@ -498,7 +498,7 @@ def plane_norm_apply_bwd(
 
 
 # ---- plane_norm_coefs / plane_norm_coefs_bwd (schemas in csrc/ops.cpp): the (N, C) coefficient math of
-# csrc/plane_plane_norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
+# csrc/plane_norm_coefs.h in fp64 with every plane in ONE program, so a Triton norm is 3 launches
 # forward (stats, coefs, apply) where the torch-op math of _norm.coefs took ~25. Reductions over
 # the channels of a sample (ILN, LAYER) or the samples of a channel (BATCH, batch norm) are
 # tile reductions in the program: deterministic, no atomics.
@@ -549,7 +549,7 @@ def _coefs_tile(
     BN: tl.constexpr,
     BC: tl.constexpr,
 ):
-    """coefs_sample / coefs_channel_bn of csrc/plane_plane_norm_coefs.h for the whole (N, C) tile: scale,
+    """coefs_sample / coefs_channel_bn of csrc/plane_norm_coefs.h for the whole (N, C) tile: scale,
     shift and the intermediates the backward reuses (rl: 1/sqrt(LN var + eps) per sample, or
     batch norm's 1/sqrt(var + eps) per channel)."""
     zi = tl.zeros([BN, BC], tl.int32)
