@@ -122,7 +122,7 @@ def plane_norm_stats_merge_kernel(
 
 
 @triton.jit
-def norm_sums_merge_kernel(
+def plane_norm_sums_merge_kernel(
     PART,
     SUMS,
     P,
@@ -248,7 +248,7 @@ def plane_norm_apply_sums_kernel(
     SPLIT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """(S1, S2) of a plane, or with SPLIT of a chunk of it (norm_sums_merge_kernel adds them)."""
+    """(S1, S2) of a plane, or with SPLIT of a chunk of it (plane_norm_sums_merge_kernel adds them)."""
     pid = tl.program_id(0)
     n, c, slope, mean, scale, shift = _plane_coefs(pid, C, SLOPE, MEAN, SCALE, SHIFT, ACC)
     offs = tl.arange(0, BLOCK)
@@ -448,7 +448,7 @@ def plane_norm_apply_sums(
             BLOCK=block,
         )
         if S > 1:
-            wrap_triton(norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=tl.float64, BLOCK=128)
+            wrap_triton(plane_norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=tl.float64, BLOCK=128)
     return sums
 
 
