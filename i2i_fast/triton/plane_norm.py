@@ -448,7 +448,9 @@ def plane_norm_apply_sums(
             BLOCK=block,
         )
         if S > 1:
-            wrap_triton(plane_norm_sums_merge_kernel)[_merge_grid(n * c)](part, sums, n * c, S, ACC=tl.float64, BLOCK=128)
+            wrap_triton(plane_norm_sums_merge_kernel)[_merge_grid(n * c)](
+                part, sums, n * c, S, ACC=tl.float64, BLOCK=128
+            )
     return sums
 
 
