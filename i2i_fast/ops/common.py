@@ -72,3 +72,24 @@ def below_autograd(op):
         return op(*args)
 
     return call
+
+
+def differentiate(forward, gy, ts) -> list:
+    """The create-graph backward every op's ref_grads shares: y = forward() (the reference math)
+    differentiated by autograd w.r.t. ts, so the result is itself differentiable. One entry per
+    t in ts: its gradient, zeros where t needs a gradient it does not get, an empty tensor where
+    it needs none (the *_ref_grads ops' convention)."""
+    inputs = [t for t in ts if t is not None and t.requires_grad]
+    got = {}
+    if inputs:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(forward(), inputs, gy, create_graph=True, allow_unused=True)
+        got = dict(zip(map(id, inputs), grads))
+    like = ts[0]
+    out = []
+    for t in ts:
+        g = got.get(id(t)) if t is not None else None
+        if g is None:
+            g = torch.zeros_like(t) if t is not None and t.requires_grad else like.new_empty((0,))
+        out.append(g)
+    return out

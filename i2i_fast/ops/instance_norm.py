@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend, reference
-from .common import function, memory_format
+from .common import differentiate, function, memory_format
 from .reflection_pad import OPS as PAD_OPS
 
 _TRITON = None
@@ -42,20 +42,11 @@ def ref_grads(gy, x, mean, var, weight, bias, eps, act, slope, input_stats, pad)
     input needs a gradient it does not get, an empty tensor where it needs none.
     i2i_fast::instance_norm_ref_grads (CompositeImplicitAutograd) for the C++ autograd node."""
     rm, rv = (None, None) if input_stats else (mean[0], var[0])
-    ts = (x, weight, bias)
-    inputs = [t for t in ts if t is not None and t.requires_grad]
-    got = {}
-    if inputs:
-        with torch.enable_grad():
-            y, _, _ = reference.instance_norm_fwd(x, weight, bias, None, rm, rv, eps, act, slope, pad)
-            got = dict(zip(map(id, inputs), torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True)))
-    out = []
-    for t in ts:
-        g = got.get(id(t)) if t is not None else None
-        if g is None:
-            g = torch.zeros_like(t) if t is not None and t.requires_grad else x.new_empty((0,))
-        out.append(g)
-    return out
+    return differentiate(
+        lambda: reference.instance_norm_fwd(x, weight, bias, None, rm, rv, eps, act, slope, pad)[0],
+        gy,
+        (x, weight, bias),
+    )
 
 
 class _Cfg(NamedTuple):

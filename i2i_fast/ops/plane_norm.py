@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import _backend, reference
 from ..codes import NormKind
-from .common import memory_format, select
+from .common import differentiate, memory_format, select
 from .reflection_pad import OPS as PAD_OPS
 
 
@@ -307,22 +307,12 @@ def ref_grads(gy, x, rho, gamma, beta, rmean, rvar, kind, eps, act, slope, pad):
     autograd, so the result is itself differentiable. [d x, d rho, d gamma, d beta]: zeros
     where an input needs a gradient it does not get, an empty tensor where it needs none.
     i2i_fast::plane_norm_ref_grads (CompositeImplicitAutograd) for the C++ autograd node."""
-    ts = (x, rho, gamma, beta)
-    inputs = [t for t in ts if t is not None and t.requires_grad]
-    grads = {}
-    if inputs:
-        with torch.enable_grad():
-            running = None if rmean is None else (rmean, rvar)
-            y = reference_norm(kind, x, rho, gamma, beta, None, eps, act, slope, pad, running)
-            got = torch.autograd.grad(y, inputs, gy, create_graph=True, allow_unused=True)
-        grads = {id(t): g for t, g in zip(inputs, got)}
-    out = []
-    for t in ts:
-        g = grads.get(id(t)) if t is not None else None
-        if g is None:
-            g = torch.zeros_like(t) if t is not None and t.requires_grad else x.new_empty((0,))
-        out.append(g)
-    return out
+    running = None if rmean is None else (rmean, rvar)
+    return differentiate(
+        lambda: reference_norm(kind, x, rho, gamma, beta, None, eps, act, slope, pad, running),
+        gy,
+        (x, rho, gamma, beta),
+    )
 
 
 if _backend._C is not None:
