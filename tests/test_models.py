@@ -1,6 +1,6 @@
-"""i2i_fast.models: the reference networks rebuilt from shared/REFERENCE_MODELS.md.
+"""i2i_fast.models: the reference networks rebuilt from the original repositories' layers.
 
-The expected state_dict layouts below are written out from the facts in REFERENCE_MODELS.md
+The expected state_dict layouts below are written out from the original repositories
 (layer order -> nn.Sequential index, attribute names), not derived from the implementation.
 Big configurations are built on the meta device (no memory, no compute); real forwards use
 small widths and images so the whole file runs in seconds on a CPU.

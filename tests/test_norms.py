@@ -10,7 +10,7 @@ import i2i_fast
 from i2i_fast import functional as F
 
 
-# ---- the originals, written out from REFERENCE_MODELS.md ----
+# ---- the originals, written out from the original repositories ----
 def orig_lin(x, rho, gamma, beta, eps=1e-5, per_sample=False):
     in_mean, in_var = torch.mean(x, dim=[2, 3], keepdim=True), torch.var(x, dim=[2, 3], keepdim=True)
     out_in = (x - in_mean) / torch.sqrt(in_var + eps)

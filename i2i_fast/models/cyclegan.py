@@ -1,6 +1,6 @@
 """CycleGAN / pix2pix reference networks (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py).
 
-Written from the layer facts in shared/REFERENCE_MODELS.md with plain torch.nn layers. Class
+Written from the original's layers with plain torch.nn layers. Class
 names, constructor arguments, module attribute names and nn.Sequential indices follow the
 original so that its checkpoints load with ``load_state_dict`` unchanged (``model.0...``,
 ``model.10.conv_block.1.weight``, ``model.model.1.model.3.weight``, ...).

@@ -1,5 +1,5 @@
 """MUNIT / UNIT reference networks (NVlabs/MUNIT and mingyuliutw/UNIT, networks.py), written from
-shared/REFERENCE_MODELS.md with plain torch.nn layers plus the originals' small classes.
+the originals' layers with plain torch.nn layers plus the originals' small classes.
 
 Constructors take the originals' params dicts:
   gen: dim, style_dim, n_downsample, n_res, activ, pad_type, mlp_dim (AdaINGen);

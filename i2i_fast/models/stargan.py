@@ -1,5 +1,5 @@
 """StarGAN reference networks (yunjey/stargan, model.py) and its WGAN-GP loss helpers
-(solver.py), written from shared/REFERENCE_MODELS.md with plain torch.nn layers.
+(solver.py), written from the original's layers with plain torch.nn layers.
 
 Keys: generator ``main.N`` (InstanceNorm2d(affine=True, track_running_stats=True): weight, bias,
 running_mean, running_var, num_batches_tracked; residual blocks ``main.N.main.M``);

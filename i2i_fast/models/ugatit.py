@@ -1,6 +1,6 @@
 """U-GAT-IT reference networks (znxlwm/UGATIT-pytorch, networks.py).
 
-Written from shared/REFERENCE_MODELS.md with plain torch.nn layers plus the original's small
+Written from the original's layers with plain torch.nn layers plus the original's small
 classes (ResnetBlock, ResnetAdaILNBlock, adaILN, ILN, RhoClipper). Attribute names follow the
 original, so checkpoints load unchanged: ``DownBlock.N``, ``gap_fc``, ``gmp_fc``, ``conv1x1``,
 ``FC.N``, ``gamma``, ``beta``, ``UpBlock1_i.{conv1,norm1,conv2,norm2}``, ``UpBlock2.N``;

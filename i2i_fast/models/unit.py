@@ -1,5 +1,5 @@
 """UNIT as in eriklindernoren/PyTorch-GAN (implementations/unit/models.py and the training loop
-of implementations/unit/unit.py), written from shared/REFERENCE_MODELS.md with plain torch.nn
+of implementations/unit/unit.py), written from the original's layers with plain torch.nn
 layers.
 
 The two encoders share their last ResidualBlock and the two generators their first, by passing
