@@ -65,11 +65,13 @@ TORCH_LIBRARY(i2i_fast, m) {
   m.def(
       "plane_norm_coefs_bwd(Tensor mean, Tensor var, Tensor? rho, Tensor? gamma, Tensor? beta, "
       "Tensor sums, int kind, int hw, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Batch norm's running statistics, updated in place from the plane statistics (N, C) of a
-  // training forward (torch's formula: momentum, unbiased variance over N * hw values).
+  // The running statistics of a training forward, updated in place from its plane statistics
+  // (N, C) with torch's formulas (plane_norm_coefs.h running_channel): kind BATCH, batch norm's
+  // (unbiased variance over N * hw values); kind INSTANCE, instance norm's (each plane's update
+  // averaged over N). num_batches_tracked, when given, is incremented in the same launch.
   m.def(
-      "plane_norm_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
-      "int hw, float momentum) -> ()");
+      "plane_norm_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "Tensor(c!)? num_batches_tracked, Tensor mean, Tensor var, int kind, int hw, float momentum) -> ()");
   // The whole norm: statistics (or running_mean/var, eval-mode instance/batch norm) ->
   // plane_norm_coefs -> plane_norm_apply, with a C++ autograd node (backward: plane_norm_apply_sums ->
   // plane_norm_coefs_bwd -> plane_norm_apply_bwd; gradients for x, rho, gamma, beta, residual).

@@ -270,18 +270,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_nor
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
-void plane_norm_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
-                                   const at::Tensor& var_in, int64_t hw, double momentum) {
-  const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
+void plane_norm_update_running_cpu(at::Tensor& running_mean, at::Tensor& running_var,
+                                   const c10::optional<at::Tensor>& num_batches_tracked, const at::Tensor& mean_in,
+                                   const at::Tensor& var_in, int64_t kind, int64_t hw, double momentum) {
+  const auto [mean, var] = prep_running(running_mean, running_var, num_batches_tracked, mean_in, var_in, kind, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_update_running_cpu", [&] {
     using S = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_running", [&] {
       for (int64_t c = 0; c < C; ++c)
-        bn_running_channel(mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum,
-                           running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), c);
+        running_channel(mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum, kind == kInstanceNorm,
+                        running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), c);
     });
   });
+  if (num_batches_tracked) *num_batches_tracked->data_ptr<int64_t>() += 1;
 }
 
 // ---- plane_norm: the family's entry point, device-agnostic (component ops through the

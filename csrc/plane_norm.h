@@ -212,8 +212,11 @@ inline CoefIO prep_coefs(const at::Tensor& mean, const at::Tensor& var, const c1
 }
 
 // plane_norm_update_running: checks; the statistics in their dtype (float / double), contiguous.
-inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, const at::Tensor& rv,
-                                                         const at::Tensor& mean, const at::Tensor& var, int64_t hw) {
+inline std::pair<at::Tensor, at::Tensor> prep_running(const at::Tensor& rm, const at::Tensor& rv,
+                                                      const c10::optional<at::Tensor>& nbt, const at::Tensor& mean,
+                                                      const at::Tensor& var, int64_t kind, int64_t hw) {
+  TORCH_CHECK(kind == kBatchNorm || kind == kInstanceNorm,
+              "i2i_fast plane_norm_update_running: kind must be BATCH or INSTANCE, got ", kind);
   TORCH_CHECK(mean.dim() == 2 && var.sizes() == mean.sizes(),
               "i2i_fast plane_norm_update_running: mean and var must be (N, C)");
   const int64_t C = mean.size(1);
@@ -224,8 +227,11 @@ inline std::pair<at::Tensor, at::Tensor> prep_bn_running(const at::Tensor& rm, c
                 ") tensors on the statistics' device");
   TORCH_CHECK(rv.scalar_type() == rm.scalar_type(),
               "i2i_fast plane_norm_update_running: running_mean and running_var dtypes differ");
-  TORCH_CHECK(hw > 0 && mean.size(0) * hw > 1,
-              "i2i_fast plane_norm_update_running: needs more than 1 value per channel");
+  TORCH_CHECK(!nbt || (nbt->numel() == 1 && nbt->scalar_type() == at::kLong && nbt->device() == mean.device()),
+              "i2i_fast plane_norm_update_running: num_batches_tracked must be one int64 on the statistics' device");
+  TORCH_CHECK(hw > 0 && (kind == kBatchNorm ? mean.size(0) * hw : hw) > 1,
+              "i2i_fast plane_norm_update_running: needs more than 1 value per ",
+              kind == kBatchNorm ? "channel" : "plane");
   const at::ScalarType st = mean.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return {in_dtype(mean, mean, st), in_dtype(var, mean, st)};
 }

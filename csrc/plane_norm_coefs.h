@@ -129,14 +129,22 @@ I2I_HD void bn_channel_stats(const S* mean, const S* var, int64_t N, int64_t C, 
   vb /= N;
 }
 
-// torch's running-statistics update of batch norm for channel c (M = N * hw values):
-// r_mean = (1 - m) r_mean + m mean, r_var = (1 - m) r_var + m var * M / (M - 1).
+// torch's running-statistics updates for channel c, in double from the plane statistics (N, C).
+// Batch norm (M = N * hw values): r_mean = (1 - m) r_mean + m mean, r_var = (1 - m) r_var +
+// m var * M / (M - 1), with the batch mean and biased variance. Instance norm (aten's
+// instance_norm updates a copy of r per plane, then averages the copies over n): the same with
+// the planes' mean of means and mean of unbiased variances (hw values each).
 template <typename S, typename R>
-I2I_HD void bn_running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm, R* rv,
-                               int64_t c) {
-  double mb, vb;
-  bn_channel_stats(mean, var, N, C, c, mb, vb);
-  const double M = double(N) * hw;
+I2I_HD void running_channel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, bool per_plane,
+                            R* rm, R* rv, int64_t c) {
+  double mb = 0, vb = 0, M = double(hw);
+  if (per_plane) {
+    for (int64_t n = 0, p = c; n < N; ++n, p += C) mb += double(mean[p]), vb += double(var[p]);
+    mb /= N, vb /= N;
+  } else {
+    bn_channel_stats(mean, var, N, C, c, mb, vb);
+    M *= N;
+  }
   rm[c] = R((1 - m) * double(rm[c]) + m * mb);
   rv[c] = R((1 - m) * double(rv[c]) + m * vb * (M / (M - 1)));
 }

@@ -289,7 +289,9 @@ def instance_norm(
         pad,
     )
     if use_input_stats and running_mean is not None and input.shape[2] * input.shape[3] > 0:
-        _update_running_stats(running_mean, running_var, mean, var, momentum, input.shape[2] * input.shape[3])
+        ops.plane_norm.plane_norm_update_running(
+            running_mean, running_var, mean, var, input.shape[2] * input.shape[3], momentum, NormKind.INSTANCE
+        )
     return out
 
 
@@ -307,6 +309,7 @@ def batch_norm(
     negative_slope: float = 0.2,
     residual: Optional[Tensor] = None,
     out_pad: int = 0,
+    num_batches_tracked: Optional[Tensor] = None,
 ) -> Tensor:
     """torch.nn.functional.batch_norm of a 4-d input with a fused epilogue:
     ``out = reflection_pad(activation(batch_norm(input) * weight + bias) + residual, out_pad)``.
@@ -315,10 +318,17 @@ def batch_norm(
     channel over (N, H, W) (biased variance) and, when running_mean/var are given, updates them
     in place (momentum; the running variance takes the unbiased variance); otherwise the
     running statistics normalize. input: (N, C, H, W), NCHW or channels_last.
+    num_batches_tracked (a module's int64 counter): incremented in training, in the same op as
+    the running statistics (nn.BatchNorm2d's own increment, without its separate launch).
     """
     act = _check_running_norm(input, residual, eps, activation, weight, bias, running_mean, running_var)
     pad = _check_out_pad(out_pad, input)
     n, c, h, w = input.shape
+    if num_batches_tracked is not None and not (training and running_mean is not None and input.numel() > 0):
+        if training:  # as the module: counted even when there is nothing to update
+            with torch.no_grad():
+                num_batches_tracked.add_(1)
+        num_batches_tracked = None
     if input.numel() == 0:  # as torch: an empty result, the running statistics unchanged
         return ops.plane_norm.reference_norm(
             NormKind.BATCH if training else NormKind.INSTANCE,
@@ -366,19 +376,10 @@ def batch_norm(
             NormKind.BATCH, input, None, weight, bias, residual, float(eps), act, float(negative_slope), pad, stats=True
         )
     if running_mean is not None:
-        ops.plane_norm.plane_norm_update_running(running_mean, running_var, mean, var, h * w, momentum)
+        ops.plane_norm.plane_norm_update_running(
+            running_mean, running_var, mean, var, h * w, momentum, NormKind.BATCH, num_batches_tracked
+        )
     return out
-
-
-def _update_running_stats(running_mean, running_var, mean, var, momentum, hw):
-    # torch: per-(n, c) batch-norm update of the repeated running stats, then the mean over n
-    # (aten instance_norm); the running variance takes the unbiased variance.
-    with torch.no_grad():
-        m = float(momentum)
-        rm = m * mean + (1 - m) * running_mean.to(mean.dtype)
-        rv = m * var * (hw / (hw - 1)) + (1 - m) * running_var.to(var.dtype)
-        running_mean.copy_(rm.mean(0))
-        running_var.copy_(rv.mean(0))
 
 
 # ---------------------------------------------------------------- reflection pad

@@ -112,11 +112,13 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         self._check_input_dim(input)
         # torch's _BatchNorm.forward: the momentum (None: cumulative average) and which
         # statistics normalize
-        factor = 0.0 if self.momentum is None else self.momentum
+        factor, counter = 0.0 if self.momentum is None else self.momentum, None
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
+            if self.momentum is None:  # the factor depends on the count: counted first, here
+                self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked)
+            else:  # counted by the running-statistics update, in its launch
+                counter = self.num_batches_tracked
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         keep = not self.training or self.track_running_stats
         return F.batch_norm(
@@ -132,6 +134,7 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
             negative_slope=self.negative_slope,
             residual=residual,
             out_pad=self.out_pad,
+            num_batches_tracked=counter,
         )
 
     def extra_repr(self) -> str:

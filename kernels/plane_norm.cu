@@ -161,11 +161,14 @@ __global__ void coefs_bwd_kernel(CoefArgs<S> a, const S* sums, S* c0, S* c1) {
   if (u < coef_units(a)) coefs_backward_unit(a, u, sums, c0, c1);
 }
 
+// torch's running-statistics update (plane_norm_coefs.h running_channel), a thread per channel;
+// thread 0 also counts the batch.
 template <typename S, typename R>
-__global__ void bn_running_kernel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m, R* rm,
-                                  R* rv) {
+__global__ void update_running_kernel(const S* mean, const S* var, int64_t N, int64_t C, int64_t hw, double m,
+                                      bool per_plane, R* rm, R* rv, int64_t* num_batches_tracked) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c < C) bn_running_channel(mean, var, N, C, hw, m, rm, rv, c);
+  if (c < C) running_channel(mean, var, N, C, hw, m, per_plane, rm, rv, c);
+  if (c == 0 && num_batches_tracked) *num_batches_tracked += 1;
 }
 
 // ---- host side ----
@@ -340,19 +343,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> plane_nor
   return {c0, c1, io.param_grad(kDrho, io.rho), io.param_grad(kDg, io.g), io.param_grad(kDb, io.b)};
 }
 
-void plane_norm_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean_in,
-                                    const at::Tensor& var_in, int64_t hw, double momentum) {
+void plane_norm_update_running_cuda(at::Tensor& running_mean, at::Tensor& running_var,
+                                    const c10::optional<at::Tensor>& num_batches_tracked, const at::Tensor& mean_in,
+                                    const at::Tensor& var_in, int64_t kind, int64_t hw, double momentum) {
   const auto guard = device_guard(mean_in, "plane_norm_update_running");
-  const auto [mean, var] = prep_bn_running(running_mean, running_var, mean_in, var_in, hw);
+  const auto [mean, var] = prep_running(running_mean, running_var, num_batches_tracked, mean_in, var_in, kind, hw);
   const int64_t N = mean.size(0), C = mean.size(1);
-  if (C == 0) return;
-  const unsigned blocks = grid_dim((C + kCoefThreads - 1) / kCoefThreads, "plane_norm_update_running");
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_bn_update_running_cuda", [&] {
+  int64_t* nbt = num_batches_tracked ? num_batches_tracked->data_ptr<int64_t>() : nullptr;
+  if (C == 0 && !nbt) return;
+  const unsigned blocks =
+      grid_dim(std::max<int64_t>(1, (C + kCoefThreads - 1) / kCoefThreads), "plane_norm_update_running");
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "i2i_fast_update_running_cuda", [&] {
     using S = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_bn_running", [&] {
-      bn_running_kernel<S, scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum, running_mean.data_ptr<scalar_t>(),
-          running_var.data_ptr<scalar_t>());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "i2i_fast_running", [&] {
+      update_running_kernel<S, scalar_t><<<blocks, kCoefThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          mean.const_data_ptr<S>(), var.const_data_ptr<S>(), N, C, hw, momentum, kind == kInstanceNorm,
+          running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), nbt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

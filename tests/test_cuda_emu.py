@@ -414,15 +414,19 @@ def test_norm_family_split_and_orders(on, norm, channels_last):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_norm_module_running_stats(on):
-    theirs = torch.nn.BatchNorm2d(5)
-    ours = i2i_fast.BatchNorm2d(5)
+@pytest.mark.parametrize("module", ["BatchNorm2d", "InstanceNorm2d"])
+def test_norm_module_running_stats(on, module):
+    """Training with running statistics: one update_running_kernel launch updates them (and batch
+    norm's num_batches_tracked) as torch does."""
+    kw = dict(track_running_stats=True) if module == "InstanceNorm2d" else {}
+    theirs = getattr(torch.nn, module)(5, **kw)
+    ours = getattr(i2i_fast, module)(5, **kw)
     ours.load_state_dict(theirs.state_dict())
     x1 = torch.randn(4, 5, 9, 7, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_()
     got = launches(on, lambda: ours(x1).sum().backward())
     theirs(x2).sum().backward()
-    assert got.get("bn_running_kernel") == 1, got
+    assert got.get("update_running_kernel") == 1, got
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
     for a, b in zip(ours.buffers(), theirs.buffers()):
         torch.testing.assert_close(a, b)

@@ -820,11 +820,12 @@ def test_batch_norm_bad_input_and_compile():
     torch.testing.assert_close(torch.autograd.grad(yc.sum(), x)[0], torch.autograd.grad(y.sum(), x)[0])
 
 
-def test_bn_update_running_op():
-    """The running-statistics op: torch's formula from the plane statistics (fp32 and half
-    buffers), the pure-torch fallback agrees, opcheck (a mutating op), bad input."""
-    if not i2i_fast.backends()["cpu"][0]:
-        pytest.skip("extension not built")
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("kind", [NormKind.BATCH, NormKind.INSTANCE], ids=["batch", "instance"])
+def test_plane_norm_update_running_op(backend, kind):
+    """The running-statistics op on every backend: torch's formulas from the plane statistics
+    (batch norm's; instance norm's, averaged over the planes) into fp64, fp32 and half buffers,
+    num_batches_tracked counted in the same op or left alone, opcheck (a mutating op), bad input."""
     from i2i_fast.ops import plane_norm as plane_norm_ops
 
     torch.manual_seed(14)
@@ -832,31 +833,65 @@ def test_bn_update_running_op():
     mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
     ref_m, ref_v = torch.rand(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
     want_m, want_v = ref_m.clone(), ref_v.clone()
-    TF.batch_norm(x, want_m, want_v, training=True, momentum=0.3)
-    for dtype in (torch.float64, torch.float32, torch.float16):
-        rm, rv = ref_m.to(dtype, copy=True), ref_v.to(dtype, copy=True)
-        torch.ops.i2i_fast.plane_norm_update_running(rm, rv, mean, var, 30, 0.3)
-        tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
-        torch.testing.assert_close(rm.double(), want_m, **tol)
-        torch.testing.assert_close(rv.double(), want_v, **tol)
-    rm, rv = ref_m.clone(), ref_v.clone()
-    with pytest.MonkeyPatch.context() as mp:  # the fallback of backends without the op
-        mp.setattr(plane_norm_ops, "_backend", type("B", (), {"_C": None}))
-        plane_norm_ops.plane_norm_update_running(rm, rv, mean, var, 30, 0.3)
-    torch.testing.assert_close(rm, want_m, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(rv, want_v, rtol=1e-12, atol=1e-12)
-    torch.library.opcheck(
-        torch.ops.i2i_fast.plane_norm_update_running.default,
-        (torch.zeros(4), torch.ones(4), mean.float(), var.float(), 30, 0.1),
+    if kind == NormKind.BATCH:
+        TF.batch_norm(x, want_m, want_v, training=True, momentum=0.3)
+    else:
+        TF.instance_norm(x, want_m, want_v, use_input_stats=True, momentum=0.3)
+    assert not torch.equal(want_m, ref_m)  # the reference did update
+    with i2i_fast.use_backend(backend):
+        for dtype in (torch.float64, torch.float32, torch.float16):
+            rm, rv = ref_m.to(dtype, copy=True), ref_v.to(dtype, copy=True)
+            count = torch.tensor(7) if dtype == torch.float32 else None
+            plane_norm_ops.plane_norm_update_running(rm, rv, mean.to(dtype), var.to(dtype), 30, 0.3, kind, count)
+            tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
+            torch.testing.assert_close(rm.double(), want_m, **tol)
+            torch.testing.assert_close(rv.double(), want_v, **tol)
+            if count is not None:
+                assert count.item() == 8
+    if backend == "reference":
+        return
+    op = (
+        torch.ops.i2i_fast.triton_plane_norm_update_running
+        if backend == "triton"
+        else torch.ops.i2i_fast.plane_norm_update_running
     )
-    with pytest.raises(RuntimeError, match="running statistics must be"):
-        torch.ops.i2i_fast.plane_norm_update_running(torch.zeros(3), torch.ones(4), mean, var, 30, 0.1)
-    with pytest.raises(RuntimeError, match="more than 1 value"):
-        torch.ops.i2i_fast.plane_norm_update_running(torch.zeros(4), torch.ones(4), mean[:1], var[:1], 1, 0.1)
-    with pytest.raises(RuntimeError, match="dtypes differ"):
-        torch.ops.i2i_fast.plane_norm_update_running(
-            torch.zeros(4), torch.ones(4, dtype=torch.float64), mean, var, 30, 0.1
-        )
+    # under the CPU interpreter fake tensors cannot enter the Triton kernel (as test_opcheck_triton)
+    utils = ("test_schema", "test_autograd_registration") if backend == "triton" else None
+    args = (torch.zeros(4), torch.ones(4), torch.tensor(0), mean.float(), var.float(), kind, 30, 0.1)
+    torch.library.opcheck(op.default, args, **({"test_utils": utils} if utils else {}))
+    error = ValueError if backend == "triton" else RuntimeError
+    with pytest.raises(error, match="running statistics must be"):
+        op(torch.zeros(3), torch.ones(4), None, mean, var, kind, 30, 0.1)
+    with pytest.raises(error, match="more than 1 value"):
+        op(torch.zeros(4), torch.ones(4), None, mean[:1], var[:1], kind, 1, 0.1)
+    with pytest.raises(error, match="dtypes differ"):
+        op(torch.zeros(4), torch.ones(4, dtype=torch.float64), None, mean, var, kind, 30, 0.1)
+    with pytest.raises(error, match="num_batches_tracked must be"):
+        op(torch.zeros(4), torch.ones(4), torch.tensor(0.0), mean, var, kind, 30, 0.1)
+    with pytest.raises(error, match="kind must be BATCH or INSTANCE"):
+        op(torch.zeros(4), torch.ones(4), None, mean, var, NormKind.ILN, 30, 0.1)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_module_counts_batches(backend, momentum):
+    """nn.BatchNorm2d's num_batches_tracked: counted per training forward (in the running-statistics
+    op, or first when the cumulative average needs the count), also for an empty batch, not in
+    eval mode nor without running statistics; the buffers match torch's after three steps."""
+    theirs = torch.nn.BatchNorm2d(3, momentum=momentum)
+    ours_m = i2i_fast.BatchNorm2d(3, momentum=momentum)
+    with i2i_fast.use_backend(backend):
+        for n in (2, 1, 0):
+            x = torch.randn(n, 3, 4, 4)
+            theirs(x), ours_m(x)
+        ours_m.eval(), theirs.eval()
+        ours_m(torch.randn(2, 3, 4, 4)), theirs(torch.randn(2, 3, 4, 4))
+    assert ours_m.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 3
+    for a, b in zip(ours_m.buffers(), theirs.buffers()):
+        torch.testing.assert_close(a, b)
+    untracked = i2i_fast.BatchNorm2d(3, track_running_stats=False)
+    untracked(torch.randn(2, 3, 4, 4))
+    assert untracked.num_batches_tracked is None
 
 
 @requires_cuda

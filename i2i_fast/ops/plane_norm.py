@@ -175,7 +175,7 @@ _CPP = set()  # backends that run the whole norm as the C++ op plane_norm (csrc/
 if _backend._C is not None:
     torch.library.register_fake("i2i_fast::plane_norm_coefs")(_fake_coefs)
     torch.library.register_fake("i2i_fast::plane_norm_coefs_bwd")(_fake_coefs_bwd)
-    torch.library.register_fake("i2i_fast::plane_norm_update_running")(lambda rm, rv, mean, var, hw, momentum: None)
+    torch.library.register_fake("i2i_fast::plane_norm_update_running")(lambda rm, rv, nbt, mean, var, kind, hw, m: None)
     _CPP.add("cpu")
     if getattr(_backend._C, "WITH_CUDA", 0):
         _CPP.add("cuda")
@@ -320,19 +320,33 @@ if _backend._C is not None:
     torch.library.impl("i2i_fast::plane_norm_ref_grads", "CompositeImplicitAutograd")(ref_grads)
 
 
-def plane_norm_update_running(running_mean, running_var, mean, var, hw: int, momentum: float) -> None:
-    """Batch norm's running statistics updated in place (torch's formula) from the plane
-    statistics (N, C) of a training forward: one op (one launch) on cpu / cuda."""
-    dev = mean.device.type
-    if _backend._C is not None and (dev == "cpu" or (dev == "cuda" and "cuda" in _CPP)):
-        torch.ops.i2i_fast.plane_norm_update_running(running_mean, running_var, mean, var, int(hw), float(momentum))
+def plane_norm_update_running(
+    running_mean, running_var, mean, var, hw: int, momentum: float, kind=NormKind.BATCH, num_batches_tracked=None
+) -> None:
+    """The running statistics of a training forward updated in place with torch's formulas, from
+    its plane statistics (N, C): kind BATCH, batch norm's; kind INSTANCE, instance norm's (each
+    plane's update averaged over n). num_batches_tracked, when given, is incremented too: one op
+    (one launch) on the cpu, cuda and triton backends, torch ops on the reference backend."""
+    args = (running_mean, running_var, num_batches_tracked, mean, var, int(kind), int(hw), float(momentum))
+    backend = select(mean.device)
+    if backend == "triton":
+        torch.ops.i2i_fast.triton_plane_norm_update_running(*args)
+        return
+    if backend in _CPP:
+        torch.ops.i2i_fast.plane_norm_update_running(*args)
         return
     with torch.no_grad():
-        m, big = float(momentum), mean.shape[0] * hw
-        bm = mean.mean(0)
-        bv = (var + (mean - bm) ** 2).mean(0) * (big / (big - 1))
+        m = float(momentum)
+        if kind == NormKind.INSTANCE:
+            bm, bv = mean.mean(0), var.mean(0) * (hw / (hw - 1))
+        else:
+            big = mean.shape[0] * hw
+            bm = mean.mean(0)
+            bv = (var + (mean - bm) ** 2).mean(0) * (big / (big - 1))
         running_mean.copy_((1 - m) * running_mean.to(bm.dtype) + m * bm)
         running_var.copy_((1 - m) * running_var.to(bv.dtype) + m * bv)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
 
 
 def plane_norm(kind, x, rho, gamma, beta, residual, eps, act, slope, pad, stats=False):

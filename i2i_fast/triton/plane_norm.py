@@ -1,6 +1,7 @@
 """Triton kernels of the plane-affine normalization ops (plane_norm_stats, plane_norm_apply,
-plane_norm_apply_sums, plane_norm_apply_bwd, plane_norm_coefs, plane_norm_coefs_bwd; schemas and math in csrc/ops.cpp,
-csrc/plane_norm_coefs.h, i2i_fast/_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
+plane_norm_apply_sums, plane_norm_apply_bwd, plane_norm_coefs, plane_norm_coefs_bwd,
+plane_norm_update_running; schemas and math in csrc/ops.cpp, csrc/plane_norm_coefs.h,
+i2i_fast/ops/plane_norm.py). The plane kernels run one program per (n, c) plane, strided so NCHW and channels_last work without a copy. The output
 pad is a mirrored read in the forward and a fixed-order gather of the (up to 3 x 3) mirror
 sources in the backward: no atomics."""
 
@@ -809,3 +810,94 @@ def plane_norm_coefs_bwd(
             **_coef_meta(n, c, kind, eps, modes),
         )
     return (c0, c1, *grads)
+
+
+@triton.jit
+def plane_norm_update_running_kernel(
+    MEAN, VAR, RM, RV, NBT, N, C, hw, momentum, KIND: tl.constexpr, HAS_NBT: tl.constexpr, BC: tl.constexpr
+):
+    # csrc/plane_norm_coefs.h running_channel: fp64 over the planes (N, C) in plane order
+    pid = tl.program_id(0)
+    c = pid * BC + tl.arange(0, BC)
+    live = c < C
+    mb = tl.zeros([BC], tl.float64)
+    for n in range(0, N):
+        mb += tl.load(MEAN + n * C + c, mask=live, other=0.0).to(tl.float64)
+    mb = mb / N
+    vb = tl.zeros([BC], tl.float64)
+    for n in range(0, N):
+        v = tl.load(VAR + n * C + c, mask=live, other=0.0).to(tl.float64)
+        if KIND == BATCH:  # the batch's biased variance: the planes' variances and mean offsets
+            d = tl.load(MEAN + n * C + c, mask=live, other=0.0).to(tl.float64) - mb
+            v += d * d
+        vb += v
+    vb = vb / N
+    zero = tl.zeros([BC], tl.float64)  # scalar arguments promoted to fp64 (also interpreted)
+    big = (zero + hw) * (N if KIND == BATCH else 1)
+    m = zero + momentum
+    rm = tl.load(RM + c, mask=live, other=0.0).to(tl.float64)
+    rv = tl.load(RV + c, mask=live, other=0.0).to(tl.float64)
+    tl.store(RM + c, ((1 - m) * rm + m * mb).to(RM.dtype.element_ty), mask=live)
+    tl.store(RV + c, ((1 - m) * rv + m * vb * (big / (big - 1))).to(RV.dtype.element_ty), mask=live)
+    if HAS_NBT:
+        if pid == 0:
+            tl.store(NBT, tl.load(NBT) + 1)
+
+
+@triton_op(
+    "i2i_fast::triton_plane_norm_update_running", mutates_args=("running_mean", "running_var", "num_batches_tracked")
+)
+@on_device
+def plane_norm_update_running(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    kind: int,
+    hw: int,
+    momentum: float,
+) -> None:
+    # the C++ op's checks (csrc/plane_norm.h prep_running)
+    if kind not in (NormKind.BATCH, NormKind.INSTANCE):
+        raise ValueError(f"i2i_fast plane_norm_update_running: kind must be BATCH or INSTANCE, got {kind}")
+    if mean.dim() != 2 or var.shape != mean.shape:
+        raise ValueError("i2i_fast plane_norm_update_running: mean and var must be (N, C)")
+    n, c = mean.shape
+    for t in (running_mean, running_var):
+        if (
+            t.dim() != 1
+            or t.numel() != c
+            or not t.is_contiguous()
+            or t.device != mean.device
+            or not t.is_floating_point()
+        ):
+            raise ValueError(
+                f"i2i_fast plane_norm_update_running: running statistics must be contiguous floating (C,) = ({c},) "
+                "tensors on the statistics' device"
+            )
+    if running_var.dtype != running_mean.dtype:
+        raise ValueError("i2i_fast plane_norm_update_running: running_mean and running_var dtypes differ")
+    nbt = num_batches_tracked
+    if nbt is not None and (nbt.numel() != 1 or nbt.dtype != torch.int64 or nbt.device != mean.device):
+        raise ValueError(
+            "i2i_fast plane_norm_update_running: num_batches_tracked must be one int64 on the statistics' device"
+        )
+    if hw <= 0 or (n * hw if kind == NormKind.BATCH else hw) <= 1:
+        raise ValueError("i2i_fast plane_norm_update_running: needs more than 1 value per channel / plane")
+    sd = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    bc = min(triton.next_power_of_2(max(c, 1)), 1024)
+    wrap_triton(plane_norm_update_running_kernel)[(max(1, triton.cdiv(c, bc)),)](
+        mean.to(sd).contiguous(),
+        var.to(sd).contiguous(),
+        running_mean,
+        running_var,
+        nbt if nbt is not None else running_mean,
+        n,
+        c,
+        hw,
+        momentum,
+        KIND=kind,
+        HAS_NBT=nbt is not None,
+        BC=bc,
+    )
