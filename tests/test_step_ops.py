@@ -80,6 +80,31 @@ def test_step_model_ops_at_most_0_6_of_eager(family):
         assert n["converted"]["ops"] <= 0.6 * n["eager"]["ops"], n
 
 
+# ------------------------------------------------ the step table's launch target, CPU proxy
+# The target of the step model (benchmarks/results/*/gpu_model.md): the converted step's launches
+# plus its other ops <= 0.5x eager's ops, for the norm, pad, activation and loss work. Here each
+# i2i_fast op stands for its launches (gpu_model.step_op_counts), so no emulation is needed.
+# The families that miss it, with the bound they hold and why:
+STEP_TARGET = 0.5
+STEP_MISSES = {
+    # eager's BatchNorm is already one op each way (native_batch_norm); what is left is outside
+    # the fused layers: the U-Net's skip cats, the ReLU on each cat, dropout, autograd's
+    # gradient sums (the skip, D called on fake and real), tanh, D's first LeakyReLU
+    "pix2pix": 0.75,
+    # autograd's parameter-gradient sums (encoders and decoders run several times per step), the
+    # style MLP's AdaIN parameter slices (slice_backward), D's LeakyReLU after unnormalized convs
+    "munit": 0.57,
+}
+
+
+@pytest.mark.parametrize("family", list(steps.FAMILIES))
+def test_step_ops_meet_the_step_target(family):
+    from i2i_fast.bench import gpu_model
+
+    n = gpu_model.step_op_counts(family)
+    assert n["converted"] <= STEP_MISSES.get(family, STEP_TARGET) * n["eager"], n
+
+
 # ------------------------------------------------------- batch norm at batch 1 (pix2pix)
 # (its float64 parity with torch at batch 1: test_plane_norm.test_batch_norm_module_matches_torch)
 @pytest.mark.skipif(not i2i_fast.backends()["cpu"][0], reason="extension not built")

@@ -73,6 +73,10 @@ def _workload():
             run(F.instance_norm(x, **kw), x, r)
             rm, rv = torch.zeros(3, dtype=dt), torch.ones(3, dtype=dt)
             run(F.instance_norm(x, rm, rv, gc, bc, use_input_stats=False, **kw), x, gc, bc, r)
+        for count in (None, torch.zeros((), dtype=torch.long)):  # training: the running statistics updated
+            rm, rv = torch.zeros(3, dtype=dt), torch.ones(3, dtype=dt)
+            run(F.batch_norm(x, rm, rv, gc, bc, True, num_batches_tracked=count), x, gc, bc)
+            run(F.instance_norm(x, rm, rv, gc, bc), x, gc, bc)
         run(F.reflection_pad2d(x, 1), x)
         run(F.reflection_pad2d(x, (1, 2, 0, 3)), x)
         w, u, v = rnd(8, 12, dt=dt), torch.randn(8, dtype=dt), torch.randn(12, dtype=dt)

@@ -110,16 +110,20 @@ _NOT_MODELLED = (
 class _Touched:
     """TorchDispatchMode counting the ops of a step outside _NOT_MODELLED, the optimizer and
     i2i_fast's own ops and their emulated twins (those are traced), and the bytes each touches
-    (tensor inputs and outputs, each storage once per op)."""
+    (tensor inputs and outputs, each storage once per op). ours=True: i2i_fast's ops counted too
+    (made visible to the mode), for the ratio without the emulation (step_op_counts)."""
 
-    def __init__(self):
-        self.ops, self.bytes, self.skip = 0, 0, False
+    def __init__(self, ours=False):
+        self.ops, self.bytes, self.skip, self.ours = 0, 0, False, ours
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_leaves
 
+        from ..ops import common
+
         outer = self
+        self._fast, common.FAST_EAGER = common.FAST_EAGER, common.FAST_EAGER and not self.ours
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -128,7 +132,7 @@ class _Touched:
                 base = name.split("::", 1)[-1].split(".")[0]
                 if not (
                     outer.skip
-                    or func.namespace.startswith("i2i_fast")
+                    or (func.namespace.startswith("i2i_fast") and not outer.ours)
                     or func.is_view
                     or base in _NOT_MODELLED
                     or base in NOT_WORK_OPS
@@ -148,7 +152,43 @@ class _Touched:
         return self
 
     def __exit__(self, *exc):
+        from ..ops import common
+
+        common.FAST_EAGER = self._fast
         return self.mode.__exit__(*exc)
+
+
+def _step_touched(r: Runner, ours=False, trace=None) -> _Touched:
+    """One step of runner r under _Touched, its optimizers' steps left out; inside `trace`
+    (a context manager, e.g. the emulation's MemoryTrace) when given."""
+    r.run()  # warm-up (lazy state, first-step allocations)
+    touched = _Touched(ours)
+    hooks = [
+        h
+        for o in r.opts
+        for h in (
+            o.register_step_pre_hook(lambda *a: setattr(touched, "skip", True)),
+            o.register_step_post_hook(lambda *a: setattr(touched, "skip", False)),
+        )
+    ]
+    try:
+        with touched:
+            if trace is None:
+                r.run()
+            else:
+                with trace:
+                    r.run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return touched
+
+
+def step_op_counts(family: str) -> dict:
+    """The step table's launch ratio without the emulation (a CPU proxy, for tests): the ops of
+    the norm, pad, activation and loss work of one step, eager vs converted, each i2i_fast op
+    counted once (the table counts its kernel launches instead)."""
+    return {v: _step_touched(Runner(family, v, "cpu"), ours=True).ops for v in ("eager", "converted")}
 
 
 def step_model(family: str) -> dict:
@@ -159,30 +199,12 @@ def step_model(family: str) -> dict:
     cuda_emu = emulation()
     out = {"family": family}
     for variant in ("eager", "converted"):
-        r = Runner(family, variant, "cpu")
-        r.run()  # warm-up (lazy state, first-step allocations)
-        hooks = [
-            h
-            for o in r.opts
-            for h in (
-                o.register_step_pre_hook(lambda *a: setattr(touched, "skip", True)),
-                o.register_step_post_hook(lambda *a: setattr(touched, "skip", False)),
-            )
-        ]
-        try:
-            with _Touched() as touched:
-                if variant == "eager":
-                    r.run()
-                else:
-                    with cuda_emu.MemoryTrace() as t:
-                        r.run()
-        finally:
-            for h in hooks:
-                h.remove()
+        trace = cuda_emu.MemoryTrace() if variant == "converted" else None
+        touched = _step_touched(Runner(family, variant, "cpu"), trace=trace)
         out[variant] = {"ops": touched.ops, "bytes": touched.bytes}
         if variant == "converted":
-            b = t.bytes()
-            out[variant].update(launches=len(t.launches), dram=b["dram"], compulsory=b["compulsory"])
+            b = trace.bytes()
+            out[variant].update(launches=len(trace.launches), dram=b["dram"], compulsory=b["compulsory"])
     e, c = out["eager"], out["converted"]
     out["launch_ratio"] = (c["launches"] + c["ops"]) / e["ops"]
     out["bytes_ratio"] = (c["dram"] + c["bytes"]) / e["bytes"]

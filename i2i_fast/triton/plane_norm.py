@@ -814,7 +814,18 @@ def plane_norm_coefs_bwd(
 
 @triton.jit
 def plane_norm_update_running_kernel(
-    MEAN, VAR, RM, RV, NBT, N, C, hw, momentum, KIND: tl.constexpr, HAS_NBT: tl.constexpr, BC: tl.constexpr
+    MEAN,
+    VAR,
+    RM,
+    RV,
+    NBT,
+    N,
+    C,
+    hw,
+    MOMENTUM: tl.constexpr,
+    KIND: tl.constexpr,
+    HAS_NBT: tl.constexpr,
+    BC: tl.constexpr,
 ):
     # csrc/plane_norm_coefs.h running_channel: fp64 over the planes (N, C) in plane order
     pid = tl.program_id(0)
@@ -832,9 +843,8 @@ def plane_norm_update_running_kernel(
             v += d * d
         vb += v
     vb = vb / N
-    zero = tl.zeros([BC], tl.float64)  # scalar arguments promoted to fp64 (also interpreted)
-    big = (zero + hw) * (N if KIND == BATCH else 1)
-    m = zero + momentum
+    big = _f64(hw) * (N if KIND == BATCH else 1)
+    m = tl.full([], MOMENTUM, tl.float64)  # a constexpr: a float argument would be an fp32 scalar
     rm = tl.load(RM + c, mask=live, other=0.0).to(tl.float64)
     rv = tl.load(RV + c, mask=live, other=0.0).to(tl.float64)
     tl.store(RM + c, ((1 - m) * rm + m * mb).to(RM.dtype.element_ty), mask=live)
@@ -896,7 +906,7 @@ def plane_norm_update_running(
         n,
         c,
         hw,
-        momentum,
+        MOMENTUM=momentum,
         KIND=kind,
         HAS_NBT=nbt is not None,
         BC=bc,
