@@ -25,11 +25,20 @@ struct Tile {
   int l;
   bool valid;
   template <class Pr>
-  __device__ Tile(const Pr& a) {
+  __device__ explicit Tile(const Pr& a) : Tile(a, blockIdx.x) {}
+  // Block x takes the tile of block gridDim.x - 1 - x: for a pass that should start where the
+  // previous one ended, while those lines are still in the L2.
+  struct LastFirst {};
+  template <class Pr>
+  __device__ Tile(const Pr& a, LastFirst) : Tile(a, gridDim.x - 1 - blockIdx.x) {}
+
+ private:
+  template <class Pr>
+  __device__ Tile(const Pr& a, unsigned bx) {
     const int p = threadIdx.x % P;
     l = threadIdx.x / P;
     if (P == 1) {
-      plane = blockIdx.x;
+      plane = bx;
       c = plane % a.C;
       base = plane * a.HW;
       obase = plane * (a.H + 2 * a.pad) * (a.W + 2 * a.pad);
@@ -37,8 +46,8 @@ struct Tile {
       valid = true;
     } else {
       const int64_t tiles_per_n = (a.C + P - 1) / P;
-      const int64_t n = blockIdx.x / tiles_per_n;
-      c = (blockIdx.x % tiles_per_n) * P + p;
+      const int64_t n = bx / tiles_per_n;
+      c = (bx % tiles_per_n) * P + p;
       valid = c < a.C;
       plane = n * a.C + c;
       base = n * a.HW * a.C + c;
