@@ -321,6 +321,10 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     apply it with torch first. No state: the state_dict is nn.Conv2d's.
     """
 
+    # class defaults: a layer pickled before the activation option existed has none
+    activation: Optional[str] = None
+    negative_slope: float = 0.2
+
     def __init__(
         self,
         in_channels: int,

@@ -798,6 +798,9 @@ def test_conv_activation_other_paths_and_repr():
     assert "activation='leaky_relu', negative_slope=0.1" in r
     with pytest.raises(ValueError, match="activation must be one of None, 'relu', 'leaky_relu'"):
         i2i_fast.ReflectionPadConv2d(4, 6, 3, activation="tanh")
+    old = i2i_fast.ReflectionPadConv2d(4, 6, 3, padding=1)
+    del old.activation, old.negative_slope  # as a layer pickled before the option existed
+    torch.testing.assert_close(old(x), TF.conv2d(TF.pad(x, (1,) * 4, mode="reflect"), old.weight, old.bias))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
