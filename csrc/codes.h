@@ -6,7 +6,7 @@
 
 namespace i2i {
 
-// The activation fused after a norm: act(z).
+// The activation fused after a norm (act(z)) or before a reflection pad (pad(act(x))).
 enum Activation : int { kActNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3 };
 
 // How the plane-norm family turns plane statistics into per-plane (scale, shift).

@@ -15,6 +15,7 @@
 #include "instance_norm.h"
 #include "norm_math.h"
 #include "op_handle.h"
+#include "reflection_pad.h"
 
 namespace i2i {
 namespace {
@@ -257,8 +258,8 @@ using OptT = c10::optional<at::Tensor>;
 // The residual's gradient under an output pad: i2i_fast's pad backward (a gather; no atomics),
 // which is differentiable (double backward) through its own autograd.
 at::Tensor pad_bwd(const at::Tensor& gy, int64_t pad) {
-  static auto op = op_of<at::Tensor(const at::Tensor&, c10::IntArrayRef)>("i2i_fast::reflection_pad2d_bwd");
-  return op.call(gy, {pad, pad, pad, pad});
+  static auto op = op_of<PadBwdSig>("i2i_fast::reflection_pad2d_bwd");
+  return op.call(gy, {pad, pad, pad, pad}, c10::nullopt, kActNone, 0.0);
 }
 
 struct InstanceNormFunction : public torch::autograd::Function<InstanceNormFunction> {

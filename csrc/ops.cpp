@@ -89,12 +89,14 @@ TORCH_LIBRARY(i2i_fast, m) {
       "Tensor? running_mean, Tensor? running_var, int kind, float eps, int act, float slope, "
       "int pad) -> Tensor[]");
   // ---- reflection pad ----
-  // out = x reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
+  // out = act(x) reflect-padded by pad = (left, right, top, bottom), torch's semantics (each pad
   // >= 0 and < the size of its axis); NCHW or channels_last, the output keeps the layout.
-  m.def("reflection_pad2d_fwd(Tensor x, int[4] pad) -> Tensor");
-  // Gradient of reflection_pad2d_fwd: grad (N, C, H+top+bottom, W+left+right) -> (N, C, H, W).
+  // act: Activation NONE, RELU or LEAKY_RELU (takes slope); TANH is rejected.
+  m.def("reflection_pad2d_fwd(Tensor x, int[4] pad, int act=0, float slope=0.) -> Tensor");
+  // Gradient of reflection_pad2d_fwd: grad (N, C, H+top+bottom, W+left+right) -> (N, C, H, W),
+  // times act'(x) when act is not NONE (x: the forward's input, needed then, ignored otherwise).
   // A gather (each input pixel sums the <= 3x3 padded positions that read it), no atomics.
-  m.def("reflection_pad2d_bwd(Tensor grad, int[4] pad) -> Tensor");
+  m.def("reflection_pad2d_bwd(Tensor grad, int[4] pad, Tensor? x=None, int act=0, float slope=0.) -> Tensor");
   // conv2d(reflection_pad2d(x, padding), weight, bias, stride) without the padded copy:
   // zero-padded aten convolution (cuDNN / mkldnn) whose border outputs are recomputed from thin
   // reflect-padded strips. Implemented in Python (i2i_fast/ops/reflection_pad_conv.py) for CPU and CUDA.

@@ -16,6 +16,7 @@
 #include "plane_norm.h"
 #include "plane_norm_coefs.h"
 #include "op_handle.h"
+#include "reflection_pad.h"
 
 namespace i2i {
 namespace {
@@ -321,8 +322,7 @@ struct PlaneNormOps {
       bwd = op_of<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, int64_t)>(
           "i2i_fast::plane_norm_apply_bwd");
-  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, at::IntArrayRef)> pad_bwd =
-      op_of<at::Tensor(const at::Tensor&, at::IntArrayRef)>("i2i_fast::reflection_pad2d_bwd");
+  c10::TypedOperatorHandle<PadBwdSig> pad_bwd = op_of<PadBwdSig>("i2i_fast::reflection_pad2d_bwd");
   c10::TypedOperatorHandle<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const OptT&, const OptT&,
                                                    const OptT&, const OptT&, const OptT&, int64_t, double, int64_t,
                                                    double, int64_t)>
@@ -416,7 +416,7 @@ struct PlaneNormFunction : public torch::autograd::Function<PlaneNormFunction> {
       const std::vector<int64_t> p4(4, pad);
       res[4] = pad == 0                     ? gy
                : at::GradMode::is_enabled() ? at::reflection_pad2d_backward(gy, x, p4)
-                                            : ops.pad_bwd.call(gy, p4);
+                                            : ops.pad_bwd.call(gy, p4, c10::nullopt, kActNone, 0.0);
     }
     if (!(need[0] || need[1] || need[2] || need[3])) return res;
     if (at::GradMode::is_enabled()) {  // create_graph: differentiable reference formulas

@@ -5,6 +5,7 @@
 // strided views are copied to NCHW once.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "norm_math.h"
 
@@ -49,6 +50,31 @@ inline PadGeom pad_geom_bwd(const at::Tensor& grad, at::IntArrayRef pad, const c
   const int64_t H = grad.size(2) - pad[2] - pad[3], W = grad.size(3) - pad[0] - pad[1];
   TORCH_CHECK(H > 0 && W > 0, what, ": grad of shape ", grad.sizes(), " is smaller than pad ", pad);
   return check_geom(grad, H, W, pad, is_channels_last(grad), what);
+}
+
+// The C++ signatures of the ops, for typed handles (the autograd nodes, the norms' residual).
+using PadFwdSig = at::Tensor(const at::Tensor&, at::IntArrayRef, int64_t, double);
+using PadBwdSig = at::Tensor(const at::Tensor&, at::IntArrayRef, const c10::optional<at::Tensor>&, int64_t, double);
+
+// The activations the pad ops fold in. TANH is rejected: the ops' double backward takes act' as
+// piecewise constant (its derivative 0), true of RELU and LEAKY_RELU only.
+inline void check_pad_act(int64_t act, const char* what) {
+  TORCH_CHECK(act == kActNone || act == kRelu || act == kLeakyRelu, what,
+              ": act must be Activation.NONE, RELU or LEAKY_RELU, got ", act);
+}
+
+// The backward's x (the forward's input) in the gradient's memory format, or an undefined tensor
+// when act is NONE (x is not read then).
+inline at::Tensor pad_act_input(const c10::optional<at::Tensor>& x, const PadGeom& g, const at::Tensor& grad,
+                                int64_t act, const char* what) {
+  check_pad_act(act, what);
+  if (act == kActNone) return at::Tensor();
+  TORCH_CHECK(x.has_value() && x->defined(), what, ": act needs x, the forward's input");
+  TORCH_CHECK(x->dim() == 4 && x->size(0) == g.N && x->size(1) == g.C && x->size(2) == g.H && x->size(3) == g.W, what,
+              ": x must have shape (", g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ", x->sizes());
+  TORCH_CHECK(x->scalar_type() == grad.scalar_type() && x->device() == grad.device(), what, ": x (", x->scalar_type(),
+              " on ", x->device(), ") must match grad (", grad.scalar_type(), " on ", grad.device(), ")");
+  return x->contiguous(g.format());
 }
 
 }  // namespace i2i

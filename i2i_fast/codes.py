@@ -8,7 +8,7 @@ from enum import IntEnum
 
 
 class Activation(IntEnum):
-    """The activation fused after a norm: act(z)."""
+    """The activation fused after a norm (act(z)) or before a reflection pad (pad(act(x)))."""
 
     NONE = 0
     RELU = 1

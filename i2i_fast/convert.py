@@ -25,6 +25,10 @@ original's graph):
   * norm -> ReflectionPad2d(p) -> Conv2d(padding=0): the norm writes its output padded
     (out_pad=p), when the installed i2i_fast norms have out_pad;
   * ReflectionPad2d(p) -> Conv2d(padding=0): i2i_fast.ReflectionPadConv2d, when installed;
+  * ReLU / LeakyReLU -> ReflectionPad2d(p) -> Conv2d(padding=0) (no norm between: MUNIT/UNIT's
+    discriminator blocks, MUNIT's style encoder): the activation runs in that
+    ReflectionPadConv2d's pad op (its `activation`); its slot becomes a `Folded` placeholder.
+    Not when it works in place on the chain's input (a residual body's input is the skip);
   * torch.nn.utils.spectral_norm hooks (dim 0: Conv2d / Linear, U-GAT-IT's discriminators):
     the hook's class becomes i2i_fast.nn.FusedSpectralNorm (W / sigma fused; same u, v,
     weight_orig, state_dict); the module itself stays as it is;
@@ -238,6 +242,13 @@ def _looks_like_norm(m) -> bool:
 
 
 _ACTS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh"}
+
+
+# what a pad+conv can take in its pad op (functional.PAD_ACTIVATIONS)
+_PAD_ACTS = ("relu", "leaky_relu")
+# layers whose output can be their input tensor itself (an in-place activation after them
+# would write the chain's input)
+_PASS_INPUT = (nn.Identity, nn.modules.dropout._DropoutNd)
 
 
 def _activation(m) -> Optional[tuple]:
@@ -903,6 +914,9 @@ class _Planner:
                         self._out_pad(parent, name, nxt, _reflection_pad(nxt[2]))
                         i += 3
                         continue
+            if ncls is None and self._act_pad_conv(root, ch, i):
+                i += 3
+                continue
             p = _reflection_pad(m)
             if p is not None and nxt is not None and _plain_conv(nxt[2]):
                 if self.rpconv is None:
@@ -934,6 +948,37 @@ class _Planner:
 
         what = f"fold: {type(amod).__name__}" + (f"({slope})" if kind == "leaky_relu" else "") + " into the norm"
         self.plan.change(self._child_path(parent, name), what, fn, _EDIT)
+
+    def _act_pad_conv(self, root, ch, i) -> bool:
+        """ch[i:i+3] = ReLU / LeakyReLU -> ReflectionPad2d(p) -> plain Conv2d: plans the
+        ReflectionPadConv2d with the activation folded in; True when it did."""
+        parent, name, m = ch[i]
+        act = _activation(m)
+        if act is None or act[0] not in _PAD_ACTS or i + 2 >= len(ch) or self.rpconv is None:
+            return False
+        p = _reflection_pad(ch[i + 1][2])
+        if p is None or not _plain_conv(ch[i + 2][2]):
+            return False
+        path = self._child_path(parent, name)
+        if getattr(m, "inplace", False) and all(isinstance(c[2], _PASS_INPUT) for c in ch[:i]):
+            # in place on the chain's input, which its caller may use again (a residual skip)
+            self.plan.leave(path, "activation not folded into the pad+conv: in place on the chain's input")
+            return False
+        if not all(self.free(c[2], root) for c in ch[i : i + 3]):
+            self.plan.leave(path, "activation not folded into the pad+conv: hooks or module used elsewhere")
+            return False
+        cparent, cname, _ = ch[i + 2]
+        self._rpconv(ch[i + 1][0], ch[i + 1][1], ch[i + 2], p)
+        kind, slope = act
+
+        def fn():
+            conv = cparent._modules[cname]  # the ReflectionPadConv2d that _rpconv installed
+            conv.activation, conv.negative_slope = kind, slope
+            parent._modules[name] = Folded(m, cname).train(m.training)
+
+        what = f"fold: {type(m).__name__}" + (f"({slope})" if kind == "leaky_relu" else "") + " into the pad+conv"
+        self.plan.change(self._child_path(cparent, cname), what, fn, _EDIT)
+        return True
 
     def _out_pad(self, parent, name, nxt, p):
         pparent, pname, pmod = nxt

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
-from .codes import NormKind, Reduction
+from .codes import Activation, NormKind, Reduction
 from .reference import ACTIVATIONS
 
 __all__ = ["instance_norm", "batch_norm", "iln", "adalin", "layer_norm", "adain"]
@@ -409,16 +409,27 @@ def _check_padded_input(input, pad, name="input"):
         )
 
 
-def reflection_pad2d(input: Tensor, pad) -> Tensor:
-    """F.pad(input, pad, mode="reflect") for 4D (N, C, H, W) or 3D (C, H, W) input; pad is an int
-    or (left, right, top, bottom), each >= 0 and < the size of its axis. The backward is a
-    gather (no atomics): bitwise deterministic, allowed under
+# the activations reflection_pad2d folds in (tanh's second derivative is not implemented there)
+PAD_ACTIVATIONS = (None, "relu", "leaky_relu")
+
+
+def reflection_pad2d(input: Tensor, pad, *, activation: Optional[str] = None, negative_slope: float = 0.2) -> Tensor:
+    """F.pad(act(input), pad, mode="reflect") for 4D (N, C, H, W) or 3D (C, H, W) input; pad is an
+    int or (left, right, top, bottom), each >= 0 and < the size of its axis; activation None,
+    "relu" or "leaky_relu" (negative_slope) is applied first, in the same launch (its backward
+    too). The backward is a gather (no atomics): bitwise deterministic, allowed under
     torch.use_deterministic_algorithms(True). NCHW or channels_last (kept); fp16/bf16 on CPU too."""
+    if activation not in PAD_ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu'; got {activation!r}")
     pad = _pad4(pad)
     if isinstance(input, Tensor) and input.dim() == 3:
-        return reflection_pad2d(input.unsqueeze(0), pad).squeeze(0)
+        return reflection_pad2d(input.unsqueeze(0), pad, activation=activation, negative_slope=negative_slope).squeeze(
+            0
+        )
     _check_padded_input(input, pad)
-    return ops.reflection_pad.reflection_pad2d(ops.common.select(input.device), input, pad)
+    act = _act_code(activation)
+    slope = float(negative_slope) if act == Activation.LEAKY_RELU else 0.0
+    return ops.reflection_pad.reflection_pad2d(ops.common.select(input.device), input, pad, act, slope)
 
 
 def _int_arg(name, v, lo):

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backend, ops
+from . import _backend, ops, reference
 from . import functional as F
 from .reference import ACTIVATIONS
 
@@ -313,7 +313,17 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
     undilated) as a composition of the pad op and conv2d; padding_mode other than "reflect" is
     not a reflection pad: nn.Conv2d's own forward ("torch"). ``fallback`` says which and why;
     ``last_path`` and the repr show the last path taken.
+
+    Keyword-only ``activation`` (None, "relu", "leaky_relu" with ``negative_slope``) is applied
+    to the input before the pad: forward = conv(reflection_pad(act(x))) (convert folds the
+    activation that precedes a pad + conv into it: MUNIT/UNIT discriminators, style encoder).
+    On path "pad" it runs inside the pad op (one launch forward, one backward); the other paths
+    apply it with torch first. No state: the state_dict is nn.Conv2d's.
     """
+
+    # class defaults: a layer pickled before the activation option existed has none
+    activation: Optional[str] = None
+    negative_slope: float = 0.2
 
     def __init__(
         self,
@@ -328,7 +338,12 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         padding_mode: str = "reflect",
         device=None,
         dtype=None,
+        *,
+        activation: Optional[str] = None,
+        negative_slope: float = 0.2,
     ) -> None:
+        if activation not in F.PAD_ACTIVATIONS:
+            raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu'; got {activation!r}")
         if isinstance(dilation, bool):
             # before it took nn.Conv2d's argument order, the 6th positional argument was bias
             raise TypeError(
@@ -350,6 +365,7 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             dtype=dtype,
         )
         self.__dict__["_last_input"] = None  # (H, W, device) of the last forward input
+        self.activation, self.negative_slope = activation, negative_slope
 
     def __setattr__(self, name, value):
         if name in _CONV_GEOMETRY:
@@ -410,9 +426,25 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
             input = F.reflection_pad2d(input, pad)
         return torch.nn.functional.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
+    def _forward_act(self, input: Tensor) -> Tensor:
+        act = self.activation
+        if self.path_for(input) == "pad":  # the activation runs in the pad op, forward and backward
+            xp = F.reflection_pad2d(
+                input, list(self._reversed_padding_repeated_twice), activation=act, negative_slope=self.negative_slope
+            )
+            return torch.nn.functional.conv2d(xp, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        # paths "border", "conv", "torch", "reference": torch's activation first (correct,
+        # not fused), then the layer as without one
+        input = reference.activation(input, ACTIVATIONS[act], self.negative_slope)
+        if self.fallback is not None or self.padding_mode != "reflect":
+            return self._forward_general(input)
+        return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
+
     def forward(self, input: Tensor) -> Tensor:
         if not torch.compiler.is_compiling():  # plain dict write: Module.__setattr__ costs ~5 us
             self.__dict__["_last_input"] = (input.shape[-2], input.shape[-1], input.device)
+        if self.activation is not None:
+            return self._forward_act(input)
         general = self.__dict__.get("_general")
         if general is None:  # cached: the forward pays a dict lookup, not the checks
             general = self.fallback is not None
@@ -437,7 +469,11 @@ class ReflectionPadConv2d(torch.nn.Conv2d):
         return F.reflection_pad_conv2d(input, self.weight, self.bias, self.padding[0], self.stride[0])
 
     def extra_repr(self) -> str:
-        s = super().extra_repr() + f", path={self.last_path or 'auto'}"
+        s = super().extra_repr()
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
+            s += f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        s += f", path={self.last_path or 'auto'}"
         why = self.fallback
         return s + (f", fallback={why!r}" if why else "")
 

@@ -121,9 +121,9 @@ def spectral_norm_scale(weight, u, v):
 
 
 # ---------------------------------------------------------------- reflection pad
-def reflection_pad2d_fwd(x, pad):
-    """x (N, C, H, W) reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""
-    return F.pad(x, tuple(pad), mode="reflect")
+def reflection_pad2d_fwd(x, pad, act=Activation.NONE, slope=0.0):
+    """act(x) for x (N, C, H, W), reflect-padded by pad = (left, right, top, bottom): torch's F.pad."""
+    return F.pad(activation(x, act, slope), tuple(pad), mode="reflect")
 
 
 def reflection_pad_conv2d(x, weight, bias, padding, stride):

@@ -158,7 +158,8 @@ def test_what_convert_fuses_per_family():
     assert counts["stargan_gen"] == {"swap": 9, "fold": 7, "residual": 2}  # zero padding only
     assert "swap" not in counts["stargan_dis"] and "swap" not in counts["ugatit_dis"]
     assert counts["munit_adaingen"]["residual"] == 4 and counts["munit_adaingen"]["swap"] == 7 + 4 + 2  # IN, AdaIN, LN
-    assert counts["munit_dis"]["fold"] == 2 * 2  # 'in' + lrelu, 2 per scale
+    # per scale: 'in' + lrelu twice, and the first block's lrelu into the second's pad+conv
+    assert counts["munit_dis"]["fold"] == 2 * (2 + 1)
     assert counts["unit_encoder"]["residual"] == 4  # 3 blocks + the shared one
     c = i2i_fast.convert(build("munit_adaingen"))
     assert type(c.dec.model[0].model[0].model[0].norm).__name__ == "AdaptiveInstanceNorm2d"
@@ -662,6 +663,98 @@ def test_out_pad_fusion():
     # dropout between norm and pad: no out_pad (the padded border would get its own mask)
     d = i2i_fast.convert(build("cyclegan_resnet_dropout"))
     assert getattr(d.model[10].conv_block[2], "out_pad", 0) == 0
+
+
+# MUNIT/UNIT's discriminator as the trainers configure it: no norm, so each block's LeakyReLU
+# feeds only the next block's ReflectionPad2d -> Conv2d
+MUNIT_DIS_NONORM = dict(MUNIT_DIS, n_layer=4, norm="none", num_scales=3)
+
+
+@pytest.mark.skipif(not HAS_RPCONV, reason="no ReflectionPadConv2d")
+def test_activation_folds_into_pad_conv_msimagedis():
+    torch.manual_seed(0)
+    ref = munit.MsImageDis(3, MUNIT_DIS_NONORM).to(F64)
+    pl = i2i_fast.plan(ref)
+    c = pl.counts()
+    # per scale: 4 pad+conv; the LeakyReLUs of blocks 0-2 fold into blocks 1-3 (block 3's feeds
+    # the 1x1 conv, not a pad)
+    assert c["pad+conv"] == 4 * 3 and c["fold"] == 3 * 3, pl
+    assert sum("fold: LeakyReLU(0.2) into the pad+conv" in w for _, w in pl.changes) == 9, pl
+    conv = i2i_fast.convert(ref, copy=True)
+    assert_same_state(conv, ref, "MsImageDis")
+    net = conv.cnns[0]
+    assert isinstance(net[0].activation, Folded) and isinstance(net[3].activation, nn.LeakyReLU)
+    assert isinstance(net[1].pad, Folded) and isinstance(net[1].conv, i2i_fast.ReflectionPadConv2d)
+    assert net[1].conv.activation == "leaky_relu" and net[1].conv.negative_slope == 0.2
+    assert net[0].conv.activation is None  # its input is the image
+    x = (_img(2, 3, 64, 64),)  # 4 stride-2 layers at the third scale (16 x 16)
+    r = fwd_bwd(ref, x)
+    check_parity(fwd_bwd(conv, x), r, r, F64, "MsImageDis fp64")
+    ref32, conv32 = copy.deepcopy(ref).float(), copy.deepcopy(conv).float()
+    check_parity(fwd_bwd(conv32, x), fwd_bwd(ref32, x), r, torch.float32, "MsImageDis fp32")
+    text = repr(ref)
+    back = i2i_fast.revert(conv)
+    assert repr(back) == text
+    assert not any(isinstance(m, (Folded, i2i_fast.ReflectionPadConv2d)) for m in back.modules())
+    got = fwd_bwd(back, x)
+    assert all(torch.equal(a, b) for a, b in zip(got[0] + got[1], r[0] + r[1]))
+
+
+@pytest.mark.skipif(not HAS_RPCONV, reason="no ReflectionPadConv2d")
+def test_converted_msimagedis_dispatches_no_folded_leaky_relu():
+    """Forward + backward of the converted discriminator: only the 3 unfolded LeakyReLUs (one
+    per scale, before the 1x1 conv) still dispatch leaky_relu_ / leaky_relu_backward."""
+    from i2i_fast.bench.counting import OpCounter
+
+    torch.manual_seed(0)
+    ref = munit.MsImageDis(3, MUNIT_DIS_NONORM)
+    conv = i2i_fast.convert(ref, copy=True)
+    counts = {}
+    for name, m in (("original", ref), ("converted", conv)):
+        x = _img(2, 3, 64, 64, dtype=torch.float32).requires_grad_()
+        with OpCounter() as c:
+            sum(o.square().mean() for o in m(x)).backward()
+        counts[name] = {k: c.names.get(k, 0) for k in ("aten::leaky_relu_", "aten::leaky_relu_backward")}
+        counts[name]["pad_bwd"] = c.names.get("i2i_fast::reflection_pad2d_bwd", 0)
+    assert counts["original"] == {"aten::leaky_relu_": 12, "aten::leaky_relu_backward": 12, "pad_bwd": 0}, counts
+    # the 12 pads run the fused pad ops, their backward included (the image requires grad)
+    assert counts["converted"] == {"aten::leaky_relu_": 3, "aten::leaky_relu_backward": 3, "pad_bwd": 12}, counts
+
+
+def test_activation_fold_into_pad_conv_rules():
+    """In-place on the chain's input (a residual body's skip could see it): not folded; not in
+    place, or after another layer: folded; hooks block it; MUNIT's ResBlock (pad first, its
+    activation after a norm) keeps its folds into the norm."""
+    if not HAS_RPCONV:
+        pytest.skip("no ReflectionPadConv2d")
+
+    def seq(inplace, first=True):
+        layers = [nn.LeakyReLU(0.2, inplace=inplace), nn.ReflectionPad2d(1), nn.Conv2d(4, 4, 3)]
+        return nn.Sequential(*(layers if first else [nn.Conv2d(4, 4, 1)] + layers))
+
+    def folds(m):
+        return [w for _, w in i2i_fast.plan(m).changes if w.endswith("into the pad+conv")]
+
+    pl = i2i_fast.plan(seq(True))
+    assert not folds(seq(True)) and any("in place on the chain's input" in w for _, w in pl.left_alone), pl
+    assert folds(seq(False)) == ["fold: LeakyReLU(0.2) into the pad+conv"]
+    assert folds(seq(True, first=False)) == ["fold: LeakyReLU(0.2) into the pad+conv"]
+    hooked = seq(False)
+    hooked[0].register_forward_hook(lambda *a: None)
+    assert not folds(hooked)
+    relu = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.ReflectionPad2d(2), nn.Conv2d(4, 4, 5))
+    assert folds(relu) == ["fold: ReLU into the pad+conv"]
+    x = _img(2, 4, 9, 9)
+    for m in (seq(False), seq(True, first=False), relu):
+        m = m.to(F64)
+        want = m(x.clone())
+        c = i2i_fast.convert(m, copy=True)
+        torch.testing.assert_close(c(x.clone()), want, rtol=1e-12, atol=1e-12)
+    blk = munit.ResBlock(4, norm="in", activation="relu", pad_type="reflect")
+    assert not folds(blk)
+    # MUNIT's style encoder (norm 'none', ReLU): each ReLU before a pad+conv folds
+    enc = munit.StyleEncoder(4, 3, 4, 8, norm="none", activ="relu", pad_type="reflect")
+    assert len(folds(enc)) == 4, i2i_fast.plan(enc)
 
 
 # ------------------------------------------ identity: convert in place, the trainers' way

@@ -22,6 +22,7 @@ from conftest import assert_parity, offset_planes, requires_cuda
 
 import i2i_fast
 from i2i_fast import functional as F
+from i2i_fast.codes import Activation
 
 if not i2i_fast.backends()["cpu"][0]:
     pytest.skip("i2i_fast._C not built", allow_module_level=True)
@@ -449,21 +450,51 @@ def test_pad_parity(on, dtype, channels_last):
         assert_parity(go, gt, gr, dtype, f"emulated pad {shape} {pad} grad x")
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("activation,slope", [("relu", 0.0), ("leaky_relu", 0.2)], ids=["relu", "lrelu"])
+def test_pad_act_parity(on, dtype, channels_last, activation, slope):
+    """pad(act(x)) in the pad kernels: both kernels launch, no activation op; parity as the
+    separate torch activation + pad."""
+    from test_reflection_pad import PAD_CASES, _act_pad_case
+
+    for shape, pad in PAD_CASES[:4]:
+        res = {}
+        got = launches(
+            on, lambda: res.update(_act_pad_case("cpu", shape, pad, dtype, channels_last, activation, slope))
+        )
+        assert got.get("pad_fwd_kernel") == 1 and got.get("pad_bwd_kernel") == 1, got
+        (yo, go), (yt, gt), (yr, gr) = res["ours"], res["torch"], res["ref"]
+        if channels_last:
+            assert yo.is_contiguous(memory_format=torch.channels_last)
+            assert go.is_contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32:
+            assert torch.equal(yo, yt), f"{shape} {pad}: act in fp32 then a copy must equal torch's"
+        assert_parity(yo, yt, yr, dtype, f"emulated pad {activation} {shape} {pad} out")
+        assert_parity(go, gt, gr, dtype, f"emulated pad {activation} {shape} {pad} grad x")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=IDS.get)
 def test_pad_bitwise_equal_to_cpu_kernels(emu, dtype):
-    """The CUDA and CPU pad kernels sum each input pixel's <= 3x3 sources in the same order."""
+    """The CUDA and CPU pad kernels sum each input pixel's <= 3x3 sources in the same order and
+    apply the same activation math (norm_math.h): equal with and without an activation."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 10).to(dtype)
     x_view = torch.randn(1 + x.numel()).to(dtype)[1:].view_as(x)  # storage offset
+    fwd, bwd = torch.ops.i2i_fast.reflection_pad2d_fwd, torch.ops.i2i_fast.reflection_pad2d_bwd
     for t in (x, x_view, x.contiguous(memory_format=torch.channels_last)):
         pad = [3, 2, 1, 4]
-        y_cpu = torch.ops.i2i_fast.reflection_pad2d_fwd(t, pad)
-        g = torch.randn(y_cpu.shape).to(dtype)
-        with cuda_emu.EmulatedCuda():
-            y = torch.ops.i2i_fast.reflection_pad2d_fwd(t, pad)
-            gx = torch.ops.i2i_fast.reflection_pad2d_bwd(g, pad)
-        assert torch.equal(y, y_cpu)
-        assert torch.equal(gx, torch.ops.i2i_fast.reflection_pad2d_bwd(g, pad))
+        for act in (Activation.NONE, Activation.RELU, Activation.LEAKY_RELU):
+            act = int(act)
+            y_cpu = fwd(t, pad, act, 0.2)
+            g = torch.randn(y_cpu.shape).to(dtype)
+            with cuda_emu.EmulatedCuda():
+                y = fwd(t, pad, act, 0.2)
+                gx = bwd(g, pad, t, act, 0.2)
+            assert torch.equal(y, y_cpu), act
+            assert torch.equal(gx, bwd(g, pad, t, act, 0.2)), act
+            if act != Activation.NONE:
+                assert not torch.equal(y, fwd(t, pad)), "the activation was not applied"
 
 
 @pytest.mark.parametrize("path", ["pad", "border"])

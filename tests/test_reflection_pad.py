@@ -4,6 +4,7 @@ double backward, determinism (also under torch.use_deterministic_algorithms(True
 torch.compile(fullgraph=True), state_dict interchange with nn.Conv2d, bad input."""
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from conftest import HAS_CUDA, assert_parity, cpu_backends, cuda_backends, requi
 import i2i_fast
 from i2i_fast import functional as F
 from i2i_fast import reference
+from i2i_fast.codes import Activation
 from i2i_fast.ops import reflection_pad as pad_ops
 from i2i_fast.ops import reflection_pad_conv
 
@@ -242,6 +244,179 @@ def test_pad_cpp_op_checks_its_own_arguments():
         fwd(torch.ones(1, 1, 4, 4, dtype=torch.int32), [1, 1, 1, 1])
     with pytest.raises(RuntimeError, match="smaller than pad"):
         bwd(torch.randn(1, 1, 3, 3), [2, 2, 0, 0])
+
+
+# =================================================================== activation folded into the pad
+PAD_ACTS = [("relu", 0.0), ("leaky_relu", 0.2), ("leaky_relu", 0.01)]
+ACT_IDS = ["relu", "lrelu0.2", "lrelu0.01"]
+
+
+def _torch_act(x, activation, slope):
+    return torch.relu(x) if activation == "relu" else TF.leaky_relu(x, slope)
+
+
+def _act_pad_case(backend, shape, pad, dtype, channels_last, activation, slope, seed=0):
+    """pad(act(x)): ours, torch's separate activation + F.pad in dtype, the float64 reference."""
+    x64 = _master(shape, seed)
+    out_shape = (shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1])
+    gy64 = _master(out_shape, seed + 1)
+    res = {}
+    for name, dt in (("ours", dtype), ("torch", dtype), ("ref", torch.float64)):
+        x = _prep(x64, dt, channels_last=channels_last)
+        if name == "ours":
+            with i2i_fast.use_backend(backend):
+                y = F.reflection_pad2d(x, pad, activation=activation, negative_slope=slope)
+        elif name == "torch":
+            y = TF.pad(_torch_act(x, activation, slope), pad, mode="reflect")
+        else:
+            y = reference.reflection_pad2d_fwd(x, pad, reference.ACTIVATIONS[activation], slope)
+        gy = gy64.to(dt)
+        y.backward(gy.contiguous(memory_format=torch.channels_last) if channels_last else gy)
+        res[name] = (y, x.grad)
+    return res
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("activation,slope", PAD_ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_act_parity(backend, activation, slope, dtype, channels_last):
+    if backend == "reference" and dtype != torch.float32:
+        pytest.skip("reference = torch")
+    for shape, pad in [((2, 5, 7, 9), (2, 1, 3, 2)), ((1, 3, 3, 3), (2, 2, 2, 2))]:
+        r = _act_pad_case(backend, shape, pad, dtype, channels_last, activation, slope)
+        (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
+        assert yo.dtype == dtype and yo.shape == yt.shape
+        if channels_last:
+            assert yo.is_contiguous(memory_format=torch.channels_last)
+            assert go.is_contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32:  # act in fp32, then a copy: torch's values exactly
+            assert torch.equal(yo, yt), f"{backend} {activation}: forward differs from torch"
+        assert_parity(yo, yt, yr, dtype, f"{backend} {activation} out")
+        assert_parity(go, gt, gr, dtype, f"{backend} {activation} grad x")
+        assert (yo < 0).any() == (activation == "leaky_relu"), "the activation was not applied"
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("activation,slope", PAD_ACTS[:2], ids=ACT_IDS[:2])
+def test_pad_act_float64(backend, activation, slope):
+    """float64: torch's values to rounding (the slope is exact in fp64 on every backend)."""
+    r = _act_pad_case(backend, (2, 3, 6, 7), (3, 2, 1, 4), torch.float64, False, activation, slope)
+    (yo, go), (yt, gt) = r["ours"], r["torch"]
+    assert torch.equal(yo, yt)
+    torch.testing.assert_close(go, gt, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("activation,slope", PAD_ACTS[:2], ids=ACT_IDS[:2])
+def test_pad_act_gradcheck(backend, activation, slope):
+    # away from 0, where act' jumps (finite differences would straddle it)
+    x = _master((1, 2, 4, 5) if backend == "triton" else (2, 2, 4, 5), 12)
+    x = (x + 0.05 * x.sign()).requires_grad_()
+
+    def fn(t):
+        with i2i_fast.use_backend(backend):
+            return F.reflection_pad2d(t, (3, 2, 1, 3), activation=activation, negative_slope=slope)
+
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
+
+
+@requires_cpp
+def test_pad_act_double_backward_matches_torch():
+    """create_graph through the fused op (WGAN-GP through a D whose pads carry the activation):
+    the gradient of a gradient norm equals torch's separate leaky_relu + pad."""
+    x64 = _master((2, 3, 6, 5), 13)
+    outs = []
+    for fused in (True, False):
+        x = x64.clone().requires_grad_()
+        y = (
+            F.reflection_pad2d(x, 2, activation="leaky_relu")
+            if fused
+            else TF.pad(TF.leaky_relu(x, 0.2), (2,) * 4, mode="reflect")
+        )
+        (g,) = torch.autograd.grad((y * y.cos()).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), x)
+        outs.append((g.detach(), gg))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends() if b != "reference"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pad_act_bitwise_deterministic(backend, channels_last):
+    shape = (3, 8, 17, 9) if backend != "triton" else (2, 3, 6, 7)
+    runs = []
+    for _ in range(2):
+        with deterministic_mode():
+            r = _act_pad_case(backend, shape, (2, 3, 4, 1), torch.float32, channels_last, "leaky_relu", 0.2)
+        runs.append(r["ours"])
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@requires_cpp
+@pytest.mark.parametrize("act", [Activation.RELU, Activation.LEAKY_RELU], ids=["relu", "lrelu"])
+def test_pad_act_backends_agree_bitwise(act):
+    """Every backend applies act / act' to the same fp32 values: identical outputs and gradients."""
+    x = _master((2, 3, 9, 8), 14).float()
+    g = _master((2, 3, 14, 13), 15).float()
+    pad = [3, 2, 4, 1]
+    outs = {
+        b: (pad_ops.OPS[b].fwd(x, pad, int(act), 0.2), pad_ops.OPS[b].bwd(g, pad, x, int(act), 0.2))
+        for b in pad_ops.OPS
+        if b in cpu_backends()
+    }
+    first = next(iter(outs.values()))
+    for b, (y, gx) in outs.items():
+        assert torch.equal(y, first[0]) and torch.equal(gx, first[1]), b
+
+
+@requires_cpp
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("act", [Activation.RELU, Activation.LEAKY_RELU], ids=["relu", "lrelu"])
+def test_pad_act_opcheck_cpp(channels_last, act):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = _master((2, 3, 5, 6), 8).float().contiguous(memory_format=fmt)
+    pad = [2, 1, 3, 4]
+    torch.library.opcheck(torch.ops.i2i_fast.reflection_pad2d_fwd.default, (x.requires_grad_(), pad, int(act), 0.2))
+    g = _master((2, 3, 12, 9), 9).float().contiguous(memory_format=fmt).requires_grad_()
+    torch.library.opcheck(torch.ops.i2i_fast.reflection_pad2d_bwd.default, (g, pad, x.detach(), int(act), 0.2))
+
+
+@pytest.mark.skipif("triton" not in cpu_backends() and not HAS_CUDA, reason="triton unavailable")
+def test_pad_act_opcheck_triton():
+    dev = "cuda" if HAS_CUDA else "cpu"
+    x = _master((2, 3, 5, 6), 10).float().to(dev).requires_grad_()
+    utils = ("test_schema", "test_autograd_registration") + (
+        ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ()
+    )
+    args = (x, [2, 1, 3, 4], int(Activation.LEAKY_RELU), 0.2)
+    torch.library.opcheck(torch.ops.i2i_fast.triton_reflection_pad2d_fwd.default, args, test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_pad_act_bad_input(backend):
+    x = torch.randn(2, 3, 4, 5)
+    with i2i_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="activation must be one of None, 'relu', 'leaky_relu'"):
+            F.reflection_pad2d(x, 1, activation="tanh")
+        with pytest.raises(ValueError, match="activation must be"):
+            F.reflection_pad2d(x, 1, activation="gelu")
+    if backend == "reference":
+        return
+    fwd, bwd = pad_ops.OPS[backend].fwd, pad_ops.OPS[backend].bwd
+    g = torch.randn(2, 3, 6, 7)
+    for code in (int(Activation.TANH), 7, -1):  # tanh: no second derivative here; unknown codes
+        with pytest.raises(RuntimeError, match="act must be Activation.NONE, RELU or LEAKY_RELU"):
+            fwd(x, [1, 1, 1, 1], code, 0.0)
+        with pytest.raises(RuntimeError, match="act must be Activation.NONE, RELU or LEAKY_RELU"):
+            bwd(g, [1, 1, 1, 1], x, code, 0.0)
+    with pytest.raises(RuntimeError, match="act needs x"):
+        bwd(g, [1, 1, 1, 1], None, int(Activation.RELU), 0.0)
+    with pytest.raises(RuntimeError, match="x .*must"):
+        bwd(g, [1, 1, 1, 1], torch.randn(2, 3, 4, 4), int(Activation.RELU), 0.0)
+    with pytest.raises(RuntimeError, match="x .*must"):
+        bwd(g, [1, 1, 1, 1], x.double(), int(Activation.RELU), 0.0)
 
 
 # =================================================================== ReflectionPadConv2d
@@ -544,6 +719,106 @@ def test_conv_bad_input(backend):
     # the module takes every nn.Conv2d argument (tests/test_dropin_signatures.py): unequal
     # strides run the padded-copy path and say so
     assert "stride=(1, 2)" in i2i_fast.ReflectionPadConv2d(3, 4, 3, stride=(1, 2), padding=1).fallback
+
+
+# =================================================================== ReflectionPadConv2d(activation=)
+def _act_layer(activation, slope):
+    return nn.ReLU() if activation == "relu" else nn.LeakyReLU(slope)
+
+
+@pytest.mark.parametrize(
+    "backend,path,want", [("cpu", None, "pad"), ("cpu", "border", "border"), ("reference", None, "reference")]
+)
+@pytest.mark.parametrize("activation,slope", PAD_ACTS[:2], ids=ACT_IDS[:2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_conv_activation_matches_act_pad_conv(backend, path, want, activation, slope, dtype, channels_last):
+    """ReflectionPadConv2d(activation=) = Sequential(act, ReflectionPad2d, Conv2d): fused on
+    path "pad", torch's activation first on the others."""
+    if backend == "cpu" and not HAS_CPP:
+        pytest.skip("extension not built")
+    if backend == "reference" and dtype != torch.float32:
+        pytest.skip("reference = torch")
+    torch.manual_seed(0)
+    ours = i2i_fast.ReflectionPadConv2d(4, 6, 4, 2, 1, activation=activation, negative_slope=slope)
+    seq = nn.Sequential(_act_layer(activation, slope), nn.ReflectionPad2d(1), nn.Conv2d(4, 6, 4, 2))
+    seq[2].load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(seq[2].state_dict())
+    x64, gy64 = _master((2, 4, 10, 9), 20), _master((2, 6, 5, 4), 21)
+    res = []
+    for m, dt in ((ours, dtype), (seq, dtype), (seq, torch.float64)):
+        m = copy.deepcopy(m).to(dt)
+        x = _prep(x64, dt, channels_last=channels_last)
+        with i2i_fast.use_backend(backend), reflection_pad_conv.pad_conv_force(path):
+            y = m(x)
+            if isinstance(m, i2i_fast.ReflectionPadConv2d):
+                assert m.last_path == want
+        y.backward(gy64.to(dt))
+        res.append((y, x.grad, (m[2] if isinstance(m, nn.Sequential) else m).weight.grad))
+    for k, name in enumerate(["out", "grad x", "grad weight"]):
+        assert_parity(res[0][k], res[1][k], res[2][k], dtype, f"{backend}/{path} {activation} {name}")
+
+
+@requires_cpp
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_conv_activation_runs_in_the_pad_op(activation):
+    """Path "pad": forward + backward dispatch the pad ops with the activation and no
+    activation op of their own (no relu / leaky_relu, threshold_backward / leaky_relu_backward)."""
+    from i2i_fast.bench.counting import OpCounter
+
+    m = i2i_fast.ReflectionPadConv2d(4, 6, 3, padding=1, activation=activation)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with OpCounter() as c:
+        m(x).sum().backward()
+    assert m.last_path == "pad"
+    names = set(c.names)
+    assert {"i2i_fast::reflection_pad2d_fwd", "i2i_fast::reflection_pad2d_bwd"} <= names, names
+    acts = {n for n in names if any(a in n for a in ("relu", "threshold"))}
+    assert not acts, acts
+    with OpCounter() as c:  # the same layer without its activation: the check above can fail
+        TF.leaky_relu(x) if activation == "leaky_relu" else torch.relu(x)
+    assert any("relu" in n for n in c.names)
+
+
+@requires_cpp
+def test_conv_activation_other_paths_and_repr():
+    x = _master((2, 4, 9, 9), 22).float()
+    for kw, want in (
+        (dict(groups=2), "pad"),  # fallback: pad + aten conv, still fused
+        (dict(padding_mode="zeros"), "torch"),
+        (dict(padding=0), "conv"),
+    ):
+        torch.manual_seed(0)
+        ours = i2i_fast.ReflectionPadConv2d(4, 6, 3, **{"padding": 1, **kw}, activation="leaky_relu")
+        plain = copy.deepcopy(ours)
+        plain.activation = None
+        torch.testing.assert_close(ours(x), plain(TF.leaky_relu(x, 0.2)), rtol=1e-6, atol=1e-6)
+        assert ours.last_path == want, (kw, ours.last_path)
+    r = repr(i2i_fast.ReflectionPadConv2d(4, 6, 3, padding=1, activation="leaky_relu", negative_slope=0.1))
+    assert "activation='leaky_relu', negative_slope=0.1" in r
+    with pytest.raises(ValueError, match="activation must be one of None, 'relu', 'leaky_relu'"):
+        i2i_fast.ReflectionPadConv2d(4, 6, 3, activation="tanh")
+    old = i2i_fast.ReflectionPadConv2d(4, 6, 3, padding=1)
+    del old.activation, old.negative_slope  # as a layer pickled before the option existed
+    torch.testing.assert_close(old(x), TF.conv2d(TF.pad(x, (1,) * 4, mode="reflect"), old.weight, old.bias))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_conv_activation_compile_fullgraph(backend):
+    if backend == "cpu" and not HAS_CPP:
+        pytest.skip("extension not built")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = i2i_fast.ReflectionPadConv2d(3, 4, 3, padding=1, activation="leaky_relu")
+    x = _master((2, 3, 8, 9), 23).float().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    with i2i_fast.use_backend(backend):
+        out = torch.compile(lambda t: m(t).square().sum(), fullgraph=True)(x)
+        out.backward()
+        want = m(x2).square().sum()
+        want.backward()
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(x.grad, x2.grad)
 
 
 # =================================================================== CUDA (lent GPU only)

@@ -79,6 +79,8 @@ def _workload():
             run(F.instance_norm(x, rm, rv, gc, bc), x, gc, bc)
         run(F.reflection_pad2d(x, 1), x)
         run(F.reflection_pad2d(x, (1, 2, 0, 3)), x)
+        run(F.reflection_pad2d(x, 1, activation="relu"), x)
+        run(F.reflection_pad2d(x, (1, 2, 0, 3), activation="leaky_relu"), x)
         w, u, v = rnd(8, 12, dt=dt), torch.randn(8, dtype=dt), torch.randn(12, dtype=dt)
         run(F.spectral_norm_weight(w, u, v), w)
     for dt in (torch.float32, torch.float64) + halves:
