@@ -83,17 +83,15 @@ def test_step_model_ops_at_most_0_6_of_eager(family):
 # ------------------------------------------------ the step table's launch target, CPU proxy
 # The target of the step model (benchmarks/results/*/gpu_model.md): the converted step's launches
 # plus its other ops <= 0.5x eager's ops, for the norm, pad, activation and loss work. Here each
-# i2i_fast op stands for its launches (gpu_model.step_op_counts), so no emulation is needed.
-# The families that miss it, with the bound they hold and why:
+# i2i_fast op stands for its launches (gpu_model.step_op_counts), so no emulation is needed; the
+# table also counts the merge launches of planes split over several blocks (MUNIT: 20 more,
+# 0.496 here, 0.505 there). The families that miss it, with the bound they hold and why:
 STEP_TARGET = 0.5
 STEP_MISSES = {
     # eager's BatchNorm is already one op each way (native_batch_norm); what is left is outside
     # the fused layers: the U-Net's skip cats, the ReLU on each cat, dropout, autograd's
     # gradient sums (the skip, D called on fake and real), tanh, D's first LeakyReLU
     "pix2pix": 0.75,
-    # autograd's parameter-gradient sums (encoders and decoders run several times per step), the
-    # style MLP's AdaIN parameter slices (slice_backward), D's LeakyReLU after unnormalized convs
-    "munit": 0.57,
 }
 
 
