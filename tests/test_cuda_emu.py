@@ -456,12 +456,13 @@ def test_pad_parity(on, dtype, channels_last):
 def test_pad_act_parity(on, dtype, channels_last, activation, slope):
     """pad(act(x)) in the pad kernels: both kernels launch, no activation op; parity as the
     separate torch activation + pad."""
-    from test_reflection_pad import PAD_CASES, _act_pad_case
+    from test_reflection_pad import PAD_CASES, _pad_case
 
     for shape, pad in PAD_CASES[:4]:
         res = {}
         got = launches(
-            on, lambda: res.update(_act_pad_case("cpu", shape, pad, dtype, channels_last, activation, slope))
+            on,
+            lambda: res.update(_pad_case("cpu", shape, pad, dtype, channels_last, activation=activation, slope=slope)),
         )
         assert got.get("pad_fwd_kernel") == 1 and got.get("pad_bwd_kernel") == 1, got
         (yo, go), (yt, gt), (yr, gr) = res["ours"], res["torch"], res["ref"]

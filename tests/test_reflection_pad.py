@@ -57,7 +57,9 @@ PAD_CASES = [  # (shape, pad as (left, right, top, bottom))
 ]
 
 
-def _pad_case(backend, shape, pad, dtype, channels_last, seed=0):
+def _pad_case(backend, shape, pad, dtype, channels_last, seed=0, activation=None, slope=0.0):
+    """pad(act(x)) (act: none, or an activation folded into the pad): ours, torch's separate
+    activation + F.pad in dtype, the float64 reference; (output, input gradient) each."""
     (x64,) = (_master(shape, seed),)
     out_shape = (shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1])
     gy64 = _master(out_shape, seed + 1)
@@ -66,11 +68,12 @@ def _pad_case(backend, shape, pad, dtype, channels_last, seed=0):
         x = _prep(x64, dt, channels_last=channels_last)
         if name == "ours":
             with i2i_fast.use_backend(backend):
-                y = F.reflection_pad2d(x, pad)
+                kw = {} if activation is None else dict(activation=activation, negative_slope=slope)
+                y = F.reflection_pad2d(x, pad, **kw)
         elif name == "torch":
-            y = TF.pad(x, pad, mode="reflect")
+            y = TF.pad(x if activation is None else _torch_act(x, activation, slope), pad, mode="reflect")
         else:
-            y = reference.reflection_pad2d_fwd(x, pad)
+            y = reference.reflection_pad2d_fwd(x, pad, reference.ACTIVATIONS[activation], slope)
         y.backward(gy64.to(dt).contiguous(memory_format=torch.channels_last) if channels_last else gy64.to(dt))
         res[name] = (y, x.grad)
     return res
@@ -255,27 +258,6 @@ def _torch_act(x, activation, slope):
     return torch.relu(x) if activation == "relu" else TF.leaky_relu(x, slope)
 
 
-def _act_pad_case(backend, shape, pad, dtype, channels_last, activation, slope, seed=0):
-    """pad(act(x)): ours, torch's separate activation + F.pad in dtype, the float64 reference."""
-    x64 = _master(shape, seed)
-    out_shape = (shape[0], shape[1], shape[2] + pad[2] + pad[3], shape[3] + pad[0] + pad[1])
-    gy64 = _master(out_shape, seed + 1)
-    res = {}
-    for name, dt in (("ours", dtype), ("torch", dtype), ("ref", torch.float64)):
-        x = _prep(x64, dt, channels_last=channels_last)
-        if name == "ours":
-            with i2i_fast.use_backend(backend):
-                y = F.reflection_pad2d(x, pad, activation=activation, negative_slope=slope)
-        elif name == "torch":
-            y = TF.pad(_torch_act(x, activation, slope), pad, mode="reflect")
-        else:
-            y = reference.reflection_pad2d_fwd(x, pad, reference.ACTIVATIONS[activation], slope)
-        gy = gy64.to(dt)
-        y.backward(gy.contiguous(memory_format=torch.channels_last) if channels_last else gy)
-        res[name] = (y, x.grad)
-    return res
-
-
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("activation,slope", PAD_ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
@@ -284,7 +266,7 @@ def test_pad_act_parity(backend, activation, slope, dtype, channels_last):
     if backend == "reference" and dtype != torch.float32:
         pytest.skip("reference = torch")
     for shape, pad in [((2, 5, 7, 9), (2, 1, 3, 2)), ((1, 3, 3, 3), (2, 2, 2, 2))]:
-        r = _act_pad_case(backend, shape, pad, dtype, channels_last, activation, slope)
+        r = _pad_case(backend, shape, pad, dtype, channels_last, activation=activation, slope=slope)
         (yo, go), (yt, gt), (yr, gr) = r["ours"], r["torch"], r["ref"]
         assert yo.dtype == dtype and yo.shape == yt.shape
         if channels_last:
@@ -301,7 +283,7 @@ def test_pad_act_parity(backend, activation, slope, dtype, channels_last):
 @pytest.mark.parametrize("activation,slope", PAD_ACTS[:2], ids=ACT_IDS[:2])
 def test_pad_act_float64(backend, activation, slope):
     """float64: torch's values to rounding (the slope is exact in fp64 on every backend)."""
-    r = _act_pad_case(backend, (2, 3, 6, 7), (3, 2, 1, 4), torch.float64, False, activation, slope)
+    r = _pad_case(backend, (2, 3, 6, 7), (3, 2, 1, 4), torch.float64, False, activation=activation, slope=slope)
     (yo, go), (yt, gt) = r["ours"], r["torch"]
     assert torch.equal(yo, yt)
     torch.testing.assert_close(go, gt, rtol=1e-12, atol=1e-12)
@@ -349,7 +331,9 @@ def test_pad_act_bitwise_deterministic(backend, channels_last):
     runs = []
     for _ in range(2):
         with deterministic_mode():
-            r = _act_pad_case(backend, shape, (2, 3, 4, 1), torch.float32, channels_last, "leaky_relu", 0.2)
+            r = _pad_case(
+                backend, shape, (2, 3, 4, 1), torch.float32, channels_last, activation="leaky_relu", slope=0.2
+            )
         runs.append(r["ours"])
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
