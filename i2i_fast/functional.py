@@ -423,9 +423,8 @@ def reflection_pad2d(input: Tensor, pad, *, activation: Optional[str] = None, ne
         raise ValueError(f"activation must be one of None, 'relu', 'leaky_relu'; got {activation!r}")
     pad = _pad4(pad)
     if isinstance(input, Tensor) and input.dim() == 3:
-        return reflection_pad2d(input.unsqueeze(0), pad, activation=activation, negative_slope=negative_slope).squeeze(
-            0
-        )
+        batched = reflection_pad2d(input.unsqueeze(0), pad, activation=activation, negative_slope=negative_slope)
+        return batched.squeeze(0)
     _check_padded_input(input, pad)
     act = _act_code(activation)
     slope = float(negative_slope) if act == Activation.LEAKY_RELU else 0.0

@@ -848,6 +848,9 @@ def test_plane_norm_update_running_op(backend, kind):
             torch.testing.assert_close(rv.double(), want_v, **tol)
             if count is not None:
                 assert count.item() == 8
+            again = ref_m.to(dtype, copy=True), ref_v.to(dtype, copy=True)
+            plane_norm_ops.plane_norm_update_running(*again, mean.to(dtype), var.to(dtype), 30, 0.3, kind)
+            assert torch.equal(again[0], rm) and torch.equal(again[1], rv)  # bitwise the same on a rerun
     if backend == "reference":
         return
     op = (
