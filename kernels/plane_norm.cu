@@ -14,8 +14,8 @@
 // main shapes, more than an SM holds, so a single pass would need a grid-wide barrier with x
 // kept on chip across all SMs (a cooperative launch, which the CUDA emulation cannot run). The
 // second read is of data the first just streamed: an L2 hit while x (and its gradient) fit the L2
-// (the model at 1x256x64x64: DRAM ~1.0x must-move); at 8x256x64x64 fp32 batch norm, 1.22x
-// forward and 1.45x backward (the output's writes evict inputs the second pass still needs).
+// (the memory-trace model at 1x256x64x64: DRAM ~1.0x must-move; at 8x256x64x64 fp32 batch norm,
+// 1.22x forward and 1.45x backward: the output's writes evict inputs the second pass needs).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
