@@ -80,6 +80,19 @@ def test_budget_check_catches_element_stores():
     assert cf.check_budgets(fixed, {"fwd_apply_kernel"}) == []
 
 
+def test_triton_budget_check_catches_spills():
+    """The Triton loss forward at 4 warps (sm_90, Triton 3.8): 20 B spilled in its fp32 two-term
+    L1 instance. check_triton_budgets names it; float64 instances and the listed kernel pass."""
+
+    def spec(kernel, spill, fp64=False, module="i2i_fast.triton.loss"):
+        return dict(module=module, kernel=kernel, num_warps=4, regs=72, spill_st=spill, spill_ld=spill, fp64=fp64)
+
+    spilled = [spec("loss_fwd_kernel_2", 10), spec("loss_fwd_kernel_1", 18, fp64=True)]
+    assert cf.check_triton_budgets(spilled) == ["loss.loss_fwd_kernel_2: spills at sm_90 (num_warps 4, 72 registers)"]
+    listed = spec("plane_norm_coefs_bwd_kernel", 156, module="i2i_fast.triton.plane_norm")
+    assert cf.check_triton_budgets([spec("loss_fwd_kernel_2", 0), spilled[1], listed]) == []
+
+
 def test_occupancy_model():
     assert cf.occupancy(90, regs=32, smem=4096, threads=256) == 1.0
     assert cf.occupancy(90, regs=40, smem=4096, threads=256) == 0.75  # 1280 regs/warp: 6 blocks

@@ -224,7 +224,9 @@ def test_every_triton_kernel_compiles_for_sm90(monkeypatch, tmp_path):
         pytest.skip(out.strip().splitlines()[-1])
     assert proc.returncode == 0, out[-6000:]
     assert f"compiled {len(specs)}/{len(specs)}" in out
-    check_facts_table("triton", cf.triton_section(json.loads((tmp_path / "facts.json").read_text())))
+    facts = json.loads((tmp_path / "facts.json").read_text())
+    assert cf.check_triton_budgets(facts) == []
+    check_facts_table("triton", cf.triton_section(facts))
 
 
 def test_every_triton_op_runs_on_its_tensors_gpu():
