@@ -263,21 +263,15 @@ void launch(Params<T, acc_t>& a, const NormShape& s, Partials kind, at::Tensor& 
                    (!a.g || aligned16(a.g)) && (!a.res || aligned16(a.res));
   const int P = s.channels_last ? kTilePlanes : 1, L = kThreads / P, VE = vec ? V : 1;
   const int64_t tiles = tile_count(s.N, s.C, s.channels_last);
-  const int64_t target = int64_t(sm_count()) * 4;
-  const int64_t min_chunk = int64_t(L) * VE * 4;  // >= 4 loads per thread per block
-  int64_t S = 1;
-  if (tiles < target) S = std::max<int64_t>(1, std::min((target + tiles - 1) / tiles, s.HW / min_chunk));
-  int64_t chunk = (s.HW + S - 1) / S;
-  chunk = (chunk + VE - 1) / VE * VE;
-  S = std::max<int64_t>(1, (s.HW + chunk - 1) / chunk);
-  a.chunk = chunk;
-  a.S = int(S);
-  a.split = S > 1;
+  const Split sp = plane_split(tiles, P, s.HW, int64_t(L) * VE * 4, VE);  // >= 4 loads per thread
+  a.chunk = sp.chunk;
+  a.S = int(sp.S);
+  a.split = sp.S > 1;
   if (a.split && kind == kSumPartials) {
-    part_buf = at::empty({s.N * s.C * S * 2}, like.options().dtype(at::kDouble));
+    part_buf = at::empty({s.N * s.C * sp.S * 2}, like.options().dtype(at::kDouble));
     a.dpart = part_buf.data_ptr<double>();
   }
-  const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(S));
+  const dim3 grid(grid_dim(tiles, "instance_norm"), static_cast<unsigned>(sp.S));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (s.channels_last) go(std::integral_constant<int, kTilePlanes>(), std::integral_constant<int, 1>(), grid, stream);
   else if (vec) go(std::integral_constant<int, 1>(), std::integral_constant<int, V>(), grid, stream);

@@ -188,12 +188,10 @@ void with_tile(bool channels_last, F&& f) {
 // two fp64 partials per chunk (ShiftedSums, or the backward's sums). P: planes per tile.
 template <typename T, typename acc_t>
 dim3 reduction_grid(PA<T, acc_t>& a, int P, at::Tensor& part, const at::Tensor& like) {
-  const int64_t tiles = tile_count(a.N, a.C, P > 1), target = int64_t(sm_count()) * 4;
-  const int64_t min_chunk = int64_t(kThreads / P) * 8;  // >= 8 loads per thread per block
-  int64_t S = 1;
-  if (tiles < target) S = std::max<int64_t>(1, std::min((target + tiles - 1) / tiles, a.HW / min_chunk));
-  a.chunk = std::max<int64_t>(1, (a.HW + S - 1) / S);
-  S = std::max<int64_t>(1, (a.HW + a.chunk - 1) / a.chunk);
+  const int64_t tiles = tile_count(a.N, a.C, P > 1);
+  const Split sp = plane_split(tiles, P, a.HW, int64_t(kThreads / P) * 8, 1);  // >= 8 loads per thread
+  const int64_t S = sp.S;
+  a.chunk = sp.chunk;
   a.S = int(S), a.split = S > 1;
   if (a.split) {
     part = at::empty({a.N * a.C * S * 2}, like.options().dtype(at::kDouble));

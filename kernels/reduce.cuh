@@ -2,6 +2,7 @@
 // block size, the plane tiles of NCHW and channels_last inputs, fixed-order block reductions
 // (deterministic: no atomics), split-plane partials.
 #pragma once
+#include <algorithm>
 #include <cstring>
 
 #include "../csrc/norm_math.h"
@@ -63,6 +64,26 @@ constexpr int kTilePlanes = 32;
 // Tiles (blockIdx.x) of an (N, C) input.
 inline int64_t tile_count(int64_t N, int64_t C, bool channels_last) {
   return channels_last ? N * ((C + kTilePlanes - 1) / kTilePlanes) : N * C;
+}
+
+// How many chunks (S) each plane of `tiles` tiles of P planes is split into, and their length:
+// S > 1 only when the tiles cannot give every SM kBlocksPerSM blocks (batch 1, large maps), and
+// only into chunks of at least min_chunk positions and kMinChunkElems elements of the tile's
+// planes (4096, as the Triton backend's MIN_CHUNK): a smaller chunk is less work than the extra
+// launch a split costs, and batch-1 steps on small maps are launch-bound. chunk: a multiple of align.
+constexpr int64_t kBlocksPerSM = 4;
+constexpr int64_t kMinChunkElems = 4096;
+struct Split {
+  int64_t S, chunk;
+};
+inline Split plane_split(int64_t tiles, int P, int64_t hw, int64_t min_chunk, int64_t align) {
+  min_chunk = std::max(min_chunk, kMinChunkElems / P);
+  const int64_t target = int64_t(sm_count()) * kBlocksPerSM;
+  int64_t S = 1;
+  if (tiles < target) S = std::max<int64_t>(1, std::min((target + tiles - 1) / tiles, hw / min_chunk));
+  int64_t chunk = (hw + S - 1) / S;
+  chunk = std::max<int64_t>(1, (chunk + align - 1) / align * align);
+  return {std::max<int64_t>(1, (hw + chunk - 1) / chunk), chunk};
 }
 
 // Calls f(s) for this thread's spatial positions s of [s0, s1): VEC consecutive positions per

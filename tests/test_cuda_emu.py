@@ -188,9 +188,10 @@ def test_instance_norm_parity(on, dtype, shape, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_instance_norm_split_paths(on, sms, channels_last):
     """Batch 1 with few planes: split over S chunks per plane when the tiles cannot give every
-    SM 4 blocks (4 planes fill a 1-SM device), with vector loads and with scalar ones."""
+    SM 4 blocks (4 planes fill a 1-SM device), with vector loads and with scalar ones; chunks of
+    at least 4096 elements (reduce.cuh kMinChunkElems), so both planes have over 8192."""
     on.set_sm_count(sms)
-    for shape in [(1, 4, 96, 96), (1, 4, 45, 47)]:  # H*W a multiple of the vector width, and not
+    for shape in [(1, 4, 96, 96), (1, 4, 91, 93)]:  # H*W a multiple of the vector width, and not
         got = launches(on, lambda: _in_check(shape, torch.float32, channels_last=channels_last))
         split = "fwd_stats_kernel" in got and "bwd_sums_kernel" in got
         assert split == (sms > 1 or channels_last), (sms, shape, got)
@@ -214,7 +215,7 @@ def test_instance_norm_out_pad_split_and_orders(on, sms, channels_last):
     """Batch 1, planes split over S chunks: the apply kernel's chunks span the padded plane,
     the statistics' chunks the input; bitwise equal in every block order."""
     on.set_sm_count(sms)
-    got = launches(on, lambda: _in_check((1, 4, 45, 47), torch.float32, channels_last=channels_last, pad=3))
+    got = launches(on, lambda: _in_check((1, 4, 91, 93), torch.float32, channels_last=channels_last, pad=3))
     assert got.get("fwd_stats_kernel") and got.get("bwd_sums_kernel"), got
 
     def run():
@@ -389,7 +390,7 @@ def test_edge_rules(on):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("norm", ["adalin", "layer_norm", "batch_norm"])
 def test_norm_family_split_and_orders(on, norm, channels_last):
-    """Planes of 4160 pixels (batch 1; batch norm: batch 2, whose batch 1 is the fused
+    """Planes of 8385 pixels (batch 1; batch norm: batch 2, whose batch 1 is the fused
     instance norm): per-plane reductions split over several blocks (an uneven last chunk) and
     merged in a fixed order; bitwise the same in every block order. channels_last: 3 channels
     (a partial tile of 32), read in place."""
@@ -401,7 +402,7 @@ def test_norm_family_split_and_orders(on, norm, channels_last):
 
     def run(layout=torch.channels_last if channels_last else torch.contiguous_format):
         torch.manual_seed(5)
-        x = torch.randn(n, c, 64, 65).contiguous(memory_format=layout).requires_grad_()
+        x = torch.randn(n, c, 65, 129).contiguous(memory_format=layout).requires_grad_()
         rho, gamma, beta = (t.float().requires_grad_() for t in make_params(norm, n, c))
         y = ours(norm, x, rho, gamma, beta, "relu", None, 1)
         y.backward(torch.randn(y.shape).contiguous(memory_format=layout))

@@ -37,16 +37,11 @@ _PAD_BORDER = (
     "a warp's consecutive outputs read inputs shifted by the pad (one sector more than the data per "
     "request) and the mirrored border columns are gathered element by element (kernels/reflection_pad.cu)"
 )
-_FP64_PARTIALS = (
-    "the split-plane partials are two fp64 sums per chunk (16 bytes): at this small plane "
-    "they are over 10% of the bf16 data"
-)
 KNOWN_MISSES = {  # (op, layout) or, where a dtype differs, (op, layout, dtype)
     ("instance_norm", "channels_last"): {"compulsory": _CL_SPLIT},
     ("instance_norm", "channels_last", "bf16"): {
         "coalescing": _CL_NARROW,
         "compulsory": _CL_SPLIT,
-        "dram": _FP64_PARTIALS,
     },
     ("instance_norm_pad", "nchw"): {"coalescing": _PAD_BORDER},
     ("instance_norm_pad", "channels_last"): {"compulsory": _CL_SPLIT},
