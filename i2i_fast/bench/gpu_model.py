@@ -10,6 +10,7 @@ Nothing here is measured on a GPU.
 
   python -m i2i_fast.bench.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
   python -m i2i_fast.bench.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
+  python -m i2i_fast.bench.gpu_model --ops spectral_norm,loss_munit --other-shapes spectral_norm=512x4096
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # the ops with CUDA kernels, and the main job's GPU shapes for them
 OPS = ("instance_norm", "instance_norm_pad", "batch_norm", "adalin", "iln", "layer_norm", "reflection_pad2d")
 SHAPES = ((1, 256, 64, 64), (8, 256, 64, 64))
+# the other ops with CUDA kernels, at shapes of their own (cases.OPS[op].shapes: a weight matrix
+# for spectral norm, (batch, image size) of a training step for the losses), in one layout
+OTHER_OPS = ("spectral_norm",) + cases.LOSS_OPS
 
 
 def op_shape(op: str, shape: tuple) -> tuple:
@@ -263,12 +267,15 @@ COLUMNS = (
 )
 
 
-def table(ops=OPS, shapes=SHAPES, dtypes=("fp32", "bf16"), layouts=(False, True), log=print) -> list:
+def table(ops=OPS, shapes=SHAPES, dtypes=("fp32", "bf16"), layouts=(False, True), log=print, other_shapes=None) -> list:
+    """Rows of ops x shapes x dtypes x layouts; an op of OTHER_OPS at other_shapes[op] (default:
+    its benchmark shapes) in its one layout."""
     rows = []
     for op in ops:
-        for shape in shapes:
+        other = op in OTHER_OPS
+        for shape in (other_shapes or {}).get(op, cases.OPS[op].shapes) if other else shapes:
             for dt in dtypes:
-                for cl in layouts:
+                for cl in (False,) if other else layouts:
                     t0 = time.perf_counter()
                     res = trace_op(op, shape, DTYPES[dt], cl)
                     for d, r in res.items():
@@ -277,7 +284,7 @@ def table(ops=OPS, shapes=SHAPES, dtypes=("fp32", "bf16"), layouts=(False, True)
                                 "op": op,
                                 "shape": "x".join(map(str, shape)),
                                 "dtype": dt,
-                                "layout": "channels_last" if cl else "nchw",
+                                "layout": "-" if other else "channels_last" if cl else "nchw",
                                 "dir": d,
                                 **r,
                             }
@@ -306,10 +313,25 @@ def render(rows, header=True) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows])
 
 
+def _other_shapes(arg):
+    out = {}
+    for item in (arg or "").split(","):
+        if item:
+            op, shape = item.split("=")
+            out.setdefault(op, []).append(tuple(int(v) for v in shape.split("x")))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m i2i_fast.bench.gpu_model", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--ops", default=",".join(OPS + OTHER_OPS))
     p.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="NxCxHxW,...")
+    p.add_argument(
+        "--other-shapes",
+        default=None,
+        help="op=AxB,...: shapes of the ops of OTHER_OPS (spectral norm: rows x columns; a loss: batch x "
+        "image size), the others at their benchmark shapes",
+    )
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--layouts", default="nchw,channels_last")
     p.add_argument(
@@ -332,7 +354,13 @@ def main(argv=None) -> int:
     )
     print(render([], header=True))
     rows = (
-        table(a.ops.split(","), shapes, a.dtypes.split(","), [lt == "channels_last" for lt in a.layouts.split(",")])
+        table(
+            a.ops.split(","),
+            shapes,
+            a.dtypes.split(","),
+            [lt == "channels_last" for lt in a.layouts.split(",")],
+            other_shapes=_other_shapes(a.other_shapes),
+        )
         if a.ops
         else []
     )
