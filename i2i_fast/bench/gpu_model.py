@@ -8,7 +8,7 @@ efficiency (bytes requested / sectors x 32 per warp request, sites with at least
 bytes); and a predicted H200 time, the sum over launches of max(DRAM bytes / 4.3 TB/s, 2.5 us).
 Nothing here is measured on a GPU.
 
-  python -m i2i_fast.bench.gpu_model                     # every op at (1,256,64,64) and (8,256,64,64)
+  python -m i2i_fast.bench.gpu_model   # norms and pad at (1,256,64,64), (8,256,64,64); the others at their shapes
   python -m i2i_fast.bench.gpu_model --ops instance_norm --shapes 2x8x32x32 --dtypes fp32
   python -m i2i_fast.bench.gpu_model --ops spectral_norm,loss_munit --other-shapes spectral_norm=512x4096
 """
