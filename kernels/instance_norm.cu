@@ -230,14 +230,19 @@ __global__ void __launch_bounds__(kThreads) bwd_sums_kernel(Params<T, acc_t> a) 
   if (t.valid && t.l == 0) store16(partial(a, blockIdx.y, t.plane), Partial{s.a, s.b});
 }
 
+// Blocks in the reverse order of bwd_sums_kernel's, as plane_norm.cu's bwd_kernel: when split, the
+// sums pass has just streamed x and the gradient, and an LRU L2 still holds its last blocks' inputs
+// when the two outgrow it (channels_last 8x256x64x64 fp32, split into 9 chunks per tile: the
+// model's DRAM bytes 1.67x -> 1.33x must-move). Unsplit, each block reads its plane twice itself.
 template <int P, int VEC, typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) bwd_apply_kernel(Params<T, acc_t> a) {
-  const Tile<P> t(a);
-  const int64_t s0 = blockIdx.y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
+  const Tile<P> t(a, typename Tile<P>::LastFirst());
+  const int64_t y = gridDim.y - 1 - blockIdx.y;
+  const int64_t s0 = y * a.chunk, s1 = min(s0 + a.chunk, a.HW);
   const PlaneStats<T, acc_t> ps = plane_stats<P>(a, t);
   const Sums<double> s = a.split ? merged_partials<Sums<double>>(a, t) : chunk_sums<P, VEC>(a, t, ps, 0, a.HW);
   if (!t.valid) return;
-  if (t.l == 0 && blockIdx.y == 0) a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
+  if (t.l == 0 && y == 0) a.sums[2 * t.plane] = acc_t(s.a), a.sums[2 * t.plane + 1] = acc_t(s.b);
   const acc_t k = ps.rstd * ps.w, m1 = acc_t(s.a / double(a.HW)), m2 = acc_t(s.b / double(a.HW));
   visit_dz<P, VEC>(a, t, ps, s0, s1, [&](int64_t o, const acc_t(&xh)[VEC], const acc_t(&dz)[VEC]) {
     acc_t v[VEC];
