@@ -69,8 +69,10 @@ inline int64_t tile_count(int64_t N, int64_t C, bool channels_last) {
 // How many chunks (S) each plane of `tiles` tiles of P planes is split into, and their length:
 // S > 1 only when the tiles cannot give every SM kBlocksPerSM blocks (batch 1, large maps), and
 // only into chunks of at least min_chunk positions and kMinChunkElems elements of the tile's
-// planes (4096, as the Triton backend's MIN_CHUNK): a smaller chunk is less work than the extra
-// launch a split costs, and batch-1 steps on small maps are launch-bound. chunk: a multiple of align.
+// planes (4096, as the Triton backend's MIN_CHUNK; test_cuda_emu checks they agree): a smaller chunk
+// is less work than the extra launch a split costs, and batch-1 steps on small maps are launch-bound
+// (the traffic model's judgement, which has no latency term; not measured on a GPU). chunk: a
+// multiple of align.
 constexpr int64_t kBlocksPerSM = 4;
 constexpr int64_t kMinChunkElems = 4096;
 struct Split {

@@ -197,6 +197,27 @@ def test_instance_norm_split_paths(on, sms, channels_last):
         assert split == (sms > 1 or channels_last), (sms, shape, got)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 64, 127), (1, 4, 64, 129), (2, 3, 96, 96)], ids=str)
+def test_split_rule_matches_triton(on, shape):
+    """The CUDA kernels (reduce.cuh kMinChunkElems) and the Triton backend (MIN_CHUNK) split a
+    plane at the same sizes: NCHW planes of 8128 and 8256 elements sit either side of two 4096-element
+    chunks, on an H200's SM count."""
+    from i2i_fast import _backend
+
+    if _backend._triton_error is not None:
+        pytest.skip(f"triton unavailable: {_backend._triton_error}")
+    from i2i_fast.triton import instance_norm as tin
+
+    x = torch.randn(shape)
+    got = launches(on, lambda: torch.ops.i2i_fast.instance_norm_fwd(x, None, None, None, None, None, 1e-5, 0, 0.2, 0))
+    sms, tin.INTERPRETER_SMS = tin.INTERPRETER_SMS, H200_SMS
+    try:
+        splits = tin.plane_grid(shape[0] * shape[1], shape[2] * shape[3], x.device)[0]
+    finally:
+        tin.INTERPRETER_SMS = sms
+    assert ("fwd_stats_kernel" in got) == (splits > 1), (got, splits)
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=IDS.get)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape,pad", [((2, 3, 5, 7), 1), ((1, 3, 4, 2), 1), ((2, 33, 6, 9), 3)], ids=str)

@@ -554,7 +554,7 @@ def _block(hw):
 # ---- grids: one program per plane, or S programs per plane (chunks of CHUNK elements) when the
 # planes alone cannot fill the GPU (batch 1, large maps), as the CUDA kernels do: the reductions
 # then write per-chunk partials merged in chunk order (no atomics). Shared with triton/plane_norm.py.
-MIN_CHUNK = 4096  # elements: smaller chunks are not worth a program
+MIN_CHUNK = 4096  # elements: smaller chunks are not worth a program (= kernels/reduce.cuh kMinChunkElems)
 PROGRAMS_PER_SM = 4
 INTERPRETER_SMS = 0  # CPU tensors (TRITON_INTERPRET=1): no split unless a test sets this
 
